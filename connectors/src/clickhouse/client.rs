@@ -1,0 +1,101 @@
+//! The `events` table: batched idempotent inserts, and the reads a restart needs.
+
+use anyhow::{Context, Result};
+use clickhouse::Row;
+use serde::Deserialize;
+use touchpoint_schemas::NormalizedEvent;
+
+use super::encoding::EventRow;
+use super::ClickHouseConfig;
+
+#[derive(Clone)]
+pub struct EventStore {
+    client: clickhouse::Client,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct StoredOffset {
+    kafka_partition: u32,
+    kafka_offset: u64,
+}
+
+/// An event id already stored, with the time it was ingested (to restore deduplication state).
+#[derive(Debug, Clone, Row, Deserialize, PartialEq, Eq)]
+pub struct StoredEventId {
+    pub tenant_id: String,
+    pub event_id: String,
+    pub ingested_at: i64,
+}
+
+impl EventStore {
+    pub fn new(config: &ClickHouseConfig) -> Self {
+        EventStore { client: config.client() }
+    }
+
+    /// Inserts one batch as one INSERT. `token` is the batch's `insert_deduplication_token`: the same
+    /// batch inserted twice (a retry after a timeout whose insert did succeed) is stored once.
+    pub async fn insert(&self, events: &[NormalizedEvent], token: &str) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert::<EventRow<'_>>("events")
+            .await
+            .context("preparing INSERT into events")?
+            .with_setting("insert_deduplication_token", token);
+        for e in events {
+            insert.write(&EventRow::from(e)).await.context("writing a row to events")?;
+        }
+        insert.end().await.context("INSERT into events")
+    }
+
+    /// Offsets of `topic`/`partition` at or after `from` that are already stored. After a crash, the
+    /// source re-reads from its last committed offset; records the previous run already stored are
+    /// skipped so that they are not stored twice.
+    pub async fn stored_offsets(&self, topic: &str, partitions: &[(i32, i64)]) -> Result<Vec<(i32, i64)>> {
+        let mut out = Vec::new();
+        for &(partition, from) in partitions {
+            let rows: Vec<StoredOffset> = self
+                .client
+                .query(
+                    "SELECT kafka_partition, kafka_offset FROM events \
+                     WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset >= ?",
+                )
+                .bind(topic)
+                .bind(u32::try_from(partition).unwrap_or_default())
+                .bind(u64::try_from(from).unwrap_or_default())
+                .fetch_all()
+                .await
+                .with_context(|| format!("reading stored offsets of {topic}/{partition}"))?;
+            out.extend(rows.into_iter().map(|r| {
+                (i32::try_from(r.kafka_partition).unwrap_or_default(), i64::try_from(r.kafka_offset).unwrap_or_default())
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Event ids ingested at or after `since_ms` (UTC ms).
+    pub async fn event_ids_since(&self, since_ms: i64) -> Result<Vec<StoredEventId>> {
+        self.client
+            .query("SELECT tenant_id, event_id, toUnixTimestamp64Milli(ingested_at) AS ingested_at FROM events WHERE ingested_at >= fromUnixTimestamp64Milli(?)")
+            .bind(since_ms)
+            .fetch_all()
+            .await
+            .context("reading recent event ids")
+    }
+
+    /// Number of rows in `events`.
+    pub async fn count(&self) -> Result<u64> {
+        self.client.query("SELECT count() FROM events").fetch_one().await.context("counting events")
+    }
+
+    /// All event ids stored (tests and the demo summary; not for large tables).
+    pub async fn all_event_ids(&self) -> Result<Vec<String>> {
+        self.client.query("SELECT event_id FROM events").fetch_all().await.context("reading event ids")
+    }
+
+    pub fn client(&self) -> &clickhouse::Client {
+        &self.client
+    }
+}

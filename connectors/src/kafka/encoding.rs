@@ -1,0 +1,19 @@
+//! Records the pipeline writes to Kafka, owned so they can travel between threads and be retried.
+
+use rdkafka::message::{Header, OwnedHeaders};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRecord {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl OutgoingRecord {
+    pub fn kafka_headers(&self) -> OwnedHeaders {
+        self.headers.iter().fold(OwnedHeaders::new_with_capacity(self.headers.len()), |h, (k, v)| {
+            h.insert(Header { key: k, value: Some(v) })
+        })
+    }
+}

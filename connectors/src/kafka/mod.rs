@@ -1,0 +1,16 @@
+//! Kafka, through `rdkafka` (librdkafka). Nothing here is specific to the local broker: the local
+//! profile only sets client overrides in the pipeline file (see `docs/broker-quirks.md`).
+
+pub mod admin;
+pub mod config;
+pub mod encoding;
+pub mod producer;
+pub mod reader;
+pub mod source;
+
+pub use admin::ensure_topics;
+pub use config::{KafkaConfig, TopicSpec};
+pub use encoding::OutgoingRecord;
+pub use producer::AckedProducer;
+pub use reader::{read_all, ReadRecord};
+pub use source::{PartitionSource, SourceError, SourceRecord};

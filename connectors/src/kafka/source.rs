@@ -1,0 +1,184 @@
+//! The pipeline's Kafka source: one consumer per timely worker, manually assigned a fixed share of the
+//! topic's partitions, resuming from the consumer group's committed offsets.
+//!
+//! Why manual assignment rather than group subscription: the dataflow decides which worker owns which
+//! partition (partition p → worker p mod W), and its commits must cover exactly what its sinks made
+//! durable. Offsets are still committed under the pipeline's group id, so lag tools see them.
+//!
+//! Resume check: on a non-compacted topic the first record after an assignment must carry exactly the
+//! requested offset. A broker that silently skips records (see `docs/broker-quirks.md`) would otherwise
+//! look like success; here it stops the pipeline with an error.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::KafkaConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("Kafka client error: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(
+        "{topic}/{partition}: asked to resume at offset {expected} but the first record fetched has offset \
+         {got}; the broker skipped records, refusing to continue (see docs/broker-quirks.md)"
+    )]
+    SkippedRecords { topic: String, partition: i32, expected: i64, got: i64 },
+}
+
+/// One record as read from the source topic, owned so it can travel through the dataflow.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub timestamp_ms: Option<i64>,
+}
+
+pub struct PartitionSource {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: Vec<i32>,
+    /// Next offset to read per partition (the position).
+    next: HashMap<i32, i64>,
+    /// Partitions whose first record after assignment has not arrived yet, with the expected offset.
+    unverified: HashMap<i32, i64>,
+}
+
+impl PartitionSource {
+    /// Assigns `partitions` of `topic`, starting at the group's committed offsets (or the earliest
+    /// available offset for partitions the group never committed).
+    pub fn open(
+        config: &KafkaConfig,
+        group_id: &str,
+        topic: &str,
+        partitions: Vec<i32>,
+        verify_resume: bool,
+    ) -> Result<Self, SourceError> {
+        let consumer: BaseConsumer = config.consumer_config(group_id).create()?;
+        let timeout = Duration::from_secs(30);
+        let mut next = HashMap::new();
+        if !partitions.is_empty() {
+            let mut wanted = TopicPartitionList::new();
+            for &p in &partitions {
+                wanted.add_partition(topic, p);
+            }
+            let committed = consumer.committed_offsets(wanted, timeout)?;
+            let mut assignment = TopicPartitionList::new();
+            for &p in &partitions {
+                let start = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => consumer.fetch_watermarks(topic, p, timeout)?.0,
+                };
+                assignment.add_partition_offset(topic, p, Offset::Offset(start))?;
+                next.insert(p, start);
+            }
+            consumer.assign(&assignment)?;
+            tracing::info!(topic, group_id, ?next, "assigned partitions");
+        }
+        let unverified = if verify_resume { next.clone() } else { HashMap::new() };
+        Ok(PartitionSource { consumer, topic: topic.to_string(), partitions, next, unverified })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    /// Reads the next record, waiting at most `timeout`.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Option<SourceRecord>, SourceError> {
+        if self.partitions.is_empty() {
+            std::thread::sleep(timeout);
+            return Ok(None);
+        }
+        let message = match self.consumer.poll(timeout) {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) => m,
+        };
+        let (partition, offset) = (message.partition(), message.offset());
+        if let Some(expected) = self.unverified.remove(&partition) {
+            if offset != expected {
+                let low = self.consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10))?.0;
+                if expected >= low {
+                    return Err(SourceError::SkippedRecords { topic: self.topic.clone(), partition, expected, got: offset });
+                }
+                tracing::warn!(topic = %self.topic, partition, expected, got = offset, low,
+                    "resume offset was deleted by retention; continuing from the log start");
+            }
+        }
+        self.next.insert(partition, offset + 1);
+        Ok(Some(SourceRecord {
+            partition,
+            offset,
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            timestamp_ms: message.timestamp().to_millis(),
+        }))
+    }
+
+    /// The next offset to read, per assigned partition.
+    pub fn positions(&self) -> Vec<(i32, i64)> {
+        let mut v: Vec<(i32, i64)> = self.next.iter().map(|(&p, &o)| (p, o)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Commits `offsets` (next offset to read, per partition) under the group id.
+    pub fn commit(&self, offsets: &[(i32, i64)], mode: CommitMode) -> Result<(), SourceError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &(p, o) in offsets {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
+        }
+        self.consumer.commit(&tpl, mode)?;
+        Ok(())
+    }
+
+    /// True when every assigned partition has been read up to the broker's high watermark.
+    pub fn caught_up(&self) -> Result<bool, SourceError> {
+        for &p in &self.partitions {
+            let (_, high) = self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?;
+            if self.next.get(&p).copied().unwrap_or(0) < high {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The partitions of a topic owned by `worker` out of `workers`: p → worker p mod W.
+pub fn owned_partitions(partition_count: i32, worker: usize, workers: usize) -> Vec<i32> {
+    (0..partition_count).filter(|p| (*p as usize) % workers == worker).collect()
+}
+
+/// Number of partitions of `topic` according to the cluster metadata.
+pub fn partition_count(config: &KafkaConfig, topic: &str) -> Result<i32, SourceError> {
+    let consumer: BaseConsumer = config.consumer_config("touchpoint-metadata").create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let count = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+    Ok(i32::try_from(count).unwrap_or(i32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owned_partitions;
+
+    #[test]
+    fn partitions_are_spread_modulo_workers() {
+        assert_eq!(owned_partitions(4, 0, 2), vec![0, 2]);
+        assert_eq!(owned_partitions(4, 1, 2), vec![1, 3]);
+        assert_eq!(owned_partitions(2, 2, 3), Vec::<i32>::new());
+        let all: Vec<i32> = (0..3).flat_map(|w| owned_partitions(8, w, 3)).collect();
+        assert_eq!(all.len(), 8);
+    }
+}

@@ -1,0 +1,16 @@
+//! Touchpoint's connections to the outside world. Every connector has the same rooms:
+//!
+//! | room        | kafka                         | clickhouse                   | schema_registry      |
+//! |-------------|-------------------------------|------------------------------|----------------------|
+//! | `config`    | brokers, client overrides     | url, database, credentials   | url                  |
+//! | client      | `source`, `producer`, `admin` | `client`, `migrate`          | `client`             |
+//! | `encoding`  | headers of dead letters       | row types (RowBinary)        | Confluent framing    |
+//! | tests       | `connectors/tests/kafka.rs`   | `connectors/tests/clickhouse.rs` | `connectors/tests/schema_registry.rs` |
+//!
+//! Integration tests run against the real services started by `deploy/scripts/stack.sh`; their
+//! addresses come from [`testing::ServiceAddresses`].
+
+pub mod clickhouse;
+pub mod kafka;
+pub mod schema_registry;
+pub mod testing;

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs the local stack's real services, pinned, into $TOUCHPOINT_HOME (default ~/.touchpoint).
+# Each step is skipped when the pinned version is already present, so a second run is instant.
+#   - tansu 0.6.0        Kafka-protocol broker (crates.io)
+#   - rivven-schema 0.0.22  Confluent-compatible Schema Registry (crates.io)
+#   - chdb-core 26.9.0   ClickHouse engine (PyPI wheel), served over HTTP by deploy/clickhouse/launcher.py
+#   - aiosmtpd           SMTP peer for the email connector tests (later issues)
+set -euo pipefail
+
+TOUCHPOINT_HOME="${TOUCHPOINT_HOME:-$HOME/.touchpoint}"
+TOOLS="$TOUCHPOINT_HOME/tools"
+VENV="$TOUCHPOINT_HOME/venv"
+TANSU_VERSION=0.6.0
+RIVVEN_VERSION=0.0.22
+CHDB_VERSION=26.9.0
+
+mkdir -p "$TOOLS"
+log() { echo "[install] $*" >&2; }
+
+installed_version() { # <binary> -> version recorded at install time
+  local marker="$TOOLS/.$1.version"
+  [ -x "$TOOLS/bin/$1" ] && [ -f "$marker" ] && cat "$marker" || true
+}
+
+cargo_install() { # <crate> <version> <binary> [extra cargo args...]
+  local crate=$1 version=$2 bin=$3; shift 3
+  if [ "$(installed_version "$bin")" = "$version" ]; then
+    log "$crate $version present"
+    return
+  fi
+  log "building $crate $version (cold build takes several minutes)"
+  cargo install --locked --root "$TOOLS" "$crate" --version "$version" "$@"
+  echo "$version" > "$TOOLS/.$bin.version"
+}
+
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+
+if want tansu; then
+  cargo_install tansu "$TANSU_VERSION" tansu --features dynostore
+fi
+if want schema; then
+  cargo_install rivven-schema "$RIVVEN_VERSION" rivven-schema --no-default-features --features server,avro,cli
+fi
+if want clickhouse; then
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtualenv $VENV"
+    python3 -m venv "$VENV"
+  fi
+  if "$VENV/bin/python" -c "import importlib.metadata as m,sys; sys.exit(m.version('chdb-core')!='$CHDB_VERSION')" 2>/dev/null; then
+    log "chdb-core $CHDB_VERSION present"
+  else
+    log "installing chdb-core $CHDB_VERSION (about 560 MB)"
+    "$VENV/bin/pip" install --quiet --no-deps "chdb-core==$CHDB_VERSION"
+  fi
+fi
+log "done"

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The local stack: tansu (Kafka protocol), rivven-schema (Schema Registry), ClickHouse (chdb launcher).
+# All on 127.0.0.1, started in the background, stopped by PID.
+#
+#   deploy/scripts/stack.sh start    install (if missing) and start every service, wait until ready
+#   deploy/scripts/stack.sh stop     stop them (SIGTERM, then SIGKILL after 10 s)
+#   deploy/scripts/stack.sh status   show what runs
+#
+# Ports (override with the variables): Kafka 19092, ClickHouse HTTP 18123, Schema Registry 18081.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+TOUCHPOINT_HOME="${TOUCHPOINT_HOME:-$HOME/.touchpoint}"
+BIN="$TOUCHPOINT_HOME/tools/bin"
+VENV="$TOUCHPOINT_HOME/venv"
+RUN="$TOUCHPOINT_HOME/run"
+KAFKA_PORT="${TOUCHPOINT_KAFKA_PORT:-19092}"
+CLICKHOUSE_PORT="${TOUCHPOINT_CLICKHOUSE_PORT:-18123}"
+CLICKHOUSE_TCP_PORT="${TOUCHPOINT_CLICKHOUSE_TCP_PORT:-19000}"
+REGISTRY_PORT="${TOUCHPOINT_SCHEMA_REGISTRY_PORT:-18081}"
+
+log() { echo "[stack] $*" >&2; }
+
+pid_of() { # <name> -> pid if running
+  local f="$RUN/$1.pid"
+  [ -f "$f" ] || return 1
+  local pid; pid=$(cat "$f")
+  kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+wait_until() { # <name> <seconds> <command...>
+  local name=$1 secs=$2; shift 2
+  for _ in $(seq 1 $((secs * 10))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    if ! pid_of "$name" >/dev/null; then
+      log "$name exited during start-up; last lines of $RUN/$name.log:"; tail -20 "$RUN/$name.log" >&2; return 1
+    fi
+    sleep 0.1
+  done
+  log "$name not ready after ${secs}s; last lines of $RUN/$name.log:"; tail -20 "$RUN/$name.log" >&2
+  return 1
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_one() { # <name> <command...>
+  local name=$1; shift
+  if pid_of "$name" >/dev/null; then log "$name already running (pid $(pid_of "$name"))"; return 0; fi
+  log "starting $name"
+  setsid "$@" >"$RUN/$name.log" 2>&1 < /dev/null &
+  echo $! > "$RUN/$name.pid"
+}
+
+start() {
+  "$HERE/install-services.sh"
+  mkdir -p "$RUN"
+  start_one kafka "$BIN/tansu" broker \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine memory://tansu/
+  start_one schema-registry "$BIN/rivven-schema" serve --host 127.0.0.1 --port "$REGISTRY_PORT"
+  start_one clickhouse "$VENV/bin/python" "$ROOT/deploy/clickhouse/launcher.py" \
+    --data-dir "$RUN/clickhouse" --http-port "$CLICKHOUSE_PORT" --tcp-port "$CLICKHOUSE_TCP_PORT"
+  wait_until kafka 60 tcp_open "$KAFKA_PORT"
+  wait_until schema-registry 60 curl -fsS "http://127.0.0.1:$REGISTRY_PORT/subjects"
+  wait_until clickhouse 120 curl -fsS "http://127.0.0.1:$CLICKHOUSE_PORT/ping"
+  log "ready: kafka 127.0.0.1:$KAFKA_PORT, schema registry http://127.0.0.1:$REGISTRY_PORT, clickhouse http://127.0.0.1:$CLICKHOUSE_PORT"
+}
+
+stop_one() {
+  local name=$1 pid
+  if pid=$(pid_of "$name"); then
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$RUN/$name.pid"
+}
+
+stop() {
+  for name in clickhouse schema-registry kafka; do stop_one "$name"; done
+}
+
+status() {
+  for name in kafka schema-registry clickhouse; do
+    if pid=$(pid_of "$name"); then echo "$name: running (pid $pid)"; else echo "$name: stopped"; fi
+  done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|restart|status" >&2; exit 2 ;;
+esac

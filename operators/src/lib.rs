@@ -1,0 +1,20 @@
+//! Touchpoint's stream operators as plain Rust.
+//!
+//! Each module holds one operator's configuration, state and unit tests. Nothing here knows about
+//! Kafka, ClickHouse or timely: the dataflow in `pipelines/src/topology.rs` wires these into timely
+//! operators, and the connectors feed and drain them.
+//!
+//! - [`decode`]: bytes → field map (JSON, or Avro in the Confluent wire format);
+//! - [`normalize`]: validation and canonicalization into a [`touchpoint_schemas::NormalizedEvent`];
+//! - [`dedupe`]: drop repeated `event_id`s within a time-to-live;
+//! - [`tally`]: the per-epoch accounting that proves nothing is silently dropped.
+
+pub mod decode;
+pub mod dedupe;
+pub mod normalize;
+pub mod tally;
+
+pub use decode::{DecodeError, RecordDecoder, SchemaLookup, SchemaLookupError};
+pub use dedupe::{DedupeConfig, EventDeduplicator};
+pub use normalize::{NormalizeConfig, Normalizer, Rejection};
+pub use tally::EpochTally;

@@ -1,0 +1,207 @@
+//! The canonical forms of individual fields.
+
+use chrono::DateTime;
+use serde_json::Value;
+
+/// Smallest and largest event times accepted (ClickHouse `DateTime64(3)` covers 1900-01-01 ..
+/// 2299-12-31; we stay inside it).
+pub const MIN_EVENT_TIME_MS: i64 = -2_208_988_800_000; // 1900-01-01T00:00:00Z
+pub const MAX_EVENT_TIME_MS: i64 = 10_413_792_000_000; // 2300-01-01T00:00:00Z
+
+/// Epoch numbers below this magnitude are seconds, above it milliseconds. 1e11 seconds is the year
+/// 5138, and 1e11 milliseconds is 1973-03-03: no plausible event is ambiguous.
+const SECONDS_MILLIS_BOUNDARY: f64 = 1e11;
+
+/// snake_case of a free-form type name: "Email Opened", "emailOpened", "email-opened",
+/// "EMAIL_OPENED" and "HTTPRequest" give "email_opened", ..., "http_request".
+/// Returns an empty string when there is no letter or digit.
+pub fn snake_case(raw: &str) -> String {
+    let chars: Vec<char> = raw.trim().chars().collect();
+    let mut out = String::with_capacity(chars.len() + 4);
+    let mut pending_sep = false;
+    for (i, &c) in chars.iter().enumerate() {
+        if !c.is_alphanumeric() {
+            pending_sep = !out.is_empty();
+            continue;
+        }
+        if c.is_uppercase() && i > 0 && !out.is_empty() {
+            let prev = chars[i - 1];
+            let next_is_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            // fooBar | foo9Bar -> boundary before B; HTTPRequest -> boundary before the R of Request.
+            if prev.is_lowercase() || prev.is_ascii_digit() || (prev.is_uppercase() && next_is_lower) {
+                pending_sep = true;
+            }
+        }
+        if pending_sep && !out.ends_with('_') {
+            out.push('_');
+        }
+        pending_sep = false;
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+/// Parses `occurred_at`: RFC 3339 with any offset, or epoch seconds / milliseconds (as a number or a
+/// numeric string, fractions allowed). Returns UTC milliseconds, or a human reason.
+pub fn parse_event_time(value: &Value) -> Result<i64, String> {
+    let ms = match value {
+        Value::Number(n) => {
+            let f = n.as_f64().ok_or_else(|| format!("{n} is not a finite number"))?;
+            epoch_number_to_millis(f)?
+        }
+        Value::String(s) => {
+            let s = s.trim();
+            if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+                dt.timestamp_millis()
+            } else if let Ok(f) = s.parse::<f64>() {
+                epoch_number_to_millis(f)?
+            } else {
+                return Err(format!("{s:?} is neither RFC 3339 nor epoch seconds/milliseconds"));
+            }
+        }
+        other => return Err(format!("expected a string or a number, got {}", crate::decode::json_kind(other))),
+    };
+    if !(MIN_EVENT_TIME_MS..MAX_EVENT_TIME_MS).contains(&ms) {
+        return Err(format!("{ms} ms since the epoch is outside 1900..2300"));
+    }
+    Ok(ms)
+}
+
+fn epoch_number_to_millis(f: f64) -> Result<i64, String> {
+    if !f.is_finite() {
+        return Err("timestamp is not a finite number".into());
+    }
+    let ms = if f.abs() < SECONDS_MILLIS_BOUNDARY { f * 1000.0 } else { f };
+    if ms.abs() > 1e15 {
+        return Err(format!("{f} is out of range for epoch seconds or milliseconds"));
+    }
+    Ok(ms.round() as i64)
+}
+
+/// Is this string an email address (loosely: one `@`, a dotted domain, no spaces)?
+pub fn is_email_like(s: &str) -> bool {
+    let s = s.trim();
+    if s.len() > 254 || s.chars().any(char::is_whitespace) {
+        return false;
+    }
+    let mut parts = s.split('@');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(local), Some(domain), None) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        }
+        _ => false,
+    }
+}
+
+/// Lower-cases (and trims) email-like string values anywhere inside `value`.
+pub fn lowercase_emails(value: &mut Value) {
+    match value {
+        Value::String(s) if is_email_like(s) => *s = s.trim().to_lowercase(),
+        Value::Array(items) => items.iter_mut().for_each(lowercase_emails),
+        Value::Object(map) => map.values_mut().for_each(lowercase_emails),
+        _ => {}
+    }
+}
+
+/// Canonical JSON text: object keys sorted (whatever map order serde_json was built with), no spaces.
+/// Equal values always give equal text, which makes content-derived event ids stable.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn snake_case_handles_spaces_camel_kebab_and_acronyms() {
+        assert_eq!(snake_case("Email Opened"), "email_opened");
+        assert_eq!(snake_case("emailOpened"), "email_opened");
+        assert_eq!(snake_case("email-opened"), "email_opened");
+        assert_eq!(snake_case("EMAIL_OPENED"), "email_opened");
+        assert_eq!(snake_case("HTTPRequest"), "http_request");
+        assert_eq!(snake_case("  page  viewed!! "), "page_viewed");
+        assert_eq!(snake_case("checkout.v2.Completed"), "checkout_v2_completed");
+        assert_eq!(snake_case("already_snake"), "already_snake");
+        assert_eq!(snake_case(" -- "), "");
+    }
+
+    #[test]
+    fn rfc3339_with_offsets_becomes_utc_millis() {
+        let a = parse_event_time(&json!("2026-11-25T10:00:00Z")).unwrap();
+        let b = parse_event_time(&json!("2026-11-25T11:00:00+01:00")).unwrap();
+        let c = parse_event_time(&json!("2026-11-25T05:30:00.250-04:30")).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(c, a + 250);
+        assert_eq!(a, 1_795_600_800_000);
+    }
+
+    #[test]
+    fn epoch_seconds_and_millis_are_told_apart() {
+        assert_eq!(parse_event_time(&json!(1_700_000_000)).unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_event_time(&json!(1_700_000_000_123i64)).unwrap(), 1_700_000_000_123);
+        assert_eq!(parse_event_time(&json!(1_700_000_000.5)).unwrap(), 1_700_000_000_500);
+        assert_eq!(parse_event_time(&json!("1700000000")).unwrap(), 1_700_000_000_000);
+    }
+
+    #[test]
+    fn unparseable_times_are_errors() {
+        for bad in [json!("yesterday"), json!("2026-13-01T00:00:00Z"), json!(true), json!(null), json!({}), json!(1e300)] {
+            assert!(parse_event_time(&bad).is_err(), "{bad} should not parse");
+        }
+        assert!(parse_event_time(&json!("2400-01-01T00:00:00Z")).is_err());
+    }
+
+    #[test]
+    fn emails_are_detected_and_lowercased_recursively() {
+        assert!(is_email_like("Ann@Example.COM"));
+        assert!(!is_email_like("not an@email.com"));
+        assert!(!is_email_like("a@b"));
+        assert!(!is_email_like("a@@b.com"));
+        let mut v = json!({"email": " Ann@Example.COM ", "nested": {"cc": ["BOB@X.IO", "Keep Me"]}, "n": 1});
+        lowercase_emails(&mut v);
+        assert_eq!(v, json!({"email": "ann@example.com", "nested": {"cc": ["bob@x.io", "Keep Me"]}, "n": 1}));
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let v = json!({"b": 1, "a": {"d": [1, {"z": 1, "y": 2}], "c": "x\"y"}});
+        assert_eq!(canonical_json(&v), r#"{"a":{"c":"x\"y","d":[1,{"y":2,"z":1}]},"b":1}"#);
+    }
+}

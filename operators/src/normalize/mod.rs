@@ -1,0 +1,242 @@
+//! Normalization: validate the required fields of a decoded event and bring every field into its
+//! canonical form. Pure: the caller passes the clock (`now_ms`), so replays and tests are deterministic.
+//!
+//! Rules (one rejection reason each, see [`RejectReason`]):
+//! - `event_type` (required string): alias table, then snake_case; unknown types allowed or rejected;
+//! - `occurred_at` (required): RFC 3339 with any offset, or epoch seconds/millis → UTC millis; not
+//!   further in the future than `max_future_skew`;
+//! - `subject_id` (required string or integer): trimmed, non-empty, at most `max_subject_id_len` chars;
+//! - `attributes` (required object): email-like string values lower-cased, keys sorted;
+//! - `event_id`, `tenant_id`, `source` (optional strings): a missing `event_id` is derived from the
+//!   content, so the same event sent twice gets the same id and is deduplicated.
+//!
+//! Fields other than these are ignored: producers put payload data in `attributes`.
+
+mod canonical;
+mod config;
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Map, Value};
+use touchpoint_schemas::{NormalizedEvent, RejectReason, SourcePosition};
+
+pub use canonical::{canonical_json, is_email_like, lowercase_emails, parse_event_time, snake_case};
+pub use config::{EventTypesConfig, NormalizeConfig, UnknownEventTypes};
+
+use crate::decode::json_kind;
+
+/// A record the pipeline refuses, with the reason code and a message for the person who produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
+        Rejection { reason, message: message.into() }
+    }
+}
+
+/// A configuration that cannot work (reported when the pipeline file is loaded).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("normalize.event_types: {0}")]
+pub struct InvalidNormalizeConfig(String);
+
+/// The normalization operator: configuration compiled into lookup tables.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    config: NormalizeConfig,
+    /// snake_case(alias) → canonical type.
+    aliases: HashMap<String, String>,
+    /// Canonical types accepted when unknown types are rejected.
+    known: HashSet<String>,
+    max_future_skew_ms: i64,
+}
+
+impl Normalizer {
+    pub fn new(config: NormalizeConfig) -> Result<Self, InvalidNormalizeConfig> {
+        let mut aliases = HashMap::new();
+        for (from, to) in &config.event_types.aliases {
+            let (key, target) = (snake_case(from), snake_case(to));
+            if key.is_empty() || target.is_empty() {
+                return Err(InvalidNormalizeConfig(format!(
+                    "alias {from:?} -> {to:?} has no letters or digits on one side"
+                )));
+            }
+            if let Some(previous) = aliases.insert(key.clone(), target.clone()) {
+                if previous != target {
+                    return Err(InvalidNormalizeConfig(format!(
+                        "aliases {from:?} maps to both {previous:?} and {target:?} (spellings collide as {key:?})"
+                    )));
+                }
+            }
+        }
+        let known: HashSet<String> = config.event_types.known.iter().map(|t| snake_case(t)).collect();
+        if config.event_types.unknown == UnknownEventTypes::Reject && known.is_empty() {
+            return Err(InvalidNormalizeConfig(
+                "unknown: reject needs a non-empty `known` list, or every event would be rejected".into(),
+            ));
+        }
+        let max_future_skew_ms = i64::try_from(config.max_future_skew.as_millis()).unwrap_or(i64::MAX);
+        Ok(Normalizer { config, aliases, known, max_future_skew_ms })
+    }
+
+    pub fn config(&self) -> &NormalizeConfig {
+        &self.config
+    }
+
+    /// The canonical name of a producer's event type.
+    pub fn canonical_event_type(&self, raw: &str) -> Result<String, Rejection> {
+        let snake = snake_case(raw);
+        if snake.is_empty() {
+            return Err(Rejection::new(
+                RejectReason::InvalidEventType,
+                format!("event_type {raw:?} has no letters or digits"),
+            ));
+        }
+        let canonical = self.aliases.get(&snake).cloned().unwrap_or(snake);
+        if self.config.event_types.unknown == UnknownEventTypes::Reject && !self.known.contains(&canonical) {
+            return Err(Rejection::new(
+                RejectReason::UnknownEventType,
+                format!("event_type {raw:?} (canonical {canonical:?}) is not a known event type"),
+            ));
+        }
+        Ok(canonical)
+    }
+
+    /// Validates and canonicalizes one decoded record.
+    pub fn normalize(
+        &self,
+        mut fields: Map<String, Value>,
+        position: SourcePosition,
+        now_ms: i64,
+    ) -> Result<NormalizedEvent, Rejection> {
+        let raw_type = required_string(&fields, "event_type")?;
+        let event_type = self.canonical_event_type(raw_type)?;
+
+        let occurred_at_ms = parse_event_time(required(&fields, "occurred_at")?)
+            .map_err(|m| Rejection::new(RejectReason::InvalidTimestamp, format!("occurred_at: {m}")))?;
+        if occurred_at_ms > now_ms.saturating_add(self.max_future_skew_ms) {
+            return Err(Rejection::new(
+                RejectReason::TimestampInFuture,
+                format!(
+                    "occurred_at is {} s ahead of the pipeline's clock, more than the allowed skew of {} s",
+                    (occurred_at_ms - now_ms) / 1000,
+                    self.max_future_skew_ms / 1000
+                ),
+            ));
+        }
+
+        let subject_id = self.subject_id(required(&fields, "subject_id")?)?;
+
+        let mut attributes = match fields.remove("attributes") {
+            None | Some(Value::Null) => {
+                return Err(Rejection::new(RejectReason::MissingField, "required field `attributes` is missing"))
+            }
+            Some(v @ Value::Object(_)) => v,
+            Some(other) => {
+                return Err(Rejection::new(
+                    RejectReason::InvalidFieldType,
+                    format!("`attributes` must be an object, got {}", json_kind(&other)),
+                ))
+            }
+        };
+        canonical::lowercase_emails(&mut attributes);
+        let attributes_json = canonical_json(&attributes);
+
+        let tenant_id = optional_string(&fields, "tenant_id")?.unwrap_or_else(|| self.config.default_tenant.clone());
+        let source = optional_string(&fields, "source")?.unwrap_or_else(|| self.config.default_source.clone());
+        let event_id = match optional_string(&fields, "event_id")? {
+            Some(id) => id,
+            None => derived_event_id(&tenant_id, &event_type, &subject_id, occurred_at_ms, &attributes_json),
+        };
+
+        Ok(NormalizedEvent {
+            event_id,
+            event_type,
+            occurred_at_ms,
+            subject_id,
+            tenant_id,
+            source,
+            attributes_json,
+            ingested_at_ms: now_ms,
+            position,
+        })
+    }
+
+    fn subject_id(&self, value: &Value) -> Result<String, Rejection> {
+        let id = match value {
+            Value::String(s) => s.trim().to_string(),
+            // Numeric ids are common in CRMs; their decimal form is the canonical id.
+            Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+            other => {
+                return Err(Rejection::new(
+                    RejectReason::InvalidFieldType,
+                    format!("`subject_id` must be a string or an integer, got {}", json_kind(other)),
+                ))
+            }
+        };
+        if id.is_empty() {
+            return Err(Rejection::new(RejectReason::InvalidSubjectId, "`subject_id` is empty"));
+        }
+        let len = id.chars().count();
+        if len > self.config.max_subject_id_len {
+            return Err(Rejection::new(
+                RejectReason::InvalidSubjectId,
+                format!("`subject_id` has {len} characters, more than the limit of {}", self.config.max_subject_id_len),
+            ));
+        }
+        Ok(id)
+    }
+}
+
+/// A deterministic id from the event's canonical content (`tp-` + 128-bit xxh3, hex).
+pub fn derived_event_id(tenant: &str, event_type: &str, subject: &str, occurred_at_ms: i64, attributes_json: &str) -> String {
+    let mut buf = Vec::with_capacity(tenant.len() + event_type.len() + subject.len() + attributes_json.len() + 24);
+    for part in [tenant.as_bytes(), event_type.as_bytes(), subject.as_bytes()] {
+        buf.extend_from_slice(part);
+        buf.push(0);
+    }
+    buf.extend_from_slice(&occurred_at_ms.to_le_bytes());
+    buf.extend_from_slice(attributes_json.as_bytes());
+    format!("tp-{:032x}", xxhash_rust::xxh3::xxh3_128(&buf))
+}
+
+fn required<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a Value, Rejection> {
+    match fields.get(name) {
+        None | Some(Value::Null) => {
+            Err(Rejection::new(RejectReason::MissingField, format!("required field `{name}` is missing")))
+        }
+        Some(v) => Ok(v),
+    }
+}
+
+fn required_string<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a str, Rejection> {
+    match required(fields, name)? {
+        Value::String(s) => Ok(s),
+        other => Err(Rejection::new(
+            RejectReason::InvalidFieldType,
+            format!("`{name}` must be a string, got {}", json_kind(other)),
+        )),
+    }
+}
+
+/// An optional string field: absent, null or blank → `None`; numbers are accepted as their text.
+fn optional_string(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, Rejection> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            let t = s.trim();
+            Ok((!t.is_empty()).then(|| t.to_string()))
+        }
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(Rejection::new(
+            RejectReason::InvalidFieldType,
+            format!("`{name}` must be a string, got {}", json_kind(other)),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+//! The pipeline file (YAML). Every section refuses unknown keys; every error names the file, the line
+//! and what is wrong, e.g. `pipelines/config/local.yaml:12:5: normalize: unknown field `skew` ...`.
+//!
+//! `${NAME}` and `${NAME:-default}` are replaced by environment variables before parsing, so one file
+//! serves local runs, CI and production (line numbers are preserved).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use touchpoint_connectors::clickhouse::ClickHouseConfig;
+use touchpoint_connectors::kafka::{KafkaConfig, TopicSpec};
+use touchpoint_connectors::schema_registry::SchemaRegistryConfig;
+use touchpoint_operators::{DedupeConfig, NormalizeConfig, Normalizer};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub pipeline: PipelineSection,
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub schema_registry: SchemaRegistryConfig,
+    pub clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    pub epochs: EpochConfig,
+    #[serde(default)]
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub normalize: NormalizeConfig,
+    #[serde(default)]
+    pub dedupe: DedupeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    pub name: String,
+    /// Consumer group under which source offsets are committed (what lag tools show).
+    pub group_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// The source, `marketing.events`.
+    pub events: TopicSpec,
+    /// Rejected records, `marketing.events.dlq`.
+    pub dead_letter: TopicSpec,
+}
+
+impl TopicsConfig {
+    pub fn all(&self) -> Vec<TopicSpec> {
+        vec![self.events.clone(), self.dead_letter.clone()]
+    }
+}
+
+/// How the source cuts the stream into epochs (timely timestamps). See `docs/time-and-delivery.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochConfig {
+    /// A new epoch starts at least this often.
+    #[serde(default = "default_epoch_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// ... or as soon as a worker has read this many records in the current one.
+    #[serde(default = "default_epoch_max_records")]
+    pub max_records: usize,
+}
+
+impl Default for EpochConfig {
+    fn default() -> Self {
+        EpochConfig { interval: default_epoch_interval(), max_records: default_epoch_max_records() }
+    }
+}
+
+fn default_epoch_interval() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_epoch_max_records() -> usize {
+    50_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Check that the first record after resuming carries the requested offset (stop otherwise).
+    #[serde(default = "yes")]
+    pub verify_resume_offsets: bool,
+    /// With `--until-drained`: the source stops once it has read nothing for this long and is at the
+    /// high watermark of every partition.
+    #[serde(default = "default_drain_idle", with = "humantime_serde")]
+    pub drain_idle: Duration,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig { verify_resume_offsets: true, drain_idle: default_drain_idle() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_drain_idle() -> Duration {
+    Duration::from_millis(1500)
+}
+
+/// A pipeline file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{}: {message}", path.display())]
+    Semantic { path: PathBuf, message: String },
+}
+
+impl PipelineConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses pipeline YAML; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let text = interpolate_env(text).map_err(|(line, message)| ConfigError::Invalid {
+            path: path.into(),
+            line,
+            column: 1,
+            message,
+        })?;
+        let config: PipelineConfig = serde_yaml::from_str(&text).map_err(|e| {
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            // serde_yaml appends " at line L column C" to some messages; the prefix already says it.
+            let message = e.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            ConfigError::Invalid { path: path.into(), line, column, message }
+        })?;
+        config.validate().map_err(|message| ConfigError::Semantic { path: path.into(), message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        Normalizer::new(self.normalize.clone()).map_err(|e| e.to_string())?;
+        if self.epochs.interval.is_zero() {
+            return Err("epochs.interval must be greater than zero".into());
+        }
+        if self.epochs.max_records == 0 {
+            return Err("epochs.max_records must be greater than zero".into());
+        }
+        for t in self.topics.all() {
+            if t.partitions < 1 {
+                return Err(format!("topic {}: partitions must be at least 1", t.name));
+            }
+        }
+        if self.topics.events.name == self.topics.dead_letter.name {
+            return Err("topics.events and topics.dead_letter must be different topics".into());
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `${NAME}` / `${NAME:-default}`. Errors carry the 1-based line.
+fn interpolate_env(text: &str) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after.find('}').ok_or((i + 1, "unterminated ${...}".to_string()))?;
+            let expr = &after[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            match (std::env::var(name), default) {
+                (Ok(v), _) => out.push_str(&v),
+                (Err(_), Some(d)) => out.push_str(d),
+                (Err(_), None) => {
+                    return Err((i + 1, format!("environment variable {name} is not set and has no default")))
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: &str = include_str!("../config/local.yaml");
+
+    fn parse(text: &str) -> Result<PipelineConfig, ConfigError> {
+        PipelineConfig::parse(text, Path::new("pipeline.yaml"))
+    }
+
+    #[test]
+    fn the_shipped_local_pipeline_file_loads() {
+        let c = parse(LOCAL).unwrap();
+        assert_eq!(c.topics.events.name, "marketing.events");
+        assert_eq!(c.topics.dead_letter.name, "marketing.events.dlq");
+        assert_eq!(c.epochs.interval, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_file_line_and_key() {
+        let bad = LOCAL.replacen("  max_future_skew: 24h", "  max_future_skew: 24h\n  skew: 1h", 1);
+        let line = bad.lines().position(|l| l == "  skew: 1h").unwrap() + 1;
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("pipeline.yaml:{line}:")), "{err}");
+        assert!(err.contains("unknown field `skew`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_are_refused_with_file_line_and_expectation() {
+        let bad = LOCAL.replacen("partitions: 4", "partitions: many", 1);
+        let line = bad.lines().position(|l| l.contains("partitions: many")).unwrap() + 1;
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("pipeline.yaml:{line}:")), "{err}");
+        assert!(err.contains("invalid type") && err.contains("i32"), "{err}");
+
+        let bad = LOCAL.replacen("interval: 200ms", "interval: soon", 1);
+        let line = bad.lines().position(|l| l.contains("interval: soon")).unwrap() + 1;
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("pipeline.yaml:{line}:")), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_file() {
+        let bad = LOCAL.replacen("known: [page_viewed,", "known: []\n    ignored: [page_viewed,", 1).replacen("    ignored: [", "    #", 1);
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.starts_with("pipeline.yaml: normalize.event_types"), "{err}");
+    }
+
+    #[test]
+    fn environment_variables_are_interpolated() {
+        std::env::set_var("TP_TEST_GROUP", "group-from-env");
+        let text = LOCAL.replacen("group_id: touchpoint.normalization", "group_id: ${TP_TEST_GROUP}", 1);
+        assert_eq!(parse(&text).unwrap().pipeline.group_id, "group-from-env");
+        let text = LOCAL.replacen("group_id: touchpoint.normalization", "group_id: ${TP_TEST_UNSET_VAR:-fallback}", 1);
+        assert_eq!(parse(&text).unwrap().pipeline.group_id, "fallback");
+        let text = LOCAL.replacen("group_id: touchpoint.normalization", "group_id: ${TP_TEST_UNSET_VAR}", 1);
+        let line = text.lines().position(|l| l.contains("TP_TEST_UNSET_VAR")).unwrap() + 1;
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("pipeline.yaml:{line}:1: environment variable TP_TEST_UNSET_VAR")), "{err}");
+    }
+}

@@ -1,0 +1,11 @@
+//! The Touchpoint pipeline: configuration, the timely dataflow, and the commands of the `touchpoint`
+//! binary. Start reading at [`topology`], which draws the whole dataflow.
+
+pub mod config;
+pub mod generate;
+pub mod runtime;
+pub mod stages;
+pub mod topology;
+
+pub use config::PipelineConfig;
+pub use runtime::{run, RunOptions, RunReport};

@@ -1,0 +1,199 @@
+//! The `touchpoint` command line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use touchpoint::generate::{generate, AvroWriter, Expected, GeneratorConfig};
+use touchpoint::{PipelineConfig, RunOptions};
+use touchpoint_connectors::clickhouse::migrate;
+use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, OutgoingRecord};
+use touchpoint_connectors::schema_registry::RegistryClient;
+
+#[derive(Parser)]
+#[command(name = "touchpoint", version, about = "Stream processing for marketing automation on Kafka")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Worker threads per process.
+        #[arg(long, short, default_value_t = 1)]
+        workers: usize,
+        /// Processes in the computation.
+        #[arg(long, short = 'n', default_value_t = 1)]
+        processes: usize,
+        /// This process's index.
+        #[arg(long, short, default_value_t = 0)]
+        process: usize,
+        /// host:port of every process, one per line.
+        #[arg(long)]
+        hostfile: Option<PathBuf>,
+        /// Stop when the source topic is drained.
+        #[arg(long)]
+        until_drained: bool,
+    },
+    /// Check a pipeline file and print what is wrong with it.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create the ClickHouse database and apply pending migrations (idempotent).
+    Migrate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create the pipeline's Kafka topics (idempotent).
+    Topics {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Produce a realistic demo stream to the source topic.
+    Generate {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value_t = 1_000)]
+        subjects: usize,
+        #[arg(long, default_value_t = 0.05)]
+        malformed_share: f64,
+        #[arg(long, default_value_t = 0.02)]
+        duplicate_share: f64,
+        #[arg(long, default_value_t = 0.5)]
+        avro_share: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Write what the pipeline should do with each record (JSON lines) to this file.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Print every record of a topic as JSON lines (key, value, headers).
+    Tail {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Topic name (default: the dead-letter topic).
+        #[arg(long)]
+        topic: Option<String>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load(path: &Path) -> Result<PipelineConfig> {
+    Ok(PipelineConfig::load(path)?)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("async runtime")
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { config, workers, processes, process, hostfile, until_drained } => {
+            let config = load(&config)?;
+            let report = touchpoint::run(config, RunOptions { workers, processes, process, hostfile, until_drained })?;
+            let t = &report.totals.tally;
+            println!("pipeline finished: {} epochs ({} unbalanced)", report.totals.epochs, report.totals.unbalanced_epochs);
+            println!("  in              {}", t.received);
+            println!("  normalized      {}", t.normalized);
+            println!("  duplicates      {}", t.duplicates);
+            println!("  already stored  {}", t.already_stored);
+            println!("  dead-lettered   {}", t.dead_lettered_total());
+            for (code, n) in &t.dead_lettered {
+                println!("    {code:<22}{n}");
+            }
+            anyhow::ensure!(report.totals.unbalanced_epochs == 0, "some epochs did not balance (see the log)");
+        }
+        Command::Validate { config } => {
+            let c = load(&config)?;
+            println!("{}: ok (pipeline {}, source {})", config.display(), c.pipeline.name, c.topics.events.name);
+        }
+        Command::Migrate { config } => {
+            let c = load(&config)?;
+            let applied = runtime()?.block_on(migrate(&c.clickhouse))?;
+            println!("database {}: {} migration(s) applied {:?}", c.clickhouse.database, applied.len(), applied);
+        }
+        Command::Topics { config } => {
+            let c = load(&config)?;
+            runtime()?.block_on(ensure_topics(&c.kafka, &c.topics.all()))?;
+            for t in c.topics.all() {
+                println!("{} ({} partitions)", t.name, t.partitions);
+            }
+        }
+        Command::Generate { config, count, subjects, malformed_share, duplicate_share, avro_share, seed, manifest } => {
+            let c = load(&config)?;
+            let topic = c.topics.events.name.clone();
+            let schema = apache_avro::Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT)?;
+            let schema_id = RegistryClient::new(&c.schema_registry)?
+                .register_avro(&format!("{topic}-value"), touchpoint_schemas::avro::MARKETING_EVENT)?;
+            let gen_config = GeneratorConfig { count, subjects, malformed_share, duplicate_share, avro_share, seed, ..Default::default() };
+            let records = generate(&gen_config, Some(&AvroWriter { schema_id, schema: &schema }));
+            let rt = runtime()?;
+            rt.block_on(ensure_topics(&c.kafka, &c.topics.all()))?;
+            let producer = AckedProducer::new(&c.kafka)?;
+            let outgoing: Vec<OutgoingRecord> = records
+                .iter()
+                .map(|r| OutgoingRecord { topic: topic.clone(), key: Some(r.key.clone()), payload: Some(r.payload.clone()), headers: vec![] })
+                .collect();
+            let mut positions = Vec::with_capacity(outgoing.len());
+            for chunk in outgoing.chunks(5_000) {
+                positions.extend(rt.block_on(producer.send_all(chunk))?);
+            }
+            if let Some(path) = manifest {
+                let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                for ((partition, offset), r) in positions.iter().zip(&records) {
+                    let mut line = serde_json::to_value(&r.expected)?;
+                    line["partition"] = (*partition).into();
+                    line["offset"] = (*offset).into();
+                    writeln!(f, "{line}")?;
+                }
+            }
+            let count = |f: fn(&Expected) -> bool| records.iter().filter(|r| f(&r.expected)).count();
+            println!(
+                "produced {} records to {topic} (schema id {schema_id}): {} valid, {} duplicates, {} malformed",
+                records.len(),
+                count(|e| matches!(e, Expected::Valid { .. })),
+                count(|e| matches!(e, Expected::Duplicate { .. })),
+                count(|e| matches!(e, Expected::Rejected { .. })),
+            );
+        }
+        Command::Tail { config, topic } => {
+            let c = load(&config)?;
+            let topic = topic.unwrap_or(c.topics.dead_letter.name.clone());
+            let out = std::io::stdout();
+            let mut out = out.lock();
+            for r in read_all(&c.kafka, &topic, Duration::from_secs(1), Duration::from_secs(120))? {
+                let line = serde_json::json!({
+                    "partition": r.partition,
+                    "offset": r.offset,
+                    "key": r.key.as_deref().map(String::from_utf8_lossy),
+                    "value": r.payload.as_deref().map(String::from_utf8_lossy),
+                    "headers": r.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                });
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! Running the pipeline: a timely computation whose workers each own a share of the source partitions.
+//!
+//! The worker loop steps the dataflow and, whenever the sinks' probe passes epochs, commits the source
+//! offsets recorded at the close of the last such epoch. See `docs/time-and-delivery.md`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rdkafka::consumer::CommitMode;
+use timely::worker::Worker;
+use touchpoint_connectors::clickhouse::EventStore;
+use touchpoint_connectors::kafka::source::{owned_partitions, partition_count};
+use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, PartitionSource};
+use touchpoint_connectors::schema_registry::RegistryClient;
+use touchpoint_operators::dedupe::dedupe_key;
+use touchpoint_operators::{EventDeduplicator, Normalizer};
+
+use crate::config::PipelineConfig;
+use crate::stages::dedupe::owner;
+use crate::stages::kafka_source::{SourceState, StopPolicy};
+use crate::stages::tally::{RunTotals, TallyBook};
+use crate::topology::{self, WorkerParts};
+
+/// How to run: parallelism (timely's threads/processes) and when to stop.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Number of processes of the computation (each started with its own `process` index).
+    pub processes: usize,
+    /// This process's index, `0..processes`.
+    pub process: usize,
+    /// One `host:port` per line, one line per process (default: 127.0.0.1:2101, 2102, ...).
+    pub hostfile: Option<PathBuf>,
+    /// Stop once the source topic is drained (demo, tests, backfills) instead of running forever.
+    pub until_drained: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { workers: 1, processes: 1, process: 0, hostfile: None, until_drained: false }
+    }
+}
+
+/// What a run did (complete only in process 0, whose worker 0 sums the tallies).
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub totals: RunTotals,
+}
+
+pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("touchpoint-io")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+
+    runtime.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
+    let exists: u8 = runtime
+        .block_on(config.clickhouse.client().query("EXISTS TABLE events").fetch_one())
+        .with_context(|| format!("checking ClickHouse at {}", config.clickhouse.url))?;
+    if exists == 0 {
+        bail!("table {}.events does not exist: run `touchpoint migrate` first", config.clickhouse.database);
+    }
+    let partitions = partition_count(&config.kafka, &config.topics.events.name)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_signal_handler(&runtime, stop.clone());
+
+    let totals = Arc::new(Mutex::new(RunTotals::default()));
+    let timely_config = timely::Config { communication: communication(&options)?, worker: timely::WorkerConfig::default() };
+    let shared = Arc::new(Shared {
+        config,
+        runtime: runtime.handle().clone(),
+        partitions,
+        stop,
+        until_drained: options.until_drained,
+        totals: totals.clone(),
+    });
+    let guards = timely::execute(timely_config, move |worker| run_worker(worker, &shared))
+        .map_err(|e| anyhow!("starting timely: {e}"))?;
+    let mut errors = Vec::new();
+    for (i, result) in guards.join().into_iter().enumerate() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(format!("worker {i}: {e:#}")),
+            Err(panic) => errors.push(format!("worker {i} panicked: {panic}")),
+        }
+    }
+    if !errors.is_empty() {
+        bail!("pipeline failed: {}", errors.join("; "));
+    }
+    let totals = totals.lock().map(|t| t.clone()).unwrap_or_default();
+    Ok(RunReport { totals })
+}
+
+struct Shared {
+    config: PipelineConfig,
+    runtime: tokio::runtime::Handle,
+    partitions: i32,
+    stop: Arc<AtomicBool>,
+    until_drained: bool,
+    totals: Arc<Mutex<RunTotals>>,
+}
+
+fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
+    let config = &shared.config;
+    let (index, peers) = (worker.index(), worker.peers());
+    let topic = config.topics.events.name.clone();
+    let owned = owned_partitions(shared.partitions, index, peers);
+    let source = PartitionSource::open(&config.kafka, &config.pipeline.group_id, &topic, owned, config.source.verify_resume_offsets)?;
+    let store = EventStore::new(&config.clickhouse);
+
+    // After a crash, the records between the committed offsets and what the sink already stored are
+    // read again: find the ones already stored so they are skipped, not stored twice.
+    let already_stored: HashSet<(i32, i64)> =
+        shared.runtime.block_on(store.stored_offsets(&topic, &source.positions()))?.into_iter().collect();
+    if !already_stored.is_empty() {
+        tracing::info!(worker = index, records = already_stored.len(), "records past the committed offsets are already stored; they will be skipped");
+    }
+
+    // Deduplication state: the ids this worker owns that were stored within the TTL.
+    let mut deduplicator = EventDeduplicator::new(&config.dedupe);
+    let ttl_ms = i64::try_from(config.dedupe.ttl.as_millis()).unwrap_or(i64::MAX);
+    let since = chrono::Utc::now().timestamp_millis().saturating_sub(ttl_ms);
+    let mut restored = 0usize;
+    for id in shared.runtime.block_on(store.event_ids_since(since))? {
+        if owner(&id.tenant_id, &id.event_id, peers) == index {
+            deduplicator.remember(dedupe_key(&id.tenant_id, &id.event_id), id.ingested_at);
+            restored += 1;
+        }
+    }
+    tracing::info!(worker = index, partitions = ?source.partitions(), restored_event_ids = restored, "worker starting");
+
+    let state = SourceState::new(source, already_stored);
+    let tally = TallyBook::default();
+    let handles = topology::build(
+        worker,
+        WorkerParts {
+            source: state.clone(),
+            source_topic: topic,
+            epochs: config.epochs.clone(),
+            stop: StopPolicy { until_drained: shared.until_drained, drain_idle: config.source.drain_idle, stop: shared.stop.clone() },
+            registry: Arc::new(RegistryClient::new(&config.schema_registry)?),
+            normalizer: Normalizer::new(config.normalize.clone())?,
+            deduplicator,
+            events: store,
+            dead_letters: AckedProducer::new(&config.kafka)?,
+            dead_letter_topic: config.topics.dead_letter.name.clone(),
+            runtime: shared.runtime.clone(),
+            tally: tally.clone(),
+            totals: shared.totals.clone(),
+        },
+    );
+    let mut tallies = Some(handles.tallies);
+    let mut last_commit: Option<Vec<(i32, i64)>> = None;
+    let mut failure = None;
+    loop {
+        worker.step();
+        let frontier = handles.sinks.with_frontier(|f| f.first().copied());
+
+        {
+            let mut st = state.borrow_mut();
+            if let Some(positions) = st.take_committable(frontier) {
+                if let Err(e) = st.source.commit(&positions, CommitMode::Async) {
+                    tracing::warn!(error = %e, "offset commit failed; the next epoch's commit covers it");
+                }
+                last_commit = Some(positions);
+            }
+            if let Some(e) = st.error.take() {
+                failure = Some(e);
+            }
+        }
+
+        if let Some(input) = tallies.as_mut() {
+            for (epoch, partial) in tally.take_before(frontier) {
+                if epoch >= *input.time() {
+                    input.advance_to(epoch);
+                    input.send(partial);
+                }
+            }
+            match frontier {
+                Some(f) if f > *input.time() => input.advance_to(f),
+                Some(_) => {}
+                None => drop(tallies.take()),
+            }
+        }
+        if frontier.is_none() && tallies.is_none() && handles.tallies_logged.done() {
+            break;
+        }
+    }
+    if let Some(positions) = last_commit {
+        state.borrow().source.commit(&positions, CommitMode::Sync)?;
+        tracing::info!(worker = index, ?positions, "committed final offsets");
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+fn communication(options: &RunOptions) -> Result<timely::CommunicationConfig> {
+    if options.workers == 0 || options.processes == 0 {
+        bail!("--workers and --processes must be at least 1");
+    }
+    if options.process >= options.processes {
+        bail!("--process must be below --processes ({})", options.processes);
+    }
+    Ok(if options.processes == 1 {
+        if options.workers == 1 {
+            timely::CommunicationConfig::Thread
+        } else {
+            timely::CommunicationConfig::Process(options.workers)
+        }
+    } else {
+        let addresses = match &options.hostfile {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let hosts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+                if hosts.len() != options.processes {
+                    bail!("{} lists {} hosts for {} processes", path.display(), hosts.len(), options.processes);
+                }
+                hosts
+            }
+            None => (0..options.processes).map(|i| format!("127.0.0.1:{}", 2101 + i)).collect(),
+        };
+        timely::CommunicationConfig::Cluster {
+            threads: options.workers,
+            process: options.process,
+            addresses,
+            report: false,
+            zerocopy: false,
+        }
+    })
+}
+
+/// SIGINT/SIGTERM: stop reading, finish the open epochs, commit, exit.
+fn spawn_signal_handler(runtime: &tokio::runtime::Runtime, stop: Arc<AtomicBool>) {
+    runtime.spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stop requested: finishing open epochs");
+        stop.store(true, Ordering::Relaxed);
+    });
+}

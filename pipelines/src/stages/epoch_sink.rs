@@ -1,0 +1,112 @@
+//! A sink that writes one batch per epoch and holds the epoch open until the write is durable.
+//!
+//! Records are collected per epoch. When the input frontier passes an epoch, its batch is written on
+//! the async runtime; the operator keeps a capability for the epoch until the write succeeded (failed
+//! writes are retried with backoff, forever: a sink outage shows as growing lag, never as loss). A probe
+//! after the sinks therefore tells the source which epochs are durable, and only those are committed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use super::Epoch;
+
+/// Writes one epoch's batch durably (or fails, and is called again with the same batch).
+pub trait BatchWriter<D>: Send + Sync + 'static {
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+    fn write(&self, epoch: Epoch, batch: Arc<Vec<D>>) -> BoxFuture<'static, anyhow::Result<()>>;
+}
+
+/// How long to wait before retrying a failed write: 100 ms doubling to 5 s.
+pub fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
+}
+
+pub fn epoch_sink<'s, D, W>(
+    stream: Stream<'s, Epoch, Vec<D>>,
+    writer: W,
+    runtime: tokio::runtime::Handle,
+) -> Stream<'s, Epoch, Vec<()>>
+where
+    D: Clone + Send + Sync + 'static,
+    W: BatchWriter<D>,
+{
+    let scope = stream.scope();
+    let writer = Arc::new(writer);
+    let name = writer.name();
+    stream.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        name,
+        move |_, info| {
+            let activator = scope.worker().sync_activator_for(info.address.to_vec());
+            let (done_tx, done_rx) = mpsc::channel::<Epoch>();
+            let mut collecting: BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)> = BTreeMap::new();
+            let mut writing: HashMap<Epoch, Capability<Epoch>> = HashMap::new();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(&epoch) = cap.least() else { return };
+                    let entry = collecting.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, output.output_index()), Vec::new()));
+                    for batch in data {
+                        entry.1.append(batch);
+                    }
+                });
+
+                // Epochs the input frontier has passed are complete: write them.
+                while let Some((&epoch, _)) = collecting.first_key_value() {
+                    if frontier.frontier().less_equal(&epoch) {
+                        break;
+                    }
+                    let Some((cap, batch)) = collecting.remove(&epoch) else { break };
+                    writing.insert(epoch, cap);
+                    let batch = Arc::new(batch);
+                    let (writer, done, activator) = (writer.clone(), done_tx.clone(), activator.clone());
+                    runtime.spawn(async move {
+                        let mut attempt = 0u32;
+                        loop {
+                            match writer.write(epoch, batch.clone()).await {
+                                Ok(()) => break,
+                                Err(e) => {
+                                    let delay = retry_delay(attempt);
+                                    tracing::warn!(sink = writer.name(), epoch, attempt, records = batch.len(), error = format!("{e:#}"), ?delay,
+                                        "write failed; retrying (source offsets are not committed meanwhile)");
+                                    tokio::time::sleep(delay).await;
+                                    attempt = attempt.saturating_add(1);
+                                }
+                            }
+                        }
+                        let _ = done.send(epoch);
+                        let _ = activator.activate();
+                    });
+                }
+
+                // Durable epochs release their capability, which lets the probe (and commits) advance.
+                while let Ok(epoch) = done_rx.try_recv() {
+                    writing.remove(&epoch);
+                }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_delay;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_delay_doubles_up_to_five_seconds() {
+        assert_eq!(retry_delay(0), Duration::from_millis(100));
+        assert_eq!(retry_delay(1), Duration::from_millis(200));
+        assert_eq!(retry_delay(5), Duration::from_millis(3200));
+        assert_eq!(retry_delay(6), Duration::from_secs(5));
+        assert_eq!(retry_delay(60), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,166 @@
+//! The Kafka source operator: reads this worker's partitions and stamps records with epochs.
+//!
+//! The operator shares its state with the worker loop (`crate::runtime`), which commits offsets: when
+//! the sinks' probe shows that every worker finished epoch `e`, the positions recorded at the close of
+//! `e` are committed. So a committed offset always means "everything before it is durable downstream".
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, Stream};
+use touchpoint_connectors::kafka::{PartitionSource, SourceError, SourceRecord};
+
+use super::tally::TallyBook;
+use super::{epoch_of_tick, tick_of, Epoch, SUB_EPOCH_BITS};
+use crate::config::EpochConfig;
+
+/// Records read per activation before yielding to the other operators.
+const READ_BUDGET: usize = 4096;
+
+/// State shared between the source operator and the worker loop.
+pub struct SourceState {
+    pub source: PartitionSource,
+    /// (partition, offset) of records a previous run already stored: skipped, counted.
+    pub already_stored: HashSet<(i32, i64)>,
+    /// Epoch → the next offset per partition after that epoch (what to commit once it is durable).
+    pub closed: BTreeMap<Epoch, Vec<(i32, i64)>>,
+    /// The source has stopped reading (drained, asked to stop, or failed).
+    pub finished: bool,
+    pub error: Option<SourceError>,
+}
+
+pub type SharedSource = Rc<RefCell<SourceState>>;
+
+impl SourceState {
+    pub fn new(source: PartitionSource, already_stored: HashSet<(i32, i64)>) -> SharedSource {
+        Rc::new(RefCell::new(SourceState {
+            source,
+            already_stored,
+            closed: BTreeMap::new(),
+            finished: false,
+            error: None,
+        }))
+    }
+
+    /// Removes the epochs before `frontier` (all for `None`) and returns the positions to commit.
+    pub fn take_committable(&mut self, frontier: Option<Epoch>) -> Option<Vec<(i32, i64)>> {
+        let rest = match frontier {
+            Some(f) => self.closed.split_off(&f),
+            None => BTreeMap::new(),
+        };
+        let ready = std::mem::replace(&mut self.closed, rest);
+        ready.into_values().next_back()
+    }
+}
+
+/// When the source stops by itself.
+#[derive(Clone)]
+pub struct StopPolicy {
+    /// Stop once drained: idle for `drain_idle` and at the high watermark of every partition.
+    pub until_drained: bool,
+    pub drain_idle: Duration,
+    /// Set by a signal handler: stop now (close the current epoch cleanly).
+    pub stop: Arc<AtomicBool>,
+}
+
+pub fn kafka_source<'s>(
+    scope: Scope<'s, Epoch>,
+    state: SharedSource,
+    epochs: EpochConfig,
+    policy: StopPolicy,
+    tally: TallyBook,
+) -> Stream<'s, Epoch, Vec<SourceRecord>> {
+    source::<_, timely::container::CapacityContainerBuilder<Vec<SourceRecord>>, _, _>(
+        scope,
+        "KafkaSource",
+        move |capability, info| {
+            let activator = scope.activator_for(info.address);
+            let started = Instant::now();
+            let interval_ms = epochs.interval.as_millis().max(1);
+            let tick_now = move || u64::try_from(started.elapsed().as_millis() / interval_ms).unwrap_or(u64::MAX);
+            let mut cap = Some(capability);
+            let mut in_epoch = 0usize;
+            let mut last_record = Instant::now();
+            move |output| {
+                let Some(c) = cap.as_mut() else { return };
+                activator.activate();
+                let mut st = state.borrow_mut();
+
+                // Time moves every worker to the next tick together.
+                let tick = tick_now();
+                if tick_of(*c.time()) < tick {
+                    close_epoch(&mut st, *c.time(), in_epoch);
+                    c.downgrade(&epoch_of_tick(tick));
+                    in_epoch = 0;
+                }
+
+                let epoch = *c.time();
+                let mut read = 0usize;
+                {
+                    let mut session = output.session(&*c);
+                    while read < READ_BUDGET && in_epoch < epochs.max_records {
+                        let wait = if read == 0 { Duration::from_millis(2) } else { Duration::ZERO };
+                        match st.source.poll(wait) {
+                            Ok(Some(record)) => {
+                                read += 1;
+                                in_epoch += 1;
+                                last_record = Instant::now();
+                                let skip = st.already_stored.remove(&(record.partition, record.offset));
+                                tally.with(epoch, |t| {
+                                    t.received += 1;
+                                    t.already_stored += u64::from(skip);
+                                });
+                                if !skip {
+                                    session.give(record);
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e @ SourceError::SkippedRecords { .. }) => {
+                                tracing::error!(error = %e, "source stopped");
+                                st.error = Some(e);
+                                break;
+                            }
+                            Err(e) => {
+                                // librdkafka recovers from transport errors by itself; keep polling.
+                                tracing::warn!(error = %e, "Kafka poll error");
+                                break;
+                            }
+                        }
+                    }
+                }
+
+                // A full epoch moves this worker to the next sub-epoch of the same tick.
+                if in_epoch >= epochs.max_records && (epoch & ((1 << SUB_EPOCH_BITS) - 1)) < (1 << SUB_EPOCH_BITS) - 1 {
+                    close_epoch(&mut st, epoch, in_epoch);
+                    c.downgrade(&(epoch + 1));
+                    in_epoch = 0;
+                }
+
+                let stop_now = st.error.is_some() || policy.stop.load(Ordering::Relaxed);
+                let drained = policy.until_drained
+                    && read == 0
+                    && last_record.elapsed() >= policy.drain_idle
+                    && st.source.caught_up().unwrap_or(false);
+                if stop_now || drained {
+                    let epoch = *c.time();
+                    close_epoch(&mut st, epoch, in_epoch);
+                    st.finished = true;
+                    cap = None;
+                    tracing::info!(drained, "source finished");
+                }
+            }
+        },
+    )
+}
+
+fn close_epoch(st: &mut SourceState, epoch: Epoch, records: usize) {
+    if records > 0 {
+        let positions = st.source.positions();
+        st.closed.insert(epoch, positions);
+    }
+}

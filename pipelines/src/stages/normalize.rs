@@ -1,0 +1,130 @@
+//! The normalization operator: decode, validate, canonicalize. Runs where the record was read (no
+//! exchange): it needs no state, only the schema registry (cached lookups).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::Stream;
+use touchpoint_connectors::kafka::{OutgoingRecord, SourceRecord};
+use touchpoint_operators::{DecodeError, Normalizer, RecordDecoder, SchemaLookup};
+use touchpoint_schemas::reject::headers;
+use touchpoint_schemas::{NormalizedEvent, RejectReason, SourcePosition};
+
+use super::tally::TallyBook;
+use super::Epoch;
+
+/// A rejected record on its way to the dead-letter topic: the original bytes, untouched, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub position: SourcePosition,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub reason_code: String,
+    pub message: String,
+    pub rejected_at_ms: i64,
+}
+
+impl DeadLetter {
+    /// The dead-letter record: same key and value as the original, the reason in headers.
+    pub fn to_record(&self, topic: &str) -> OutgoingRecord {
+        let rejected_at = chrono::DateTime::from_timestamp_millis(self.rejected_at_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        OutgoingRecord {
+            topic: topic.to_string(),
+            key: self.key.clone(),
+            payload: self.payload.clone(),
+            headers: vec![
+                (headers::ERROR_CODE.into(), self.reason_code.clone().into_bytes()),
+                (headers::ERROR_MESSAGE.into(), self.message.clone().into_bytes()),
+                (headers::SOURCE_TOPIC.into(), self.position.topic.clone().into_bytes()),
+                (headers::SOURCE_PARTITION.into(), self.position.partition.to_string().into_bytes()),
+                (headers::SOURCE_OFFSET.into(), self.position.offset.to_string().into_bytes()),
+                (headers::REJECTED_AT.into(), rejected_at.into_bytes()),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Event(NormalizedEvent),
+    Rejected(DeadLetter),
+}
+
+/// Decodes and normalizes one record. A schema registry outage blocks here and retries (the record is
+/// not at fault, and later records of its partition must not overtake it).
+pub fn normalize_record<L: SchemaLookup>(
+    decoder: &RecordDecoder<L>,
+    normalizer: &Normalizer,
+    topic: &str,
+    record: SourceRecord,
+) -> Outcome {
+    let position = SourcePosition { topic: topic.to_string(), partition: record.partition, offset: record.offset };
+    let payload = record.payload.as_deref().unwrap_or_default();
+    let mut backoff = Duration::from_millis(100);
+    let decoded = loop {
+        match decoder.decode(payload) {
+            Err(DecodeError::Retry(why)) => {
+                tracing::warn!(%why, partition = record.partition, offset = record.offset, "schema registry unavailable; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => break other,
+        }
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let result = match decoded {
+        Ok(fields) => normalizer.normalize(fields, position.clone(), now_ms),
+        Err(DecodeError::Reject(r)) => Err(r),
+        Err(DecodeError::Retry(_)) => unreachable!("retried above"),
+    };
+    match result {
+        Ok(event) => Outcome::Event(event),
+        Err(rejection) => Outcome::Rejected(DeadLetter {
+            position,
+            key: record.key,
+            payload: record.payload,
+            reason_code: rejection.reason.code().to_string(),
+            message: rejection.message,
+            rejected_at_ms: now_ms,
+        }),
+    }
+}
+
+pub fn normalize<'s, L: SchemaLookup + 'static>(
+    records: Stream<'s, Epoch, Vec<SourceRecord>>,
+    decoder: RecordDecoder<L>,
+    normalizer: Normalizer,
+    topic: String,
+    tally: TallyBook,
+) -> Stream<'s, Epoch, Vec<Outcome>> {
+    records.unary::<timely::container::CapacityContainerBuilder<Vec<Outcome>>, _, _, _>(
+        Pipeline,
+        "Normalize",
+        move |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(&epoch) = cap.least() else { return };
+                    let mut session = output.session(&cap);
+                    for batch in data {
+                        for record in batch.drain(..) {
+                            let outcome = normalize_record(&decoder, &normalizer, &topic, record);
+                            if let Outcome::Rejected(d) = &outcome {
+                                let reason = RejectReason::from_code(&d.reason_code);
+                                tally.with(epoch, |t| {
+                                    if let Some(r) = reason {
+                                        t.reject(r);
+                                    }
+                                });
+                            }
+                            session.give(outcome);
+                        }
+                    }
+                });
+            }
+        },
+    )
+}

@@ -1,0 +1,25 @@
+//! Avro schemas (`schemas/avro/*.avsc`) of every topic the pipeline reads or writes.
+
+/// Value schema of `marketing.events` (producers register it under `marketing.events-value`).
+pub const MARKETING_EVENT: &str = include_str!("../avro/marketing_event.avsc");
+/// The canonical event as the normalizer emits it.
+pub const NORMALIZED_EVENT: &str = include_str!("../avro/normalized_event.avsc");
+/// Documents the headers of `marketing.events.dlq` records (their value is the original bytes).
+pub const DEAD_LETTER: &str = include_str!("../avro/dead_letter.avsc");
+
+/// Every schema with its file name, for tools that list or register them.
+pub const ALL: &[(&str, &str)] = &[
+    ("marketing_event.avsc", MARKETING_EVENT),
+    ("normalized_event.avsc", NORMALIZED_EVENT),
+    ("dead_letter.avsc", DEAD_LETTER),
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_schema_parses() {
+        for (name, text) in super::ALL {
+            apache_avro::Schema::parse_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}

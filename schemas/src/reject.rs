@@ -1,0 +1,90 @@
+//! Why a record was rejected. The code travels in the dead-letter header `tp.error.code`, so it is a
+//! stable public contract: add variants, never rename them.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// Not JSON, not Confluent-framed Avro, or bytes that do not decode with their schema.
+    MalformedPayload,
+    /// Confluent-framed Avro whose schema id the registry does not know.
+    UnknownSchema,
+    /// A required field (`event_type`, `occurred_at`, `subject_id`, `attributes`) is absent or null.
+    MissingField,
+    /// A field has the wrong type (e.g. `attributes` is not an object).
+    InvalidFieldType,
+    /// `occurred_at` is neither RFC 3339 nor epoch seconds/milliseconds.
+    InvalidTimestamp,
+    /// `occurred_at` lies further in the future than the configured clock skew.
+    TimestampInFuture,
+    /// `subject_id` is empty after trimming, or longer than allowed.
+    InvalidSubjectId,
+    /// `event_type` has no letters or digits to build a snake_case name from.
+    InvalidEventType,
+    /// `event_type` is not in the known list and the pipeline rejects unknown types.
+    UnknownEventType,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 9] = [
+        RejectReason::MalformedPayload,
+        RejectReason::UnknownSchema,
+        RejectReason::MissingField,
+        RejectReason::InvalidFieldType,
+        RejectReason::InvalidTimestamp,
+        RejectReason::TimestampInFuture,
+        RejectReason::InvalidSubjectId,
+        RejectReason::InvalidEventType,
+        RejectReason::UnknownEventType,
+    ];
+
+    /// The stable code written to `tp.error.code`.
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectReason::MalformedPayload => "malformed_payload",
+            RejectReason::UnknownSchema => "unknown_schema",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::InvalidFieldType => "invalid_field_type",
+            RejectReason::InvalidTimestamp => "invalid_timestamp",
+            RejectReason::TimestampInFuture => "timestamp_in_future",
+            RejectReason::InvalidSubjectId => "invalid_subject_id",
+            RejectReason::InvalidEventType => "invalid_event_type",
+            RejectReason::UnknownEventType => "unknown_event_type",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<RejectReason> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Dead-letter header names (see `schemas/avro/dead_letter.avsc`).
+pub mod headers {
+    pub const ERROR_CODE: &str = "tp.error.code";
+    pub const ERROR_MESSAGE: &str = "tp.error.message";
+    pub const SOURCE_TOPIC: &str = "tp.source.topic";
+    pub const SOURCE_PARTITION: &str = "tp.source.partition";
+    pub const SOURCE_OFFSET: &str = "tp.source.offset";
+    pub const REJECTED_AT: &str = "tp.rejected_at";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for r in RejectReason::ALL {
+            assert!(seen.insert(r.code()), "duplicate code {}", r.code());
+            assert_eq!(RejectReason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(RejectReason::from_code("nope"), None);
+    }
+}
