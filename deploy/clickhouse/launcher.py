@@ -52,7 +52,9 @@ def main() -> int:
     import chdb._chdb as engine  # imported after chdir: the engine initializes on import
 
     print(f"clickhouse (chdb) serving http://{args.host}:{args.http_port} data={data_dir}", flush=True)
-    result = engine.query(KEEP_ALIVE, "Null", path=os.path.join(data_dir, "db"))
+    # The keep-alive query's output format becomes the HTTP default format: TabSeparated, as on a
+    # real server (with "Null", a plain `curl --data-binary "SELECT 1"` would print nothing).
+    result = engine.query(KEEP_ALIVE, "TabSeparated", path=os.path.join(data_dir, "db"))
     # Only reached if the keep-alive query fails (e.g. the port is taken).
     message = result.error_message() if hasattr(result, "error_message") else str(result)
     print(f"clickhouse (chdb) stopped: {message}", file=sys.stderr, flush=True)

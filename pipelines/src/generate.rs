@@ -343,7 +343,7 @@ fn malformed_record(rng: &mut Rng, mut d: Draft, reason: RejectReason, avro: Opt
 mod tests {
     use super::*;
     use std::collections::HashSet;
-    use touchpoint_operators::{NormalizeConfig, Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError};
+    use touchpoint_operators::{Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError};
     use touchpoint_schemas::SourcePosition;
 
     struct OneSchema(std::sync::Arc<Schema>);

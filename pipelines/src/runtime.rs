@@ -130,7 +130,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
     let mut restored = 0usize;
     for id in shared.runtime.block_on(store.event_ids_since(since))? {
         if owner(&id.tenant_id, &id.event_id, peers) == index {
-            deduplicator.remember(dedupe_key(&id.tenant_id, &id.event_id), id.ingested_at);
+            deduplicator.remember(dedupe_key(&id.tenant_id, &id.event_id), id.ingested_at_ms);
             restored += 1;
         }
     }

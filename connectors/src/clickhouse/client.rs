@@ -24,7 +24,7 @@ struct StoredOffset {
 pub struct StoredEventId {
     pub tenant_id: String,
     pub event_id: String,
-    pub ingested_at: i64,
+    pub ingested_at_ms: i64,
 }
 
 impl EventStore {
@@ -78,7 +78,11 @@ impl EventStore {
     /// Event ids ingested at or after `since_ms` (UTC ms).
     pub async fn event_ids_since(&self, since_ms: i64) -> Result<Vec<StoredEventId>> {
         self.client
-            .query("SELECT tenant_id, event_id, toUnixTimestamp64Milli(ingested_at) AS ingested_at FROM events WHERE ingested_at >= fromUnixTimestamp64Milli(?)")
+            // (An alias named like the column would shadow it in WHERE: hence `ingested_at_ms`.)
+            .query(
+                "SELECT tenant_id, event_id, toUnixTimestamp64Milli(ingested_at) AS ingested_at_ms FROM events \
+                 WHERE ingested_at >= fromUnixTimestamp64Milli(?)",
+            )
             .bind(since_ms)
             .fetch_all()
             .await

@@ -10,7 +10,7 @@
 //! look like success; here it stops the pipeline with an error.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -27,7 +27,16 @@ pub enum SourceError {
          {got}; the broker skipped records, refusing to continue (see docs/broker-quirks.md)"
     )]
     SkippedRecords { topic: String, partition: i32, expected: i64, got: i64 },
+    #[error(
+        "{topic}/{partition}: asked to resume at offset {expected}, the broker reports records up to {high}, but \
+         none arrived within {waited:?}; the broker skipped records, refusing to continue (see docs/broker-quirks.md)"
+    )]
+    NoRecordsAfterResume { topic: String, partition: i32, expected: i64, high: i64, waited: Duration },
 }
+
+/// How long a resumed partition may deliver nothing while the broker reports records past the resume
+/// offset, before the source declares the records lost.
+pub const RESUME_STALL_LIMIT: Duration = Duration::from_secs(5);
 
 /// One record as read from the source topic, owned so it can travel through the dataflow.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,6 +56,8 @@ pub struct PartitionSource {
     next: HashMap<i32, i64>,
     /// Partitions whose first record after assignment has not arrived yet, with the expected offset.
     unverified: HashMap<i32, i64>,
+    opened: Instant,
+    last_stall_check: Instant,
 }
 
 impl PartitionSource {
@@ -81,7 +92,8 @@ impl PartitionSource {
             tracing::info!(topic, group_id, ?next, "assigned partitions");
         }
         let unverified = if verify_resume { next.clone() } else { HashMap::new() };
-        Ok(PartitionSource { consumer, topic: topic.to_string(), partitions, next, unverified })
+        let now = Instant::now();
+        Ok(PartitionSource { consumer, topic: topic.to_string(), partitions, next, unverified, opened: now, last_stall_check: now })
     }
 
     pub fn topic(&self) -> &str {
@@ -99,7 +111,10 @@ impl PartitionSource {
             return Ok(None);
         }
         let message = match self.consumer.poll(timeout) {
-            None => return Ok(None),
+            None => {
+                self.check_resume_stall()?;
+                return Ok(None);
+            }
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(m)) => m,
         };
@@ -122,6 +137,58 @@ impl PartitionSource {
             payload: message.payload().map(<[u8]>::to_vec),
             timestamp_ms: message.timestamp().to_millis(),
         }))
+    }
+
+    /// A broker that drops the rest of a batch when a fetch starts inside it may return nothing at all
+    /// for a resumed partition: no record arrives to compare with the expected offset. Detect that by
+    /// the high watermark: records exist past the resume point, yet none came.
+    fn check_resume_stall(&mut self) -> Result<(), SourceError> {
+        if self.unverified.is_empty()
+            || self.opened.elapsed() < RESUME_STALL_LIMIT
+            || self.last_stall_check.elapsed() < Duration::from_secs(1)
+        {
+            return Ok(());
+        }
+        self.last_stall_check = Instant::now();
+        for (&partition, &expected) in &self.unverified {
+            let high = self.high_watermark(partition)?;
+            if high > expected {
+                return Err(SourceError::NoRecordsAfterResume {
+                    topic: self.topic.clone(),
+                    partition,
+                    expected,
+                    high,
+                    waited: self.opened.elapsed(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The partition's high watermark: the larger of what ListOffsets reports and what the last Fetch
+    /// response carried. (Some brokers under-report the end in ListOffsets; the Fetch value is exact.)
+    pub fn high_watermark(&self, partition: i32) -> Result<i64, SourceError> {
+        let (_, listed) = self.consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10))?;
+        Ok(listed.max(self.fetched_high_watermark(partition).unwrap_or(-1)))
+    }
+
+    /// The high watermark librdkafka cached from the last Fetch response for `partition`, if any.
+    fn fetched_high_watermark(&self, partition: i32) -> Option<i64> {
+        let topic = std::ffi::CString::new(self.topic.as_str()).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: `native_ptr` is the live handle owned by `self.consumer`; `topic` is a valid
+        // NUL-terminated string for the duration of the call; `low`/`high` are valid out-pointers.
+        // rd_kafka_get_watermark_offsets only reads librdkafka's cache (no callbacks, no blocking).
+        let err = unsafe {
+            rdkafka_sys::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
     }
 
     /// The next offset to read, per assigned partition.
@@ -147,7 +214,7 @@ impl PartitionSource {
     /// True when every assigned partition has been read up to the broker's high watermark.
     pub fn caught_up(&self) -> Result<bool, SourceError> {
         for &p in &self.partitions {
-            let (_, high) = self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?;
+            let high = self.high_watermark(p)?;
             if self.next.get(&p).copied().unwrap_or(0) < high {
                 return Ok(false);
             }

@@ -120,7 +120,7 @@ pub fn kafka_source<'s>(
                                 }
                             }
                             Ok(None) => break,
-                            Err(e @ SourceError::SkippedRecords { .. }) => {
+                            Err(e @ (SourceError::SkippedRecords { .. } | SourceError::NoRecordsAfterResume { .. })) => {
                                 tracing::error!(error = %e, "source stopped");
                                 st.error = Some(e);
                                 break;

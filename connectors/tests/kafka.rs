@@ -1,0 +1,112 @@
+//! Kafka connector against the real broker (tansu locally, or TOUCHPOINT_KAFKA_BROKERS).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::CommitMode;
+use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, KafkaConfig, OutgoingRecord, PartitionSource, SourceError, TopicSpec};
+use touchpoint_connectors::testing::{unique_name, ServiceAddresses};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// The local profile: one record per producer batch, short fetch waits (docs/broker-quirks.md).
+fn config() -> KafkaConfig {
+    let mut c = KafkaConfig::new(ServiceAddresses::from_env().kafka_brokers);
+    c.consumer.insert("fetch.wait.max.ms".into(), "10".into());
+    c.producer.insert("batch.num.messages".into(), "1".into());
+    c.producer.insert("linger.ms".into(), "0".into());
+    c
+}
+
+fn records(topic: &str, n: usize) -> Vec<OutgoingRecord> {
+    (0..n)
+        .map(|i| OutgoingRecord {
+            topic: topic.into(),
+            key: Some(b"k".to_vec()),
+            payload: Some(format!("v{i}").into_bytes()),
+            headers: vec![("h".into(), format!("{i}").into_bytes())],
+        })
+        .collect()
+}
+
+fn read_n(source: &mut PartitionSource, n: usize) -> Result<Vec<i64>, SourceError> {
+    let mut offsets = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while offsets.len() < n && Instant::now() < deadline {
+        if let Some(r) = source.poll(Duration::from_millis(100))? {
+            offsets.push(r.offset);
+        }
+    }
+    Ok(offsets)
+}
+
+#[test]
+fn acked_records_are_read_back_with_headers() {
+    let c = config();
+    let topic = unique_name("it_kafka");
+    let rt = runtime();
+    rt.block_on(ensure_topics(&c, &[TopicSpec::new(&topic, 2)])).unwrap();
+    let acks = rt.block_on(AckedProducer::new(&c).unwrap().send_all(&records(&topic, 50))).unwrap();
+    assert_eq!(acks.len(), 50);
+    let back = read_all(&c, &topic, Duration::from_millis(500), Duration::from_secs(60)).unwrap();
+    assert_eq!(back.len(), 50);
+    let mut payloads: Vec<String> = back.iter().map(|r| String::from_utf8(r.payload.clone().unwrap()).unwrap()).collect();
+    payloads.sort_unstable();
+    let mut want: Vec<String> = (0..50).map(|i| format!("v{i}")).collect();
+    want.sort_unstable();
+    assert_eq!(payloads, want);
+    assert!(back.iter().all(|r| r.header("h").is_some()));
+}
+
+#[test]
+fn the_source_resumes_exactly_at_the_committed_offset() {
+    let c = config();
+    let topic = unique_name("it_resume");
+    let group = unique_name("it_group");
+    let rt = runtime();
+    rt.block_on(ensure_topics(&c, &[TopicSpec::new(&topic, 1)])).unwrap();
+    rt.block_on(AckedProducer::new(&c).unwrap().send_all(&records(&topic, 20))).unwrap();
+
+    let mut first = PartitionSource::open(&c, &group, &topic, vec![0], true).unwrap();
+    assert_eq!(read_n(&mut first, 8).unwrap(), (0..8).collect::<Vec<_>>());
+    first.commit(&[(0, 8)], CommitMode::Sync).unwrap();
+    drop(first);
+
+    let mut second = PartitionSource::open(&c, &group, &topic, vec![0], true).unwrap();
+    assert_eq!(second.positions(), vec![(0, 8)]);
+    assert_eq!(read_n(&mut second, 12).unwrap(), (8..20).collect::<Vec<_>>());
+}
+
+/// Resuming inside a multi-record producer batch: on a correct broker the first record is the
+/// requested one; on a broker that skips the rest of the batch (tansu 0.6 `memory://`), the source
+/// must stop with an error. What must never happen is a silent gap.
+#[test]
+fn resuming_inside_a_batch_is_exact_or_fails_loudly() {
+    let mut c = config();
+    c.producer.insert("batch.num.messages".into(), "1000".into());
+    c.producer.insert("linger.ms".into(), "100".into());
+    let topic = unique_name("it_batched");
+    let group = unique_name("it_group");
+    let rt = runtime();
+    rt.block_on(ensure_topics(&c, &[TopicSpec::new(&topic, 1)])).unwrap();
+    rt.block_on(AckedProducer::new(&c).unwrap().send_all(&records(&topic, 20))).unwrap();
+
+    let setup = PartitionSource::open(&c, &group, &topic, vec![0], false).unwrap();
+    setup.commit(&[(0, 7)], CommitMode::Sync).unwrap();
+    drop(setup);
+
+    let mut source = PartitionSource::open(&c, &group, &topic, vec![0], true).unwrap();
+    match read_n(&mut source, 13) {
+        Ok(offsets) => assert_eq!(offsets, (7..20).collect::<Vec<_>>(), "a correct broker returns every record"),
+        Err(SourceError::SkippedRecords { expected, got, .. }) => {
+            assert_eq!(expected, 7);
+            assert!(got > 7, "{got}");
+        }
+        Err(SourceError::NoRecordsAfterResume { expected, high, .. }) => {
+            assert_eq!(expected, 7);
+            assert_eq!(high, 20);
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}

@@ -1,0 +1,134 @@
+//! Shared helpers of the pipeline's integration tests. They talk to the real services of
+//! `deploy/scripts/stack.sh` (addresses from `ServiceAddresses::from_env`), each test in its own
+//! topics, consumer group and ClickHouse database.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use touchpoint::generate::{generate, AvroWriter, GeneratedRecord, GeneratorConfig};
+use touchpoint::PipelineConfig;
+use touchpoint_connectors::clickhouse::{migrate, EventStore};
+use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, OutgoingRecord};
+use touchpoint_connectors::schema_registry::RegistryClient;
+use touchpoint_connectors::testing::{unique_name, ServiceAddresses};
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+/// A test pipeline: the shipped local pipeline file with this test's own names.
+pub struct TestPipeline {
+    pub name: String,
+    pub yaml: String,
+    pub config: PipelineConfig,
+    pub path: PathBuf,
+}
+
+impl TestPipeline {
+    pub fn new(prefix: &str, overrides: &[(&str, &str)]) -> Self {
+        let name = unique_name(prefix);
+        let services = ServiceAddresses::from_env();
+        let mut yaml = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.yaml"))
+            .expect("reading config/local.yaml")
+            .replace("name: marketing.events.dlq", &format!("name: {name}.dlq"))
+            .replace("name: marketing.events", &format!("name: {name}.events"))
+            .replace("group_id: touchpoint.normalization", &format!("group_id: {name}.group"))
+            .replace("${TOUCHPOINT_CLICKHOUSE_DATABASE:-touchpoint}", &name)
+            .replace("${TOUCHPOINT_KAFKA_BROKERS:-127.0.0.1:19092}", &services.kafka_brokers)
+            .replace("${TOUCHPOINT_CLICKHOUSE_URL:-http://127.0.0.1:18123}", &services.clickhouse_url)
+            .replace("${TOUCHPOINT_SCHEMA_REGISTRY_URL:-http://127.0.0.1:18081}", &services.schema_registry_url);
+        for (from, to) in overrides {
+            assert!(yaml.contains(from), "override {from:?} does not match the pipeline file");
+            yaml = yaml.replace(from, to);
+        }
+        let path = std::env::temp_dir().join(format!("{name}.yaml"));
+        std::fs::write(&path, &yaml).expect("writing the test pipeline file");
+        let config = PipelineConfig::load(&path).expect("test pipeline file");
+        TestPipeline { name, yaml, config, path }
+    }
+
+    /// Creates the topics and the ClickHouse database.
+    pub fn prepare(&self) {
+        let rt = runtime();
+        rt.block_on(ensure_topics(&self.config.kafka, &self.config.topics.all())).expect("creating topics");
+        rt.block_on(migrate(&self.config.clickhouse)).expect("migrating");
+    }
+
+    /// Generates `count` events (5% malformed of every kind, 2% duplicates, half Avro) and produces them
+    /// to the source topic. Returns each record with the (partition, offset) it got.
+    pub fn produce(&self, count: usize, seed: u64) -> Vec<(GeneratedRecord, (i32, i64))> {
+        let registry = RegistryClient::new(&self.config.schema_registry).expect("registry client");
+        let schema = apache_avro::Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT).unwrap();
+        let topic = self.config.topics.events.name.clone();
+        let schema_id = registry
+            .register_avro(&format!("{topic}-value"), touchpoint_schemas::avro::MARKETING_EVENT)
+            .expect("registering the event schema");
+        let config = GeneratorConfig { count, subjects: 2_000, seed, ..Default::default() };
+        let records = generate(&config, Some(&AvroWriter { schema_id, schema: &schema }));
+        let producer = AckedProducer::new(&self.config.kafka).expect("producer");
+        let outgoing: Vec<OutgoingRecord> = records
+            .iter()
+            .map(|r| OutgoingRecord { topic: topic.clone(), key: Some(r.key.clone()), payload: Some(r.payload.clone()), headers: vec![] })
+            .collect();
+        let rt = runtime();
+        let mut positions = Vec::new();
+        for chunk in outgoing.chunks(5_000) {
+            positions.extend(rt.block_on(producer.send_all(chunk)).expect("producing"));
+        }
+        records.into_iter().zip(positions).collect()
+    }
+
+    pub fn store(&self) -> EventStore {
+        EventStore::new(&self.config.clickhouse)
+    }
+
+    /// Every event id in ClickHouse, with how often it is stored.
+    pub fn stored_ids(&self) -> BTreeMap<String, usize> {
+        let ids = runtime().block_on(self.store().all_event_ids()).expect("reading events");
+        let mut counts = BTreeMap::new();
+        for id in ids {
+            *counts.entry(id).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// The group's committed offsets per partition of the source topic.
+    pub fn committed_offsets(&self) -> HashMap<i32, i64> {
+        let topic = &self.config.topics.events.name;
+        let consumer: BaseConsumer = self.config.kafka.consumer_config(&self.config.pipeline.group_id).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.config.topics.events.partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(30)).expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestPipeline {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// End offset per partition, from the producer's acknowledgements (the local broker's ListOffsets is
+/// not reliable, see docs/broker-quirks.md).
+pub fn end_offsets(produced: &[(GeneratedRecord, (i32, i64))]) -> HashMap<i32, i64> {
+    let mut ends = HashMap::new();
+    for (_, (p, o)) in produced {
+        let e = ends.entry(*p).or_insert(0);
+        *e = (*e).max(o + 1);
+    }
+    ends
+}

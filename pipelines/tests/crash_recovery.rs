@@ -1,0 +1,86 @@
+//! Crash test: SIGKILL the pipeline process mid-stream (three times), restart it, and check that
+//! ClickHouse holds every valid event exactly once.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{end_offsets, runtime, TestPipeline};
+use touchpoint::generate::Expected;
+
+#[test]
+fn sigkill_mid_stream_then_restart_loses_and_duplicates_nothing() {
+    // Small epochs so that a kill lands between inserts and commits, with many in flight.
+    let tp = TestPipeline::new("it_crash", &[("interval: 200ms", "interval: 20ms"), ("max_records: 50000", "max_records: 150")]);
+    tp.prepare();
+    let produced = tp.produce(20_000, 11);
+    let valid: BTreeSet<String> = produced
+        .iter()
+        .filter_map(|(r, _)| match &r.expected {
+            Expected::Valid { event_id } => Some(event_id.clone()),
+            _ => None,
+        })
+        .collect();
+
+    let binary = env!("CARGO_BIN_EXE_touchpoint");
+    let log = |n: usize| std::fs::File::create(std::env::temp_dir().join(format!("{}-{n}.log", tp.name))).unwrap();
+    let rt = runtime();
+    let store = tp.store();
+    let mut killed_at = Vec::new();
+    for kill in 0..3 {
+        let before = rt.block_on(store.count()).unwrap();
+        let mut child = Command::new(binary)
+            .args(["run", "--config"])
+            .arg(&tp.path)
+            .args(["--workers", "2"])
+            .stdout(Stdio::null())
+            .stderr(log(kill))
+            .spawn()
+            .expect("starting touchpoint");
+        // Kill mid-stream at a different moment each round: (0) right after the first inserts, before
+        // anything is committed; (1) and (2) after this run committed offsets and stored more rows, so
+        // that inserts, produces and commits are all in flight when the process dies.
+        let committed_before: i64 = tp.committed_offsets().values().sum();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let stored = rt.block_on(store.count()).unwrap();
+            let ready = match kill {
+                0 => stored >= before + 1_000,
+                _ => stored >= before + 2_000 && tp.committed_offsets().values().sum::<i64>() > committed_before,
+            };
+            if ready || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().expect("SIGKILL"); // std's Child::kill sends SIGKILL on Unix
+        child.wait().unwrap();
+        killed_at.push(rt.block_on(store.count()).unwrap());
+    }
+    assert!(
+        killed_at.last().copied().unwrap_or_default() < valid.len() as u64,
+        "the kills must happen mid-stream: stored rows at each kill {killed_at:?} of {}",
+        valid.len()
+    );
+
+    let status = Command::new(binary)
+        .args(["run", "--config"])
+        .arg(&tp.path)
+        .args(["--workers", "2", "--until-drained"])
+        .stdout(Stdio::null())
+        .stderr(log(99))
+        .status()
+        .unwrap();
+    assert!(status.success(), "final run failed: see {}", std::env::temp_dir().join(format!("{}-99.log", tp.name)).display());
+
+    let stored = tp.stored_ids();
+    let doubled: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(doubled.is_empty(), "stored more than once after the crashes: {doubled:?}");
+    let stored: BTreeSet<String> = stored.into_keys().collect();
+    let missing: Vec<_> = valid.difference(&stored).take(5).collect();
+    let unexpected: Vec<_> = stored.difference(&valid).take(5).collect();
+    assert!(missing.is_empty() && unexpected.is_empty(), "missing {missing:?}, unexpected {unexpected:?} (kills at {killed_at:?})");
+    assert_eq!(tp.committed_offsets(), end_offsets(&produced));
+}
