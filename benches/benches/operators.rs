@@ -1,1 +1,69 @@
-fn main(){}
+//! Criterion micro-benchmarks of the normalization operators, on the generator's event mix.
+//!
+//!   cargo bench -p touchpoint-benches --bench operators
+
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use touchpoint::generate::{generate, AvroWriter, Expected, GeneratorConfig};
+use touchpoint_operators::dedupe::dedupe_key;
+use touchpoint_operators::{
+    DedupeConfig, EventDeduplicator, NormalizeConfig, Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError,
+};
+use touchpoint_schemas::SourcePosition;
+
+/// An in-memory schema lookup (the registry client caches the same way after the first lookup).
+struct Cached(Arc<Schema>);
+
+impl SchemaLookup for Cached {
+    fn schema(&self, _id: u32) -> Result<Arc<Schema>, SchemaLookupError> {
+        Ok(self.0.clone())
+    }
+}
+
+fn payloads(avro_share: f64) -> (Vec<Vec<u8>>, Arc<Schema>) {
+    let schema = Arc::new(Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT).unwrap());
+    let config =
+        GeneratorConfig { count: 10_000, malformed_share: 0.0, duplicate_share: 0.0, avro_share, ..Default::default() };
+    let records = generate(&config, Some(&AvroWriter { schema_id: 1, schema: &schema }));
+    (records.into_iter().filter(|r| matches!(r.expected, Expected::Valid { .. })).map(|r| r.payload).collect(), schema)
+}
+
+fn bench(c: &mut Criterion) {
+    let normalizer = Normalizer::new(NormalizeConfig::default()).unwrap();
+    let pos = SourcePosition { topic: "marketing.events".into(), partition: 0, offset: 0 };
+    let now = chrono::Utc::now().timestamp_millis();
+    for (name, share) in [("json", 0.0), ("avro", 1.0)] {
+        let (payloads, schema) = payloads(share);
+        let decoder = RecordDecoder::new(Cached(schema));
+        let mut group = c.benchmark_group(format!("normalize_{name}"));
+        group.throughput(Throughput::Elements(payloads.len() as u64));
+        group.bench_function("decode", |b| b.iter(|| payloads.iter().filter(|p| decoder.decode(p).is_ok()).count()));
+        group.bench_function("decode+normalize", |b| {
+            b.iter(|| {
+                payloads
+                    .iter()
+                    .filter(|p| {
+                        decoder.decode(p).ok().and_then(|f| normalizer.normalize(f, pos.clone(), now).ok()).is_some()
+                    })
+                    .count()
+            })
+        });
+        group.finish();
+    }
+    let ids: Vec<String> = (0..10_000).map(|i| format!("evt-{i}")).collect();
+    let mut group = c.benchmark_group("dedupe");
+    group.throughput(Throughput::Elements(ids.len() as u64));
+    group.bench_function("first_seen", |b| {
+        b.iter_batched(
+            || EventDeduplicator::new(&DedupeConfig::default()),
+            |mut d| ids.iter().filter(|id| d.first_seen(dedupe_key("acme", id), now)).count(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::CommitMode;
-use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, KafkaConfig, OutgoingRecord, PartitionSource, SourceError, TopicSpec};
+use touchpoint_connectors::kafka::{
+    ensure_topics, read_all, AckedProducer, KafkaConfig, OutgoingRecord, PartitionSource, SourceError, TopicSpec,
+};
 use touchpoint_connectors::testing::{unique_name, ServiceAddresses};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -51,7 +53,8 @@ fn acked_records_are_read_back_with_headers() {
     assert_eq!(acks.len(), 50);
     let back = read_all(&c, &topic, Duration::from_millis(500), Duration::from_secs(60)).unwrap();
     assert_eq!(back.len(), 50);
-    let mut payloads: Vec<String> = back.iter().map(|r| String::from_utf8(r.payload.clone().unwrap()).unwrap()).collect();
+    let mut payloads: Vec<String> =
+        back.iter().map(|r| String::from_utf8(r.payload.clone().unwrap()).unwrap()).collect();
     payloads.sort_unstable();
     let mut want: Vec<String> = (0..50).map(|i| format!("v{i}")).collect();
     want.sort_unstable();

@@ -103,15 +103,12 @@ impl<L: SchemaLookup> RecordDecoder<L> {
             ))
             .into());
         }
-        let json = Value::try_from(value)
-            .map_err(|e| malformed(format!("Avro value has no JSON form: {e}")))?;
+        let json = Value::try_from(value).map_err(|e| malformed(format!("Avro value has no JSON form: {e}")))?;
         match json {
             Value::Object(map) => Ok(map),
-            other => Err(malformed(format!(
-                "Avro schema id {schema_id} is not a record (got {})",
-                json_kind(&other)
-            ))
-            .into()),
+            other => {
+                Err(malformed(format!("Avro schema id {schema_id} is not a record (got {})", json_kind(&other))).into())
+            }
         }
     }
 }
@@ -141,10 +138,7 @@ pub fn confluent_encode(schema_id: u32, avro_body: &[u8]) -> Vec<u8> {
 pub fn decode_json(payload: &[u8]) -> Result<Map<String, Value>, Rejection> {
     match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(malformed(format!(
-            "JSON payload must be an object, got {}",
-            json_kind(&other)
-        ))),
+        Ok(other) => Err(malformed(format!("JSON payload must be an object, got {}", json_kind(&other)))),
         Err(e) => Err(malformed(format!("payload is neither JSON nor Confluent Avro: {e}"))),
     }
 }
@@ -203,7 +197,11 @@ mod tests {
                     .collect(),
             ),
         );
-        let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().unwrap().write_value_to_vec(rec).unwrap();
+        let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(rec)
+            .unwrap();
         confluent_encode(id, &body)
     }
 

@@ -231,7 +231,11 @@ mod tests {
 
     #[test]
     fn semantic_errors_name_the_file() {
-        let bad = LOCAL.replacen("known: [page_viewed,", "known: []\n    ignored: [page_viewed,", 1).replacen("    ignored: [", "    #", 1);
+        let bad = LOCAL.replacen("known: [page_viewed,", "known: []\n    ignored: [page_viewed,", 1).replacen(
+            "    ignored: [",
+            "    #",
+            1,
+        );
         let err = parse(&bad).unwrap_err().to_string();
         assert!(err.starts_with("pipeline.yaml: normalize.event_types"), "{err}");
     }

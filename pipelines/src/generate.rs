@@ -24,6 +24,9 @@ pub const EVENT_MIX: &[(&str, u32, &[&str])] = &[
     ("profile_updated", 6, &["Profile Updated"]),
 ];
 
+/// Systems that produce events.
+const SOURCES: [&str; 5] = ["web", "ios", "android", "crm", "billing"];
+
 /// A schema id no registry hands out (for the unknown-schema rejection).
 pub const UNKNOWN_SCHEMA_ID: u32 = 0x7fff_fff0;
 
@@ -214,7 +217,11 @@ pub fn generate(config: &GeneratorConfig, avro: Option<&AvroWriter<'_>>) -> Vec<
                 Expected::Valid { event_id } => event_id.clone(),
                 _ => unreachable!("only valid records are duplicated"),
             };
-            out.push(GeneratedRecord { key: key.clone(), payload: payload.clone(), expected: Expected::Duplicate { event_id } });
+            out.push(GeneratedRecord {
+                key: key.clone(),
+                payload: payload.clone(),
+                expected: Expected::Duplicate { event_id },
+            });
             continue;
         }
         let draft = draft(&mut rng, config, i, total_weight);
@@ -230,7 +237,11 @@ pub fn generate(config: &GeneratorConfig, avro: Option<&AvroWriter<'_>>) -> Vec<
             _ => draft.to_json().to_string().into_bytes(),
         };
         valid.push(out.len());
-        out.push(GeneratedRecord { key: draft.subject.trim().as_bytes().to_vec(), payload, expected: Expected::Valid { event_id: draft.expected_id() } });
+        out.push(GeneratedRecord {
+            key: draft.subject.trim().as_bytes().to_vec(),
+            payload,
+            expected: Expected::Valid { event_id: draft.expected_id() },
+        });
     }
     out
 }
@@ -255,10 +266,13 @@ fn draft(rng: &mut Rng, config: &GeneratorConfig, i: usize, total_weight: u64) -
             json!(occurred_ms / 1000)
         }
         1 => json!(occurred_ms),
-        2 => json!(chrono::DateTime::from_timestamp_millis(occurred_ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
+        2 => json!(chrono::DateTime::from_timestamp_millis(occurred_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
         _ => {
-            let offset = chrono::FixedOffset::east_opt(2 * 3600).unwrap_or(chrono::FixedOffset::east_opt(0).expect("zero offset"));
-            json!(chrono::DateTime::from_timestamp_millis(occurred_ms).map(|t| t.with_timezone(&offset).to_rfc3339_opts(chrono::SecondsFormat::Millis, false)))
+            let offset = chrono::FixedOffset::east_opt(2 * 3600)
+                .unwrap_or(chrono::FixedOffset::east_opt(0).expect("zero offset"));
+            json!(chrono::DateTime::from_timestamp_millis(occurred_ms)
+                .map(|t| t.with_timezone(&offset).to_rfc3339_opts(chrono::SecondsFormat::Millis, false)))
         }
     };
     let mut attributes = Map::new();
@@ -269,7 +283,8 @@ fn draft(rng: &mut Rng, config: &GeneratorConfig, i: usize, total_weight: u64) -
             attributes.insert("url".into(), json!(format!("/products/{}", rng.below(500))));
         }
         "email_opened" | "email_clicked" => {
-            attributes.insert("campaign".into(), json!(rng.pick(&["welcome", "black_friday", "winback", "newsletter"])));
+            attributes
+                .insert("campaign".into(), json!(rng.pick(&["welcome", "black_friday", "winback", "newsletter"])));
         }
         "cart_updated" | "order_completed" => {
             attributes.insert("amount".into(), json!((rng.below(50_000) as f64) / 100.0 + 0.5));
@@ -287,12 +302,17 @@ fn draft(rng: &mut Rng, config: &GeneratorConfig, i: usize, total_weight: u64) -
         occurred,
         subject,
         tenant: *rng.pick(&[Some("acme"), Some("globex"), None]),
-        source: *rng.pick(&["web", "ios", "android", "crm", "billing"]),
+        source: SOURCES[rng.below(SOURCES.len() as u64) as usize],
         attributes: Value::Object(attributes),
     }
 }
 
-fn malformed_record(rng: &mut Rng, mut d: Draft, reason: RejectReason, avro: Option<&AvroWriter<'_>>) -> GeneratedRecord {
+fn malformed_record(
+    rng: &mut Rng,
+    mut d: Draft,
+    reason: RejectReason,
+    avro: Option<&AvroWriter<'_>>,
+) -> GeneratedRecord {
     let key = d.subject.trim().as_bytes().to_vec();
     let expected = Expected::Rejected { reason: reason.code().to_string() };
     let avro_ok = avro.is_some() && rng.chance(0.5);
@@ -349,12 +369,18 @@ mod tests {
     struct OneSchema(std::sync::Arc<Schema>);
     impl SchemaLookup for OneSchema {
         fn schema(&self, id: u32) -> Result<std::sync::Arc<Schema>, SchemaLookupError> {
-            if id == 1 { Ok(self.0.clone()) } else { Err(SchemaLookupError::NotFound(id)) }
+            if id == 1 {
+                Ok(self.0.clone())
+            } else {
+                Err(SchemaLookupError::NotFound(id))
+            }
         }
     }
 
     fn local_normalizer() -> Normalizer {
-        let cfg = crate::PipelineConfig::parse(include_str!("../config/local.yaml"), std::path::Path::new("local.yaml")).unwrap();
+        let cfg =
+            crate::PipelineConfig::parse(include_str!("../config/local.yaml"), std::path::Path::new("local.yaml"))
+                .unwrap();
         Normalizer::new(cfg.normalize).unwrap()
     }
 
@@ -399,7 +425,8 @@ mod tests {
         let a: Vec<Vec<u8>> = generate(&cfg, None).into_iter().map(|r| r.payload).collect();
         let b: Vec<Vec<u8>> = generate(&cfg, None).into_iter().map(|r| r.payload).collect();
         assert_eq!(a, b);
-        let c: Vec<Vec<u8>> = generate(&GeneratorConfig { seed: 7, ..cfg }, None).into_iter().map(|r| r.payload).collect();
+        let c: Vec<Vec<u8>> =
+            generate(&GeneratorConfig { seed: 7, ..cfg }, None).into_iter().map(|r| r.payload).collect();
         assert_ne!(a, c);
     }
 }

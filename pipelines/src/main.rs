@@ -114,7 +114,10 @@ fn run(cli: Cli) -> Result<()> {
             let config = load(&config)?;
             let report = touchpoint::run(config, RunOptions { workers, processes, process, hostfile, until_drained })?;
             let t = &report.totals.tally;
-            println!("pipeline finished: {} epochs ({} unbalanced)", report.totals.epochs, report.totals.unbalanced_epochs);
+            println!(
+                "pipeline finished: {} epochs ({} unbalanced)",
+                report.totals.epochs, report.totals.unbalanced_epochs
+            );
             println!("  in              {}", t.received);
             println!("  normalized      {}", t.normalized);
             println!("  duplicates      {}", t.duplicates);
@@ -147,14 +150,27 @@ fn run(cli: Cli) -> Result<()> {
             let schema = apache_avro::Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT)?;
             let schema_id = RegistryClient::new(&c.schema_registry)?
                 .register_avro(&format!("{topic}-value"), touchpoint_schemas::avro::MARKETING_EVENT)?;
-            let gen_config = GeneratorConfig { count, subjects, malformed_share, duplicate_share, avro_share, seed, ..Default::default() };
+            let gen_config = GeneratorConfig {
+                count,
+                subjects,
+                malformed_share,
+                duplicate_share,
+                avro_share,
+                seed,
+                ..Default::default()
+            };
             let records = generate(&gen_config, Some(&AvroWriter { schema_id, schema: &schema }));
             let rt = runtime()?;
             rt.block_on(ensure_topics(&c.kafka, &c.topics.all()))?;
             let producer = AckedProducer::new(&c.kafka)?;
             let outgoing: Vec<OutgoingRecord> = records
                 .iter()
-                .map(|r| OutgoingRecord { topic: topic.clone(), key: Some(r.key.clone()), payload: Some(r.payload.clone()), headers: vec![] })
+                .map(|r| OutgoingRecord {
+                    topic: topic.clone(),
+                    key: Some(r.key.clone()),
+                    payload: Some(r.payload.clone()),
+                    headers: vec![],
+                })
                 .collect();
             let mut positions = Vec::with_capacity(outgoing.len());
             for chunk in outgoing.chunks(5_000) {

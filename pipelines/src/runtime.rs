@@ -72,7 +72,8 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     spawn_signal_handler(&runtime, stop.clone());
 
     let totals = Arc::new(Mutex::new(RunTotals::default()));
-    let timely_config = timely::Config { communication: communication(&options)?, worker: timely::WorkerConfig::default() };
+    let timely_config =
+        timely::Config { communication: communication(&options)?, worker: timely::WorkerConfig::default() };
     let shared = Arc::new(Shared {
         config,
         runtime: runtime.handle().clone(),
@@ -112,7 +113,13 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
     let topic = config.topics.events.name.clone();
     let owned = owned_partitions(shared.partitions, index, peers);
-    let source = PartitionSource::open(&config.kafka, &config.pipeline.group_id, &topic, owned, config.source.verify_resume_offsets)?;
+    let source = PartitionSource::open(
+        &config.kafka,
+        &config.pipeline.group_id,
+        &topic,
+        owned,
+        config.source.verify_resume_offsets,
+    )?;
     let store = EventStore::new(&config.clickhouse);
 
     // After a crash, the records between the committed offsets and what the sink already stored are
@@ -120,7 +127,11 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
     let already_stored: HashSet<(i32, i64)> =
         shared.runtime.block_on(store.stored_offsets(&topic, &source.positions()))?.into_iter().collect();
     if !already_stored.is_empty() {
-        tracing::info!(worker = index, records = already_stored.len(), "records past the committed offsets are already stored; they will be skipped");
+        tracing::info!(
+            worker = index,
+            records = already_stored.len(),
+            "records past the committed offsets are already stored; they will be skipped"
+        );
     }
 
     // Deduplication state: the ids this worker owns that were stored within the TTL.
@@ -144,7 +155,11 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             source: state.clone(),
             source_topic: topic,
             epochs: config.epochs.clone(),
-            stop: StopPolicy { until_drained: shared.until_drained, drain_idle: config.source.drain_idle, stop: shared.stop.clone() },
+            stop: StopPolicy {
+                until_drained: shared.until_drained,
+                drain_idle: config.source.drain_idle,
+                stop: shared.stop.clone(),
+            },
             registry: Arc::new(RegistryClient::new(&config.schema_registry)?),
             normalizer: Normalizer::new(config.normalize.clone())?,
             deduplicator,
@@ -220,7 +235,8 @@ fn communication(options: &RunOptions) -> Result<timely::CommunicationConfig> {
         let addresses = match &options.hostfile {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                let hosts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+                let hosts: Vec<String> =
+                    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
                 if hosts.len() != options.processes {
                     bail!("{} lists {} hosts for {} processes", path.display(), hosts.len(), options.processes);
                 }

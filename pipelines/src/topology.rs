@@ -60,10 +60,23 @@ pub struct Handles {
     pub tallies_logged: ProbeHandle<Epoch>,
 }
 
+// `ok_err` routes by a `Result` whose error side is a dead letter; its size is what it is.
+#[allow(clippy::result_large_err)]
 pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
     let WorkerParts {
-        source, source_topic, epochs, stop, registry, normalizer, deduplicator,
-        events, dead_letters, dead_letter_topic, runtime, tally, totals,
+        source,
+        source_topic,
+        epochs,
+        stop,
+        registry,
+        normalizer,
+        deduplicator,
+        events,
+        dead_letters,
+        dead_letter_topic,
+        runtime,
+        tally,
+        totals,
     } = parts;
     worker.dataflow::<Epoch, _, _>(|scope| {
         let records = kafka_source(scope, source, epochs, stop, tally.clone());
@@ -75,7 +88,8 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         let unique = dedupe(valid, deduplicator, tally);
 
         let stored = epoch_sink(unique, ClickHouseEvents { store: events }, runtime.clone());
-        let dead_lettered = epoch_sink(rejected, DeadLetterTopic { producer: dead_letters, topic: dead_letter_topic }, runtime);
+        let dead_lettered =
+            epoch_sink(rejected, DeadLetterTopic { producer: dead_letters, topic: dead_letter_topic }, runtime);
         let sinks = ProbeHandle::new();
         stored.concat(dead_lettered).probe_with(&sinks);
 

@@ -5,7 +5,8 @@ use std::process::Command;
 fn validate(yaml: &str, name: &str) -> (bool, String) {
     let path = std::env::temp_dir().join(format!("touchpoint-cli-{}-{name}.yaml", std::process::id()));
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_touchpoint")).args(["validate", "--config"]).arg(&path).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_touchpoint")).args(["validate", "--config"]).arg(&path).output().unwrap();
     std::fs::remove_file(&path).ok();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }

@@ -13,7 +13,10 @@ use touchpoint::generate::Expected;
 #[test]
 fn sigkill_mid_stream_then_restart_loses_and_duplicates_nothing() {
     // Small epochs so that a kill lands between inserts and commits, with many in flight.
-    let tp = TestPipeline::new("it_crash", &[("interval: 200ms", "interval: 20ms"), ("max_records: 50000", "max_records: 150")]);
+    let tp = TestPipeline::new(
+        "it_crash",
+        &[("interval: 200ms", "interval: 20ms"), ("max_records: 50000", "max_records: 150")],
+    );
     tp.prepare();
     let produced = tp.produce(20_000, 11);
     let valid: BTreeSet<String> = produced
@@ -73,7 +76,11 @@ fn sigkill_mid_stream_then_restart_loses_and_duplicates_nothing() {
         .stderr(log(99))
         .status()
         .unwrap();
-    assert!(status.success(), "final run failed: see {}", std::env::temp_dir().join(format!("{}-99.log", tp.name)).display());
+    assert!(
+        status.success(),
+        "final run failed: see {}",
+        std::env::temp_dir().join(format!("{}-99.log", tp.name)).display()
+    );
 
     let stored = tp.stored_ids();
     let doubled: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).take(5).collect();
@@ -81,6 +88,9 @@ fn sigkill_mid_stream_then_restart_loses_and_duplicates_nothing() {
     let stored: BTreeSet<String> = stored.into_keys().collect();
     let missing: Vec<_> = valid.difference(&stored).take(5).collect();
     let unexpected: Vec<_> = stored.difference(&valid).take(5).collect();
-    assert!(missing.is_empty() && unexpected.is_empty(), "missing {missing:?}, unexpected {unexpected:?} (kills at {killed_at:?})");
+    assert!(
+        missing.is_empty() && unexpected.is_empty(),
+        "missing {missing:?}, unexpected {unexpected:?} (kills at {killed_at:?})"
+    );
     assert_eq!(tp.committed_offsets(), end_offsets(&produced));
 }

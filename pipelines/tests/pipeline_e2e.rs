@@ -33,8 +33,9 @@ fn events_land_in_clickhouse_once_and_rejects_in_the_dead_letter_topic() {
     }
     assert!(rejected.len() > 800 && duplicates > 300, "{} rejected, {duplicates} duplicates", rejected.len());
 
-    let report = touchpoint::run(tp.config.clone(), RunOptions { workers: 2, until_drained: true, ..Default::default() })
-        .expect("pipeline run");
+    let report =
+        touchpoint::run(tp.config.clone(), RunOptions { workers: 2, until_drained: true, ..Default::default() })
+            .expect("pipeline run");
 
     // ClickHouse holds exactly the valid unique events, each once.
     let stored = tp.stored_ids();
@@ -42,10 +43,21 @@ fn events_land_in_clickhouse_once_and_rejects_in_the_dead_letter_topic() {
     assert!(doubled.is_empty(), "stored more than once: {doubled:?}");
     let stored: BTreeSet<String> = stored.into_keys().collect();
     assert_eq!(stored.len(), valid.len());
-    assert!(stored == valid, "missing: {:?}, unexpected: {:?}", valid.difference(&stored).take(5).collect::<Vec<_>>(), stored.difference(&valid).take(5).collect::<Vec<_>>());
+    assert!(
+        stored == valid,
+        "missing: {:?}, unexpected: {:?}",
+        valid.difference(&stored).take(5).collect::<Vec<_>>(),
+        stored.difference(&valid).take(5).collect::<Vec<_>>()
+    );
 
     // The dead-letter topic holds exactly the malformed records, with reason and original bytes.
-    let dlq = read_all(&tp.config.kafka, &tp.config.topics.dead_letter.name, Duration::from_secs(2), Duration::from_secs(120)).unwrap();
+    let dlq = read_all(
+        &tp.config.kafka,
+        &tp.config.topics.dead_letter.name,
+        Duration::from_secs(2),
+        Duration::from_secs(120),
+    )
+    .unwrap();
     let mut seen = HashMap::new();
     for r in &dlq {
         let partition: i32 = r.header(headers::SOURCE_PARTITION).unwrap().parse().unwrap();
@@ -54,7 +66,10 @@ fn events_land_in_clickhouse_once_and_rejects_in_the_dead_letter_topic() {
         assert!(!r.header(headers::ERROR_MESSAGE).unwrap_or_default().is_empty());
         assert!(r.header(headers::REJECTED_AT).is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()));
         let code = r.header(headers::ERROR_CODE).unwrap().to_string();
-        assert!(seen.insert((partition, offset), (code, r.payload.clone().unwrap_or_default())).is_none(), "dead-lettered twice: {partition}/{offset}");
+        assert!(
+            seen.insert((partition, offset), (code, r.payload.clone().unwrap_or_default())).is_none(),
+            "dead-lettered twice: {partition}/{offset}"
+        );
     }
     assert_eq!(seen.len(), rejected.len());
     for (position, (reason, payload)) in &rejected {

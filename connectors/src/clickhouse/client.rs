@@ -69,7 +69,10 @@ impl EventStore {
                 .await
                 .with_context(|| format!("reading stored offsets of {topic}/{partition}"))?;
             out.extend(rows.into_iter().map(|r| {
-                (i32::try_from(r.kafka_partition).unwrap_or_default(), i64::try_from(r.kafka_offset).unwrap_or_default())
+                (
+                    i32::try_from(r.kafka_partition).unwrap_or_default(),
+                    i64::try_from(r.kafka_offset).unwrap_or_default(),
+                )
             }));
         }
         Ok(out)

@@ -95,7 +95,12 @@ fn default_partitions() -> i32 {
 
 impl TopicSpec {
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
-        TopicSpec { name: name.into(), partitions, retention: Some(Duration::from_secs(7 * 24 * 3600)), compacted: false }
+        TopicSpec {
+            name: name.into(),
+            partitions,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            compacted: false,
+        }
     }
 
     /// The topic-level configs sent at creation.

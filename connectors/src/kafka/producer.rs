@@ -59,7 +59,11 @@ impl AckedProducer {
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
         }
         if !pending.is_empty() {
-            bail!("{} of {} records were not acknowledged after {DELIVERY_ATTEMPTS} attempts", pending.len(), records.len());
+            bail!(
+                "{} of {} records were not acknowledged after {DELIVERY_ATTEMPTS} attempts",
+                pending.len(),
+                records.len()
+            );
         }
         Ok(acked.into_iter().flatten().collect())
     }

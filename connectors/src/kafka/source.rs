@@ -93,7 +93,15 @@ impl PartitionSource {
         }
         let unverified = if verify_resume { next.clone() } else { HashMap::new() };
         let now = Instant::now();
-        Ok(PartitionSource { consumer, topic: topic.to_string(), partitions, next, unverified, opened: now, last_stall_check: now })
+        Ok(PartitionSource {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+            next,
+            unverified,
+            opened: now,
+            last_stall_check: now,
+        })
     }
 
     pub fn topic(&self) -> &str {
@@ -123,7 +131,12 @@ impl PartitionSource {
             if offset != expected {
                 let low = self.consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10))?.0;
                 if expected >= low {
-                    return Err(SourceError::SkippedRecords { topic: self.topic.clone(), partition, expected, got: offset });
+                    return Err(SourceError::SkippedRecords {
+                        topic: self.topic.clone(),
+                        partition,
+                        expected,
+                        got: offset,
+                    });
                 }
                 tracing::warn!(topic = %self.topic, partition, expected, got = offset, low,
                     "resume offset was deleted by retention; continuing from the log start");

@@ -87,10 +87,7 @@ pub fn is_email_like(s: &str) -> bool {
     let mut parts = s.split('@');
     match (parts.next(), parts.next(), parts.next()) {
         (Some(local), Some(domain), None) => {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
         }
         _ => false,
     }
@@ -182,7 +179,9 @@ mod tests {
 
     #[test]
     fn unparseable_times_are_errors() {
-        for bad in [json!("yesterday"), json!("2026-13-01T00:00:00Z"), json!(true), json!(null), json!({}), json!(1e300)] {
+        for bad in
+            [json!("yesterday"), json!("2026-13-01T00:00:00Z"), json!(true), json!(null), json!({}), json!(1e300)]
+        {
             assert!(parse_event_time(&bad).is_err(), "{bad} should not parse");
         }
         assert!(parse_event_time(&json!("2400-01-01T00:00:00Z")).is_err());

@@ -192,7 +192,13 @@ impl Normalizer {
 }
 
 /// A deterministic id from the event's canonical content (`tp-` + 128-bit xxh3, hex).
-pub fn derived_event_id(tenant: &str, event_type: &str, subject: &str, occurred_at_ms: i64, attributes_json: &str) -> String {
+pub fn derived_event_id(
+    tenant: &str,
+    event_type: &str,
+    subject: &str,
+    occurred_at_ms: i64,
+    attributes_json: &str,
+) -> String {
     let mut buf = Vec::with_capacity(tenant.len() + event_type.len() + subject.len() + attributes_json.len() + 24);
     for part in [tenant.as_bytes(), event_type.as_bytes(), subject.as_bytes()] {
         buf.extend_from_slice(part);

@@ -72,20 +72,43 @@ fn a_valid_event_is_canonicalized() {
 #[test]
 fn every_required_field_is_checked_for_presence() {
     for field in ["event_type", "occurred_at", "subject_id", "attributes"] {
-        assert_eq!(reason(normalizer().normalize(without(valid(), field), pos(), NOW)), RejectReason::MissingField, "{field}");
-        assert_eq!(reason(normalizer().normalize(with(valid(), field, Value::Null), pos(), NOW)), RejectReason::MissingField, "{field} null");
+        assert_eq!(
+            reason(normalizer().normalize(without(valid(), field), pos(), NOW)),
+            RejectReason::MissingField,
+            "{field}"
+        );
+        assert_eq!(
+            reason(normalizer().normalize(with(valid(), field, Value::Null), pos(), NOW)),
+            RejectReason::MissingField,
+            "{field} null"
+        );
     }
 }
 
 #[test]
 fn wrong_types_are_rejected() {
     let n = normalizer();
-    assert_eq!(reason(n.normalize(with(valid(), "attributes", json!([1])), pos(), NOW)), RejectReason::InvalidFieldType);
-    assert_eq!(reason(n.normalize(with(valid(), "attributes", json!("x")), pos(), NOW)), RejectReason::InvalidFieldType);
+    assert_eq!(
+        reason(n.normalize(with(valid(), "attributes", json!([1])), pos(), NOW)),
+        RejectReason::InvalidFieldType
+    );
+    assert_eq!(
+        reason(n.normalize(with(valid(), "attributes", json!("x")), pos(), NOW)),
+        RejectReason::InvalidFieldType
+    );
     assert_eq!(reason(n.normalize(with(valid(), "event_type", json!(5)), pos(), NOW)), RejectReason::InvalidFieldType);
-    assert_eq!(reason(n.normalize(with(valid(), "subject_id", json!({"id": 1})), pos(), NOW)), RejectReason::InvalidFieldType);
-    assert_eq!(reason(n.normalize(with(valid(), "subject_id", json!(1.5)), pos(), NOW)), RejectReason::InvalidFieldType);
-    assert_eq!(reason(n.normalize(with(valid(), "tenant_id", json!(["a"])), pos(), NOW)), RejectReason::InvalidFieldType);
+    assert_eq!(
+        reason(n.normalize(with(valid(), "subject_id", json!({"id": 1})), pos(), NOW)),
+        RejectReason::InvalidFieldType
+    );
+    assert_eq!(
+        reason(n.normalize(with(valid(), "subject_id", json!(1.5)), pos(), NOW)),
+        RejectReason::InvalidFieldType
+    );
+    assert_eq!(
+        reason(n.normalize(with(valid(), "tenant_id", json!(["a"])), pos(), NOW)),
+        RejectReason::InvalidFieldType
+    );
     assert_eq!(reason(n.normalize(with(valid(), "event_id", json!(true)), pos(), NOW)), RejectReason::InvalidFieldType);
 }
 
@@ -93,7 +116,11 @@ fn wrong_types_are_rejected() {
 fn unparseable_occurred_at_is_an_invalid_timestamp() {
     let n = normalizer();
     for bad in [json!("next tuesday"), json!(""), json!(false), json!("2026-02-30T00:00:00Z")] {
-        assert_eq!(reason(n.normalize(with(valid(), "occurred_at", bad.clone()), pos(), NOW)), RejectReason::InvalidTimestamp, "{bad}");
+        assert_eq!(
+            reason(n.normalize(with(valid(), "occurred_at", bad.clone()), pos(), NOW)),
+            RejectReason::InvalidTimestamp,
+            "{bad}"
+        );
     }
 }
 
@@ -108,24 +135,32 @@ fn epoch_seconds_and_millis_are_accepted() {
 
 #[test]
 fn future_skew_is_enforced_at_the_configured_bound() {
-    let mut cfg = NormalizeConfig::default();
-    cfg.max_future_skew = Duration::from_secs(3600);
-    let n = Normalizer::new(cfg).unwrap();
+    let n =
+        Normalizer::new(NormalizeConfig { max_future_skew: Duration::from_secs(3600), ..Default::default() }).unwrap();
     let at_bound = n.normalize(with(valid(), "occurred_at", json!(NOW + 3_600_000)), pos(), NOW);
     assert!(at_bound.is_ok());
     let beyond = n.normalize(with(valid(), "occurred_at", json!(NOW + 3_600_001)), pos(), NOW);
     assert_eq!(reason(beyond), RejectReason::TimestampInFuture);
     // The default allows 24 hours.
     assert!(normalizer().normalize(with(valid(), "occurred_at", json!(NOW + 23 * 3_600_000)), pos(), NOW).is_ok());
-    assert_eq!(reason(normalizer().normalize(with(valid(), "occurred_at", json!(NOW + 25 * 3_600_000)), pos(), NOW)), RejectReason::TimestampInFuture);
+    assert_eq!(
+        reason(normalizer().normalize(with(valid(), "occurred_at", json!(NOW + 25 * 3_600_000)), pos(), NOW)),
+        RejectReason::TimestampInFuture
+    );
 }
 
 #[test]
 fn subject_id_is_trimmed_non_empty_and_bounded() {
     let n = normalizer();
-    assert_eq!(reason(n.normalize(with(valid(), "subject_id", json!("   ")), pos(), NOW)), RejectReason::InvalidSubjectId);
+    assert_eq!(
+        reason(n.normalize(with(valid(), "subject_id", json!("   ")), pos(), NOW)),
+        RejectReason::InvalidSubjectId
+    );
     let long = "x".repeat(257);
-    assert_eq!(reason(n.normalize(with(valid(), "subject_id", json!(long)), pos(), NOW)), RejectReason::InvalidSubjectId);
+    assert_eq!(
+        reason(n.normalize(with(valid(), "subject_id", json!(long)), pos(), NOW)),
+        RejectReason::InvalidSubjectId
+    );
     let max = "é".repeat(256); // counted in characters, not bytes
     assert_eq!(n.normalize(with(valid(), "subject_id", json!(max.clone())), pos(), NOW).unwrap().subject_id, max);
     assert_eq!(n.normalize(with(valid(), "subject_id", json!(12345)), pos(), NOW).unwrap().subject_id, "12345");
@@ -134,20 +169,41 @@ fn subject_id_is_trimmed_non_empty_and_bounded() {
 #[test]
 fn event_types_go_through_aliases_then_snake_case() {
     let n = normalizer();
-    for (raw, want) in [("Email Opened", "email_opened"), ("email-opened", "email_opened"), ("OpenedEmail", "email_opened"), ("Page Viewed", "page_viewed"), ("cartAbandoned", "cart_abandoned")] {
+    for (raw, want) in [
+        ("Email Opened", "email_opened"),
+        ("email-opened", "email_opened"),
+        ("OpenedEmail", "email_opened"),
+        ("Page Viewed", "page_viewed"),
+        ("cartAbandoned", "cart_abandoned"),
+    ] {
         assert_eq!(n.normalize(with(valid(), "event_type", json!(raw)), pos(), NOW).unwrap().event_type, want, "{raw}");
     }
-    assert_eq!(reason(n.normalize(with(valid(), "event_type", json!("!!!")), pos(), NOW)), RejectReason::InvalidEventType);
+    assert_eq!(
+        reason(n.normalize(with(valid(), "event_type", json!("!!!")), pos(), NOW)),
+        RejectReason::InvalidEventType
+    );
 }
 
 #[test]
 fn unknown_event_types_follow_the_policy() {
     let loose = normalizer();
-    assert_eq!(loose.normalize(with(valid(), "event_type", json!("Brand New Thing")), pos(), NOW).unwrap().event_type, "brand_new_thing");
+    assert_eq!(
+        loose.normalize(with(valid(), "event_type", json!("Brand New Thing")), pos(), NOW).unwrap().event_type,
+        "brand_new_thing"
+    );
     let s = strict();
-    assert_eq!(reason(s.normalize(with(valid(), "event_type", json!("Brand New Thing")), pos(), NOW)), RejectReason::UnknownEventType);
-    assert_eq!(s.normalize(with(valid(), "event_type", json!("pageViewed")), pos(), NOW).unwrap().event_type, "page_viewed");
-    assert_eq!(s.normalize(with(valid(), "event_type", json!("Opened Email")), pos(), NOW).unwrap().event_type, "email_opened");
+    assert_eq!(
+        reason(s.normalize(with(valid(), "event_type", json!("Brand New Thing")), pos(), NOW)),
+        RejectReason::UnknownEventType
+    );
+    assert_eq!(
+        s.normalize(with(valid(), "event_type", json!("pageViewed")), pos(), NOW).unwrap().event_type,
+        "page_viewed"
+    );
+    assert_eq!(
+        s.normalize(with(valid(), "event_type", json!("Opened Email")), pos(), NOW).unwrap().event_type,
+        "email_opened"
+    );
 }
 
 #[test]

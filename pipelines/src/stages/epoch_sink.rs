@@ -53,7 +53,9 @@ where
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
-                    let entry = collecting.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, output.output_index()), Vec::new()));
+                    let entry = collecting
+                        .entry(epoch)
+                        .or_insert_with(|| (cap.delayed(&epoch, output.output_index()), Vec::new()));
                     for batch in data {
                         entry.1.append(batch);
                     }
@@ -75,8 +77,15 @@ where
                                 Ok(()) => break,
                                 Err(e) => {
                                     let delay = retry_delay(attempt);
-                                    tracing::warn!(sink = writer.name(), epoch, attempt, records = batch.len(), error = format!("{e:#}"), ?delay,
-                                        "write failed; retrying (source offsets are not committed meanwhile)");
+                                    tracing::warn!(
+                                        sink = writer.name(),
+                                        epoch,
+                                        attempt,
+                                        records = batch.len(),
+                                        error = format!("{e:#}"),
+                                        ?delay,
+                                        "write failed; retrying (source offsets are not committed meanwhile)"
+                                    );
                                     tokio::time::sleep(delay).await;
                                     attempt = attempt.saturating_add(1);
                                 }

@@ -120,7 +120,9 @@ pub fn kafka_source<'s>(
                                 }
                             }
                             Ok(None) => break,
-                            Err(e @ (SourceError::SkippedRecords { .. } | SourceError::NoRecordsAfterResume { .. })) => {
+                            Err(
+                                e @ (SourceError::SkippedRecords { .. } | SourceError::NoRecordsAfterResume { .. }),
+                            ) => {
                                 tracing::error!(error = %e, "source stopped");
                                 st.error = Some(e);
                                 break;

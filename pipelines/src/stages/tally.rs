@@ -62,8 +62,7 @@ pub fn log_epoch_tallies<'s>(
                         }
                     }
                 });
-                let done: Vec<Epoch> =
-                    pending.keys().copied().filter(|e| !frontier.frontier().less_equal(e)).collect();
+                let done: Vec<Epoch> = pending.keys().copied().filter(|e| !frontier.frontier().less_equal(e)).collect();
                 for epoch in done {
                     let Some(t) = pending.remove(&epoch) else { continue };
                     if t.is_empty() {

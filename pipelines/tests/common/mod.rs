@@ -72,7 +72,12 @@ impl TestPipeline {
         let producer = AckedProducer::new(&self.config.kafka).expect("producer");
         let outgoing: Vec<OutgoingRecord> = records
             .iter()
-            .map(|r| OutgoingRecord { topic: topic.clone(), key: Some(r.key.clone()), payload: Some(r.payload.clone()), headers: vec![] })
+            .map(|r| OutgoingRecord {
+                topic: topic.clone(),
+                key: Some(r.key.clone()),
+                payload: Some(r.payload.clone()),
+                headers: vec![],
+            })
             .collect();
         let rt = runtime();
         let mut positions = Vec::new();
@@ -99,7 +104,8 @@ impl TestPipeline {
     /// The group's committed offsets per partition of the source topic.
     pub fn committed_offsets(&self) -> HashMap<i32, i64> {
         let topic = &self.config.topics.events.name;
-        let consumer: BaseConsumer = self.config.kafka.consumer_config(&self.config.pipeline.group_id).create().unwrap();
+        let consumer: BaseConsumer =
+            self.config.kafka.consumer_config(&self.config.pipeline.group_id).create().unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.config.topics.events.partitions {
             tpl.add_partition(topic, p);

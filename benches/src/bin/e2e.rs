@@ -1,0 +1,132 @@
+//! End-to-end throughput on the local broker: the same topic drained by a bare rdkafka consumer (the
+//! ceiling: same librdkafka, same consumer settings, no processing) and by the Touchpoint pipeline
+//! (decode → normalize → dedupe → ClickHouse + dead-letter topic, offsets committed), in one run.
+//!
+//!   cargo run --release -p touchpoint-benches --bin e2e -- --count 1000000
+//!
+//! Needs the local stack (deploy/scripts/stack.sh start). Events are produced before any clock starts.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use touchpoint::generate::{generate, AvroWriter, GeneratorConfig};
+use touchpoint::{PipelineConfig, RunOptions};
+use touchpoint_connectors::clickhouse::migrate;
+use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, OutgoingRecord};
+use touchpoint_connectors::schema_registry::RegistryClient;
+use touchpoint_connectors::testing::unique_name;
+
+#[derive(Parser)]
+struct Args {
+    /// Events to produce (before the clock starts).
+    #[arg(long, default_value_t = 1_000_000)]
+    count: usize,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Touchpoint worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Pipeline file whose services and client settings are used (topics/group/database are replaced).
+    #[arg(long, default_value = "pipelines/config/local.yaml")]
+    config: PathBuf,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let name = unique_name("bench");
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?
+        .replace("name: marketing.events.dlq", &format!("name: {name}.dlq"))
+        .replace("name: marketing.events", &format!("name: {name}.events"))
+        .replace("partitions: 4", &format!("partitions: {}", args.partitions))
+        .replace("group_id: touchpoint.normalization", &format!("group_id: {name}.pipeline"))
+        .replace("${TOUCHPOINT_CLICKHOUSE_DATABASE:-touchpoint}", &name)
+        .replace("drain_idle: 1500ms", "drain_idle: 300ms");
+    let mut config = PipelineConfig::parse(&text, &args.config)?;
+    let topic = config.topics.events.name.clone();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
+    rt.block_on(migrate(&config.clickhouse))?;
+
+    // Produce with normal batching: nobody resumes mid-batch in this benchmark (both readers start at
+    // the beginning of every partition), so the local broker's batch quirk does not apply.
+    eprintln!("producing {} events to {topic} ({} partitions)...", args.count, args.partitions);
+    let schema = apache_avro::Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT)?;
+    let schema_id = RegistryClient::new(&config.schema_registry)?
+        .register_avro(&format!("{topic}-value"), touchpoint_schemas::avro::MARKETING_EVENT)?;
+    let records = generate(
+        &GeneratorConfig { count: args.count, subjects: 100_000, ..Default::default() },
+        Some(&AvroWriter { schema_id, schema: &schema }),
+    );
+    let mut producer_config = config.kafka.clone();
+    producer_config.producer.insert("batch.num.messages".into(), "10000".into());
+    producer_config.producer.insert("linger.ms".into(), "5".into());
+    let producer = AckedProducer::new(&producer_config)?;
+    let produced_at = Instant::now();
+    for chunk in records.chunks(50_000) {
+        let outgoing: Vec<OutgoingRecord> = chunk
+            .iter()
+            .map(|r| OutgoingRecord {
+                topic: topic.clone(),
+                key: Some(r.key.clone()),
+                payload: Some(r.payload.clone()),
+                headers: vec![],
+            })
+            .collect();
+        rt.block_on(producer.send_all(&outgoing))?;
+    }
+    eprintln!("produced in {:.1?}", produced_at.elapsed());
+    drop(records);
+
+    // 1. The ceiling: a bare consumer, same client settings, counting messages until it has all.
+    let bare = bare_consumer_rate(&config, &topic, args.partitions, args.count)?;
+
+    // 2. Touchpoint, full pipeline, until drained.
+    config.source.drain_idle = Duration::from_millis(300);
+    let started = Instant::now();
+    let report =
+        touchpoint::run(config, RunOptions { workers: args.workers, until_drained: true, ..Default::default() })?;
+    // The run ends drain_idle after the last record; that idle wait is not processing time.
+    let elapsed = started.elapsed().saturating_sub(Duration::from_millis(300));
+    if report.totals.tally.received != args.count as u64 {
+        bail!("pipeline read {} of {} events", report.totals.tally.received, args.count);
+    }
+    let pipeline = args.count as f64 / elapsed.as_secs_f64();
+
+    println!("events                      {}", args.count);
+    println!("bare rdkafka consumer       {:>10.0} events/s", bare);
+    println!("touchpoint ({} workers)      {:>10.0} events/s  ({:.1?})", args.workers, pipeline, elapsed);
+    println!("ratio touchpoint / bare     {:>10.3}", pipeline / bare);
+    Ok(())
+}
+
+fn bare_consumer_rate(config: &PipelineConfig, topic: &str, partitions: i32, count: usize) -> Result<f64> {
+    let consumer: BaseConsumer = config.kafka.consumer_config(&unique_name("bench-bare")).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let mut seen = 0usize;
+    let mut bytes = 0usize;
+    while seen < count {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                seen += 1;
+                bytes += m.payload_len();
+            }
+            Some(Err(e)) => bail!("bare consumer: {e}"),
+            None => bail!("bare consumer stalled at {seen} of {count}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!("bare consumer: {seen} events, {bytes} bytes in {elapsed:.1?}");
+    Ok(seen as f64 / elapsed.as_secs_f64())
+}

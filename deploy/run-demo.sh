@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The main job, end to end on a fresh machine: install and start the local stack, build touchpoint,
+# create the topics and tables, produce a realistic demo stream (JSON and Avro, duplicates, malformed
+# records of every kind), run the pipeline until it has drained, and show what happened.
+#
+#   deploy/run-demo.sh [COUNT]      (default 50000 events; the stack keeps running afterwards:
+#                                    deploy/scripts/stack.sh stop)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+COUNT="${1:-50000}"
+CONFIG="$ROOT/pipelines/config/local.yaml"
+CLICKHOUSE="${TOUCHPOINT_CLICKHOUSE_URL:-http://127.0.0.1:18123}"
+export TOUCHPOINT_CLICKHOUSE_DATABASE="${TOUCHPOINT_CLICKHOUSE_DATABASE:-touchpoint_demo}"
+
+"$ROOT/deploy/scripts/stack.sh" start
+cargo build --release -p touchpoint
+TP="$ROOT/target/release/touchpoint"
+
+# The local broker keeps topics in memory only, so every demo starts from empty topics: start from an
+# empty database too (its rows would otherwise refer to offsets of the previous broker's topics).
+curl -fsS "$CLICKHOUSE" --data-binary "DROP DATABASE IF EXISTS $TOUCHPOINT_CLICKHOUSE_DATABASE" >/dev/null
+"$TP" migrate --config "$CONFIG"
+"$TP" topics --config "$CONFIG"
+"$TP" generate --config "$CONFIG" --count "$COUNT"
+"$TP" run --config "$CONFIG" --workers 2 --until-drained
+
+q() { curl -fsS "$CLICKHOUSE" --data-binary "$1 FORMAT PrettyCompactMonoBlock"; }
+echo
+echo "== ClickHouse: events by type (${TOUCHPOINT_CLICKHOUSE_DATABASE}.events)"
+q "SELECT event_type, count() AS events, uniqExact(subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.events GROUP BY event_type ORDER BY events DESC"
+echo
+echo "== Dead-letter topic: first records (touchpoint tail shows them all)"
+"$TP" tail --config "$CONFIG" 2>/dev/null | head -3
+echo
+echo "Try next:"
+echo "  curl $CLICKHOUSE --data-binary \"SELECT toDate(occurred_at) AS day, event_type, count() FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.events GROUP BY day, event_type ORDER BY day, event_type FORMAT PrettyCompact\""
