@@ -76,6 +76,14 @@ enum Command {
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
+    /// Produce records from standard input, one per line, to the source topic (or --topic). The key is
+    /// the line's `subject_id` when the line is a JSON object that has one.
+    Produce {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        topic: Option<String>,
+    },
     /// Print every record of a topic as JSON lines (key, value, headers).
     Tail {
         #[arg(long, short)]
@@ -193,6 +201,27 @@ fn run(cli: Cli) -> Result<()> {
                 count(|e| matches!(e, Expected::Duplicate { .. })),
                 count(|e| matches!(e, Expected::Rejected { .. })),
             );
+        }
+        Command::Produce { config, topic } => {
+            let c = load(&config)?;
+            let topic = topic.unwrap_or(c.topics.events.name.clone());
+            let mut records = Vec::new();
+            for line in std::io::stdin().lines() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let key = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("subject_id").and_then(|s| s.as_str()).map(|s| s.trim().as_bytes().to_vec()));
+                records.push(OutgoingRecord { topic: topic.clone(), key, payload: Some(line.into_bytes()), headers: vec![] });
+            }
+            let rt = runtime()?;
+            rt.block_on(ensure_topics(&c.kafka, &c.topics.all()))?;
+            let acks = rt.block_on(AckedProducer::new(&c.kafka)?.send_all(&records))?;
+            for (partition, offset) in &acks {
+                println!("{topic}/{partition}@{offset}");
+            }
         }
         Command::Tail { config, topic } => {
             let c = load(&config)?;

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::consumer::CommitMode;
@@ -175,7 +176,9 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
     let mut last_commit: Option<Vec<(i32, i64)>> = None;
     let mut failure = None;
     loop {
-        worker.step();
+        // Parks the thread when no operator is active; Kafka data, finished sink writes and the
+        // source's own timers wake it.
+        worker.step_or_park(Some(Duration::from_millis(10)));
         let frontier = handles.sinks.with_frontier(|f| f.first().copied());
 
         {
@@ -187,6 +190,10 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
                 last_commit = Some(positions);
             }
             if let Some(e) = st.error.take() {
+                // Stop every worker of this process: the others would otherwise keep the dataflow
+                // (and this worker's loop) alive forever.
+                tracing::error!(worker = index, error = %e, "source failed; stopping the pipeline");
+                shared.stop.store(true, Ordering::Relaxed);
                 failure = Some(e);
             }
         }

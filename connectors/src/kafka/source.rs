@@ -104,6 +104,12 @@ impl PartitionSource {
         })
     }
 
+    /// Calls `wake` whenever the consumer's queue goes from empty to non-empty, so that an idle reader
+    /// can sleep instead of polling (the dataflow parks its worker thread and `wake` unparks it).
+    pub fn set_wakeup(&mut self, wake: impl Fn() + Send + Sync + 'static) {
+        self.consumer.set_nonempty_callback(wake);
+    }
+
     pub fn topic(&self) -> &str {
         &self.topic
     }

@@ -72,9 +72,13 @@ where
                     let (writer, done, activator) = (writer.clone(), done_tx.clone(), activator.clone());
                     runtime.spawn(async move {
                         let mut attempt = 0u32;
+                        let started = std::time::Instant::now();
                         loop {
                             match writer.write(epoch, batch.clone()).await {
-                                Ok(()) => break,
+                                Ok(()) => {
+                                    tracing::debug!(sink = writer.name(), epoch, records = batch.len(), elapsed = ?started.elapsed(), "epoch written");
+                                    break;
+                                }
                                 Err(e) => {
                                     let delay = retry_delay(attempt);
                                     tracing::warn!(

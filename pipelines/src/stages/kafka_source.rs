@@ -49,6 +49,11 @@ impl SourceState {
 
     /// Removes the epochs before `frontier` (all for `None`) and returns the positions to commit.
     pub fn take_committable(&mut self, frontier: Option<Epoch>) -> Option<Vec<(i32, i64)>> {
+        match (self.closed.first_key_value(), frontier) {
+            (None, _) => return None,
+            (Some((&first, _)), Some(f)) if first >= f => return None,
+            _ => {}
+        }
         let rest = match frontier {
             Some(f) => self.closed.split_off(&f),
             None => BTreeMap::new(),
@@ -79,7 +84,14 @@ pub fn kafka_source<'s>(
         scope,
         "KafkaSource",
         move |capability, info| {
-            let activator = scope.activator_for(info.address);
+            let activator = scope.activator_for(info.address.clone());
+            // New data wakes the worker; otherwise the source looks again at least every `idle_wait`
+            // (to close epochs on time and to notice that it has drained).
+            let wake = scope.worker().sync_activator_for(info.address.to_vec());
+            state.borrow_mut().source.set_wakeup(move || {
+                let _ = wake.activate();
+            });
+            let idle_wait = (epochs.interval / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
             let started = Instant::now();
             let interval_ms = epochs.interval.as_millis().max(1);
             let tick_now = move || u64::try_from(started.elapsed().as_millis() / interval_ms).unwrap_or(u64::MAX);
@@ -88,7 +100,6 @@ pub fn kafka_source<'s>(
             let mut last_record = Instant::now();
             move |output| {
                 let Some(c) = cap.as_mut() else { return };
-                activator.activate();
                 let mut st = state.borrow_mut();
 
                 // Time moves every worker to the next tick together.
@@ -104,8 +115,7 @@ pub fn kafka_source<'s>(
                 {
                     let mut session = output.session(&*c);
                     while read < READ_BUDGET && in_epoch < epochs.max_records {
-                        let wait = if read == 0 { Duration::from_millis(2) } else { Duration::ZERO };
-                        match st.source.poll(wait) {
+                        match st.source.poll(Duration::ZERO) {
                             Ok(Some(record)) => {
                                 read += 1;
                                 in_epoch += 1;
@@ -134,6 +144,13 @@ pub fn kafka_source<'s>(
                             }
                         }
                     }
+                }
+
+                // Read again right away while data flows; otherwise sleep until woken or `idle_wait`.
+                if read > 0 {
+                    activator.activate();
+                } else {
+                    activator.activate_after(idle_wait);
                 }
 
                 // A full epoch moves this worker to the next sub-epoch of the same tick.

@@ -26,6 +26,11 @@ impl TallyBook {
     /// Removes and returns the tallies of epochs before `frontier` (all of them for `None`).
     pub fn take_before(&self, frontier: Option<Epoch>) -> Vec<(Epoch, EpochTally)> {
         let mut book = self.0.borrow_mut();
+        match (book.first_key_value(), frontier) {
+            (None, _) => return Vec::new(),
+            (Some((&first, _)), Some(f)) if first >= f => return Vec::new(),
+            _ => {}
+        }
         let keep = match frontier {
             Some(f) => book.split_off(&f),
             None => BTreeMap::new(),
