@@ -214,7 +214,12 @@ fn run(cli: Cli) -> Result<()> {
                 let key = serde_json::from_str::<serde_json::Value>(&line)
                     .ok()
                     .and_then(|v| v.get("subject_id").and_then(|s| s.as_str()).map(|s| s.trim().as_bytes().to_vec()));
-                records.push(OutgoingRecord { topic: topic.clone(), key, payload: Some(line.into_bytes()), headers: vec![] });
+                records.push(OutgoingRecord {
+                    topic: topic.clone(),
+                    key,
+                    payload: Some(line.into_bytes()),
+                    headers: vec![],
+                });
             }
             let rt = runtime()?;
             rt.block_on(ensure_topics(&c.kafka, &c.topics.all()))?;

@@ -43,15 +43,20 @@ fn sigkill_mid_stream_then_restart_loses_and_duplicates_nothing() {
             .spawn()
             .expect("starting touchpoint");
         // Kill mid-stream at a different moment each round: (0) right after the first inserts, before
-        // anything is committed; (1) and (2) after this run committed offsets and stored more rows, so
-        // that inserts, produces and commits are all in flight when the process dies.
+        // anything is committed; (1) and (2) after this run stored more rows and (usually) committed
+        // offsets, so that inserts, produces and commits are all in flight when the process dies.
         let committed_before: i64 = tp.committed_offsets().values().sum();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let stored = rt.block_on(store.count()).unwrap();
             let ready = match kill {
                 0 => stored >= before + 1_000,
-                _ => stored >= before + 2_000 && tp.committed_offsets().values().sum::<i64>() > committed_before,
+                // Prefer a moment after a commit; don't wait past 4,000 more rows for one (commits trail
+                // the dead-letter acknowledgements, which are slow on the local broker).
+                _ => {
+                    stored >= before + 2_000
+                        && (stored >= before + 4_000 || tp.committed_offsets().values().sum::<i64>() > committed_before)
+                }
             };
             if ready || Instant::now() > deadline {
                 break;
