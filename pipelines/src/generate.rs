@@ -43,6 +43,9 @@ pub struct GeneratorConfig {
     pub seed: u64,
     /// The clock the events are generated around (event times lie in the 7 days before it).
     pub now_ms: i64,
+    /// Relative weights of canonical event types; empty means [`EVENT_MIX`]'s defaults, otherwise
+    /// unlisted types are not generated. See [`parse_mix`].
+    pub mix: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for GeneratorConfig {
@@ -55,8 +58,28 @@ impl Default for GeneratorConfig {
             avro_share: 0.5,
             seed: 42,
             now_ms: chrono::Utc::now().timestamp_millis(),
+            mix: Default::default(),
         }
     }
+}
+
+/// Parses an event mix such as `page_viewed=50,email_opened=30,order_completed=20`.
+pub fn parse_mix(text: &str) -> Result<std::collections::BTreeMap<String, u32>, String> {
+    let mut mix = std::collections::BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, weight) = part.split_once('=').ok_or_else(|| format!("{part:?}: expected type=weight"))?;
+        let name = name.trim();
+        if !EVENT_MIX.iter().any(|(t, _, _)| *t == name) {
+            let known: Vec<&str> = EVENT_MIX.iter().map(|(t, _, _)| *t).collect();
+            return Err(format!("unknown event type {name:?}; the generator knows {}", known.join(", ")));
+        }
+        let weight: u32 = weight.trim().parse().map_err(|_| format!("{part:?}: weight must be a whole number"))?;
+        mix.insert(name.to_string(), weight);
+    }
+    if mix.values().all(|w| *w == 0) {
+        return Err("the mix needs at least one type with a weight above 0".into());
+    }
+    Ok(mix)
 }
 
 /// What the pipeline must do with a record.
@@ -208,7 +231,10 @@ pub fn generate(config: &GeneratorConfig, avro: Option<&AvroWriter<'_>>) -> Vec<
     let mut out = Vec::with_capacity(config.count);
     let mut valid: Vec<usize> = Vec::new();
     let mut malformed = 0usize;
-    let total_weight: u64 = EVENT_MIX.iter().map(|(_, w, _)| u64::from(*w)).sum();
+    let weights: Vec<u64> = EVENT_MIX
+        .iter()
+        .map(|(t, w, _)| u64::from(if config.mix.is_empty() { *w } else { config.mix.get(*t).copied().unwrap_or(0) }))
+        .collect();
     for i in 0..config.count {
         if !valid.is_empty() && rng.chance(config.duplicate_share) {
             let original = &out[valid[rng.below(valid.len() as u64) as usize]];
@@ -224,7 +250,7 @@ pub fn generate(config: &GeneratorConfig, avro: Option<&AvroWriter<'_>>) -> Vec<
             });
             continue;
         }
-        let draft = draft(&mut rng, config, i, total_weight);
+        let draft = draft(&mut rng, config, i, &weights);
         let use_avro = avro.is_some() && rng.chance(config.avro_share);
         if rng.chance(config.malformed_share) {
             let reason = RejectReason::ALL[malformed % RejectReason::ALL.len()];
@@ -246,17 +272,17 @@ pub fn generate(config: &GeneratorConfig, avro: Option<&AvroWriter<'_>>) -> Vec<
     out
 }
 
-fn draft(rng: &mut Rng, config: &GeneratorConfig, i: usize, total_weight: u64) -> Draft {
-    let mut roll = rng.below(total_weight);
+fn draft(rng: &mut Rng, config: &GeneratorConfig, i: usize, weights: &[u64]) -> Draft {
+    let mut roll = rng.below(weights.iter().sum());
     let (canonical_type, _, spellings) = EVENT_MIX
         .iter()
-        .find(|(_, w, _)| {
-            let hit = roll < u64::from(*w);
-            roll = roll.saturating_sub(u64::from(*w));
+        .zip(weights)
+        .find(|(_, w)| {
+            let hit = roll < **w;
+            roll = roll.saturating_sub(**w);
             hit
         })
-        .copied()
-        .unwrap_or(EVENT_MIX[0]);
+        .map_or(EVENT_MIX[0], |(entry, _)| *entry);
     let subject_no = rng.below(config.subjects.max(1) as u64);
     let subject = if rng.chance(0.05) { format!("  user-{subject_no} ") } else { format!("user-{subject_no}") };
     let mut occurred_ms = config.now_ms - rng.below(7 * 24 * 3_600_000) as i64;
@@ -359,6 +385,55 @@ fn malformed_record(
     GeneratedRecord { key, payload, expected }
 }
 
+/// A generated record and the (partition, offset) the broker gave it.
+pub type ProducedRecord = (GeneratedRecord, (i32, i64));
+
+/// Registers the event schema (subject `<topic>-value`), generates `generator.count` records (half Avro
+/// by default) and produces them to the pipeline's source topic with `kafka`'s producer settings,
+/// waiting for every acknowledgement. Call it outside async code: the registry client blocks.
+pub fn produce_generated(
+    pipeline: &crate::PipelineConfig,
+    kafka: &touchpoint_connectors::kafka::KafkaConfig,
+    generator: &GeneratorConfig,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<(u32, Vec<ProducedRecord>)> {
+    use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, OutgoingRecord};
+    use touchpoint_connectors::schema_registry::RegistryClient;
+
+    let topic = &pipeline.topics.events.name;
+    let schema = Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT)?;
+    let schema_id = RegistryClient::new(&pipeline.schema_registry)?
+        .register_avro(&format!("{topic}-value"), touchpoint_schemas::avro::MARKETING_EVENT)?;
+    let records = generate(generator, Some(&AvroWriter { schema_id, schema: &schema }));
+    runtime.block_on(ensure_topics(kafka, &pipeline.topics.all()))?;
+    let producer = AckedProducer::new(kafka)?;
+    let mut positions = Vec::with_capacity(records.len());
+    for chunk in records.chunks(10_000) {
+        let outgoing: Vec<OutgoingRecord> = chunk
+            .iter()
+            .map(|r| OutgoingRecord {
+                topic: topic.clone(),
+                key: Some(r.key.clone()),
+                payload: Some(r.payload.clone()),
+                headers: vec![],
+            })
+            .collect();
+        positions.extend(runtime.block_on(producer.send_all(&outgoing))?);
+    }
+    Ok((schema_id, records.into_iter().zip(positions).collect()))
+}
+
+/// The ids of the records that must end up stored (valid, first occurrences).
+pub fn valid_event_ids(records: &[ProducedRecord]) -> std::collections::BTreeSet<String> {
+    records
+        .iter()
+        .filter_map(|(r, _)| match &r.expected {
+            Expected::Valid { event_id } => Some(event_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +492,33 @@ mod tests {
         assert_eq!(reasons.len(), RejectReason::ALL.len(), "every rejection reason is generated: {reasons:?}");
         assert!(avro > 1_000 && avro < 4_000, "{avro} Avro records");
         assert!(duplicates > 50, "{duplicates} duplicates");
+    }
+
+    #[test]
+    fn the_mix_selects_event_types() {
+        let mix = parse_mix("email_opened=1, order_completed=3").unwrap();
+        let cfg = GeneratorConfig {
+            count: 2_000,
+            malformed_share: 0.0,
+            duplicate_share: 0.0,
+            mix,
+            now_ms: 1_795_600_800_000,
+            ..Default::default()
+        };
+        let normalizer = local_normalizer();
+        let mut counts = std::collections::BTreeMap::new();
+        for (i, r) in generate(&cfg, None).iter().enumerate() {
+            let fields = touchpoint_operators::decode::decode_json(&r.payload).unwrap();
+            let e = normalizer
+                .normalize(fields, SourcePosition { topic: "t".into(), partition: 0, offset: i as i64 }, cfg.now_ms)
+                .unwrap();
+            *counts.entry(e.event_type).or_insert(0) += 1;
+        }
+        assert_eq!(counts.keys().collect::<Vec<_>>(), ["email_opened", "order_completed"]);
+        assert!(counts["order_completed"] > 2 * counts["email_opened"], "{counts:?}");
+        assert!(parse_mix("nope=1").is_err());
+        assert!(parse_mix("email_opened=x").is_err());
+        assert!(parse_mix("email_opened=0").is_err());
     }
 
     #[test]

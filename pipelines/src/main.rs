@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use touchpoint::generate::{generate, AvroWriter, Expected, GeneratorConfig};
+use touchpoint::generate::{produce_generated, Expected, GeneratorConfig};
 use touchpoint::{PipelineConfig, RunOptions};
 use touchpoint_connectors::clickhouse::migrate;
 use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, OutgoingRecord};
-use touchpoint_connectors::schema_registry::RegistryClient;
 
 #[derive(Parser)]
 #[command(name = "touchpoint", version, about = "Stream processing for marketing automation on Kafka")]
@@ -72,6 +71,10 @@ enum Command {
         avro_share: f64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Event mix as canonical type=weight pairs, e.g. `page_viewed=50,order_completed=5`
+        /// (default: the built-in realistic mix).
+        #[arg(long, value_parser = touchpoint::generate::parse_mix)]
+        mix: Option<std::collections::BTreeMap<String, u32>>,
         /// Write what the pipeline should do with each record (JSON lines) to this file.
         #[arg(long)]
         manifest: Option<PathBuf>,
@@ -152,12 +155,19 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{} ({} partitions)", t.name, t.partitions);
             }
         }
-        Command::Generate { config, count, subjects, malformed_share, duplicate_share, avro_share, seed, manifest } => {
+        Command::Generate {
+            config,
+            count,
+            subjects,
+            malformed_share,
+            duplicate_share,
+            avro_share,
+            seed,
+            mix,
+            manifest,
+        } => {
             let c = load(&config)?;
             let topic = c.topics.events.name.clone();
-            let schema = apache_avro::Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT)?;
-            let schema_id = RegistryClient::new(&c.schema_registry)?
-                .register_avro(&format!("{topic}-value"), touchpoint_schemas::avro::MARKETING_EVENT)?;
             let gen_config = GeneratorConfig {
                 count,
                 subjects,
@@ -165,38 +175,24 @@ fn run(cli: Cli) -> Result<()> {
                 duplicate_share,
                 avro_share,
                 seed,
+                mix: mix.unwrap_or_default(),
                 ..Default::default()
             };
-            let records = generate(&gen_config, Some(&AvroWriter { schema_id, schema: &schema }));
             let rt = runtime()?;
-            rt.block_on(ensure_topics(&c.kafka, &c.topics.all()))?;
-            let producer = AckedProducer::new(&c.kafka)?;
-            let outgoing: Vec<OutgoingRecord> = records
-                .iter()
-                .map(|r| OutgoingRecord {
-                    topic: topic.clone(),
-                    key: Some(r.key.clone()),
-                    payload: Some(r.payload.clone()),
-                    headers: vec![],
-                })
-                .collect();
-            let mut positions = Vec::with_capacity(outgoing.len());
-            for chunk in outgoing.chunks(5_000) {
-                positions.extend(rt.block_on(producer.send_all(chunk))?);
-            }
+            let (schema_id, produced) = produce_generated(&c, &c.kafka, &gen_config, rt.handle())?;
             if let Some(path) = manifest {
                 let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
-                for ((partition, offset), r) in positions.iter().zip(&records) {
+                for (r, (partition, offset)) in &produced {
                     let mut line = serde_json::to_value(&r.expected)?;
                     line["partition"] = (*partition).into();
                     line["offset"] = (*offset).into();
                     writeln!(f, "{line}")?;
                 }
             }
-            let count = |f: fn(&Expected) -> bool| records.iter().filter(|r| f(&r.expected)).count();
+            let count = |f: fn(&Expected) -> bool| produced.iter().filter(|(r, _)| f(&r.expected)).count();
             println!(
                 "produced {} records to {topic} (schema id {schema_id}): {} valid, {} duplicates, {} malformed",
-                records.len(),
+                produced.len(),
                 count(|e| matches!(e, Expected::Valid { .. })),
                 count(|e| matches!(e, Expected::Duplicate { .. })),
                 count(|e| matches!(e, Expected::Rejected { .. })),

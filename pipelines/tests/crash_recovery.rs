@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{end_offsets, runtime, TestPipeline};
-use touchpoint::generate::Expected;
+use touchpoint::generate::valid_event_ids;
 
 #[test]
 fn sigkill_mid_stream_then_restart_loses_and_duplicates_nothing() {
@@ -19,13 +19,7 @@ fn sigkill_mid_stream_then_restart_loses_and_duplicates_nothing() {
     );
     tp.prepare();
     let produced = tp.produce(20_000, 11);
-    let valid: BTreeSet<String> = produced
-        .iter()
-        .filter_map(|(r, _)| match &r.expected {
-            Expected::Valid { event_id } => Some(event_id.clone()),
-            _ => None,
-        })
-        .collect();
+    let valid = valid_event_ids(&produced);
 
     let binary = env!("CARGO_BIN_EXE_touchpoint");
     let log = |n: usize| std::fs::File::create(std::env::temp_dir().join(format!("{}-{n}.log", tp.name))).unwrap();

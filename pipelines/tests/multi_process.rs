@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
 use common::{end_offsets, TestPipeline};
-use touchpoint::generate::Expected;
+use touchpoint::generate::valid_event_ids;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -19,13 +19,7 @@ fn two_processes_share_the_partitions_and_the_work() {
     let tp = TestPipeline::new("it_procs", &[]);
     tp.prepare();
     let produced = tp.produce(4_000, 5);
-    let valid: BTreeSet<String> = produced
-        .iter()
-        .filter_map(|(r, _)| match &r.expected {
-            Expected::Valid { event_id } => Some(event_id.clone()),
-            _ => None,
-        })
-        .collect();
+    let valid = valid_event_ids(&produced);
 
     let hostfile = std::env::temp_dir().join(format!("{}.hosts", tp.name));
     std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();

@@ -13,11 +13,10 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use touchpoint::generate::{generate, AvroWriter, GeneratorConfig};
+use touchpoint::generate::{produce_generated, GeneratorConfig};
 use touchpoint::{PipelineConfig, RunOptions};
 use touchpoint_connectors::clickhouse::migrate;
-use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, OutgoingRecord};
-use touchpoint_connectors::schema_registry::RegistryClient;
+use touchpoint_connectors::kafka::ensure_topics;
 use touchpoint_connectors::testing::unique_name;
 
 #[derive(Parser)]
@@ -57,32 +56,14 @@ fn main() -> Result<()> {
     // Produce with normal batching: nobody resumes mid-batch in this benchmark (both readers start at
     // the beginning of every partition), so the local broker's batch quirk does not apply.
     eprintln!("producing {} events to {topic} ({} partitions)...", args.count, args.partitions);
-    let schema = apache_avro::Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT)?;
-    let schema_id = RegistryClient::new(&config.schema_registry)?
-        .register_avro(&format!("{topic}-value"), touchpoint_schemas::avro::MARKETING_EVENT)?;
-    let records = generate(
-        &GeneratorConfig { count: args.count, subjects: 100_000, ..Default::default() },
-        Some(&AvroWriter { schema_id, schema: &schema }),
-    );
     let mut producer_config = config.kafka.clone();
     producer_config.producer.insert("batch.num.messages".into(), "10000".into());
     producer_config.producer.insert("linger.ms".into(), "5".into());
-    let producer = AckedProducer::new(&producer_config)?;
+    let generator = GeneratorConfig { count: args.count, subjects: 100_000, ..Default::default() };
     let produced_at = Instant::now();
-    for chunk in records.chunks(50_000) {
-        let outgoing: Vec<OutgoingRecord> = chunk
-            .iter()
-            .map(|r| OutgoingRecord {
-                topic: topic.clone(),
-                key: Some(r.key.clone()),
-                payload: Some(r.payload.clone()),
-                headers: vec![],
-            })
-            .collect();
-        rt.block_on(producer.send_all(&outgoing))?;
-    }
+    let (_, produced) = produce_generated(&config, &producer_config, &generator, rt.handle())?;
+    drop(produced);
     eprintln!("produced in {:.1?}", produced_at.elapsed());
-    drop(records);
 
     // 1. The ceiling: a bare consumer, same client settings, counting messages until it has all.
     let bare = bare_consumer_rate(&config, &topic, args.partitions, args.count)?;

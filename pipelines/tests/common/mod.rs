@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use touchpoint::generate::{generate, AvroWriter, GeneratedRecord, GeneratorConfig};
+use touchpoint::generate::{produce_generated, GeneratorConfig, ProducedRecord};
 use touchpoint::PipelineConfig;
 use touchpoint_connectors::clickhouse::{migrate, EventStore};
-use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, OutgoingRecord};
-use touchpoint_connectors::schema_registry::RegistryClient;
+use touchpoint_connectors::kafka::ensure_topics;
 use touchpoint_connectors::testing::{unique_name, ServiceAddresses};
 
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -60,31 +59,10 @@ impl TestPipeline {
 
     /// Generates `count` events (5% malformed of every kind, 2% duplicates, half Avro) and produces them
     /// to the source topic. Returns each record with the (partition, offset) it got.
-    pub fn produce(&self, count: usize, seed: u64) -> Vec<(GeneratedRecord, (i32, i64))> {
-        let registry = RegistryClient::new(&self.config.schema_registry).expect("registry client");
-        let schema = apache_avro::Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT).unwrap();
-        let topic = self.config.topics.events.name.clone();
-        let schema_id = registry
-            .register_avro(&format!("{topic}-value"), touchpoint_schemas::avro::MARKETING_EVENT)
-            .expect("registering the event schema");
+    pub fn produce(&self, count: usize, seed: u64) -> Vec<ProducedRecord> {
         let config = GeneratorConfig { count, subjects: 2_000, seed, ..Default::default() };
-        let records = generate(&config, Some(&AvroWriter { schema_id, schema: &schema }));
-        let producer = AckedProducer::new(&self.config.kafka).expect("producer");
-        let outgoing: Vec<OutgoingRecord> = records
-            .iter()
-            .map(|r| OutgoingRecord {
-                topic: topic.clone(),
-                key: Some(r.key.clone()),
-                payload: Some(r.payload.clone()),
-                headers: vec![],
-            })
-            .collect();
         let rt = runtime();
-        let mut positions = Vec::new();
-        for chunk in outgoing.chunks(5_000) {
-            positions.extend(rt.block_on(producer.send_all(chunk)).expect("producing"));
-        }
-        records.into_iter().zip(positions).collect()
+        produce_generated(&self.config, &self.config.kafka, &config, rt.handle()).expect("producing generated events").1
     }
 
     pub fn store(&self) -> EventStore {
@@ -130,7 +108,7 @@ impl Drop for TestPipeline {
 
 /// End offset per partition, from the producer's acknowledgements (the local broker's ListOffsets is
 /// not reliable, see docs/broker-quirks.md).
-pub fn end_offsets(produced: &[(GeneratedRecord, (i32, i64))]) -> HashMap<i32, i64> {
+pub fn end_offsets(produced: &[ProducedRecord]) -> HashMap<i32, i64> {
     let mut ends = HashMap::new();
     for (_, (p, o)) in produced {
         let e = ends.entry(*p).or_insert(0);
