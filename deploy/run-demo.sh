@@ -31,7 +31,8 @@ echo "== ClickHouse: events by type (${TOUCHPOINT_CLICKHOUSE_DATABASE}.events)"
 q "SELECT event_type, count() AS events, uniqExact(subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.events GROUP BY event_type ORDER BY events DESC"
 echo
 echo "== Dead-letter topic: first records (touchpoint tail shows them all)"
-"$TP" tail --config "$CONFIG" 2>/dev/null | head -3
+# (head closes the pipe early; that is not a failure of the demo)
+"$TP" tail --config "$CONFIG" 2>/dev/null | head -3 || true
 echo
 echo "Try next:"
 echo "  curl $CLICKHOUSE --data-binary \"SELECT toDate(occurred_at) AS day, event_type, count() FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.events GROUP BY day, event_type ORDER BY day, event_type FORMAT PrettyCompact\""

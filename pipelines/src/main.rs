@@ -230,14 +230,27 @@ fn run(cli: Cli) -> Result<()> {
             let out = std::io::stdout();
             let mut out = out.lock();
             for r in read_all(&c.kafka, &topic, Duration::from_secs(1), Duration::from_secs(120))? {
-                let line = serde_json::json!({
+                let mut line = serde_json::json!({
                     "partition": r.partition,
                     "offset": r.offset,
                     "key": r.key.as_deref().map(String::from_utf8_lossy),
-                    "value": r.payload.as_deref().map(String::from_utf8_lossy),
                     "headers": r.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                 });
-                writeln!(out, "{line}")?;
+                // Text values (JSON) as they are; binary ones (Avro) as hex, byte for byte.
+                match r.payload.as_deref().map(std::str::from_utf8) {
+                    Some(Ok(text)) => line["value"] = text.into(),
+                    Some(Err(_)) => {
+                        let bytes = r.payload.as_deref().unwrap_or_default();
+                        line["value_hex"] = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>().into();
+                    }
+                    None => line["value"] = serde_json::Value::Null,
+                }
+                if let Err(e) = writeln!(out, "{line}") {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        break; // the reader (e.g. `head`) has seen enough
+                    }
+                    return Err(e.into());
+                }
             }
         }
     }

@@ -93,3 +93,53 @@ fn sigkill_mid_stream_then_restart_loses_and_duplicates_nothing() {
     );
     assert_eq!(tp.committed_offsets(), end_offsets(&produced));
 }
+
+/// SIGTERM: the pipeline stops reading, finishes its open epochs, commits, and exits 0. A restart then
+/// finds nothing already stored past the committed offsets (the commit covered every stored row).
+#[test]
+fn sigterm_finishes_open_epochs_and_commits_before_exiting() {
+    let tp = TestPipeline::new(
+        "it_term",
+        &[("interval: 200ms", "interval: 20ms"), ("max_records: 50000", "max_records: 150")],
+    );
+    tp.prepare();
+    let produced = tp.produce(10_000, 13);
+    let valid = valid_event_ids(&produced);
+    let binary = env!("CARGO_BIN_EXE_touchpoint");
+    let rt = runtime();
+    let store = tp.store();
+
+    let mut child = Command::new(binary)
+        .args(["run", "--config"])
+        .arg(&tp.path)
+        .args(["--workers", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rt.block_on(store.count()).unwrap() < 2_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful stop must exit 0, got {exit:?}");
+    let stored_at_stop = rt.block_on(store.count()).unwrap();
+    assert!(stored_at_stop < valid.len() as u64, "stopped mid-stream ({stored_at_stop} of {})", valid.len());
+
+    let out = Command::new(binary)
+        .args(["run", "--config"])
+        .arg(&tp.path)
+        .args(["--workers", "2", "--until-drained"])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("already stored  0\n"), "the stop committed everything it stored:\n{summary}");
+    let stored = tp.stored_ids();
+    assert!(stored.values().all(|n| *n == 1));
+    assert_eq!(stored.into_keys().collect::<BTreeSet<_>>(), valid);
+    assert_eq!(tp.committed_offsets(), end_offsets(&produced));
+}
