@@ -9,6 +9,7 @@
 //! - [`dedupe`]: drop repeated `event_id`s within a time-to-live;
 //! - [`tally`]: the per-epoch accounting that proves nothing is silently dropped.
 
+pub mod consent;
 pub mod decode;
 pub mod dedupe;
 pub mod normalize;

@@ -7,11 +7,15 @@ pub const NORMALIZED_EVENT: &str = include_str!("../avro/normalized_event.avsc")
 /// Documents the headers of `marketing.events.dlq` records (their value is the original bytes).
 pub const DEAD_LETTER: &str = include_str!("../avro/dead_letter.avsc");
 
+/// Value schema of `marketing.consent`.
+pub const CONSENT: &str = include_str!("../avro/consent.avsc");
+
 /// Every schema with its file name, for tools that list or register them.
 pub const ALL: &[(&str, &str)] = &[
     ("marketing_event.avsc", MARKETING_EVENT),
     ("normalized_event.avsc", NORMALIZED_EVENT),
     ("dead_letter.avsc", DEAD_LETTER),
+    ("consent.avsc", CONSENT),
 ];
 
 #[cfg(test)]

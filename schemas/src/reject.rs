@@ -23,10 +23,33 @@ pub enum RejectReason {
     InvalidEventType,
     /// `event_type` is not in the known list and the pipeline rejects unknown types.
     UnknownEventType,
+    /// A consent record names a channel the pipeline does not know.
+    UnknownChannel,
+    /// A consent record names a purpose other than marketing or transactional.
+    UnknownPurpose,
+    /// A consent record's status is not granted, denied or pending.
+    UnknownConsentStatus,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    /// Every reason, events' and consent records'.
+    pub const ALL: [RejectReason; 12] = [
+        RejectReason::MalformedPayload,
+        RejectReason::UnknownSchema,
+        RejectReason::MissingField,
+        RejectReason::InvalidFieldType,
+        RejectReason::InvalidTimestamp,
+        RejectReason::TimestampInFuture,
+        RejectReason::InvalidSubjectId,
+        RejectReason::InvalidEventType,
+        RejectReason::UnknownEventType,
+        RejectReason::UnknownChannel,
+        RejectReason::UnknownPurpose,
+        RejectReason::UnknownConsentStatus,
+    ];
+
+    /// The reasons a `marketing.events` record can be rejected for.
+    pub const EVENT: [RejectReason; 9] = [
         RejectReason::MalformedPayload,
         RejectReason::UnknownSchema,
         RejectReason::MissingField,
@@ -50,6 +73,9 @@ impl RejectReason {
             RejectReason::InvalidSubjectId => "invalid_subject_id",
             RejectReason::InvalidEventType => "invalid_event_type",
             RejectReason::UnknownEventType => "unknown_event_type",
+            RejectReason::UnknownChannel => "unknown_channel",
+            RejectReason::UnknownPurpose => "unknown_purpose",
+            RejectReason::UnknownConsentStatus => "unknown_consent_status",
         }
     }
 

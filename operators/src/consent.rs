@@ -1,0 +1,431 @@
+//! The consent table: the latest consent per subject × channel × purpose, built from the compacted
+//! `marketing.consent` topic, and the verdict a send intent gets from it. No consent, no send.
+//!
+//! - Newest `updated_at` wins, so out-of-order updates resolve correctly; on a tie the more restrictive
+//!   status wins (denied over pending over granted).
+//! - A tombstone (null value) forgets every consent of its subject.
+//! - A subject with no record for a channel and purpose gets the configured default, which is **deny**
+//!   for marketing out of the box.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use touchpoint_schemas::RejectReason;
+
+use crate::normalize::{parse_event_time, Rejection};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Email,
+    Sms,
+    Push,
+    Webhook,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 4] = [Channel::Email, Channel::Sms, Channel::Push, Channel::Webhook];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Push => "push",
+            Channel::Webhook => "webhook",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        Self::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Marketing,
+    Transactional,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Marketing => "marketing",
+            Purpose::Transactional => "transactional",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Purpose> {
+        [Purpose::Marketing, Purpose::Transactional].into_iter().find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+/// Ordered by restrictiveness: on equal `updated_at`, the larger wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentStatus {
+    Granted,
+    Pending,
+    Denied,
+}
+
+impl ConsentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentStatus::Granted => "granted",
+            ConsentStatus::Pending => "pending",
+            ConsentStatus::Denied => "denied",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ConsentStatus> {
+        [ConsentStatus::Granted, ConsentStatus::Pending, ConsentStatus::Denied]
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+/// What to assume when a subject has no consent record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenMissing {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// Default per purpose for subjects without a record.
+    #[serde(default = "default_when_missing")]
+    pub when_missing: HashMap<Purpose, WhenMissing>,
+    /// Per-channel exceptions to `when_missing`, e.g. `sms: {transactional: deny}`.
+    #[serde(default)]
+    pub channel_overrides: HashMap<Channel, HashMap<Purpose, WhenMissing>>,
+}
+
+fn default_when_missing() -> HashMap<Purpose, WhenMissing> {
+    [(Purpose::Marketing, WhenMissing::Deny), (Purpose::Transactional, WhenMissing::Allow)].into_iter().collect()
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        ConsentConfig { when_missing: default_when_missing(), channel_overrides: HashMap::new() }
+    }
+}
+
+impl ConsentConfig {
+    pub fn when_missing(&self, channel: Channel, purpose: Purpose) -> WhenMissing {
+        self.channel_overrides
+            .get(&channel)
+            .and_then(|m| m.get(&purpose))
+            .or_else(|| self.when_missing.get(&purpose))
+            .copied()
+            // Not configured at all: marketing is never sent without consent.
+            .unwrap_or(if purpose == Purpose::Marketing { WhenMissing::Deny } else { WhenMissing::Allow })
+    }
+}
+
+/// The subject a consent belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SubjectRef {
+    pub tenant_id: String,
+    pub subject_id: String,
+}
+
+/// One record of the consent topic, parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsentChange {
+    Set {
+        subject: SubjectRef,
+        channel: Channel,
+        purpose: Purpose,
+        status: ConsentStatus,
+        updated_at_ms: i64,
+        source: String,
+    },
+    /// Tombstone: forget everything about the subject.
+    Forget { subject: SubjectRef },
+}
+
+impl ConsentChange {
+    pub fn subject(&self) -> &SubjectRef {
+        match self {
+            ConsentChange::Set { subject, .. } | ConsentChange::Forget { subject } => subject,
+        }
+    }
+}
+
+/// Parses a tombstone's key: `tenant/subject`, or `subject` for `default_tenant`.
+pub fn parse_tombstone_key(key: &[u8], default_tenant: &str) -> Result<ConsentChange, Rejection> {
+    let key = std::str::from_utf8(key)
+        .map_err(|_| Rejection::new(RejectReason::InvalidSubjectId, "tombstone key is not UTF-8"))?;
+    let (tenant, subject) = match key.split_once('/') {
+        Some((t, s)) => (t.trim(), s.trim()),
+        None => (default_tenant, key.trim()),
+    };
+    if subject.is_empty() {
+        return Err(Rejection::new(RejectReason::InvalidSubjectId, "tombstone key names no subject"));
+    }
+    Ok(ConsentChange::Forget { subject: SubjectRef { tenant_id: tenant.into(), subject_id: subject.into() } })
+}
+
+/// Parses a decoded consent record (JSON or Avro field map).
+pub fn parse_consent(fields: &Map<String, Value>, default_tenant: &str) -> Result<ConsentChange, Rejection> {
+    let text = |name: &str| -> Result<&str, Rejection> {
+        match fields.get(name) {
+            None | Some(Value::Null) => {
+                Err(Rejection::new(RejectReason::MissingField, format!("required field `{name}` is missing")))
+            }
+            Some(Value::String(s)) => Ok(s.as_str()),
+            Some(_) => Err(Rejection::new(RejectReason::InvalidFieldType, format!("`{name}` must be a string"))),
+        }
+    };
+    let subject_id = text("subject_id")?.trim();
+    if subject_id.is_empty() {
+        return Err(Rejection::new(RejectReason::InvalidSubjectId, "`subject_id` is empty"));
+    }
+    let tenant_id = match fields.get("tenant_id") {
+        Some(Value::String(t)) if !t.trim().is_empty() => t.trim(),
+        _ => default_tenant,
+    };
+    let raw_channel = text("channel")?;
+    let channel = Channel::parse(raw_channel)
+        .ok_or_else(|| Rejection::new(RejectReason::UnknownChannel, format!("unknown channel {raw_channel:?}")))?;
+    let raw_purpose = text("purpose")?;
+    let purpose = Purpose::parse(raw_purpose)
+        .ok_or_else(|| Rejection::new(RejectReason::UnknownPurpose, format!("unknown purpose {raw_purpose:?}")))?;
+    let raw_status = text("status")?;
+    let status = ConsentStatus::parse(raw_status).ok_or_else(|| {
+        Rejection::new(RejectReason::UnknownConsentStatus, format!("unknown consent status {raw_status:?}"))
+    })?;
+    let updated_at_ms = match fields.get("updated_at") {
+        None | Some(Value::Null) => {
+            return Err(Rejection::new(RejectReason::MissingField, "required field `updated_at` is missing"))
+        }
+        Some(v) => parse_event_time(v)
+            .map_err(|m| Rejection::new(RejectReason::InvalidTimestamp, format!("updated_at: {m}")))?,
+    };
+    let source = match fields.get("source") {
+        Some(Value::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    Ok(ConsentChange::Set {
+        subject: SubjectRef { tenant_id: tenant_id.into(), subject_id: subject_id.into() },
+        channel,
+        purpose,
+        status,
+        updated_at_ms,
+        source,
+    })
+}
+
+/// The answer for one send intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentVerdict {
+    pub allowed: bool,
+    /// The recorded status, or `None` when the default applied.
+    pub status: Option<ConsentStatus>,
+}
+
+impl ConsentVerdict {
+    /// `granted`, `denied`, `pending`, or `missing(default allow|deny)`.
+    pub fn describe(&self) -> String {
+        match self.status {
+            Some(s) => s.as_str().to_string(),
+            None => format!("missing(default {})", if self.allowed { "allow" } else { "deny" }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    channel: Channel,
+    purpose: Purpose,
+    status: ConsentStatus,
+    updated_at_ms: i64,
+}
+
+/// Keyed state: consent per subject. A subject holds at most one entry per channel × purpose (8).
+#[derive(Debug, Default, Clone)]
+pub struct ConsentTable {
+    subjects: HashMap<SubjectRef, Vec<Entry>>,
+}
+
+impl ConsentTable {
+    pub fn new() -> Self {
+        ConsentTable::default()
+    }
+
+    /// Applies one change; returns whether the table changed.
+    pub fn apply(&mut self, change: &ConsentChange) -> bool {
+        match change {
+            ConsentChange::Forget { subject } => self.subjects.remove(subject).is_some(),
+            ConsentChange::Set { subject, channel, purpose, status, updated_at_ms, .. } => {
+                let entries = self.subjects.entry(subject.clone()).or_default();
+                let new = Entry { channel: *channel, purpose: *purpose, status: *status, updated_at_ms: *updated_at_ms };
+                match entries.iter_mut().find(|e| e.channel == *channel && e.purpose == *purpose) {
+                    Some(e) if (e.updated_at_ms, e.status) >= (new.updated_at_ms, new.status) => false,
+                    Some(e) => {
+                        *e = new;
+                        true
+                    }
+                    None => {
+                        entries.push(new);
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn verdict(&self, subject: &SubjectRef, channel: Channel, purpose: Purpose, config: &ConsentConfig) -> ConsentVerdict {
+        let recorded = self
+            .subjects
+            .get(subject)
+            .and_then(|entries| entries.iter().find(|e| e.channel == channel && e.purpose == purpose));
+        match recorded {
+            Some(e) => ConsentVerdict { allowed: e.status == ConsentStatus::Granted, status: Some(e.status) },
+            None => ConsentVerdict { allowed: config.when_missing(channel, purpose) == WhenMissing::Allow, status: None },
+        }
+    }
+
+    /// Subjects with at least one record.
+    pub fn len(&self) -> usize {
+        self.subjects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn subject(s: &str) -> SubjectRef {
+        SubjectRef { tenant_id: "acme".into(), subject_id: s.into() }
+    }
+
+    fn set(s: &str, channel: Channel, purpose: Purpose, status: ConsentStatus, at: i64) -> ConsentChange {
+        ConsentChange::Set { subject: subject(s), channel, purpose, status, updated_at_ms: at, source: "test".into() }
+    }
+
+    use Channel::*;
+    use ConsentStatus::*;
+    use Purpose::*;
+
+    #[test]
+    fn newest_update_wins_whatever_the_arrival_order() {
+        let cfg = ConsentConfig::default();
+        let mut in_order = ConsentTable::new();
+        let mut reversed = ConsentTable::new();
+        let changes = [set("u", Email, Marketing, Granted, 100), set("u", Email, Marketing, Denied, 200)];
+        for c in &changes {
+            in_order.apply(c);
+        }
+        for c in changes.iter().rev() {
+            reversed.apply(c);
+        }
+        for t in [&in_order, &reversed] {
+            assert_eq!(t.verdict(&subject("u"), Email, Marketing, &cfg), ConsentVerdict { allowed: false, status: Some(Denied) });
+        }
+        // An older grant arriving after a newer revocation changes nothing.
+        assert!(!in_order.apply(&set("u", Email, Marketing, Granted, 150)));
+        assert!(!in_order.verdict(&subject("u"), Email, Marketing, &cfg).allowed);
+        // A newer grant re-opens the channel.
+        assert!(in_order.apply(&set("u", Email, Marketing, Granted, 300)));
+        assert!(in_order.verdict(&subject("u"), Email, Marketing, &cfg).allowed);
+    }
+
+    #[test]
+    fn ties_resolve_to_the_more_restrictive_status() {
+        let mut t = ConsentTable::new();
+        t.apply(&set("u", Sms, Marketing, Denied, 100));
+        t.apply(&set("u", Sms, Marketing, Granted, 100));
+        assert_eq!(t.verdict(&subject("u"), Sms, Marketing, &ConsentConfig::default()).status, Some(Denied));
+        let mut t = ConsentTable::new();
+        t.apply(&set("u", Sms, Marketing, Granted, 100));
+        t.apply(&set("u", Sms, Marketing, Pending, 100));
+        assert_eq!(t.verdict(&subject("u"), Sms, Marketing, &ConsentConfig::default()).status, Some(Pending));
+    }
+
+    #[test]
+    fn consent_is_per_channel_and_purpose_and_pending_is_not_consent() {
+        let cfg = ConsentConfig::default();
+        let mut t = ConsentTable::new();
+        t.apply(&set("u", Email, Marketing, Granted, 1));
+        t.apply(&set("u", Push, Marketing, Pending, 1));
+        assert!(t.verdict(&subject("u"), Email, Marketing, &cfg).allowed);
+        assert!(!t.verdict(&subject("u"), Push, Marketing, &cfg).allowed);
+        assert_eq!(t.verdict(&subject("u"), Sms, Marketing, &cfg), ConsentVerdict { allowed: false, status: None });
+        assert_eq!(t.verdict(&subject("u"), Sms, Transactional, &cfg), ConsentVerdict { allowed: true, status: None });
+    }
+
+    #[test]
+    fn tombstones_forget_the_subject() {
+        let cfg = ConsentConfig::default();
+        let mut t = ConsentTable::new();
+        t.apply(&set("u", Email, Transactional, Denied, 1));
+        t.apply(&set("v", Email, Marketing, Granted, 1));
+        assert!(t.apply(&parse_tombstone_key(b"acme/u", "default").unwrap()));
+        // Back to the default (allow for transactional).
+        assert_eq!(t.verdict(&subject("u"), Email, Transactional, &cfg), ConsentVerdict { allowed: true, status: None });
+        assert!(t.verdict(&subject("v"), Email, Marketing, &cfg).allowed, "other subjects untouched");
+        assert_eq!(
+            parse_tombstone_key(b"u-1", "default").unwrap(),
+            ConsentChange::Forget { subject: SubjectRef { tenant_id: "default".into(), subject_id: "u-1".into() } }
+        );
+        assert!(parse_tombstone_key(b"acme/ ", "default").is_err());
+    }
+
+    #[test]
+    fn defaults_are_configurable_per_purpose_and_channel() {
+        let t = ConsentTable::new();
+        let s = subject("nobody");
+        let default = ConsentConfig::default();
+        assert!(!t.verdict(&s, Email, Marketing, &default).allowed, "marketing defaults to deny");
+        assert!(t.verdict(&s, Email, Transactional, &default).allowed);
+        let cfg: ConsentConfig = serde_yaml_like(json!({
+            "when_missing": {"marketing": "allow"},
+            "channel_overrides": {"sms": {"marketing": "deny", "transactional": "deny"}}
+        }));
+        assert!(t.verdict(&s, Email, Marketing, &cfg).allowed);
+        assert!(!t.verdict(&s, Sms, Marketing, &cfg).allowed);
+        assert!(!t.verdict(&s, Sms, Transactional, &cfg).allowed);
+        assert!(t.verdict(&s, Push, Transactional, &cfg).allowed, "unconfigured transactional allows");
+    }
+
+    fn serde_yaml_like(v: Value) -> ConsentConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn records_are_parsed_and_bad_ones_rejected_with_reasons() {
+        let ok = json!({"subject_id": " u-1 ", "tenant_id": "acme", "channel": "Email", "purpose": "marketing",
+                        "status": "granted", "updated_at": "2026-11-25T10:00:00Z", "source": "preference-center"});
+        let Value::Object(ok) = ok else { unreachable!() };
+        match parse_consent(&ok, "default").unwrap() {
+            ConsentChange::Set { subject, channel, status, updated_at_ms, .. } => {
+                assert_eq!(subject, SubjectRef { tenant_id: "acme".into(), subject_id: "u-1".into() });
+                assert_eq!((channel, status, updated_at_ms), (Email, Granted, 1_795_600_800_000));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = |field: &str, value: Value| {
+            let mut m = ok.clone();
+            m.insert(field.into(), value);
+            parse_consent(&m, "default").unwrap_err().reason
+        };
+        assert_eq!(bad("channel", json!("pigeon")), RejectReason::UnknownChannel);
+        assert_eq!(bad("purpose", json!("research")), RejectReason::UnknownPurpose);
+        assert_eq!(bad("status", json!("maybe")), RejectReason::UnknownConsentStatus);
+        assert_eq!(bad("updated_at", json!("soon")), RejectReason::InvalidTimestamp);
+        assert_eq!(bad("subject_id", json!("  ")), RejectReason::InvalidSubjectId);
+        assert_eq!(bad("subject_id", Value::Null), RejectReason::MissingField);
+        assert_eq!(bad("channel", json!(3)), RejectReason::InvalidFieldType);
+    }
+}
