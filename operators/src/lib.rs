@@ -12,6 +12,7 @@
 pub mod consent;
 pub mod decode;
 pub mod dedupe;
+pub mod frequency_cap;
 pub mod normalize;
 pub mod tally;
 

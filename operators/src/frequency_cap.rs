@@ -1,0 +1,298 @@
+//! Frequency caps: per subject, channel and category, over rolling and calendar windows.
+//!
+//! - A rule caps sends matching its scope (a channel or all, optionally a category and a tag) to
+//!   `limit` per window. Windows are rolling durations (`1h`, `7d`) or calendar units (day, week) in the
+//!   subject's time zone (IANA), so "2 per day" means per local day, DST included.
+//! - Exempt categories (e.g. transactional) are neither counted nor capped.
+//! - Only sends that were allowed are counted, at the decision's event time.
+//! - Memory per subject is bounded: rolling windows keep bucketed counters (about 60 buckets per window,
+//!   see [`ROLLING_BUCKETS`]), calendar windows one counter per period, and both drop what lies beyond
+//!   twice the window from the newest activity.
+//!
+//! Correctness under out-of-order event times: a send at `t` lies in every window `[a, a + w)` with
+//! `t - w < a <= t`, i.e. its window-mates lie in `(t - w, t + w)`. The check counts the buckets that
+//! cover that whole interval (a bucket straddling an edge counts fully), so after the send no window of
+//! length `w` holds more than `limit` sends: a cap is never exceeded, at the price of suppressing a
+//! little early near bucket edges (at most one bucket, 1/60 of the window). For in-order streams the
+//! interval after `t` is empty.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::{Datelike, TimeZone};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::consent::Channel;
+
+/// Buckets per rolling window.
+pub const ROLLING_BUCKETS: i64 = 60;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CalendarUnit {
+    Day,
+    Week,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CapWindow {
+    Rolling(#[serde(with = "humantime_serde")] Duration),
+    Calendar(CalendarUnit),
+}
+
+impl CapWindow {
+    pub fn describe(&self) -> String {
+        match self {
+            CapWindow::Rolling(d) => format!("rolling {}", humantime::format_duration(*d)),
+            CapWindow::Calendar(CalendarUnit::Day) => "calendar day".into(),
+            CapWindow::Calendar(CalendarUnit::Week) => "calendar week".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapRule {
+    pub id: String,
+    /// The channel capped; absent: all channels together.
+    #[serde(default)]
+    pub channel: Option<Channel>,
+    #[serde(default)]
+    pub category: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    pub limit: u32,
+    pub window: CapWindow,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapsConfig {
+    /// Time zone of subjects whose events name none.
+    #[serde(default = "utc")]
+    pub default_time_zone: String,
+    /// Categories that are neither counted nor capped.
+    #[serde(default)]
+    pub exempt_categories: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<CapRule>,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+impl Default for CapsConfig {
+    fn default() -> Self {
+        CapsConfig { default_time_zone: utc(), exempt_categories: vec!["transactional".into()], rules: vec![] }
+    }
+}
+
+/// What is being decided.
+#[derive(Debug, Clone, Copy)]
+pub struct CapQuery<'a> {
+    pub channel: Channel,
+    pub category: &'a str,
+    pub tags: &'a [String],
+    /// Event time of the decision, UTC ms.
+    pub at_ms: i64,
+    /// The subject's IANA time zone, if known.
+    pub time_zone: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CapVerdict {
+    /// The category is exempt: not counted, not capped.
+    Exempt,
+    Allowed,
+    Capped { rule_id: String, count: u32, limit: u32, window: String },
+}
+
+/// Per-subject counters, one map per rule (same order as the rules): bucket or period → sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectCaps {
+    counters: Vec<BTreeMap<i64, u32>>,
+}
+
+impl SubjectCaps {
+    pub fn is_empty(&self) -> bool {
+        self.counters.iter().all(BTreeMap::is_empty)
+    }
+
+    /// Number of counters held (for memory accounting).
+    pub fn counter_count(&self) -> usize {
+        self.counters.iter().map(BTreeMap::len).sum()
+    }
+}
+
+/// The compiled rule set.
+#[derive(Debug, Clone)]
+pub struct FrequencyCaps {
+    rules: Vec<CapRule>,
+    default_tz: Tz,
+    exempt: HashSet<String>,
+    version: String,
+}
+
+impl FrequencyCaps {
+    pub fn new(config: &CapsConfig) -> Result<Self, String> {
+        let default_tz: Tz = config
+            .default_time_zone
+            .parse()
+            .map_err(|_| format!("caps.default_time_zone: {:?} is not an IANA time zone", config.default_time_zone))?;
+        let mut ids = HashSet::new();
+        for r in &config.rules {
+            if !ids.insert(r.id.as_str()) {
+                return Err(format!("caps.rules: rule id {:?} is used twice", r.id));
+            }
+            if r.limit == 0 {
+                return Err(format!("caps.rules.{}: limit must be at least 1 (exempt the category instead)", r.id));
+            }
+            if let CapWindow::Rolling(d) = r.window {
+                if d < Duration::from_secs(1) {
+                    return Err(format!("caps.rules.{}: a rolling window must be at least 1s", r.id));
+                }
+            }
+        }
+        let canonical = serde_json::to_string(config).map_err(|e| e.to_string())?;
+        let version = format!("caps-{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()));
+        Ok(FrequencyCaps {
+            rules: config.rules.clone(),
+            default_tz,
+            exempt: config.exempt_categories.iter().cloned().collect(),
+            version,
+        })
+    }
+
+    /// Content hash of the rule set: recorded with every decision.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn rules(&self) -> &[CapRule] {
+        &self.rules
+    }
+
+    /// Decides and, when allowed, counts the send.
+    pub fn decide(&self, state: &mut SubjectCaps, q: &CapQuery<'_>) -> CapVerdict {
+        let verdict = self.check(state, q);
+        if verdict == CapVerdict::Allowed {
+            self.record(state, q);
+        }
+        verdict
+    }
+
+    /// The verdict without counting.
+    pub fn check(&self, state: &SubjectCaps, q: &CapQuery<'_>) -> CapVerdict {
+        if self.exempt.contains(q.category) {
+            return CapVerdict::Exempt;
+        }
+        let tz = self.time_zone(q.time_zone);
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !applies(rule, q) {
+                continue;
+            }
+            let counters = state.counters.get(i);
+            let count: u32 = match counters {
+                None => 0,
+                Some(c) => {
+                    let (lo, hi) = span(&rule.window, q.at_ms, tz);
+                    c.range(lo..=hi).map(|(_, n)| *n).sum()
+                }
+            };
+            if count >= rule.limit {
+                return CapVerdict::Capped {
+                    rule_id: rule.id.clone(),
+                    count,
+                    limit: rule.limit,
+                    window: rule.window.describe(),
+                };
+            }
+        }
+        CapVerdict::Allowed
+    }
+
+    fn record(&self, state: &mut SubjectCaps, q: &CapQuery<'_>) {
+        if state.counters.len() < self.rules.len() {
+            state.counters.resize_with(self.rules.len(), BTreeMap::new);
+        }
+        let tz = self.time_zone(q.time_zone);
+        for (i, rule) in self.rules.iter().enumerate() {
+            if applies(rule, q) {
+                *state.counters[i].entry(slot(&rule.window, q.at_ms, tz)).or_default() += 1;
+            }
+        }
+    }
+
+    /// Drops counters that no window reaching `now_ms` or later can see. Returns true when the subject
+    /// holds nothing any more (its state can be removed).
+    pub fn expire(&self, state: &mut SubjectCaps, now_ms: i64) -> bool {
+        for (rule, counters) in self.rules.iter().zip(state.counters.iter_mut()) {
+            let keep_from = match rule.window {
+                CapWindow::Rolling(w) => {
+                    let (w, b) = rolling(w);
+                    (now_ms - 2 * w).div_euclid(b)
+                }
+                // Periods are local days or week-start days: keep two weeks back of day numbers.
+                CapWindow::Calendar(_) => (now_ms - 15 * 86_400_000).div_euclid(86_400_000),
+            };
+            *counters = counters.split_off(&keep_from);
+        }
+        state.is_empty()
+    }
+
+    fn time_zone(&self, name: Option<&str>) -> Tz {
+        name.and_then(|n| n.parse().ok()).unwrap_or(self.default_tz)
+    }
+}
+
+fn applies(rule: &CapRule, q: &CapQuery<'_>) -> bool {
+    rule.channel.is_none_or(|c| c == q.channel)
+        && rule.category.as_deref().is_none_or(|c| c == q.category)
+        && rule.tag.as_ref().is_none_or(|t| q.tags.contains(t))
+}
+
+/// Window length and bucket width, ms.
+fn rolling(w: Duration) -> (i64, i64) {
+    let w = i64::try_from(w.as_millis()).unwrap_or(i64::MAX / 4);
+    (w, (w / ROLLING_BUCKETS).max(1000))
+}
+
+/// The counter slot a send at `at_ms` goes to.
+fn slot(window: &CapWindow, at_ms: i64, tz: Tz) -> i64 {
+    match window {
+        CapWindow::Rolling(w) => at_ms.div_euclid(rolling(*w).1),
+        CapWindow::Calendar(unit) => local_period(*unit, at_ms, tz),
+    }
+}
+
+/// The slots whose sends share a window with a send at `at_ms` (inclusive).
+fn span(window: &CapWindow, at_ms: i64, tz: Tz) -> (i64, i64) {
+    match window {
+        CapWindow::Rolling(w) => {
+            let (w, b) = rolling(*w);
+            ((at_ms - w + 1).div_euclid(b), (at_ms + w - 1).div_euclid(b))
+        }
+        CapWindow::Calendar(unit) => {
+            let p = local_period(*unit, at_ms, tz);
+            (p, p)
+        }
+    }
+}
+
+/// The local calendar period of an instant: the local date (as days since 1970-01-01), or for weeks the
+/// date of the ISO week's Monday.
+fn local_period(unit: CalendarUnit, at_ms: i64, tz: Tz) -> i64 {
+    let Some(utc) = chrono::DateTime::from_timestamp_millis(at_ms) else { return 0 };
+    let local = tz.from_utc_datetime(&utc.naive_utc()).date_naive();
+    let date = match unit {
+        CalendarUnit::Day => local,
+        CalendarUnit::Week => local - chrono::Days::new(u64::from(local.weekday().num_days_from_monday())),
+    };
+    i64::from(date.num_days_from_ce()) - 719_163 // 1970-01-01 is day 719163 of the common era
+}
+
+#[cfg(test)]
+mod tests;
