@@ -264,7 +264,8 @@ impl ConsentTable {
             ConsentChange::Forget { subject } => self.subjects.remove(subject).is_some(),
             ConsentChange::Set { subject, channel, purpose, status, updated_at_ms, .. } => {
                 let entries = self.subjects.entry(subject.clone()).or_default();
-                let new = Entry { channel: *channel, purpose: *purpose, status: *status, updated_at_ms: *updated_at_ms };
+                let new =
+                    Entry { channel: *channel, purpose: *purpose, status: *status, updated_at_ms: *updated_at_ms };
                 match entries.iter_mut().find(|e| e.channel == *channel && e.purpose == *purpose) {
                     Some(e) if (e.updated_at_ms, e.status) >= (new.updated_at_ms, new.status) => false,
                     Some(e) => {
@@ -280,14 +281,22 @@ impl ConsentTable {
         }
     }
 
-    pub fn verdict(&self, subject: &SubjectRef, channel: Channel, purpose: Purpose, config: &ConsentConfig) -> ConsentVerdict {
+    pub fn verdict(
+        &self,
+        subject: &SubjectRef,
+        channel: Channel,
+        purpose: Purpose,
+        config: &ConsentConfig,
+    ) -> ConsentVerdict {
         let recorded = self
             .subjects
             .get(subject)
             .and_then(|entries| entries.iter().find(|e| e.channel == channel && e.purpose == purpose));
         match recorded {
             Some(e) => ConsentVerdict { allowed: e.status == ConsentStatus::Granted, status: Some(e.status) },
-            None => ConsentVerdict { allowed: config.when_missing(channel, purpose) == WhenMissing::Allow, status: None },
+            None => {
+                ConsentVerdict { allowed: config.when_missing(channel, purpose) == WhenMissing::Allow, status: None }
+            }
         }
     }
 
@@ -331,7 +340,10 @@ mod tests {
             reversed.apply(c);
         }
         for t in [&in_order, &reversed] {
-            assert_eq!(t.verdict(&subject("u"), Email, Marketing, &cfg), ConsentVerdict { allowed: false, status: Some(Denied) });
+            assert_eq!(
+                t.verdict(&subject("u"), Email, Marketing, &cfg),
+                ConsentVerdict { allowed: false, status: Some(Denied) }
+            );
         }
         // An older grant arriving after a newer revocation changes nothing.
         assert!(!in_order.apply(&set("u", Email, Marketing, Granted, 150)));
@@ -373,7 +385,10 @@ mod tests {
         t.apply(&set("v", Email, Marketing, Granted, 1));
         assert!(t.apply(&parse_tombstone_key(b"acme/u", "default").unwrap()));
         // Back to the default (allow for transactional).
-        assert_eq!(t.verdict(&subject("u"), Email, Transactional, &cfg), ConsentVerdict { allowed: true, status: None });
+        assert_eq!(
+            t.verdict(&subject("u"), Email, Transactional, &cfg),
+            ConsentVerdict { allowed: true, status: None }
+        );
         assert!(t.verdict(&subject("v"), Email, Marketing, &cfg).allowed, "other subjects untouched");
         assert_eq!(
             parse_tombstone_key(b"u-1", "default").unwrap(),

@@ -107,7 +107,12 @@ pub enum CapVerdict {
     /// The category is exempt: not counted, not capped.
     Exempt,
     Allowed,
-    Capped { rule_id: String, count: u32, limit: u32, window: String },
+    Capped {
+        rule_id: String,
+        count: u32,
+        limit: u32,
+        window: String,
+    },
 }
 
 /// Per-subject counters, one map per rule (same order as the rules): bucket or period → sends.

@@ -7,12 +7,18 @@
 //! - [`decode`]: bytes → field map (JSON, or Avro in the Confluent wire format);
 //! - [`normalize`]: validation and canonicalization into a [`touchpoint_schemas::NormalizedEvent`];
 //! - [`dedupe`]: drop repeated `event_id`s within a time-to-live;
-//! - [`tally`]: the per-epoch accounting that proves nothing is silently dropped.
+//! - [`tally`]: the per-epoch accounting that proves nothing is silently dropped;
+//! - [`intent`]: send intents from rules in the pipeline file (until journeys exist);
+//! - [`consent`]: the consent table (latest consent per subject × channel × purpose);
+//! - [`frequency_cap`]: caps per subject over rolling and calendar windows;
+//! - [`decision`]: consent then caps, one decision per intent.
 
 pub mod consent;
+pub mod decision;
 pub mod decode;
 pub mod dedupe;
 pub mod frequency_cap;
+pub mod intent;
 pub mod normalize;
 pub mod tally;
 

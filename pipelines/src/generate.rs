@@ -377,7 +377,9 @@ fn malformed_record(
         RejectReason::InvalidSubjectId => d.subject = "   ".into(),
         RejectReason::InvalidEventType => d.raw_type = "!!!".into(),
         RejectReason::UnknownEventType => d.raw_type = "Mystery Event".into(),
-        consent_only @ (RejectReason::UnknownChannel | RejectReason::UnknownPurpose | RejectReason::UnknownConsentStatus) => {
+        consent_only @ (RejectReason::UnknownChannel
+        | RejectReason::UnknownPurpose
+        | RejectReason::UnknownConsentStatus) => {
             unreachable!("{consent_only} is not a reason to reject an event")
         }
     }

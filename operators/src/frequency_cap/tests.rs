@@ -132,8 +132,14 @@ fn exempt_categories_are_neither_counted_nor_capped() {
 fn scopes_select_channel_category_and_tag() {
     let c = caps(vec![
         rule("sms-daily", Some(Channel::Sms), 1, CapWindow::Calendar(CalendarUnit::Day)),
-        CapRule { category: Some("promotional".into()), ..rule("promo-daily", None, 2, CapWindow::Calendar(CalendarUnit::Day)) },
-        CapRule { tag: Some("black_friday".into()), ..rule("bf-daily", None, 1, CapWindow::Calendar(CalendarUnit::Day)) },
+        CapRule {
+            category: Some("promotional".into()),
+            ..rule("promo-daily", None, 2, CapWindow::Calendar(CalendarUnit::Day))
+        },
+        CapRule {
+            tag: Some("black_friday".into()),
+            ..rule("bf-daily", None, 1, CapWindow::Calendar(CalendarUnit::Day))
+        },
     ]);
     let t = utc_ms("2026-11-27T10:00:00Z");
     let mut s = SubjectCaps::default();
@@ -171,7 +177,8 @@ fn expired_state_is_dropped_and_memory_stays_bounded() {
 fn bad_rule_sets_are_refused_and_versions_follow_content() {
     let r = rule("a", None, 1, CapWindow::Calendar(CalendarUnit::Day));
     assert!(FrequencyCaps::new(&CapsConfig { rules: vec![r.clone(), r.clone()], ..Default::default() }).is_err());
-    assert!(FrequencyCaps::new(&CapsConfig { rules: vec![CapRule { limit: 0, ..r.clone() }], ..Default::default() }).is_err());
+    assert!(FrequencyCaps::new(&CapsConfig { rules: vec![CapRule { limit: 0, ..r.clone() }], ..Default::default() })
+        .is_err());
     assert!(FrequencyCaps::new(&CapsConfig { default_time_zone: "Nowhere/Else".into(), ..Default::default() }).is_err());
     let v1 = caps(vec![r.clone()]).version().to_string();
     let v2 = caps(vec![CapRule { limit: 2, ..r.clone() }]).version().to_string();

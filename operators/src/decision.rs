@@ -1,0 +1,150 @@
+//! The guardrails every send intent passes: consent first, then frequency caps. Every intent gets a
+//! decision; only allowed ones are counted by the caps and sent.
+
+use serde::{Deserialize, Serialize};
+
+use crate::consent::{ConsentConfig, ConsentTable, ConsentVerdict};
+use crate::frequency_cap::{CapQuery, CapVerdict, FrequencyCaps, SubjectCaps};
+use crate::intent::SendIntent;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    Allowed,
+    SuppressedConsent,
+    SuppressedCap,
+}
+
+impl DecisionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::Allowed => "allowed",
+            DecisionKind::SuppressedConsent => "suppressed_consent",
+            DecisionKind::SuppressedCap => "suppressed_cap",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub intent: SendIntent,
+    pub kind: DecisionKind,
+    pub consent: ConsentVerdict,
+    /// `None` when consent already suppressed the intent (caps were not consulted).
+    pub cap: Option<CapVerdict>,
+    /// Version of the cap rule set that decided.
+    pub caps_version: String,
+}
+
+impl Decision {
+    /// A human explanation: which consent state, or which cap rule with its count and window.
+    pub fn reason(&self) -> String {
+        match (&self.kind, &self.cap) {
+            (DecisionKind::SuppressedConsent, _) => format!("consent {}", self.consent.describe()),
+            (_, Some(CapVerdict::Capped { rule_id, count, limit, window })) => {
+                format!("cap {rule_id}: {count} of {limit} per {window}")
+            }
+            (_, Some(CapVerdict::Exempt)) => format!("consent {}; category exempt from caps", self.consent.describe()),
+            _ => format!("consent {}; within caps", self.consent.describe()),
+        }
+    }
+}
+
+/// Consent then caps, for one intent. The caller passes the subject's keyed state.
+pub fn decide(
+    intent: SendIntent,
+    consent: &ConsentTable,
+    consent_config: &ConsentConfig,
+    caps: &FrequencyCaps,
+    cap_state: &mut SubjectCaps,
+) -> Decision {
+    let verdict = consent.verdict(&intent.subject, intent.channel, intent.purpose, consent_config);
+    let caps_version = caps.version().to_string();
+    if !verdict.allowed {
+        return Decision { intent, kind: DecisionKind::SuppressedConsent, consent: verdict, cap: None, caps_version };
+    }
+    let cap = caps.decide(
+        cap_state,
+        &CapQuery {
+            channel: intent.channel,
+            category: &intent.category,
+            tags: &intent.tags,
+            at_ms: intent.occurred_at_ms,
+            time_zone: intent.time_zone.as_deref(),
+        },
+    );
+    let kind =
+        if matches!(cap, CapVerdict::Capped { .. }) { DecisionKind::SuppressedCap } else { DecisionKind::Allowed };
+    Decision { intent, kind, consent: verdict, cap: Some(cap), caps_version }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consent::{Channel, ConsentChange, ConsentStatus, Purpose, SubjectRef};
+    use crate::frequency_cap::{CalendarUnit, CapRule, CapWindow, CapsConfig};
+    use touchpoint_schemas::SourcePosition;
+
+    fn intent(id: &str, purpose: Purpose, category: &str) -> SendIntent {
+        SendIntent {
+            subject: SubjectRef { tenant_id: "acme".into(), subject_id: "u".into() },
+            channel: Channel::Email,
+            purpose,
+            category: category.into(),
+            tags: vec![],
+            priority: 0,
+            template: "t".into(),
+            rule_id: "r".into(),
+            ruleset_version: "v".into(),
+            event_id: id.into(),
+            event_type: "signed_up".into(),
+            occurred_at_ms: 1_795_600_800_000,
+            time_zone: None,
+            recipient: None,
+            idempotency_key: format!("k-{id}"),
+            position: SourcePosition { topic: "t".into(), partition: 0, offset: 0 },
+        }
+    }
+
+    #[test]
+    fn consent_then_caps_with_reasons() {
+        let caps = FrequencyCaps::new(&CapsConfig {
+            rules: vec![CapRule {
+                id: "daily".into(),
+                channel: None,
+                category: None,
+                tag: None,
+                limit: 1,
+                window: CapWindow::Calendar(CalendarUnit::Day),
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        let cfg = ConsentConfig::default();
+        let mut table = ConsentTable::new();
+        let mut state = SubjectCaps::default();
+
+        let d = decide(intent("1", Purpose::Marketing, "promo"), &table, &cfg, &caps, &mut state);
+        assert_eq!(d.kind, DecisionKind::SuppressedConsent);
+        assert_eq!(d.reason(), "consent missing(default deny)");
+        assert!(state.is_empty(), "suppressed intents are not counted");
+
+        table.apply(&ConsentChange::Set {
+            subject: SubjectRef { tenant_id: "acme".into(), subject_id: "u".into() },
+            channel: Channel::Email,
+            purpose: Purpose::Marketing,
+            status: ConsentStatus::Granted,
+            updated_at_ms: 1,
+            source: String::new(),
+        });
+        let d = decide(intent("2", Purpose::Marketing, "promo"), &table, &cfg, &caps, &mut state);
+        assert_eq!(d.kind, DecisionKind::Allowed);
+        let d = decide(intent("3", Purpose::Marketing, "promo"), &table, &cfg, &caps, &mut state);
+        assert_eq!(d.kind, DecisionKind::SuppressedCap);
+        assert_eq!(d.reason(), "cap daily: 1 of 1 per calendar day");
+        assert_eq!(d.caps_version, caps.version());
+
+        let d = decide(intent("4", Purpose::Transactional, "transactional"), &table, &cfg, &caps, &mut state);
+        assert_eq!(d.kind, DecisionKind::Allowed, "transactional: default allow, category exempt");
+    }
+}

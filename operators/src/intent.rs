@@ -1,0 +1,246 @@
+//! Send intents from simple rules in the pipeline file ("on event type X send on channel Y with
+//! category Z"), until journeys replace this source. Each intent carries a deterministic idempotency
+//! key, so a replayed event never yields a second, different send.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use touchpoint_schemas::{NormalizedEvent, SourcePosition};
+
+use crate::consent::{Channel, Purpose, SubjectRef};
+use crate::normalize::snake_case;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntentRule {
+    pub id: String,
+    /// Canonical event type that triggers the send.
+    pub on: String,
+    pub channel: Channel,
+    #[serde(default = "marketing")]
+    pub purpose: Purpose,
+    pub category: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Higher wins when several intents of one subject compete in the same epoch.
+    #[serde(default)]
+    pub priority: i32,
+    pub template: String,
+}
+
+fn marketing() -> Purpose {
+    Purpose::Marketing
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntentsConfig {
+    /// Event attribute holding the subject's IANA time zone (for calendar caps).
+    #[serde(default = "default_tz_attribute")]
+    pub time_zone_attribute: String,
+    #[serde(default)]
+    pub rules: Vec<IntentRule>,
+}
+
+fn default_tz_attribute() -> String {
+    "time_zone".into()
+}
+
+impl Default for IntentsConfig {
+    fn default() -> Self {
+        IntentsConfig { time_zone_attribute: default_tz_attribute(), rules: vec![] }
+    }
+}
+
+/// A message the pipeline would like to send; consent and caps decide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendIntent {
+    pub subject: SubjectRef,
+    pub channel: Channel,
+    pub purpose: Purpose,
+    pub category: String,
+    pub tags: Vec<String>,
+    pub priority: i32,
+    pub template: String,
+    pub rule_id: String,
+    pub ruleset_version: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub occurred_at_ms: i64,
+    pub time_zone: Option<String>,
+    /// Where to deliver: the `email`, `phone` or `device_token` attribute (by channel), if present.
+    pub recipient: Option<String>,
+    pub idempotency_key: String,
+    pub position: SourcePosition,
+}
+
+impl SendIntent {
+    /// Competing intents of one subject are decided in this order: priority (high first), event time,
+    /// then the idempotency key (so the order never depends on arrival).
+    pub fn compete_order(a: &SendIntent, b: &SendIntent) -> std::cmp::Ordering {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.occurred_at_ms.cmp(&b.occurred_at_ms))
+            .then_with(|| a.idempotency_key.cmp(&b.idempotency_key))
+    }
+}
+
+/// The deterministic idempotency key of a rule-driven send: subject, rule, rule-set version and the
+/// triggering event id.
+pub fn idempotency_key(subject: &SubjectRef, rule_id: &str, version: &str, event_id: &str) -> String {
+    let mut buf = Vec::with_capacity(64);
+    for part in [&subject.tenant_id, &subject.subject_id, rule_id, version, event_id] {
+        buf.extend_from_slice(part.as_bytes());
+        buf.push(0);
+    }
+    format!("tpk-{:032x}", xxhash_rust::xxh3::xxh3_128(&buf))
+}
+
+#[derive(Debug, Clone)]
+pub struct IntentRules {
+    by_type: HashMap<String, Vec<IntentRule>>,
+    time_zone_attribute: String,
+    version: String,
+}
+
+impl IntentRules {
+    pub fn new(config: &IntentsConfig) -> Result<Self, String> {
+        let mut by_type: HashMap<String, Vec<IntentRule>> = HashMap::new();
+        let mut ids = std::collections::HashSet::new();
+        for r in &config.rules {
+            if !ids.insert(r.id.as_str()) {
+                return Err(format!("intents.rules: rule id {:?} is used twice", r.id));
+            }
+            let on = snake_case(&r.on);
+            if on.is_empty() {
+                return Err(format!("intents.rules.{}: `on` names no event type", r.id));
+            }
+            by_type.entry(on).or_default().push(r.clone());
+        }
+        let canonical = serde_json::to_string(config).map_err(|e| e.to_string())?;
+        let version = format!("intents-{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()));
+        Ok(IntentRules { by_type, time_zone_attribute: config.time_zone_attribute.clone(), version })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_type.is_empty()
+    }
+
+    /// The intents an event triggers (none for most events).
+    pub fn intents_for(&self, event: &NormalizedEvent) -> Vec<SendIntent> {
+        let Some(rules) = self.by_type.get(&event.event_type) else { return Vec::new() };
+        // Attributes are parsed only for triggering events.
+        let attributes: serde_json::Map<String, Value> =
+            serde_json::from_str(&event.attributes_json).unwrap_or_default();
+        let text = |k: &str| attributes.get(k).and_then(Value::as_str).map(str::to_string);
+        let subject = SubjectRef { tenant_id: event.tenant_id.clone(), subject_id: event.subject_id.clone() };
+        rules
+            .iter()
+            .map(|r| SendIntent {
+                subject: subject.clone(),
+                channel: r.channel,
+                purpose: r.purpose,
+                category: r.category.clone(),
+                tags: r.tags.clone(),
+                priority: r.priority,
+                template: r.template.clone(),
+                rule_id: r.id.clone(),
+                ruleset_version: self.version.clone(),
+                event_id: event.event_id.clone(),
+                event_type: event.event_type.clone(),
+                occurred_at_ms: event.occurred_at_ms,
+                time_zone: text(&self.time_zone_attribute),
+                recipient: match r.channel {
+                    Channel::Email => text("email"),
+                    Channel::Sms => text("phone"),
+                    Channel::Push => text("device_token"),
+                    Channel::Webhook => text("webhook_url"),
+                },
+                idempotency_key: idempotency_key(&subject, &r.id, &self.version, &event.event_id),
+                position: event.position.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_type: &str, id: &str) -> NormalizedEvent {
+        NormalizedEvent {
+            event_id: id.into(),
+            event_type: event_type.into(),
+            occurred_at_ms: 1_795_600_800_000,
+            subject_id: "u-1".into(),
+            tenant_id: "acme".into(),
+            source: "web".into(),
+            attributes_json: r#"{"email":"ann@example.com","time_zone":"Europe/Berlin"}"#.into(),
+            ingested_at_ms: 0,
+            position: SourcePosition { topic: "t".into(), partition: 0, offset: 1 },
+        }
+    }
+
+    fn rules() -> IntentRules {
+        let yaml = serde_json::json!({"rules": [
+            {"id": "welcome", "on": "Signed Up", "channel": "email", "category": "onboarding", "template": "welcome", "priority": 5},
+            {"id": "welcome-push", "on": "signed_up", "channel": "push", "category": "onboarding", "template": "hi"},
+            {"id": "receipt", "on": "order_completed", "channel": "email", "purpose": "transactional", "category": "transactional", "template": "receipt"}
+        ]});
+        IntentRules::new(&serde_json::from_value(yaml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn matching_events_trigger_one_intent_per_rule() {
+        let r = rules();
+        let intents = r.intents_for(&event("signed_up", "e1"));
+        assert_eq!(intents.len(), 2);
+        let email = &intents[0];
+        assert_eq!(
+            (email.rule_id.as_str(), email.channel, email.purpose),
+            ("welcome", Channel::Email, Purpose::Marketing)
+        );
+        assert_eq!(email.recipient.as_deref(), Some("ann@example.com"));
+        assert_eq!(email.time_zone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(intents[1].recipient, None, "no device token attribute");
+        assert!(r.intents_for(&event("page_viewed", "e2")).is_empty());
+        assert_eq!(r.intents_for(&event("order_completed", "e3"))[0].purpose, Purpose::Transactional);
+    }
+
+    #[test]
+    fn idempotency_keys_are_deterministic_and_distinct() {
+        let r = rules();
+        let a = r.intents_for(&event("signed_up", "e1"));
+        let b = r.intents_for(&event("signed_up", "e1"));
+        let c = r.intents_for(&event("signed_up", "e2"));
+        assert_eq!(a[0].idempotency_key, b[0].idempotency_key);
+        assert_ne!(a[0].idempotency_key, a[1].idempotency_key, "per rule");
+        assert_ne!(a[0].idempotency_key, c[0].idempotency_key, "per triggering event");
+    }
+
+    #[test]
+    fn competing_intents_are_ordered_by_priority_then_time_then_key() {
+        let r = rules();
+        let mut intents = r.intents_for(&event("signed_up", "e1"));
+        intents.reverse();
+        intents.sort_by(SendIntent::compete_order);
+        assert_eq!(intents[0].rule_id, "welcome", "priority 5 first");
+        let mut later = r.intents_for(&event("signed_up", "e9"));
+        later[0].occurred_at_ms += 1;
+        let mut all = [later[0].clone(), intents[0].clone()];
+        all.sort_by(SendIntent::compete_order);
+        assert_eq!(all[0].event_id, "e1", "same priority: earlier event first");
+    }
+
+    #[test]
+    fn duplicate_rule_ids_are_refused() {
+        let rule = serde_json::json!({"id": "x", "on": "a", "channel": "sms", "category": "c", "template": "t"});
+        let cfg: IntentsConfig = serde_json::from_value(serde_json::json!({"rules": [rule.clone(), rule]})).unwrap();
+        assert!(IntentRules::new(&cfg).is_err());
+    }
+}
