@@ -115,20 +115,21 @@ pub enum CapVerdict {
     },
 }
 
-/// Per-subject counters, one map per rule (same order as the rules): bucket or period → sends.
+/// Per-subject counters: per rule (keyed by rule id and window, so that counters survive edits of
+/// other rules and a rule whose window changes starts afresh), bucket or period → sends.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectCaps {
-    counters: Vec<BTreeMap<i64, u32>>,
+    counters: BTreeMap<String, BTreeMap<i64, u32>>,
 }
 
 impl SubjectCaps {
     pub fn is_empty(&self) -> bool {
-        self.counters.iter().all(BTreeMap::is_empty)
+        self.counters.values().all(BTreeMap::is_empty)
     }
 
     /// Number of counters held (for memory accounting).
     pub fn counter_count(&self) -> usize {
-        self.counters.iter().map(BTreeMap::len).sum()
+        self.counters.values().map(BTreeMap::len).sum()
     }
 }
 
@@ -136,6 +137,8 @@ impl SubjectCaps {
 #[derive(Debug, Clone)]
 pub struct FrequencyCaps {
     rules: Vec<CapRule>,
+    /// Per rule: the key of its counters in [`SubjectCaps`].
+    state_keys: Vec<String>,
     default_tz: Tz,
     exempt: HashSet<String>,
     version: String,
@@ -165,6 +168,7 @@ impl FrequencyCaps {
         let version = format!("caps-{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()));
         Ok(FrequencyCaps {
             rules: config.rules.clone(),
+            state_keys: config.rules.iter().map(|r| format!("{}@{}", r.id, r.window.describe())).collect(),
             default_tz,
             exempt: config.exempt_categories.iter().cloned().collect(),
             version,
@@ -199,7 +203,7 @@ impl FrequencyCaps {
             if !applies(rule, q) {
                 continue;
             }
-            let counters = state.counters.get(i);
+            let counters = state.counters.get(&self.state_keys[i]);
             let count: u32 = match counters {
                 None => 0,
                 Some(c) => {
@@ -220,13 +224,11 @@ impl FrequencyCaps {
     }
 
     fn record(&self, state: &mut SubjectCaps, q: &CapQuery<'_>) {
-        if state.counters.len() < self.rules.len() {
-            state.counters.resize_with(self.rules.len(), BTreeMap::new);
-        }
         let tz = self.time_zone(q.time_zone);
-        for (i, rule) in self.rules.iter().enumerate() {
+        for (rule, key) in self.rules.iter().zip(&self.state_keys) {
             if applies(rule, q) {
-                *state.counters[i].entry(slot(&rule.window, q.at_ms, tz)).or_default() += 1;
+                let counters = state.counters.entry(key.clone()).or_default();
+                *counters.entry(slot(&rule.window, q.at_ms, tz)).or_default() += 1;
             }
         }
     }
@@ -234,7 +236,10 @@ impl FrequencyCaps {
     /// Drops counters that no window reaching `now_ms` or later can see. Returns true when the subject
     /// holds nothing any more (its state can be removed).
     pub fn expire(&self, state: &mut SubjectCaps, now_ms: i64) -> bool {
-        for (rule, counters) in self.rules.iter().zip(state.counters.iter_mut()) {
+        // Counters of rules that no longer exist are dropped.
+        state.counters.retain(|k, _| self.state_keys.contains(k));
+        for (rule, key) in self.rules.iter().zip(&self.state_keys) {
+            let Some(counters) = state.counters.get_mut(key) else { continue };
             let keep_from = match rule.window {
                 CapWindow::Rolling(w) => {
                     let (w, b) = rolling(w);
@@ -245,6 +250,7 @@ impl FrequencyCaps {
             };
             *counters = counters.split_off(&keep_from);
         }
+        state.counters.retain(|_, c| !c.is_empty());
         state.is_empty()
     }
 

@@ -174,6 +174,22 @@ fn expired_state_is_dropped_and_memory_stays_bounded() {
 }
 
 #[test]
+fn counters_follow_rule_ids_across_rule_set_changes() {
+    let daily = rule("daily", None, 1, CapWindow::Calendar(CalendarUnit::Day));
+    let hourly = rule("hourly", None, 5, CapWindow::Rolling(Duration::from_secs(3600)));
+    let before = caps(vec![hourly.clone(), daily.clone()]);
+    let after = caps(vec![daily.clone()]);
+    let mut s = SubjectCaps::default();
+    let t = utc_ms("2026-11-25T10:00:00Z");
+    assert!(allowed(&before.decide(&mut s, &at(t))));
+    // A restart with a different rule set: the daily counter still holds today's send.
+    assert!(!allowed(&after.decide(&mut s, &at(t + 1))));
+    // A changed window starts afresh.
+    let weekly = caps(vec![rule("daily", None, 1, CapWindow::Calendar(CalendarUnit::Week))]);
+    assert!(allowed(&weekly.decide(&mut s, &at(t + 2))));
+}
+
+#[test]
 fn bad_rule_sets_are_refused_and_versions_follow_content() {
     let r = rule("a", None, 1, CapWindow::Calendar(CalendarUnit::Day));
     assert!(FrequencyCaps::new(&CapsConfig { rules: vec![r.clone(), r.clone()], ..Default::default() }).is_err());
