@@ -32,7 +32,7 @@ fn migrate_is_idempotent() {
     let rt = runtime();
     let c = config();
     let first = rt.block_on(migrate(&c)).unwrap();
-    assert_eq!(first, vec!["0001_events"]);
+    assert_eq!(first, vec!["0001_events", "0002_decisions"]);
     let second = rt.block_on(migrate(&c)).unwrap();
     assert!(second.is_empty(), "{second:?}");
 }

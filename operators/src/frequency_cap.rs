@@ -35,11 +35,35 @@ pub enum CalendarUnit {
     Week,
 }
 
+/// Written `rolling <duration>` (e.g. `rolling 1h`, `rolling 7d`) or `calendar day|week` in pipeline files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "String", into = "String")]
 pub enum CapWindow {
-    Rolling(#[serde(with = "humantime_serde")] Duration),
+    Rolling(Duration),
     Calendar(CalendarUnit),
+}
+
+impl TryFrom<String> for CapWindow {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = || format!("window {text:?}: expected `rolling <duration>` (e.g. rolling 1h) or `calendar day|week`");
+        let (kind, arg) = text.trim().split_once(char::is_whitespace).ok_or_else(bad)?;
+        match (kind, arg.trim()) {
+            ("rolling", d) => {
+                humantime::parse_duration(d).map(CapWindow::Rolling).map_err(|e| format!("{}: {e}", bad()))
+            }
+            ("calendar", "day") => Ok(CapWindow::Calendar(CalendarUnit::Day)),
+            ("calendar", "week") => Ok(CapWindow::Calendar(CalendarUnit::Week)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl From<CapWindow> for String {
+    fn from(w: CapWindow) -> String {
+        w.describe()
+    }
 }
 
 impl CapWindow {

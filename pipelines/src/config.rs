@@ -11,6 +11,9 @@ use serde::Deserialize;
 use touchpoint_connectors::clickhouse::ClickHouseConfig;
 use touchpoint_connectors::kafka::{KafkaConfig, TopicSpec};
 use touchpoint_connectors::schema_registry::SchemaRegistryConfig;
+use touchpoint_operators::consent::ConsentConfig;
+use touchpoint_operators::frequency_cap::{CapsConfig, FrequencyCaps};
+use touchpoint_operators::intent::{IntentRules, IntentsConfig};
 use touchpoint_operators::{DedupeConfig, NormalizeConfig, Normalizer};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +32,14 @@ pub struct PipelineConfig {
     pub normalize: NormalizeConfig,
     #[serde(default)]
     pub dedupe: DedupeConfig,
+    /// Send intents from rules (until journeys exist). No rules: no intents, no decisions.
+    #[serde(default)]
+    pub intents: IntentsConfig,
+    /// Defaults for subjects without a consent record.
+    #[serde(default)]
+    pub consent: ConsentConfig,
+    #[serde(default)]
+    pub caps: CapsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,11 +57,72 @@ pub struct TopicsConfig {
     pub events: TopicSpec,
     /// Rejected records, `marketing.events.dlq`.
     pub dead_letter: TopicSpec,
+    /// The consent table, `marketing.consent` (compacted).
+    #[serde(default = "default_consent_topic")]
+    pub consent: TopicSpec,
+    /// Rejected consent records, `marketing.consent.dlq`.
+    #[serde(default = "default_consent_dead_letter_topic")]
+    pub consent_dead_letter: TopicSpec,
+    /// Allowed sends, one topic per channel: `<prefix>email`, `<prefix>sms`, ...
+    #[serde(default)]
+    pub connectors: ConnectorTopicsConfig,
+    /// Partitions of the pipeline's state changelogs (`<group_id>.caps-changelog`).
+    #[serde(default = "default_changelog_partitions")]
+    pub changelog_partitions: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorTopicsConfig {
+    #[serde(default = "default_connector_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_connector_partitions")]
+    pub partitions: i32,
+}
+
+impl Default for ConnectorTopicsConfig {
+    fn default() -> Self {
+        ConnectorTopicsConfig { prefix: default_connector_prefix(), partitions: default_connector_partitions() }
+    }
+}
+
+fn default_connector_prefix() -> String {
+    "connector.".into()
+}
+fn default_connector_partitions() -> i32 {
+    4
+}
+fn default_changelog_partitions() -> i32 {
+    8
+}
+fn default_consent_topic() -> TopicSpec {
+    TopicSpec { name: "marketing.consent".into(), partitions: 2, retention: None, compacted: true }
+}
+fn default_consent_dead_letter_topic() -> TopicSpec {
+    TopicSpec::new("marketing.consent.dlq", 2)
 }
 
 impl TopicsConfig {
     pub fn all(&self) -> Vec<TopicSpec> {
-        vec![self.events.clone(), self.dead_letter.clone()]
+        let mut all =
+            vec![self.events.clone(), self.dead_letter.clone(), self.consent.clone(), self.consent_dead_letter.clone()];
+        for channel in touchpoint_operators::consent::Channel::ALL {
+            all.push(TopicSpec::new(
+                format!("{}{}", self.connectors.prefix, channel.as_str()),
+                self.connectors.partitions,
+            ));
+        }
+        all
+    }
+
+    /// The changelog of the frequency-cap state.
+    pub fn caps_changelog(&self, group_id: &str) -> TopicSpec {
+        TopicSpec {
+            name: format!("{group_id}.caps-changelog"),
+            partitions: self.changelog_partitions,
+            retention: None,
+            compacted: true,
+        }
     }
 }
 
@@ -64,11 +136,19 @@ pub struct EpochConfig {
     /// ... or as soon as a worker has read this many records in the current one.
     #[serde(default = "default_epoch_max_records")]
     pub max_records: usize,
+    /// Backpressure: a source stops reading while this many of its epochs are not yet durable in every
+    /// sink (bounds memory and the work a crash repeats).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
 }
 
 impl Default for EpochConfig {
     fn default() -> Self {
-        EpochConfig { interval: default_epoch_interval(), max_records: default_epoch_max_records() }
+        EpochConfig {
+            interval: default_epoch_interval(),
+            max_records: default_epoch_max_records(),
+            max_in_flight: default_max_in_flight(),
+        }
     }
 }
 
@@ -77,6 +157,9 @@ fn default_epoch_interval() -> Duration {
 }
 fn default_epoch_max_records() -> usize {
     50_000
+}
+fn default_max_in_flight() -> usize {
+    8
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,8 +225,13 @@ impl PipelineConfig {
 
     fn validate(&self) -> Result<(), String> {
         Normalizer::new(self.normalize.clone()).map_err(|e| e.to_string())?;
+        FrequencyCaps::new(&self.caps)?;
+        IntentRules::new(&self.intents)?;
         if self.epochs.interval.is_zero() {
             return Err("epochs.interval must be greater than zero".into());
+        }
+        if self.epochs.max_in_flight == 0 {
+            return Err("epochs.max_in_flight must be greater than zero".into());
         }
         if self.epochs.max_records == 0 {
             return Err("epochs.max_records must be greater than zero".into());
@@ -152,6 +240,9 @@ impl PipelineConfig {
             if t.partitions < 1 {
                 return Err(format!("topic {}: partitions must be at least 1", t.name));
             }
+        }
+        if !self.topics.consent.compacted {
+            return Err(format!("topics.consent ({}) must be compacted: it is a table", self.topics.consent.name));
         }
         if self.topics.events.name == self.topics.dead_letter.name {
             return Err("topics.events and topics.dead_letter must be different topics".into());

@@ -3,7 +3,7 @@
 //! The worker loop steps the dataflow and, whenever the sinks' probe passes epochs, commits the source
 //! offsets recorded at the close of the last such epoch. See `docs/time-and-delivery.md`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,15 +12,19 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::consumer::CommitMode;
 use timely::worker::Worker;
-use touchpoint_connectors::clickhouse::EventStore;
+use touchpoint_connectors::clickhouse::{DecisionStore, EventStore};
 use touchpoint_connectors::kafka::source::{owned_partitions, partition_count};
-use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, PartitionSource};
+use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, PartitionSource};
 use touchpoint_connectors::schema_registry::RegistryClient;
+use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::dedupe::dedupe_key;
+use touchpoint_operators::frequency_cap::{FrequencyCaps, SubjectCaps};
+use touchpoint_operators::intent::IntentRules;
 use touchpoint_operators::{EventDeduplicator, Normalizer};
 
 use crate::config::PipelineConfig;
 use crate::stages::dedupe::owner;
+use crate::stages::guardrails::{owner as guardrail_owner, GuardrailState};
 use crate::stages::kafka_source::{SourceState, StopPolicy};
 use crate::stages::tally::{RunTotals, TallyBook};
 use crate::topology::{self, WorkerParts};
@@ -60,14 +64,26 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         .build()
         .context("starting the async runtime")?;
 
-    runtime.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
-    let exists: u8 = runtime
-        .block_on(config.clickhouse.client().query("EXISTS TABLE events").fetch_one())
-        .with_context(|| format!("checking ClickHouse at {}", config.clickhouse.url))?;
-    if exists == 0 {
-        bail!("table {}.events does not exist: run `touchpoint migrate` first", config.clickhouse.database);
+    let mut topics = config.topics.all();
+    topics.push(config.topics.caps_changelog(&config.pipeline.group_id));
+    runtime.block_on(ensure_topics(&config.kafka, &topics))?;
+    let latest = touchpoint_schemas::clickhouse::MIGRATIONS.last().map_or(0, |m| m.version);
+    let applied: u32 = runtime
+        .block_on(config.clickhouse.client().query("SELECT max(version) FROM schema_migrations").fetch_one())
+        .unwrap_or(0);
+    if applied < latest {
+        bail!(
+            "database {} is at schema version {applied}, this pipeline needs {latest}: run `touchpoint migrate` first",
+            config.clickhouse.database
+        );
     }
     let partitions = partition_count(&config.kafka, &config.topics.events.name)?;
+    let consent_partitions = partition_count(&config.kafka, &config.topics.consent.name)?;
+
+    // Frequency-cap state from its changelog, read once per process and handed to the owning workers.
+    let peers = options.workers * options.processes;
+    let local_workers = options.process * options.workers..(options.process + 1) * options.workers;
+    let restored_caps = restore_caps(&config, peers, local_workers)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_handler(&runtime, stop.clone());
@@ -79,6 +95,8 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         config,
         runtime: runtime.handle().clone(),
         partitions,
+        consent_partitions,
+        restored_caps: Mutex::new(restored_caps),
         stop,
         until_drained: options.until_drained,
         totals: totals.clone(),
@@ -104,6 +122,9 @@ struct Shared {
     config: PipelineConfig,
     runtime: tokio::runtime::Handle,
     partitions: i32,
+    consent_partitions: i32,
+    /// Worker index → the cap state it owns, restored from the changelog.
+    restored_caps: Mutex<HashMap<usize, HashMap<SubjectRef, SubjectCaps>>>,
     stop: Arc<AtomicBool>,
     until_drained: bool,
     totals: Arc<Mutex<RunTotals>>,
@@ -150,11 +171,29 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
 
     let state = SourceState::new(source, already_stored);
     let tally = TallyBook::default();
+    let consent_source = PartitionSource::open_from_beginning(
+        &config.kafka,
+        &format!("{}.consent", config.pipeline.group_id),
+        &config.topics.consent.name,
+        owned_partitions(shared.consent_partitions, index, peers),
+    )?;
+    let caps_state = shared.restored_caps.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
     let handles = topology::build(
         worker,
         WorkerParts {
             source: state.clone(),
             source_topic: topic,
+            consent_source: SourceState::new(consent_source, HashSet::new()),
+            consent_topic: config.topics.consent.name.clone(),
+            consent_dead_letter_topic: config.topics.consent_dead_letter.name.clone(),
+            default_tenant: config.normalize.default_tenant.clone(),
+            intent_rules: IntentRules::new(&config.intents).map_err(anyhow::Error::msg)?,
+            consent_config: config.consent.clone(),
+            caps: FrequencyCaps::new(&config.caps).map_err(anyhow::Error::msg)?,
+            guardrail_state: GuardrailState { consent: Default::default(), caps: caps_state },
+            decisions: DecisionStore::new(&config.clickhouse),
+            connector_prefix: config.topics.connectors.prefix.clone(),
+            caps_changelog_topic: config.topics.caps_changelog(&config.pipeline.group_id).name,
             epochs: config.epochs.clone(),
             stop: StopPolicy {
                 until_drained: shared.until_drained,
@@ -166,6 +205,9 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             deduplicator,
             events: store,
             dead_letters: AckedProducer::new(&config.kafka)?,
+            consent_dead_letters: AckedProducer::new(&config.kafka)?,
+            sends: AckedProducer::new(&config.kafka)?,
+            changelog: AckedProducer::new(&config.kafka)?,
             dead_letter_topic: config.topics.dead_letter.name.clone(),
             runtime: shared.runtime.clone(),
             tally: tally.clone(),
@@ -223,6 +265,39 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// Reads the cap changelog (latest value per subject wins; a tombstone forgets) and groups the state
+/// by owning worker, keeping the workers of this process.
+fn restore_caps(
+    config: &PipelineConfig,
+    peers: usize,
+    local_workers: std::ops::Range<usize>,
+) -> Result<HashMap<usize, HashMap<SubjectRef, SubjectCaps>>> {
+    let topic = config.topics.caps_changelog(&config.pipeline.group_id).name;
+    let started = std::time::Instant::now();
+    let records = read_all(&config.kafka, &topic, Duration::from_millis(500), Duration::from_secs(600))?;
+    let mut latest: HashMap<SubjectRef, Option<SubjectCaps>> = HashMap::new();
+    let count = records.len();
+    for r in records {
+        let Some(key) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
+        let Some((tenant, subject)) = key.split_once('/') else { continue };
+        let subject = SubjectRef { tenant_id: tenant.to_string(), subject_id: subject.to_string() };
+        let value = r.payload.as_deref().and_then(|p| serde_json::from_slice::<SubjectCaps>(p).ok());
+        latest.insert(subject, value);
+    }
+    let mut by_worker: HashMap<usize, HashMap<SubjectRef, SubjectCaps>> = HashMap::new();
+    let mut subjects = 0usize;
+    for (subject, caps) in latest {
+        let Some(caps) = caps else { continue };
+        let worker = guardrail_owner(&subject, peers);
+        if local_workers.contains(&worker) {
+            by_worker.entry(worker).or_default().insert(subject, caps);
+            subjects += 1;
+        }
+    }
+    tracing::info!(topic, records = count, subjects, elapsed = ?started.elapsed(), "restored frequency-cap state");
+    Ok(by_worker)
 }
 
 fn communication(options: &RunOptions) -> Result<timely::CommunicationConfig> {

@@ -1,35 +1,47 @@
 //! The whole dataflow of the normalization pipeline, on one screen.
 //!
 //! ```text
-//!  marketing.events ─► KafkaSource ─► Normalize ─┬─ events ──► [exchange by tenant+event_id] Dedupe ─► ClickHouseEvents (table `events`)
-//!   (this worker's      (epochs)     (decode,    │                                                            │
-//!    partitions)                      validate)  └─ rejects ─────────────────────────────────► DeadLetterTopic (marketing.events.dlq)
-//!                                                                                                              │
-//!                      offsets of durable epochs ◄── commit ◄── probe ◄────────── both sinks' progress ◄───────┘
+//!  marketing.events ─► EventSource ─► Normalize ─┬─ events ─► [by tenant+event_id] Dedupe ─┬─► ClickHouseEvents (`events`)
+//!   (this worker's      (epochs ≥ 1)  (decode,   │                                         └─► SendIntents (rules)
+//!    partitions)                      validate)  └─ rejects ─► DeadLetterTopic (marketing.events.dlq)     │
+//!                                                                                                         ▼
+//!  marketing.consent ─► ConsentSource ─► ParseConsent ─┬─ changes ─► [by subject key group] ─► Guardrails (consent, then caps)
+//!   (replayed from      (restore at       (decode,     └─ rejects ─► DeadLetterTopic             │    │    │
+//!    the beginning)      epoch 0)          validate)                 (marketing.consent.dlq)     │    │    └─► CapsChangelog (<group>.caps-changelog)
+//!                                                                                  decisions ◄───┘    └─► allowed ─► ConnectorTopics (connector.<channel>)
+//!                                                                          ClickHouseDecisions (`decisions`)
 //!
-//!  per-worker tallies ─► [exchange to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
+//!  every sink's progress ─► probe ─► commit the event offsets of durable epochs
+//!  per-worker tallies ─► [to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
 //! ```
 //!
 //! Every operator lives in `crate::stages`; its logic and state in `touchpoint-operators`.
 
 use std::sync::{Arc, Mutex};
 
-use timely::dataflow::operators::core::{Concat, OkErr};
+use timely::dataflow::operators::core::{Concatenate, OkErr};
+use timely::dataflow::operators::vec::Filter;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
-use touchpoint_connectors::clickhouse::EventStore;
+use touchpoint_connectors::clickhouse::{DecisionStore, EventStore};
 use touchpoint_connectors::kafka::AckedProducer;
 use touchpoint_connectors::schema_registry::RegistryClient;
+use touchpoint_operators::consent::{ConsentChange, ConsentConfig};
+use touchpoint_operators::decision::{Decision, DecisionKind};
+use touchpoint_operators::frequency_cap::FrequencyCaps;
+use touchpoint_operators::intent::IntentRules;
 use touchpoint_operators::{EpochTally, EventDeduplicator, Normalizer, RecordDecoder};
 use touchpoint_schemas::NormalizedEvent;
 
 use crate::config::EpochConfig;
+use crate::stages::consent::parse_consent_stream;
 use crate::stages::dedupe::dedupe;
 use crate::stages::epoch_sink::epoch_sink;
-use crate::stages::kafka_source::{kafka_source, SharedSource, StopPolicy};
+use crate::stages::guardrails::{guardrails, intents, CapSnapshot, GuardrailOutput, GuardrailState};
+use crate::stages::kafka_source::{kafka_source, SharedSource, SourceRole, StopPolicy};
 use crate::stages::normalize::{normalize, DeadLetter, Outcome};
-use crate::stages::sinks::{ClickHouseEvents, DeadLetterTopic};
+use crate::stages::sinks::{CapsChangelog, ClickHouseDecisions, ClickHouseEvents, ConnectorTopics, DeadLetterTopic};
 use crate::stages::tally::{log_epoch_tallies, RunTotals, TallyBook};
 use crate::stages::Epoch;
 
@@ -37,13 +49,28 @@ use crate::stages::Epoch;
 pub struct WorkerParts {
     pub source: SharedSource,
     pub source_topic: String,
+    pub consent_source: SharedSource,
+    pub consent_topic: String,
+    pub consent_dead_letter_topic: String,
+    pub default_tenant: String,
+    pub intent_rules: IntentRules,
+    pub consent_config: ConsentConfig,
+    pub caps: FrequencyCaps,
+    pub guardrail_state: GuardrailState,
+    pub decisions: DecisionStore,
+    pub connector_prefix: String,
+    pub caps_changelog_topic: String,
     pub epochs: EpochConfig,
     pub stop: StopPolicy,
     pub registry: Arc<RegistryClient>,
     pub normalizer: Normalizer,
     pub deduplicator: EventDeduplicator,
     pub events: EventStore,
+    /// One producer per Kafka sink: each gets its own connection and in-flight window.
     pub dead_letters: AckedProducer,
+    pub consent_dead_letters: AckedProducer,
+    pub sends: AckedProducer,
+    pub changelog: AckedProducer,
     pub dead_letter_topic: String,
     pub runtime: tokio::runtime::Handle,
     pub tally: TallyBook,
@@ -66,6 +93,17 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
     let WorkerParts {
         source,
         source_topic,
+        consent_source,
+        consent_topic,
+        consent_dead_letter_topic,
+        default_tenant,
+        intent_rules,
+        consent_config,
+        caps,
+        guardrail_state,
+        decisions,
+        connector_prefix,
+        caps_changelog_topic,
         epochs,
         stop,
         registry,
@@ -73,25 +111,61 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         deduplicator,
         events,
         dead_letters,
+        consent_dead_letters,
+        sends,
+        changelog,
         dead_letter_topic,
         runtime,
         tally,
         totals,
     } = parts;
     worker.dataflow::<Epoch, _, _>(|scope| {
-        let records = kafka_source(scope, source, epochs, stop, tally.clone());
-        let outcomes = normalize(records, RecordDecoder::new(registry), normalizer, source_topic, tally.clone());
+        // Events: normalize, dedupe, store.
+        let records = kafka_source(
+            scope,
+            "EventSource",
+            SourceRole::Stream,
+            source,
+            epochs.clone(),
+            stop.clone(),
+            Some(tally.clone()),
+        );
+        let outcomes =
+            normalize(records, RecordDecoder::new(registry.clone()), normalizer, source_topic, tally.clone());
         let (valid, rejected) = outcomes.ok_err::<Vec<NormalizedEvent>, _, Vec<DeadLetter>, _, _>(|o| match o {
             Outcome::Event(e) => Ok(e),
             Outcome::Rejected(d) => Err(d),
         });
         let unique = dedupe(valid, deduplicator, tally);
-
-        let stored = epoch_sink(unique, ClickHouseEvents { store: events }, runtime.clone());
+        let stored = epoch_sink(unique.clone(), ClickHouseEvents { store: events }, runtime.clone());
         let dead_lettered =
-            epoch_sink(rejected, DeadLetterTopic { producer: dead_letters, topic: dead_letter_topic }, runtime);
+            epoch_sink(rejected, DeadLetterTopic { producer: dead_letters, topic: dead_letter_topic }, runtime.clone());
+
+        // Consent: the table, replayed at start (epoch 0), then live.
+        let consent_records =
+            kafka_source(scope, "ConsentSource", SourceRole::Table, consent_source, epochs, stop, None);
+        let parsed = parse_consent_stream(consent_records, RecordDecoder::new(registry), consent_topic, default_tenant);
+        let (changes, bad_consent) = parsed.ok_err::<Vec<ConsentChange>, _, Vec<DeadLetter>, _, _>(|r| r);
+        let consent_dead_lettered = epoch_sink(
+            bad_consent,
+            DeadLetterTopic { producer: consent_dead_letters, topic: consent_dead_letter_topic },
+            runtime.clone(),
+        );
+
+        // Guardrails: intents from rules, consent join, frequency caps; decisions, sends, state.
+        let outputs = guardrails(intents(unique, intent_rules), changes, guardrail_state, consent_config, caps);
+        let (decided, snapshots) = outputs.ok_err::<Vec<Decision>, _, Vec<CapSnapshot>, _, _>(|o| match o {
+            GuardrailOutput::Decision(d) => Ok(*d),
+            GuardrailOutput::Snapshot(s) => Err(s),
+        });
+        let recorded = epoch_sink(decided.clone(), ClickHouseDecisions { store: decisions }, runtime.clone());
+        let allowed = decided.filter(|d: &Decision| d.kind == DecisionKind::Allowed);
+        let sent = epoch_sink(allowed, ConnectorTopics { producer: sends, prefix: connector_prefix }, runtime.clone());
+        let persisted =
+            epoch_sink(snapshots, CapsChangelog { producer: changelog, topic: caps_changelog_topic }, runtime);
+
         let sinks = ProbeHandle::new();
-        stored.concat(dead_lettered).probe_with(&sinks);
+        scope.concatenate([stored, dead_lettered, consent_dead_lettered, recorded, sent, persisted]).probe_with(&sinks);
 
         let (tallies, partials) = scope.new_input::<Vec<EpochTally>>();
         let tallies_logged = ProbeHandle::new();

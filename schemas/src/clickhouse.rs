@@ -12,8 +12,10 @@ pub struct Migration {
 }
 
 /// All migrations, in the order they are applied.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "0001_events", sql: include_str!("../clickhouse/0001_events.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "0001_events", sql: include_str!("../clickhouse/0001_events.sql") },
+    Migration { version: 2, name: "0002_decisions", sql: include_str!("../clickhouse/0002_decisions.sql") },
+];
 
 /// Table that records which migrations were applied (created by the migrator itself).
 pub const MIGRATIONS_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \

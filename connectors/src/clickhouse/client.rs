@@ -106,3 +106,44 @@ impl EventStore {
         &self.client
     }
 }
+
+/// The `decisions` table.
+#[derive(Clone)]
+pub struct DecisionStore {
+    client: clickhouse::Client,
+}
+
+impl DecisionStore {
+    pub fn new(config: &ClickHouseConfig) -> Self {
+        DecisionStore { client: config.client() }
+    }
+
+    /// One INSERT per batch; `token` deduplicates a retried batch.
+    pub async fn insert(&self, decisions: &[touchpoint_operators::decision::Decision], token: &str) -> Result<()> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let decided_at = chrono_now_ms();
+        let mut insert = self
+            .client
+            .insert::<super::encoding::DecisionRow<'_>>("decisions")
+            .await
+            .context("preparing INSERT into decisions")?
+            .with_setting("insert_deduplication_token", token);
+        for d in decisions {
+            insert.write(&super::encoding::DecisionRow::new(d, decided_at)).await.context("writing a decision")?;
+        }
+        insert.end().await.context("INSERT into decisions")
+    }
+
+    pub fn client(&self) -> &clickhouse::Client {
+        &self.client
+    }
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}

@@ -51,3 +51,71 @@ pub fn batch_token(sink: &str, events: &[NormalizedEvent]) -> String {
     }
     format!("{sink}-{:032x}", h.digest128())
 }
+
+/// One row of `decisions`.
+#[derive(Debug, Row, Serialize)]
+pub struct DecisionRow<'a> {
+    pub decided_at: i64,
+    pub occurred_at: i64,
+    pub tenant_id: &'a str,
+    pub subject_id: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub intent_rule: &'a str,
+    pub channel: &'a str,
+    pub purpose: &'a str,
+    pub category: &'a str,
+    pub template: &'a str,
+    pub priority: i32,
+    pub decision: &'a str,
+    pub reason: String,
+    pub consent_status: String,
+    pub cap_rule: &'a str,
+    pub cap_count: u32,
+    pub cap_limit: u32,
+    pub cap_window: &'a str,
+    pub intents_version: &'a str,
+    pub caps_version: &'a str,
+    pub idempotency_key: &'a str,
+    pub kafka_partition: u32,
+    pub kafka_offset: u64,
+}
+
+impl<'a> DecisionRow<'a> {
+    pub fn new(d: &'a touchpoint_operators::decision::Decision, decided_at: i64) -> Self {
+        use touchpoint_operators::frequency_cap::CapVerdict;
+        let i = &d.intent;
+        let (cap_rule, cap_count, cap_limit, cap_window) = match &d.cap {
+            Some(CapVerdict::Capped { rule_id, count, limit, window }) => {
+                (rule_id.as_str(), *count, *limit, window.as_str())
+            }
+            _ => ("", 0, 0, ""),
+        };
+        DecisionRow {
+            decided_at,
+            occurred_at: i.occurred_at_ms,
+            tenant_id: &i.subject.tenant_id,
+            subject_id: &i.subject.subject_id,
+            event_id: &i.event_id,
+            event_type: &i.event_type,
+            intent_rule: &i.rule_id,
+            channel: i.channel.as_str(),
+            purpose: i.purpose.as_str(),
+            category: &i.category,
+            template: &i.template,
+            priority: i.priority,
+            decision: d.kind.as_str(),
+            reason: d.reason(),
+            consent_status: d.consent.describe(),
+            cap_rule,
+            cap_count,
+            cap_limit,
+            cap_window,
+            intents_version: &i.ruleset_version,
+            caps_version: &d.caps_version,
+            idempotency_key: &i.idempotency_key,
+            kafka_partition: u32::try_from(i.position.partition).unwrap_or_default(),
+            kafka_offset: u64::try_from(i.position.offset).unwrap_or_default(),
+        }
+    }
+}

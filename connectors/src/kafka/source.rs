@@ -70,6 +70,29 @@ impl PartitionSource {
         partitions: Vec<i32>,
         verify_resume: bool,
     ) -> Result<Self, SourceError> {
+        Self::open_at(config, group_id, topic, partitions, verify_resume, false)
+    }
+
+    /// Assigns `partitions` of `topic` from their earliest offset, whatever the group committed: for
+    /// tables (compacted topics) that are replayed into state at every start. No resume check: offsets of
+    /// compacted topics have gaps.
+    pub fn open_from_beginning(
+        config: &KafkaConfig,
+        group_id: &str,
+        topic: &str,
+        partitions: Vec<i32>,
+    ) -> Result<Self, SourceError> {
+        Self::open_at(config, group_id, topic, partitions, false, true)
+    }
+
+    fn open_at(
+        config: &KafkaConfig,
+        group_id: &str,
+        topic: &str,
+        partitions: Vec<i32>,
+        verify_resume: bool,
+        from_beginning: bool,
+    ) -> Result<Self, SourceError> {
         let consumer: BaseConsumer = config.consumer_config(group_id).create()?;
         let timeout = Duration::from_secs(30);
         let mut next = HashMap::new();
@@ -78,7 +101,8 @@ impl PartitionSource {
             for &p in &partitions {
                 wanted.add_partition(topic, p);
             }
-            let committed = consumer.committed_offsets(wanted, timeout)?;
+            let committed =
+                if from_beginning { TopicPartitionList::new() } else { consumer.committed_offsets(wanted, timeout)? };
             let mut assignment = TopicPartitionList::new();
             for &p in &partitions {
                 let start = match committed.find_partition(topic, p).map(|e| e.offset()) {

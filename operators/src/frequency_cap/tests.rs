@@ -190,6 +190,22 @@ fn counters_follow_rule_ids_across_rule_set_changes() {
 }
 
 #[test]
+fn windows_are_written_as_text() {
+    for (text, window) in [
+        ("rolling 1h", CapWindow::Rolling(Duration::from_secs(3600))),
+        ("rolling 7days", CapWindow::Rolling(Duration::from_secs(7 * 86_400))),
+        ("calendar day", CapWindow::Calendar(CalendarUnit::Day)),
+        ("calendar week", CapWindow::Calendar(CalendarUnit::Week)),
+    ] {
+        assert_eq!(CapWindow::try_from(text.to_string()), Ok(window.clone()), "{text}");
+        assert_eq!(CapWindow::try_from(String::from(window.clone())), Ok(window));
+    }
+    for bad in ["daily", "calendar month", "rolling soon", ""] {
+        assert!(CapWindow::try_from(bad.to_string()).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn bad_rule_sets_are_refused_and_versions_follow_content() {
     let r = rule("a", None, 1, CapWindow::Calendar(CalendarUnit::Day));
     assert!(FrequencyCaps::new(&CapsConfig { rules: vec![r.clone(), r.clone()], ..Default::default() }).is_err());

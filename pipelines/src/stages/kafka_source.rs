@@ -63,6 +63,18 @@ impl SourceState {
     }
 }
 
+/// What a source feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceRole {
+    /// A stream (events): resumes from committed offsets; offsets are committed once durable. Its
+    /// epochs start at tick 1, so that restored tables (epoch 0) always come first.
+    Stream,
+    /// A table (consent): replayed from the beginning at every start and never committed. Everything
+    /// up to the high watermark at start-up is emitted at epoch 0 ("restore"); later changes follow
+    /// in ticks like a stream.
+    Table,
+}
+
 /// When the source stops by itself.
 #[derive(Clone)]
 pub struct StopPolicy {
@@ -75,14 +87,17 @@ pub struct StopPolicy {
 
 pub fn kafka_source<'s>(
     scope: Scope<'s, Epoch>,
+    name: &str,
+    role: SourceRole,
     state: SharedSource,
     epochs: EpochConfig,
     policy: StopPolicy,
-    tally: TallyBook,
+    tally: Option<TallyBook>,
 ) -> Stream<'s, Epoch, Vec<SourceRecord>> {
+    let name_owned = name.to_string();
     source::<_, timely::container::CapacityContainerBuilder<Vec<SourceRecord>>, _, _>(
         scope,
-        "KafkaSource",
+        name,
         move |capability, info| {
             let activator = scope.activator_for(info.address.clone());
             // New data wakes the worker; otherwise the source looks again at least every `idle_wait`
@@ -98,14 +113,20 @@ pub fn kafka_source<'s>(
             let mut cap = Some(capability);
             let mut in_epoch = 0usize;
             let mut last_record = Instant::now();
+            // A table source stays at epoch 0 until it has caught up with the topic as of start-up.
+            let mut restoring = role == SourceRole::Table;
+            let mut last_catch_up_check = Instant::now();
+            let mut restored = 0u64;
             move |output| {
                 let Some(c) = cap.as_mut() else { return };
                 let mut st = state.borrow_mut();
 
-                // Time moves every worker to the next tick together.
-                let tick = tick_now();
-                if tick_of(*c.time()) < tick {
-                    close_epoch(&mut st, *c.time(), in_epoch);
+                // Time moves every worker to the next tick together (streams start at tick 1).
+                let tick = tick_now().max(1);
+                if !restoring && tick_of(*c.time()) < tick {
+                    if role == SourceRole::Stream {
+                        close_epoch(&mut st, *c.time(), in_epoch);
+                    }
                     c.downgrade(&epoch_of_tick(tick));
                     in_epoch = 0;
                 }
@@ -114,17 +135,25 @@ pub fn kafka_source<'s>(
                 let mut read = 0usize;
                 {
                     let mut session = output.session(&*c);
-                    while read < READ_BUDGET && in_epoch < epochs.max_records {
+                    // Backpressure: no reading while too many epochs wait for their sinks.
+                    let in_flight = st.closed.len();
+                    while read < READ_BUDGET
+                        && in_flight < epochs.max_in_flight
+                        && (restoring || in_epoch < epochs.max_records)
+                    {
                         match st.source.poll(Duration::ZERO) {
                             Ok(Some(record)) => {
                                 read += 1;
                                 in_epoch += 1;
                                 last_record = Instant::now();
                                 let skip = st.already_stored.remove(&(record.partition, record.offset));
-                                tally.with(epoch, |t| {
-                                    t.received += 1;
-                                    t.already_stored += u64::from(skip);
-                                });
+                                if let Some(tally) = &tally {
+                                    tally.with(epoch, |t| {
+                                        t.received += 1;
+                                        t.already_stored += u64::from(skip);
+                                    });
+                                }
+                                restored += u64::from(restoring);
                                 if !skip {
                                     session.give(record);
                                 }
@@ -153,24 +182,42 @@ pub fn kafka_source<'s>(
                     activator.activate_after(idle_wait);
                 }
 
+                if restoring && read == 0 && last_catch_up_check.elapsed() >= Duration::from_millis(100) {
+                    last_catch_up_check = Instant::now();
+                    if st.source.caught_up().unwrap_or(false) {
+                        restoring = false;
+                        tracing::info!(source = name_owned.as_str(), records = restored, "table restored");
+                        c.downgrade(&epoch_of_tick(tick_now().max(1)));
+                        in_epoch = 0;
+                    }
+                }
+
                 // A full epoch moves this worker to the next sub-epoch of the same tick.
-                if in_epoch >= epochs.max_records && (epoch & ((1 << SUB_EPOCH_BITS) - 1)) < (1 << SUB_EPOCH_BITS) - 1 {
-                    close_epoch(&mut st, epoch, in_epoch);
+                if !restoring
+                    && in_epoch >= epochs.max_records
+                    && (epoch & ((1 << SUB_EPOCH_BITS) - 1)) < (1 << SUB_EPOCH_BITS) - 1
+                {
+                    if role == SourceRole::Stream {
+                        close_epoch(&mut st, epoch, in_epoch);
+                    }
                     c.downgrade(&(epoch + 1));
                     in_epoch = 0;
                 }
 
                 let stop_now = st.error.is_some() || policy.stop.load(Ordering::Relaxed);
                 let drained = policy.until_drained
+                    && !restoring
                     && read == 0
                     && last_record.elapsed() >= policy.drain_idle
                     && st.source.caught_up().unwrap_or(false);
                 if stop_now || drained {
                     let epoch = *c.time();
-                    close_epoch(&mut st, epoch, in_epoch);
+                    if role == SourceRole::Stream {
+                        close_epoch(&mut st, epoch, in_epoch);
+                    }
                     st.finished = true;
                     cap = None;
-                    tracing::info!(drained, "source finished");
+                    tracing::info!(source = name_owned.as_str(), drained, "source finished");
                 }
             }
         },

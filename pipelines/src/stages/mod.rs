@@ -1,8 +1,10 @@
 //! The timely operators of the pipeline. Each wraps logic from `touchpoint-operators` (or a connector)
 //! into a dataflow operator; `crate::topology` wires them together.
 
+pub mod consent;
 pub mod dedupe;
 pub mod epoch_sink;
+pub mod guardrails;
 pub mod kafka_source;
 pub mod normalize;
 pub mod sinks;

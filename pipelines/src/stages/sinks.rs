@@ -50,3 +50,115 @@ impl BatchWriter<DeadLetter> for DeadLetterTopic {
         async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
     }
 }
+
+/// Decisions → ClickHouse `decisions`, one INSERT per epoch and worker.
+pub struct ClickHouseDecisions {
+    pub store: touchpoint_connectors::clickhouse::DecisionStore,
+}
+
+impl BatchWriter<touchpoint_operators::decision::Decision> for ClickHouseDecisions {
+    fn name(&self) -> &'static str {
+        "ClickHouseDecisions"
+    }
+
+    fn write(
+        &self,
+        _epoch: Epoch,
+        batch: Arc<Vec<touchpoint_operators::decision::Decision>>,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        let store = self.store.clone();
+        async move {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            for d in batch.iter() {
+                h.update(d.intent.idempotency_key.as_bytes());
+            }
+            store.insert(&batch, &format!("decisions-{:032x}", h.digest128())).await
+        }
+        .boxed()
+    }
+}
+
+/// The message a channel connector receives for an allowed send (JSON; key `tenant/subject`, header
+/// `tp.idempotency_key`).
+pub fn send_record(
+    d: &touchpoint_operators::decision::Decision,
+    topic_prefix: &str,
+) -> touchpoint_connectors::kafka::OutgoingRecord {
+    let i = &d.intent;
+    let payload = serde_json::json!({
+        "idempotency_key": i.idempotency_key,
+        "channel": i.channel.as_str(),
+        "recipient": i.recipient,
+        "template": i.template,
+        "category": i.category,
+        "purpose": i.purpose.as_str(),
+        "priority": i.priority,
+        "tenant_id": i.subject.tenant_id,
+        "subject_id": i.subject.subject_id,
+        "event_id": i.event_id,
+        "event_type": i.event_type,
+        "occurred_at": i.occurred_at_ms,
+        "rule_id": i.rule_id,
+        "intents_version": i.ruleset_version,
+        "caps_version": d.caps_version,
+    });
+    touchpoint_connectors::kafka::OutgoingRecord {
+        topic: format!("{topic_prefix}{}", i.channel.as_str()),
+        key: Some(format!("{}/{}", i.subject.tenant_id, i.subject.subject_id).into_bytes()),
+        payload: Some(payload.to_string().into_bytes()),
+        headers: vec![("tp.idempotency_key".into(), i.idempotency_key.clone().into_bytes())],
+    }
+}
+
+/// Allowed sends → `connector.<channel>`, acknowledged.
+pub struct ConnectorTopics {
+    pub producer: AckedProducer,
+    pub prefix: String,
+}
+
+impl BatchWriter<touchpoint_operators::decision::Decision> for ConnectorTopics {
+    fn name(&self) -> &'static str {
+        "ConnectorTopics"
+    }
+
+    fn write(
+        &self,
+        _epoch: Epoch,
+        batch: Arc<Vec<touchpoint_operators::decision::Decision>>,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        let producer = self.producer.clone();
+        let records: Vec<_> = batch.iter().map(|d| send_record(d, &self.prefix)).collect();
+        async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
+    }
+}
+
+/// Cap state after each epoch → the compacted changelog (key `tenant/subject`, JSON value or a
+/// tombstone), restored at start-up.
+pub struct CapsChangelog {
+    pub producer: AckedProducer,
+    pub topic: String,
+}
+
+impl BatchWriter<super::guardrails::CapSnapshot> for CapsChangelog {
+    fn name(&self) -> &'static str {
+        "CapsChangelog"
+    }
+
+    fn write(
+        &self,
+        _epoch: Epoch,
+        batch: Arc<Vec<super::guardrails::CapSnapshot>>,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        let producer = self.producer.clone();
+        let records: Vec<_> = batch
+            .iter()
+            .map(|s| touchpoint_connectors::kafka::OutgoingRecord {
+                topic: self.topic.clone(),
+                key: Some(format!("{}/{}", s.subject.tenant_id, s.subject.subject_id).into_bytes()),
+                payload: s.caps.as_ref().and_then(|c| serde_json::to_vec(c).ok()),
+                headers: vec![],
+            })
+            .collect();
+        async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
+    }
+}

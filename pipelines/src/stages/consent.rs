@@ -1,0 +1,80 @@
+//! Parsing the consent topic: decode (JSON or Avro, like events), validate, or dead-letter.
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::Stream;
+use touchpoint_connectors::kafka::SourceRecord;
+use touchpoint_operators::consent::{parse_consent, parse_tombstone_key, ConsentChange};
+use touchpoint_operators::{DecodeError, RecordDecoder, SchemaLookup};
+use touchpoint_schemas::SourcePosition;
+
+use super::normalize::DeadLetter;
+use super::Epoch;
+
+/// Why the operator keeps both: changes go to the guardrails, rejects to the consent dead-letter topic.
+pub type ConsentOutcome = Result<ConsentChange, DeadLetter>;
+
+pub fn parse_consent_record<L: SchemaLookup>(
+    decoder: &RecordDecoder<L>,
+    topic: &str,
+    default_tenant: &str,
+    record: SourceRecord,
+) -> ConsentOutcome {
+    let position = SourcePosition { topic: topic.to_string(), partition: record.partition, offset: record.offset };
+    let parsed = match record.payload.as_deref() {
+        // A tombstone: forget the subject named by the key.
+        None => match record.key.as_deref() {
+            Some(key) => parse_tombstone_key(key, default_tenant),
+            None => Err(touchpoint_operators::Rejection::new(
+                touchpoint_schemas::RejectReason::MissingField,
+                "tombstone without a key",
+            )),
+        },
+        Some(payload) => {
+            let mut backoff = std::time::Duration::from_millis(100);
+            loop {
+                match decoder.decode(payload) {
+                    Ok(fields) => break parse_consent(&fields, default_tenant),
+                    Err(DecodeError::Reject(r)) => break Err(r),
+                    Err(DecodeError::Retry(why)) => {
+                        tracing::warn!(%why, "schema registry unavailable; retrying consent record");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    };
+    parsed.map_err(|rejection| DeadLetter {
+        position,
+        key: record.key,
+        payload: record.payload,
+        reason_code: rejection.reason.code().to_string(),
+        message: rejection.message,
+        rejected_at_ms: chrono::Utc::now().timestamp_millis(),
+    })
+}
+
+pub fn parse_consent_stream<'s, L: SchemaLookup + 'static>(
+    records: Stream<'s, Epoch, Vec<SourceRecord>>,
+    decoder: RecordDecoder<L>,
+    topic: String,
+    default_tenant: String,
+) -> Stream<'s, Epoch, Vec<ConsentOutcome>> {
+    records.unary::<timely::container::CapacityContainerBuilder<Vec<ConsentOutcome>>, _, _, _>(
+        Pipeline,
+        "ParseConsent",
+        move |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let mut session = output.session(&cap);
+                    for batch in data {
+                        for record in batch.drain(..) {
+                            session.give(parse_consent_record(&decoder, &topic, &default_tenant, record));
+                        }
+                    }
+                });
+            }
+        },
+    )
+}
