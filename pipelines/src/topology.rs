@@ -35,7 +35,7 @@ use touchpoint_operators::{EpochTally, EventDeduplicator, Normalizer, RecordDeco
 use touchpoint_schemas::NormalizedEvent;
 
 use crate::config::EpochConfig;
-use crate::stages::consent::parse_consent_stream;
+use crate::stages::consent::{parse_consent_stream, ConsentOutcome};
 use crate::stages::dedupe::dedupe;
 use crate::stages::epoch_sink::epoch_sink;
 use crate::stages::guardrails::{guardrails, intents, CapSnapshot, GuardrailOutput, GuardrailState};
@@ -145,7 +145,10 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         let consent_records =
             kafka_source(scope, "ConsentSource", SourceRole::Table, consent_source, epochs, stop, None);
         let parsed = parse_consent_stream(consent_records, RecordDecoder::new(registry), consent_topic, default_tenant);
-        let (changes, bad_consent) = parsed.ok_err::<Vec<ConsentChange>, _, Vec<DeadLetter>, _, _>(|r| r);
+        let (changes, bad_consent) = parsed.ok_err::<Vec<ConsentChange>, _, Vec<DeadLetter>, _, _>(|o| match o {
+            ConsentOutcome::Change(c) => Ok(c),
+            ConsentOutcome::Rejected(d) => Err(d),
+        });
         let consent_dead_lettered = epoch_sink(
             bad_consent,
             DeadLetterTopic { producer: consent_dead_letters, topic: consent_dead_letter_topic },

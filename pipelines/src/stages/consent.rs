@@ -11,8 +11,12 @@ use touchpoint_schemas::SourcePosition;
 use super::normalize::DeadLetter;
 use super::Epoch;
 
-/// Why the operator keeps both: changes go to the guardrails, rejects to the consent dead-letter topic.
-pub type ConsentOutcome = Result<ConsentChange, DeadLetter>;
+/// Changes go to the guardrails, rejects to the consent dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ConsentOutcome {
+    Change(ConsentChange),
+    Rejected(DeadLetter),
+}
 
 pub fn parse_consent_record<L: SchemaLookup>(
     decoder: &RecordDecoder<L>,
@@ -45,14 +49,17 @@ pub fn parse_consent_record<L: SchemaLookup>(
             }
         }
     };
-    parsed.map_err(|rejection| DeadLetter {
-        position,
-        key: record.key,
-        payload: record.payload,
-        reason_code: rejection.reason.code().to_string(),
-        message: rejection.message,
-        rejected_at_ms: chrono::Utc::now().timestamp_millis(),
-    })
+    match parsed {
+        Ok(change) => ConsentOutcome::Change(change),
+        Err(rejection) => ConsentOutcome::Rejected(DeadLetter {
+            position,
+            key: record.key,
+            payload: record.payload,
+            reason_code: rejection.reason.code().to_string(),
+            message: rejection.message,
+            rejected_at_ms: chrono::Utc::now().timestamp_millis(),
+        }),
+    }
 }
 
 pub fn parse_consent_stream<'s, L: SchemaLookup + 'static>(

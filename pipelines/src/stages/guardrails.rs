@@ -76,6 +76,9 @@ pub fn intents<'s>(
     )
 }
 
+/// What arrived for one epoch: its capability, the intents and the consent changes.
+type EpochInputs = (Capability<Epoch>, Vec<SendIntent>, Vec<ConsentChange>);
+
 /// The keyed state one worker holds.
 #[derive(Default)]
 pub struct GuardrailState {
@@ -96,8 +99,7 @@ pub fn guardrails<'s>(
         Exchange::new(|c: &ConsentChange| key_group(c.subject())),
         "Guardrails",
         move |_, _| {
-            let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<SendIntent>, Vec<ConsentChange>)> =
-                BTreeMap::new();
+            let mut pending: BTreeMap<Epoch, EpochInputs> = BTreeMap::new();
             let mut newest_event_ms = i64::MIN;
             let mut epochs_since_sweep = 0u32;
             move |(intents_in, intents_frontier), (consent_in, consent_frontier), output| {
