@@ -61,7 +61,7 @@ fn consent(i: usize, channel: &str, status: &str, at: &str) -> OutgoingRecord {
 /// Five promotional-email triggers and three push triggers per active subject, all on one local day,
 /// plus a receipt (transactional: exempt from caps, allowed without consent).
 fn events(i: usize, run: u32) -> Vec<OutgoingRecord> {
-    let tz = if i % 3 == 0 { "America/New_York" } else { "Europe/Berlin" };
+    let tz = if i.is_multiple_of(3) { "America/New_York" } else { "Europe/Berlin" };
     let mut out = Vec::new();
     let mut push = |event_type: &str, n: u32, minute: u32| {
         out.push(OutgoingRecord {
