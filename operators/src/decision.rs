@@ -34,11 +34,18 @@ pub struct Decision {
     pub cap: Option<CapVerdict>,
     /// Version of the cap rule set that decided.
     pub caps_version: String,
+    /// The same intent was allowed and counted before (decided again after a restart): allowed
+    /// again, not counted again.
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 impl Decision {
     /// A human explanation: which consent state, or which cap rule with its count and window.
     pub fn reason(&self) -> String {
+        if self.replayed {
+            return "already allowed and counted before a restart; not counted again".into();
+        }
         match (&self.kind, &self.cap) {
             (DecisionKind::SuppressedConsent, _) => format!("consent {}", self.consent.describe()),
             (_, Some(CapVerdict::Capped { rule_id, count, limit, window })) => {
@@ -60,10 +67,15 @@ pub fn decide(
 ) -> Decision {
     let verdict = consent.verdict(&intent.subject, intent.channel, intent.purpose, consent_config);
     let caps_version = caps.version().to_string();
-    if !verdict.allowed {
-        return Decision { intent, kind: DecisionKind::SuppressedConsent, consent: verdict, cap: None, caps_version };
+    if cap_state.already_counted(&intent.idempotency_key) {
+        let cap = Some(CapVerdict::Allowed);
+        return Decision { intent, kind: DecisionKind::Allowed, consent: verdict, cap, caps_version, replayed: true };
     }
-    let cap = caps.decide(
+    if !verdict.allowed {
+        let kind = DecisionKind::SuppressedConsent;
+        return Decision { intent, kind, consent: verdict, cap: None, caps_version, replayed: false };
+    }
+    let cap = caps.decide_keyed(
         cap_state,
         &CapQuery {
             channel: intent.channel,
@@ -72,10 +84,11 @@ pub fn decide(
             at_ms: intent.occurred_at_ms,
             time_zone: intent.time_zone.as_deref(),
         },
+        &intent.idempotency_key,
     );
     let kind =
         if matches!(cap, CapVerdict::Capped { .. }) { DecisionKind::SuppressedCap } else { DecisionKind::Allowed };
-    Decision { intent, kind, consent: verdict, cap: Some(cap), caps_version }
+    Decision { intent, kind, consent: verdict, cap: Some(cap), caps_version, replayed: false }
 }
 
 #[cfg(test)]
@@ -146,5 +159,12 @@ mod tests {
 
         let d = decide(intent("4", Purpose::Transactional, "transactional"), &table, &cfg, &caps, &mut state);
         assert_eq!(d.kind, DecisionKind::Allowed, "transactional: default allow, category exempt");
+
+        // The allowed intent "2", decided again after a restart, is allowed again and not counted twice.
+        let before = state.clone();
+        let d = decide(intent("2", Purpose::Marketing, "promo"), &table, &cfg, &caps, &mut state);
+        assert_eq!((d.kind, d.replayed), (DecisionKind::Allowed, true));
+        assert_eq!(state, before);
+        assert!(d.reason().starts_with("already allowed"));
     }
 }

@@ -144,11 +144,21 @@ pub enum CapVerdict {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectCaps {
     counters: BTreeMap<String, BTreeMap<i64, u32>>,
+    /// Idempotency keys of the counted sends still inside some window (→ event time). A decision made
+    /// again after a restart (its input re-read past the last committed offset) finds its key here and
+    /// is not counted twice.
+    #[serde(default)]
+    sent: BTreeMap<String, i64>,
 }
 
 impl SubjectCaps {
     pub fn is_empty(&self) -> bool {
-        self.counters.values().all(BTreeMap::is_empty)
+        self.counters.values().all(BTreeMap::is_empty) && self.sent.is_empty()
+    }
+
+    /// Was the send with this idempotency key already counted?
+    pub fn already_counted(&self, idempotency_key: &str) -> bool {
+        self.sent.contains_key(idempotency_key)
     }
 
     /// Number of counters held (for memory accounting).
@@ -217,6 +227,15 @@ impl FrequencyCaps {
         verdict
     }
 
+    /// Like [`Self::decide`], and remembers the send's idempotency key (see [`SubjectCaps::already_counted`]).
+    pub fn decide_keyed(&self, state: &mut SubjectCaps, q: &CapQuery<'_>, idempotency_key: &str) -> CapVerdict {
+        let verdict = self.decide(state, q);
+        if verdict == CapVerdict::Allowed && !self.rules.is_empty() {
+            state.sent.insert(idempotency_key.to_string(), q.at_ms);
+        }
+        verdict
+    }
+
     /// The verdict without counting.
     pub fn check(&self, state: &SubjectCaps, q: &CapQuery<'_>) -> CapVerdict {
         if self.exempt.contains(q.category) {
@@ -275,7 +294,21 @@ impl FrequencyCaps {
             *counters = counters.split_off(&keep_from);
         }
         state.counters.retain(|_, c| !c.is_empty());
+        let keep_sent_from = now_ms.saturating_sub(self.longest_reach_ms());
+        state.sent.retain(|_, at| *at >= keep_sent_from);
         state.is_empty()
+    }
+
+    /// How far back counters are kept: twice the longest rolling window, 15 days for calendar units.
+    fn longest_reach_ms(&self) -> i64 {
+        self.rules
+            .iter()
+            .map(|r| match r.window {
+                CapWindow::Rolling(w) => 2 * rolling(w).0,
+                CapWindow::Calendar(_) => 15 * 86_400_000,
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     fn time_zone(&self, name: Option<&str>) -> Tz {

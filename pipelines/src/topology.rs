@@ -19,7 +19,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use timely::dataflow::operators::core::{Concatenate, OkErr};
+use timely::dataflow::operators::core::{Concat, Concatenate, OkErr};
 use timely::dataflow::operators::vec::Filter;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
@@ -132,12 +132,24 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         );
         let outcomes =
             normalize(records, RecordDecoder::new(registry.clone()), normalizer, source_topic, tally.clone());
-        let (valid, rejected) = outcomes.ok_err::<Vec<NormalizedEvent>, _, Vec<DeadLetter>, _, _>(|o| match o {
-            Outcome::Event(e) => Ok(e),
-            Outcome::Rejected(d) => Err(d),
-        });
-        let unique = dedupe(valid, deduplicator, tally);
-        let stored = epoch_sink(unique.clone(), ClickHouseEvents { store: events }, runtime.clone());
+        let (valid, rejected) =
+            outcomes.ok_err::<Vec<(NormalizedEvent, bool)>, _, Vec<DeadLetter>, _, _>(|o| match o {
+                Outcome::Event(e, already_stored) => Ok((e, already_stored)),
+                Outcome::Rejected(d) => Err(d),
+            });
+        let deduplicated = dedupe(valid, deduplicator, tally);
+        // Events a previous run stored are not stored again, but still drive decisions (their effects
+        // may not have been durable when it died; the decision path is idempotent by key).
+        let (to_store, already_stored) =
+            deduplicated.ok_err::<Vec<NormalizedEvent>, _, Vec<NormalizedEvent>, _, _>(|(e, already_stored)| {
+                if already_stored {
+                    Err(e)
+                } else {
+                    Ok(e)
+                }
+            });
+        let unique = to_store.clone().concat(already_stored);
+        let stored = epoch_sink(to_store, ClickHouseEvents { store: events }, runtime.clone());
         let dead_lettered =
             epoch_sink(rejected, DeadLetterTopic { producer: dead_letters, topic: dead_letter_topic }, runtime.clone());
 

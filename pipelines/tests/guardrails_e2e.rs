@@ -260,3 +260,97 @@ fn consent_and_caps_hold_across_topics_partitions_and_a_restart() {
     // Both runs replay the consent table, so each bad record is dead-lettered once per run.
     assert_eq!(reasons, vec!["unknown_channel", "unknown_channel", "unknown_consent_status", "unknown_consent_status"]);
 }
+
+/// SIGKILL mid-stream, restart: consent and caps still hold. A send re-emitted for an intent decided
+/// again after the crash carries the same idempotency key (connectors deduplicate by it) and is not
+/// counted twice, so every subject still gets exactly its 2 promotional emails for the day.
+#[test]
+fn caps_and_consent_survive_a_sigkill() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let tp = TestPipeline::new(
+        "it_guard_kill",
+        &[("interval: 200ms", "interval: 20ms"), ("max_records: 50000", "max_records: 100")],
+    );
+    tp.prepare();
+    let subjects = 1_200;
+    let mut records = Vec::new();
+    for i in 0..subjects {
+        if matches!(group(i), Group::Granted | Group::Revoked) {
+            records.push(consent(i, "email", "granted", "2026-11-01T00:00:00Z"));
+        }
+    }
+    produce(&tp, &tp.config.topics.consent.name, records);
+    // Events are resumed after the kill: one record per producer batch (the local profile).
+    let events: Vec<OutgoingRecord> = (0..subjects)
+        .flat_map(|i| events(i, 0))
+        .map(|mut r| {
+            r.topic = tp.config.topics.events.name.clone();
+            r
+        })
+        .collect();
+    let rt = runtime();
+    rt.block_on(AckedProducer::new(&tp.config.kafka).unwrap().send_all(&events)).unwrap();
+
+    let binary = env!("CARGO_BIN_EXE_touchpoint");
+    let log = |n: &str| std::fs::File::create(std::env::temp_dir().join(format!("{}-{n}.log", tp.name))).unwrap();
+    let decisions =
+        || -> u64 { rt.block_on(tp.store().client().query("SELECT count() FROM decisions").fetch_one()).unwrap_or(0) };
+    let mut child = Command::new(binary)
+        .args(["run", "--config"])
+        .arg(&tp.path)
+        .args(["--workers", "2"])
+        .stdout(Stdio::null())
+        .stderr(log("killed"))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while decisions() < 2_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = decisions();
+    assert!(at_kill < (subjects * 9) as u64, "killed mid-stream ({at_kill} decisions)");
+
+    let status = Command::new(binary)
+        .args(["run", "--config"])
+        .arg(&tp.path)
+        .args(["--workers", "2", "--until-drained"])
+        .stdout(Stdio::null())
+        .stderr(log("restarted"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let all = sends(&tp);
+    let mut emails: HashMap<String, HashSet<String>> = HashMap::new();
+    for s in &all {
+        let i: usize = s.subject.trim_start_matches("s-").parse().unwrap();
+        if s.category == "promotional" {
+            assert!(matches!(group(i), Group::Granted | Group::Revoked), "send without consent: {s:?}");
+            if s.channel == "email" {
+                emails.entry(s.subject.clone()).or_default().insert(s.key.clone());
+            }
+        }
+    }
+    let consenting = (0..subjects).filter(|i| matches!(group(*i), Group::Granted | Group::Revoked)).count();
+    assert_eq!(emails.len(), consenting);
+    for (subject, keys) in &emails {
+        assert_eq!(keys.len(), 2, "{subject}: the daily cap of 2 held across the crash, no reset: {keys:?}");
+    }
+    // Every allowed decision's send is in the connector topics.
+    let allowed: Vec<String> = rt
+        .block_on(
+            tp.store()
+                .client()
+                .query("SELECT idempotency_key FROM decisions FINAL WHERE decision = 'allowed'")
+                .fetch_all(),
+        )
+        .unwrap();
+    let sent: HashSet<&str> = all.iter().map(|s| s.key.as_str()).collect();
+    assert!(allowed.iter().all(|k| sent.contains(k.as_str())));
+    let total: u64 = rt.block_on(tp.store().client().query("SELECT count() FROM decisions FINAL").fetch_one()).unwrap();
+    assert_eq!(total, (subjects * 9) as u64, "one decision per intent");
+}

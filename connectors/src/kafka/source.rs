@@ -46,6 +46,9 @@ pub struct SourceRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub timestamp_ms: Option<i64>,
+    /// Set by the pipeline: a previous run already stored this record's event (re-read after a crash).
+    /// It must still drive decisions whose effects may not have been durable, but not be stored again.
+    pub already_stored: bool,
 }
 
 pub struct PartitionSource {
@@ -179,6 +182,7 @@ impl PartitionSource {
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
             timestamp_ms: message.timestamp().to_millis(),
+            already_stored: false,
         }))
     }
 

@@ -20,13 +20,16 @@ pub fn owner(tenant_id: &str, event_id: &str, peers: usize) -> usize {
     (route(tenant_id, event_id) % peers as u64) as usize
 }
 
+/// Input and output: events with their "already stored by a previous run" flag. Flagged events were
+/// unique when first stored (their ids are in the restored state), so they pass without a check and
+/// without being counted again: they only feed the decisions downstream, not the events table.
 pub fn dedupe<'s>(
-    events: Stream<'s, Epoch, Vec<NormalizedEvent>>,
+    events: Stream<'s, Epoch, Vec<(NormalizedEvent, bool)>>,
     mut deduplicator: EventDeduplicator,
     tally: TallyBook,
-) -> Stream<'s, Epoch, Vec<NormalizedEvent>> {
-    events.unary::<timely::container::CapacityContainerBuilder<Vec<NormalizedEvent>>, _, _, _>(
-        Exchange::new(|e: &NormalizedEvent| route(&e.tenant_id, &e.event_id)),
+) -> Stream<'s, Epoch, Vec<(NormalizedEvent, bool)>> {
+    events.unary::<timely::container::CapacityContainerBuilder<Vec<(NormalizedEvent, bool)>>, _, _, _>(
+        Exchange::new(|(e, _): &(NormalizedEvent, bool)| route(&e.tenant_id, &e.event_id)),
         "Dedupe",
         move |_, _| {
             move |input, output| {
@@ -36,10 +39,12 @@ pub fn dedupe<'s>(
                     let mut session = output.session(&cap);
                     let (mut unique, mut duplicates) = (0u64, 0u64);
                     for batch in data {
-                        for event in batch.drain(..) {
-                            if deduplicator.first_seen(dedupe_key(&event.tenant_id, &event.event_id), now_ms) {
+                        for (event, already_stored) in batch.drain(..) {
+                            if already_stored {
+                                session.give((event, true));
+                            } else if deduplicator.first_seen(dedupe_key(&event.tenant_id, &event.event_id), now_ms) {
                                 unique += 1;
-                                session.give(event);
+                                session.give((event, false));
                             } else {
                                 duplicates += 1;
                             }

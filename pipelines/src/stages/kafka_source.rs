@@ -25,7 +25,7 @@ const READ_BUDGET: usize = 4096;
 /// State shared between the source operator and the worker loop.
 pub struct SourceState {
     pub source: PartitionSource,
-    /// (partition, offset) of records a previous run already stored: skipped, counted.
+    /// (partition, offset) of records a previous run already stored: flagged (not stored again), counted.
     pub already_stored: HashSet<(i32, i64)>,
     /// Epoch → the next offset per partition after that epoch (what to commit once it is durable).
     pub closed: BTreeMap<Epoch, Vec<(i32, i64)>>,
@@ -142,7 +142,7 @@ pub fn kafka_source<'s>(
                         && (restoring || in_epoch < epochs.max_records)
                     {
                         match st.source.poll(Duration::ZERO) {
-                            Ok(Some(record)) => {
+                            Ok(Some(mut record)) => {
                                 read += 1;
                                 in_epoch += 1;
                                 last_record = Instant::now();
@@ -154,9 +154,8 @@ pub fn kafka_source<'s>(
                                     });
                                 }
                                 restored += u64::from(restoring);
-                                if !skip {
-                                    session.give(record);
-                                }
+                                record.already_stored = skip;
+                                session.give(record);
                             }
                             Ok(None) => break,
                             Err(

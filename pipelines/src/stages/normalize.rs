@@ -50,7 +50,8 @@ impl DeadLetter {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
-    Event(NormalizedEvent),
+    /// A valid event; `true` when a previous run already stored it (see `SourceRecord::already_stored`).
+    Event(NormalizedEvent, bool),
     Rejected(DeadLetter),
 }
 
@@ -64,6 +65,7 @@ pub fn normalize_record<L: SchemaLookup>(
 ) -> Outcome {
     let position = SourcePosition { topic: topic.to_string(), partition: record.partition, offset: record.offset };
     let payload = record.payload.as_deref().unwrap_or_default();
+    let already_stored = record.already_stored;
     let mut backoff = Duration::from_millis(100);
     let decoded = loop {
         match decoder.decode(payload) {
@@ -82,7 +84,7 @@ pub fn normalize_record<L: SchemaLookup>(
         Err(DecodeError::Retry(_)) => unreachable!("retried above"),
     };
     match result {
-        Ok(event) => Outcome::Event(event),
+        Ok(event) => Outcome::Event(event, already_stored),
         Err(rejection) => Outcome::Rejected(DeadLetter {
             position,
             key: record.key,
