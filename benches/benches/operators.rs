@@ -65,5 +65,96 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+fn guardrails(c: &mut Criterion) {
+    use std::time::Duration;
+    use touchpoint_operators::consent::{
+        Channel, ConsentChange, ConsentConfig, ConsentStatus, ConsentTable, Purpose, SubjectRef,
+    };
+    use touchpoint_operators::frequency_cap::{
+        CalendarUnit, CapQuery, CapRule, CapWindow, CapsConfig, FrequencyCaps, SubjectCaps,
+    };
+
+    let subjects: Vec<SubjectRef> =
+        (0..100_000).map(|i| SubjectRef { tenant_id: "acme".into(), subject_id: format!("user-{i}") }).collect();
+    let mut table = ConsentTable::new();
+    for (i, s) in subjects.iter().enumerate() {
+        table.apply(&ConsentChange::Set {
+            subject: s.clone(),
+            channel: Channel::Email,
+            purpose: Purpose::Marketing,
+            status: if i % 3 == 0 { ConsentStatus::Denied } else { ConsentStatus::Granted },
+            updated_at_ms: 1,
+            source: String::new(),
+        });
+    }
+    let config = ConsentConfig::default();
+    let mut group = c.benchmark_group("consent");
+    group.throughput(Throughput::Elements(subjects.len() as u64));
+    group.bench_function("verdict", |b| {
+        b.iter(|| {
+            subjects.iter().filter(|s| table.verdict(s, Channel::Email, Purpose::Marketing, &config).allowed).count()
+        })
+    });
+    group.finish();
+
+    let caps = FrequencyCaps::new(&CapsConfig {
+        rules: vec![
+            CapRule {
+                id: "email-daily".into(),
+                channel: Some(Channel::Email),
+                category: Some("promotional".into()),
+                tag: None,
+                limit: 2,
+                window: CapWindow::Calendar(CalendarUnit::Day),
+            },
+            CapRule {
+                id: "hourly".into(),
+                channel: None,
+                category: None,
+                tag: None,
+                limit: 3,
+                window: CapWindow::Rolling(Duration::from_secs(3600)),
+            },
+            CapRule {
+                id: "weekly".into(),
+                channel: None,
+                category: None,
+                tag: None,
+                limit: 10,
+                window: CapWindow::Calendar(CalendarUnit::Week),
+            },
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let keys: Vec<String> = (0..10_000).map(|i| format!("tpk-{i}")).collect();
+    let mut group = c.benchmark_group("frequency_caps");
+    group.throughput(Throughput::Elements(keys.len() as u64));
+    group.bench_function("decide_keyed (1,000 subjects x 10 intents, Berlin days)", |b| {
+        b.iter_batched(
+            || vec![SubjectCaps::default(); 1_000],
+            |mut states| {
+                let mut allowed = 0;
+                for (i, key) in keys.iter().enumerate() {
+                    let q = CapQuery {
+                        channel: Channel::Email,
+                        category: "promotional",
+                        tags: &[],
+                        at_ms: 1_795_600_800_000 + (i as i64) * 60_000,
+                        time_zone: Some("Europe/Berlin"),
+                    };
+                    allowed += usize::from(
+                        caps.decide_keyed(&mut states[i % 1_000], &q, key)
+                            == touchpoint_operators::frequency_cap::CapVerdict::Allowed,
+                    );
+                }
+                allowed
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, guardrails);
 criterion_main!(benches);

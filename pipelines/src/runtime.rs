@@ -269,7 +269,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
 
 /// Reads the cap changelog (latest value per subject wins; a tombstone forgets) and groups the state
 /// by owning worker, keeping the workers of this process.
-fn restore_caps(
+pub fn restore_caps(
     config: &PipelineConfig,
     peers: usize,
     local_workers: std::ops::Range<usize>,
