@@ -16,7 +16,7 @@
 //! little early near bucket edges (at most one bucket, 1/60 of the window). For in-order streams the
 //! interval after `t` is empty.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{Datelike, TimeZone};
@@ -139,31 +139,56 @@ pub enum CapVerdict {
     },
 }
 
-/// Per-subject counters: per rule (keyed by rule id and window, so that counters survive edits of
-/// other rules and a rule whose window changes starts afresh), bucket or period → sends.
+/// Per-subject counters: per rule (keyed by a hash of rule id and window, so that counters survive
+/// edits of other rules and a rule whose window changes starts afresh), slot → sends. Small sorted
+/// vectors rather than maps: a subject holds a handful of slots, and this is kept for millions of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectCaps {
-    counters: BTreeMap<String, BTreeMap<i64, u32>>,
-    /// Idempotency keys of the counted sends still inside some window (→ event time). A decision made
-    /// again after a restart (its input re-read past the last committed offset) finds its key here and
-    /// is not counted twice.
+    counters: Vec<(u64, Vec<(i64, u32)>)>,
+    /// Hashes of the idempotency keys of counted sends still inside some window, with their event
+    /// time. A decision made again after a restart (its input re-read past the last committed offset)
+    /// finds its key here and is not counted twice.
     #[serde(default)]
-    sent: BTreeMap<String, i64>,
+    sent: Vec<(u64, i64)>,
+}
+
+fn key_hash(idempotency_key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(idempotency_key.as_bytes())
 }
 
 impl SubjectCaps {
     pub fn is_empty(&self) -> bool {
-        self.counters.values().all(BTreeMap::is_empty) && self.sent.is_empty()
+        self.counters.iter().all(|(_, c)| c.is_empty()) && self.sent.is_empty()
     }
 
     /// Was the send with this idempotency key already counted?
     pub fn already_counted(&self, idempotency_key: &str) -> bool {
-        self.sent.contains_key(idempotency_key)
+        let h = key_hash(idempotency_key);
+        self.sent.iter().any(|(k, _)| *k == h)
     }
 
     /// Number of counters held (for memory accounting).
     pub fn counter_count(&self) -> usize {
-        self.counters.values().map(BTreeMap::len).sum()
+        self.counters.iter().map(|(_, c)| c.len()).sum()
+    }
+
+    fn slots(&self, rule: u64) -> Option<&Vec<(i64, u32)>> {
+        self.counters.iter().find(|(k, _)| *k == rule).map(|(_, c)| c)
+    }
+
+    fn add(&mut self, rule: u64, slot: i64) {
+        let slots = match self.counters.iter().position(|(k, _)| *k == rule) {
+            Some(i) => &mut self.counters[i].1,
+            None => {
+                self.counters.push((rule, Vec::with_capacity(1)));
+                let last = self.counters.len() - 1;
+                &mut self.counters[last].1
+            }
+        };
+        match slots.binary_search_by_key(&slot, |(s, _)| *s) {
+            Ok(i) => slots[i].1 += 1,
+            Err(i) => slots.insert(i, (slot, 1)),
+        }
     }
 }
 
@@ -172,7 +197,7 @@ impl SubjectCaps {
 pub struct FrequencyCaps {
     rules: Vec<CapRule>,
     /// Per rule: the key of its counters in [`SubjectCaps`].
-    state_keys: Vec<String>,
+    state_keys: Vec<u64>,
     default_tz: Tz,
     exempt: HashSet<String>,
     version: String,
@@ -202,7 +227,7 @@ impl FrequencyCaps {
         let version = format!("caps-{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()));
         Ok(FrequencyCaps {
             rules: config.rules.clone(),
-            state_keys: config.rules.iter().map(|r| format!("{}@{}", r.id, r.window.describe())).collect(),
+            state_keys: config.rules.iter().map(|r| key_hash(&format!("{}@{}", r.id, r.window.describe()))).collect(),
             default_tz,
             exempt: config.exempt_categories.iter().cloned().collect(),
             version,
@@ -231,7 +256,7 @@ impl FrequencyCaps {
     pub fn decide_keyed(&self, state: &mut SubjectCaps, q: &CapQuery<'_>, idempotency_key: &str) -> CapVerdict {
         let verdict = self.decide(state, q);
         if verdict == CapVerdict::Allowed && !self.rules.is_empty() {
-            state.sent.insert(idempotency_key.to_string(), q.at_ms);
+            state.sent.push((key_hash(idempotency_key), q.at_ms));
         }
         verdict
     }
@@ -246,12 +271,11 @@ impl FrequencyCaps {
             if !applies(rule, q) {
                 continue;
             }
-            let counters = state.counters.get(&self.state_keys[i]);
-            let count: u32 = match counters {
+            let count: u32 = match state.slots(self.state_keys[i]) {
                 None => 0,
                 Some(c) => {
                     let (lo, hi) = span(&rule.window, q.at_ms, tz);
-                    c.range(lo..=hi).map(|(_, n)| *n).sum()
+                    c.iter().filter(|(s, _)| (lo..=hi).contains(s)).map(|(_, n)| *n).sum()
                 }
             };
             if count >= rule.limit {
@@ -270,8 +294,7 @@ impl FrequencyCaps {
         let tz = self.time_zone(q.time_zone);
         for (rule, key) in self.rules.iter().zip(&self.state_keys) {
             if applies(rule, q) {
-                let counters = state.counters.entry(key.clone()).or_default();
-                *counters.entry(slot(&rule.window, q.at_ms, tz)).or_default() += 1;
+                state.add(*key, slot(&rule.window, q.at_ms, tz));
             }
         }
     }
@@ -280,9 +303,9 @@ impl FrequencyCaps {
     /// holds nothing any more (its state can be removed).
     pub fn expire(&self, state: &mut SubjectCaps, now_ms: i64) -> bool {
         // Counters of rules that no longer exist are dropped.
-        state.counters.retain(|k, _| self.state_keys.contains(k));
+        state.counters.retain(|(k, _)| self.state_keys.contains(k));
         for (rule, key) in self.rules.iter().zip(&self.state_keys) {
-            let Some(counters) = state.counters.get_mut(key) else { continue };
+            let Some((_, counters)) = state.counters.iter_mut().find(|(k, _)| k == key) else { continue };
             let keep_from = match rule.window {
                 CapWindow::Rolling(w) => {
                     let (w, b) = rolling(w);
@@ -291,11 +314,11 @@ impl FrequencyCaps {
                 // Periods are local days or week-start days: keep two weeks back of day numbers.
                 CapWindow::Calendar(_) => (now_ms - 15 * 86_400_000).div_euclid(86_400_000),
             };
-            *counters = counters.split_off(&keep_from);
+            counters.retain(|(slot, _)| *slot >= keep_from);
         }
-        state.counters.retain(|_, c| !c.is_empty());
+        state.counters.retain(|(_, c)| !c.is_empty());
         let keep_sent_from = now_ms.saturating_sub(self.longest_reach_ms());
-        state.sent.retain(|_, at| *at >= keep_sent_from);
+        state.sent.retain(|(_, at)| *at >= keep_sent_from);
         state.is_empty()
     }
 
