@@ -13,12 +13,15 @@ CONFIG="$ROOT/pipelines/config/local.yaml"
 CLICKHOUSE="${TOUCHPOINT_CLICKHOUSE_URL:-http://127.0.0.1:18123}"
 export TOUCHPOINT_CLICKHOUSE_DATABASE="${TOUCHPOINT_CLICKHOUSE_DATABASE:-touchpoint_demo}"
 
+# A fresh stack: the local broker keeps topics in memory only, so a restart empties them (consent,
+# changelogs, offsets) and every demo run starts from the same state.
+"$ROOT/deploy/scripts/stack.sh" stop
 "$ROOT/deploy/scripts/stack.sh" start
 cargo build --release -p touchpoint
 TP="$ROOT/target/release/touchpoint"
 
-# The local broker keeps topics in memory only, so every demo starts from empty topics: start from an
-# empty database too (its rows would otherwise refer to offsets of the previous broker's topics).
+# Empty topics, so an empty database too (its rows would otherwise refer to offsets of the previous
+# broker's topics).
 curl -fsS "$CLICKHOUSE" --data-binary "DROP DATABASE IF EXISTS $TOUCHPOINT_CLICKHOUSE_DATABASE" >/dev/null
 "$TP" migrate --config "$CONFIG"
 "$TP" topics --config "$CONFIG"
@@ -30,9 +33,17 @@ echo
 echo "== ClickHouse: events by type (${TOUCHPOINT_CLICKHOUSE_DATABASE}.events)"
 q "SELECT event_type, count() AS events, uniqExact(subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.events GROUP BY event_type ORDER BY events DESC"
 echo
+echo "== ClickHouse: decisions on send intents (${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions)"
+q "SELECT intent_rule, decision, count() AS intents FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL GROUP BY intent_rule, decision ORDER BY intent_rule, decision"
+echo
+echo "== Why were sends suppressed? (top reasons)"
+q "SELECT reason, count() AS intents FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL WHERE decision != 'allowed' GROUP BY reason ORDER BY intents DESC LIMIT 5"
+echo
 echo "== Dead-letter topic: first records (touchpoint tail shows them all)"
 # (head closes the pipe early; that is not a failure of the demo)
 "$TP" tail --config "$CONFIG" 2>/dev/null | head -3 || true
 echo
 echo "Try next:"
 echo "  curl $CLICKHOUSE --data-binary \"SELECT toDate(occurred_at) AS day, event_type, count() FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.events GROUP BY day, event_type ORDER BY day, event_type FORMAT PrettyCompact\""
+echo "  curl $CLICKHOUSE --data-binary \"SELECT occurred_at, intent_rule, decision, reason FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL WHERE subject_id = 'user-42' ORDER BY occurred_at FORMAT PrettyCompact\""
+echo "  $TP tail --config $CONFIG --topic connector.email | head"

@@ -390,6 +390,37 @@ fn malformed_record(
     GeneratedRecord { key, payload, expected }
 }
 
+/// Consent grants (email and push marketing) for a share of the generator's subjects, in each tenant
+/// the generator uses, as records for the consent topic (key `tenant/subject`).
+pub fn consent_grants(
+    subjects: usize,
+    share: f64,
+    seed: u64,
+    topic: &str,
+) -> Vec<touchpoint_connectors::kafka::OutgoingRecord> {
+    let mut rng = Rng(seed ^ 0xc0_05e7);
+    let mut out = Vec::new();
+    for n in 0..subjects {
+        if !rng.chance(share) {
+            continue;
+        }
+        for tenant in ["acme", "globex", "default"] {
+            for channel in ["email", "push"] {
+                let value = json!({"subject_id": format!("user-{n}"), "tenant_id": tenant, "channel": channel,
+                                   "purpose": "marketing", "status": "granted", "updated_at": "2026-01-01T00:00:00Z",
+                                   "source": "generator"});
+                out.push(touchpoint_connectors::kafka::OutgoingRecord {
+                    topic: topic.to_string(),
+                    key: Some(format!("{tenant}/user-{n}").into_bytes()),
+                    payload: Some(value.to_string().into_bytes()),
+                    headers: vec![],
+                });
+            }
+        }
+    }
+    out
+}
+
 /// A generated record and the (partition, offset) the broker gave it.
 pub type ProducedRecord = (GeneratedRecord, (i32, i64));
 

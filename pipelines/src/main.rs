@@ -78,6 +78,9 @@ enum Command {
         /// Write what the pipeline should do with each record (JSON lines) to this file.
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Share of subjects granted email and push marketing consent (records to the consent topic).
+        #[arg(long, default_value_t = 0.6)]
+        consent_share: f64,
     },
     /// Produce records from standard input, one per line, to the source topic (or --topic). The key is
     /// the line's `subject_id` when the line is a JSON object that has one.
@@ -165,6 +168,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             mix,
             manifest,
+            consent_share,
         } => {
             let c = load(&config)?;
             let topic = c.topics.events.name.clone();
@@ -179,6 +183,10 @@ fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let rt = runtime()?;
+            let consent = touchpoint::generate::consent_grants(subjects, consent_share, seed, &c.topics.consent.name);
+            rt.block_on(ensure_topics(&c.kafka, &c.topics.all()))?;
+            rt.block_on(AckedProducer::new(&c.kafka)?.send_all(&consent))?;
+            println!("produced {} consent records to {}", consent.len(), c.topics.consent.name);
             let (schema_id, produced) = produce_generated(&c, &c.kafka, &gen_config, rt.handle())?;
             if let Some(path) = manifest {
                 let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
