@@ -48,18 +48,8 @@ impl RejectReason {
         RejectReason::UnknownConsentStatus,
     ];
 
-    /// The reasons a `marketing.events` record can be rejected for.
-    pub const EVENT: [RejectReason; 9] = [
-        RejectReason::MalformedPayload,
-        RejectReason::UnknownSchema,
-        RejectReason::MissingField,
-        RejectReason::InvalidFieldType,
-        RejectReason::InvalidTimestamp,
-        RejectReason::TimestampInFuture,
-        RejectReason::InvalidSubjectId,
-        RejectReason::InvalidEventType,
-        RejectReason::UnknownEventType,
-    ];
+    /// The reasons a `marketing.events` record can be rejected for (the first nine of [`Self::ALL`]).
+    pub const EVENT: &'static [RejectReason] = Self::ALL.split_at(9).0;
 
     /// The stable code written to `tp.error.code`.
     pub fn code(self) -> &'static str {
@@ -112,5 +102,15 @@ mod tests {
             assert_eq!(RejectReason::from_code(r.code()), Some(r));
         }
         assert_eq!(RejectReason::from_code("nope"), None);
+    }
+
+    #[test]
+    fn event_reasons_exclude_consent_only_ones() {
+        assert_eq!(RejectReason::EVENT.len(), 9);
+        for consent_only in
+            [RejectReason::UnknownChannel, RejectReason::UnknownPurpose, RejectReason::UnknownConsentStatus]
+        {
+            assert!(!RejectReason::EVENT.contains(&consent_only));
+        }
     }
 }
