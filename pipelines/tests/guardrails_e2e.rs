@@ -212,7 +212,8 @@ fn consent_and_caps_hold_across_topics_partitions_and_a_restart() {
             other => panic!("unexpected channel {other}"),
         }
     }
-    assert!(per_day.values().all(|n| *n <= 2), "promotional email cap exceeded");
+    let over: Vec<_> = per_day.iter().filter(|(_, n)| **n > 2).take(5).collect();
+    assert!(over.is_empty(), "promotional email cap exceeded: {over:?}");
     for times in pushes.values_mut() {
         times.sort_unstable();
         assert!(times.windows(2).all(|w| w[1] - w[0] >= 3_600_000), "push cap exceeded: {times:?}");

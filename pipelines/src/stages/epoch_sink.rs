@@ -5,7 +5,7 @@
 //! writes are retried with backoff, forever: a sink outage shows as growing lag, never as loss). A probe
 //! after the sinks therefore tells the source which epochs are durable, and only those are committed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,11 @@ use super::Epoch;
 pub trait BatchWriter<D>: Send + Sync + 'static {
     /// Short name for logs.
     fn name(&self) -> &'static str;
+    /// Must epochs be written one after the other, in epoch order? (A changelog read back as "latest
+    /// record per key wins" must never have an older epoch's record land after a newer one.)
+    fn ordered(&self) -> bool {
+        false
+    }
     fn write(&self, epoch: Epoch, batch: Arc<Vec<D>>) -> BoxFuture<'static, anyhow::Result<()>>;
 }
 
@@ -50,6 +55,9 @@ where
             let (done_tx, done_rx) = mpsc::channel::<Epoch>();
             let mut collecting: BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)> = BTreeMap::new();
             let mut writing: HashMap<Epoch, Capability<Epoch>> = HashMap::new();
+            let mut ready: VecDeque<(Epoch, Arc<Vec<D>>)> = VecDeque::new();
+            let mut in_progress = 0usize;
+            let ordered = writer.ordered();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
@@ -61,14 +69,26 @@ where
                     }
                 });
 
-                // Epochs the input frontier has passed are complete: write them.
+                // Epochs the input frontier has passed are complete: queue them for writing.
                 while let Some((&epoch, _)) = collecting.first_key_value() {
                     if frontier.frontier().less_equal(&epoch) {
                         break;
                     }
                     let Some((cap, batch)) = collecting.remove(&epoch) else { break };
                     writing.insert(epoch, cap);
-                    let batch = Arc::new(batch);
+                    ready.push_back((epoch, Arc::new(batch)));
+                }
+
+                // Durable epochs release their capability, which lets the probe (and commits) advance.
+                while let Ok(epoch) = done_rx.try_recv() {
+                    writing.remove(&epoch);
+                    in_progress = in_progress.saturating_sub(1);
+                }
+
+                // Start writes: all at once, or one at a time in epoch order for ordered sinks.
+                while !(ordered && in_progress > 0) {
+                    let Some((epoch, batch)) = ready.pop_front() else { break };
+                    in_progress += 1;
                     let (writer, done, activator) = (writer.clone(), done_tx.clone(), activator.clone());
                     runtime.spawn(async move {
                         let mut attempt = 0u32;
@@ -98,11 +118,6 @@ where
                         let _ = done.send(epoch);
                         let _ = activator.activate();
                     });
-                }
-
-                // Durable epochs release their capability, which lets the probe (and commits) advance.
-                while let Ok(epoch) = done_rx.try_recv() {
-                    writing.remove(&epoch);
                 }
             }
         },

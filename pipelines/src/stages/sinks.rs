@@ -144,6 +144,11 @@ impl BatchWriter<super::guardrails::CapSnapshot> for CapsChangelog {
         "CapsChangelog"
     }
 
+    /// Restores keep the last record per key: epochs must land in order.
+    fn ordered(&self) -> bool {
+        true
+    }
+
     fn write(
         &self,
         _epoch: Epoch,
