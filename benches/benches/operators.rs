@@ -66,13 +66,10 @@ fn bench(c: &mut Criterion) {
 }
 
 fn guardrails(c: &mut Criterion) {
-    use std::time::Duration;
     use touchpoint_operators::consent::{
         Channel, ConsentChange, ConsentConfig, ConsentStatus, ConsentTable, Purpose, SubjectRef,
     };
-    use touchpoint_operators::frequency_cap::{
-        CalendarUnit, CapQuery, CapRule, CapWindow, CapsConfig, FrequencyCaps, SubjectCaps,
-    };
+    use touchpoint_operators::frequency_cap::{CapQuery, SubjectCaps};
 
     let subjects: Vec<SubjectRef> =
         (0..100_000).map(|i| SubjectRef { tenant_id: "acme".into(), subject_id: format!("user-{i}") }).collect();
@@ -97,36 +94,7 @@ fn guardrails(c: &mut Criterion) {
     });
     group.finish();
 
-    let caps = FrequencyCaps::new(&CapsConfig {
-        rules: vec![
-            CapRule {
-                id: "email-daily".into(),
-                channel: Some(Channel::Email),
-                category: Some("promotional".into()),
-                tag: None,
-                limit: 2,
-                window: CapWindow::Calendar(CalendarUnit::Day),
-            },
-            CapRule {
-                id: "hourly".into(),
-                channel: None,
-                category: None,
-                tag: None,
-                limit: 3,
-                window: CapWindow::Rolling(Duration::from_secs(3600)),
-            },
-            CapRule {
-                id: "weekly".into(),
-                channel: None,
-                category: None,
-                tag: None,
-                limit: 10,
-                window: CapWindow::Calendar(CalendarUnit::Week),
-            },
-        ],
-        ..Default::default()
-    })
-    .unwrap();
+    let caps = touchpoint_benches::sample_caps();
     let keys: Vec<String> = (0..10_000).map(|i| format!("tpk-{i}")).collect();
     let mut group = c.benchmark_group("frequency_caps");
     group.throughput(Throughput::Elements(keys.len() as u64));

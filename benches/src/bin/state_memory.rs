@@ -14,9 +14,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Parser;
 use touchpoint_operators::consent::{Channel, ConsentChange, ConsentStatus, ConsentTable, Purpose, SubjectRef};
-use touchpoint_operators::frequency_cap::{
-    CalendarUnit, CapQuery, CapRule, CapWindow, CapsConfig, FrequencyCaps, SubjectCaps,
-};
+use touchpoint_operators::frequency_cap::{CapQuery, SubjectCaps};
 
 struct Counting;
 
@@ -48,39 +46,6 @@ struct Args {
     restore: bool,
 }
 
-fn caps() -> FrequencyCaps {
-    FrequencyCaps::new(&CapsConfig {
-        rules: vec![
-            CapRule {
-                id: "email-promo-daily".into(),
-                channel: Some(Channel::Email),
-                category: Some("promotional".into()),
-                tag: None,
-                limit: 2,
-                window: CapWindow::Calendar(CalendarUnit::Day),
-            },
-            CapRule {
-                id: "push-hourly".into(),
-                channel: Some(Channel::Push),
-                category: None,
-                tag: None,
-                limit: 1,
-                window: CapWindow::Rolling(std::time::Duration::from_secs(3600)),
-            },
-            CapRule {
-                id: "all-weekly".into(),
-                channel: None,
-                category: None,
-                tag: None,
-                limit: 10,
-                window: CapWindow::Calendar(CalendarUnit::Week),
-            },
-        ],
-        ..Default::default()
-    })
-    .expect("valid caps")
-}
-
 fn subject(i: usize) -> SubjectRef {
     SubjectRef { tenant_id: "acme".into(), subject_id: format!("user-{i}") }
 }
@@ -106,7 +71,7 @@ fn main() -> Result<()> {
     let consent_bytes = LIVE.load(Ordering::Relaxed) - before;
 
     // Each subject: one promotional email and one push today (2 counted sends, 3 rules).
-    let caps = caps();
+    let caps = touchpoint_benches::sample_caps();
     let before = LIVE.load(Ordering::Relaxed);
     let mut states: std::collections::HashMap<SubjectRef, SubjectCaps> = std::collections::HashMap::new();
     for i in 0..n {

@@ -5,10 +5,10 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::Stream;
 use touchpoint_connectors::kafka::SourceRecord;
 use touchpoint_operators::consent::{parse_consent, parse_tombstone_key, ConsentChange};
-use touchpoint_operators::{DecodeError, RecordDecoder, SchemaLookup};
+use touchpoint_operators::{RecordDecoder, SchemaLookup};
 use touchpoint_schemas::SourcePosition;
 
-use super::normalize::DeadLetter;
+use super::normalize::{decode_with_retry, DeadLetter};
 use super::Epoch;
 
 /// Changes go to the guardrails, rejects to the consent dead-letter topic.
@@ -35,30 +35,14 @@ pub fn parse_consent_record<L: SchemaLookup>(
             )),
         },
         Some(payload) => {
-            let mut backoff = std::time::Duration::from_millis(100);
-            loop {
-                match decoder.decode(payload) {
-                    Ok(fields) => break parse_consent(&fields, default_tenant),
-                    Err(DecodeError::Reject(r)) => break Err(r),
-                    Err(DecodeError::Retry(why)) => {
-                        tracing::warn!(%why, "schema registry unavailable; retrying consent record");
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                    }
-                }
-            }
+            decode_with_retry(decoder, payload, &position).and_then(|fields| parse_consent(&fields, default_tenant))
         }
     };
     match parsed {
         Ok(change) => ConsentOutcome::Change(change),
-        Err(rejection) => ConsentOutcome::Rejected(DeadLetter {
-            position,
-            key: record.key,
-            payload: record.payload,
-            reason_code: rejection.reason.code().to_string(),
-            message: rejection.message,
-            rejected_at_ms: chrono::Utc::now().timestamp_millis(),
-        }),
+        Err(rejection) => {
+            ConsentOutcome::Rejected(DeadLetter::of(record, position, rejection, chrono::Utc::now().timestamp_millis()))
+        }
     }
 }
 

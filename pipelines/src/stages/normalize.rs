@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::Stream;
 use touchpoint_connectors::kafka::{OutgoingRecord, SourceRecord};
-use touchpoint_operators::{DecodeError, Normalizer, RecordDecoder, SchemaLookup};
+use touchpoint_operators::{DecodeError, Normalizer, RecordDecoder, Rejection, SchemaLookup};
 use touchpoint_schemas::reject::headers;
 use touchpoint_schemas::{NormalizedEvent, RejectReason, SourcePosition};
 
@@ -55,8 +56,43 @@ pub enum Outcome {
     Rejected(DeadLetter),
 }
 
-/// Decodes and normalizes one record. A schema registry outage blocks here and retries (the record is
-/// not at fault, and later records of its partition must not overtake it).
+/// Decodes a payload (JSON or Confluent Avro). A schema registry outage blocks here and retries with
+/// backoff: the record is not at fault, and later records of its partition must not overtake it.
+pub fn decode_with_retry<L: SchemaLookup>(
+    decoder: &RecordDecoder<L>,
+    payload: &[u8],
+    position: &SourcePosition,
+) -> Result<Map<String, Value>, Rejection> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match decoder.decode(payload) {
+            Ok(fields) => return Ok(fields),
+            Err(DecodeError::Reject(r)) => return Err(r),
+            Err(DecodeError::Retry(why)) => {
+                tracing::warn!(%why, topic = %position.topic, partition = position.partition, offset = position.offset,
+                    "schema registry unavailable; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl DeadLetter {
+    /// The dead letter of a source record: its original key and bytes, and why it was rejected.
+    pub fn of(record: SourceRecord, position: SourcePosition, rejection: Rejection, rejected_at_ms: i64) -> Self {
+        DeadLetter {
+            position,
+            key: record.key,
+            payload: record.payload,
+            reason_code: rejection.reason.code().to_string(),
+            message: rejection.message,
+            rejected_at_ms,
+        }
+    }
+}
+
+/// Decodes and normalizes one record.
 pub fn normalize_record<L: SchemaLookup>(
     decoder: &RecordDecoder<L>,
     normalizer: &Normalizer,
@@ -64,35 +100,11 @@ pub fn normalize_record<L: SchemaLookup>(
     record: SourceRecord,
 ) -> Outcome {
     let position = SourcePosition { topic: topic.to_string(), partition: record.partition, offset: record.offset };
-    let payload = record.payload.as_deref().unwrap_or_default();
-    let already_stored = record.already_stored;
-    let mut backoff = Duration::from_millis(100);
-    let decoded = loop {
-        match decoder.decode(payload) {
-            Err(DecodeError::Retry(why)) => {
-                tracing::warn!(%why, partition = record.partition, offset = record.offset, "schema registry unavailable; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            other => break other,
-        }
-    };
+    let decoded = decode_with_retry(decoder, record.payload.as_deref().unwrap_or_default(), &position);
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let result = match decoded {
-        Ok(fields) => normalizer.normalize(fields, position.clone(), now_ms),
-        Err(DecodeError::Reject(r)) => Err(r),
-        Err(DecodeError::Retry(_)) => unreachable!("retried above"),
-    };
-    match result {
-        Ok(event) => Outcome::Event(event, already_stored),
-        Err(rejection) => Outcome::Rejected(DeadLetter {
-            position,
-            key: record.key,
-            payload: record.payload,
-            reason_code: rejection.reason.code().to_string(),
-            message: rejection.message,
-            rejected_at_ms: now_ms,
-        }),
+    match decoded.and_then(|fields| normalizer.normalize(fields, position.clone(), now_ms)) {
+        Ok(event) => Outcome::Event(event, record.already_stored),
+        Err(rejection) => Outcome::Rejected(DeadLetter::of(record, position, rejection, now_ms)),
     }
 }
 
