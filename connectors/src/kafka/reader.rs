@@ -7,7 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::source::partition_count;
+use super::source::{high_watermark, partition_count};
 use super::KafkaConfig;
 
 /// A record read back, with its headers decoded as UTF-8 (lossy).
@@ -76,7 +76,7 @@ pub fn read_all(config: &KafkaConfig, topic: &str, idle: Duration, deadline: Dur
         if last_record.elapsed() >= idle {
             let mut caught_up = true;
             for p in 0..partitions {
-                let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+                let high = high_watermark(&consumer, topic, p)?;
                 if next[usize::try_from(p).unwrap_or(0)] < high {
                     caught_up = false;
                 }

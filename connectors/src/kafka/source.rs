@@ -215,27 +215,7 @@ impl PartitionSource {
     /// The partition's high watermark: the larger of what ListOffsets reports and what the last Fetch
     /// response carried. (Some brokers under-report the end in ListOffsets; the Fetch value is exact.)
     pub fn high_watermark(&self, partition: i32) -> Result<i64, SourceError> {
-        let (_, listed) = self.consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10))?;
-        Ok(listed.max(self.fetched_high_watermark(partition).unwrap_or(-1)))
-    }
-
-    /// The high watermark librdkafka cached from the last Fetch response for `partition`, if any.
-    fn fetched_high_watermark(&self, partition: i32) -> Option<i64> {
-        let topic = std::ffi::CString::new(self.topic.as_str()).ok()?;
-        let (mut low, mut high) = (-1i64, -1i64);
-        // SAFETY: `native_ptr` is the live handle owned by `self.consumer`; `topic` is a valid
-        // NUL-terminated string for the duration of the call; `low`/`high` are valid out-pointers.
-        // rd_kafka_get_watermark_offsets only reads librdkafka's cache (no callbacks, no blocking).
-        let err = unsafe {
-            rdkafka_sys::rd_kafka_get_watermark_offsets(
-                self.consumer.client().native_ptr(),
-                topic.as_ptr(),
-                partition,
-                &mut low,
-                &mut high,
-            )
-        };
-        (err == rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+        Ok(high_watermark(&self.consumer, &self.topic, partition)?)
     }
 
     /// The next offset to read, per assigned partition.
@@ -268,6 +248,32 @@ impl PartitionSource {
         }
         Ok(true)
     }
+}
+
+/// A partition's high watermark: the larger of what ListOffsets reports and what the last Fetch response
+/// carried. (Some brokers under-report the end in ListOffsets; the Fetch value is exact.)
+pub fn high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -> rdkafka::error::KafkaResult<i64> {
+    let (_, listed) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    Ok(listed.max(fetched_high_watermark(consumer, topic, partition).unwrap_or(-1)))
+}
+
+/// The high watermark librdkafka cached from the last Fetch response for `partition`, if any.
+fn fetched_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: `native_ptr` is the live handle owned by `consumer`; `topic` is a valid NUL-terminated
+    // string for the duration of the call; `low`/`high` are valid out-pointers.
+    // rd_kafka_get_watermark_offsets only reads librdkafka's cache (no callbacks, no blocking).
+    let err = unsafe {
+        rdkafka_sys::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
 /// The partitions of a topic owned by `worker` out of `workers`: p → worker p mod W.
