@@ -83,7 +83,8 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     // Frequency-cap state from its changelog, read once per process and handed to the owning workers.
     let peers = options.workers * options.processes;
     let local_workers = options.process * options.workers..(options.process + 1) * options.workers;
-    let restored_caps = restore_caps(&config, peers, local_workers)?;
+    let restored_caps = restore_caps(&config, peers, local_workers.clone())?;
+    let restored_ids = runtime.block_on(restore_event_ids(&config, peers, local_workers))?;
 
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_handler(&runtime, stop.clone());
@@ -97,6 +98,7 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         partitions,
         consent_partitions,
         restored_caps: Mutex::new(restored_caps),
+        restored_ids: Mutex::new(restored_ids),
         stop,
         until_drained: options.until_drained,
         totals: totals.clone(),
@@ -125,6 +127,8 @@ struct Shared {
     consent_partitions: i32,
     /// Worker index → the cap state it owns, restored from the changelog.
     restored_caps: Mutex<HashMap<usize, HashMap<SubjectRef, SubjectCaps>>>,
+    /// Worker index → the deduplication keys it owns (with first-seen time), from ClickHouse.
+    restored_ids: Mutex<HashMap<usize, Vec<(u128, i64)>>>,
     stop: Arc<AtomicBool>,
     until_drained: bool,
     totals: Arc<Mutex<RunTotals>>,
@@ -158,14 +162,10 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
 
     // Deduplication state: the ids this worker owns that were stored within the TTL.
     let mut deduplicator = EventDeduplicator::new(&config.dedupe);
-    let ttl_ms = i64::try_from(config.dedupe.ttl.as_millis()).unwrap_or(i64::MAX);
-    let since = chrono::Utc::now().timestamp_millis().saturating_sub(ttl_ms);
-    let mut restored = 0usize;
-    for id in shared.runtime.block_on(store.event_ids_since(since))? {
-        if owner(&id.tenant_id, &id.event_id, peers) == index {
-            deduplicator.remember(dedupe_key(&id.tenant_id, &id.event_id), id.ingested_at_ms);
-            restored += 1;
-        }
+    let restored_ids = shared.restored_ids.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
+    let restored = restored_ids.len();
+    for (key, seen_at_ms) in restored_ids {
+        deduplicator.remember(key, seen_at_ms);
     }
     tracing::info!(worker = index, partitions = ?source.partitions(), restored_event_ids = restored, "worker starting");
 
@@ -265,6 +265,25 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// Reads the event ids stored within the dedupe TTL once per process and groups them by the worker
+/// that owns them (the dedupe exchange's routing), keeping the workers of this process.
+async fn restore_event_ids(
+    config: &PipelineConfig,
+    peers: usize,
+    local_workers: std::ops::Range<usize>,
+) -> Result<HashMap<usize, Vec<(u128, i64)>>> {
+    let ttl_ms = i64::try_from(config.dedupe.ttl.as_millis()).unwrap_or(i64::MAX);
+    let since = chrono::Utc::now().timestamp_millis().saturating_sub(ttl_ms);
+    let mut by_worker: HashMap<usize, Vec<(u128, i64)>> = HashMap::new();
+    for id in EventStore::new(&config.clickhouse).event_ids_since(since).await? {
+        let worker = owner(&id.tenant_id, &id.event_id, peers);
+        if local_workers.contains(&worker) {
+            by_worker.entry(worker).or_default().push((dedupe_key(&id.tenant_id, &id.event_id), id.ingested_at_ms));
+        }
+    }
+    Ok(by_worker)
 }
 
 /// Reads the cap changelog (latest value per subject wins; a tombstone forgets) and groups the state
