@@ -24,6 +24,7 @@ fn event(partition: i32, offset: i64) -> NormalizedEvent {
         attributes_json: r#"{"campaign":"x"}"#.into(),
         ingested_at_ms: 1_795_600_900_000 + offset,
         position: SourcePosition { topic: "marketing.events".into(), partition, offset },
+        late: offset % 2 == 1,
     }
 }
 
@@ -32,7 +33,7 @@ fn migrate_is_idempotent() {
     let rt = runtime();
     let c = config();
     let first = rt.block_on(migrate(&c)).unwrap();
-    assert_eq!(first, vec!["0001_events", "0002_decisions"]);
+    assert_eq!(first, vec!["0001_events", "0002_decisions", "0003_events_late", "0004_decisions_late"]);
     let second = rt.block_on(migrate(&c)).unwrap();
     assert!(second.is_empty(), "{second:?}");
 }

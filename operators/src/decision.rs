@@ -116,6 +116,7 @@ mod tests {
             recipient: None,
             idempotency_key: format!("k-{id}"),
             position: SourcePosition { topic: "t".into(), partition: 0, offset: 0 },
+            late: false,
         }
     }
 

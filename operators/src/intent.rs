@@ -73,6 +73,9 @@ pub struct SendIntent {
     pub recipient: Option<String>,
     pub idempotency_key: String,
     pub position: SourcePosition,
+    /// The triggering event was late (see `crate::watermark`).
+    #[serde(default)]
+    pub late: bool,
 }
 
 impl SendIntent {
@@ -163,6 +166,7 @@ impl IntentRules {
                 },
                 idempotency_key: idempotency_key(&subject, &r.id, &self.version, &event.event_id),
                 position: event.position.clone(),
+                late: event.late,
             })
             .collect()
     }
@@ -183,6 +187,7 @@ mod tests {
             attributes_json: r#"{"email":"ann@example.com","time_zone":"Europe/Berlin"}"#.into(),
             ingested_at_ms: 0,
             position: SourcePosition { topic: "t".into(), partition: 0, offset: 1 },
+            late: false,
         }
     }
 

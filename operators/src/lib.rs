@@ -11,7 +11,8 @@
 //! - [`intent`]: send intents from rules in the pipeline file (until journeys exist);
 //! - [`consent`]: the consent table (latest consent per subject × channel × purpose);
 //! - [`frequency_cap`]: caps per subject over rolling and calendar windows;
-//! - [`decision`]: consent then caps, one decision per intent.
+//! - [`decision`]: consent then caps, one decision per intent;
+//! - [`watermark`]: event time: per-partition watermarks, idle partitions, late events.
 
 pub mod consent;
 pub mod decision;
@@ -21,6 +22,7 @@ pub mod frequency_cap;
 pub mod intent;
 pub mod normalize;
 pub mod tally;
+pub mod watermark;
 
 pub use decode::{DecodeError, RecordDecoder, SchemaLookup, SchemaLookupError};
 pub use dedupe::{DedupeConfig, EventDeduplicator};

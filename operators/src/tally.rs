@@ -1,6 +1,7 @@
 //! Accounting of one epoch: every record that entered the pipeline is either normalized, dead-lettered,
 //! dropped as a duplicate, or skipped because a previous run already stored it. Nothing else may
-//! happen to it, and the pipeline logs this balance for every epoch.
+//! happen to it, and the pipeline logs this balance for every epoch. Late events (behind the watermark)
+//! are counted among the normalized ones: flagged, or routed to the late-events topic, never dropped.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +19,10 @@ pub struct EpochTally {
     pub normalized: u64,
     /// Events dropped because their id was seen within the TTL.
     pub duplicates: u64,
+    /// Of the unique events, those behind the watermark (flagged, or routed to the late-events topic by
+    /// the policy). A part of `normalized`, not an outcome of its own: late events are never dropped.
+    #[serde(default)]
+    pub late: u64,
     /// Records sent to the dead-letter topic, by reason code.
     pub dead_lettered: BTreeMap<String, u64>,
 }
@@ -41,6 +46,7 @@ impl EpochTally {
         self.already_stored += other.already_stored;
         self.normalized += other.normalized;
         self.duplicates += other.duplicates;
+        self.late += other.late;
         for (code, n) in &other.dead_lettered {
             *self.dead_lettered.entry(code.clone()).or_default() += n;
         }
@@ -62,6 +68,9 @@ impl fmt::Display for EpochTally {
             self.duplicates,
             self.already_stored
         )?;
+        if self.late > 0 {
+            write!(f, " late={}", self.late)?;
+        }
         if !self.dead_lettered.is_empty() {
             let reasons: Vec<String> = self.dead_lettered.iter().map(|(c, n)| format!("{c}:{n}")).collect();
             write!(f, " dlq_by_reason=[{}]", reasons.join(","))?;
@@ -88,10 +97,13 @@ mod tests {
     #[test]
     fn merge_adds_partial_tallies_from_several_operators() {
         let mut a = EpochTally { received: 3, ..Default::default() };
-        let mut b = EpochTally { normalized: 2, ..Default::default() };
+        let mut b = EpochTally { normalized: 2, late: 1, ..Default::default() };
         b.reject(RejectReason::UnknownSchema);
         a.merge(&b);
-        assert!(a.is_balanced());
-        assert_eq!(a.to_string(), "in=3 out=2 dlq=1 duplicates=0 already_stored=0 dlq_by_reason=[unknown_schema:1]");
+        assert!(a.is_balanced(), "late events are a part of the normalized ones");
+        assert_eq!(
+            a.to_string(),
+            "in=3 out=2 dlq=1 duplicates=0 already_stored=0 late=1 dlq_by_reason=[unknown_schema:1]"
+        );
     }
 }

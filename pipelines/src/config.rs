@@ -14,6 +14,7 @@ use touchpoint_connectors::schema_registry::SchemaRegistryConfig;
 use touchpoint_operators::consent::ConsentConfig;
 use touchpoint_operators::frequency_cap::{CapsConfig, FrequencyCaps};
 use touchpoint_operators::intent::{IntentRules, IntentsConfig};
+use touchpoint_operators::watermark::EventTimeConfig;
 use touchpoint_operators::{DedupeConfig, NormalizeConfig, Normalizer};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +41,9 @@ pub struct PipelineConfig {
     pub consent: ConsentConfig,
     #[serde(default)]
     pub caps: CapsConfig,
+    /// Watermarks and the late-event policy.
+    #[serde(default)]
+    pub event_time: EventTimeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +70,9 @@ pub struct TopicsConfig {
     /// Allowed sends, one topic per channel: `<prefix>email`, `<prefix>sms`, ...
     #[serde(default)]
     pub connectors: ConnectorTopicsConfig,
+    /// Events behind the watermark, with `event_time.late_events: route`: `marketing.events.late`.
+    #[serde(default = "default_late_events_topic")]
+    pub late_events: TopicSpec,
     /// Partitions of the pipeline's state changelogs (`<group_id>.caps-changelog`).
     #[serde(default = "default_changelog_partitions")]
     pub changelog_partitions: i32,
@@ -98,14 +105,22 @@ fn default_changelog_partitions() -> i32 {
 fn default_consent_topic() -> TopicSpec {
     TopicSpec { name: "marketing.consent".into(), partitions: 2, retention: None, compacted: true }
 }
+fn default_late_events_topic() -> TopicSpec {
+    TopicSpec::new("marketing.events.late", 4)
+}
 fn default_consent_dead_letter_topic() -> TopicSpec {
     TopicSpec::new("marketing.consent.dlq", 2)
 }
 
 impl TopicsConfig {
     pub fn all(&self) -> Vec<TopicSpec> {
-        let mut all =
-            vec![self.events.clone(), self.dead_letter.clone(), self.consent.clone(), self.consent_dead_letter.clone()];
+        let mut all = vec![
+            self.events.clone(),
+            self.dead_letter.clone(),
+            self.late_events.clone(),
+            self.consent.clone(),
+            self.consent_dead_letter.clone(),
+        ];
         for channel in touchpoint_operators::consent::Channel::ALL {
             all.push(TopicSpec::new(
                 format!("{}{}", self.connectors.prefix, channel.as_str()),
@@ -232,6 +247,9 @@ impl PipelineConfig {
         }
         if self.epochs.max_in_flight == 0 {
             return Err("epochs.max_in_flight must be greater than zero".into());
+        }
+        if self.event_time.idle_timeout.is_zero() {
+            return Err("event_time.idle_timeout must be greater than zero".into());
         }
         if self.epochs.max_records == 0 {
             return Err("epochs.max_records must be greater than zero".into());

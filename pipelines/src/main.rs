@@ -1,6 +1,6 @@
 //! The `touchpoint` command line.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use touchpoint::generate::{produce_generated, Expected, GeneratorConfig};
 use touchpoint::{PipelineConfig, RunOptions};
 use touchpoint_connectors::clickhouse::migrate;
 use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, OutgoingRecord};
+use touchpoint_operators::watermark::LatePolicy;
 
 #[derive(Parser)]
 #[command(name = "touchpoint", version, about = "Stream processing for marketing automation on Kafka")]
@@ -81,6 +82,10 @@ enum Command {
         /// Share of subjects granted email and push marketing consent (records to the consent topic).
         #[arg(long, default_value_t = 0.6)]
         consent_share: f64,
+        /// Share of valid events that arrive 2 to 6 hours behind the stream (late under the local
+        /// profile's 1 h allowed lateness).
+        #[arg(long, default_value_t = 0.0)]
+        late_share: f64,
     },
     /// Produce records from standard input, one per line, to the source topic (or --topic). The key is
     /// the line's `subject_id` when the line is a JSON object that has one.
@@ -107,6 +112,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -126,6 +132,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config, workers, processes, process, hostfile, until_drained } => {
             let config = load(&config)?;
+            let late_policy = match config.event_time.late_events {
+                LatePolicy::Flag => "processed, flagged",
+                LatePolicy::Route => "routed to the late-events topic",
+            };
             let report = touchpoint::run(config, RunOptions { workers, processes, process, hostfile, until_drained })?;
             let t = &report.totals.tally;
             println!(
@@ -135,6 +145,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("  in              {}", t.received);
             println!("  normalized      {}", t.normalized);
             println!("  duplicates      {}", t.duplicates);
+            println!("  late            {} ({late_policy})", t.late);
             println!("  already stored  {}", t.already_stored);
             println!("  dead-lettered   {}", t.dead_lettered_total());
             for (code, n) in &t.dead_lettered {
@@ -169,6 +180,7 @@ fn run(cli: Cli) -> Result<()> {
             mix,
             manifest,
             consent_share,
+            late_share,
         } => {
             let c = load(&config)?;
             let topic = c.topics.events.name.clone();
@@ -180,6 +192,7 @@ fn run(cli: Cli) -> Result<()> {
                 avro_share,
                 seed,
                 mix: mix.unwrap_or_default(),
+                late_share,
                 ..Default::default()
             };
             let rt = runtime()?;

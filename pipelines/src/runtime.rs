@@ -194,6 +194,9 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             decisions: DecisionStore::new(&config.clickhouse),
             connector_prefix: config.topics.connectors.prefix.clone(),
             caps_changelog_topic: config.topics.caps_changelog(&config.pipeline.group_id).name,
+            event_time: config.event_time.clone(),
+            late_events: AckedProducer::new(&config.kafka)?,
+            late_events_topic: config.topics.late_events.name.clone(),
             epochs: config.epochs.clone(),
             stop: StopPolicy {
                 until_drained: shared.until_drained,

@@ -1,10 +1,11 @@
 //! The whole dataflow of the normalization pipeline, on one screen.
 //!
 //! ```text
-//!  marketing.events ─► EventSource ─► Normalize ─┬─ events ─► [by tenant+event_id] Dedupe ─┬─► ClickHouseEvents (`events`)
-//!   (this worker's      (epochs ≥ 1)  (decode,   │                                         └─► SendIntents (rules)
-//!    partitions)                      validate)  └─ rejects ─► DeadLetterTopic (marketing.events.dlq)     │
-//!                                                                                                         ▼
+//!  marketing.events ─► EventSource ─► Normalize ─┬─ events ─► [by tenant+event_id] Dedupe ─► LateEvents ─┬─► ClickHouseEvents (`events`)
+//!   (this worker's      (epochs ≥ 1)  (decode,   │                                           (watermark)  ├─► SendIntents (rules)
+//!    partitions)             │        validate)  ├─ rejects ─► DeadLetterTopic (marketing.events.dlq)  ▲  └─ late, `route` ─► LateEventsTopic
+//!                            │                   └─► PartitionClocks ─► [broadcast] partition reports ─┘     │   (marketing.events.late)
+//!                            │                        (max event time, idle)                                 ▼
 //!  marketing.consent ─► ConsentSource ─► ParseConsent ─┬─ changes ─► [by subject key group] ─► Guardrails (consent, then caps)
 //!   (replayed from      (restore at       (decode,     └─ rejects ─► DeadLetterTopic             │    │    │
 //!    the beginning)      epoch 0)          validate)                 (marketing.consent.dlq)     │    │    └─► CapsChangelog (<group>.caps-changelog)
@@ -20,7 +21,7 @@
 use std::sync::{Arc, Mutex};
 
 use timely::dataflow::operators::core::{Concat, Concatenate, OkErr};
-use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::operators::vec::{Broadcast, Filter};
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
@@ -31,6 +32,7 @@ use touchpoint_operators::consent::{ConsentChange, ConsentConfig};
 use touchpoint_operators::decision::{Decision, DecisionKind};
 use touchpoint_operators::frequency_cap::FrequencyCaps;
 use touchpoint_operators::intent::IntentRules;
+use touchpoint_operators::watermark::EventTimeConfig;
 use touchpoint_operators::{EpochTally, EventDeduplicator, Normalizer, RecordDecoder};
 use touchpoint_schemas::NormalizedEvent;
 
@@ -38,10 +40,13 @@ use crate::config::EpochConfig;
 use crate::stages::consent::{parse_consent_stream, ConsentOutcome};
 use crate::stages::dedupe::dedupe;
 use crate::stages::epoch_sink::epoch_sink;
+use crate::stages::event_time::{late_events, partition_clocks, Judged, LateEvent};
 use crate::stages::guardrails::{guardrails, intents, CapSnapshot, GuardrailOutput, GuardrailState};
 use crate::stages::kafka_source::{kafka_source, SharedSource, SourceRole, StopPolicy};
 use crate::stages::normalize::{normalize, DeadLetter, Outcome};
-use crate::stages::sinks::{CapsChangelog, ClickHouseDecisions, ClickHouseEvents, ConnectorTopics, DeadLetterTopic};
+use crate::stages::sinks::{
+    CapsChangelog, ClickHouseDecisions, ClickHouseEvents, ConnectorTopics, DeadLetterTopic, LateEventsTopic,
+};
 use crate::stages::tally::{log_epoch_tallies, RunTotals, TallyBook};
 use crate::stages::Epoch;
 
@@ -60,6 +65,9 @@ pub struct WorkerParts {
     pub decisions: DecisionStore,
     pub connector_prefix: String,
     pub caps_changelog_topic: String,
+    pub event_time: EventTimeConfig,
+    pub late_events: AckedProducer,
+    pub late_events_topic: String,
     pub epochs: EpochConfig,
     pub stop: StopPolicy,
     pub registry: Arc<RegistryClient>,
@@ -104,6 +112,9 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         decisions,
         connector_prefix,
         caps_changelog_topic,
+        event_time,
+        late_events: late_producer,
+        late_events_topic,
         epochs,
         stop,
         registry,
@@ -125,19 +136,29 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             scope,
             "EventSource",
             SourceRole::Stream,
-            source,
+            source.clone(),
             epochs.clone(),
             stop.clone(),
             Some(tally.clone()),
         );
         let outcomes =
             normalize(records, RecordDecoder::new(registry.clone()), normalizer, source_topic, tally.clone());
+        // Event time: every worker's partition reports reach every worker's watermark.
+        let reports = partition_clocks(outcomes.clone(), source, &event_time).broadcast();
         let (valid, rejected) =
             outcomes.ok_err::<Vec<(NormalizedEvent, bool)>, _, Vec<DeadLetter>, _, _>(|o| match o {
                 Outcome::Event(e, already_stored) => Ok((e, already_stored)),
                 Outcome::Rejected(d) => Err(d),
             });
-        let deduplicated = dedupe(valid, deduplicator, tally);
+        let deduplicated = dedupe(valid, deduplicator, tally.clone());
+        let judged = late_events(deduplicated, reports, &event_time, tally);
+        let (deduplicated, late) =
+            judged.ok_err::<Vec<(NormalizedEvent, bool)>, _, Vec<LateEvent>, _, _>(|j| match j {
+                Judged::Event(e, already_stored) => Ok((e, already_stored)),
+                Judged::Routed(late) => Err(late),
+            });
+        let late_routed =
+            epoch_sink(late, LateEventsTopic { producer: late_producer, topic: late_events_topic }, runtime.clone());
         // Events a previous run stored are not stored again, but still drive decisions (their effects
         // may not have been durable when it died; the decision path is idempotent by key).
         let (to_store, already_stored) =
@@ -180,7 +201,9 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             epoch_sink(snapshots, CapsChangelog { producer: changelog, topic: caps_changelog_topic }, runtime);
 
         let sinks = ProbeHandle::new();
-        scope.concatenate([stored, dead_lettered, consent_dead_lettered, recorded, sent, persisted]).probe_with(&sinks);
+        scope
+            .concatenate([stored, dead_lettered, late_routed, consent_dead_lettered, recorded, sent, persisted])
+            .probe_with(&sinks);
 
         let (tallies, partials) = scope.new_input::<Vec<EpochTally>>();
         let tallies_logged = ProbeHandle::new();

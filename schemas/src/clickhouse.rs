@@ -15,6 +15,8 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "0001_events", sql: include_str!("../clickhouse/0001_events.sql") },
     Migration { version: 2, name: "0002_decisions", sql: include_str!("../clickhouse/0002_decisions.sql") },
+    Migration { version: 3, name: "0003_events_late", sql: include_str!("../clickhouse/0003_events_late.sql") },
+    Migration { version: 4, name: "0004_decisions_late", sql: include_str!("../clickhouse/0004_decisions_late.sql") },
 ];
 
 /// Table that records which migrations were applied (created by the migrator itself).

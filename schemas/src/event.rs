@@ -29,4 +29,7 @@ pub struct NormalizedEvent {
     /// Wall-clock time the pipeline accepted the event, UTC milliseconds.
     pub ingested_at_ms: i64,
     pub position: SourcePosition,
+    /// Behind the watermark when it arrived, and processed anyway (`event_time.late_events: flag`).
+    #[serde(default)]
+    pub late: bool,
 }

@@ -88,6 +88,10 @@ pub mod headers {
     pub const SOURCE_PARTITION: &str = "tp.source.partition";
     pub const SOURCE_OFFSET: &str = "tp.source.offset";
     pub const REJECTED_AT: &str = "tp.rejected_at";
+    /// On the late-events topic: the watermark the event was judged against (RFC 3339, UTC).
+    pub const LATE_WATERMARK: &str = "tp.late.watermark";
+    /// On the late-events topic: how far behind the watermark the event was, in milliseconds.
+    pub const LATE_BEHIND_MS: &str = "tp.late.behind_ms";
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ fn main() -> Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?
         .replace("name: marketing.events.dlq", &format!("name: {name}.dlq"))
+        .replace("name: marketing.events.late", &format!("name: {name}.late"))
         .replace("name: marketing.consent.dlq", &format!("name: {name}.consent.dlq"))
         .replace("name: marketing.consent", &format!("name: {name}.consent"))
         .replace("prefix: connector.", &format!("prefix: {name}.connector."))

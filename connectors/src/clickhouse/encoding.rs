@@ -19,6 +19,7 @@ pub struct EventRow<'a> {
     pub kafka_topic: &'a str,
     pub kafka_partition: u32,
     pub kafka_offset: u64,
+    pub late: bool,
 }
 
 impl<'a> From<&'a NormalizedEvent> for EventRow<'a> {
@@ -35,6 +36,7 @@ impl<'a> From<&'a NormalizedEvent> for EventRow<'a> {
             kafka_topic: &e.position.topic,
             kafka_partition: u32::try_from(e.position.partition).unwrap_or_default(),
             kafka_offset: u64::try_from(e.position.offset).unwrap_or_default(),
+            late: e.late,
         }
     }
 }
@@ -79,6 +81,7 @@ pub struct DecisionRow<'a> {
     pub idempotency_key: &'a str,
     pub kafka_partition: u32,
     pub kafka_offset: u64,
+    pub late: bool,
 }
 
 impl<'a> DecisionRow<'a> {
@@ -116,6 +119,7 @@ impl<'a> DecisionRow<'a> {
             idempotency_key: &i.idempotency_key,
             kafka_partition: u32::try_from(i.position.partition).unwrap_or_default(),
             kafka_offset: u64::try_from(i.position.offset).unwrap_or_default(),
+            late: i.late,
         }
     }
 }

@@ -238,6 +238,17 @@ impl PartitionSource {
         Ok(())
     }
 
+    /// True when `partition` has been read up to its end. Uses the end the last Fetch response carried
+    /// (no broker round trip) when there is one, else asks the broker; an error counts as "not at the end"
+    /// (the caller then keeps treating the partition as active, the safe side).
+    pub fn partition_read_to_end(&self, partition: i32) -> bool {
+        let end = match fetched_high_watermark(&self.consumer, &self.topic, partition) {
+            Some(end) => Ok(end),
+            None => self.high_watermark(partition),
+        };
+        end.is_ok_and(|end| self.next.get(&partition).copied().unwrap_or(0) >= end)
+    }
+
     /// True when every assigned partition has been read up to the broker's high watermark.
     pub fn caught_up(&self) -> Result<bool, SourceError> {
         for &p in &self.partitions {

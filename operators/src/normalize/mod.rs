@@ -162,6 +162,7 @@ impl Normalizer {
             attributes_json,
             ingested_at_ms: now_ms,
             position,
+            late: false,
         })
     }
 

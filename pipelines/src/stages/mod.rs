@@ -4,6 +4,7 @@
 pub mod consent;
 pub mod dedupe;
 pub mod epoch_sink;
+pub mod event_time;
 pub mod guardrails;
 pub mod kafka_source;
 pub mod normalize;

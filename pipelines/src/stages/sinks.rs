@@ -10,6 +10,7 @@ use touchpoint_connectors::kafka::AckedProducer;
 use touchpoint_schemas::NormalizedEvent;
 
 use super::epoch_sink::BatchWriter;
+use super::event_time::LateEvent;
 use super::normalize::DeadLetter;
 use super::Epoch;
 
@@ -47,6 +48,24 @@ impl BatchWriter<DeadLetter> for DeadLetterTopic {
     fn write(&self, _epoch: Epoch, batch: Arc<Vec<DeadLetter>>) -> BoxFuture<'static, anyhow::Result<()>> {
         let producer = self.producer.clone();
         let records: Vec<_> = batch.iter().map(|d| d.to_record(&self.topic)).collect();
+        async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
+    }
+}
+
+/// Late events (policy `route`) → the late-events topic, acknowledged by the broker.
+pub struct LateEventsTopic {
+    pub producer: AckedProducer,
+    pub topic: String,
+}
+
+impl BatchWriter<LateEvent> for LateEventsTopic {
+    fn name(&self) -> &'static str {
+        "LateEventsTopic"
+    }
+
+    fn write(&self, _epoch: Epoch, batch: Arc<Vec<LateEvent>>) -> BoxFuture<'static, anyhow::Result<()>> {
+        let producer = self.producer.clone();
+        let records: Vec<_> = batch.iter().map(|l| l.to_record(&self.topic)).collect();
         async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
     }
 }

@@ -34,6 +34,7 @@ impl TestPipeline {
         let mut yaml = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.yaml"))
             .expect("reading config/local.yaml")
             .replace("name: marketing.events.dlq", &format!("name: {name}.dlq"))
+            .replace("name: marketing.events.late", &format!("name: {name}.late"))
             .replace("name: marketing.consent.dlq", &format!("name: {name}.consent.dlq"))
             .replace("name: marketing.consent", &format!("name: {name}.consent"))
             .replace("prefix: connector.", &format!("prefix: {name}.connector."))

@@ -1,0 +1,210 @@
+//! Event time end to end on the real services: watermarks per partition, idle partitions, and both
+//! late-event policies.
+//!
+//! The source topic has 4 partitions read by 2 workers. A first batch goes to partition 0 only, so the
+//! watermark can only form once partitions 1–3 are detected idle (no event for `idle_timeout`, read to
+//! their end). A second batch then brings events far behind the watermark (on partition 0, and on
+//! partition 1, which wakes up with old events), an event behind its partition's newest event but within
+//! the allowed lateness, and on-time events. With `route` the late ones go to the late-events topic (and
+//! nowhere else); with `flag` they are stored and decided, marked late.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{runtime, TestPipeline};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use touchpoint_connectors::kafka::read_all;
+use touchpoint_schemas::reject::headers;
+
+/// The stream's reference time; the local profile allows 1 h of lateness.
+const T0_MS: i64 = 1_795_168_800_000; // 2026-11-20T10:00:00Z
+const MINUTE: i64 = 60_000;
+
+struct Event {
+    id: String,
+    event_type: &'static str,
+    at_ms: i64,
+    partition: i32,
+}
+
+fn event(id: &str, event_type: &'static str, at_ms: i64, partition: i32) -> Event {
+    Event { id: id.into(), event_type, at_ms, partition }
+}
+
+fn produce(tp: &TestPipeline, events: &[Event]) {
+    let producer: FutureProducer = tp.config.kafka.producer_config().create().expect("producer");
+    let rt = runtime();
+    for e in events {
+        let subject = format!("s-{}", e.id);
+        let payload = json!({"event_id": e.id, "event_type": e.event_type,
+            "occurred_at": chrono::DateTime::from_timestamp_millis(e.at_ms).expect("time").to_rfc3339(),
+            "subject_id": subject, "tenant_id": "acme", "attributes": {"email": format!("{subject}@example.com")}})
+        .to_string();
+        let record =
+            FutureRecord::to(&tp.config.topics.events.name).partition(e.partition).key(&subject).payload(&payload);
+        rt.block_on(producer.send(record, Duration::from_secs(30))).expect("producing an event");
+    }
+}
+
+fn start(tp: &TestPipeline, log: &PathBuf) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_touchpoint"))
+        .args(["run", "--config"])
+        .arg(&tp.path)
+        .args(["--workers", "2"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("starting touchpoint")
+}
+
+fn wait_for(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !ready() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log_text(log: &PathBuf) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+fn stop(mut child: Child) -> String {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("waiting for touchpoint");
+    let mut stdout = String::new();
+    child.stdout.take().expect("stdout").read_to_string(&mut stdout).expect("stdout");
+    assert!(exit.success(), "graceful stop must exit 0, got {exit:?}\n{stdout}");
+    stdout
+}
+
+fn query_strings(tp: &TestPipeline, sql: &str) -> BTreeSet<String> {
+    runtime().block_on(tp.store().client().query(sql).fetch_all::<String>()).expect(sql).into_iter().collect()
+}
+
+/// Runs both batches through a pipeline with `policy`; returns (pipeline, late ids, on-time ids, stdout, log).
+fn scenario(prefix: &str, policy: &str) -> (TestPipeline, BTreeSet<String>, BTreeSet<String>, String, String) {
+    let tp = TestPipeline::new(prefix, &[("late_events: flag", policy), ("idle_timeout: 5s", "idle_timeout: 1s")]);
+    tp.prepare();
+    let log = std::env::temp_dir().join(format!("{}.log", tp.name));
+    let child = start(&tp, &log);
+
+    // Batch 1: partition 0 only, T0 .. T0+39min, a sign-up (decision-making) every fifth.
+    let first: Vec<Event> = (0..40)
+        .map(|k| event(&format!("a{k}"), if k % 5 == 0 { "signed_up" } else { "page_viewed" }, T0_MS + k * MINUTE, 0))
+        .collect();
+    produce(&tp, &first);
+    let store = tp.store();
+    let rt = runtime();
+    wait_for("the first batch to be stored", Duration::from_secs(60), || rt.block_on(store.count()).unwrap_or(0) == 40);
+    // Partitions 1–3 never had an event: only idle detection lets time form (T0+39min − 1h).
+    wait_for("the watermark to form", Duration::from_secs(60), || log_text(&log).contains("watermark formed"));
+
+    // Batch 2.
+    let mut second: Vec<Event> = Vec::new();
+    let mut late = BTreeSet::new();
+    for k in 0..10 {
+        // Two hours behind: late. Sign-ups, so that a decision would be made if they were processed.
+        second.push(event(&format!("late{k}"), "signed_up", T0_MS - 120 * MINUTE + k * MINUTE, 0));
+        late.insert(format!("late{k}"));
+    }
+    // Partition 1 wakes up with an old event: the watermark does not move back for it.
+    second.push(event("late-p1", "signed_up", T0_MS - 180 * MINUTE, 1));
+    late.insert("late-p1".to_string());
+    // Behind partition 0's newest event (T0+39min) but within the allowed lateness: on time.
+    second.push(event("behind-ok", "signed_up", T0_MS, 0));
+    for k in 0..10 {
+        second.push(event(
+            &format!("b{k}"),
+            if k % 2 == 0 { "signed_up" } else { "page_viewed" },
+            T0_MS + (40 + k) * MINUTE,
+            0,
+        ));
+    }
+    produce(&tp, &second);
+    let on_time: BTreeSet<String> =
+        first.iter().chain(&second).map(|e| e.id.clone()).filter(|id| !late.contains(id)).collect();
+    let total = (first.len() + second.len()) as u64;
+    let expected_stored = if policy.ends_with("route") { on_time.len() as u64 } else { total };
+    wait_for("the second batch to be processed", Duration::from_secs(60), || {
+        rt.block_on(store.count()).unwrap_or(0) >= expected_stored
+    });
+    let stdout = stop(child);
+    let log = log_text(&log);
+    for p in 1..=3 {
+        let idle = log.lines().any(|l| l.contains("partition idle") && l.contains(&format!("partition={p}")));
+        assert!(idle, "partition {p} is detected idle:\n{log}");
+    }
+    (tp, late, on_time, stdout, log)
+}
+
+#[test]
+fn late_events_are_routed_to_the_late_topic_and_nowhere_else() {
+    let (tp, late, on_time, stdout, _log) = scenario("it_late_route", "late_events: route");
+
+    let routed =
+        read_all(&tp.config.kafka, &tp.config.topics.late_events.name, Duration::from_secs(2), Duration::from_secs(30))
+            .expect("reading the late-events topic");
+    let routed_ids: BTreeSet<String> = routed
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(r.payload.as_deref().unwrap_or_default()).expect("JSON");
+            v["event_id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(routed_ids, late, "exactly the late events are routed");
+    assert_eq!(routed.len(), late.len(), "each once");
+    for r in &routed {
+        let behind: i64 = r.header(headers::LATE_BEHIND_MS).and_then(|h| h.parse().ok()).unwrap_or(0);
+        assert!(behind > 0, "the record says how late it was");
+        let watermark = r.header(headers::LATE_WATERMARK).unwrap_or_default();
+        assert!(watermark.starts_with("2026-11-20T09:"), "watermark T0+39min-1h..., got {watermark}");
+        assert!(r.header(headers::SOURCE_OFFSET).is_some());
+    }
+    let p1 =
+        routed.iter().find(|r| String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default()).contains("late-p1"));
+    assert_eq!(p1.and_then(|r| r.header(headers::SOURCE_PARTITION)), Some("1"));
+
+    let stored: BTreeSet<String> = tp.stored_ids().into_keys().collect();
+    assert_eq!(stored, on_time, "on-time events (incl. one within the allowed lateness) are stored, late ones not");
+    let decided = query_strings(&tp, "SELECT DISTINCT event_id FROM decisions");
+    assert!(
+        decided.is_disjoint(&late),
+        "no decision for a routed late event: {:?}",
+        decided.intersection(&late).collect::<Vec<_>>()
+    );
+    assert!(
+        decided.contains("behind-ok") && decided.contains("b0") && decided.contains("a0"),
+        "on-time sign-ups are decided: {decided:?}"
+    );
+    assert!(
+        stdout.contains(&format!("late            {} (routed", late.len())),
+        "the run counts its late events:\n{stdout}"
+    );
+    assert!(stdout.contains("(0 unbalanced)"), "{stdout}");
+}
+
+#[test]
+fn late_events_are_processed_and_flagged_with_the_flag_policy() {
+    let (tp, late, on_time, stdout, _log) = scenario("it_late_flag", "late_events: flag");
+
+    let stored: BTreeSet<String> = tp.stored_ids().into_keys().collect();
+    assert_eq!(stored, on_time.union(&late).cloned().collect(), "every event is stored");
+    assert_eq!(query_strings(&tp, "SELECT event_id FROM events WHERE late"), late, "exactly the late ones are flagged");
+    let late_decisions = query_strings(&tp, "SELECT DISTINCT event_id FROM decisions WHERE late");
+    assert_eq!(late_decisions, late, "the decisions of late sign-ups are made, and flagged");
+    let on_time_decisions = query_strings(&tp, "SELECT DISTINCT event_id FROM decisions WHERE NOT late");
+    assert!(on_time_decisions.is_disjoint(&late) && on_time_decisions.contains("behind-ok"));
+    let routed =
+        read_all(&tp.config.kafka, &tp.config.topics.late_events.name, Duration::from_secs(1), Duration::from_secs(10))
+            .expect("reading the late-events topic");
+    assert!(routed.is_empty(), "nothing is routed under `flag`");
+    assert!(stdout.contains(&format!("late            {} (processed", late.len())), "{stdout}");
+}
