@@ -25,13 +25,18 @@ TP="$ROOT/target/release/touchpoint"
 curl -fsS "$CLICKHOUSE" --data-binary "DROP DATABASE IF EXISTS $TOUCHPOINT_CLICKHOUSE_DATABASE" >/dev/null
 "$TP" migrate --config "$CONFIG"
 "$TP" topics --config "$CONFIG"
-"$TP" generate --config "$CONFIG" --count "$COUNT"
+# 1% of the events arrive hours behind the stream (late under the 1 h allowed lateness, once the
+# watermark has formed): the local profile processes them flagged `late`.
+"$TP" generate --config "$CONFIG" --count "$COUNT" --late-share 0.01
 "$TP" run --config "$CONFIG" --workers 2 --until-drained
 
 q() { curl -fsS "$CLICKHOUSE" --data-binary "$1 FORMAT PrettyCompactMonoBlock"; }
 echo
 echo "== ClickHouse: events by type (${TOUCHPOINT_CLICKHOUSE_DATABASE}.events)"
 q "SELECT event_type, count() AS events, uniqExact(subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.events GROUP BY event_type ORDER BY events DESC"
+echo
+echo "== Event time: events behind the watermark (event_time.late_events: flag)"
+q "SELECT late, count() AS events, min(occurred_at) AS first, max(occurred_at) AS last FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.events GROUP BY late ORDER BY late"
 echo
 echo "== ClickHouse: decisions on send intents (${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions)"
 q "SELECT intent_rule, decision, count() AS intents FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL GROUP BY intent_rule, decision ORDER BY intent_rule, decision"

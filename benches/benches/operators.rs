@@ -124,5 +124,73 @@ fn guardrails(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, guardrails);
+/// Event time: the reader side (observe each event, report every epoch) and the judge (apply 64
+/// partitions' reports per epoch, judge each event).
+fn event_time(c: &mut Criterion) {
+    use std::time::Duration;
+    use touchpoint_operators::watermark::{PartitionClocks, Watermark};
+
+    const EVENTS: usize = 100_000;
+    const PER_EPOCH: usize = 5_000;
+    let partitions: Vec<i32> = (0..64).collect();
+    let base = 1_795_600_800_000i64;
+    // In order per partition with up to 2 minutes of disorder, 1% two hours behind.
+    let times: Vec<(i32, i64)> = (0..EVENTS)
+        .map(|i| {
+            let jitter = ((i * 7919) % 120_000) as i64;
+            let late = if i % 100 == 0 { 7_200_000 } else { 0 };
+            ((i % 64) as i32, base + (i as i64) * 1_000 - jitter - late)
+        })
+        .collect();
+    let mut group = c.benchmark_group("event_time");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.bench_function("clocks observe+report (64 partitions)", |b| {
+        b.iter_batched(
+            || PartitionClocks::new(&partitions, Duration::from_secs(30), 0),
+            |mut clocks| {
+                let mut reports = 0;
+                for chunk in times.chunks(PER_EPOCH) {
+                    for &(p, t) in chunk {
+                        clocks.observe(p, t, 1);
+                    }
+                    reports += clocks.reports(1, |_| false).len();
+                }
+                reports
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let reports: Vec<Vec<_>> = {
+        let mut clocks = PartitionClocks::new(&partitions, Duration::from_secs(30), 0);
+        times
+            .chunks(PER_EPOCH)
+            .map(|chunk| {
+                for &(p, t) in chunk {
+                    clocks.observe(p, t, 1);
+                }
+                clocks.reports(1, |_| false)
+            })
+            .collect()
+    };
+    group.bench_function("watermark apply+judge (64 partitions, 1% late)", |b| {
+        b.iter_batched(
+            || Watermark::new(Duration::from_secs(3600)),
+            |mut watermark| {
+                let mut late = 0;
+                for (chunk, epoch_reports) in times.chunks(PER_EPOCH).zip(&reports) {
+                    late += chunk.iter().filter(|(_, t)| watermark.judge(*t).is_late()).count();
+                    for r in epoch_reports {
+                        watermark.apply(*r);
+                    }
+                    watermark.advance();
+                }
+                late
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, guardrails, event_time);
 criterion_main!(benches);
