@@ -12,6 +12,7 @@
 //! - [`consent`]: the consent table (latest consent per subject × channel × purpose);
 //! - [`frequency_cap`]: caps per subject over rolling and calendar windows;
 //! - [`decision`]: consent then caps, one decision per intent;
+//! - [`journey`]: journey definitions, the predicate language, per-subject journey state;
 //! - [`watermark`]: event time: per-partition watermarks, idle partitions, late events.
 
 pub mod consent;
@@ -20,6 +21,7 @@ pub mod decode;
 pub mod dedupe;
 pub mod frequency_cap;
 pub mod intent;
+pub mod journey;
 pub mod normalize;
 pub mod tally;
 pub mod watermark;
