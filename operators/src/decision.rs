@@ -117,6 +117,8 @@ mod tests {
             idempotency_key: format!("k-{id}"),
             position: SourcePosition { topic: "t".into(), partition: 0, offset: 0 },
             late: false,
+            journey: None,
+            payload: Default::default(),
         }
     }
 

@@ -76,6 +76,20 @@ pub struct SendIntent {
     /// The triggering event was late (see `crate::watermark`).
     #[serde(default)]
     pub late: bool,
+    /// The journey step that emitted this intent (`None` for rule-driven intents).
+    #[serde(default)]
+    pub journey: Option<JourneyStepRef>,
+    /// Message fields for the connector, from the send step's `payload` paths.
+    #[serde(default)]
+    pub payload: std::collections::BTreeMap<String, Value>,
+}
+
+/// Which journey, version and step made an intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JourneyStepRef {
+    pub journey: String,
+    pub version: String,
+    pub step: String,
 }
 
 impl SendIntent {
@@ -167,6 +181,8 @@ impl IntentRules {
                 idempotency_key: idempotency_key(&subject, &r.id, &self.version, &event.event_id),
                 position: event.position.clone(),
                 late: event.late,
+                journey: None,
+                payload: Default::default(),
             })
             .collect()
     }

@@ -1,0 +1,633 @@
+//! The per-subject journey state machine.
+//!
+//! A subject's state ([`SubjectJourneys`]) holds one [`Enrollment`] per journey it is inside, the last
+//! entry time per journey (for the re-entry policy) and a short history of the event types that
+//! `happened(...)` asks about. Two things move it, both on event time:
+//!
+//! - an event of the subject ([`Journeys::on_event`]): goal exits, `wait_for` matches, then entries;
+//! - time ([`Journeys::on_time`]): waits and `wait_for` timeouts due at or before the watermark.
+//!
+//! From a moved step the machine runs on until it reaches a wait (a timer), an exit or the end: sends
+//! are decided on the spot by the caller (consent, then caps), and the step's rule picks the next step
+//! by the outcome. Every movement is a [`Transition`] for the audit table.
+//!
+//! Subjects continue on the version they entered with, unless the current version says `migrate: true`
+//! and still has their step; then they move to it (a transition with cause `migrated`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use touchpoint_schemas::{NormalizedEvent, SourcePosition};
+
+use super::definition::{EventMatch, Journey, Reentry, Send as SendStep, StepIx, StepKind};
+use super::expr::Context;
+use crate::consent::{Channel, Purpose, SubjectRef};
+use crate::intent::{JourneyStepRef, SendIntent};
+
+/// Most events a subject's history keeps for `happened(...)` (the oldest go first).
+pub const HISTORY_LIMIT: usize = 32;
+/// Most steps one movement may run through (validation refuses waitless cycles; this is a backstop).
+const STEP_BUDGET: usize = 256;
+
+/// A subject inside a journey.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub journey: String,
+    pub version: String,
+    /// The step the subject is at (a wait or `wait_for`, after a movement).
+    pub step: String,
+    pub entered_at_ms: i64,
+    /// The event that brought the subject in: part of every send's idempotency key.
+    pub entry_event_id: String,
+    /// The trigger event's type, id and the attributes the journey reads (`event.*` after a wait).
+    pub trigger: Value,
+    /// When the current wait ends (or the `wait_for` times out), event time.
+    pub due_ms: Option<i64>,
+    /// Steps run so far: tells repeated visits of one step apart in idempotency keys.
+    pub steps_run: u32,
+}
+
+/// The journey state of one subject.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectJourneys {
+    pub active: Vec<Enrollment>,
+    /// Journey id → event time of the last entry.
+    pub entries: Vec<(String, i64)>,
+    /// Recent events of the types `happened(...)` asks about: (type, event time).
+    pub history: Vec<(String, i64)>,
+}
+
+impl SubjectJourneys {
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty() && self.entries.is_empty() && self.history.is_empty()
+    }
+
+    /// The earliest timer of this subject.
+    pub fn next_due(&self) -> Option<i64> {
+        self.active.iter().filter_map(|e| e.due_ms).min()
+    }
+}
+
+/// One movement of a subject, for `journey_transitions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub subject: SubjectRef,
+    pub journey: String,
+    pub version: String,
+    /// `None`: entering.
+    pub from_step: Option<String>,
+    /// `None`: leaving the journey.
+    pub to_step: Option<String>,
+    /// `trigger:<type>`, `sent`, `suppressed`, `condition:true`, `split:<percent>`, `wait elapsed`,
+    /// `event:<type>`, `timeout`, `goal:<type>`, `exit`, `end`, `migrated`, `version unavailable`.
+    pub cause: String,
+    pub event_time_ms: i64,
+    /// The event that caused it (`None` for timers).
+    pub event_id: Option<String>,
+}
+
+/// What a movement needs from the subject's other state, provided by the caller.
+pub trait Guardrails {
+    /// Consent for `channel` and `purpose` now (for `consent(...)` in conditions).
+    fn consent(&self, channel: Channel, purpose: Purpose) -> bool;
+    /// Decides a send (consent, then caps) and records the decision; `true` when allowed.
+    fn send(&mut self, intent: SendIntent) -> bool;
+}
+
+#[derive(Debug)]
+struct Versions {
+    current: Arc<Journey>,
+    archived: HashMap<String, Arc<Journey>>,
+}
+
+/// The loaded journeys: the current version of each, plus archived versions that subjects may still be
+/// on.
+#[derive(Debug, Default)]
+pub struct Journeys {
+    by_id: BTreeMap<String, Versions>,
+    /// Event types `happened(...)` asks about, with the longest window asked (None: ever).
+    remembered: HashMap<String, Option<Duration>>,
+    /// Event attribute holding the subject's IANA time zone (for calendar caps on journey sends).
+    time_zone_attribute: String,
+}
+
+impl Journeys {
+    pub fn new(current: Vec<Journey>, time_zone_attribute: &str) -> Self {
+        let mut journeys = Journeys { time_zone_attribute: time_zone_attribute.to_string(), ..Default::default() };
+        for j in current {
+            journeys.remember_types(&j);
+            let j = Arc::new(j);
+            let mut archived = HashMap::new();
+            archived.insert(j.version.clone(), j.clone());
+            journeys.by_id.insert(j.id.clone(), Versions { current: j, archived });
+        }
+        journeys
+    }
+
+    /// Adds an older version (from the archive), so subjects on it can continue.
+    pub fn archive(&mut self, j: Journey) {
+        self.remember_types(&j);
+        if let Some(v) = self.by_id.get_mut(&j.id) {
+            v.archived.entry(j.version.clone()).or_insert_with(|| Arc::new(j));
+        }
+    }
+
+    fn remember_types(&mut self, j: &Journey) {
+        let mut types = Vec::new();
+        for s in &j.steps {
+            if let StepKind::Condition { condition, .. } = &s.kind {
+                condition.happened_types(&mut types);
+            }
+        }
+        for m in std::iter::once(&j.trigger).chain(&j.exit_on) {
+            if let Some(c) = &m.condition {
+                c.happened_types(&mut types);
+            }
+        }
+        for t in types {
+            self.remembered.entry(t).or_insert(None);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn current(&self) -> impl Iterator<Item = &Journey> {
+        self.by_id.values().map(|v| v.current.as_ref())
+    }
+
+    /// Every version loaded (current and archived).
+    pub fn versions(&self) -> impl Iterator<Item = &Journey> {
+        self.by_id.values().flat_map(|v| v.archived.values().map(|j| j.as_ref()))
+    }
+
+    /// An event of the subject: goals, `wait_for` matches, then entries. Returns the transitions.
+    pub fn on_event(
+        &self,
+        subject: &SubjectRef,
+        state: &mut SubjectJourneys,
+        event: &NormalizedEvent,
+        guardrails: &mut dyn Guardrails,
+    ) -> Vec<Transition> {
+        let attributes: Map<String, Value> = serde_json::from_str(&event.attributes_json).unwrap_or_default();
+        let event_value = event_value(event, &attributes);
+        let mut out = Vec::new();
+        let now = event.occurred_at_ms;
+        // History for `happened(...)`: the event being reacted to has happened.
+        if self.remembered.contains_key(&event.event_type) {
+            state.history.push((event.event_type.clone(), now));
+            if state.history.len() > HISTORY_LIMIT {
+                state.history.sort_by_key(|(_, at)| *at);
+                let excess = state.history.len() - HISTORY_LIMIT;
+                state.history.drain(..excess);
+            }
+        }
+
+        // Subjects inside: goal events take them out; a `wait_for` event moves them on.
+        let mut i = 0;
+        while i < state.active.len() {
+            let Some(journey) = self.resolve(subject, state, i, now, &mut out) else { continue };
+            let enrollment = &state.active[i];
+            let ctx = EvalCtx::new(subject, &event_value, state, now, &*guardrails);
+            if let Some(goal) = journey.exit_on.iter().find(|m| matches(m, event, &ctx)) {
+                out.push(transition(subject, enrollment, None, format!("goal:{}", goal.event_type), now, Some(event)));
+                state.active.remove(i);
+                continue;
+            }
+            let step = journey.steps.iter().position(|s| s.id == enrollment.step);
+            if let Some(ix) = step {
+                if let StepKind::WaitFor { event: wanted, next, .. } = &journey.steps[ix].kind {
+                    if matches(wanted, event, &ctx) {
+                        let cause = format!("event:{}", event.event_type);
+                        if !self.run(&journey, subject, state, i, *next, cause, now, Some(event), guardrails, &mut out)
+                        {
+                            continue;
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+
+        // Entries.
+        for versions in self.by_id.values() {
+            let journey = &versions.current;
+            if state.active.iter().any(|e| e.journey == journey.id) {
+                continue;
+            }
+            let last_entry = state.entries.iter().find(|(id, _)| *id == journey.id).map(|(_, at)| *at);
+            let allowed = match (journey.reentry, last_entry) {
+                (_, None) | (Reentry::Always, _) => true,
+                (Reentry::Once, Some(_)) => false,
+                (Reentry::After { cooldown_ms }, Some(at)) => now >= at.saturating_add(cooldown_ms),
+            };
+            let ctx = EvalCtx::new(subject, &event_value, state, now, &*guardrails);
+            if !allowed || !matches(&journey.trigger, event, &ctx) {
+                continue;
+            }
+            match state.entries.iter_mut().find(|(id, _)| *id == journey.id) {
+                Some(entry) => entry.1 = now,
+                None => state.entries.push((journey.id.clone(), now)),
+            }
+            state.active.push(Enrollment {
+                journey: journey.id.clone(),
+                version: journey.version.clone(),
+                step: journey.steps[0].id.clone(),
+                entered_at_ms: now,
+                entry_event_id: event.event_id.clone(),
+                trigger: trigger_snapshot(&event_value),
+                due_ms: None,
+                steps_run: 0,
+            });
+            let i = state.active.len() - 1;
+            out.push(Transition {
+                subject: subject.clone(),
+                journey: journey.id.clone(),
+                version: journey.version.clone(),
+                from_step: None,
+                to_step: Some(journey.steps[0].id.clone()),
+                cause: format!("trigger:{}", event.event_type),
+                event_time_ms: now,
+                event_id: Some(event.event_id.clone()),
+            });
+            let journey = journey.clone();
+            self.run(&journey, subject, state, i, 0, String::new(), now, Some(event), guardrails, &mut out);
+        }
+
+        out
+    }
+
+    /// Time has reached `now_ms` (the watermark): every wait and `wait_for` due by then moves on, in
+    /// the order of its due time.
+    pub fn on_time(
+        &self,
+        subject: &SubjectRef,
+        state: &mut SubjectJourneys,
+        now_ms: i64,
+        guardrails: &mut dyn Guardrails,
+    ) -> Vec<Transition> {
+        let mut out = Vec::new();
+        while let Some((i, due)) = state
+            .active
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.due_ms.filter(|d| *d <= now_ms).map(|d| (i, d)))
+            .min_by_key(|(_, d)| *d)
+        {
+            state.active[i].due_ms = None;
+            let Some(journey) = self.resolve(subject, state, i, due, &mut out) else { continue };
+            let Some(ix) = journey.steps.iter().position(|s| s.id == state.active[i].step) else { continue };
+            let (target, cause) = match &journey.steps[ix].kind {
+                StepKind::Wait { next, .. } => (*next, "wait elapsed"),
+                StepKind::WaitFor { on_timeout, .. } => (*on_timeout, "timeout"),
+                _ => continue,
+            };
+            self.run(&journey, subject, state, i, target, cause.to_string(), due, None, guardrails, &mut out);
+        }
+        out
+    }
+
+    /// The journey version of enrollment `i`, migrating it when the current version asks for that.
+    /// An enrollment whose version is not loaded leaves the journey (visibly, with a transition).
+    fn resolve(
+        &self,
+        subject: &SubjectRef,
+        state: &mut SubjectJourneys,
+        i: usize,
+        now: i64,
+        out: &mut Vec<Transition>,
+    ) -> Option<Arc<Journey>> {
+        let enrollment = &state.active[i];
+        let versions = self.by_id.get(&enrollment.journey);
+        let current = versions.map(|v| &v.current);
+        if let Some(current) = current {
+            let migrate = current.version != enrollment.version
+                && current.migrate
+                && current.steps.iter().any(|s| s.id == enrollment.step);
+            if migrate {
+                let e = &mut state.active[i];
+                out.push(Transition {
+                    subject: subject.clone(),
+                    journey: e.journey.clone(),
+                    version: current.version.clone(),
+                    from_step: Some(e.step.clone()),
+                    to_step: Some(e.step.clone()),
+                    cause: format!("migrated from {}", e.version),
+                    event_time_ms: now,
+                    event_id: None,
+                });
+                e.version = current.version.clone();
+                return Some(current.clone());
+            }
+        }
+        match versions.and_then(|v| v.archived.get(&enrollment.version)) {
+            Some(j) => Some(j.clone()),
+            None => {
+                tracing::warn!(journey = %enrollment.journey, version = %enrollment.version,
+                    "journey version not loaded; the subject leaves the journey");
+                out.push(transition(subject, enrollment, None, "version unavailable".into(), now, None));
+                state.active.remove(i);
+                None
+            }
+        }
+    }
+
+    /// Runs enrollment `i` from step `start` until a wait, an exit or the end. `cause` is why the subject
+    /// moves to `start` (empty when it already stands there, at entry). Returns false when the
+    /// enrollment ended (and was removed).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        journey: &Journey,
+        subject: &SubjectRef,
+        state: &mut SubjectJourneys,
+        i: usize,
+        start: StepIx,
+        cause: String,
+        now: i64,
+        event: Option<&NormalizedEvent>,
+        guardrails: &mut dyn Guardrails,
+        out: &mut Vec<Transition>,
+    ) -> bool {
+        let mut at = start;
+        let mut cause = cause;
+        for _ in 0..STEP_BUDGET {
+            if !cause.is_empty() {
+                let from = state.active[i].step.clone();
+                let to = journey.steps[at].id.clone();
+                out.push(transition(subject, &state.active[i], Some(to.clone()), cause.clone(), now, event).from(from));
+                state.active[i].step = to;
+            }
+            state.active[i].steps_run += 1;
+            let step = &journey.steps[at];
+            let moved: Option<(StepIx, String)> = match &step.kind {
+                StepKind::Wait { duration_ms, .. } => {
+                    state.active[i].due_ms = Some(now.saturating_add(*duration_ms));
+                    return true;
+                }
+                StepKind::WaitFor { timeout_ms, .. } => {
+                    state.active[i].due_ms = Some(now.saturating_add(*timeout_ms));
+                    return true;
+                }
+                StepKind::Condition { condition, then_step, else_step } => {
+                    let trigger = state.active[i].trigger.clone();
+                    let event_value = match event {
+                        Some(e) => {
+                            let attributes: Map<String, Value> =
+                                serde_json::from_str(&e.attributes_json).unwrap_or_default();
+                            event_value(e, &attributes)
+                        }
+                        None => trigger,
+                    };
+                    let ctx = EvalCtx::new(subject, &event_value, state, now, &*guardrails);
+                    let holds = condition.eval(&ctx);
+                    Some((if holds { *then_step } else { *else_step }, format!("condition:{holds}")))
+                }
+                StepKind::Split { branches } => {
+                    let bucket = split_bucket(subject, &journey.id);
+                    let (upper, target) =
+                        branches.iter().find(|(upper, _)| bucket < *upper).copied().unwrap_or((100, at));
+                    Some((target, format!("split:{bucket}<{upper}")))
+                }
+                StepKind::Send { send, next, on_suppressed } => {
+                    let intent = self.intent(journey, subject, &state.active[i], &step.id, send, now, event);
+                    let allowed = guardrails.send(intent);
+                    let target = if allowed { *next } else { on_suppressed.or(*next) };
+                    let cause = if allowed { "sent" } else { "suppressed" }.to_string();
+                    match target {
+                        Some(t) => Some((t, cause)),
+                        None => {
+                            let e = &state.active[i];
+                            out.push(transition(subject, e, None, format!("{cause}; end"), now, event));
+                            state.active.remove(i);
+                            return false;
+                        }
+                    }
+                }
+                StepKind::Exit => {
+                    out.push(transition(subject, &state.active[i], None, "exit".into(), now, event));
+                    state.active.remove(i);
+                    return false;
+                }
+            };
+            if let Some((next, why)) = moved {
+                at = next;
+                cause = why;
+            }
+        }
+        tracing::error!(journey = %journey.id, subject = %subject.subject_id, "step budget exhausted; the subject leaves");
+        out.push(transition(subject, &state.active[i], None, "step budget exhausted".into(), now, event));
+        state.active.remove(i);
+        false
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn intent(
+        &self,
+        journey: &Journey,
+        subject: &SubjectRef,
+        enrollment: &Enrollment,
+        step: &str,
+        send: &SendStep,
+        now: i64,
+        event: Option<&NormalizedEvent>,
+    ) -> SendIntent {
+        let event_value = match event {
+            Some(e) => {
+                let attributes: Map<String, Value> = serde_json::from_str(&e.attributes_json).unwrap_or_default();
+                event_value(e, &attributes)
+            }
+            None => enrollment.trigger.clone(),
+        };
+        let ctx_value = |path: &[String]| lookup(subject, &event_value, path);
+        let payload =
+            send.payload.iter().filter_map(|(name, path)| ctx_value(path).map(|v| (name.clone(), v))).collect();
+        let text = |key: &str| {
+            event_value.get("attributes").and_then(|a| a.get(key)).and_then(Value::as_str).map(str::to_string)
+        };
+        let key = journey_send_key(
+            subject,
+            &journey.id,
+            &enrollment.version,
+            step,
+            &enrollment.entry_event_id,
+            enrollment.steps_run,
+        );
+        SendIntent {
+            subject: subject.clone(),
+            channel: send.channel,
+            purpose: send.purpose,
+            category: send.category.clone(),
+            tags: send.tags.clone(),
+            priority: send.priority,
+            template: send.template.clone(),
+            rule_id: format!("{}/{}", journey.id, step),
+            ruleset_version: enrollment.version.clone(),
+            event_id: event.map_or_else(|| enrollment.entry_event_id.clone(), |e| e.event_id.clone()),
+            event_type: event.map_or_else(|| "timer".to_string(), |e| e.event_type.clone()),
+            occurred_at_ms: now,
+            time_zone: text(&self.time_zone_attribute),
+            recipient: match send.channel {
+                Channel::Email => text("email"),
+                Channel::Sms => text("phone"),
+                Channel::Push => text("device_token"),
+                Channel::Webhook => text("webhook_url"),
+            },
+            idempotency_key: key,
+            position: event.map_or_else(
+                || SourcePosition { topic: String::new(), partition: -1, offset: -1 },
+                |e| e.position.clone(),
+            ),
+            late: event.is_some_and(|e| e.late),
+            journey: Some(JourneyStepRef {
+                journey: journey.id.clone(),
+                version: enrollment.version.clone(),
+                step: step.to_string(),
+            }),
+            payload,
+        }
+    }
+}
+
+/// The idempotency key of a journey send: subject, journey, version, step, the entry event and the
+/// step count (a step visited again in a loop through a wait is a new send; a replay is not).
+pub fn journey_send_key(
+    subject: &SubjectRef,
+    journey: &str,
+    version: &str,
+    step: &str,
+    entry_event_id: &str,
+    steps_run: u32,
+) -> String {
+    let mut buf = Vec::with_capacity(96);
+    for part in [&subject.tenant_id, &subject.subject_id, journey, version, step, entry_event_id] {
+        buf.extend_from_slice(part.as_bytes());
+        buf.push(0);
+    }
+    buf.extend_from_slice(&steps_run.to_le_bytes());
+    format!("tpj-{:032x}", xxhash_rust::xxh3::xxh3_128(&buf))
+}
+
+/// The subject's bucket (0..100) for `split` steps of a journey: stable across restarts and versions.
+pub fn split_bucket(subject: &SubjectRef, journey: &str) -> u32 {
+    let mut buf = Vec::with_capacity(64);
+    for part in [&subject.tenant_id, &subject.subject_id, journey] {
+        buf.extend_from_slice(part.as_bytes());
+        buf.push(0);
+    }
+    (xxhash_rust::xxh3::xxh3_64(&buf) % 100) as u32
+}
+
+fn transition(
+    subject: &SubjectRef,
+    e: &Enrollment,
+    to: Option<String>,
+    cause: String,
+    now: i64,
+    event: Option<&NormalizedEvent>,
+) -> Transition {
+    Transition {
+        subject: subject.clone(),
+        journey: e.journey.clone(),
+        version: e.version.clone(),
+        from_step: Some(e.step.clone()),
+        to_step: to,
+        cause,
+        event_time_ms: now,
+        event_id: event.map(|e| e.event_id.clone()),
+    }
+}
+
+impl Transition {
+    fn from(mut self, step: String) -> Self {
+        self.from_step = Some(step);
+        self
+    }
+}
+
+fn event_value(e: &NormalizedEvent, attributes: &Map<String, Value>) -> Value {
+    serde_json::json!({
+        "type": e.event_type,
+        "id": e.event_id,
+        "source": e.source,
+        "occurred_at_ms": e.occurred_at_ms,
+        "attributes": attributes,
+    })
+}
+
+/// What an enrollment keeps of its trigger event (for `event.*` after a wait).
+fn trigger_snapshot(v: &Value) -> Value {
+    v.clone()
+}
+
+fn matches(m: &EventMatch, event: &NormalizedEvent, ctx: &EvalCtx<'_>) -> bool {
+    m.event_type == event.event_type && m.condition.as_ref().is_none_or(|c| c.eval(ctx))
+}
+
+fn lookup(subject: &SubjectRef, event: &Value, path: &[String]) -> Option<Value> {
+    let (root, rest) = path.split_first()?;
+    let mut v = match root.as_str() {
+        "event" => event,
+        "subject" => {
+            return match rest {
+                [k] if k == "id" => Some(Value::String(subject.subject_id.clone())),
+                [k] if k == "tenant" => Some(Value::String(subject.tenant_id.clone())),
+                _ => None,
+            }
+        }
+        _ => return None,
+    };
+    for k in rest {
+        v = v.get(k)?;
+    }
+    Some(v.clone())
+}
+
+struct EvalCtx<'a> {
+    subject: &'a SubjectRef,
+    event: &'a Value,
+    history: &'a [(String, i64)],
+    now: i64,
+    guardrails: &'a dyn Guardrails,
+}
+
+impl<'a> EvalCtx<'a> {
+    fn new(
+        subject: &'a SubjectRef,
+        event: &'a Value,
+        state: &'a SubjectJourneys,
+        now: i64,
+        guardrails: &'a dyn Guardrails,
+    ) -> Self {
+        EvalCtx { subject, event, history: &state.history, now, guardrails }
+    }
+}
+
+impl Context for EvalCtx<'_> {
+    fn value(&self, path: &[String]) -> Option<Value> {
+        lookup(self.subject, self.event, path)
+    }
+
+    fn happened(&self, event_type: &str, within: Option<Duration>) -> bool {
+        let since = within.map_or(i64::MIN, |w| self.now - i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
+        self.history.iter().any(|(t, at)| t == event_type && *at >= since && *at <= self.now)
+    }
+
+    fn consent(&self, channel: Channel, purpose: Purpose) -> bool {
+        self.guardrails.consent(channel, purpose)
+    }
+}
+
+/// Event types whose history any loaded journey reads.
+impl Journeys {
+    pub fn remembered_types(&self) -> HashSet<&str> {
+        self.remembered.keys().map(String::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
