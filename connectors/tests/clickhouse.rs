@@ -33,7 +33,17 @@ fn migrate_is_idempotent() {
     let rt = runtime();
     let c = config();
     let first = rt.block_on(migrate(&c)).unwrap();
-    assert_eq!(first, vec!["0001_events", "0002_decisions", "0003_events_late", "0004_decisions_late"]);
+    assert_eq!(
+        first,
+        vec![
+            "0001_events",
+            "0002_decisions",
+            "0003_events_late",
+            "0004_decisions_late",
+            "0005_decisions_journey",
+            "0006_journey_transitions"
+        ]
+    );
     let second = rt.block_on(migrate(&c)).unwrap();
     assert!(second.is_empty(), "{second:?}");
 }

@@ -309,10 +309,10 @@ impl FrequencyCaps {
             let keep_from = match rule.window {
                 CapWindow::Rolling(w) => {
                     let (w, b) = rolling(w);
-                    (now_ms - 2 * w).div_euclid(b)
+                    now_ms.saturating_sub(2 * w).div_euclid(b)
                 }
                 // Periods are local days or week-start days: keep two weeks back of day numbers.
-                CapWindow::Calendar(_) => (now_ms - 15 * 86_400_000).div_euclid(86_400_000),
+                CapWindow::Calendar(_) => now_ms.saturating_sub(15 * 86_400_000).div_euclid(86_400_000),
             };
             counters.retain(|(slot, _)| *slot >= keep_from);
         }

@@ -14,7 +14,8 @@
 //!   for the same epoch.
 //!
 //! The watermark never moves back: a partition that wakes up with old events does not pull time back, its
-//! events are late. While every partition is idle the watermark holds (nothing says time moved on).
+//! events are late. While every partition is idle, event time goes on at wall-clock speed from where the
+//! data left it (so journey waits fire in a quiet stream); see [`Watermark::advance`].
 //! See `docs/guardrails.md` ("Event time").
 
 use std::collections::BTreeMap;
@@ -88,6 +89,9 @@ pub struct PartitionReport {
     pub max_event_ms: Option<i64>,
     /// No event for `idle_timeout` and read to the end: does not hold the watermark back.
     pub idle: bool,
+    /// Processing time since the partition's last event (or the start), as of the report, in ms.
+    #[serde(default)]
+    pub quiet_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -126,8 +130,9 @@ impl PartitionClocks {
         self.clocks
             .iter()
             .map(|(&partition, clock)| {
-                let quiet = now_ms.saturating_sub(clock.last_event_at_ms) >= self.idle_timeout_ms;
-                PartitionReport { partition, max_event_ms: clock.max_event_ms, idle: quiet && read_to_end(partition) }
+                let quiet_ms = now_ms.saturating_sub(clock.last_event_at_ms).max(0);
+                let idle = quiet_ms >= self.idle_timeout_ms && read_to_end(partition);
+                PartitionReport { partition, max_event_ms: clock.max_event_ms, idle, quiet_ms }
             })
             .collect()
     }
@@ -174,8 +179,15 @@ impl Watermark {
     /// Recomputes the combined watermark from the reports applied so far and returns it.
     ///
     /// `min` over the non-idle partitions of `max event time − allowed lateness`; a non-idle partition
-    /// without any event yet holds it where it is (its first event may be arbitrarily old). With every
-    /// partition idle it holds too. It never moves back.
+    /// without any event yet holds it where it is (its first event may be arbitrarily old). It never
+    /// moves back.
+    ///
+    /// With every partition idle, every partition has been read to its end and nothing is pending, so
+    /// no partition needs holding back: event time is the newest event read, and goes on at the speed of
+    /// the wall clock from there: `max` over the partitions with events of `max event time + quiet time
+    /// − allowed lateness`. So timers fire in a quiet stream (a live stream's watermark trails the wall
+    /// clock by the allowed lateness), while a replay of old data never jumps to today. The quiet times
+    /// come from the reports, so every replica computes the same value.
     pub fn advance(&mut self) -> Option<i64> {
         let mut candidate: Option<i64> = None;
         let mut any_active = false;
@@ -185,9 +197,15 @@ impl Watermark {
             let mark = max_event_ms.saturating_sub(self.allowed_lateness_ms);
             candidate = Some(candidate.map_or(mark, |c| c.min(mark)));
         }
-        if any_active {
-            self.current = self.current.max(candidate);
+        if !any_active {
+            candidate = self
+                .partitions
+                .values()
+                .filter_map(|r| r.max_event_ms.map(|m| m.saturating_add(r.quiet_ms)))
+                .max()
+                .map(|m| m.saturating_sub(self.allowed_lateness_ms));
         }
+        self.current = self.current.max(candidate);
         self.current
     }
 
@@ -220,7 +238,7 @@ mod tests {
     const HOUR: i64 = 60 * MIN;
 
     fn report(partition: i32, max_event_ms: Option<i64>, idle: bool) -> PartitionReport {
-        PartitionReport { partition, max_event_ms, idle }
+        PartitionReport { partition, max_event_ms, idle, quiet_ms: 0 }
     }
 
     fn watermark(lateness_ms: u64) -> Watermark {
@@ -265,14 +283,22 @@ mod tests {
     }
 
     #[test]
-    fn with_every_partition_idle_the_watermark_holds() {
-        let mut w = watermark(0);
+    fn with_every_partition_idle_event_time_goes_on_at_wall_speed_from_the_data() {
+        let mut w = watermark(5 * MIN as u64);
         w.apply(report(0, Some(10 * HOUR), false));
         w.apply(report(1, Some(8 * HOUR), false));
-        assert_eq!(w.advance(), Some(8 * HOUR));
-        w.apply(report(0, Some(10 * HOUR), true));
-        w.apply(report(1, Some(8 * HOUR), true));
-        assert_eq!(w.advance(), Some(8 * HOUR));
+        assert_eq!(w.advance(), Some(8 * HOUR - 5 * MIN));
+        // Both quiet: partition 0 for 30 s, partition 1 for 2 h of wall time.
+        w.apply(PartitionReport { partition: 0, max_event_ms: Some(10 * HOUR), idle: true, quiet_ms: 30_000 });
+        w.apply(PartitionReport { partition: 1, max_event_ms: Some(8 * HOUR), idle: true, quiet_ms: 2 * HOUR });
+        assert_eq!(w.advance(), Some(10 * HOUR + 30_000 - 5 * MIN), "the newer of 10h+30s and 8h+2h, minus lateness");
+        // More quiet time: it goes on.
+        w.apply(PartitionReport { partition: 0, max_event_ms: Some(10 * HOUR), idle: true, quiet_ms: 60_000 });
+        assert_eq!(w.advance(), Some(10 * HOUR + 60_000 - 5 * MIN));
+        // Nothing read at all: no time to go on from.
+        let mut empty = watermark(0);
+        empty.apply(PartitionReport { partition: 0, max_event_ms: None, idle: true, quiet_ms: 10 * HOUR });
+        assert_eq!(empty.advance(), None);
     }
 
     #[test]
@@ -303,9 +329,18 @@ mod tests {
 
         clocks.observe(0, 4 * HOUR, 40_000);
         let later = clocks.reports(40_000, |p| p != 2);
-        assert_eq!(later[0], report(0, Some(5 * HOUR), false), "keeps the largest event time; not quiet");
-        assert_eq!(later[1], report(1, None, true), "quiet and read to its end");
-        assert_eq!(later[2], report(2, None, false), "quiet but with records waiting: holds time back");
+        assert_eq!(
+            (later[0].max_event_ms, later[0].idle),
+            (Some(5 * HOUR), false),
+            "keeps the largest event time; not quiet"
+        );
+        assert_eq!(later[0].quiet_ms, 0);
+        assert_eq!(
+            later[1],
+            PartitionReport { partition: 1, max_event_ms: None, idle: true, quiet_ms: 40_000 },
+            "quiet and read to its end"
+        );
+        assert!(!later[2].idle, "quiet but with records waiting: holds time back");
     }
 
     #[test]

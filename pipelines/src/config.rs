@@ -14,6 +14,7 @@ use touchpoint_connectors::schema_registry::SchemaRegistryConfig;
 use touchpoint_operators::consent::ConsentConfig;
 use touchpoint_operators::frequency_cap::{CapsConfig, FrequencyCaps};
 use touchpoint_operators::intent::{IntentRules, IntentsConfig};
+use touchpoint_operators::journey::{load_dir, Journey, JourneyError};
 use touchpoint_operators::watermark::EventTimeConfig;
 use touchpoint_operators::{DedupeConfig, NormalizeConfig, Normalizer};
 
@@ -44,6 +45,17 @@ pub struct PipelineConfig {
     /// Watermarks and the late-event policy.
     #[serde(default)]
     pub event_time: EventTimeConfig,
+    /// Journey definition files.
+    #[serde(default)]
+    pub journeys: JourneysConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JourneysConfig {
+    /// Directory of journey files (`*.yaml`); relative to the pipeline file. None: no journeys.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +151,17 @@ impl TopicsConfig {
             compacted: true,
         }
     }
+
+    /// The changelog of the journey state (enrollments, timers, history).
+    pub fn journeys_changelog(&self, group_id: &str) -> TopicSpec {
+        TopicSpec { name: format!("{group_id}.journeys-changelog"), ..self.caps_changelog(group_id) }
+    }
+
+    /// Every journey version the pipeline ever ran (compacted; key `journey/version`, value the file):
+    /// subjects keep running on the version they entered with after the file changes.
+    pub fn journey_versions(&self, group_id: &str) -> TopicSpec {
+        TopicSpec { name: format!("{group_id}.journey-versions"), partitions: 1, retention: None, compacted: true }
+    }
 }
 
 /// How the source cuts the stream into epochs (timely timestamps). See `docs/time-and-delivery.md`.
@@ -211,12 +234,29 @@ pub enum ConfigError {
     Invalid { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{}: {message}", path.display())]
     Semantic { path: PathBuf, message: String },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Journeys(Vec<JourneyError>),
 }
 
 impl PipelineConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text, path)
+        let mut config = Self::parse(&text, path)?;
+        if let Some(dir) = config.journeys.dir.as_mut() {
+            if dir.is_relative() {
+                *dir = path.parent().unwrap_or(Path::new(".")).join(&*dir);
+            }
+        }
+        config.journeys()?;
+        Ok(config)
+    }
+
+    /// The journeys of `journeys.dir`, validated (every problem of every file at once).
+    pub fn journeys(&self) -> Result<Vec<Journey>, ConfigError> {
+        match &self.journeys.dir {
+            None => Ok(Vec::new()),
+            Some(dir) => load_dir(dir).map_err(ConfigError::Journeys),
+        }
     }
 
     /// Parses pipeline YAML; `path` is only used in error messages.

@@ -156,6 +156,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Validate { config } => {
             let c = load(&config)?;
             println!("{}: ok (pipeline {}, source {})", config.display(), c.pipeline.name, c.topics.events.name);
+            for j in c.journeys()? {
+                println!("  journey {} version {} ({} steps)", j.id, j.version, j.steps.len());
+            }
         }
         Command::Migrate { config } => {
             let c = load(&config)?;

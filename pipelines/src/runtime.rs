@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::consumer::CommitMode;
 use timely::worker::Worker;
-use touchpoint_connectors::clickhouse::{DecisionStore, EventStore};
+use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, TransitionStore};
 use touchpoint_connectors::kafka::source::{owned_partitions, partition_count};
 use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, PartitionSource};
 use touchpoint_connectors::schema_registry::RegistryClient;
@@ -20,11 +20,12 @@ use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::dedupe::dedupe_key;
 use touchpoint_operators::frequency_cap::{FrequencyCaps, SubjectCaps};
 use touchpoint_operators::intent::IntentRules;
+use touchpoint_operators::journey::{Journey, Journeys, SubjectJourneys};
 use touchpoint_operators::{EventDeduplicator, Normalizer};
 
 use crate::config::PipelineConfig;
 use crate::stages::dedupe::owner;
-use crate::stages::guardrails::{owner as guardrail_owner, GuardrailState};
+use crate::stages::guardrails::{owner as guardrail_owner, GuardrailRules, GuardrailState};
 use crate::stages::kafka_source::{SourceState, StopPolicy};
 use crate::stages::tally::{RunTotals, TallyBook};
 use crate::topology::{self, WorkerParts};
@@ -66,6 +67,8 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
 
     let mut topics = config.topics.all();
     topics.push(config.topics.caps_changelog(&config.pipeline.group_id));
+    topics.push(config.topics.journeys_changelog(&config.pipeline.group_id));
+    topics.push(config.topics.journey_versions(&config.pipeline.group_id));
     runtime.block_on(ensure_topics(&config.kafka, &topics))?;
     let latest = touchpoint_schemas::clickhouse::MIGRATIONS.last().map_or(0, |m| m.version);
     let applied: u32 = runtime
@@ -84,6 +87,13 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     let peers = options.workers * options.processes;
     let local_workers = options.process * options.workers..(options.process + 1) * options.workers;
     let restored_caps = restore_caps(&config, peers, local_workers.clone())?;
+    let journeys = load_journeys(&config, &runtime)?;
+    let restored_journeys = if journeys.is_empty() {
+        HashMap::new()
+    } else {
+        let topic = config.topics.journeys_changelog(&config.pipeline.group_id).name;
+        restore_changelog::<SubjectJourneys>(&config, &topic, "journey", peers, local_workers.clone())?
+    };
     let restored_ids = runtime.block_on(restore_event_ids(&config, peers, local_workers))?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -98,6 +108,8 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         partitions,
         consent_partitions,
         restored_caps: Mutex::new(restored_caps),
+        restored_journeys: Mutex::new(restored_journeys),
+        journeys,
         restored_ids: Mutex::new(restored_ids),
         stop,
         until_drained: options.until_drained,
@@ -127,6 +139,9 @@ struct Shared {
     consent_partitions: i32,
     /// Worker index → the cap state it owns, restored from the changelog.
     restored_caps: Mutex<HashMap<usize, HashMap<SubjectRef, SubjectCaps>>>,
+    /// Worker index → the journey state it owns, restored from the changelog.
+    restored_journeys: Mutex<HashMap<usize, HashMap<SubjectRef, SubjectJourneys>>>,
+    journeys: Journeys,
     /// Worker index → the deduplication keys it owns (with first-seen time), from ClickHouse.
     restored_ids: Mutex<HashMap<usize, Vec<(u128, i64)>>>,
     stop: Arc<AtomicBool>,
@@ -178,6 +193,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
         owned_partitions(shared.consent_partitions, index, peers),
     )?;
     let caps_state = shared.restored_caps.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
+    let journey_state = shared.restored_journeys.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
     let handles = topology::build(
         worker,
         WorkerParts {
@@ -187,10 +203,16 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             consent_topic: config.topics.consent.name.clone(),
             consent_dead_letter_topic: config.topics.consent_dead_letter.name.clone(),
             default_tenant: config.normalize.default_tenant.clone(),
-            intent_rules: IntentRules::new(&config.intents).map_err(anyhow::Error::msg)?,
-            consent_config: config.consent.clone(),
-            caps: FrequencyCaps::new(&config.caps).map_err(anyhow::Error::msg)?,
-            guardrail_state: GuardrailState { consent: Default::default(), caps: caps_state },
+            rules: GuardrailRules {
+                intents: IntentRules::new(&config.intents).map_err(anyhow::Error::msg)?,
+                consent: config.consent.clone(),
+                caps: FrequencyCaps::new(&config.caps).map_err(anyhow::Error::msg)?,
+                journeys: shared.journeys.clone(),
+            },
+            guardrail_state: GuardrailState { consent: Default::default(), caps: caps_state, journeys: journey_state },
+            transitions: TransitionStore::new(&config.clickhouse),
+            journeys_changelog: AckedProducer::new(&config.kafka)?,
+            journeys_changelog_topic: config.topics.journeys_changelog(&config.pipeline.group_id).name,
             decisions: DecisionStore::new(&config.clickhouse),
             connector_prefix: config.topics.connectors.prefix.clone(),
             caps_changelog_topic: config.topics.caps_changelog(&config.pipeline.group_id).name,
@@ -297,29 +319,98 @@ pub fn restore_caps(
     local_workers: std::ops::Range<usize>,
 ) -> Result<HashMap<usize, HashMap<SubjectRef, SubjectCaps>>> {
     let topic = config.topics.caps_changelog(&config.pipeline.group_id).name;
+    restore_changelog(config, &topic, "frequency-cap", peers, local_workers)
+}
+
+/// Reads a subject-keyed changelog (latest value per subject wins; a tombstone forgets) and groups the
+/// state by owning worker, keeping the workers of this process.
+pub fn restore_changelog<T: serde::de::DeserializeOwned>(
+    config: &PipelineConfig,
+    topic: &str,
+    what: &str,
+    peers: usize,
+    local_workers: std::ops::Range<usize>,
+) -> Result<HashMap<usize, HashMap<SubjectRef, T>>> {
     let started = std::time::Instant::now();
-    let records = read_all(&config.kafka, &topic, Duration::from_millis(500), Duration::from_secs(600))?;
-    let mut latest: HashMap<SubjectRef, Option<SubjectCaps>> = HashMap::new();
+    let records = read_all(&config.kafka, topic, Duration::from_millis(500), Duration::from_secs(600))?;
+    let mut latest: HashMap<SubjectRef, Option<T>> = HashMap::new();
     let count = records.len();
+    let mut unreadable = 0usize;
     for r in records {
         let Some(key) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
         let Some((tenant, subject)) = key.split_once('/') else { continue };
         let subject = SubjectRef { tenant_id: tenant.to_string(), subject_id: subject.to_string() };
-        let value = r.payload.as_deref().and_then(|p| serde_json::from_slice::<SubjectCaps>(p).ok());
+        let value = match r.payload.as_deref() {
+            None => None,
+            Some(p) => match serde_json::from_slice::<T>(p) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    // Never silently: a state record this version cannot read is reported.
+                    unreadable += 1;
+                    tracing::error!(topic, key, error = %e, "unreadable state record; the subject starts afresh");
+                    None
+                }
+            },
+        };
         latest.insert(subject, value);
     }
-    let mut by_worker: HashMap<usize, HashMap<SubjectRef, SubjectCaps>> = HashMap::new();
+    let mut by_worker: HashMap<usize, HashMap<SubjectRef, T>> = HashMap::new();
     let mut subjects = 0usize;
-    for (subject, caps) in latest {
-        let Some(caps) = caps else { continue };
+    for (subject, state) in latest {
+        let Some(state) = state else { continue };
         let worker = guardrail_owner(&subject, peers);
         if local_workers.contains(&worker) {
-            by_worker.entry(worker).or_default().insert(subject, caps);
+            by_worker.entry(worker).or_default().insert(subject, state);
             subjects += 1;
         }
     }
-    tracing::info!(topic, records = count, subjects, elapsed = ?started.elapsed(), "restored frequency-cap state");
+    tracing::info!(topic, records = count, subjects, unreadable, elapsed = ?started.elapsed(), "restored {what} state");
     Ok(by_worker)
+}
+
+/// The journeys to run: the current files, plus every older version recorded in the versions topic
+/// (subjects continue on the version they entered with). Current versions not yet recorded are
+/// recorded first, so a version is archived before any subject can enter it.
+pub fn load_journeys(config: &PipelineConfig, runtime: &tokio::runtime::Runtime) -> Result<Journeys> {
+    let current = config.journeys()?;
+    let mut journeys = Journeys::new(current.clone(), &config.intents.time_zone_attribute);
+    if current.is_empty() {
+        return Ok(journeys);
+    }
+    let topic = config.topics.journey_versions(&config.pipeline.group_id).name;
+    let archived = read_all(&config.kafka, &topic, Duration::from_millis(500), Duration::from_secs(120))?;
+    let mut known = std::collections::HashSet::new();
+    for r in &archived {
+        let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).to_string();
+        let text = String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default()).to_string();
+        match Journey::parse(&text, std::path::Path::new(&format!("{topic}/{key}"))) {
+            Ok(j) => {
+                known.insert(key);
+                journeys.archive(j);
+            }
+            Err(e) => tracing::error!(%e, "an archived journey version no longer validates; subjects on it will leave"),
+        }
+    }
+    let mut new = Vec::new();
+    for j in &current {
+        let key = format!("{}/{}", j.id, j.version);
+        if !known.contains(&key) {
+            new.push(touchpoint_connectors::kafka::OutgoingRecord {
+                topic: topic.clone(),
+                key: Some(key.into_bytes()),
+                payload: Some(serde_yaml::to_string(&j.source)?.into_bytes()),
+                headers: vec![],
+            });
+        }
+    }
+    if !new.is_empty() {
+        runtime.block_on(AckedProducer::new(&config.kafka)?.send_all(&new))?;
+    }
+    for j in journeys.current() {
+        tracing::info!(journey = %j.id, version = %j.version, steps = j.steps.len(), "journey loaded");
+    }
+    tracing::info!(versions = journeys.versions().count(), newly_archived = new.len(), "journeys ready");
+    Ok(journeys)
 }
 
 fn communication(options: &RunOptions) -> Result<timely::CommunicationConfig> {

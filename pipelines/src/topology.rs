@@ -21,17 +21,15 @@
 use std::sync::{Arc, Mutex};
 
 use timely::dataflow::operators::core::{Concat, Concatenate, OkErr};
-use timely::dataflow::operators::vec::{Broadcast, Filter};
+use timely::dataflow::operators::vec::{Broadcast, Filter, Map, Partition};
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
-use touchpoint_connectors::clickhouse::{DecisionStore, EventStore};
+use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, TransitionStore};
 use touchpoint_connectors::kafka::AckedProducer;
 use touchpoint_connectors::schema_registry::RegistryClient;
-use touchpoint_operators::consent::{ConsentChange, ConsentConfig};
+use touchpoint_operators::consent::ConsentChange;
 use touchpoint_operators::decision::{Decision, DecisionKind};
-use touchpoint_operators::frequency_cap::FrequencyCaps;
-use touchpoint_operators::intent::IntentRules;
 use touchpoint_operators::watermark::EventTimeConfig;
 use touchpoint_operators::{EpochTally, EventDeduplicator, Normalizer, RecordDecoder};
 use touchpoint_schemas::NormalizedEvent;
@@ -39,13 +37,14 @@ use touchpoint_schemas::NormalizedEvent;
 use crate::config::EpochConfig;
 use crate::stages::consent::{parse_consent_stream, ConsentOutcome};
 use crate::stages::dedupe::dedupe;
-use crate::stages::epoch_sink::epoch_sink;
-use crate::stages::event_time::{late_events, partition_clocks, Judged, LateEvent};
-use crate::stages::guardrails::{guardrails, intents, CapSnapshot, GuardrailOutput, GuardrailState};
+use crate::stages::epoch_sink::{after_durable, epoch_sink};
+use crate::stages::event_time::{late_events, partition_clocks, Judged};
+use crate::stages::guardrails::{guardrails, GuardrailOutput, GuardrailRules, GuardrailState};
 use crate::stages::kafka_source::{kafka_source, SharedSource, SourceRole, StopPolicy};
 use crate::stages::normalize::{normalize, DeadLetter, Outcome};
 use crate::stages::sinks::{
-    CapsChangelog, ClickHouseDecisions, ClickHouseEvents, ConnectorTopics, DeadLetterTopic, LateEventsTopic,
+    ClickHouseDecisions, ClickHouseEvents, ClickHouseTransitions, ConnectorTopics, DeadLetterTopic, LateEventsTopic,
+    StateChangelog,
 };
 use crate::stages::tally::{log_epoch_tallies, RunTotals, TallyBook};
 use crate::stages::Epoch;
@@ -58,10 +57,11 @@ pub struct WorkerParts {
     pub consent_topic: String,
     pub consent_dead_letter_topic: String,
     pub default_tenant: String,
-    pub intent_rules: IntentRules,
-    pub consent_config: ConsentConfig,
-    pub caps: FrequencyCaps,
+    pub rules: GuardrailRules,
     pub guardrail_state: GuardrailState,
+    pub transitions: TransitionStore,
+    pub journeys_changelog: AckedProducer,
+    pub journeys_changelog_topic: String,
     pub decisions: DecisionStore,
     pub connector_prefix: String,
     pub caps_changelog_topic: String,
@@ -105,10 +105,11 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         consent_topic,
         consent_dead_letter_topic,
         default_tenant,
-        intent_rules,
-        consent_config,
-        caps,
+        rules,
         guardrail_state,
+        transitions,
+        journeys_changelog,
+        journeys_changelog_topic,
         decisions,
         connector_prefix,
         caps_changelog_topic,
@@ -151,12 +152,11 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                 Outcome::Rejected(d) => Err(d),
             });
         let deduplicated = dedupe(valid, deduplicator, tally.clone());
-        let judged = late_events(deduplicated, reports, &event_time, tally);
-        let (deduplicated, late) =
-            judged.ok_err::<Vec<(NormalizedEvent, bool)>, _, Vec<LateEvent>, _, _>(|j| match j {
-                Judged::Event(e, already_stored) => Ok((e, already_stored)),
-                Judged::Routed(late) => Err(late),
-            });
+        let judged = late_events(deduplicated, reports, &event_time, tally).partition(Judged::PARTS, |j| (j.part(), j));
+        let [deduplicated, late, watermarks] = <[_; 3]>::try_from(judged).unwrap_or_else(|_| unreachable!());
+        let deduplicated = deduplicated.flat_map(Judged::into_event);
+        let late = late.flat_map(Judged::into_routed);
+        let watermarks = watermarks.flat_map(Judged::into_watermark);
         let late_routed =
             epoch_sink(late, LateEventsTopic { producer: late_producer, topic: late_events_topic }, runtime.clone());
         // Events a previous run stored are not stored again, but still drive decisions (their effects
@@ -188,21 +188,46 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             runtime.clone(),
         );
 
-        // Guardrails: intents from rules, consent join, frequency caps; decisions, sends, state.
-        let outputs = guardrails(intents(unique, intent_rules), changes, guardrail_state, consent_config, caps);
-        let (decided, snapshots) = outputs.ok_err::<Vec<Decision>, _, Vec<CapSnapshot>, _, _>(|o| match o {
-            GuardrailOutput::Decision(d) => Ok(*d),
-            GuardrailOutput::Snapshot(s) => Err(s),
-        });
+        // The subject-keyed operator: consent join, journeys (timers on the watermark), intents from
+        // rules, frequency caps; decisions, transitions, sends, state changelogs.
+        let outputs = guardrails(unique, changes, watermarks, guardrail_state, rules)
+            .partition(GuardrailOutput::PARTS, |o| (o.part(), o));
+        let [decided, moved, cap_states, journey_states] =
+            <[_; 4]>::try_from(outputs).unwrap_or_else(|_| unreachable!());
+        let decided = decided.flat_map(GuardrailOutput::into_decision);
         let recorded = epoch_sink(decided.clone(), ClickHouseDecisions { store: decisions }, runtime.clone());
         let allowed = decided.filter(|d: &Decision| d.kind == DecisionKind::Allowed);
         let sent = epoch_sink(allowed, ConnectorTopics { producer: sends, prefix: connector_prefix }, runtime.clone());
-        let persisted =
-            epoch_sink(snapshots, CapsChangelog { producer: changelog, topic: caps_changelog_topic }, runtime);
+        let transitioned = epoch_sink(
+            moved.flat_map(GuardrailOutput::into_transition),
+            ClickHouseTransitions { store: transitions },
+            runtime.clone(),
+        );
+        let caps_persisted = epoch_sink(
+            cap_states.flat_map(GuardrailOutput::into_caps),
+            StateChangelog { name: "CapsChangelog", producer: changelog, topic: caps_changelog_topic },
+            runtime.clone(),
+        );
+        // Journey state (a send step passed) is written only after that epoch's sends are durable.
+        let journeys_persisted = epoch_sink(
+            after_durable(journey_states.flat_map(GuardrailOutput::into_journeys), sent.clone(), "AfterSends"),
+            StateChangelog { name: "JourneysChangelog", producer: journeys_changelog, topic: journeys_changelog_topic },
+            runtime,
+        );
 
         let sinks = ProbeHandle::new();
         scope
-            .concatenate([stored, dead_lettered, late_routed, consent_dead_lettered, recorded, sent, persisted])
+            .concatenate([
+                stored,
+                dead_lettered,
+                late_routed,
+                consent_dead_lettered,
+                recorded,
+                sent,
+                transitioned,
+                caps_persisted,
+                journeys_persisted,
+            ])
             .probe_with(&sinks);
 
         let (tallies, partials) = scope.new_input::<Vec<EpochTally>>();

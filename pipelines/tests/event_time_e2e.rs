@@ -91,7 +91,10 @@ fn query_strings(tp: &TestPipeline, sql: &str) -> BTreeSet<String> {
 
 /// Runs both batches through a pipeline with `policy`; returns (pipeline, late ids, on-time ids, stdout, log).
 fn scenario(prefix: &str, policy: &str) -> (TestPipeline, BTreeSet<String>, BTreeSet<String>, String, String) {
-    let tp = TestPipeline::new(prefix, &[("late_events: flag", policy), ("idle_timeout: 5s", "idle_timeout: 1s")]);
+    let tp = TestPipeline::new(
+        prefix,
+        &[("late_events: flag", policy), ("idle_timeout: 5s", "idle_timeout: 1s"), common::RULES],
+    );
     tp.prepare();
     let log = std::env::temp_dir().join(format!("{}.log", tp.name));
     let child = start(&tp, &log);

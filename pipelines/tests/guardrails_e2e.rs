@@ -138,7 +138,7 @@ fn sends(tp: &TestPipeline) -> Vec<Send> {
 fn consent_and_caps_hold_across_topics_partitions_and_a_restart() {
     let tp = TestPipeline::new(
         "it_guard",
-        &[("    partitions: 2\n    compacted: true", "    partitions: 3\n    compacted: true")],
+        &[("    partitions: 2\n    compacted: true", "    partitions: 3\n    compacted: true"), common::RULES],
     );
     let consent_topic = tp.config.topics.consent.name.clone();
     assert_eq!(tp.config.topics.consent.partitions, 3);
@@ -272,7 +272,7 @@ fn caps_and_consent_survive_a_sigkill() {
 
     let tp = TestPipeline::new(
         "it_guard_kill",
-        &[("interval: 200ms", "interval: 20ms"), ("max_records: 50000", "max_records: 100")],
+        &[("interval: 200ms", "interval: 20ms"), ("max_records: 50000", "max_records: 100"), common::RULES],
     );
     tp.prepare();
     let subjects = 1_200;

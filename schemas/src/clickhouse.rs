@@ -17,6 +17,16 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "0002_decisions", sql: include_str!("../clickhouse/0002_decisions.sql") },
     Migration { version: 3, name: "0003_events_late", sql: include_str!("../clickhouse/0003_events_late.sql") },
     Migration { version: 4, name: "0004_decisions_late", sql: include_str!("../clickhouse/0004_decisions_late.sql") },
+    Migration {
+        version: 5,
+        name: "0005_decisions_journey",
+        sql: include_str!("../clickhouse/0005_decisions_journey.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "0006_journey_transitions",
+        sql: include_str!("../clickhouse/0006_journey_transitions.sql"),
+    },
 ];
 
 /// Table that records which migrations were applied (created by the migrator itself).

@@ -42,6 +42,13 @@ fn main() -> Result<()> {
         .with_context(|| format!("reading {}", args.config.display()))?
         .replace("name: marketing.events.dlq", &format!("name: {name}.dlq"))
         .replace("name: marketing.events.late", &format!("name: {name}.late"))
+        .replace(
+            "  dir: ../journeys",
+            &format!(
+                "  dir: {}",
+                args.config.parent().unwrap_or(std::path::Path::new(".")).join("../journeys").display()
+            ),
+        )
         .replace("name: marketing.consent.dlq", &format!("name: {name}.consent.dlq"))
         .replace("name: marketing.consent", &format!("name: {name}.consent"))
         .replace("prefix: connector.", &format!("prefix: {name}.connector."))

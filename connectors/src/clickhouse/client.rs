@@ -141,6 +141,35 @@ impl DecisionStore {
     }
 }
 
+/// Journey transitions → `journey_transitions`.
+#[derive(Clone)]
+pub struct TransitionStore {
+    client: clickhouse::Client,
+}
+
+impl TransitionStore {
+    pub fn new(config: &ClickHouseConfig) -> Self {
+        TransitionStore { client: config.client() }
+    }
+
+    /// One INSERT per batch (ReplacingMergeTree: a batch written again replaces its rows).
+    pub async fn insert(&self, transitions: &[touchpoint_operators::journey::Transition]) -> Result<()> {
+        if transitions.is_empty() {
+            return Ok(());
+        }
+        let recorded_at = chrono_now_ms();
+        let mut insert = self
+            .client
+            .insert::<super::encoding::TransitionRow<'_>>("journey_transitions")
+            .await
+            .context("preparing INSERT into journey_transitions")?;
+        for t in transitions {
+            insert.write(&super::encoding::TransitionRow::new(t, recorded_at)).await.context("writing a transition")?;
+        }
+        insert.end().await.context("INSERT into journey_transitions")
+    }
+}
+
 fn chrono_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

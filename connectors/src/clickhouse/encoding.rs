@@ -82,6 +82,9 @@ pub struct DecisionRow<'a> {
     pub kafka_partition: u32,
     pub kafka_offset: u64,
     pub late: bool,
+    pub journey: &'a str,
+    pub journey_version: &'a str,
+    pub journey_step: &'a str,
 }
 
 impl<'a> DecisionRow<'a> {
@@ -120,6 +123,43 @@ impl<'a> DecisionRow<'a> {
             kafka_partition: u32::try_from(i.position.partition).unwrap_or_default(),
             kafka_offset: u64::try_from(i.position.offset).unwrap_or_default(),
             late: i.late,
+            journey: i.journey.as_ref().map_or("", |j| j.journey.as_str()),
+            journey_version: i.journey.as_ref().map_or("", |j| j.version.as_str()),
+            journey_step: i.journey.as_ref().map_or("", |j| j.step.as_str()),
+        }
+    }
+}
+
+/// One row of `journey_transitions`.
+#[derive(Debug, Row, Serialize)]
+pub struct TransitionRow<'a> {
+    pub recorded_at: i64,
+    pub event_time: i64,
+    pub tenant_id: &'a str,
+    pub subject_id: &'a str,
+    pub journey: &'a str,
+    pub journey_version: &'a str,
+    pub from_step: &'a str,
+    pub to_step: &'a str,
+    pub cause: &'a str,
+    pub event_id: &'a str,
+    pub seq: u32,
+}
+
+impl<'a> TransitionRow<'a> {
+    pub fn new(t: &'a touchpoint_operators::journey::Transition, recorded_at: i64) -> Self {
+        TransitionRow {
+            recorded_at,
+            event_time: t.event_time_ms,
+            tenant_id: &t.subject.tenant_id,
+            subject_id: &t.subject.subject_id,
+            journey: &t.journey,
+            journey_version: &t.version,
+            from_step: t.from_step.as_deref().unwrap_or_default(),
+            to_step: t.to_step.as_deref().unwrap_or_default(),
+            cause: &t.cause,
+            event_id: t.event_id.as_deref().unwrap_or_default(),
+            seq: t.seq,
         }
     }
 }

@@ -255,3 +255,17 @@ proptest! {
         prop_assert!(per_day.values().all(|n| *n <= limit + 1), "{:?}", per_day);
     }
 }
+
+#[test]
+fn expiry_before_any_event_time_keeps_everything() {
+    // A worker that has only fired timers knows no event time yet: expiry must neither panic nor drop.
+    let c = caps(vec![
+        rule("hourly", Some(Channel::Email), 2, CapWindow::Rolling(Duration::from_secs(3600))),
+        rule("daily", None, 5, CapWindow::Calendar(CalendarUnit::Day)),
+    ]);
+    let mut s = SubjectCaps::default();
+    assert!(allowed(&c.decide(&mut s, &at(1_795_600_800_000))));
+    let before = s.clone();
+    assert!(!c.expire(&mut s, i64::MIN));
+    assert_eq!(s, before);
+}

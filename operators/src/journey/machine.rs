@@ -87,6 +87,9 @@ pub struct Transition {
     pub event_time_ms: i64,
     /// The event that caused it (`None` for timers).
     pub event_id: Option<String>,
+    /// Orders the movements of one stay in a journey (several share an event time).
+    #[serde(default)]
+    pub seq: u32,
 }
 
 /// What a movement needs from the subject's other state, provided by the caller.
@@ -97,7 +100,7 @@ pub trait Guardrails {
     fn send(&mut self, intent: SendIntent) -> bool;
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Versions {
     current: Arc<Journey>,
     archived: HashMap<String, Arc<Journey>>,
@@ -105,7 +108,7 @@ struct Versions {
 
 /// The loaded journeys: the current version of each, plus archived versions that subjects may still be
 /// on.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Journeys {
     by_id: BTreeMap<String, Versions>,
     /// Event types `happened(...)` asks about, with the longest window asked (None: ever).
@@ -253,6 +256,7 @@ impl Journeys {
                 cause: format!("trigger:{}", event.event_type),
                 event_time_ms: now,
                 event_id: Some(event.event_id.clone()),
+                seq: 0,
             });
             let journey = journey.clone();
             self.run(&journey, subject, state, i, 0, String::new(), now, Some(event), guardrails, &mut out);
@@ -319,6 +323,7 @@ impl Journeys {
                     cause: format!("migrated from {}", e.version),
                     event_time_ms: now,
                     event_id: None,
+                    seq: e.steps_run,
                 });
                 e.version = current.version.clone();
                 return Some(current.clone());
@@ -539,6 +544,7 @@ fn transition(
         cause,
         event_time_ms: now,
         event_id: event.map(|e| e.event_id.clone()),
+        seq: e.steps_run,
     }
 }
 

@@ -124,6 +124,42 @@ where
     )
 }
 
+/// Passes each epoch's records on only once `durable` (a sink's progress) has passed that epoch: a
+/// state changelog written after the sends it describes never runs ahead of them, so a crash can repeat
+/// a send (same idempotency key) but never lose one.
+pub fn after_durable<'s, D: Clone + 'static>(
+    stream: Stream<'s, Epoch, Vec<D>>,
+    durable: Stream<'s, Epoch, Vec<()>>,
+    name: &str,
+) -> Stream<'s, Epoch, Vec<D>> {
+    stream.binary_frontier::<_, timely::container::CapacityContainerBuilder<Vec<D>>, _, _, _, _>(
+        durable,
+        Pipeline,
+        Pipeline,
+        name,
+        move |_, _| {
+            let mut held: BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)> = BTreeMap::new();
+            move |(input, _), (progress, durable_frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(&epoch) = cap.least() else { return };
+                    let entry = held.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, 0), Vec::new()));
+                    for batch in data {
+                        entry.1.append(batch);
+                    }
+                });
+                progress.for_each(|_, _| {});
+                while let Some((&epoch, _)) = held.first_key_value() {
+                    if durable_frontier.frontier().less_equal(&epoch) {
+                        break;
+                    }
+                    let Some((cap, mut records)) = held.remove(&epoch) else { break };
+                    output.session(&cap).give_container(&mut records);
+                }
+            }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::retry_delay;

@@ -163,6 +163,45 @@ pub enum Judged {
     Event(NormalizedEvent, bool),
     /// Late, to the late-events topic (policy `route`).
     Routed(LateEvent),
+    /// The watermark moved (for the journeys' timers, on this worker).
+    Watermark(i64),
+}
+
+impl Judged {
+    /// Output streams, in [`crate::topology`]: events, routed late events, watermarks.
+    pub const PARTS: u64 = 3;
+
+    pub fn part(&self) -> u64 {
+        match self {
+            Judged::Event(..) => 0,
+            Judged::Routed(_) => 1,
+            Judged::Watermark(_) => 2,
+        }
+    }
+
+    pub fn into_event(self) -> Option<(NormalizedEvent, bool)> {
+        if let Judged::Event(e, already_stored) = self {
+            Some((e, already_stored))
+        } else {
+            None
+        }
+    }
+
+    pub fn into_routed(self) -> Option<LateEvent> {
+        if let Judged::Routed(l) = self {
+            Some(l)
+        } else {
+            None
+        }
+    }
+
+    pub fn into_watermark(self) -> Option<i64> {
+        if let Judged::Watermark(w) = self {
+            Some(w)
+        } else {
+            None
+        }
+    }
 }
 
 /// What arrived for one epoch: its capability and its events.
@@ -185,7 +224,10 @@ pub fn late_events<'s>(
         Pipeline,
         Pipeline,
         "LateEvents",
-        move |_, _| {
+        move |initial, _| {
+            // Held at the inputs' frontier, to announce the watermark even in epochs without events.
+            let mut clock = Some(initial);
+            let mut announced: Option<i64> = None;
             let mut waiting: BTreeMap<Epoch, PendingEpoch> = BTreeMap::new();
             let mut unapplied: BTreeMap<Epoch, Vec<PartitionReport>> = BTreeMap::new();
             move |(events_in, events_frontier), (reports_in, reports_frontier), output| {
@@ -260,6 +302,22 @@ pub fn late_events<'s>(
                         }
                     }
                     break;
+                }
+                // Announce a moved watermark, then keep the clock capability at the inputs' frontier.
+                if let Some(c) = clock.as_mut() {
+                    if watermark.current() > announced {
+                        if let Some(w) = watermark.current() {
+                            output.session(&*c).give(Judged::Watermark(w));
+                        }
+                        announced = watermark.current();
+                    }
+                    let least =
+                        events_frontier.frontier().iter().chain(reports_frontier.frontier().iter()).min().copied();
+                    match least {
+                        Some(t) if t > *c.time() => c.downgrade(&t),
+                        Some(_) => {}
+                        None => clock = None,
+                    }
                 }
             }
         },

@@ -1,25 +1,33 @@
-//! Send intents and their guardrails: consent join and frequency caps, on keyed state.
+//! The subject-keyed operator: consent join, journeys, send intents and frequency caps.
 //!
 //! State is keyed by subject (tenant + subject id). Records are routed with a timely exchange on a
 //! stable hash of the key into one of [`KEY_GROUPS`] key groups, and key group `g` lives on worker
 //! `g mod W`. Co-location therefore does not depend on how producers partitioned the topics, and a fixed
 //! number of key groups lets a pipeline restart with another worker count (state is restored per key).
 //!
-//! Per epoch, once both inputs are complete, the operator first applies the epoch's consent changes,
-//! then decides the epoch's intents in competition order (priority, event time, key). A revocation
-//! processed in the same or an earlier epoch therefore blocks every later decision.
+//! Per epoch, once every input is complete, the operator
+//! 1. applies the epoch's consent changes (a revocation processed in this or an earlier epoch blocks
+//!    every later decision);
+//! 2. fires the journey timers due at or before the watermark (in due-time order);
+//! 3. decides the intents of the rules in the pipeline file, in competition order (priority, event time,
+//!    key);
+//! 4. moves subjects through journeys by the epoch's events, in event-time order; a journey's sends are
+//!    decided on the spot, so the journey can follow the outcome;
+//! 5. emits the changed state of every touched subject for the changelogs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Capability, Concat};
 use timely::dataflow::Stream;
-use touchpoint_operators::consent::{ConsentChange, ConsentConfig, ConsentTable, SubjectRef};
+use touchpoint_operators::consent::{Channel, ConsentChange, ConsentConfig, ConsentTable, Purpose, SubjectRef};
 use touchpoint_operators::decision::{decide, Decision, DecisionKind};
 use touchpoint_operators::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
 use touchpoint_operators::intent::{IntentRules, SendIntent};
+use touchpoint_operators::journey::{Guardrails, Journeys, SubjectJourneys, Transition};
 use touchpoint_schemas::NormalizedEvent;
 
 use super::Epoch;
@@ -40,70 +48,170 @@ pub fn owner(subject: &SubjectRef, peers: usize) -> usize {
     (key_group(subject) % peers as u64) as usize
 }
 
-/// A subject's cap counters after an epoch, for the changelog (`None`: nothing left, forget it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CapSnapshot {
-    pub subject: SubjectRef,
-    pub caps: Option<SubjectCaps>,
+fn subject_of(e: &NormalizedEvent) -> SubjectRef {
+    SubjectRef { tenant_id: e.tenant_id.clone(), subject_id: e.subject_id.clone() }
 }
+
+/// A subject's state of one kind after an epoch, for its changelog (`None`: nothing left, forget it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectSnapshot<T> {
+    pub subject: SubjectRef,
+    pub state: Option<T>,
+}
+
+pub type CapSnapshot = SubjectSnapshot<SubjectCaps>;
+pub type JourneySnapshot = SubjectSnapshot<SubjectJourneys>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GuardrailOutput {
     Decision(Box<Decision>),
-    Snapshot(CapSnapshot),
+    Caps(CapSnapshot),
+    Journeys(JourneySnapshot),
+    Transition(Box<Transition>),
 }
 
-/// Intents triggered by events (rules from the pipeline file).
-pub fn intents<'s>(
-    events: Stream<'s, Epoch, Vec<NormalizedEvent>>,
-    rules: IntentRules,
-) -> Stream<'s, Epoch, Vec<SendIntent>> {
-    events.unary::<timely::container::CapacityContainerBuilder<Vec<SendIntent>>, _, _, _>(
-        Pipeline,
-        "SendIntents",
-        move |_, _| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut session = output.session(&cap);
-                    for batch in data {
-                        for event in batch.iter() {
-                            session.give_iterator(rules.intents_for(event).into_iter());
-                        }
-                    }
-                });
-            }
-        },
-    )
+impl GuardrailOutput {
+    /// Output streams, in [`crate::topology`]: decisions, transitions, cap state, journey state.
+    pub const PARTS: u64 = 4;
+
+    pub fn part(&self) -> u64 {
+        match self {
+            GuardrailOutput::Decision(_) => 0,
+            GuardrailOutput::Transition(_) => 1,
+            GuardrailOutput::Caps(_) => 2,
+            GuardrailOutput::Journeys(_) => 3,
+        }
+    }
+
+    pub fn into_decision(self) -> Option<Decision> {
+        if let GuardrailOutput::Decision(d) = self {
+            Some(*d)
+        } else {
+            None
+        }
+    }
+
+    pub fn into_transition(self) -> Option<Transition> {
+        if let GuardrailOutput::Transition(t) = self {
+            Some(*t)
+        } else {
+            None
+        }
+    }
+
+    pub fn into_caps(self) -> Option<CapSnapshot> {
+        if let GuardrailOutput::Caps(c) = self {
+            Some(c)
+        } else {
+            None
+        }
+    }
+
+    pub fn into_journeys(self) -> Option<JourneySnapshot> {
+        if let GuardrailOutput::Journeys(j) = self {
+            Some(j)
+        } else {
+            None
+        }
+    }
 }
 
-/// What arrived for one epoch: its capability, the intents and the consent changes.
-type EpochInputs = (Capability<Epoch>, Vec<SendIntent>, Vec<ConsentChange>);
+/// The non-keyed side input: consent changes (exchanged by subject) and the watermark (local).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Side {
+    Consent(ConsentChange),
+    Watermark(i64),
+}
 
 /// The keyed state one worker holds.
 #[derive(Default)]
 pub struct GuardrailState {
     pub consent: ConsentTable,
     pub caps: HashMap<SubjectRef, SubjectCaps>,
+    pub journeys: HashMap<SubjectRef, SubjectJourneys>,
+}
+
+/// The rules the operator applies.
+pub struct GuardrailRules {
+    pub intents: IntentRules,
+    pub consent: ConsentConfig,
+    pub caps: FrequencyCaps,
+    pub journeys: Journeys,
+}
+
+/// What arrived for one epoch: its capability, the events and the side records.
+type EpochInputs = (Capability<Epoch>, Vec<NormalizedEvent>, Vec<Side>);
+
+/// Consent and caps for one subject, as the journey machine sees them; collects the decisions.
+struct SubjectGuardrails<'a> {
+    subject: &'a SubjectRef,
+    consent: &'a ConsentTable,
+    rules: &'a GuardrailRules,
+    caps: &'a mut SubjectCaps,
+    decisions: &'a mut Vec<Decision>,
+    counted: bool,
+}
+
+impl Guardrails for SubjectGuardrails<'_> {
+    fn consent(&self, channel: Channel, purpose: Purpose) -> bool {
+        self.consent.verdict(self.subject, channel, purpose, &self.rules.consent).allowed
+    }
+
+    fn send(&mut self, intent: SendIntent) -> bool {
+        let decision = decide(intent, self.consent, &self.rules.consent, &self.rules.caps, self.caps);
+        let allowed = decision.kind == DecisionKind::Allowed;
+        self.counted |= allowed && decision.cap == Some(CapVerdict::Allowed);
+        self.decisions.push(decision);
+        allowed
+    }
+}
+
+/// Journey timers of this worker's subjects: (due, subject).
+#[derive(Default)]
+struct Timers(BTreeSet<(i64, SubjectRef)>);
+
+impl Timers {
+    fn update(&mut self, subject: &SubjectRef, before: Option<i64>, after: Option<i64>) {
+        if before != after {
+            if let Some(b) = before {
+                self.0.remove(&(b, subject.clone()));
+            }
+            if let Some(a) = after {
+                self.0.insert((a, subject.clone()));
+            }
+        }
+    }
 }
 
 pub fn guardrails<'s>(
-    intents: Stream<'s, Epoch, Vec<SendIntent>>,
+    events: Stream<'s, Epoch, Vec<NormalizedEvent>>,
     consent: Stream<'s, Epoch, Vec<ConsentChange>>,
+    watermarks: Stream<'s, Epoch, Vec<i64>>,
     mut state: GuardrailState,
-    consent_config: ConsentConfig,
-    caps: FrequencyCaps,
+    rules: GuardrailRules,
 ) -> Stream<'s, Epoch, Vec<GuardrailOutput>> {
-    intents.binary_frontier::<_, timely::container::CapacityContainerBuilder<Vec<GuardrailOutput>>, _, _, _, _>(
-        consent,
-        Exchange::new(|i: &SendIntent| key_group(&i.subject)),
-        Exchange::new(|c: &ConsentChange| key_group(c.subject())),
+    // Consent goes to the subject's owner; the watermark stays on this worker (every worker holds it).
+    use timely::dataflow::operators::Exchange as _;
+    let side = consent
+        .exchange(|c: &ConsentChange| key_group(c.subject()))
+        .map(Side::Consent)
+        .concat(watermarks.map(Side::Watermark));
+    let mut timers = Timers::default();
+    for (subject, j) in &state.journeys {
+        timers.update(subject, None, j.next_due());
+    }
+    events.binary_frontier::<_, timely::container::CapacityContainerBuilder<Vec<GuardrailOutput>>, _, _, _, _>(
+        side,
+        Exchange::new(|e: &NormalizedEvent| key_group(&subject_of(e))),
+        Pipeline,
         "Guardrails",
         move |_, _| {
             let mut pending: BTreeMap<Epoch, EpochInputs> = BTreeMap::new();
             let mut newest_event_ms = i64::MIN;
+            let mut watermark = i64::MIN;
             let mut epochs_since_sweep = 0u32;
-            move |(intents_in, intents_frontier), (consent_in, consent_frontier), output| {
-                intents_in.for_each_stamp(|cap, data| {
+            move |(events_in, events_frontier), (side_in, side_frontier), output| {
+                events_in.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
                     let entry =
                         pending.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, 0), Vec::new(), Vec::new()));
@@ -111,7 +219,7 @@ pub fn guardrails<'s>(
                         entry.1.append(batch);
                     }
                 });
-                consent_in.for_each_stamp(|cap, data| {
+                side_in.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
                     let entry =
                         pending.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, 0), Vec::new(), Vec::new()));
@@ -120,44 +228,138 @@ pub fn guardrails<'s>(
                     }
                 });
                 while let Some((&epoch, _)) = pending.first_key_value() {
-                    if intents_frontier.frontier().less_equal(&epoch) || consent_frontier.frontier().less_equal(&epoch)
-                    {
+                    if events_frontier.frontier().less_equal(&epoch) || side_frontier.frontier().less_equal(&epoch) {
                         break;
                     }
-                    let Some((cap, mut epoch_intents, changes)) = pending.remove(&epoch) else { break };
-                    for change in &changes {
-                        state.consent.apply(change);
-                    }
-                    epoch_intents.sort_by(SendIntent::compete_order);
+                    let Some((cap, mut epoch_events, sides)) = pending.remove(&epoch) else { break };
                     let mut session = output.session(&cap);
-                    let mut touched = HashSet::new();
-                    for intent in epoch_intents {
+                    let mut decisions = Vec::new();
+                    let mut transitions = Vec::new();
+                    let mut caps_touched = HashSet::new();
+                    let mut journeys_touched = HashSet::new();
+
+                    // 1. Consent; the watermark.
+                    for side in sides {
+                        match side {
+                            Side::Consent(change) => {
+                                state.consent.apply(&change);
+                            }
+                            Side::Watermark(w) => watermark = watermark.max(w),
+                        }
+                    }
+
+                    // 2. Journey timers due by the watermark.
+                    while let Some((due, subject)) = timers.0.first().cloned() {
+                        if due > watermark {
+                            break;
+                        }
+                        newest_event_ms = newest_event_ms.max(due);
+                        timers.0.remove(&(due, subject.clone()));
+                        let Some(journey_state) = state.journeys.get_mut(&subject) else { continue };
+                        let mut caps = state.caps.remove(&subject).unwrap_or_default();
+                        let mut g = SubjectGuardrails {
+                            subject: &subject,
+                            consent: &state.consent,
+                            rules: &rules,
+                            caps: &mut caps,
+                            decisions: &mut decisions,
+                            counted: false,
+                        };
+                        transitions.extend(rules.journeys.on_time(&subject, journey_state, watermark, &mut g));
+                        if g.counted {
+                            caps_touched.insert(subject.clone());
+                        }
+                        // Every timer of the subject due by the watermark has fired: the next is later.
+                        timers.update(&subject, None, journey_state.next_due());
+                        if journey_state.is_empty() {
+                            state.journeys.remove(&subject);
+                        }
+                        if caps != SubjectCaps::default() {
+                            state.caps.insert(subject.clone(), caps);
+                        }
+                        journeys_touched.insert(subject);
+                    }
+
+                    // 3. Rule-driven intents, in competition order.
+                    let mut intents: Vec<SendIntent> =
+                        epoch_events.iter().flat_map(|e| rules.intents.intents_for(e)).collect();
+                    intents.sort_by(SendIntent::compete_order);
+                    for intent in intents {
                         newest_event_ms = newest_event_ms.max(intent.occurred_at_ms);
                         let subject = intent.subject.clone();
                         let cap_state = state.caps.entry(subject.clone()).or_default();
-                        let decision = decide(intent, &state.consent, &consent_config, &caps, cap_state);
+                        let decision = decide(intent, &state.consent, &rules.consent, &rules.caps, cap_state);
                         // Only counted sends change the state (and need a changelog record).
                         if decision.kind == DecisionKind::Allowed && decision.cap == Some(CapVerdict::Allowed) {
-                            touched.insert(subject);
+                            caps_touched.insert(subject);
                         }
-                        session.give(GuardrailOutput::Decision(Box::new(decision)));
+                        decisions.push(decision);
                     }
-                    for subject in touched {
-                        let keep = state.caps.get_mut(&subject).is_some_and(|s| !caps.expire(s, newest_event_ms));
+
+                    // 4. Journeys, by event time.
+                    if !rules.journeys.is_empty() {
+                        epoch_events.sort_by(|a, b| {
+                            a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id))
+                        });
+                        for event in &epoch_events {
+                            newest_event_ms = newest_event_ms.max(event.occurred_at_ms);
+                            let subject = subject_of(event);
+                            let journey_state = state.journeys.entry(subject.clone()).or_default();
+                            let before = journey_state.next_due();
+                            let history = journey_state.history.len();
+                            let mut caps = state.caps.remove(&subject).unwrap_or_default();
+                            let mut g = SubjectGuardrails {
+                                subject: &subject,
+                                consent: &state.consent,
+                                rules: &rules,
+                                caps: &mut caps,
+                                decisions: &mut decisions,
+                                counted: false,
+                            };
+                            let moved = rules.journeys.on_event(&subject, journey_state, event, &mut g);
+                            if g.counted {
+                                caps_touched.insert(subject.clone());
+                            }
+                            timers.update(&subject, before, journey_state.next_due());
+                            if !moved.is_empty() || journey_state.history.len() != history {
+                                journeys_touched.insert(subject.clone());
+                            }
+                            transitions.extend(moved);
+                            if journey_state.is_empty() {
+                                state.journeys.remove(&subject);
+                            }
+                            if caps != SubjectCaps::default() {
+                                state.caps.insert(subject, caps);
+                            }
+                        }
+                    }
+
+                    for d in decisions {
+                        session.give(GuardrailOutput::Decision(Box::new(d)));
+                    }
+                    for t in transitions {
+                        session.give(GuardrailOutput::Transition(Box::new(t)));
+                    }
+                    for subject in caps_touched {
+                        let keep = state.caps.get_mut(&subject).is_some_and(|s| !rules.caps.expire(s, newest_event_ms));
                         let snapshot = if keep {
                             state.caps.get(&subject).cloned()
                         } else {
                             state.caps.remove(&subject);
                             None
                         };
-                        session.give(GuardrailOutput::Snapshot(CapSnapshot { subject, caps: snapshot }));
+                        session.give(GuardrailOutput::Caps(SubjectSnapshot { subject, state: snapshot }));
+                    }
+                    for subject in journeys_touched {
+                        let snapshot = state.journeys.get(&subject).filter(|j| !j.is_empty()).cloned();
+                        session.give(GuardrailOutput::Journeys(SubjectSnapshot { subject, state: snapshot }));
                     }
                     // Now and then, drop the counters of subjects that went quiet.
                     epochs_since_sweep += 1;
                     if epochs_since_sweep >= 1_000 {
                         epochs_since_sweep = 0;
                         let before = state.caps.len();
-                        state.caps.retain(|_, s| !caps.expire(s, newest_event_ms));
+                        state.caps.retain(|_, s| !rules.caps.expire(s, newest_event_ms));
                         tracing::debug!(
                             expired = before - state.caps.len(),
                             subjects = state.caps.len(),

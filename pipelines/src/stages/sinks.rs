@@ -120,6 +120,8 @@ pub fn send_record(
         "rule_id": i.rule_id,
         "intents_version": i.ruleset_version,
         "caps_version": d.caps_version,
+        "journey": i.journey,
+        "data": i.payload,
     });
     touchpoint_connectors::kafka::OutgoingRecord {
         topic: format!("{topic_prefix}{}", i.channel.as_str()),
@@ -151,16 +153,19 @@ impl BatchWriter<touchpoint_operators::decision::Decision> for ConnectorTopics {
     }
 }
 
-/// Cap state after each epoch → the compacted changelog (key `tenant/subject`, JSON value or a
-/// tombstone), restored at start-up.
-pub struct CapsChangelog {
+/// A subject-keyed state changelog (compacted; key `tenant/subject`, JSON value, tombstone when the
+/// subject has nothing left): `<group>.caps-changelog`, `<group>.journeys-changelog`.
+pub struct StateChangelog {
+    pub name: &'static str,
     pub producer: AckedProducer,
     pub topic: String,
 }
 
-impl BatchWriter<super::guardrails::CapSnapshot> for CapsChangelog {
+impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<super::guardrails::SubjectSnapshot<T>>
+    for StateChangelog
+{
     fn name(&self) -> &'static str {
-        "CapsChangelog"
+        self.name
     }
 
     /// Restores keep the last record per key: epochs must land in order.
@@ -171,7 +176,7 @@ impl BatchWriter<super::guardrails::CapSnapshot> for CapsChangelog {
     fn write(
         &self,
         _epoch: Epoch,
-        batch: Arc<Vec<super::guardrails::CapSnapshot>>,
+        batch: Arc<Vec<super::guardrails::SubjectSnapshot<T>>>,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         let producer = self.producer.clone();
         let records: Vec<_> = batch
@@ -179,10 +184,30 @@ impl BatchWriter<super::guardrails::CapSnapshot> for CapsChangelog {
             .map(|s| touchpoint_connectors::kafka::OutgoingRecord {
                 topic: self.topic.clone(),
                 key: Some(format!("{}/{}", s.subject.tenant_id, s.subject.subject_id).into_bytes()),
-                payload: s.caps.as_ref().and_then(|c| serde_json::to_vec(c).ok()),
+                payload: s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()),
                 headers: vec![],
             })
             .collect();
         async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
+    }
+}
+
+/// Journey transitions → ClickHouse `journey_transitions`, one INSERT per epoch and worker.
+pub struct ClickHouseTransitions {
+    pub store: touchpoint_connectors::clickhouse::TransitionStore,
+}
+
+impl BatchWriter<touchpoint_operators::journey::Transition> for ClickHouseTransitions {
+    fn name(&self) -> &'static str {
+        "ClickHouseTransitions"
+    }
+
+    fn write(
+        &self,
+        _epoch: Epoch,
+        batch: Arc<Vec<touchpoint_operators::journey::Transition>>,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        let store = self.store.clone();
+        async move { store.insert(&batch).await }.boxed()
     }
 }

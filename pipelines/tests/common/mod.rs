@@ -19,6 +19,22 @@ pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
 
+/// What the journeys directory of a test pipeline file reads by default: none.
+pub const JOURNEYS_OFF: &str = "  dir: null";
+
+/// The override that runs the journeys of `dir` (relative to the `pipelines` crate).
+pub fn journeys_in(dir: &str) -> String {
+    format!("  dir: {}", Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).display())
+}
+
+/// The rule-driven intents the guardrail tests exercise (the shipped file sends these through journeys).
+pub const RULES: (&str, &str) = (
+    "    - {id: daily-deal-push,",
+    "    - {id: welcome-email, on: signed_up, channel: email, category: onboarding, template: welcome, priority: 10}
+    - {id: cart-reminder, on: cart_updated, channel: email, category: promotional, template: cart_reminder}
+    - {id: daily-deal-push,",
+);
+
 /// A test pipeline: the shipped local pipeline file with this test's own names.
 pub struct TestPipeline {
     pub name: String,
@@ -41,6 +57,8 @@ impl TestPipeline {
             .replace("name: marketing.events", &format!("name: {name}.events"))
             .replace("group_id: touchpoint.normalization", &format!("group_id: {name}.group"))
             .replace("${TOUCHPOINT_CLICKHOUSE_DATABASE:-touchpoint}", &name)
+            // No journeys unless a test asks for them (`JOURNEYS_OFF` → a directory).
+            .replace("  dir: ../journeys", JOURNEYS_OFF)
             .replace("${TOUCHPOINT_KAFKA_BROKERS:-127.0.0.1:19092}", &services.kafka_brokers)
             .replace("${TOUCHPOINT_CLICKHOUSE_URL:-http://127.0.0.1:18123}", &services.clickhouse_url)
             .replace("${TOUCHPOINT_SCHEMA_REGISTRY_URL:-http://127.0.0.1:18081}", &services.schema_registry_url);
