@@ -41,6 +41,18 @@ enum Command {
         #[arg(long)]
         until_drained: bool,
     },
+    /// Why did a subject (not) get a message? Its path through journeys and every decision, with reasons.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        subject: String,
+        /// Default: the pipeline's `normalize.default_tenant`.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        journey: Option<String>,
+    },
     /// Check a pipeline file and print what is wrong with it.
     Validate {
         #[arg(long, short)]
@@ -152,6 +164,17 @@ fn run(cli: Cli) -> Result<()> {
                 println!("    {code:<22}{n}");
             }
             anyhow::ensure!(report.totals.unbalanced_epochs == 0, "some epochs did not balance (see the log)");
+        }
+        Command::Explain { config, subject, tenant, journey } => {
+            let c = load(&config)?;
+            let tenant = tenant.unwrap_or_else(|| c.normalize.default_tenant.clone());
+            let report = runtime()?.block_on(touchpoint::explain::explain(
+                &c.clickhouse,
+                &tenant,
+                &subject,
+                journey.as_deref(),
+            ))?;
+            print!("{report}");
         }
         Command::Validate { config } => {
             let c = load(&config)?;

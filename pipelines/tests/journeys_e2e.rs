@@ -245,6 +245,24 @@ fn journeys_wait_branch_split_and_exit_across_a_sigkill() {
     // Decisions carry the journey and step.
     let journey_decisions = count(&tp, "SELECT count() FROM decisions FINAL WHERE journey != '' AND journey_step != '' AND journey_version LIKE 'v1-%'");
     assert_eq!(journey_decisions, expected.len() as u64);
+    // `touchpoint explain` tells the story of one subject.
+    let out = Command::new(env!("CARGO_BIN_EXE_touchpoint"))
+        .args(["explain", "--config"])
+        .arg(&tp.path)
+        .args(["--tenant", "acme", "--subject", &silent(0)])
+        .output()
+        .expect("explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for needle in [
+        "welcome-series",
+        "(enter) -> welcome  (trigger:signed_up)",
+        "email welcome -> ALLOWED",
+        "opened-welcome -> nudge  (condition:false)",
+        "push come_back -> ALLOWED",
+    ] {
+        assert!(text.contains(needle), "explain lacks {needle:?}:\n{text}");
+    }
     // Waits fired once: one `wait elapsed` per welcome subject.
     assert_eq!(
         count(&tp, "SELECT count() FROM journey_transitions FINAL WHERE cause = 'wait elapsed'"),
