@@ -44,6 +44,16 @@ echo
 echo "== Why were sends suppressed? (top reasons)"
 q "SELECT reason, count() AS intents FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL WHERE decision != 'allowed' GROUP BY reason ORDER BY intents DESC LIMIT 5"
 echo
+echo "== Journeys: subjects reaching each step (${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions)"
+q "SELECT journey, to_step AS step, uniqExact(subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions FINAL WHERE to_step != '' GROUP BY journey, step ORDER BY journey, subjects DESC"
+echo
+WHO=$(curl -fsS "$CLICKHOUSE" --data-binary "SELECT tenant_id, subject_id FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions FINAL WHERE journey = 'welcome-series' AND to_step = 'tips' ORDER BY subject_id LIMIT 1 FORMAT TSV")
+if [ -n "$WHO" ]; then
+  TENANT=$(echo "$WHO" | cut -f1); SUBJECT=$(echo "$WHO" | cut -f2)
+  echo "== touchpoint explain --tenant $TENANT --subject $SUBJECT --journey welcome-series"
+  "$TP" explain --config "$CONFIG" --tenant "$TENANT" --subject "$SUBJECT" --journey welcome-series
+  echo
+fi
 echo "== Dead-letter topic: first records (touchpoint tail shows them all)"
 # (head closes the pipe early; that is not a failure of the demo)
 "$TP" tail --config "$CONFIG" 2>/dev/null | head -3 || true

@@ -1,16 +1,20 @@
-//! The whole dataflow of the normalization pipeline, on one screen.
+//! The whole dataflow of the pipeline, on one screen.
 //!
 //! ```text
 //!  marketing.events ─► EventSource ─► Normalize ─┬─ events ─► [by tenant+event_id] Dedupe ─► LateEvents ─┬─► ClickHouseEvents (`events`)
-//!   (this worker's      (epochs ≥ 1)  (decode,   │                                           (watermark)  ├─► SendIntents (rules)
-//!    partitions)             │        validate)  ├─ rejects ─► DeadLetterTopic (marketing.events.dlq)  ▲  └─ late, `route` ─► LateEventsTopic
-//!                            │                   └─► PartitionClocks ─► [broadcast] partition reports ─┘     │   (marketing.events.late)
-//!                            │                        (max event time, idle)                                 ▼
-//!  marketing.consent ─► ConsentSource ─► ParseConsent ─┬─ changes ─► [by subject key group] ─► Guardrails (consent, then caps)
-//!   (replayed from      (restore at       (decode,     └─ rejects ─► DeadLetterTopic             │    │    │
-//!    the beginning)      epoch 0)          validate)                 (marketing.consent.dlq)     │    │    └─► CapsChangelog (<group>.caps-changelog)
-//!                                                                                  decisions ◄───┘    └─► allowed ─► ConnectorTopics (connector.<channel>)
-//!                                                                          ClickHouseDecisions (`decisions`)
+//!   (this worker's      (epochs ≥ 1)  (decode,   │                                           (watermark)  ├─ late, `route` ─► LateEventsTopic
+//!    partitions)                      validate)  ├─ rejects ─► DeadLetterTopic (marketing.events.dlq)  ▲  │   (marketing.events.late)
+//!                                                └─► PartitionClocks ─► [broadcast] partition reports ─┘  ├─ events ─────────┐
+//!                                                     (max event time, idle)                              └─ watermark ──┐   │
+//!  marketing.consent ─► ConsentSource ─► ParseConsent ─┬─ changes ─► [by subject key group] ────────────────────────► Guardrails
+//!   (replayed from      (restore at       (decode,     └─ rejects ─► DeadLetterTopic (marketing.consent.dlq)     (consent; journey timers;
+//!    the beginning)      epoch 0)          validate)                                                          rules; journeys; caps)
+//!                                                                                                                 │ │ │ │
+//!          ClickHouseDecisions (`decisions`) ◄── decisions ◄──────────────────────────────────────────────────────┘ │ │ │
+//!          ConnectorTopics (connector.<channel>) ◄── allowed ◄── decisions                                          │ │ │
+//!          ClickHouseTransitions (`journey_transitions`) ◄── journey movements ◄──────────────────────────────────────┘ │ │
+//!          StateChangelog (<group>.caps-changelog) ◄── cap state ◄──────────────────────────────────────────────────────┘ │
+//!          StateChangelog (<group>.journeys-changelog) ◄── AfterSends (once the epoch's sends are durable) ◄── journey state ┘
 //!
 //!  every sink's progress ─► probe ─► commit the event offsets of durable epochs
 //!  per-worker tallies ─► [to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
