@@ -5,6 +5,7 @@ pub mod config;
 pub mod explain;
 pub mod generate;
 pub mod runtime;
+pub mod scenario;
 pub mod stages;
 pub mod topology;
 

@@ -1,0 +1,411 @@
+//! Journey scenarios: files of events in and expected sends and transitions out
+//! (`pipelines/scenarios/*.yaml`), run through the pipeline's subject-keyed timely operator
+//! ([`crate::stages::guardrails::guardrails`]) with the real consent, caps and journey logic. Inputs
+//! come from the file instead of Kafka, outputs are collected instead of written; a `restart` step
+//! rebuilds the dataflow from the state changelog records the first one emitted, as a real restart
+//! restores them. See `docs/journeys.md`.
+//!
+//! ```yaml
+//! name: welcome series, email opened
+//! start: 2026-11-20T10:00:00Z          # `+<duration>` / `-<duration>` times are relative to it
+//! journeys: [welcome-series]           # files of pipelines/journeys, or inline definitions
+//! consent: [{subject: ann, channel: email}]   # granted (marketing) unless `status` says otherwise
+//! steps:
+//!   - event: {id: e1, subject: ann, type: signed_up, at: +0s, attributes: {plan: pro}}
+//!   - watermark: +2d                   # event time reaches this
+//!   - consent: {subject: ann, channel: email, status: denied, at: +3d}
+//!   - restart: {journeys: [...]}       # state survives; new journey files (versions)
+//! expect:
+//!   sends: [{subject: ann, template: welcome}]          # allowed, in decision order
+//!   suppressed: [{subject: bob, template: x, decision: suppressed_cap}]
+//!   transitions: {ann: [">welcome:trigger:signed_up", ...]}   # from>to:cause, in order
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+use timely::dataflow::operators::{Input as _, Inspect, Probe};
+use timely::dataflow::ProbeHandle;
+use touchpoint_operators::consent::{Channel, ConsentChange, ConsentConfig, ConsentStatus, Purpose, SubjectRef};
+use touchpoint_operators::decision::{Decision, DecisionKind};
+use touchpoint_operators::frequency_cap::{CapsConfig, FrequencyCaps, SubjectCaps};
+use touchpoint_operators::intent::{IntentRules, IntentsConfig};
+use touchpoint_operators::journey::{Journey, Journeys, SubjectJourneys, Transition};
+use touchpoint_schemas::{NormalizedEvent, SourcePosition};
+
+use crate::stages::guardrails::{guardrails, GuardrailOutput, GuardrailRules, GuardrailState};
+
+pub const TENANT: &str = "acme";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub start: String,
+    pub journeys: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    pub consent: Vec<ConsentEntry>,
+    #[serde(default)]
+    pub caps: CapsConfig,
+    #[serde(default)]
+    pub intents: IntentsConfig,
+    pub steps: Vec<StepEntry>,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentEntry {
+    pub subject: String,
+    pub channel: String,
+    #[serde(default = "marketing")]
+    pub purpose: String,
+    #[serde(default = "granted")]
+    pub status: String,
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+fn marketing() -> String {
+    "marketing".into()
+}
+fn granted() -> String {
+    "granted".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventEntry {
+    pub id: String,
+    pub subject: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub at: String,
+    #[serde(default)]
+    pub attributes: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartEntry {
+    pub journeys: Vec<serde_yaml::Value>,
+}
+
+/// One step: exactly one of `event`, `watermark`, `consent`, `restart`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepEntry {
+    #[serde(default)]
+    pub event: Option<EventEntry>,
+    #[serde(default)]
+    pub watermark: Option<String>,
+    #[serde(default)]
+    pub consent: Option<ConsentEntry>,
+    #[serde(default)]
+    pub restart: Option<RestartEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedSend {
+    pub subject: String,
+    pub template: String,
+    #[serde(default)]
+    pub decision: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(default)]
+    pub sends: Vec<ExpectedSend>,
+    #[serde(default)]
+    pub suppressed: Vec<ExpectedSend>,
+    #[serde(default)]
+    pub transitions: BTreeMap<String, Vec<String>>,
+}
+
+/// What a scenario produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub decisions: Vec<Decision>,
+    pub transitions: Vec<Transition>,
+}
+
+impl Outcome {
+    pub fn sends(&self) -> Vec<ExpectedSend> {
+        self.of(|d| d.kind == DecisionKind::Allowed, false)
+    }
+
+    pub fn suppressed(&self) -> Vec<ExpectedSend> {
+        self.of(|d| d.kind != DecisionKind::Allowed, true)
+    }
+
+    fn of(&self, keep: impl Fn(&Decision) -> bool, with_kind: bool) -> Vec<ExpectedSend> {
+        self.decisions
+            .iter()
+            .filter(|d| keep(d))
+            .map(|d| ExpectedSend {
+                subject: d.intent.subject.subject_id.clone(),
+                template: d.intent.template.clone(),
+                decision: with_kind.then(|| d.kind.as_str().to_string()),
+            })
+            .collect()
+    }
+
+    /// Per subject, its movements as `from>to:cause`, in order.
+    pub fn paths(&self) -> BTreeMap<String, Vec<String>> {
+        let mut paths: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for t in &self.transitions {
+            paths.entry(t.subject.subject_id.clone()).or_default().push(format!(
+                "{}>{}:{}",
+                t.from_step.as_deref().unwrap_or_default(),
+                t.to_step.as_deref().unwrap_or_default(),
+                t.cause
+            ));
+        }
+        paths
+    }
+}
+
+fn time(start_ms: i64, text: &str) -> Result<i64> {
+    let relative = |offset: &str| -> Result<i64> {
+        let d = humantime::parse_duration(offset.trim()).with_context(|| format!("`{text}` is not ±<duration>"))?;
+        Ok(i64::try_from(d.as_millis())?)
+    };
+    if let Some(offset) = text.strip_prefix('+') {
+        Ok(start_ms + relative(offset)?)
+    } else if let Some(offset) = text.strip_prefix('-') {
+        Ok(start_ms - relative(offset)?)
+    } else {
+        Ok(chrono::DateTime::parse_from_rfc3339(text)
+            .with_context(|| format!("`{text}` is not RFC 3339"))?
+            .timestamp_millis())
+    }
+}
+
+fn load_journeys(specs: &[serde_yaml::Value], journeys_dir: &Path, origin: &Path) -> Result<Vec<Journey>> {
+    specs
+        .iter()
+        .map(|spec| match spec {
+            serde_yaml::Value::String(name) => {
+                let path = journeys_dir.join(format!("{name}.yaml"));
+                Journey::load(&path).map_err(|e| anyhow!("{e}"))
+            }
+            inline => {
+                let text = serde_yaml::to_string(inline)?;
+                Journey::parse(&text, origin).map_err(|e| anyhow!("inline journey: {e}"))
+            }
+        })
+        .collect()
+}
+
+fn consent_change(c: &ConsentEntry, start_ms: i64) -> Result<ConsentChange> {
+    Ok(ConsentChange::Set {
+        subject: SubjectRef { tenant_id: TENANT.into(), subject_id: c.subject.clone() },
+        channel: Channel::parse(&c.channel).ok_or_else(|| anyhow!("unknown channel {}", c.channel))?,
+        purpose: Purpose::parse(&c.purpose).ok_or_else(|| anyhow!("unknown purpose {}", c.purpose))?,
+        status: ConsentStatus::parse(&c.status).ok_or_else(|| anyhow!("unknown status {}", c.status))?,
+        updated_at_ms: c.at.as_deref().map(|a| time(start_ms, a)).transpose()?.unwrap_or(start_ms),
+        source: "scenario".into(),
+    })
+}
+
+/// One run of the dataflow (until the end or a restart).
+enum Step {
+    Event(NormalizedEvent),
+    Watermark(i64),
+    Consent(ConsentChange),
+}
+
+/// Runs a scenario file; `journeys_dir` holds the journey files it names.
+pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outcome)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: ScenarioFile = serde_yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let start_ms = time(0, &file.start)?;
+
+    // Cut the steps into runs separated by restarts.
+    let mut runs: Vec<(Vec<Journey>, Vec<Step>)> =
+        vec![(load_journeys(&file.journeys, journeys_dir, path)?, Vec::new())];
+    let mut initial_consent = Vec::new();
+    for c in &file.consent {
+        initial_consent.push(consent_change(c, start_ms)?);
+    }
+    for (n, step) in file.steps.iter().enumerate() {
+        let input = match (&step.event, &step.watermark, &step.consent, &step.restart) {
+            (Some(e), None, None, None) => Step::Event(NormalizedEvent {
+                event_id: e.id.clone(),
+                event_type: e.event_type.clone(),
+                occurred_at_ms: time(start_ms, &e.at)?,
+                subject_id: e.subject.clone(),
+                tenant_id: TENANT.into(),
+                source: "scenario".into(),
+                attributes_json: Value::Object(e.attributes.clone()).to_string(),
+                ingested_at_ms: 0,
+                position: SourcePosition { topic: "scenario".into(), partition: 0, offset: n as i64 },
+                late: false,
+            }),
+            (None, Some(w), None, None) => Step::Watermark(time(start_ms, w)?),
+            (None, None, Some(c), None) => Step::Consent(consent_change(c, start_ms)?),
+            (None, None, None, Some(r)) => {
+                runs.push((load_journeys(&r.journeys, journeys_dir, path)?, Vec::new()));
+                continue;
+            }
+            _ => bail!("{}: steps[{n}] needs exactly one of event, watermark, consent, restart", path.display()),
+        };
+        if let Some(run) = runs.last_mut() {
+            run.1.push(input);
+        }
+    }
+
+    let caps = FrequencyCaps::new(&file.caps).map_err(|e| anyhow!("caps: {e}"))?;
+    let intents = IntentRules::new(&file.intents).map_err(|e| anyhow!("intents: {e}"))?;
+    let mut outcome = Outcome::default();
+    // State carried across restarts exactly as the changelogs carry it: latest snapshot per subject.
+    let mut cap_log: HashMap<SubjectRef, Option<SubjectCaps>> = HashMap::new();
+    let mut journey_log: HashMap<SubjectRef, Option<SubjectJourneys>> = HashMap::new();
+    let mut archive: Vec<Journey> = Vec::new();
+    let mut consent_log = initial_consent;
+    for (journey_files, inputs) in runs {
+        let mut journeys = Journeys::new(journey_files.clone(), "time_zone");
+        for old in &archive {
+            journeys.archive(old.clone());
+        }
+        archive.extend(journey_files);
+        let state = GuardrailState {
+            consent: Default::default(),
+            caps: cap_log.iter().filter_map(|(s, c)| c.clone().map(|c| (s.clone(), c))).collect(),
+            journeys: journey_log.iter().filter_map(|(s, j)| j.clone().map(|j| (s.clone(), j))).collect(),
+        };
+        let rules = GuardrailRules {
+            intents: intents.clone(),
+            consent: ConsentConfig::default(),
+            caps: caps.clone(),
+            journeys,
+        };
+        let outputs = run_dataflow(state, rules, &consent_log, inputs.iter().map(clone_step).collect())?;
+        for o in outputs {
+            match o {
+                GuardrailOutput::Decision(d) => outcome.decisions.push(*d),
+                GuardrailOutput::Transition(t) => outcome.transitions.push(*t),
+                GuardrailOutput::Caps(s) => {
+                    cap_log.insert(s.subject, s.state);
+                }
+                GuardrailOutput::Journeys(s) => {
+                    journey_log.insert(s.subject, s.state);
+                }
+            }
+        }
+        // The consent topic is replayed at every start.
+        consent_log.extend(inputs.iter().filter_map(|i| match i {
+            Step::Consent(c) => Some(c.clone()),
+            _ => None,
+        }));
+    }
+    Ok((file, outcome))
+}
+
+fn clone_step(i: &Step) -> Step {
+    match i {
+        Step::Event(e) => Step::Event(e.clone()),
+        Step::Watermark(w) => Step::Watermark(*w),
+        Step::Consent(c) => Step::Consent(c.clone()),
+    }
+}
+
+/// One run: consent replayed at epoch 0, then one epoch per step.
+fn run_dataflow(
+    state: GuardrailState,
+    rules: GuardrailRules,
+    consent: &[ConsentChange],
+    inputs: Vec<Step>,
+) -> Result<Vec<GuardrailOutput>> {
+    let consent = consent.to_vec();
+    // `execute_directly` runs on this thread: the operators are the pipeline's own.
+    let (mut state, mut rules) = (Some(state), Some(rules));
+    let outputs = timely::execute_directly(move |worker| {
+        let collected: Rc<RefCell<Vec<GuardrailOutput>>> = Rc::default();
+        let sink = collected.clone();
+        let probe = ProbeHandle::new();
+        let (mut events, mut changes, mut watermarks) = worker.dataflow::<u64, _, _>(|scope| {
+            let (events_in, events) = scope.new_input::<Vec<NormalizedEvent>>();
+            let (changes_in, changes) = scope.new_input::<Vec<ConsentChange>>();
+            let (watermarks_in, watermarks) = scope.new_input::<Vec<i64>>();
+            let (Some(state), Some(rules)) = (state.take(), rules.take()) else {
+                unreachable!("the dataflow is built once")
+            };
+            let sink = sink.clone();
+            guardrails(events, changes, watermarks, state, rules)
+                .inspect(move |o| sink.borrow_mut().push(o.clone()))
+                .probe_with(&probe);
+            (events_in, changes_in, watermarks_in)
+        });
+        for c in &consent {
+            changes.send(c.clone());
+        }
+        let mut epoch = 0u64;
+        let mut steps = inputs.into_iter();
+        loop {
+            epoch += 1;
+            events.advance_to(epoch);
+            changes.advance_to(epoch);
+            watermarks.advance_to(epoch);
+            while probe.less_than(&epoch) {
+                worker.step();
+            }
+            match steps.next() {
+                Some(Step::Event(e)) => events.send(e),
+                Some(Step::Watermark(w)) => watermarks.send(w),
+                Some(Step::Consent(c)) => changes.send(c),
+                None => break,
+            }
+        }
+        // One worker processes epochs in order: outputs arrive in decision order.
+        let outputs = std::mem::take(&mut *collected.borrow_mut());
+        outputs
+    });
+    Ok(outputs)
+}
+
+/// Compares an outcome with the file's expectations; every difference, or nothing.
+pub fn differences(file: &ScenarioFile, outcome: &Outcome) -> Vec<String> {
+    let mut problems = Vec::new();
+    let sends = outcome.sends();
+    if sends != file.expect.sends {
+        problems.push(format!("sends: expected {:?}\n       got      {:?}", file.expect.sends, sends));
+    }
+    let suppressed = outcome.suppressed();
+    if suppressed != file.expect.suppressed {
+        problems
+            .push(format!("suppressed: expected {:?}\n            got      {:?}", file.expect.suppressed, suppressed));
+    }
+    let paths = outcome.paths();
+    for (subject, expected) in &file.expect.transitions {
+        let got = paths.get(subject).cloned().unwrap_or_default();
+        if &got != expected {
+            problems.push(format!("transitions of {subject}: expected {expected:?}\n    got {got:?}"));
+        }
+    }
+    problems
+}
+
+/// Every scenario file of a directory, sorted.
+pub fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no scenario files in {}", dir.display());
+    }
+    Ok(files)
+}
