@@ -469,6 +469,35 @@ impl Expr {
         }
     }
 
+    /// Every path the expression reads.
+    pub fn paths<'a>(&'a self, out: &mut Vec<&'a [String]>) {
+        let operand = |o: &'a Operand, out: &mut Vec<&'a [String]>| {
+            if let Operand::Path(p) = o {
+                out.push(p.as_slice());
+            }
+        };
+        match self {
+            Expr::And(t) | Expr::Or(t) => t.iter().for_each(|e| e.paths(out)),
+            Expr::Not(e) => e.paths(out),
+            Expr::Compare(a, _, b) | Expr::StartsWith(a, b) => {
+                operand(a, out);
+                operand(b, out);
+            }
+            Expr::In(a, list) => {
+                operand(a, out);
+                list.iter().for_each(|o| operand(o, out));
+            }
+            Expr::Between(a, b, c) => {
+                operand(a, out);
+                operand(b, out);
+                operand(c, out);
+            }
+            Expr::Truthy(a) => operand(a, out),
+            Expr::Exists(p) => out.push(p.as_slice()),
+            Expr::Happened(..) | Expr::Consent(..) => {}
+        }
+    }
+
     /// Event types that `happened(...)` asks about (the journey keeps their history per subject).
     pub fn happened_types(&self, out: &mut Vec<String>) {
         match self {

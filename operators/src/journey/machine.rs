@@ -14,7 +14,7 @@
 //! Subjects continue on the version they entered with, unless the current version says `migrate: true`
 //! and still has their step; then they move to it (a transition with cause `migrated`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,8 +42,10 @@ pub struct Enrollment {
     pub entered_at_ms: i64,
     /// The event that brought the subject in: part of every send's idempotency key.
     pub entry_event_id: String,
-    /// The trigger event's type, id and the attributes the journey reads (`event.*` after a wait).
-    pub trigger: Value,
+    /// The trigger event's type, id and the attributes the journey reads (`event.*` after a wait), as
+    /// compact JSON: a parsed map would cost several hundred bytes per subject, and it is only read
+    /// when a timer moves the subject.
+    pub trigger: String,
     /// When the current wait ends (or the `wait_for` times out), event time.
     pub due_ms: Option<i64>,
     /// Steps run so far: tells repeated visits of one step apart in idempotency keys.
@@ -113,6 +115,10 @@ pub struct Journeys {
     by_id: BTreeMap<String, Versions>,
     /// Event types `happened(...)` asks about, with the longest window asked (None: ever).
     remembered: HashMap<String, Option<Duration>>,
+    /// Event types any journey reacts to (triggers, goals, awaited events): others skip the machine.
+    interesting: HashSet<String>,
+    /// Per version: the trigger attributes its steps can read after a wait (`None`: all of them).
+    keep: HashMap<String, Option<BTreeSet<String>>>,
     /// Event attribute holding the subject's IANA time zone (for calendar caps on journey sends).
     time_zone_attribute: String,
 }
@@ -139,6 +145,40 @@ impl Journeys {
     }
 
     fn remember_types(&mut self, j: &Journey) {
+        self.interesting.insert(j.trigger.event_type.clone());
+        self.interesting.extend(j.exit_on.iter().map(|m| m.event_type.clone()));
+        let mut paths: Vec<&[String]> = Vec::new();
+        for s in &j.steps {
+            match &s.kind {
+                StepKind::WaitFor { event, .. } => {
+                    self.interesting.insert(event.event_type.clone());
+                    if let Some(c) = &event.condition {
+                        c.paths(&mut paths);
+                    }
+                }
+                StepKind::Condition { condition, .. } => condition.paths(&mut paths),
+                StepKind::Send { send, .. } => paths.extend(send.payload.iter().map(|(_, p)| p.as_slice())),
+                _ => {}
+            }
+        }
+        // What a send reads besides its payload: the recipient and the time zone.
+        let mut keys: BTreeSet<String> =
+            ["email", "phone", "device_token", "webhook_url", self.time_zone_attribute.as_str()]
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+        let mut all = false;
+        for p in paths {
+            match p {
+                [root, attrs, key, ..] if root == "event" && attrs == "attributes" => {
+                    keys.insert(key.clone());
+                }
+                [root, attrs] if root == "event" && attrs == "attributes" => all = true,
+                [root] if root == "event" => all = true,
+                _ => {}
+            }
+        }
+        self.keep.insert(j.version.clone(), (!all).then_some(keys));
         let mut types = Vec::new();
         for s in &j.steps {
             if let StepKind::Condition { condition, .. } = &s.kind {
@@ -176,8 +216,6 @@ impl Journeys {
         event: &NormalizedEvent,
         guardrails: &mut dyn Guardrails,
     ) -> Vec<Transition> {
-        let attributes: Map<String, Value> = serde_json::from_str(&event.attributes_json).unwrap_or_default();
-        let event_value = event_value(event, &attributes);
         let mut out = Vec::new();
         let now = event.occurred_at_ms;
         // History for `happened(...)`: the event being reacted to has happened.
@@ -189,6 +227,14 @@ impl Journeys {
                 state.history.drain(..excess);
             }
         }
+
+        // Most events concern no journey: no trigger, goal or awaited event has their type.
+        if !self.interesting.contains(&event.event_type) {
+            return out;
+        }
+        let attributes: Map<String, Value> = serde_json::from_str(&event.attributes_json).unwrap_or_default();
+        let event_value = event_value(event, &attributes);
+        let moment = Some((event, &event_value));
 
         // Subjects inside: goal events take them out; a `wait_for` event moves them on.
         let mut i = 0;
@@ -206,8 +252,7 @@ impl Journeys {
                 if let StepKind::WaitFor { event: wanted, next, .. } = &journey.steps[ix].kind {
                     if matches(wanted, event, &ctx) {
                         let cause = format!("event:{}", event.event_type);
-                        if !self.run(&journey, subject, state, i, *next, cause, now, Some(event), guardrails, &mut out)
-                        {
+                        if !self.run(&journey, subject, state, i, *next, cause, now, moment, guardrails, &mut out) {
                             continue;
                         }
                     }
@@ -242,7 +287,7 @@ impl Journeys {
                 step: journey.steps[0].id.clone(),
                 entered_at_ms: now,
                 entry_event_id: event.event_id.clone(),
-                trigger: trigger_snapshot(&event_value),
+                trigger: self.snapshot(journey, &event_value).to_string(),
                 due_ms: None,
                 steps_run: 0,
             });
@@ -259,7 +304,7 @@ impl Journeys {
                 seq: 0,
             });
             let journey = journey.clone();
-            self.run(&journey, subject, state, i, 0, String::new(), now, Some(event), guardrails, &mut out);
+            self.run(&journey, subject, state, i, 0, String::new(), now, moment, guardrails, &mut out);
         }
 
         out
@@ -354,10 +399,11 @@ impl Journeys {
         start: StepIx,
         cause: String,
         now: i64,
-        event: Option<&NormalizedEvent>,
+        moment: Moment<'_>,
         guardrails: &mut dyn Guardrails,
         out: &mut Vec<Transition>,
     ) -> bool {
+        let event = moment.map(|(e, _)| e);
         let mut at = start;
         let mut cause = cause;
         for _ in 0..STEP_BUDGET {
@@ -379,16 +425,15 @@ impl Journeys {
                     return true;
                 }
                 StepKind::Condition { condition, then_step, else_step } => {
-                    let trigger = state.active[i].trigger.clone();
-                    let event_value = match event {
-                        Some(e) => {
-                            let attributes: Map<String, Value> =
-                                serde_json::from_str(&e.attributes_json).unwrap_or_default();
-                            event_value(e, &attributes)
+                    let trigger;
+                    let event_value = match moment {
+                        Some((_, v)) => v,
+                        None => {
+                            trigger = serde_json::from_str::<Value>(&state.active[i].trigger).unwrap_or_default();
+                            &trigger
                         }
-                        None => trigger,
                     };
-                    let ctx = EvalCtx::new(subject, &event_value, state, now, &*guardrails);
+                    let ctx = EvalCtx::new(subject, event_value, state, now, &*guardrails);
                     let holds = condition.eval(&ctx);
                     Some((if holds { *then_step } else { *else_step }, format!("condition:{holds}")))
                 }
@@ -399,7 +444,7 @@ impl Journeys {
                     Some((target, format!("split:{bucket}<{upper}")))
                 }
                 StepKind::Send { send, next, on_suppressed } => {
-                    let intent = self.intent(journey, subject, &state.active[i], &step.id, send, now, event);
+                    let intent = self.intent(journey, subject, &state.active[i], &step.id, send, now, moment);
                     let allowed = guardrails.send(intent);
                     let target = if allowed { *next } else { on_suppressed.or(*next) };
                     let cause = if allowed { "sent" } else { "suppressed" }.to_string();
@@ -439,16 +484,18 @@ impl Journeys {
         step: &str,
         send: &SendStep,
         now: i64,
-        event: Option<&NormalizedEvent>,
+        moment: Moment<'_>,
     ) -> SendIntent {
-        let event_value = match event {
-            Some(e) => {
-                let attributes: Map<String, Value> = serde_json::from_str(&e.attributes_json).unwrap_or_default();
-                event_value(e, &attributes)
+        let event = moment.map(|(e, _)| e);
+        let trigger;
+        let event_value = match moment {
+            Some((_, v)) => v,
+            None => {
+                trigger = serde_json::from_str::<Value>(&enrollment.trigger).unwrap_or_default();
+                &trigger
             }
-            None => enrollment.trigger.clone(),
         };
-        let ctx_value = |path: &[String]| lookup(subject, &event_value, path);
+        let ctx_value = |path: &[String]| lookup(subject, event_value, path);
         let payload =
             send.payload.iter().filter_map(|(name, path)| ctx_value(path).map(|v| (name.clone(), v))).collect();
         let text = |key: &str| {
@@ -497,6 +544,9 @@ impl Journeys {
         }
     }
 }
+
+/// The event that moves a subject (with its attributes as a value), or `None` for a timer.
+type Moment<'a> = Option<(&'a NormalizedEvent, &'a Value)>;
 
 /// The idempotency key of a journey send: subject, journey, version, step, the entry event and the
 /// step count (a step visited again in a loop through a wait is a new send; a replay is not).
@@ -565,11 +615,6 @@ fn event_value(e: &NormalizedEvent, attributes: &Map<String, Value>) -> Value {
     })
 }
 
-/// What an enrollment keeps of its trigger event (for `event.*` after a wait).
-fn trigger_snapshot(v: &Value) -> Value {
-    v.clone()
-}
-
 fn matches(m: &EventMatch, event: &NormalizedEvent, ctx: &EvalCtx<'_>) -> bool {
     m.event_type == event.event_type && m.condition.as_ref().is_none_or(|c| c.eval(ctx))
 }
@@ -628,8 +673,23 @@ impl Context for EvalCtx<'_> {
     }
 }
 
-/// Event types whose history any loaded journey reads.
 impl Journeys {
+    /// What an enrollment keeps of its trigger event for `event.*` after a wait: type, id and the
+    /// attributes the journey can read (so the state per subject stays small).
+    fn snapshot(&self, journey: &Journey, value: &Value) -> Value {
+        let Some(Some(keys)) = self.keep.get(&journey.version) else { return value.clone() };
+        let mut attributes = Map::new();
+        if let Some(all) = value.get("attributes").and_then(Value::as_object) {
+            for k in keys {
+                if let Some(v) = all.get(k) {
+                    attributes.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        serde_json::json!({"type": value.get("type"), "id": value.get("id"), "attributes": attributes})
+    }
+
+    /// Event types whose history any loaded journey reads.
     pub fn remembered_types(&self) -> HashSet<&str> {
         self.remembered.keys().map(String::as_str).collect()
     }

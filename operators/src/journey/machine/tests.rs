@@ -314,3 +314,31 @@ steps:
     assert_eq!(causes(&t), vec!["->check:trigger:signed_up", "check>done:condition:false", "done>-:exit"]);
     assert!(g.sent.is_empty());
 }
+
+#[test]
+fn a_waiting_subject_keeps_only_the_trigger_attributes_its_journey_reads() {
+    let text = CART.replace(
+        "send: {channel: email, template: cart_reminder, category: promotional}",
+        "send: {channel: email, template: cart_reminder, category: promotional, payload: {total: event.attributes.amount}}",
+    );
+    let journeys = Journeys::new(vec![journey(&text)], "time_zone");
+    let (s, mut state, mut g) = (subject("snap"), SubjectJourneys::default(), Recorder::default());
+    let attributes =
+        r#"{"amount":80,"email":"s@x.io","time_zone":"Europe/Berlin","basket":["a","b","c"],"note":"long text"}"#;
+    journeys.on_event(&s, &mut state, &event("c1", "cart_updated", T0, attributes), &mut g);
+    let kept: Value = serde_json::from_str(&state.active[0].trigger).expect("JSON");
+    assert_eq!(kept["attributes"], serde_json::json!({"amount": 80, "email": "s@x.io", "time_zone": "Europe/Berlin"}));
+    journeys.on_time(&s, &mut state, T0 + 4 * HOUR, &mut g);
+    let sent = &g.sent[0];
+    assert_eq!(sent.payload.get("total"), Some(&serde_json::json!(80)), "read from the kept trigger after the wait");
+    assert_eq!(sent.recipient.as_deref(), Some("s@x.io"));
+    assert_eq!(sent.time_zone.as_deref(), Some("Europe/Berlin"));
+}
+
+#[test]
+fn events_no_journey_reacts_to_leave_the_state_alone() {
+    let journeys = Journeys::new(vec![journey(CART)], "time_zone");
+    let (s, mut state, mut g) = (subject("quiet"), SubjectJourneys::default(), Recorder::default());
+    assert!(journeys.on_event(&s, &mut state, &event("p1", "page_viewed", T0, "{}"), &mut g).is_empty());
+    assert!(state.is_empty());
+}
