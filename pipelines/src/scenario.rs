@@ -218,29 +218,29 @@ fn consent_change(c: &ConsentEntry, start_ms: i64) -> Result<ConsentChange> {
     })
 }
 
-/// One run of the dataflow (until the end or a restart).
-enum Step {
+/// A scenario step, ready to feed.
+pub enum ScenarioInput {
     Event(NormalizedEvent),
     Watermark(i64),
     Consent(ConsentChange),
+    /// Restart the pipeline with these journeys (state restored from the changelog records).
+    Restart(Vec<Journey>),
 }
 
-/// Runs a scenario file; `journeys_dir` holds the journey files it names.
-pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outcome)> {
+/// The journeys a scenario starts with.
+pub fn scenario_journeys(file: &ScenarioFile, journeys_dir: &Path, origin: &Path) -> Result<Vec<Journey>> {
+    load_journeys(&file.journeys, journeys_dir, origin)
+}
+
+/// Reads a scenario file and its steps; `journeys_dir` holds the journey files it names.
+pub fn parse_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Vec<ScenarioInput>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file: ScenarioFile = serde_yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
     let start_ms = time(0, &file.start)?;
-
-    // Cut the steps into runs separated by restarts.
-    let mut runs: Vec<(Vec<Journey>, Vec<Step>)> =
-        vec![(load_journeys(&file.journeys, journeys_dir, path)?, Vec::new())];
-    let mut initial_consent = Vec::new();
-    for c in &file.consent {
-        initial_consent.push(consent_change(c, start_ms)?);
-    }
+    let mut inputs = Vec::new();
     for (n, step) in file.steps.iter().enumerate() {
-        let input = match (&step.event, &step.watermark, &step.consent, &step.restart) {
-            (Some(e), None, None, None) => Step::Event(NormalizedEvent {
+        inputs.push(match (&step.event, &step.watermark, &step.consent, &step.restart) {
+            (Some(e), None, None, None) => ScenarioInput::Event(NormalizedEvent {
                 event_id: e.id.clone(),
                 event_type: e.event_type.clone(),
                 occurred_at_ms: time(start_ms, &e.at)?,
@@ -252,17 +252,36 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
                 position: SourcePosition { topic: "scenario".into(), partition: 0, offset: n as i64 },
                 late: false,
             }),
-            (None, Some(w), None, None) => Step::Watermark(time(start_ms, w)?),
-            (None, None, Some(c), None) => Step::Consent(consent_change(c, start_ms)?),
-            (None, None, None, Some(r)) => {
-                runs.push((load_journeys(&r.journeys, journeys_dir, path)?, Vec::new()));
-                continue;
-            }
+            (None, Some(w), None, None) => ScenarioInput::Watermark(time(start_ms, w)?),
+            (None, None, Some(c), None) => ScenarioInput::Consent(consent_change(c, start_ms)?),
+            (None, None, None, Some(r)) => ScenarioInput::Restart(load_journeys(&r.journeys, journeys_dir, path)?),
             _ => bail!("{}: steps[{n}] needs exactly one of event, watermark, consent, restart", path.display()),
-        };
-        if let Some(run) = runs.last_mut() {
-            run.1.push(input);
+        });
+    }
+    Ok((file, inputs))
+}
+
+/// Runs a scenario file through the subject-keyed operator; `journeys_dir` holds the journey files it
+/// names.
+pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outcome)> {
+    let (file, inputs) = parse_file(path, journeys_dir)?;
+    let start_ms = time(0, &file.start)?;
+    // Cut the steps into runs separated by restarts.
+    let mut runs: Vec<(Vec<Journey>, Vec<ScenarioInput>)> =
+        vec![(scenario_journeys(&file, journeys_dir, path)?, Vec::new())];
+    for input in inputs {
+        match input {
+            ScenarioInput::Restart(journeys) => runs.push((journeys, Vec::new())),
+            other => {
+                if let Some(run) = runs.last_mut() {
+                    run.1.push(other);
+                }
+            }
         }
+    }
+    let mut initial_consent = Vec::new();
+    for c in &file.consent {
+        initial_consent.push(consent_change(c, start_ms)?);
     }
 
     let caps = FrequencyCaps::new(&file.caps).map_err(|e| anyhow!("caps: {e}"))?;
@@ -305,18 +324,19 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
         }
         // The consent topic is replayed at every start.
         consent_log.extend(inputs.iter().filter_map(|i| match i {
-            Step::Consent(c) => Some(c.clone()),
+            ScenarioInput::Consent(c) => Some(c.clone()),
             _ => None,
         }));
     }
     Ok((file, outcome))
 }
 
-fn clone_step(i: &Step) -> Step {
+fn clone_step(i: &ScenarioInput) -> ScenarioInput {
     match i {
-        Step::Event(e) => Step::Event(e.clone()),
-        Step::Watermark(w) => Step::Watermark(*w),
-        Step::Consent(c) => Step::Consent(c.clone()),
+        ScenarioInput::Event(e) => ScenarioInput::Event(e.clone()),
+        ScenarioInput::Watermark(w) => ScenarioInput::Watermark(*w),
+        ScenarioInput::Consent(c) => ScenarioInput::Consent(c.clone()),
+        ScenarioInput::Restart(j) => ScenarioInput::Restart(j.clone()),
     }
 }
 
@@ -325,7 +345,7 @@ fn run_dataflow(
     state: GuardrailState,
     rules: GuardrailRules,
     consent: &[ConsentChange],
-    inputs: Vec<Step>,
+    inputs: Vec<ScenarioInput>,
 ) -> Result<Vec<GuardrailOutput>> {
     let consent = consent.to_vec();
     // `execute_directly` runs on this thread: the operators are the pipeline's own.
@@ -361,9 +381,11 @@ fn run_dataflow(
                 worker.step();
             }
             match steps.next() {
-                Some(Step::Event(e)) => events.send(e),
-                Some(Step::Watermark(w)) => watermarks.send(w),
-                Some(Step::Consent(c)) => changes.send(c),
+                Some(ScenarioInput::Event(e)) => events.send(e),
+                Some(ScenarioInput::Watermark(w)) => watermarks.send(w),
+                Some(ScenarioInput::Consent(c)) => changes.send(c),
+                // Restarts separate runs; a run never holds one.
+                Some(ScenarioInput::Restart(_)) => {}
                 None => break,
             }
         }

@@ -1,9 +1,11 @@
 //! A producer whose writes complete only when the broker acknowledged every record.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures::future::join_all;
+use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
@@ -14,13 +16,36 @@ const DELIVERY_ATTEMPTS: u32 = 5;
 
 #[derive(Clone)]
 pub struct AckedProducer {
-    inner: FutureProducer,
+    inner: Arc<RwLock<FutureProducer>>,
+    config: Arc<ClientConfig>,
 }
 
 impl AckedProducer {
     pub fn new(config: &KafkaConfig) -> Result<Self> {
-        let inner = config.producer_config().create().context("creating the Kafka producer")?;
-        Ok(AckedProducer { inner })
+        let client_config = config.producer_config();
+        let inner = client_config.create().context("creating the Kafka producer")?;
+        Ok(AckedProducer { inner: Arc::new(RwLock::new(inner)), config: Arc::new(client_config) })
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.inner.read().map_or_else(|poisoned| poisoned.into_inner().clone(), |p| p.clone())
+    }
+
+    /// An idempotent producer that hit a fatal error (the local broker answers some produce requests
+    /// with `PRODUCER_FENCED`, see docs/broker-quirks.md) refuses every later record. Replace it: the
+    /// unacknowledged records are sent again by a new producer (at-least-once, as for any resend).
+    fn replace_if_fatal(&self) {
+        let current = self.producer();
+        let Some((code, reason)) = current.client().fatal_error() else { return };
+        tracing::warn!(?code, %reason, "Kafka producer hit a fatal error; replacing it");
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                if let Ok(mut guard) = self.inner.write() {
+                    *guard = fresh;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not create a new Kafka producer"),
+        }
     }
 
     /// Sends every record and returns their (partition, offset) once all are acknowledged. A record
@@ -30,6 +55,7 @@ impl AckedProducer {
         let mut acked: Vec<Option<(i32, i64)>> = vec![None; records.len()];
         let mut pending: Vec<usize> = (0..records.len()).collect();
         for attempt in 1..=DELIVERY_ATTEMPTS {
+            let producer = self.producer();
             let sends = pending.iter().map(|&i| {
                 let r = &records[i];
                 let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(r.kafka_headers());
@@ -39,7 +65,7 @@ impl AckedProducer {
                 if let Some(p) = &r.payload {
                     fr = fr.payload(p.as_slice());
                 }
-                let send = self.inner.send(fr, Timeout::After(Duration::from_secs(30)));
+                let send = producer.send(fr, Timeout::After(Duration::from_secs(30)));
                 async move { (i, send.await) }
             });
             let outcomes = join_all(sends).await;
@@ -56,6 +82,7 @@ impl AckedProducer {
             if pending.is_empty() {
                 break;
             }
+            self.replace_if_fatal();
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
         }
         if !pending.is_empty() {
@@ -69,6 +96,6 @@ impl AckedProducer {
     }
 
     pub fn flush(&self, timeout: Duration) -> Result<()> {
-        self.inner.flush(timeout).context("flushing the Kafka producer")
+        self.producer().flush(timeout).context("flushing the Kafka producer")
     }
 }
