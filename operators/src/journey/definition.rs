@@ -55,6 +55,10 @@ pub struct JourneyFile {
     pub exit_on: Vec<EventMatchFile>,
     #[serde(default)]
     pub migrate: bool,
+    /// Variables captured at entry: name → path (`event.attributes.coupon`, `subject.id`), read later as
+    /// `vars.<name>` by conditions and payloads (after waits, whatever events come in between).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
     pub steps: Vec<StepFile>,
 }
 
@@ -214,6 +218,8 @@ pub struct Journey {
     pub reentry: Reentry,
     pub exit_on: Vec<EventMatch>,
     pub migrate: bool,
+    /// Variables captured at entry: name → path.
+    pub vars: Vec<(String, Vec<String>)>,
     pub steps: Vec<Step>,
     /// The definition as loaded (what is archived, so subjects on this version can continue after the
     /// file changed).
@@ -349,6 +355,22 @@ fn validate(file: JourneyFile, lines: &Lines<'_>) -> Result<Journey, Vec<(usize,
             }
         },
     };
+
+    let mut vars = Vec::new();
+    for (name, path) in &file.vars {
+        let parts: Vec<String> = path.split('.').map(str::to_string).collect();
+        let valid_name = !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+        if !valid_name
+            || !matches!(parts.first().map(String::as_str), Some("event" | "subject"))
+            || parts.iter().any(String::is_empty)
+        {
+            problems.push((
+                lines.find(lines.find(1, "vars:"), &format!("{name}:")),
+                format!("vars: `{name}: {path}`: a variable is a name and a path under event or subject"),
+            ));
+        }
+        vars.push((name.clone(), parts));
+    }
 
     // Step ids, then every reference.
     let mut index: HashMap<&str, StepIx> = HashMap::new();
@@ -514,6 +536,7 @@ fn validate(file: JourneyFile, lines: &Lines<'_>) -> Result<Journey, Vec<(usize,
         reentry,
         exit_on,
         migrate: file.migrate,
+        vars,
         steps,
         source: file,
     })

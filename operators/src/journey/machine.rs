@@ -50,6 +50,19 @@ pub struct Enrollment {
     pub due_ms: Option<i64>,
     /// Steps run so far: tells repeated visits of one step apart in idempotency keys.
     pub steps_run: u32,
+    /// The journey's variables captured at entry, as compact JSON (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vars: String,
+}
+
+impl Enrollment {
+    fn vars(&self) -> Value {
+        if self.vars.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&self.vars).unwrap_or(Value::Null)
+        }
+    }
 }
 
 /// The journey state of one subject.
@@ -241,7 +254,7 @@ impl Journeys {
         while i < state.active.len() {
             let Some(journey) = self.resolve(subject, state, i, now, &mut out) else { continue };
             let enrollment = &state.active[i];
-            let ctx = EvalCtx::new(subject, &event_value, state, now, &*guardrails);
+            let ctx = EvalCtx::new(subject, &event_value, state, now, &*guardrails).with_vars(enrollment.vars());
             if let Some(goal) = journey.exit_on.iter().find(|m| matches(m, event, &ctx)) {
                 out.push(transition(subject, enrollment, None, format!("goal:{}", goal.event_type), now, Some(event)));
                 state.active.remove(i);
@@ -290,6 +303,7 @@ impl Journeys {
                 trigger: self.snapshot(journey, &event_value).to_string(),
                 due_ms: None,
                 steps_run: 0,
+                vars: capture_vars(journey, subject, &event_value),
             });
             let i = state.active.len() - 1;
             out.push(Transition {
@@ -433,7 +447,8 @@ impl Journeys {
                             &trigger
                         }
                     };
-                    let ctx = EvalCtx::new(subject, event_value, state, now, &*guardrails);
+                    let vars = state.active[i].vars();
+                    let ctx = EvalCtx::new(subject, event_value, state, now, &*guardrails).with_vars(vars);
                     let holds = condition.eval(&ctx);
                     Some((if holds { *then_step } else { *else_step }, format!("condition:{holds}")))
                 }
@@ -495,7 +510,8 @@ impl Journeys {
                 &trigger
             }
         };
-        let ctx_value = |path: &[String]| lookup(subject, event_value, path);
+        let vars = enrollment.vars();
+        let ctx_value = |path: &[String]| lookup(subject, event_value, &vars, path);
         let payload =
             send.payload.iter().filter_map(|(name, path)| ctx_value(path).map(|v| (name.clone(), v))).collect();
         let text = |key: &str| {
@@ -619,10 +635,23 @@ fn matches(m: &EventMatch, event: &NormalizedEvent, ctx: &EvalCtx<'_>) -> bool {
     m.event_type == event.event_type && m.condition.as_ref().is_none_or(|c| c.eval(ctx))
 }
 
-fn lookup(subject: &SubjectRef, event: &Value, path: &[String]) -> Option<Value> {
+fn capture_vars(journey: &Journey, subject: &SubjectRef, event: &Value) -> String {
+    if journey.vars.is_empty() {
+        return String::new();
+    }
+    let vars: Map<String, Value> = journey
+        .vars
+        .iter()
+        .map(|(name, path)| (name.clone(), lookup(subject, event, &Value::Null, path).unwrap_or(Value::Null)))
+        .collect();
+    Value::Object(vars).to_string()
+}
+
+fn lookup(subject: &SubjectRef, event: &Value, vars: &Value, path: &[String]) -> Option<Value> {
     let (root, rest) = path.split_first()?;
     let mut v = match root.as_str() {
         "event" => event,
+        "vars" => vars,
         "subject" => {
             return match rest {
                 [k] if k == "id" => Some(Value::String(subject.subject_id.clone())),
@@ -641,6 +670,7 @@ fn lookup(subject: &SubjectRef, event: &Value, path: &[String]) -> Option<Value>
 struct EvalCtx<'a> {
     subject: &'a SubjectRef,
     event: &'a Value,
+    vars: Value,
     history: &'a [(String, i64)],
     now: i64,
     guardrails: &'a dyn Guardrails,
@@ -654,13 +684,18 @@ impl<'a> EvalCtx<'a> {
         now: i64,
         guardrails: &'a dyn Guardrails,
     ) -> Self {
-        EvalCtx { subject, event, history: &state.history, now, guardrails }
+        EvalCtx { subject, event, vars: Value::Null, history: &state.history, now, guardrails }
+    }
+
+    fn with_vars(mut self, vars: Value) -> Self {
+        self.vars = vars;
+        self
     }
 }
 
 impl Context for EvalCtx<'_> {
     fn value(&self, path: &[String]) -> Option<Value> {
-        lookup(self.subject, self.event, path)
+        lookup(self.subject, self.event, &self.vars, path)
     }
 
     fn happened(&self, event_type: &str, within: Option<Duration>) -> bool {

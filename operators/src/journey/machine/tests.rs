@@ -342,3 +342,40 @@ fn events_no_journey_reacts_to_leave_the_state_alone() {
     assert!(journeys.on_event(&s, &mut state, &event("p1", "page_viewed", T0, "{}"), &mut g).is_empty());
     assert!(state.is_empty());
 }
+
+#[test]
+fn variables_captured_at_entry_are_read_after_waits_by_conditions_and_payloads() {
+    let text = r#"id: coupon
+trigger: {event: signed_up}
+vars: {coupon: event.attributes.coupon, who: subject.id}
+steps:
+  - id: wait
+    wait: 1d
+    next: has-coupon
+  - id: has-coupon
+    condition: exists(vars.coupon) and vars.coupon starts_with 'WELCOME'
+    then: remind
+    else: done
+  - id: remind
+    send: {channel: email, template: coupon_reminder, category: promotional, payload: {code: vars.coupon, name: vars.who}}
+  - id: done
+    exit: true
+"#;
+    let journeys = Journeys::new(vec![journey(text)], "time_zone");
+    let mut g = Recorder::default();
+    let (s, mut state) = (subject("v1"), SubjectJourneys::default());
+    journeys.on_event(&s, &mut state, &event("e1", "signed_up", T0, r#"{"coupon":"WELCOME10","plan":"pro"}"#), &mut g);
+    journeys.on_time(&s, &mut state, T0 + DAY, &mut g);
+    assert_eq!(templates(&g.sent), vec!["coupon_reminder"]);
+    assert_eq!(g.sent[0].payload.get("code"), Some(&Value::String("WELCOME10".into())));
+    assert_eq!(g.sent[0].payload.get("name"), Some(&Value::String("v1".into())));
+    // Without a coupon the condition fails.
+    let (s, mut state) = (subject("v2"), SubjectJourneys::default());
+    journeys.on_event(&s, &mut state, &event("e2", "signed_up", T0, "{}"), &mut g);
+    let t = journeys.on_time(&s, &mut state, T0 + DAY, &mut g);
+    assert!(causes(&t).contains(&"has-coupon>done:condition:false".to_string()), "{t:?}");
+    // A bad variable path is refused at load.
+    let bad = text.replace("who: subject.id", "who: vars.x");
+    let err = Journey::parse(&bad, Path::new("coupon.yaml")).expect_err("refused");
+    assert!(err.to_string().contains("coupon.yaml:3: vars: `who: vars.x`"), "{err}");
+}
