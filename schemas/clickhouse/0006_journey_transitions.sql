@@ -1,7 +1,7 @@
 -- Journeys: every movement of a subject through a journey, with the version it ran on.
 --
 -- from_step: ''  when the subject enters; to_step: '' when it leaves.
--- cause:     trigger:<event type> | sent | suppressed | condition:true|false | split:<bucket><<bound> |
+-- cause:     trigger:<event type> | sent | suppressed (<decision reason>) | condition:true|false | split:<bucket><<bound> |
 --            wait elapsed | event:<event type> | timeout | goal:<event type> | exit | sent; end |
 --            migrated from <version> | version unavailable
 -- event_time: the event time of the movement (the event's, or the timer's due time);

@@ -68,11 +68,15 @@ impl Guardrails for Real<'_> {
     fn consent(&self, channel: Channel, purpose: Purpose) -> bool {
         self.consent.verdict(self.subject, channel, purpose, self.config).allowed
     }
-    fn send(&mut self, intent: SendIntent) -> bool {
+    fn send(&mut self, intent: SendIntent) -> Result<(), String> {
         let d = decide(intent, self.consent, self.config, self.caps, self.state);
         let allowed = d.kind == DecisionKind::Allowed;
         *self.sent += u64::from(allowed);
-        allowed
+        if allowed {
+            Ok(())
+        } else {
+            Err(d.reason())
+        }
     }
 }
 

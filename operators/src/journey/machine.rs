@@ -96,7 +96,7 @@ pub struct Transition {
     pub from_step: Option<String>,
     /// `None`: leaving the journey.
     pub to_step: Option<String>,
-    /// `trigger:<type>`, `sent`, `suppressed`, `condition:true`, `split:<percent>`, `wait elapsed`,
+    /// `trigger:<type>`, `sent`, `suppressed (<reason>)`, `condition:true`, `split:<percent>`, `wait elapsed`,
     /// `event:<type>`, `timeout`, `goal:<type>`, `exit`, `end`, `migrated`, `version unavailable`.
     pub cause: String,
     pub event_time_ms: i64,
@@ -111,8 +111,9 @@ pub struct Transition {
 pub trait Guardrails {
     /// Consent for `channel` and `purpose` now (for `consent(...)` in conditions).
     fn consent(&self, channel: Channel, purpose: Purpose) -> bool;
-    /// Decides a send (consent, then caps) and records the decision; `true` when allowed.
-    fn send(&mut self, intent: SendIntent) -> bool;
+    /// Decides a send (consent, then caps) and records the decision: `Ok` when allowed, else why not
+    /// (the decision's reason, e.g. `consent denied`, `cap promo-daily: 2 of 2 per calendar day`).
+    fn send(&mut self, intent: SendIntent) -> Result<(), String>;
 }
 
 #[derive(Debug, Clone)]
@@ -460,9 +461,12 @@ impl Journeys {
                 }
                 StepKind::Send { send, next, on_suppressed } => {
                     let intent = self.intent(journey, subject, &state.active[i], &step.id, send, now, moment);
-                    let allowed = guardrails.send(intent);
-                    let target = if allowed { *next } else { on_suppressed.or(*next) };
-                    let cause = if allowed { "sent" } else { "suppressed" }.to_string();
+                    let outcome = guardrails.send(intent);
+                    let target = if outcome.is_ok() { *next } else { on_suppressed.or(*next) };
+                    let cause = match outcome {
+                        Ok(()) => "sent".to_string(),
+                        Err(why) => format!("suppressed ({why})"),
+                    };
                     match target {
                         Some(t) => Some((t, cause)),
                         None => {

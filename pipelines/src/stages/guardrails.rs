@@ -157,12 +157,13 @@ impl Guardrails for SubjectGuardrails<'_> {
         self.consent.verdict(self.subject, channel, purpose, &self.rules.consent).allowed
     }
 
-    fn send(&mut self, intent: SendIntent) -> bool {
+    fn send(&mut self, intent: SendIntent) -> Result<(), String> {
         let decision = decide(intent, self.consent, &self.rules.consent, &self.rules.caps, self.caps);
         let allowed = decision.kind == DecisionKind::Allowed;
         self.counted |= allowed && decision.cap == Some(CapVerdict::Allowed);
+        let outcome = if allowed { Ok(()) } else { Err(decision.reason()) };
         self.decisions.push(decision);
-        allowed
+        outcome
     }
 }
 

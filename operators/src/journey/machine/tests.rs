@@ -49,13 +49,13 @@ impl Guardrails for Recorder {
     fn consent(&self, _channel: Channel, _purpose: Purpose) -> bool {
         !self.no_consent
     }
-    fn send(&mut self, intent: SendIntent) -> bool {
+    fn send(&mut self, intent: SendIntent) -> Result<(), String> {
         if self.blocked.contains(&intent.channel) {
             self.suppressed.push(intent);
-            false
+            Err("blocked".into())
         } else {
             self.sent.push(intent);
-            true
+            Ok(())
         }
     }
 }
@@ -133,7 +133,12 @@ fn without_the_event_the_condition_takes_the_else_branch_and_a_suppressed_send_f
     let t = journeys.on_time(&s, &mut state, T0 + 2 * DAY, &mut g);
     assert_eq!(
         causes(&t),
-        vec!["wait-2d>opened:wait elapsed", "opened>nudge:condition:false", "nudge>done:suppressed", "done>-:exit"]
+        vec![
+            "wait-2d>opened:wait elapsed",
+            "opened>nudge:condition:false",
+            "nudge>done:suppressed (blocked)",
+            "done>-:exit"
+        ]
     );
     assert_eq!(templates(&g.suppressed), vec!["come_back"]);
 }
