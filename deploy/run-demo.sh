@@ -45,7 +45,7 @@ echo "== Why were sends suppressed? (top reasons)"
 q "SELECT reason, count() AS intents FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL WHERE decision != 'allowed' GROUP BY reason ORDER BY intents DESC LIMIT 5"
 echo
 echo "== Journeys: subjects reaching each step (${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions)"
-q "SELECT journey, to_step AS step, uniqExact(subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions FINAL WHERE to_step != '' GROUP BY journey, step ORDER BY journey, subjects DESC"
+q "SELECT journey, to_step AS step, uniqExact(tenant_id, subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions FINAL WHERE to_step != '' GROUP BY journey, step ORDER BY journey, subjects DESC"
 echo
 WHO=$(curl -fsS "$CLICKHOUSE" --data-binary "SELECT tenant_id, subject_id FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions FINAL WHERE journey = 'welcome-series' AND to_step = 'tips' ORDER BY subject_id LIMIT 1 FORMAT TSV")
 if [ -n "$WHO" ]; then
