@@ -495,17 +495,17 @@ fn validate(file: JourneyFile, lines: &Lines<'_>) -> Result<Journey, Vec<(usize,
                 None => StepKind::Exit,
             }
         } else if let Some(split) = &s.split {
-            let total: u32 = split.iter().map(|b| b.percent).sum();
+            let total: u32 = split.iter().fold(0u32, |sum, b| sum.saturating_add(b.percent));
             if total != 100 || split.is_empty() {
                 problems.push((
                     lines.find(line, "split:"),
                     format!("step `{}`: split percentages add up to {total}, not 100", s.id),
                 ));
             }
-            let mut upper = 0;
+            let mut upper: u32 = 0;
             let mut branches = Vec::new();
             for b in split {
-                upper += b.percent;
+                upper = upper.saturating_add(b.percent);
                 if let Some(ix) = resolve("next", &Some(b.next.clone()), &mut problems) {
                     branches.push((upper, ix));
                 }

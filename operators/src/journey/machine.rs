@@ -195,8 +195,10 @@ impl Journeys {
         self.keep.insert(j.version.clone(), (!all).then_some(keys));
         let mut types = Vec::new();
         for s in &j.steps {
-            if let StepKind::Condition { condition, .. } = &s.kind {
-                condition.happened_types(&mut types);
+            match &s.kind {
+                StepKind::Condition { condition, .. } => condition.happened_types(&mut types),
+                StepKind::WaitFor { event: EventMatch { condition: Some(c), .. }, .. } => c.happened_types(&mut types),
+                _ => {}
             }
         }
         for m in std::iter::once(&j.trigger).chain(&j.exit_on) {
@@ -245,6 +247,11 @@ impl Journeys {
         // Most events concern no journey: no trigger, goal or awaited event has their type.
         if !self.interesting.contains(&event.event_type) {
             return out;
+        }
+        // The subject's own timers due by this event's time act first: a `wait_for` event after its
+        // timeout does not match, and a goal after a wait comes after the wait's send.
+        if state.next_due().is_some_and(|d| d <= now) {
+            out.extend(self.on_time(subject, state, now, guardrails));
         }
         let attributes: Map<String, Value> = serde_json::from_str(&event.attributes_json).unwrap_or_default();
         let event_value = event_value(event, &attributes);
@@ -344,11 +351,16 @@ impl Journeys {
         {
             state.active[i].due_ms = None;
             let Some(journey) = self.resolve(subject, state, i, due, &mut out) else { continue };
-            let Some(ix) = journey.steps.iter().position(|s| s.id == state.active[i].step) else { continue };
-            let (target, cause) = match &journey.steps[ix].kind {
-                StepKind::Wait { next, .. } => (*next, "wait elapsed"),
-                StepKind::WaitFor { on_timeout, .. } => (*on_timeout, "timeout"),
-                _ => continue,
+            let kind = journey.steps.iter().find(|s| s.id == state.active[i].step).map(|s| &s.kind);
+            let (target, cause) = match kind {
+                Some(StepKind::Wait { next, .. }) => (*next, "wait elapsed"),
+                Some(StepKind::WaitFor { on_timeout, .. }) => (*on_timeout, "timeout"),
+                // Never left waiting on a step that is not a wait (or is gone): leave, visibly.
+                _ => {
+                    out.push(transition(subject, &state.active[i], None, "step unavailable".into(), due, None));
+                    state.active.remove(i);
+                    continue;
+                }
             };
             self.run(&journey, subject, state, i, target, cause.to_string(), due, None, guardrails, &mut out);
         }
@@ -369,9 +381,17 @@ impl Journeys {
         let versions = self.by_id.get(&enrollment.journey);
         let current = versions.map(|v| &v.current);
         if let Some(current) = current {
+            // Only onto a step of the same kind: a subject waiting must find a wait there.
+            let old_kind = versions
+                .and_then(|v| v.archived.get(&enrollment.version))
+                .and_then(|old| old.steps.iter().find(|s| s.id == enrollment.step))
+                .map(|s| std::mem::discriminant(&s.kind));
             let migrate = current.version != enrollment.version
                 && current.migrate
-                && current.steps.iter().any(|s| s.id == enrollment.step);
+                && current
+                    .steps
+                    .iter()
+                    .any(|s| s.id == enrollment.step && Some(std::mem::discriminant(&s.kind)) == old_kind);
             if migrate {
                 let e = &mut state.active[i];
                 out.push(Transition {
@@ -518,8 +538,14 @@ impl Journeys {
         let ctx_value = |path: &[String]| lookup(subject, event_value, &vars, path);
         let payload =
             send.payload.iter().filter_map(|(name, path)| ctx_value(path).map(|v| (name.clone(), v))).collect();
+        // Recipient and time zone: from the current event, else from the trigger (an awaited event
+        // rarely repeats the address).
         let text = |key: &str| {
-            event_value.get("attributes").and_then(|a| a.get(key)).and_then(Value::as_str).map(str::to_string)
+            let of =
+                |v: &Value| v.get("attributes").and_then(|a| a.get(key)).and_then(Value::as_str).map(str::to_string);
+            of(event_value).or_else(|| {
+                moment.and_then(|_| of(&serde_json::from_str::<Value>(&enrollment.trigger).unwrap_or_default()))
+            })
         };
         let key = journey_send_key(
             subject,
@@ -703,7 +729,8 @@ impl Context for EvalCtx<'_> {
     }
 
     fn happened(&self, event_type: &str, within: Option<Duration>) -> bool {
-        let since = within.map_or(i64::MIN, |w| self.now - i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
+        let since =
+            within.map_or(i64::MIN, |w| self.now.saturating_sub(i64::try_from(w.as_millis()).unwrap_or(i64::MAX)));
         self.history.iter().any(|(t, at)| t == event_type && *at >= since && *at <= self.now)
     }
 
@@ -725,7 +752,13 @@ impl Journeys {
                 }
             }
         }
-        serde_json::json!({"type": value.get("type"), "id": value.get("id"), "attributes": attributes})
+        serde_json::json!({"type": value.get("type"), "id": value.get("id"), "source": value.get("source"),
+            "occurred_at_ms": value.get("occurred_at_ms"), "attributes": attributes})
+    }
+
+    /// Whether events of this type are kept in the subjects' history (for `happened(...)`).
+    pub fn remembers(&self, event_type: &str) -> bool {
+        self.remembered.contains_key(event_type)
     }
 
     /// Event types whose history any loaded journey reads.

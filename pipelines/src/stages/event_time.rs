@@ -230,6 +230,8 @@ pub fn late_events<'s>(
             let mut announced: Option<i64> = None;
             let mut waiting: BTreeMap<Epoch, PendingEpoch> = BTreeMap::new();
             let mut unapplied: BTreeMap<Epoch, Vec<PartitionReport>> = BTreeMap::new();
+            // The newest report stamp applied: the watermark covers events up to that epoch.
+            let mut applied_through: Option<Epoch> = None;
             move |(events_in, events_frontier), (reports_in, reports_frontier), output| {
                 events_in.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
@@ -285,6 +287,7 @@ pub fn late_events<'s>(
                         let no_events_up_to = !events_frontier.frontier().less_equal(&stamp)
                             && waiting.first_key_value().is_none_or(|(&e, _)| e > stamp);
                         if complete && no_events_up_to {
+                            applied_through = Some(stamp);
                             for report in unapplied.remove(&stamp).unwrap_or_default() {
                                 watermark.apply(report);
                             }
@@ -303,11 +306,14 @@ pub fn late_events<'s>(
                     }
                     break;
                 }
-                // Announce a moved watermark, then keep the clock capability at the inputs' frontier.
+                // Announce a moved watermark, then keep the clock capability at the inputs' frontier. It is
+                // announced after the epochs it was built from: timers it fires must not overtake those
+                // epochs' own (on-time) events downstream.
                 if let Some(c) = clock.as_mut() {
                     if watermark.current() > announced {
                         if let Some(w) = watermark.current() {
-                            output.session(&*c).give(Judged::Watermark(w));
+                            let at = applied_through.map_or(*c.time(), |s| (*c.time()).max(s + 1));
+                            output.session(&c.delayed(&at)).give(Judged::Watermark(w));
                         }
                         announced = watermark.current();
                     }

@@ -15,7 +15,7 @@
 //!    decided on the spot, so the journey can follow the outcome;
 //! 5. emits the changed state of every touched subject for the changelogs.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -236,8 +236,9 @@ pub fn guardrails<'s>(
                     let mut session = output.session(&cap);
                     let mut decisions = Vec::new();
                     let mut transitions = Vec::new();
-                    let mut caps_touched = HashSet::new();
-                    let mut journeys_touched = HashSet::new();
+                    // Ordered sets: the snapshot records come out in the same order in every run.
+                    let mut caps_touched = BTreeSet::new();
+                    let mut journeys_touched = BTreeSet::new();
 
                     // 1. Consent; the watermark.
                     for side in sides {
@@ -288,11 +289,14 @@ pub fn guardrails<'s>(
                     for intent in intents {
                         newest_event_ms = newest_event_ms.max(intent.occurred_at_ms);
                         let subject = intent.subject.clone();
-                        let cap_state = state.caps.entry(subject.clone()).or_default();
-                        let decision = decide(intent, &state.consent, &rules.consent, &rules.caps, cap_state);
+                        let mut cap_state = state.caps.remove(&subject).unwrap_or_default();
+                        let decision = decide(intent, &state.consent, &rules.consent, &rules.caps, &mut cap_state);
                         // Only counted sends change the state (and need a changelog record).
                         if decision.kind == DecisionKind::Allowed && decision.cap == Some(CapVerdict::Allowed) {
-                            caps_touched.insert(subject);
+                            caps_touched.insert(subject.clone());
+                        }
+                        if cap_state != SubjectCaps::default() {
+                            state.caps.insert(subject, cap_state);
                         }
                         decisions.push(decision);
                     }
@@ -307,7 +311,6 @@ pub fn guardrails<'s>(
                             let subject = subject_of(event);
                             let journey_state = state.journeys.entry(subject.clone()).or_default();
                             let before = journey_state.next_due();
-                            let history = journey_state.history.len();
                             let mut caps = state.caps.remove(&subject).unwrap_or_default();
                             let mut g = SubjectGuardrails {
                                 subject: &subject,
@@ -322,7 +325,8 @@ pub fn guardrails<'s>(
                                 caps_touched.insert(subject.clone());
                             }
                             timers.update(&subject, before, journey_state.next_due());
-                            if !moved.is_empty() || journey_state.history.len() != history {
+                            // A remembered event type changes the history even when it is full.
+                            if !moved.is_empty() || rules.journeys.remembers(&event.event_type) {
                                 journeys_touched.insert(subject.clone());
                             }
                             transitions.extend(moved);
@@ -355,12 +359,22 @@ pub fn guardrails<'s>(
                         let snapshot = state.journeys.get(&subject).filter(|j| !j.is_empty()).cloned();
                         session.give(GuardrailOutput::Journeys(SubjectSnapshot { subject, state: snapshot }));
                     }
-                    // Now and then, drop the counters of subjects that went quiet.
+                    // Now and then, drop the counters of subjects that went quiet (and tell the changelog).
                     epochs_since_sweep += 1;
                     if epochs_since_sweep >= 1_000 {
                         epochs_since_sweep = 0;
                         let before = state.caps.len();
-                        state.caps.retain(|_, s| !rules.caps.expire(s, newest_event_ms));
+                        let mut expired = Vec::new();
+                        state.caps.retain(|subject, s| {
+                            let keep = !rules.caps.expire(s, newest_event_ms);
+                            if !keep {
+                                expired.push(subject.clone());
+                            }
+                            keep
+                        });
+                        for subject in expired {
+                            session.give(GuardrailOutput::Caps(SubjectSnapshot { subject, state: None }));
+                        }
                         tracing::debug!(
                             expired = before - state.caps.len(),
                             subjects = state.caps.len(),

@@ -133,3 +133,9 @@ fn every_problem_is_reported_at_once() {
     let text = WELCOME.replace("wait: 2d", "wait: never").replace("channel: email", "channel: fax");
     assert_eq!(problems(&text).len(), 2);
 }
+
+#[test]
+fn huge_split_percentages_are_refused_not_wrapped() {
+    let text = WELCOME.replace("percent: 50, next: nudge", "percent: 4294967246, next: nudge");
+    one_problem(&text, "add up to");
+}

@@ -384,3 +384,33 @@ steps:
     let err = Journey::parse(&bad, Path::new("coupon.yaml")).expect_err("refused");
     assert!(err.to_string().contains("coupon.yaml:3: vars: `who: vars.x`"), "{err}");
 }
+
+#[test]
+fn an_awaited_event_after_the_timeout_does_not_match_the_timeout_wins() {
+    let journeys = Journeys::new(vec![journey(CART)], "time_zone");
+    let (s, mut state, mut g) = (subject("late-order"), SubjectJourneys::default(), Recorder::default());
+    journeys.on_event(&s, &mut state, &event("c1", "cart_updated", T0, r#"{"amount":80,"email":"x@y.z"}"#), &mut g);
+    // The watermark has not reached T0+4h yet, but the order comes at T0+5h: the timeout came first.
+    let t = journeys.on_event(&s, &mut state, &event("o1", "order_completed", T0 + 5 * HOUR, "{}"), &mut g);
+    assert_eq!(causes(&t), vec!["wait-order>reminder:timeout", "reminder>-:sent; end"]);
+    assert_eq!(g.sent[0].occurred_at_ms, T0 + 4 * HOUR);
+    assert_eq!(g.sent[0].recipient.as_deref(), Some("x@y.z"));
+}
+
+#[test]
+fn a_migration_never_lands_a_waiting_subject_on_a_step_that_is_not_a_wait() {
+    let v1 = journey(WELCOME);
+    // v2 turns `wait-2d` into a send: a subject waiting there must stay on v1.
+    let v2 = journey(&WELCOME.replace("label: one", "label: two\nmigrate: true").replace(
+        "    wait: 2d\n    next: opened",
+        "    send: {channel: email, template: x, category: onboarding}\n    next: opened",
+    ));
+    let s = subject("mig");
+    let (mut state, mut g) = (SubjectJourneys::default(), Recorder::default());
+    Journeys::new(vec![v1.clone()], "time_zone").on_event(&s, &mut state, &event("e1", "signed_up", T0, "{}"), &mut g);
+    let mut journeys = Journeys::new(vec![v2], "time_zone");
+    journeys.archive(v1.clone());
+    let t = journeys.on_time(&s, &mut state, T0 + 3 * DAY, &mut g);
+    assert_eq!(t[0].cause, "wait elapsed", "{t:?}");
+    assert_eq!(t[0].version, v1.version);
+}
