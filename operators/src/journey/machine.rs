@@ -27,8 +27,10 @@ use super::expr::Context;
 use crate::consent::{Channel, Purpose, SubjectRef};
 use crate::intent::{JourneyStepRef, SendIntent};
 
-/// Most events a subject's history keeps for `happened(...)` (the oldest go first).
-pub const HISTORY_LIMIT: usize = 32;
+/// Most events of one type a subject's history keeps for `happened(...)` (the oldest go first). Per
+/// type, so a frequent type never pushes a rare one out; the history is bounded by this times the
+/// number of types the loaded journeys ask about.
+pub const HISTORY_PER_TYPE: usize = 8;
 /// Most steps one movement may run through (validation refuses waitless cycles; this is a backstop).
 const STEP_BUDGET: usize = 256;
 
@@ -237,10 +239,18 @@ impl Journeys {
         // History for `happened(...)`: the event being reacted to has happened.
         if self.remembered.contains_key(&event.event_type) {
             state.history.push((event.event_type.clone(), now));
-            if state.history.len() > HISTORY_LIMIT {
-                state.history.sort_by_key(|(_, at)| *at);
-                let excess = state.history.len() - HISTORY_LIMIT;
-                state.history.drain(..excess);
+            let same_type = state.history.iter().filter(|(t, _)| *t == event.event_type).count();
+            if same_type > HISTORY_PER_TYPE {
+                let oldest = state
+                    .history
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (t, _))| *t == event.event_type)
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(i, _)| i);
+                if let Some(i) = oldest {
+                    state.history.remove(i);
+                }
             }
         }
 

@@ -414,3 +414,32 @@ fn a_migration_never_lands_a_waiting_subject_on_a_step_that_is_not_a_wait() {
     assert_eq!(t[0].cause, "wait elapsed", "{t:?}");
     assert_eq!(t[0].version, v1.version);
 }
+
+#[test]
+fn a_frequent_event_type_does_not_push_a_rare_one_out_of_the_history() {
+    let text = r#"id: h
+trigger: {event: signed_up}
+steps:
+  - id: wait
+    wait: 1d
+    next: check
+  - id: check
+    condition: happened(order_completed, 30d) and happened(email_opened, 1d)
+    then: yes
+    else: no
+  - id: yes
+    send: {channel: email, template: loyal, category: onboarding}
+  - id: no
+    exit: true
+"#;
+    let journeys = Journeys::new(vec![journey(text)], "time_zone");
+    let (s, mut state, mut g) = (subject("h"), SubjectJourneys::default(), Recorder::default());
+    journeys.on_event(&s, &mut state, &event("o", "order_completed", T0 - 10 * DAY, "{}"), &mut g);
+    journeys.on_event(&s, &mut state, &event("e1", "signed_up", T0, "{}"), &mut g);
+    for k in 0..100 {
+        journeys.on_event(&s, &mut state, &event(&format!("m{k}"), "email_opened", T0 + k * 60_000, "{}"), &mut g);
+    }
+    assert_eq!(state.history.iter().filter(|(t, _)| t == "email_opened").count(), HISTORY_PER_TYPE);
+    journeys.on_time(&s, &mut state, T0 + DAY, &mut g);
+    assert_eq!(templates(&g.sent), vec!["loyal"], "the order 10 days ago is still remembered");
+}
