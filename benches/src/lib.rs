@@ -1,6 +1,9 @@
 //! Benchmarks of Touchpoint: criterion micro-benchmarks (`benches/operators.rs`) and the end-to-end
 //! harness (`src/bin/e2e.rs`). Results and the commands that produced them: `benches/README.md`.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use touchpoint_operators::consent::Channel;
 use touchpoint_operators::frequency_cap::{CalendarUnit, CapRule, CapWindow, CapsConfig, FrequencyCaps};
 
@@ -30,4 +33,30 @@ pub fn sample_caps() -> FrequencyCaps {
         ..Default::default()
     })
     .expect("valid sample caps")
+}
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// A global allocator that counts live heap bytes, for the memory benchmarks. A binary installs it with
+/// `#[global_allocator] static ALLOCATOR: CountingAllocator = CountingAllocator;` and reads
+/// [`live_bytes`] before and after building some state.
+pub struct CountingAllocator;
+
+// SAFETY: delegates to the system allocator and only counts sizes.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` was allocated by `System` with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+/// Live heap bytes counted by [`CountingAllocator`] (0 when it is not the global allocator).
+pub fn live_bytes() -> usize {
+    LIVE.load(Ordering::Relaxed)
 }

@@ -47,8 +47,7 @@ use crate::stages::guardrails::{guardrails, GuardrailOutput, GuardrailRules, Gua
 use crate::stages::kafka_source::{kafka_source, SharedSource, SourceRole, StopPolicy};
 use crate::stages::normalize::{normalize, DeadLetter, Outcome};
 use crate::stages::sinks::{
-    ClickHouseDecisions, ClickHouseEvents, ClickHouseTransitions, ConnectorTopics, DeadLetterTopic, LateEventsTopic,
-    StateChangelog,
+    ClickHouseDecisions, ClickHouseEvents, ClickHouseTransitions, ConnectorTopics, StateChangelog, TopicSink,
 };
 use crate::stages::tally::{log_epoch_tallies, RunTotals, TallyBook};
 use crate::stages::Epoch;
@@ -161,8 +160,11 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         let deduplicated = deduplicated.flat_map(Judged::into_event);
         let late = late.flat_map(Judged::into_routed);
         let watermarks = watermarks.flat_map(Judged::into_watermark);
-        let late_routed =
-            epoch_sink(late, LateEventsTopic { producer: late_producer, topic: late_events_topic }, runtime.clone());
+        let late_routed = epoch_sink(
+            late,
+            TopicSink { name: "LateEventsTopic", producer: late_producer, topic: late_events_topic },
+            runtime.clone(),
+        );
         // Events a previous run stored are not stored again, but still drive decisions (their effects
         // may not have been durable when it died; the decision path is idempotent by key).
         let (to_store, already_stored) =
@@ -175,8 +177,11 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             });
         let unique = to_store.clone().concat(already_stored);
         let stored = epoch_sink(to_store, ClickHouseEvents { store: events }, runtime.clone());
-        let dead_lettered =
-            epoch_sink(rejected, DeadLetterTopic { producer: dead_letters, topic: dead_letter_topic }, runtime.clone());
+        let dead_lettered = epoch_sink(
+            rejected,
+            TopicSink { name: "DeadLetterTopic", producer: dead_letters, topic: dead_letter_topic },
+            runtime.clone(),
+        );
 
         // Consent: the table, replayed at start (epoch 0), then live.
         let consent_records =
@@ -188,7 +193,7 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         });
         let consent_dead_lettered = epoch_sink(
             bad_consent,
-            DeadLetterTopic { producer: consent_dead_letters, topic: consent_dead_letter_topic },
+            TopicSink { name: "DeadLetterTopic", producer: consent_dead_letters, topic: consent_dead_letter_topic },
             runtime.clone(),
         );
 

@@ -14,55 +14,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{journeys_in, runtime, TestPipeline, JOURNEYS_OFF};
+use common::{journeys_in, produce_json, rfc3339, runtime, TestPipeline, JOURNEYS_OFF};
 use serde_json::{json, Value};
-use touchpoint_connectors::kafka::{read_all, AckedProducer, OutgoingRecord};
+use touchpoint_connectors::kafka::read_all;
 use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::journey::machine::split_bucket;
 
-const T0: &str = "2026-11-20T10:00:00Z";
 const T0_MS: i64 = 1_795_168_800_000;
 const MINUTE: i64 = 60_000;
 const N: usize = 12;
 
-fn at(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_else(|| T0.into())
+fn event(id: &str, subject: &str, event_type: &str, at_ms: i64, attributes: Value) -> (String, Value) {
+    let value = json!({"event_id": id, "event_type": event_type, "occurred_at": rfc3339(at_ms),
+                       "subject_id": subject, "tenant_id": "acme", "attributes": attributes});
+    (subject.to_string(), value)
 }
 
-fn event(id: &str, subject: &str, event_type: &str, at_ms: i64, attributes: Value) -> OutgoingRecord {
-    OutgoingRecord {
-        topic: String::new(),
-        key: Some(subject.as_bytes().to_vec()),
-        payload: Some(
-            json!({"event_id": id, "event_type": event_type, "occurred_at": at(at_ms), "subject_id": subject,
-                   "tenant_id": "acme", "attributes": attributes})
-            .to_string()
-            .into_bytes(),
-        ),
-        headers: vec![],
-    }
-}
-
-fn grant(subject: &str, channel: &str) -> OutgoingRecord {
-    OutgoingRecord {
-        topic: String::new(),
-        key: Some(format!("acme/{subject}").into_bytes()),
-        payload: Some(
-            json!({"subject_id": subject, "tenant_id": "acme", "channel": channel, "purpose": "marketing",
-                   "status": "granted", "updated_at": "2026-11-01T00:00:00Z", "source": "test"})
-            .to_string()
-            .into_bytes(),
-        ),
-        headers: vec![],
-    }
-}
-
-fn produce(tp: &TestPipeline, topic: &str, mut records: Vec<OutgoingRecord>) {
-    for r in &mut records {
-        r.topic = topic.to_string();
-    }
-    let producer = AckedProducer::new(&tp.config.kafka).expect("producer");
-    runtime().block_on(producer.send_all(&records)).expect("producing");
+fn grant(subject: &str, channel: &str) -> (String, Value) {
+    let value = json!({"subject_id": subject, "tenant_id": "acme", "channel": channel, "purpose": "marketing",
+                       "status": "granted", "updated_at": "2026-11-01T00:00:00Z", "source": "test"});
+    (format!("acme/{subject}"), value)
 }
 
 fn start(tp: &TestPipeline, log: usize) -> Child {
@@ -131,7 +102,7 @@ fn journeys_wait_branch_split_and_exit_across_a_sigkill() {
             consent.push(grant(&s, "push"));
         }
     }
-    produce(&tp, &tp.config.topics.consent.name, consent);
+    produce_json(&tp, &tp.config.topics.consent.name, consent);
 
     let mut first = Vec::new();
     for i in 0..N {
@@ -146,7 +117,7 @@ fn journeys_wait_branch_split_and_exit_across_a_sigkill() {
         first.push(event(&format!("or-b{i}"), &buyer(i), "order_completed", t + 60 * MINUTE, attrs(&buyer(i))));
         first.push(event(&format!("ca-x{i}"), &small(i), "cart_updated", t, json!({"amount": 20})));
     }
-    produce(&tp, &tp.config.topics.events.name, first);
+    produce_json(&tp, &tp.config.topics.events.name, first);
 
     // Run 1: everyone enters; buyers leave on their order; the others wait. Then SIGKILL.
     let mut child = start(&tp, 1);
@@ -166,7 +137,7 @@ fn journeys_wait_branch_split_and_exit_across_a_sigkill() {
 
     // Run 2: restored waits; an event two days later moves event time past every wait.
     let mut child = start(&tp, 2);
-    produce(
+    produce_json(
         &tp,
         &tp.config.topics.events.name,
         vec![event("tick", "clock", "page_viewed", T0_MS + 2 * 1_440 * MINUTE, json!({}))],

@@ -10,30 +10,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{runtime, TestPipeline, JOURNEYS_OFF};
+use common::{produce_json, rfc3339, runtime, TestPipeline, JOURNEYS_OFF};
 use serde_json::{json, Value};
 use touchpoint::scenario::{parse_file, scenario_journeys, ExpectedSend, ScenarioInput, TENANT};
-use touchpoint_connectors::kafka::{read_all, AckedProducer, OutgoingRecord};
+use touchpoint_connectors::kafka::read_all;
 
 /// The local profile's allowed lateness: a tick this far after a watermark step moves time to it.
 const LATENESS_MS: i64 = 3_600_000;
-
-fn produce(tp: &TestPipeline, topic: &str, records: Vec<(String, Value)>) {
-    let records: Vec<OutgoingRecord> = records
-        .into_iter()
-        .map(|(key, value)| OutgoingRecord {
-            topic: topic.to_string(),
-            key: Some(key.into_bytes()),
-            payload: Some(value.to_string().into_bytes()),
-            headers: vec![],
-        })
-        .collect();
-    runtime().block_on(AckedProducer::new(&tp.config.kafka).expect("producer").send_all(&records)).expect("producing");
-}
-
-fn at(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default()
-}
 
 fn run_on_services(name: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -70,7 +53,7 @@ fn run_on_services(name: &str) {
             )
         })
         .collect();
-    produce(&tp, &tp.config.topics.consent.name, consent);
+    produce_json(&tp, &tp.config.topics.consent.name, consent);
     let mut child = Command::new(env!("CARGO_BIN_EXE_touchpoint"))
         .args(["run", "--config"])
         .arg(&tp.path)
@@ -82,26 +65,26 @@ fn run_on_services(name: &str) {
 
     for (n, input) in inputs.iter().enumerate() {
         match input {
-            ScenarioInput::Event(e) => produce(
+            ScenarioInput::Event(e) => produce_json(
                 &tp,
                 &tp.config.topics.events.name,
                 vec![(
                     e.subject_id.clone(),
                     json!({"event_id": e.event_id, "event_type": e.event_type,
-                    "occurred_at": at(e.occurred_at_ms), "subject_id": e.subject_id, "tenant_id": TENANT,
+                    "occurred_at": rfc3339(e.occurred_at_ms), "subject_id": e.subject_id, "tenant_id": TENANT,
                     "attributes": serde_json::from_str::<Value>(&e.attributes_json).unwrap_or(json!({}))}),
                 )],
             ),
             ScenarioInput::Watermark(w) => {
                 // Let the events so far be processed, then move event time with a tick on another subject.
                 std::thread::sleep(Duration::from_millis(1500));
-                produce(
+                produce_json(
                     &tp,
                     &tp.config.topics.events.name,
                     vec![(
                         format!("clock-{n}"),
                         json!({"event_id": format!("tick-{n}"), "event_type": "page_viewed",
-                        "occurred_at": at(w + LATENESS_MS), "subject_id": format!("clock-{n}"), "tenant_id": TENANT,
+                        "occurred_at": rfc3339(w + LATENESS_MS), "subject_id": format!("clock-{n}"), "tenant_id": TENANT,
                         "attributes": {}}),
                     )],
                 );

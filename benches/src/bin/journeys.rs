@@ -9,10 +9,8 @@
 //! consent granted. Baseline, measured in the same run on the same events: frequency caps alone
 //! (`decide_keyed` of one intent per event). Memory by a counting global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
@@ -26,26 +24,8 @@ use touchpoint_operators::intent::SendIntent;
 use touchpoint_operators::journey::{load_dir, Guardrails, Journeys, SubjectJourneys};
 use touchpoint_schemas::{NormalizedEvent, SourcePosition};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: delegates to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: touchpoint_benches::CountingAllocator = touchpoint_benches::CountingAllocator;
 
 #[derive(Parser)]
 struct Args {
@@ -154,9 +134,9 @@ fn main() -> Result<()> {
     }
     let entries = started.elapsed();
     // The journey state's heap: what a deep copy of it allocates (keys, map, enrollments, history).
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = touchpoint_benches::live_bytes();
     let copy = states.clone();
-    let state_bytes = LIVE.load(Ordering::Relaxed) - before;
+    let state_bytes = touchpoint_benches::live_bytes() - before;
     drop(copy);
 
     let started = Instant::now();

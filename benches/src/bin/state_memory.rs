@@ -7,8 +7,6 @@
 //! state). `--restore` needs the local stack: it writes one changelog record per subject and times
 //! the restore the pipeline performs at start-up.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -16,26 +14,8 @@ use clap::Parser;
 use touchpoint_operators::consent::{Channel, ConsentChange, ConsentStatus, ConsentTable, Purpose, SubjectRef};
 use touchpoint_operators::frequency_cap::{CapQuery, SubjectCaps};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: delegates to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: touchpoint_benches::CountingAllocator = touchpoint_benches::CountingAllocator;
 
 #[derive(Parser)]
 struct Args {
@@ -54,7 +34,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let n = args.subjects;
 
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = touchpoint_benches::live_bytes();
     let mut table = ConsentTable::new();
     for i in 0..n {
         for channel in [Channel::Email, Channel::Push] {
@@ -68,11 +48,11 @@ fn main() -> Result<()> {
             });
         }
     }
-    let consent_bytes = LIVE.load(Ordering::Relaxed) - before;
+    let consent_bytes = touchpoint_benches::live_bytes() - before;
 
     // Each subject: one promotional email and one push today (2 counted sends, 3 rules).
     let caps = touchpoint_benches::sample_caps();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = touchpoint_benches::live_bytes();
     let mut states: std::collections::HashMap<SubjectRef, SubjectCaps> = std::collections::HashMap::new();
     for i in 0..n {
         let state = states.entry(subject(i)).or_default();
@@ -81,7 +61,7 @@ fn main() -> Result<()> {
             caps.decide_keyed(state, &q, &format!("tpk-{i}-{k}"));
         }
     }
-    let caps_bytes = LIVE.load(Ordering::Relaxed) - before;
+    let caps_bytes = touchpoint_benches::live_bytes() - before;
     println!("subjects                         {n}");
     println!(
         "consent table (2 records each)   {:>8.1} MiB  {:>6.0} bytes/subject",

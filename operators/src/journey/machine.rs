@@ -129,8 +129,8 @@ struct Versions {
 #[derive(Debug, Clone, Default)]
 pub struct Journeys {
     by_id: BTreeMap<String, Versions>,
-    /// Event types `happened(...)` asks about, with the longest window asked (None: ever).
-    remembered: HashMap<String, Option<Duration>>,
+    /// Event types `happened(...)` asks about: kept in the subjects' history.
+    remembered: HashSet<String>,
     /// Event types any journey reacts to (triggers, goals, awaited events): others skip the machine.
     interesting: HashSet<String>,
     /// Per version: the trigger attributes its steps can read after a wait (`None`: all of them).
@@ -143,7 +143,7 @@ impl Journeys {
     pub fn new(current: Vec<Journey>, time_zone_attribute: &str) -> Self {
         let mut journeys = Journeys { time_zone_attribute: time_zone_attribute.to_string(), ..Default::default() };
         for j in current {
-            journeys.remember_types(&j);
+            journeys.index(&j);
             let j = Arc::new(j);
             let mut archived = HashMap::new();
             archived.insert(j.version.clone(), j.clone());
@@ -154,13 +154,15 @@ impl Journeys {
 
     /// Adds an older version (from the archive), so subjects on it can continue.
     pub fn archive(&mut self, j: Journey) {
-        self.remember_types(&j);
+        self.index(&j);
         if let Some(v) = self.by_id.get_mut(&j.id) {
             v.archived.entry(j.version.clone()).or_insert_with(|| Arc::new(j));
         }
     }
 
-    fn remember_types(&mut self, j: &Journey) {
+    /// Indexes a loaded version: the event types it reacts to or remembers, and the trigger attributes
+    /// it reads after a wait.
+    fn index(&mut self, j: &Journey) {
         self.interesting.insert(j.trigger.event_type.clone());
         self.interesting.extend(j.exit_on.iter().map(|m| m.event_type.clone()));
         let mut paths: Vec<&[String]> = Vec::new();
@@ -209,7 +211,7 @@ impl Journeys {
             }
         }
         for t in types {
-            self.remembered.entry(t).or_insert(None);
+            self.remembered.insert(t);
         }
     }
 
@@ -237,7 +239,7 @@ impl Journeys {
         let mut out = Vec::new();
         let now = event.occurred_at_ms;
         // History for `happened(...)`: the event being reacted to has happened.
-        if self.remembered.contains_key(&event.event_type) {
+        if self.remembered.contains(&event.event_type) {
             state.history.push((event.event_type.clone(), now));
             let same_type = state.history.iter().filter(|(t, _)| *t == event.event_type).count();
             if same_type > HISTORY_PER_TYPE {
@@ -766,14 +768,15 @@ impl Journeys {
             "occurred_at_ms": value.get("occurred_at_ms"), "attributes": attributes})
     }
 
-    /// Whether events of this type are kept in the subjects' history (for `happened(...)`).
-    pub fn remembers(&self, event_type: &str) -> bool {
-        self.remembered.contains_key(event_type)
+    /// Whether events of this type can change a subject's journey state at all: a journey reacts to
+    /// them (trigger, goal, awaited event) or keeps them in the history. Other events leave it as is.
+    pub fn concerns(&self, event_type: &str) -> bool {
+        self.interesting.contains(event_type) || self.remembered.contains(event_type)
     }
 
-    /// Event types whose history any loaded journey reads.
-    pub fn remembered_types(&self) -> HashSet<&str> {
-        self.remembered.keys().map(String::as_str).collect()
+    /// Whether events of this type are kept in the subjects' history (for `happened(...)`).
+    pub fn remembers(&self, event_type: &str) -> bool {
+        self.remembered.contains(event_type)
     }
 }
 

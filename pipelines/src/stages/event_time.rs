@@ -31,6 +31,7 @@ use touchpoint_schemas::NormalizedEvent;
 
 use super::kafka_source::SharedSource;
 use super::normalize::Outcome;
+use super::sinks::TopicRecord;
 use super::tally::TallyBook;
 use super::Epoch;
 
@@ -126,10 +127,10 @@ pub struct LateEvent {
     pub behind_ms: i64,
 }
 
-impl LateEvent {
+impl TopicRecord for LateEvent {
     /// The record on the late-events topic: the event as a valid marketing event (so it can be produced
     /// again, e.g. into a backfill pipeline), keyed `tenant/subject`, with the verdict in headers.
-    pub fn to_record(&self, topic: &str) -> OutgoingRecord {
+    fn to_record(&self, topic: &str) -> OutgoingRecord {
         let e = &self.event;
         let attributes: Value = serde_json::from_str(&e.attributes_json).unwrap_or_else(|_| json!({}));
         let value = json!({

@@ -167,6 +167,27 @@ impl Guardrails for SubjectGuardrails<'_> {
     }
 }
 
+/// Runs `f` with the subject's consent and caps as [`Guardrails`] (every send decided in it lands in
+/// `decisions`) and returns its result and whether a send was counted against the caps. The caps are
+/// lent out of `caps` and put back unless empty, so subjects that never had a counted send hold none.
+fn with_guardrails<R>(
+    caps: &mut HashMap<SubjectRef, SubjectCaps>,
+    consent: &ConsentTable,
+    rules: &GuardrailRules,
+    subject: &SubjectRef,
+    decisions: &mut Vec<Decision>,
+    f: impl FnOnce(&mut SubjectGuardrails<'_>) -> R,
+) -> (R, bool) {
+    let mut subject_caps = caps.remove(subject).unwrap_or_default();
+    let mut g = SubjectGuardrails { subject, consent, rules, caps: &mut subject_caps, decisions, counted: false };
+    let result = f(&mut g);
+    let counted = g.counted;
+    if subject_caps != SubjectCaps::default() {
+        caps.insert(subject.clone(), subject_caps);
+    }
+    (result, counted)
+}
+
 /// Journey timers of this worker's subjects: (due, subject).
 #[derive(Default)]
 struct Timers(BTreeSet<(i64, SubjectRef)>);
@@ -258,26 +279,18 @@ pub fn guardrails<'s>(
                         newest_event_ms = newest_event_ms.max(due);
                         timers.0.remove(&(due, subject.clone()));
                         let Some(journey_state) = state.journeys.get_mut(&subject) else { continue };
-                        let mut caps = state.caps.remove(&subject).unwrap_or_default();
-                        let mut g = SubjectGuardrails {
-                            subject: &subject,
-                            consent: &state.consent,
-                            rules: &rules,
-                            caps: &mut caps,
-                            decisions: &mut decisions,
-                            counted: false,
-                        };
-                        transitions.extend(rules.journeys.on_time(&subject, journey_state, watermark, &mut g));
-                        if g.counted {
+                        let (moved, counted) =
+                            with_guardrails(&mut state.caps, &state.consent, &rules, &subject, &mut decisions, |g| {
+                                rules.journeys.on_time(&subject, journey_state, watermark, g)
+                            });
+                        transitions.extend(moved);
+                        if counted {
                             caps_touched.insert(subject.clone());
                         }
                         // Every timer of the subject due by the watermark has fired: the next is later.
                         timers.update(&subject, None, journey_state.next_due());
                         if journey_state.is_empty() {
                             state.journeys.remove(&subject);
-                        }
-                        if caps != SubjectCaps::default() {
-                            state.caps.insert(subject.clone(), caps);
                         }
                         journeys_touched.insert(subject);
                     }
@@ -289,16 +302,15 @@ pub fn guardrails<'s>(
                     for intent in intents {
                         newest_event_ms = newest_event_ms.max(intent.occurred_at_ms);
                         let subject = intent.subject.clone();
-                        let mut cap_state = state.caps.remove(&subject).unwrap_or_default();
-                        let decision = decide(intent, &state.consent, &rules.consent, &rules.caps, &mut cap_state);
+                        let ((), counted) =
+                            with_guardrails(&mut state.caps, &state.consent, &rules, &subject, &mut decisions, |g| {
+                                // The outcome is in the decision; a rule has nothing to follow up.
+                                let _ = g.send(intent);
+                            });
                         // Only counted sends change the state (and need a changelog record).
-                        if decision.kind == DecisionKind::Allowed && decision.cap == Some(CapVerdict::Allowed) {
-                            caps_touched.insert(subject.clone());
+                        if counted {
+                            caps_touched.insert(subject);
                         }
-                        if cap_state != SubjectCaps::default() {
-                            state.caps.insert(subject, cap_state);
-                        }
-                        decisions.push(decision);
                     }
 
                     // 4. Journeys, by event time.
@@ -308,20 +320,22 @@ pub fn guardrails<'s>(
                         });
                         for event in &epoch_events {
                             newest_event_ms = newest_event_ms.max(event.occurred_at_ms);
+                            // Most events neither move a subject nor enter its history: skip the state.
+                            if !rules.journeys.concerns(&event.event_type) {
+                                continue;
+                            }
                             let subject = subject_of(event);
                             let journey_state = state.journeys.entry(subject.clone()).or_default();
                             let before = journey_state.next_due();
-                            let mut caps = state.caps.remove(&subject).unwrap_or_default();
-                            let mut g = SubjectGuardrails {
-                                subject: &subject,
-                                consent: &state.consent,
-                                rules: &rules,
-                                caps: &mut caps,
-                                decisions: &mut decisions,
-                                counted: false,
-                            };
-                            let moved = rules.journeys.on_event(&subject, journey_state, event, &mut g);
-                            if g.counted {
+                            let (moved, counted) = with_guardrails(
+                                &mut state.caps,
+                                &state.consent,
+                                &rules,
+                                &subject,
+                                &mut decisions,
+                                |g| rules.journeys.on_event(&subject, journey_state, event, g),
+                            );
+                            if counted {
                                 caps_touched.insert(subject.clone());
                             }
                             timers.update(&subject, before, journey_state.next_due());
@@ -332,9 +346,6 @@ pub fn guardrails<'s>(
                             transitions.extend(moved);
                             if journey_state.is_empty() {
                                 state.journeys.remove(&subject);
-                            }
-                            if caps != SubjectCaps::default() {
-                                state.caps.insert(subject, caps);
                             }
                         }
                     }

@@ -13,6 +13,7 @@ use touchpoint_operators::{DecodeError, Normalizer, RecordDecoder, Rejection, Sc
 use touchpoint_schemas::reject::headers;
 use touchpoint_schemas::{NormalizedEvent, RejectReason, SourcePosition};
 
+use super::sinks::TopicRecord;
 use super::tally::TallyBook;
 use super::Epoch;
 
@@ -27,9 +28,9 @@ pub struct DeadLetter {
     pub rejected_at_ms: i64,
 }
 
-impl DeadLetter {
+impl TopicRecord for DeadLetter {
     /// The dead-letter record: same key and value as the original, the reason in headers.
-    pub fn to_record(&self, topic: &str) -> OutgoingRecord {
+    fn to_record(&self, topic: &str) -> OutgoingRecord {
         let rejected_at = chrono::DateTime::from_timestamp_millis(self.rejected_at_ms)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             .unwrap_or_default();

@@ -6,12 +6,10 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use touchpoint_connectors::clickhouse::encoding::batch_token;
 use touchpoint_connectors::clickhouse::EventStore;
-use touchpoint_connectors::kafka::AckedProducer;
+use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord};
 use touchpoint_schemas::NormalizedEvent;
 
 use super::epoch_sink::BatchWriter;
-use super::event_time::LateEvent;
-use super::normalize::DeadLetter;
 use super::Epoch;
 
 /// Normalized events → ClickHouse `events`, one INSERT per epoch and worker, deduplicated by token.
@@ -34,38 +32,27 @@ impl BatchWriter<NormalizedEvent> for ClickHouseEvents {
     }
 }
 
-/// Rejected records → the dead-letter topic, acknowledged by the broker.
-pub struct DeadLetterTopic {
+/// Something written to one topic as one record each.
+pub trait TopicRecord {
+    fn to_record(&self, topic: &str) -> OutgoingRecord;
+}
+
+/// Records → one topic, acknowledged by the broker: rejected records to a dead-letter topic
+/// (`DeadLetterTopic`), late events to the late-events topic (`LateEventsTopic`, policy `route`).
+pub struct TopicSink {
+    pub name: &'static str,
     pub producer: AckedProducer,
     pub topic: String,
 }
 
-impl BatchWriter<DeadLetter> for DeadLetterTopic {
+impl<T: TopicRecord + Send + Sync + 'static> BatchWriter<T> for TopicSink {
     fn name(&self) -> &'static str {
-        "DeadLetterTopic"
+        self.name
     }
 
-    fn write(&self, _epoch: Epoch, batch: Arc<Vec<DeadLetter>>) -> BoxFuture<'static, anyhow::Result<()>> {
+    fn write(&self, _epoch: Epoch, batch: Arc<Vec<T>>) -> BoxFuture<'static, anyhow::Result<()>> {
         let producer = self.producer.clone();
-        let records: Vec<_> = batch.iter().map(|d| d.to_record(&self.topic)).collect();
-        async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
-    }
-}
-
-/// Late events (policy `route`) → the late-events topic, acknowledged by the broker.
-pub struct LateEventsTopic {
-    pub producer: AckedProducer,
-    pub topic: String,
-}
-
-impl BatchWriter<LateEvent> for LateEventsTopic {
-    fn name(&self) -> &'static str {
-        "LateEventsTopic"
-    }
-
-    fn write(&self, _epoch: Epoch, batch: Arc<Vec<LateEvent>>) -> BoxFuture<'static, anyhow::Result<()>> {
-        let producer = self.producer.clone();
-        let records: Vec<_> = batch.iter().map(|l| l.to_record(&self.topic)).collect();
+        let records: Vec<_> = batch.iter().map(|r| r.to_record(&self.topic)).collect();
         async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
     }
 }

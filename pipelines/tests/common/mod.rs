@@ -138,3 +138,24 @@ pub fn end_offsets(produced: &[ProducedRecord]) -> HashMap<i32, i64> {
     }
     ends
 }
+
+/// RFC 3339 (UTC) of epoch milliseconds, for event payloads.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default()
+}
+
+/// Produces JSON values to `topic`, each under its key, with the pipeline's own producer settings, and
+/// waits until the broker acknowledged them all.
+pub fn produce_json(tp: &TestPipeline, topic: &str, records: Vec<(String, serde_json::Value)>) {
+    let records: Vec<touchpoint_connectors::kafka::OutgoingRecord> = records
+        .into_iter()
+        .map(|(key, value)| touchpoint_connectors::kafka::OutgoingRecord {
+            topic: topic.to_string(),
+            key: Some(key.into_bytes()),
+            payload: Some(value.to_string().into_bytes()),
+            headers: vec![],
+        })
+        .collect();
+    let producer = touchpoint_connectors::kafka::AckedProducer::new(&tp.config.kafka).expect("producer");
+    runtime().block_on(producer.send_all(&records)).expect("producing");
+}
