@@ -10,6 +10,7 @@
 //! Integration tests run against the real services started by `deploy/scripts/stack.sh`; their
 //! addresses come from [`testing::ServiceAddresses`].
 
+pub mod channels;
 pub mod clickhouse;
 pub mod kafka;
 pub mod schema_registry;

@@ -24,6 +24,7 @@ fn config() -> KafkaConfig {
 fn records(topic: &str, n: usize) -> Vec<OutgoingRecord> {
     (0..n)
         .map(|i| OutgoingRecord {
+            partition: None,
             topic: topic.into(),
             key: Some(b"k".to_vec()),
             payload: Some(format!("v{i}").into_bytes()),

@@ -4,7 +4,8 @@
 #   - tansu 0.6.0        Kafka-protocol broker (crates.io)
 #   - rivven-schema 0.0.22  Confluent-compatible Schema Registry (crates.io)
 #   - chdb-core 26.9.0   ClickHouse engine (PyPI wheel), served over HTTP by deploy/clickhouse/launcher.py
-#   - aiosmtpd           SMTP peer for the email connector tests (later issues)
+#   - aiosmtpd 1.4.6     SMTP server of the channel peers (PyPI, with its deps atpublic and attrs pinned),
+#                        run by deploy/peers/peers.py in the same virtualenv
 set -euo pipefail
 
 TOUCHPOINT_HOME="${TOUCHPOINT_HOME:-$HOME/.touchpoint}"
@@ -13,6 +14,8 @@ VENV="$TOUCHPOINT_HOME/venv"
 TANSU_VERSION=0.6.0
 RIVVEN_VERSION=0.0.22
 CHDB_VERSION=26.9.0
+AIOSMTPD_VERSION=1.4.6
+AIOSMTPD_DEPS="atpublic==9.0.0 attrs==26.1.0"
 
 mkdir -p "$TOOLS"
 log() { echo "[install] $*" >&2; }
@@ -35,6 +38,17 @@ cargo_install() { # <crate> <version> <binary> [extra cargo args...]
 
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtualenv $VENV"
+    python3 -m venv "$VENV"
+  fi
+}
+
+pip_has() { # <distribution> <version>: is exactly that version installed in $VENV?
+  "$VENV/bin/python" -c "import importlib.metadata as m,sys; sys.exit(m.version('$1')!='$2')" 2>/dev/null
+}
+
 if want tansu; then
   cargo_install tansu "$TANSU_VERSION" tansu --features dynostore
 fi
@@ -42,15 +56,22 @@ if want schema; then
   cargo_install rivven-schema "$RIVVEN_VERSION" rivven-schema --no-default-features --features server,avro,cli
 fi
 if want clickhouse; then
-  if [ ! -x "$VENV/bin/python" ]; then
-    log "creating virtualenv $VENV"
-    python3 -m venv "$VENV"
-  fi
-  if "$VENV/bin/python" -c "import importlib.metadata as m,sys; sys.exit(m.version('chdb-core')!='$CHDB_VERSION')" 2>/dev/null; then
+  ensure_venv
+  if pip_has chdb-core "$CHDB_VERSION"; then
     log "chdb-core $CHDB_VERSION present"
   else
     log "installing chdb-core $CHDB_VERSION (about 560 MB)"
     "$VENV/bin/pip" install --quiet --no-deps "chdb-core==$CHDB_VERSION"
+  fi
+fi
+if want peers; then
+  ensure_venv
+  if pip_has aiosmtpd "$AIOSMTPD_VERSION"; then
+    log "aiosmtpd $AIOSMTPD_VERSION present"
+  else
+    log "installing aiosmtpd $AIOSMTPD_VERSION"
+    # shellcheck disable=SC2086 # AIOSMTPD_DEPS is a list of requirements
+    "$VENV/bin/pip" install --quiet "aiosmtpd==$AIOSMTPD_VERSION" $AIOSMTPD_DEPS
   fi
 fi
 log "done"

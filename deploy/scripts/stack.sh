@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The local stack: tansu (Kafka protocol), rivven-schema (Schema Registry), ClickHouse (chdb launcher).
+# The local stack: tansu (Kafka protocol), rivven-schema (Schema Registry), ClickHouse (chdb launcher),
+# and the channel peers (deploy/peers/peers.py: SMTP server + webhook/push/SMS provider stand-ins).
 # All on 127.0.0.1, started in the background, stopped by PID.
 #
 #   deploy/scripts/stack.sh start    install (if missing) and start every service, wait until ready
 #   deploy/scripts/stack.sh stop     stop them (SIGTERM, then SIGKILL after 10 s)
 #   deploy/scripts/stack.sh status   show what runs
 #
-# Ports (override with the variables): Kafka 19092, ClickHouse HTTP 18123, Schema Registry 18081.
+# Ports (override with the variables): Kafka 19092 (TOUCHPOINT_KAFKA_PORT), ClickHouse HTTP 18123
+# (TOUCHPOINT_CLICKHOUSE_PORT), Schema Registry 18081 (TOUCHPOINT_SCHEMA_REGISTRY_PORT), peers' SMTP 18025
+# (TOUCHPOINT_SMTP_PORT) and HTTP 18090 (TOUCHPOINT_PEERS_HTTP_PORT).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,6 +22,8 @@ KAFKA_PORT="${TOUCHPOINT_KAFKA_PORT:-19092}"
 CLICKHOUSE_PORT="${TOUCHPOINT_CLICKHOUSE_PORT:-18123}"
 CLICKHOUSE_TCP_PORT="${TOUCHPOINT_CLICKHOUSE_TCP_PORT:-19000}"
 REGISTRY_PORT="${TOUCHPOINT_SCHEMA_REGISTRY_PORT:-18081}"
+SMTP_PORT="${TOUCHPOINT_SMTP_PORT:-18025}"
+PEERS_HTTP_PORT="${TOUCHPOINT_PEERS_HTTP_PORT:-18090}"
 
 log() { echo "[stack] $*" >&2; }
 
@@ -62,10 +67,13 @@ start() {
   start_one schema-registry "$BIN/rivven-schema" serve --host 127.0.0.1 --port "$REGISTRY_PORT"
   start_one clickhouse "$VENV/bin/python" "$ROOT/deploy/clickhouse/launcher.py" \
     --data-dir "$RUN/clickhouse" --http-port "$CLICKHOUSE_PORT" --tcp-port "$CLICKHOUSE_TCP_PORT"
+  start_one peers "$VENV/bin/python" "$ROOT/deploy/peers/peers.py" \
+    --smtp-port "$SMTP_PORT" --http-port "$PEERS_HTTP_PORT"
   wait_until kafka 60 tcp_open "$KAFKA_PORT"
   wait_until schema-registry 60 curl -fsS "http://127.0.0.1:$REGISTRY_PORT/subjects"
   wait_until clickhouse 120 curl -fsS "http://127.0.0.1:$CLICKHOUSE_PORT/ping"
-  log "ready: kafka 127.0.0.1:$KAFKA_PORT, schema registry http://127.0.0.1:$REGISTRY_PORT, clickhouse http://127.0.0.1:$CLICKHOUSE_PORT"
+  wait_until peers 30 curl -fsS "http://127.0.0.1:$PEERS_HTTP_PORT/_health"
+  log "ready: kafka 127.0.0.1:$KAFKA_PORT, schema registry http://127.0.0.1:$REGISTRY_PORT, clickhouse http://127.0.0.1:$CLICKHOUSE_PORT, peers smtp://127.0.0.1:$SMTP_PORT http://127.0.0.1:$PEERS_HTTP_PORT"
 }
 
 stop_one() {
@@ -80,11 +88,11 @@ stop_one() {
 }
 
 stop() {
-  for name in clickhouse schema-registry kafka; do stop_one "$name"; done
+  for name in peers clickhouse schema-registry kafka; do stop_one "$name"; done
 }
 
 status() {
-  for name in kafka schema-registry clickhouse; do
+  for name in kafka schema-registry clickhouse peers; do
     if pid=$(pid_of "$name"); then echo "$name: running (pid $pid)"; else echo "$name: stopped"; fi
   done
 }

@@ -48,6 +48,9 @@ pub struct PipelineConfig {
     /// Journey definition files.
     #[serde(default)]
     pub journeys: JourneysConfig,
+    /// Channel connectors (`touchpoint connect`) and provider callbacks (`touchpoint deliveries`).
+    #[serde(default)]
+    pub channels: touchpoint_connectors::channels::config::ChannelsConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -85,6 +88,9 @@ pub struct TopicsConfig {
     /// Events behind the watermark, with `event_time.late_events: route`: `marketing.events.late`.
     #[serde(default = "default_late_events_topic")]
     pub late_events: TopicSpec,
+    /// Delivery outcomes from the channel connectors and provider callbacks: `marketing.deliveries`.
+    #[serde(default = "default_deliveries_topic")]
+    pub deliveries: TopicSpec,
     /// Partitions of the pipeline's state changelogs (`<group_id>.caps-changelog`).
     #[serde(default = "default_changelog_partitions")]
     pub changelog_partitions: i32,
@@ -120,6 +126,9 @@ fn default_consent_topic() -> TopicSpec {
 fn default_late_events_topic() -> TopicSpec {
     TopicSpec::new("marketing.events.late", 4)
 }
+fn default_deliveries_topic() -> TopicSpec {
+    TopicSpec::new("marketing.deliveries", 4)
+}
 fn default_consent_dead_letter_topic() -> TopicSpec {
     TopicSpec::new("marketing.consent.dlq", 2)
 }
@@ -132,14 +141,19 @@ impl TopicsConfig {
             self.late_events.clone(),
             self.consent.clone(),
             self.consent_dead_letter.clone(),
+            self.deliveries.clone(),
         ];
         for channel in touchpoint_operators::consent::Channel::ALL {
-            all.push(TopicSpec::new(
-                format!("{}{}", self.connectors.prefix, channel.as_str()),
-                self.connectors.partitions,
-            ));
+            let topics = self.channel(channel.as_str());
+            all.push(TopicSpec::new(&topics.source, self.connectors.partitions));
+            all.extend(topics.specs(self.connectors.partitions));
         }
         all
+    }
+
+    /// The topics of one channel's connector: `<prefix><channel>`, `.dlq`, `.ledger`.
+    pub fn channel(&self, channel: &str) -> touchpoint_connectors::channels::worker::WorkerTopics {
+        touchpoint_connectors::channels::worker::WorkerTopics::new(&self.connectors.prefix, channel, &self.deliveries.name)
     }
 
     /// The changelog of the frequency-cap state.
@@ -242,12 +256,14 @@ impl PipelineConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut config = Self::parse(&text, path)?;
-        if let Some(dir) = config.journeys.dir.as_mut() {
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        for dir in [config.journeys.dir.as_mut(), config.channels.templates.as_mut()].into_iter().flatten() {
             if dir.is_relative() {
-                *dir = path.parent().unwrap_or(Path::new(".")).join(&*dir);
+                *dir = base.join(&*dir);
             }
         }
         config.journeys()?;
+        config.templates().map_err(|e| ConfigError::Semantic { path: path.into(), message: format!("{e:#}") })?;
         Ok(config)
     }
 
@@ -256,6 +272,14 @@ impl PipelineConfig {
         match &self.journeys.dir {
             None => Ok(Vec::new()),
             Some(dir) => load_dir(dir).map_err(ConfigError::Journeys),
+        }
+    }
+
+    /// The message templates of `channels.templates` (none configured: none).
+    pub fn templates(&self) -> anyhow::Result<touchpoint_connectors::channels::templates::Templates> {
+        match &self.channels.templates {
+            None => Ok(Default::default()),
+            Some(dir) => touchpoint_connectors::channels::templates::Templates::load_dir(dir),
         }
     }
 

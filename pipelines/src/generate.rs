@@ -420,6 +420,7 @@ pub fn consent_grants(
                                    "purpose": "marketing", "status": "granted", "updated_at": "2026-01-01T00:00:00Z",
                                    "source": "generator"});
                 out.push(touchpoint_connectors::kafka::OutgoingRecord {
+                    partition: None,
                     topic: topic.to_string(),
                     key: Some(format!("{tenant}/user-{n}").into_bytes()),
                     payload: Some(value.to_string().into_bytes()),
@@ -458,6 +459,7 @@ pub fn produce_generated(
         let outgoing: Vec<OutgoingRecord> = chunk
             .iter()
             .map(|r| OutgoingRecord {
+                partition: None,
                 topic: topic.clone(),
                 key: Some(r.key.clone()),
                 payload: Some(r.payload.clone()),

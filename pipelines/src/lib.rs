@@ -2,6 +2,7 @@
 //! binary. Start reading at [`topology`], which draws the whole dataflow.
 
 pub mod config;
+pub mod connect;
 pub mod explain;
 pub mod generate;
 pub mod runtime;

@@ -41,6 +41,21 @@ enum Command {
         #[arg(long)]
         until_drained: bool,
     },
+    /// Run a channel connector worker: deliver `connector.<channel>` through the channel's provider.
+    /// Start several (same pipeline file) to spread the topic's partitions over them.
+    Connect {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// email, webhook, push or sms.
+        #[arg(long)]
+        channel: String,
+    },
+    /// Load delivery outcomes (`marketing.deliveries`) into ClickHouse and accept provider status
+    /// callbacks on `channels.callbacks_listen`.
+    Deliveries {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Why did a subject (not) get a message? Its path through journeys and every decision, with reasons.
     Explain {
         #[arg(long, short)]
@@ -165,6 +180,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             anyhow::ensure!(report.totals.unbalanced_epochs == 0, "some epochs did not balance (see the log)");
         }
+        Command::Connect { config, channel } => touchpoint::connect::connect(&load(&config)?, &channel)?,
+        Command::Deliveries { config } => touchpoint::connect::deliveries(&load(&config)?)?,
         Command::Explain { config, subject, tenant, journey } => {
             let c = load(&config)?;
             let tenant = tenant.unwrap_or_else(|| c.normalize.default_tenant.clone());
@@ -258,6 +275,7 @@ fn run(cli: Cli) -> Result<()> {
                     .ok()
                     .and_then(|v| v.get("subject_id").and_then(|s| s.as_str()).map(|s| s.trim().as_bytes().to_vec()));
                 records.push(OutgoingRecord {
+                    partition: None,
                     topic: topic.clone(),
                     key,
                     payload: Some(line.into_bytes()),

@@ -396,6 +396,7 @@ pub fn load_journeys(config: &PipelineConfig, runtime: &tokio::runtime::Runtime)
         let key = format!("{}/{}", j.id, j.version);
         if !known.contains(&key) {
             new.push(touchpoint_connectors::kafka::OutgoingRecord {
+                partition: None,
                 topic: topic.clone(),
                 key: Some(key.into_bytes()),
                 payload: Some(serde_yaml::to_string(&j.source)?.into_bytes()),
@@ -450,7 +451,7 @@ fn communication(options: &RunOptions) -> Result<timely::CommunicationConfig> {
 }
 
 /// SIGINT/SIGTERM: stop reading, finish the open epochs, commit, exit.
-fn spawn_signal_handler(runtime: &tokio::runtime::Runtime, stop: Arc<AtomicBool>) {
+pub fn spawn_signal_handler(runtime: &tokio::runtime::Runtime, stop: Arc<AtomicBool>) {
     runtime.spawn(async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,

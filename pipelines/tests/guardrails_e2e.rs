@@ -46,6 +46,7 @@ fn subject(i: usize) -> String {
 
 fn consent(i: usize, channel: &str, status: &str, at: &str) -> OutgoingRecord {
     OutgoingRecord {
+        partition: None,
         topic: String::new(),
         key: Some(format!("acme/{}", subject(i)).into_bytes()),
         payload: Some(
@@ -65,6 +66,7 @@ fn events(i: usize, run: u32) -> Vec<OutgoingRecord> {
     let mut out = Vec::new();
     let mut push = |event_type: &str, n: u32, minute: u32| {
         out.push(OutgoingRecord {
+            partition: None,
             topic: String::new(),
             key: Some(subject(i).into_bytes()),
             payload: Some(

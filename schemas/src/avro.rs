@@ -10,12 +10,19 @@ pub const DEAD_LETTER: &str = include_str!("../avro/dead_letter.avsc");
 /// Value schema of `marketing.consent`.
 pub const CONSENT: &str = include_str!("../avro/consent.avsc");
 
+/// Value schema of `connector.<channel>`: the message a channel connector delivers.
+pub const CHANNEL_MESSAGE: &str = include_str!("../avro/channel_message.avsc");
+/// Value schema of `marketing.deliveries`: a delivery outcome.
+pub const DELIVERY: &str = include_str!("../avro/delivery.avsc");
+
 /// Every schema with its file name, for tools that list or register them.
 pub const ALL: &[(&str, &str)] = &[
     ("marketing_event.avsc", MARKETING_EVENT),
     ("normalized_event.avsc", NORMALIZED_EVENT),
     ("dead_letter.avsc", DEAD_LETTER),
     ("consent.avsc", CONSENT),
+    ("channel_message.avsc", CHANNEL_MESSAGE),
+    ("delivery.avsc", DELIVERY),
 ];
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_journey_transitions",
         sql: include_str!("../clickhouse/0006_journey_transitions.sql"),
     },
+    Migration { version: 7, name: "0007_deliveries", sql: include_str!("../clickhouse/0007_deliveries.sql") },
 ];
 
 /// Table that records which migrations were applied (created by the migrator itself).

@@ -5,9 +5,11 @@
 //! depend on it.
 
 pub mod avro;
+pub mod channel;
 pub mod clickhouse;
 pub mod event;
 pub mod reject;
 
+pub use channel::{ChannelMessage, Delivery, DeliveryStatus};
 pub use event::{NormalizedEvent, SourcePosition};
 pub use reject::RejectReason;

@@ -101,6 +101,7 @@ fn restore(states: &std::collections::HashMap<SubjectRef, SubjectCaps>) -> Resul
     let records: Vec<OutgoingRecord> = states
         .iter()
         .map(|(s, caps)| OutgoingRecord {
+            partition: None,
             topic: topic.name.clone(),
             key: Some(format!("{}/{}", s.tenant_id, s.subject_id).into_bytes()),
             payload: serde_json::to_vec(caps).ok(),

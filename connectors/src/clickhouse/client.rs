@@ -170,6 +170,63 @@ impl TransitionStore {
     }
 }
 
+/// Delivery outcomes → `deliveries`; and the lookup provider callbacks need.
+#[derive(Clone)]
+pub struct DeliveryStore {
+    client: clickhouse::Client,
+}
+
+/// A delivery found by one of its ids (ours or the provider's).
+#[derive(Debug, Clone, Row, Deserialize, PartialEq, Eq)]
+pub struct KnownDelivery {
+    pub delivery_id: String,
+    pub idempotency_key: String,
+    pub channel: String,
+    pub tenant_id: String,
+    pub subject_id: String,
+    pub provider_message_id: String,
+}
+
+impl DeliveryStore {
+    pub fn new(config: &ClickHouseConfig) -> Self {
+        DeliveryStore { client: config.client() }
+    }
+
+    /// One INSERT per batch; `token` deduplicates a retried batch.
+    pub async fn insert(&self, deliveries: &[touchpoint_schemas::Delivery], token: &str) -> Result<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert::<super::encoding::DeliveryRow<'_>>("deliveries")
+            .await
+            .context("preparing INSERT into deliveries")?
+            .with_setting("insert_deduplication_token", token);
+        for d in deliveries {
+            insert.write(&super::encoding::DeliveryRow::from(d)).await.context("writing a delivery")?;
+        }
+        insert.end().await.context("INSERT into deliveries")
+    }
+
+    /// The delivery a provider callback speaks of: by our delivery id or the provider's message id.
+    pub async fn find(&self, id: &str) -> Result<Option<KnownDelivery>> {
+        let rows: Vec<KnownDelivery> = self
+            .client
+            .query(
+                "SELECT delivery_id, idempotency_key, channel, tenant_id, subject_id, provider_message_id \
+                 FROM deliveries WHERE (delivery_id = ? OR provider_message_id = ?) AND source = 'connector' \
+                 ORDER BY provider_message_id DESC LIMIT 1",
+            )
+            .bind(id)
+            .bind(id)
+            .fetch_all()
+            .await
+            .with_context(|| format!("looking up delivery {id}"))?;
+        Ok(rows.into_iter().next())
+    }
+}
+
 fn chrono_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -163,3 +163,41 @@ impl<'a> TransitionRow<'a> {
         }
     }
 }
+
+/// One row of `deliveries`.
+#[derive(Debug, Row, Serialize)]
+pub struct DeliveryRow<'a> {
+    pub at: i64,
+    pub tenant_id: &'a str,
+    pub subject_id: &'a str,
+    pub channel: &'a str,
+    pub status: &'a str,
+    pub attempt: i32,
+    pub source: &'a str,
+    pub delivery_id: &'a str,
+    pub idempotency_key: &'a str,
+    pub provider_message_id: &'a str,
+    pub reason: &'a str,
+}
+
+impl<'a> From<&'a touchpoint_schemas::Delivery> for DeliveryRow<'a> {
+    fn from(d: &'a touchpoint_schemas::Delivery) -> Self {
+        DeliveryRow {
+            at: d.at,
+            tenant_id: &d.tenant_id,
+            subject_id: &d.subject_id,
+            channel: &d.channel,
+            status: d.status.as_str(),
+            attempt: d.attempt,
+            source: match d.source {
+                touchpoint_schemas::channel::DeliverySource::Connector => "connector",
+                touchpoint_schemas::channel::DeliverySource::Callback => "callback",
+                touchpoint_schemas::channel::DeliverySource::Reconciled => "reconciled",
+            },
+            delivery_id: &d.delivery_id,
+            idempotency_key: &d.idempotency_key,
+            provider_message_id: d.provider_message_id.as_deref().unwrap_or_default(),
+            reason: d.reason.as_deref().unwrap_or_default(),
+        }
+    }
+}

@@ -6,7 +6,7 @@ pub mod config;
 pub mod encoding;
 pub mod migrate;
 
-pub use client::{DecisionStore, EventStore, TransitionStore};
+pub use client::{DecisionStore, DeliveryStore, EventStore, KnownDelivery, TransitionStore};
 pub use config::ClickHouseConfig;
 pub use encoding::EventRow;
 pub use migrate::migrate;

@@ -5,6 +5,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingRecord {
     pub topic: String,
+    /// `None`: the partitioner picks one from the key.
+    pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,

@@ -59,6 +59,9 @@ impl AckedProducer {
             let sends = pending.iter().map(|&i| {
                 let r = &records[i];
                 let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(r.kafka_headers());
+                if let Some(p) = r.partition {
+                    fr = fr.partition(p);
+                }
                 if let Some(k) = &r.key {
                     fr = fr.key(k.as_slice());
                 }

@@ -29,18 +29,29 @@ impl ReadRecord {
 /// Reads every record of `topic` (all partitions, from the earliest offset) until the reader has been
 /// idle for `idle` and has reached the high watermark of every partition, or `deadline` passed.
 pub fn read_all(config: &KafkaConfig, topic: &str, idle: Duration, deadline: Duration) -> Result<Vec<ReadRecord>> {
+    let partitions: Vec<i32> = (0..partition_count(config, topic)?).collect();
+    read_partitions(config, topic, &partitions, idle, deadline)
+}
+
+/// [`read_all`] of some partitions only (a connector restores its ledger partition by partition).
+pub fn read_partitions(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: &[i32],
+    idle: Duration,
+    deadline: Duration,
+) -> Result<Vec<ReadRecord>> {
     let group = format!("touchpoint-reader-{}", std::process::id());
     let consumer: BaseConsumer = config.consumer_config(&group).create().context("creating reader")?;
-    let partitions = partition_count(config, topic)?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
+    for &p in partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
     let started = Instant::now();
     let mut last_record = Instant::now();
     let mut out = Vec::new();
-    let mut next = vec![0i64; usize::try_from(partitions).unwrap_or(0)];
+    let mut next: std::collections::HashMap<i32, i64> = partitions.iter().map(|&p| (p, 0)).collect();
     loop {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
@@ -55,7 +66,7 @@ pub fn read_all(config: &KafkaConfig, topic: &str, idle: Duration, deadline: Dur
                             .collect()
                     })
                     .unwrap_or_default();
-                if let Some(n) = next.get_mut(usize::try_from(m.partition()).unwrap_or(0)) {
+                if let Some(n) = next.get_mut(&m.partition()) {
                     *n = m.offset() + 1;
                 }
                 out.push(ReadRecord {
@@ -75,9 +86,9 @@ pub fn read_all(config: &KafkaConfig, topic: &str, idle: Duration, deadline: Dur
         }
         if last_record.elapsed() >= idle {
             let mut caught_up = true;
-            for p in 0..partitions {
+            for &p in partitions {
                 let high = high_watermark(&consumer, topic, p)?;
-                if next[usize::try_from(p).unwrap_or(0)] < high {
+                if next.get(&p).copied().unwrap_or(0) < high {
                     caught_up = false;
                 }
             }

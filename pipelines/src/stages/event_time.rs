@@ -143,6 +143,7 @@ impl TopicRecord for LateEvent {
             "attributes": attributes,
         });
         OutgoingRecord {
+            partition: None,
             topic: topic.to_string(),
             key: Some(format!("{}/{}", e.tenant_id, e.subject_id).into_bytes()),
             payload: Some(value.to_string().into_bytes()),

@@ -35,6 +35,7 @@ impl TopicRecord for DeadLetter {
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             .unwrap_or_default();
         OutgoingRecord {
+            partition: None,
             topic: topic.to_string(),
             key: self.key.clone(),
             payload: self.payload.clone(),

@@ -84,36 +84,44 @@ impl BatchWriter<touchpoint_operators::decision::Decision> for ClickHouseDecisio
     }
 }
 
-/// The message a channel connector receives for an allowed send (JSON; key `tenant/subject`, header
-/// `tp.idempotency_key`).
+/// The message a channel connector receives for an allowed send: a [`ChannelMessage`] as JSON (key
+/// `tenant/subject`, header `tp.idempotency_key`).
+///
+/// [`ChannelMessage`]: touchpoint_schemas::ChannelMessage
 pub fn send_record(
     d: &touchpoint_operators::decision::Decision,
     topic_prefix: &str,
 ) -> touchpoint_connectors::kafka::OutgoingRecord {
     let i = &d.intent;
-    let payload = serde_json::json!({
-        "idempotency_key": i.idempotency_key,
-        "channel": i.channel.as_str(),
-        "recipient": i.recipient,
-        "template": i.template,
-        "category": i.category,
-        "purpose": i.purpose.as_str(),
-        "priority": i.priority,
-        "tenant_id": i.subject.tenant_id,
-        "subject_id": i.subject.subject_id,
-        "event_id": i.event_id,
-        "event_type": i.event_type,
-        "occurred_at": i.occurred_at_ms,
-        "rule_id": i.rule_id,
-        "intents_version": i.ruleset_version,
-        "caps_version": d.caps_version,
-        "journey": i.journey,
-        "data": i.payload,
-    });
+    let message = touchpoint_schemas::ChannelMessage {
+        idempotency_key: i.idempotency_key.clone(),
+        channel: i.channel.as_str().into(),
+        tenant_id: i.subject.tenant_id.clone(),
+        subject_id: i.subject.subject_id.clone(),
+        recipient: i.recipient.clone(),
+        template: Some(i.template.clone()),
+        data: serde_json::Value::Object(i.payload.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        metadata: Default::default(),
+        category: i.category.clone(),
+        purpose: i.purpose.as_str().into(),
+        priority: i.priority,
+        event_id: i.event_id.clone(),
+        event_type: i.event_type.clone(),
+        occurred_at: i.occurred_at_ms,
+        rule_id: i.rule_id.clone(),
+        intents_version: i.ruleset_version.clone(),
+        caps_version: d.caps_version.clone(),
+        journey: i.journey.as_ref().map(|j| touchpoint_schemas::channel::JourneyStep {
+            journey: j.journey.clone(),
+            version: j.version.clone(),
+            step: j.step.clone(),
+        }),
+    };
     touchpoint_connectors::kafka::OutgoingRecord {
         topic: format!("{topic_prefix}{}", i.channel.as_str()),
+        partition: None,
         key: Some(format!("{}/{}", i.subject.tenant_id, i.subject.subject_id).into_bytes()),
-        payload: Some(payload.to_string().into_bytes()),
+        payload: serde_json::to_vec(&message).ok(),
         headers: vec![("tp.idempotency_key".into(), i.idempotency_key.clone().into_bytes())],
     }
 }
@@ -169,6 +177,7 @@ impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<super::guardrails:
         let records: Vec<_> = batch
             .iter()
             .map(|s| touchpoint_connectors::kafka::OutgoingRecord {
+                partition: None,
                 topic: self.topic.clone(),
                 key: Some(format!("{}/{}", s.subject.tenant_id, s.subject.subject_id).into_bytes()),
                 payload: s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()),

@@ -150,6 +150,7 @@ pub fn produce_json(tp: &TestPipeline, topic: &str, records: Vec<(String, serde_
     let records: Vec<touchpoint_connectors::kafka::OutgoingRecord> = records
         .into_iter()
         .map(|(key, value)| touchpoint_connectors::kafka::OutgoingRecord {
+            partition: None,
             topic: topic.to_string(),
             key: Some(key.into_bytes()),
             payload: Some(value.to_string().into_bytes()),

@@ -1,0 +1,123 @@
+//! The durable dedupe ledger of a channel connector: what happened to each idempotency key.
+//!
+//! Kept in the compacted topic `connector.<channel>.ledger`, partition for partition with the
+//! connector topic (a record of `connector.email` partition 3 is ledgered in partition 3), so the worker
+//! that owns a partition restores exactly its part. Two kinds of entries, both written and acknowledged
+//! by the broker before the worker goes on:
+//!
+//! - `attempting` (with the attempt number) just before a message is handed to the provider;
+//! - `done` (sent or dead-lettered) as soon as the provider answered.
+//!
+//! After a crash, a key that is `done` is never sent again; a key that is `attempting` is *in doubt*:
+//! the provider may or may not have it. The worker asks the provider (`ChannelClient::status`); only
+//! if the provider does not know it (or cannot say, SMTP) is it sent again, with the same idempotency
+//! key / Message-ID / webhook-id. See docs/channels.md.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use touchpoint_schemas::DeliveryStatus;
+
+use crate::kafka::{read_partitions, KafkaConfig, OutgoingRecord};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LedgerEntry {
+    /// Attempt `attempt` (1-based) is being made.
+    Attempting { attempt: u32 },
+    /// Final: `sent` or `dead_lettered`, after `attempt` attempts.
+    Done {
+        attempt: u32,
+        outcome: DeliveryStatus,
+        #[serde(default)]
+        provider_message_id: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+}
+
+/// The ledger of one partition.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    entries: HashMap<String, LedgerEntry>,
+}
+
+impl Ledger {
+    pub fn get(&self, key: &str) -> Option<&LedgerEntry> {
+        self.entries.get(key)
+    }
+
+    pub fn apply(&mut self, key: &str, entry: LedgerEntry) {
+        self.entries.insert(key.to_string(), entry);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The record that makes `entry` durable.
+    pub fn record(topic: &str, partition: i32, key: &str, entry: &LedgerEntry) -> OutgoingRecord {
+        OutgoingRecord {
+            topic: topic.to_string(),
+            partition: Some(partition),
+            key: Some(key.as_bytes().to_vec()),
+            payload: serde_json::to_vec(entry).ok(),
+            headers: vec![],
+        }
+    }
+
+    /// Reads partition `partition` of the ledger topic to its end (blocking: run it off the async
+    /// threads). The last entry per key wins, as compaction would keep it.
+    pub fn restore(kafka: &KafkaConfig, topic: &str, partition: i32) -> anyhow::Result<Self> {
+        let records = read_partitions(kafka, topic, &[partition], Duration::ZERO, Duration::from_secs(300))?;
+        let mut ledger = Ledger::default();
+        let mut unreadable = 0usize;
+        for r in records {
+            let (Some(key), Some(payload)) = (r.key, r.payload) else { continue };
+            match (String::from_utf8(key), serde_json::from_slice::<LedgerEntry>(&payload)) {
+                (Ok(k), Ok(e)) => ledger.apply(&k, e),
+                _ => unreadable += 1,
+            }
+        }
+        if unreadable > 0 {
+            tracing::warn!(topic, partition, unreadable, "ledger records that could not be read were skipped");
+        }
+        Ok(ledger)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_as_tagged_json() {
+        let e = LedgerEntry::Done {
+            attempt: 2,
+            outcome: DeliveryStatus::Sent,
+            provider_message_id: Some("SM1".into()),
+            reason: None,
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains(r#""state":"done""#), "{json}");
+        assert_eq!(serde_json::from_str::<LedgerEntry>(&json).unwrap(), e);
+        let a = LedgerEntry::Attempting { attempt: 1 };
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"state":"attempting","attempt":1}"#);
+    }
+
+    #[test]
+    fn the_last_entry_of_a_key_wins_and_records_keep_their_partition() {
+        let mut l = Ledger::default();
+        l.apply("k", LedgerEntry::Attempting { attempt: 1 });
+        l.apply("k", LedgerEntry::Done { attempt: 1, outcome: DeliveryStatus::Sent, provider_message_id: None, reason: None });
+        assert!(matches!(l.get("k"), Some(LedgerEntry::Done { .. })));
+        let r = Ledger::record("connector.email.ledger", 3, "k", &LedgerEntry::Attempting { attempt: 2 });
+        assert_eq!(r.partition, Some(3));
+        assert_eq!(r.key.as_deref(), Some(&b"k"[..]));
+    }
+}

@@ -1,0 +1,75 @@
+//! Signed POSTs with `reqwest`.
+
+use touchpoint_schemas::ChannelMessage;
+
+use super::config::WebhookConfig;
+use super::mapping;
+use crate::channels::{http_error, transport_error, ChannelClient, DeliveryRef, ProviderStatus, SendError, SendReceipt};
+
+pub struct WebhookClient {
+    http: reqwest::Client,
+    config: WebhookConfig,
+    secret: Vec<u8>,
+}
+
+impl WebhookClient {
+    pub fn new(config: &WebhookConfig) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .build()?;
+        Ok(WebhookClient { http, secret: config.secret.resolve()?.into_bytes(), config: config.clone() })
+    }
+
+    fn url<'a>(&'a self, m: &'a ChannelMessage) -> &'a str {
+        match &m.recipient {
+            Some(r) if self.config.url_from_recipient && (r.starts_with("http://") || r.starts_with("https://")) => r,
+            _ => &self.config.url,
+        }
+    }
+}
+
+impl ChannelClient for WebhookClient {
+    fn channel(&self) -> &'static str {
+        "webhook"
+    }
+
+    async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {
+        let id = message.delivery_id();
+        let body = mapping::body(message);
+        // Signed per attempt: a retry an hour later must not be refused as stale.
+        let timestamp = chrono_like_now_secs();
+        let mut request = self
+            .http
+            .post(self.url(message))
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", mapping::signature(&self.secret, &id, timestamp, &body))
+            .header("idempotency-key", &message.idempotency_key);
+        for (k, v) in &self.config.headers {
+            request = request.header(k, v);
+        }
+        let response = request.body(body).send().await.map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(SendReceipt { delivery_id: id, provider_message_id: None, status: ProviderStatus::Accepted });
+        }
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        Err(http_error(status, &headers, &text))
+    }
+
+    /// A generic receiver has no lookup; a resend carries the same `webhook-id`, by which conforming
+    /// receivers drop repeats.
+    async fn status(&self, _delivery: &DeliveryRef) -> Result<ProviderStatus, SendError> {
+        Ok(ProviderStatus::Unknown)
+    }
+}
+
+fn chrono_like_now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
