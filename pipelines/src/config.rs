@@ -153,7 +153,11 @@ impl TopicsConfig {
 
     /// The topics of one channel's connector: `<prefix><channel>`, `.dlq`, `.ledger`.
     pub fn channel(&self, channel: &str) -> touchpoint_connectors::channels::worker::WorkerTopics {
-        touchpoint_connectors::channels::worker::WorkerTopics::new(&self.connectors.prefix, channel, &self.deliveries.name)
+        touchpoint_connectors::channels::worker::WorkerTopics::new(
+            &self.connectors.prefix,
+            channel,
+            &self.deliveries.name,
+        )
     }
 
     /// The changelog of the frequency-cap state.

@@ -84,8 +84,7 @@ async fn run_worker<C: ChannelClient>(
     let mut specs = topics.specs(config.topics.connectors.partitions);
     specs.push(config.topics.deliveries.clone());
     ensure_topics(&config.kafka, &specs).await?;
-    let worker =
-        ConnectorWorker::new(client, &config.kafka, &connector_group(config, channel), topics, settings)?;
+    let worker = ConnectorWorker::new(client, &config.kafka, &connector_group(config, channel), topics, settings)?;
     worker.run(stop).await
 }
 
@@ -146,7 +145,8 @@ async fn load_deliveries(config: &PipelineConfig, store: DeliveryStore, stop: Ar
             continue;
         }
         // The same records inserted again (a crash before the commit) carry the same token.
-        let token = format!("deliveries-{}", next.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","));
+        let token =
+            format!("deliveries-{}", next.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","));
         let mut backoff = Duration::from_millis(200);
         while let Err(e) = store.insert(&batch, &token).await {
             tracing::warn!(error = %e, "inserting deliveries failed; retrying");

@@ -56,7 +56,10 @@ pub fn map_status(provider: &str) -> Option<DeliveryStatus> {
     }
 }
 
-async fn twilio(State(state): State<Arc<CallbackState>>, Form(form): Form<HashMap<String, String>>) -> (StatusCode, String) {
+async fn twilio(
+    State(state): State<Arc<CallbackState>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> (StatusCode, String) {
     let (Some(sid), Some(status)) = (form.get("MessageSid"), form.get("MessageStatus")) else {
         return (StatusCode::BAD_REQUEST, "MessageSid and MessageStatus are required".into());
     };
@@ -81,7 +84,12 @@ async fn generic(
     record(&state, &cb.delivery_id, &cb.status, reason).await
 }
 
-async fn record(state: &CallbackState, id: &str, provider_status: &str, reason: Option<String>) -> (StatusCode, String) {
+async fn record(
+    state: &CallbackState,
+    id: &str,
+    provider_status: &str,
+    reason: Option<String>,
+) -> (StatusCode, String) {
     let Some(status) = map_status(provider_status) else {
         return (StatusCode::OK, format!("status {provider_status} noted (not an outcome)"));
     };

@@ -112,7 +112,8 @@ pub fn to_avro(m: &ChannelMessage, schema_id: u32) -> Result<Vec<u8>, String> {
         Some(s) => Avro::Union(1, Box::new(Avro::String(s.clone()))),
         None => Avro::Union(0, Box::new(Avro::Null)),
     };
-    let channel_index = ["email", "webhook", "push", "sms"].iter().position(|c| *c == m.channel).ok_or("unknown channel")?;
+    let channel_index =
+        ["email", "webhook", "push", "sms"].iter().position(|c| *c == m.channel).ok_or("unknown channel")?;
     let purpose_index = ["marketing", "transactional"].iter().position(|c| *c == m.purpose).ok_or("unknown purpose")?;
     let journey = match &m.journey {
         Some(j) => Avro::Union(

@@ -71,23 +71,23 @@ impl Ledger {
         }
     }
 
-    /// Reads partition `partition` of the ledger topic to its end (blocking: run it off the async
-    /// threads). The last entry per key wins, as compaction would keep it.
-    pub fn restore(kafka: &KafkaConfig, topic: &str, partition: i32) -> anyhow::Result<Self> {
-        let records = read_partitions(kafka, topic, &[partition], Duration::ZERO, Duration::from_secs(300))?;
-        let mut ledger = Ledger::default();
+    /// Reads `partitions` of the ledger topic to their end (blocking: run it off the async threads).
+    /// The last entry per key wins, as compaction would keep it.
+    pub fn restore(kafka: &KafkaConfig, topic: &str, partitions: &[i32]) -> anyhow::Result<HashMap<i32, Ledger>> {
+        let records = read_partitions(kafka, topic, partitions, Duration::ZERO, Duration::from_secs(300))?;
+        let mut ledgers: HashMap<i32, Ledger> = partitions.iter().map(|&p| (p, Ledger::default())).collect();
         let mut unreadable = 0usize;
         for r in records {
             let (Some(key), Some(payload)) = (r.key, r.payload) else { continue };
             match (String::from_utf8(key), serde_json::from_slice::<LedgerEntry>(&payload)) {
-                (Ok(k), Ok(e)) => ledger.apply(&k, e),
+                (Ok(k), Ok(e)) => ledgers.entry(r.partition).or_default().apply(&k, e),
                 _ => unreadable += 1,
             }
         }
         if unreadable > 0 {
-            tracing::warn!(topic, partition, unreadable, "ledger records that could not be read were skipped");
+            tracing::warn!(topic, unreadable, "ledger records that could not be read were skipped");
         }
-        Ok(ledger)
+        Ok(ledgers)
     }
 }
 
@@ -114,7 +114,10 @@ mod tests {
     fn the_last_entry_of_a_key_wins_and_records_keep_their_partition() {
         let mut l = Ledger::default();
         l.apply("k", LedgerEntry::Attempting { attempt: 1 });
-        l.apply("k", LedgerEntry::Done { attempt: 1, outcome: DeliveryStatus::Sent, provider_message_id: None, reason: None });
+        l.apply(
+            "k",
+            LedgerEntry::Done { attempt: 1, outcome: DeliveryStatus::Sent, provider_message_id: None, reason: None },
+        );
         assert!(matches!(l.get("k"), Some(LedgerEntry::Done { .. })));
         let r = Ledger::record("connector.email.ledger", 3, "k", &LedgerEntry::Attempting { attempt: 2 });
         assert_eq!(r.partition, Some(3));

@@ -81,7 +81,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_ceiling_with_jitter_in_the_upper_half() {
-        let p = RetryPolicy { initial_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1), ..Default::default() };
+        let p = RetryPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            ..Default::default()
+        };
         assert_eq!(p.backoff(1, None, 0.0), Duration::from_millis(50));
         assert_eq!(p.backoff(1, None, 1.0), Duration::from_millis(100));
         assert_eq!(p.backoff(2, None, 1.0), Duration::from_millis(200));

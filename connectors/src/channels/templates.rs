@@ -188,7 +188,11 @@ pub(crate) mod tests {
         let mut t = Templates::default();
         t.insert(
             "welcome",
-            Template { subject: Some("Hi {{ first_name }}".into()), html: Some("<p>{{ plan }}</p>".into()), ..Default::default() },
+            Template {
+                subject: Some("Hi {{ first_name }}".into()),
+                html: Some("<p>{{ plan }}</p>".into()),
+                ..Default::default()
+            },
         );
         let ok = t.render(&message(Some("welcome"), serde_json::json!({"first_name": "Ada", "plan": "pro"}))).unwrap();
         assert_eq!(ok.subject.as_deref(), Some("Hi Ada"));

@@ -114,6 +114,20 @@ struct RevokeTracker {
 impl ClientContext for RevokeTracker {}
 
 impl ConsumerContext for RevokeTracker {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             if let Ok(mut r) = self.revoked.lock() {
@@ -190,13 +204,13 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             for r in batch {
                 by_partition.entry(r.partition).or_default().push(r);
             }
+            let missing: Vec<i32> = by_partition.keys().copied().filter(|p| !ledgers.contains_key(p)).collect();
+            if !missing.is_empty() {
+                ledgers.extend(self.restore_ledgers(missing).await?);
+            }
             let mut work = Vec::new();
             for (p, records) in by_partition {
-                let ledger = match ledgers.remove(&p) {
-                    Some(l) => l,
-                    None => self.restore_ledger(p).await?,
-                };
-                work.push((p, ledger, records));
+                work.push((p, ledgers.remove(&p).unwrap_or_default(), records));
             }
             let outcomes: Vec<(i32, Ledger, Result<i64>)> = futures::stream::iter(work)
                 .map(|(p, mut ledger, records)| async move {
@@ -252,14 +266,18 @@ impl<C: ChannelClient> ConnectorWorker<C> {
         Ok(out)
     }
 
-    async fn restore_ledger(&self, partition: i32) -> Result<Ledger> {
+    /// Reads the ledger of partitions this worker got (at start, or after a rebalance).
+    async fn restore_ledgers(&self, partitions: Vec<i32>) -> Result<HashMap<i32, Ledger>> {
         let kafka = self.kafka.clone();
         let topic = self.topics.ledger.clone();
-        let ledger = tokio::task::spawn_blocking(move || Ledger::restore(&kafka, &topic, partition))
+        let started = std::time::Instant::now();
+        let ledgers = tokio::task::spawn_blocking(move || Ledger::restore(&kafka, &topic, &partitions))
             .await
             .context("restoring the ledger")??;
-        tracing::info!(topic = %self.topics.ledger, partition, keys = ledger.len(), "ledger restored");
-        Ok(ledger)
+        for (p, l) in &ledgers {
+            tracing::info!(topic = %self.topics.ledger, partition = p, keys = l.len(), elapsed = ?started.elapsed(), "ledger restored");
+        }
+        Ok(ledgers)
     }
 
     /// Handles the records of one partition in order; returns the next offset to commit.
@@ -292,7 +310,8 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                 // produced again in case the crash came between the ledger and that event (the
                 // `deliveries` table keeps one row per key, status and attempt).
                 WorkerStats::bump(&self.stats.already_done);
-                let d = self.delivery(&message, outcome, attempt, provider_message_id, reason, DeliverySource::Connector);
+                let d =
+                    self.delivery(&message, outcome, attempt, provider_message_id, reason, DeliverySource::Connector);
                 return self.durable(vec![self.delivery_record(&d)]).await;
             }
             Some(LedgerEntry::Attempting { attempt: in_doubt }) => {
@@ -342,7 +361,14 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                 Ok(receipt) => {
                     self.breaker.on_success();
                     return self
-                        .finish_sent(partition, ledger, message, attempt, receipt.provider_message_id, DeliverySource::Connector)
+                        .finish_sent(
+                            partition,
+                            ledger,
+                            message,
+                            attempt,
+                            receipt.provider_message_id,
+                            DeliverySource::Connector,
+                        )
                         .await;
                 }
                 Err(SendError::Permanent { reason, bounce }) => {
@@ -362,7 +388,14 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                     let wait = self.settings.retry.backoff(attempt, retry_after, fastrand::f64());
                     tracing::debug!(%key, attempt, ?wait, %reason, "transient failure; will retry");
                     WorkerStats::bump(&self.stats.retries);
-                    let d = self.delivery(message, DeliveryStatus::Retrying, attempt, None, Some(reason), DeliverySource::Connector);
+                    let d = self.delivery(
+                        message,
+                        DeliveryStatus::Retrying,
+                        attempt,
+                        None,
+                        Some(reason),
+                        DeliverySource::Connector,
+                    );
                     self.durable(vec![self.delivery_record(&d)]).await?;
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -417,8 +450,14 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             reason: Some(reason.to_string()),
         };
         let failed = self.delivery(message, status, attempt, None, Some(reason.to_string()), DeliverySource::Connector);
-        let placed =
-            self.delivery(message, DeliveryStatus::DeadLettered, attempt, None, Some(reason.to_string()), DeliverySource::Connector);
+        let placed = self.delivery(
+            message,
+            DeliveryStatus::DeadLettered,
+            attempt,
+            None,
+            Some(reason.to_string()),
+            DeliverySource::Connector,
+        );
         self.durable(vec![
             self.dead_letter_record(r, key, status.as_str(), reason, attempt),
             self.delivery_record(&failed),

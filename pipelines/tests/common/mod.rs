@@ -51,6 +51,11 @@ impl TestPipeline {
             .expect("reading config/local.yaml")
             .replace("name: marketing.events.dlq", &format!("name: {name}.dlq"))
             .replace("name: marketing.events.late", &format!("name: {name}.late"))
+            .replace("name: marketing.deliveries", &format!("name: {name}.deliveries"))
+            .replace(
+                "templates: ../../schemas/templates",
+                &format!("templates: {}", Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/templates").display()),
+            )
             .replace("name: marketing.consent.dlq", &format!("name: {name}.consent.dlq"))
             .replace("name: marketing.consent", &format!("name: {name}.consent"))
             .replace("prefix: connector.", &format!("prefix: {name}.connector."))

@@ -41,12 +41,7 @@ impl EmailClient {
                 .credentials(Credentials::new(user.clone(), password))
                 .authentication(vec![Mechanism::Plain, Mechanism::Login]);
         }
-        Ok(EmailClient {
-            transport: builder.build(),
-            from,
-            domain: config.message_id_domain.clone(),
-            templates,
-        })
+        Ok(EmailClient { transport: builder.build(), from, domain: config.message_id_domain.clone(), templates })
     }
 }
 

@@ -14,28 +14,27 @@ pub fn message_id(m: &ChannelMessage, domain: &str) -> String {
 }
 
 pub fn to_email(m: &ChannelMessage, r: &Rendered, from: &Mailbox, domain: &str) -> Result<Message, SendError> {
-    let rcpt = m.recipient.as_deref().ok_or_else(|| SendError::Permanent {
-        reason: "no recipient address".into(),
+    let rcpt = m
+        .recipient
+        .as_deref()
+        .ok_or_else(|| SendError::Permanent { reason: "no recipient address".into(), bounce: true })?;
+    let to: Mailbox = rcpt.parse().map_err(|e| SendError::Permanent {
+        reason: format!("invalid recipient address {rcpt:?}: {e}"),
         bounce: true,
     })?;
-    let to: Mailbox = rcpt
-        .parse()
-        .map_err(|e| SendError::Permanent { reason: format!("invalid recipient address {rcpt:?}: {e}"), bounce: true })?;
     let subject = r.subject.clone().unwrap_or_default();
-    let mut builder = Message::builder()
-        .from(from.clone())
-        .to(to)
-        .subject(subject)
-        .message_id(Some(message_id(m, domain)));
-    for (name, value) in [
-        ("X-Touchpoint-Idempotency-Key", m.idempotency_key.as_str()),
-        ("X-Touchpoint-Category", m.category.as_str()),
-    ] {
+    let mut builder =
+        Message::builder().from(from.clone()).to(to).subject(subject).message_id(Some(message_id(m, domain)));
+    for (name, value) in
+        [("X-Touchpoint-Idempotency-Key", m.idempotency_key.as_str()), ("X-Touchpoint-Category", m.category.as_str())]
+    {
         builder = builder.raw_header(HeaderValue::new(HeaderName::new_from_ascii_str(name), value.to_string()));
     }
     let built = match (&r.text, &r.html) {
         (Some(text), Some(html)) => builder.multipart(MultiPart::alternative_plain_html(text.clone(), html.clone())),
-        (None, Some(html)) => builder.singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html.clone())),
+        (None, Some(html)) => {
+            builder.singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html.clone()))
+        }
         (Some(text), None) => {
             builder.singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text.clone()))
         }
@@ -61,7 +60,12 @@ mod tests {
     #[test]
     fn multipart_with_a_stable_message_id() {
         let m = message(None, serde_json::json!({}));
-        let r = Rendered { subject: Some("Hi".into()), text: Some("t".into()), html: Some("<p>h</p>".into()), ..Default::default() };
+        let r = Rendered {
+            subject: Some("Hi".into()),
+            text: Some("t".into()),
+            html: Some("<p>h</p>".into()),
+            ..Default::default()
+        };
         let raw = String::from_utf8(to_email(&m, &r, &from(), "tp.test").unwrap().formatted()).unwrap();
         assert!(raw.contains(&format!("Message-ID: <{}@tp.test>", m.delivery_id())), "{raw}");
         assert!(raw.contains("multipart/alternative"), "{raw}");
@@ -76,6 +80,9 @@ mod tests {
         let r = Rendered { text: Some("t".into()), ..Default::default() };
         assert!(matches!(to_email(&m, &r, &from(), "d"), Err(SendError::Permanent { bounce: true, .. })));
         let m = message(None, serde_json::json!({}));
-        assert!(matches!(to_email(&m, &Rendered::default(), &from(), "d"), Err(SendError::Permanent { bounce: false, .. })));
+        assert!(matches!(
+            to_email(&m, &Rendered::default(), &from(), "d"),
+            Err(SendError::Permanent { bounce: false, .. })
+        ));
     }
 }

@@ -5,7 +5,9 @@ use touchpoint_schemas::ChannelMessage;
 use super::config::PushConfig;
 use super::mapping;
 use crate::channels::templates::Templates;
-use crate::channels::{http_error, transport_error, ChannelClient, DeliveryRef, ProviderStatus, SendError, SendReceipt};
+use crate::channels::{
+    http_error, transport_error, ChannelClient, DeliveryRef, ProviderStatus, SendError, SendReceipt,
+};
 
 pub struct PushClient {
     http: reqwest::Client,
@@ -65,7 +67,13 @@ impl ChannelClient for PushClient {
         let key: String = delivery
             .idempotency_key
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
         let response = self
             .http

@@ -7,10 +7,11 @@ use crate::channels::templates::Rendered;
 use crate::channels::SendError;
 
 pub fn request(m: &ChannelMessage, r: &Rendered) -> Result<Value, SendError> {
-    let token = m.recipient.as_deref().filter(|t| !t.is_empty()).ok_or_else(|| SendError::Permanent {
-        reason: "no device token".into(),
-        bounce: true,
-    })?;
+    let token = m
+        .recipient
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| SendError::Permanent { reason: "no device token".into(), bounce: true })?;
     if r.title.is_none() && r.body.is_none() {
         return Err(SendError::permanent(format!("nothing to send: template {:?} has no title or body", m.template)));
     }

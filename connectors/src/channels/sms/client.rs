@@ -5,7 +5,9 @@ use touchpoint_schemas::ChannelMessage;
 use super::config::SmsConfig;
 use super::mapping;
 use crate::channels::templates::Templates;
-use crate::channels::{http_error, transport_error, ChannelClient, DeliveryRef, ProviderStatus, SendError, SendReceipt};
+use crate::channels::{
+    http_error, transport_error, ChannelClient, DeliveryRef, ProviderStatus, SendError, SendReceipt,
+};
 
 pub struct SmsClient {
     http: reqwest::Client,
@@ -93,7 +95,10 @@ impl ChannelClient for SmsClient {
         let found = match &delivery.provider_message_id {
             Some(sid) => self.lookup(format!("{}/Messages/{sid}.json", self.base), &[]).await?,
             None => self
-                .lookup(format!("{}/Messages.json", self.base), &[("IdempotencyKey", delivery.idempotency_key.as_str())])
+                .lookup(
+                    format!("{}/Messages.json", self.base),
+                    &[("IdempotencyKey", delivery.idempotency_key.as_str())],
+                )
                 .await?
                 .and_then(|v| v["messages"].as_array().and_then(|a| a.first().cloned())),
         };

@@ -19,7 +19,10 @@ pub fn form(
 ) -> Result<Vec<(&'static str, String)>, SendError> {
     let to = m.recipient.as_deref().unwrap_or_default();
     if !is_e164(to) {
-        return Err(SendError::Permanent { reason: format!("invalid phone number {to:?} (E.164 expected)"), bounce: true });
+        return Err(SendError::Permanent {
+            reason: format!("invalid phone number {to:?} (E.164 expected)"),
+            bounce: true,
+        });
     }
     let body = r.body.clone().or_else(|| r.text.clone()).ok_or_else(|| {
         SendError::permanent(format!("nothing to send: template {:?} has no body or text", m.template))

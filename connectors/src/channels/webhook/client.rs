@@ -4,7 +4,9 @@ use touchpoint_schemas::ChannelMessage;
 
 use super::config::WebhookConfig;
 use super::mapping;
-use crate::channels::{http_error, transport_error, ChannelClient, DeliveryRef, ProviderStatus, SendError, SendReceipt};
+use crate::channels::{
+    http_error, transport_error, ChannelClient, DeliveryRef, ProviderStatus, SendError, SendReceipt,
+};
 
 pub struct WebhookClient {
     http: reqwest::Client,
@@ -14,10 +16,8 @@ pub struct WebhookClient {
 
 impl WebhookClient {
     pub fn new(config: &WebhookConfig) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.connect_timeout)
-            .build()?;
+        let http =
+            reqwest::Client::builder().timeout(config.timeout).connect_timeout(config.connect_timeout).build()?;
         Ok(WebhookClient { http, secret: config.secret.resolve()?.into_bytes(), config: config.clone() })
     }
 

@@ -1,0 +1,430 @@
+//! Channel connector workers (`touchpoint connect`) end to end: real Kafka (tansu), real peers
+//! (`deploy/peers/`: aiosmtpd and HTTP providers), real ClickHouse for the delivery outcomes.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{produce_json, runtime, TestPipeline};
+use serde_json::{json, Value};
+use touchpoint_connectors::kafka::{read_all, ReadRecord};
+use touchpoint_connectors::testing::{unique_name, Peers, ServiceAddresses};
+use touchpoint_schemas::{Delivery, DeliveryStatus};
+
+struct Harness {
+    tp: TestPipeline,
+    /// The peers' bucket of this test (and, with `.test`, its email domain).
+    bucket: String,
+    peers: Peers,
+    callbacks: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn harness(prefix: &str, overrides: &[(&str, &str)]) -> Harness {
+    let bucket = unique_name(prefix).replace('_', "-").to_lowercase();
+    let callbacks = format!("127.0.0.1:{}", free_port());
+    let mut all: Vec<(String, String)> = vec![
+        ("/hooks/local".into(), format!("/hooks/{bucket}")),
+        ("/push/local".into(), format!("/push/{bucket}")),
+        ("/sms/local".into(), format!("/sms/{bucket}")),
+        ("${TOUCHPOINT_CALLBACKS_LISTEN:-127.0.0.1:18095}".into(), callbacks.clone()),
+    ];
+    all.extend(overrides.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+    let refs: Vec<(&str, &str)> = all.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let tp = TestPipeline::new(prefix, &refs);
+    tp.prepare();
+    let peers = Peers::new(&ServiceAddresses::from_env());
+    Harness { tp, bucket, peers, callbacks }
+}
+
+impl Harness {
+    fn domain(&self) -> String {
+        format!("{}.test", self.bucket)
+    }
+
+    fn topic(&self, channel: &str) -> String {
+        format!("{}.connector.{channel}", self.tp.name)
+    }
+
+    /// A channel message as the pipeline writes it.
+    fn message(&self, channel: &str, i: usize, recipient: &str, data: Value) -> (String, Value) {
+        let subject = format!("u{i}");
+        let v = json!({
+            "idempotency_key": format!("{}-{channel}-{i}", self.bucket), "channel": channel, "tenant_id": "acme",
+            "subject_id": subject, "recipient": recipient, "template": "welcome", "data": data,
+            "metadata": {}, "category": "onboarding", "purpose": "marketing", "priority": 0,
+            "event_id": format!("e{i}"), "event_type": "signed_up", "occurred_at": 1_764_000_000_000i64,
+            "rule_id": "welcome-email", "intents_version": "v1", "caps_version": "c1", "journey": null
+        });
+        (format!("acme/{subject}"), v)
+    }
+
+    fn produce(&self, channel: &str, records: Vec<(String, Value)>) {
+        produce_json(&self.tp, &self.topic(channel), records);
+    }
+
+    fn start(&self, command: &str, channel: Option<&str>, log: &str) -> Child {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_touchpoint"));
+        c.arg(command).arg("--config").arg(&self.tp.path);
+        if let Some(ch) = channel {
+            c.args(["--channel", ch]);
+        }
+        c.stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(std::env::temp_dir().join(format!("{}-{log}.log", self.tp.name))).expect("log"),
+            )
+            .spawn()
+            .expect("starting touchpoint")
+    }
+
+    fn mail(&self) -> Vec<Value> {
+        runtime().block_on(self.peers.mail(&self.domain())).expect("peer mail")
+    }
+
+    fn records(&self) -> Vec<Value> {
+        runtime().block_on(self.peers.records(&self.bucket)).expect("peer records")
+    }
+
+    fn deliveries(&self) -> Vec<Delivery> {
+        read_all(
+            &self.tp.config.kafka,
+            &self.tp.config.topics.deliveries.name,
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+        )
+        .expect("reading deliveries")
+        .into_iter()
+        .filter_map(|r| r.payload.and_then(|p| serde_json::from_slice(&p).ok()))
+        .collect()
+    }
+
+    fn dead_letters(&self, channel: &str) -> Vec<ReadRecord> {
+        read_all(
+            &self.tp.config.kafka,
+            &format!("{}.dlq", self.topic(channel)),
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+        )
+        .expect("reading the dead-letter topic")
+    }
+}
+
+fn stop(mut child: Child) {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("SIGTERM");
+    let status = child.wait().expect("worker exit");
+    assert!(status.success(), "the worker did not stop cleanly: {status}");
+}
+
+fn wait_until(what: &str, secs: u64, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn count_by<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeMap<T, usize> {
+    let mut m = BTreeMap::new();
+    for i in items {
+        *m.entry(i).or_insert(0) += 1;
+    }
+    m
+}
+
+fn statuses(deliveries: &[Delivery]) -> HashMap<DeliveryStatus, usize> {
+    let mut m = HashMap::new();
+    for d in deliveries {
+        *m.entry(d.status).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn a_thousand_emails_arrive_exactly_once_with_their_merge_fields() {
+    let h = harness("connect_email", &[]);
+    let plans = ["free", "pro", "team"];
+    let records = (0..1000)
+        .map(|i| {
+            h.message(
+                "email",
+                i,
+                &format!("user{i}@{}", h.domain()),
+                json!({"first_name": format!("Name{i}"), "plan": plans[i % 3]}),
+            )
+        })
+        .collect();
+    h.produce("email", records);
+    let worker = h.start("connect", Some("email"), "email");
+    wait_until("1,000 emails at the SMTP server", 240, || h.mail().len() >= 1000);
+    std::thread::sleep(Duration::from_secs(1));
+    stop(worker);
+
+    let mail = h.mail();
+    assert_eq!(mail.len(), 1000, "every email exactly once");
+    let by_rcpt = count_by(mail.iter().map(|m| m["rcpt_tos"][0].as_str().unwrap_or_default().to_string()));
+    assert_eq!(by_rcpt.len(), 1000);
+    for m in &mail {
+        let rcpt = m["rcpt_tos"][0].as_str().unwrap();
+        let i: usize = rcpt.trim_start_matches("user").split('@').next().unwrap().parse().unwrap();
+        assert_eq!(m["subject"], format!("Welcome to Touchpoint, Name{i}"), "{m}");
+        let plan = plans[i % 3];
+        assert!(m["text"].as_str().unwrap().contains(&format!("the {plan} plan")), "{m}");
+        assert!(m["html"].as_str().unwrap().contains(&format!("<b>{plan}</b>")), "{m}");
+        assert_eq!(m["authenticated_as"], "touchpoint");
+    }
+    let deliveries = h.deliveries();
+    let sent: Vec<_> = deliveries.iter().filter(|d| d.status == DeliveryStatus::Sent).collect();
+    assert_eq!(count_by(sent.iter().map(|d| d.idempotency_key.clone())).len(), 1000);
+    assert!(h.dead_letters("email").is_empty());
+}
+
+#[test]
+fn a_receiver_failing_30_percent_gets_every_signed_webhook_exactly_once() {
+    let h = harness(
+        "connect_hook",
+        &[(
+            "retry: {max_attempts: 8, initial_backoff: 100ms, max_backoff: 5s}",
+            "retry: {max_attempts: 14, initial_backoff: 20ms, max_backoff: 200ms}",
+        )],
+    );
+    runtime()
+        .block_on(
+            h.peers.control(
+                &h.bucket,
+                json!({"secret": "whsec-local-demo", "fail_rate": 0.3, "fail_status": 503, "seed": 7}),
+            ),
+        )
+        .unwrap();
+    h.produce("webhook", (0..300).map(|i| h.message("webhook", i, "", json!({"n": i}))).collect());
+    let worker = h.start("connect", Some("webhook"), "webhook");
+    let accepted =
+        |r: &Vec<Value>| r.iter().filter(|x| x["status"].as_u64().is_some_and(|s| (200..300).contains(&s))).count();
+    wait_until("300 accepted webhooks", 240, || accepted(&h.records()) >= 300);
+    std::thread::sleep(Duration::from_secs(1));
+    stop(worker);
+
+    let records = h.records();
+    let ok: Vec<&Value> = records.iter().filter(|x| x["status"] == 200).collect();
+    let failed = records.iter().filter(|x| x["status"] == 503).count();
+    assert_eq!(ok.len(), 300, "each message accepted exactly once");
+    assert_eq!(count_by(ok.iter().map(|x| x["headers"]["webhook-id"].as_str().unwrap_or_default())).len(), 300);
+    assert!(ok.iter().all(|x| x["signature_valid"] == true && x["duplicate"] == false));
+    assert!(failed > 40, "the receiver failed only {failed} times");
+    let deliveries = h.deliveries();
+    let s = statuses(&deliveries);
+    assert_eq!(s.get(&DeliveryStatus::Retrying).copied().unwrap_or(0), failed, "one retrying event per 503");
+    assert_eq!(
+        count_by(deliveries.iter().filter(|d| d.status == DeliveryStatus::Sent).map(|d| &d.idempotency_key)).len(),
+        300
+    );
+    assert!(h.dead_letters("webhook").is_empty());
+}
+
+#[test]
+fn permanent_failures_and_exhausted_retries_end_in_the_dead_letter_topic_with_their_reason() {
+    let h = harness(
+        "connect_dlq",
+        &[(
+            "retry: {max_attempts: 6, initial_backoff: 200ms, max_backoff: 10s}",
+            "retry: {max_attempts: 3, initial_backoff: 50ms, max_backoff: 100ms}",
+        )],
+    );
+    let d = h.domain();
+    let data = json!({"first_name": "Bo"});
+    let mut records = vec![
+        h.message("email", 0, &format!("bounce-0@{d}"), data.clone()),
+        h.message("email", 1, &format!("ok-1@{d}"), data.clone()),
+        h.message("email", 2, &format!("tempfail-2@{d}"), data.clone()),
+        h.message("email", 3, "no address at all", data.clone()),
+        h.message("email", 4, &format!("ok-4@{d}"), data.clone()),
+    ];
+    records.push(("acme/u9".into(), json!({"not": "a channel message"})));
+    h.produce("email", records);
+    let worker = h.start("connect", Some("email"), "dlq");
+    wait_until("four dead letters", 120, || h.dead_letters("email").len() >= 4);
+    std::thread::sleep(Duration::from_secs(1));
+    stop(worker);
+
+    let dlq = h.dead_letters("email");
+    assert_eq!(dlq.len(), 4, "{dlq:?}");
+    let by_key: HashMap<String, &ReadRecord> =
+        dlq.iter().map(|r| (r.header("tp.idempotency_key").unwrap_or_default().to_string(), r)).collect();
+    let key = |i: usize| format!("{}-email-{i}", h.bucket);
+    let bounce = by_key[&key(0)];
+    assert_eq!(bounce.header("tp.dlq.status"), Some("bounced"));
+    assert!(bounce.header("tp.dlq.reason").unwrap().contains("550"), "{bounce:?}");
+    let exhausted = by_key[&key(2)];
+    assert_eq!(exhausted.header("tp.dlq.status"), Some("failed"));
+    assert!(exhausted.header("tp.dlq.reason").unwrap().starts_with("gave up after 3 attempts"), "{exhausted:?}");
+    assert_eq!(exhausted.header("tp.dlq.attempts"), Some("3"));
+    assert!(by_key[&key(3)].header("tp.dlq.reason").unwrap().contains("invalid recipient address"));
+    let invalid = by_key[""];
+    assert_eq!(invalid.header("tp.dlq.status"), Some("invalid"));
+    assert!(invalid.header("tp.dlq.reason").unwrap().starts_with("not a channel message"));
+    assert_eq!(invalid.payload.as_deref(), Some(br#"{"not":"a channel message"}"#.as_slice()), "the original bytes");
+
+    let mail = h.mail();
+    assert_eq!(count_by(mail.iter().map(|m| m["rcpt_tos"][0].as_str().unwrap_or_default().to_string())).len(), 2);
+    let s = statuses(&h.deliveries());
+    assert_eq!(s.get(&DeliveryStatus::Bounced), Some(&2), "{s:?}");
+    assert_eq!(s.get(&DeliveryStatus::Failed), Some(&1), "{s:?}");
+    assert_eq!(s.get(&DeliveryStatus::DeadLettered), Some(&3), "{s:?}");
+    assert_eq!(s.get(&DeliveryStatus::Retrying), Some(&2), "{s:?}");
+    assert_eq!(s.get(&DeliveryStatus::Sent), Some(&2), "{s:?}");
+}
+
+#[test]
+fn sms_status_callbacks_are_reconciled_into_clickhouse_deliveries() {
+    let h = harness("connect_sms", &[]);
+    let data = json!({"first_name": "Ada", "plan": "pro"});
+    let mut records: Vec<_> =
+        (0..10).map(|i| h.message("sms", i, &format!("+4915100000{i:03}"), data.clone())).collect();
+    records.push(h.message("sms", 10, "+4915100009999", data.clone()));
+    records.push(h.message("sms", 11, "not-a-number", data.clone()));
+    h.produce("sms", records);
+    let loader = h.start("deliveries", None, "deliveries");
+    let worker = h.start("connect", Some("sms"), "sms");
+    let store = h.tp.store();
+    let count = |sql: String| runtime().block_on(store.client().query(&sql).fetch_one::<u64>()).unwrap_or(0);
+    let table = format!("{}.deliveries", h.tp.config.clickhouse.database);
+    wait_until("callbacks in ClickHouse", 120, || {
+        count(format!("SELECT count() FROM {table} FINAL WHERE source = 'callback'")) >= 11
+    });
+    stop(worker);
+    stop(loader);
+
+    let by = |status: &str, source: &str| {
+        count(format!("SELECT count() FROM {table} FINAL WHERE status = '{status}' AND source = '{source}'"))
+    };
+    assert_eq!(by("sent", "connector"), 11);
+    assert_eq!(by("delivered", "callback"), 10);
+    assert_eq!(by("bounced", "callback"), 1, "the 9999 number came back undelivered");
+    assert_eq!(by("bounced", "connector"), 1, "the bad number was refused");
+    assert_eq!(by("dead_lettered", "connector"), 1);
+    // Callbacks are matched to our message through the provider's SID.
+    let unmatched = count(format!(
+        "SELECT count() FROM {table} FINAL WHERE source = 'callback' AND idempotency_key NOT IN \
+         (SELECT idempotency_key FROM {table} WHERE status = 'sent')"
+    ));
+    assert_eq!(unmatched, 0);
+    let _ = &h.callbacks;
+}
+
+/// SIGKILL while pushes are in flight, restart: every message reaches the provider exactly once. An
+/// attempt in doubt is looked up at the provider (by idempotency key) and not sent again if it is there.
+#[test]
+fn push_survives_a_sigkill_mid_batch_without_loss_or_duplicates() {
+    let h = harness("connect_crash", &[]);
+    runtime().block_on(h.peers.control(&h.bucket, json!({"delay_ms": 4}))).unwrap();
+    let n = 600;
+    h.produce(
+        "push",
+        (0..n).map(|i| h.message("push", i, &format!("device-{i}"), json!({"first_name": "Ada"}))).collect(),
+    );
+    let mut worker = h.start("connect", Some("push"), "push-1");
+    wait_until("a quarter of the pushes", 120, || h.records().len() >= n / 4);
+    worker.kill().expect("SIGKILL");
+    worker.wait().expect("reaped");
+    let before = h.records().len();
+    assert!(before < n, "the kill came after everything was sent ({before})");
+    let worker = h.start("connect", Some("push"), "push-2");
+    let distinct = |r: &Vec<Value>| {
+        count_by(r.iter().map(|x| x["headers"]["idempotency-key"].as_str().unwrap_or_default().to_string())).len()
+    };
+    wait_until("every push", 240, || distinct(&h.records()) >= n);
+    std::thread::sleep(Duration::from_secs(2));
+    stop(worker);
+
+    let records = h.records();
+    assert!(records.iter().all(|r| r["status"] == 200), "no failures were injected");
+    let per_key =
+        count_by(records.iter().map(|x| x["headers"]["idempotency-key"].as_str().unwrap_or_default().to_string()));
+    assert_eq!(per_key.len(), n, "no message lost");
+    let repeated: Vec<_> = per_key.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(repeated.is_empty(), "sent more than once: {repeated:?}");
+    let sent = h.deliveries().into_iter().filter(|d| d.status == DeliveryStatus::Sent);
+    assert_eq!(count_by(sent.map(|d| d.idempotency_key)).len(), n);
+}
+
+/// The same crash on SMTP, which has no lookup: an attempt in doubt is sent again with the same
+/// Message-ID. Nothing is lost, and a repeat can only be an in-doubt attempt — at most one per partition
+/// worked on at the kill — carrying the same Message-ID (docs/channels.md).
+#[test]
+fn email_survives_a_sigkill_losing_nothing_and_repeating_only_in_doubt_attempts() {
+    let h = harness("connect_crash_mail", &[]);
+    runtime().block_on(h.peers.control(&h.domain(), json!({"delay_ms": 4}))).unwrap();
+    let n = 400;
+    let data = json!({"first_name": "Ada"});
+    h.produce(
+        "email",
+        (0..n).map(|i| h.message("email", i, &format!("user{i}@{}", h.domain()), data.clone())).collect(),
+    );
+    let mut worker = h.start("connect", Some("email"), "mail-1");
+    wait_until("a quarter of the emails", 120, || h.mail().len() >= n / 4);
+    worker.kill().expect("SIGKILL");
+    worker.wait().expect("reaped");
+    let worker = h.start("connect", Some("email"), "mail-2");
+    let distinct =
+        |m: &Vec<Value>| count_by(m.iter().map(|x| x["rcpt_tos"][0].as_str().unwrap_or_default().to_string())).len();
+    wait_until("every email", 240, || distinct(&h.mail()) >= n);
+    std::thread::sleep(Duration::from_secs(2));
+    stop(worker);
+
+    let mail = h.mail();
+    let per_rcpt = count_by(mail.iter().map(|x| x["rcpt_tos"][0].as_str().unwrap_or_default().to_string()));
+    assert_eq!(per_rcpt.len(), n, "no email lost");
+    let repeats = mail.len() - n;
+    let partitions = usize::try_from(h.tp.config.topics.connectors.partitions).unwrap();
+    assert!(repeats <= partitions, "{repeats} repeats: more than the attempts in doubt at the kill");
+    for (rcpt, c) in per_rcpt.iter().filter(|(_, c)| **c > 1) {
+        let ids =
+            count_by(mail.iter().filter(|m| m["rcpt_tos"][0] == rcpt.as_str()).map(|m| m["message_id"].to_string()));
+        assert_eq!(ids.len(), 1, "{rcpt} got {c} emails with different Message-IDs");
+    }
+}
+
+/// Two workers of one channel share its partitions through the consumer group; every message is
+/// delivered once.
+#[test]
+fn two_workers_split_the_partitions_and_deliver_each_message_once() {
+    let h = harness("connect_scale", &[]);
+    runtime().block_on(h.peers.control(&h.bucket, json!({"secret": "whsec-local-demo", "delay_ms": 2}))).unwrap();
+    let n = 400;
+    let first = h.start("connect", Some("webhook"), "scale-1");
+    let second = h.start("connect", Some("webhook"), "scale-2");
+    let log = |name: &str| {
+        std::fs::read_to_string(std::env::temp_dir().join(format!("{}-{name}.log", h.tp.name))).unwrap_or_default()
+    };
+    wait_until("both workers to have partitions", 60, || {
+        log("scale-1").contains("partitions assigned") && log("scale-2").contains("partitions assigned")
+    });
+    h.produce("webhook", (0..n).map(|i| h.message("webhook", i, "", json!({"n": i}))).collect());
+    let ids = |r: &Vec<Value>| {
+        count_by(r.iter().map(|x| x["headers"]["webhook-id"].as_str().unwrap_or_default().to_string()))
+    };
+    wait_until("every webhook", 240, || ids(&h.records()).len() >= n);
+    std::thread::sleep(Duration::from_secs(2));
+    stop(first);
+    stop(second);
+
+    let records = h.records();
+    assert_eq!(records.len(), n, "each message exactly once");
+    assert_eq!(ids(&records).len(), n);
+    let sent_by = |log: &str| {
+        let text =
+            std::fs::read_to_string(std::env::temp_dir().join(format!("{}-{log}.log", h.tp.name))).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split(" sent=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next().and_then(|v| v.parse::<usize>().ok()))
+            .next_back()
+            .unwrap_or(0)
+    };
+    let (a, b) = (sent_by("scale-1"), sent_by("scale-2"));
+    assert_eq!(a + b, n, "the workers' own counts");
+    assert!(a > 0 && b > 0, "one worker did everything ({a} / {b})");
+}
