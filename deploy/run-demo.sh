@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on a fresh machine: install and start the local stack, build touchpoint,
 # create the topics and tables, produce a realistic demo stream (JSON and Avro, duplicates, malformed
-# records of every kind), run the pipeline until it has drained, and show what happened.
+# records of every kind), run the pipeline until it has drained, deliver the allowed sends through the
+# email and push connectors to the local peers, and show what happened.
 #
 #   deploy/run-demo.sh [COUNT]      (default 50000 events; the stack keeps running afterwards:
 #                                    deploy/scripts/stack.sh stop)
@@ -31,6 +32,27 @@ curl -fsS "$CLICKHOUSE" --data-binary "DROP DATABASE IF EXISTS $TOUCHPOINT_CLICK
 "$TP" run --config "$CONFIG" --workers 2 --until-drained
 
 q() { curl -fsS "$CLICKHOUSE" --data-binary "$1 FORMAT PrettyCompactMonoBlock"; }
+value() { curl -fsS "$CLICKHOUSE" --data-binary "$1 FORMAT TSV"; }
+DB="$TOUCHPOINT_CLICKHOUSE_DATABASE"
+
+# The channel connectors deliver the allowed sends to the local peers (an SMTP server and an FCM-shaped
+# push API, deploy/peers/); `touchpoint deliveries` loads the outcomes into ClickHouse. They run until
+# every allowed send has an outcome, then stop on SIGTERM like any deployment would.
+LOGS="$(mktemp -d)"
+"$TP" deliveries --config "$CONFIG" 2>"$LOGS/deliveries.log" & DELIVERIES_PID=$!
+"$TP" connect --config "$CONFIG" --channel email 2>"$LOGS/connect-email.log" & EMAIL_PID=$!
+"$TP" connect --config "$CONFIG" --channel push 2>"$LOGS/connect-push.log" & PUSH_PID=$!
+trap 'kill $DELIVERIES_PID $EMAIL_PID $PUSH_PID 2>/dev/null || true' EXIT
+ALLOWED=$(value "SELECT count() FROM $DB.decisions FINAL WHERE decision = 'allowed'")
+echo "delivering $ALLOWED allowed sends (email and push connectors; logs in $LOGS)..."
+for _ in $(seq 1 1200); do
+  DONE=$(value "SELECT uniqExact(idempotency_key) FROM $DB.deliveries WHERE status IN ('sent', 'dead_lettered')" || echo 0)
+  [ "$DONE" -ge "$ALLOWED" ] && break
+  sleep 0.5
+done
+kill -TERM "$EMAIL_PID" "$PUSH_PID"; wait "$EMAIL_PID" "$PUSH_PID" || true
+kill -TERM "$DELIVERIES_PID"; wait "$DELIVERIES_PID" || true
+trap - EXIT
 echo
 echo "== ClickHouse: events by type (${TOUCHPOINT_CLICKHOUSE_DATABASE}.events)"
 q "SELECT event_type, count() AS events, uniqExact(subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.events GROUP BY event_type ORDER BY events DESC"
@@ -54,6 +76,16 @@ if [ -n "$WHO" ]; then
   "$TP" explain --config "$CONFIG" --tenant "$TENANT" --subject "$SUBJECT" --journey welcome-series
   echo
 fi
+echo "== Deliveries: outcomes per channel (${DB}.deliveries)"
+q "SELECT channel, status, count() AS messages FROM $DB.deliveries FINAL WHERE source != 'callback' GROUP BY channel, status ORDER BY channel, status"
+echo
+echo "== From decision to delivery: allowed sends per rule / journey step and what became of them"
+q "SELECT if(d.journey = '', d.intent_rule, concat(d.journey, '/', d.journey_step)) AS sent_by, d.channel, countIf(v.status = 'sent') AS sent, countIf(v.status = 'dead_lettered') AS dead_lettered FROM $DB.decisions AS d FINAL JOIN (SELECT idempotency_key, status FROM $DB.deliveries FINAL WHERE status IN ('sent', 'dead_lettered')) AS v USING idempotency_key WHERE d.decision = 'allowed' GROUP BY sent_by, d.channel ORDER BY sent_by"
+echo
+echo "== The SMTP server received (first message)"
+curl -fsS "${TOUCHPOINT_PEERS_URL:-http://127.0.0.1:18090}/_mail/example.com" \
+  | python3 -c 'import json,sys; m=json.load(sys.stdin); print("%d emails; first: To %s | Subject %s | Message-ID %s" % (len(m), m[0]["to"], m[0]["subject"], m[0]["message_id"]) if m else "no email")'
+echo
 echo "== Dead-letter topic: first records (touchpoint tail shows them all)"
 # (head closes the pipe early; that is not a failure of the demo)
 "$TP" tail --config "$CONFIG" 2>/dev/null | head -3 || true
@@ -61,4 +93,5 @@ echo
 echo "Try next:"
 echo "  curl $CLICKHOUSE --data-binary \"SELECT toDate(occurred_at) AS day, event_type, count() FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.events GROUP BY day, event_type ORDER BY day, event_type FORMAT PrettyCompact\""
 echo "  curl $CLICKHOUSE --data-binary \"SELECT occurred_at, intent_rule, decision, reason FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL WHERE subject_id = 'user-42' ORDER BY occurred_at FORMAT PrettyCompact\""
-echo "  $TP tail --config $CONFIG --topic connector.email | head"
+echo "  $TP tail --config $CONFIG --topic connector.push.dlq | head      # bounced pushes with their reason"
+echo "  curl $CLICKHOUSE --data-binary \"SELECT at, channel, status, source, reason FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.deliveries FINAL WHERE subject_id = 'user-42' ORDER BY at FORMAT PrettyCompact\""

@@ -20,6 +20,10 @@
 //!  per-worker tallies ─► [to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
 //! ```
 //!
+//! Beyond this dataflow, each `connector.<channel>` is consumed by `touchpoint connect --channel <c>`
+//! workers (deliveries, dedupe ledger, retries; `crate::connect`, docs/channels.md), whose outcomes
+//! reach ClickHouse `deliveries` through `touchpoint deliveries`.
+//!
 //! Every operator lives in `crate::stages`; its logic and state in `touchpoint-operators`.
 
 use std::sync::{Arc, Mutex};

@@ -295,6 +295,22 @@ fn sms_status_callbacks_are_reconciled_into_clickhouse_deliveries() {
     wait_until("callbacks in ClickHouse", 120, || {
         count(format!("SELECT count() FROM {table} FINAL WHERE source = 'callback'")) >= 11
     });
+    // The generic JSON callback, by our delivery id; an id nobody knows is refused so the provider retries.
+    let post = |body: Value| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", "--data"])
+            .arg(body.to_string())
+            .arg(format!("http://{}/callbacks/sms", h.callbacks).replace("/sms", "/generic"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first_id = touchpoint_schemas::channel::delivery_id("sms", &format!("{}-sms-0", h.bucket));
+    assert_eq!(post(json!({"delivery_id": "sms-unknown", "status": "delivered"})), "404");
+    assert_eq!(post(json!({"delivery_id": first_id, "status": "failed", "reason": "carrier blocked"})), "200");
+    wait_until("the generic callback in ClickHouse", 60, || {
+        count(format!("SELECT count() FROM {table} FINAL WHERE status = 'failed' AND source = 'callback'")) >= 1
+    });
     stop(worker);
     stop(loader);
 
@@ -312,7 +328,15 @@ fn sms_status_callbacks_are_reconciled_into_clickhouse_deliveries() {
          (SELECT idempotency_key FROM {table} WHERE status = 'sent')"
     ));
     assert_eq!(unmatched, 0);
-    let _ = &h.callbacks;
+    let reason = runtime()
+        .block_on(
+            store
+                .client()
+                .query(&format!("SELECT reason FROM {table} FINAL WHERE status = 'failed' AND source = 'callback'"))
+                .fetch_one::<String>(),
+        )
+        .unwrap();
+    assert_eq!(reason, "carrier blocked");
 }
 
 /// SIGKILL while pushes are in flight, restart: every message reaches the provider exactly once. An
@@ -427,4 +451,36 @@ fn two_workers_split_the_partitions_and_deliver_each_message_once() {
     let (a, b) = (sent_by("scale-1"), sent_by("scale-2"));
     assert_eq!(a + b, n, "the workers' own counts");
     assert!(a > 0 && b > 0, "one worker did everything ({a} / {b})");
+}
+
+/// A provider that fails opens the breaker: nothing is sent during the cool-down (the retry backoff alone
+/// would come back within 20 ms), then a trial goes, and every message still arrives once.
+#[test]
+fn an_open_breaker_holds_messages_back_until_the_cool_down_ends() {
+    let h = harness(
+        "connect_breaker",
+        &[(
+            "retry: {max_attempts: 8, initial_backoff: 100ms, max_backoff: 5s}",
+            "retry: {max_attempts: 10, initial_backoff: 10ms, max_backoff: 20ms}\n    breaker: {failures: 2, cool_down: 2s}",
+        )],
+    );
+    runtime().block_on(h.peers.control(&h.bucket, json!({"secret": "whsec-local-demo", "fail_first": 4}))).unwrap();
+    h.produce("webhook", (0..20).map(|i| h.message("webhook", i, "", json!({"n": i}))).collect());
+    let worker = h.start("connect", Some("webhook"), "breaker");
+    let ok = |r: &Vec<Value>| r.iter().filter(|x| x["status"] == 200).count();
+    wait_until("every webhook", 120, || ok(&h.records()) >= 20);
+    stop(worker);
+
+    let records = h.records();
+    assert_eq!(ok(&records), 20, "each message once");
+    assert_eq!(records.iter().filter(|x| x["status"] == 503).count(), 4);
+    let at = |x: &Value| x["at"].as_f64().unwrap_or_default();
+    let last_failure = records.iter().filter(|x| x["status"] == 503).map(at).fold(f64::MIN, f64::max);
+    let first_success = records.iter().filter(|x| x["status"] == 200).map(at).fold(f64::MAX, f64::min);
+    assert!(
+        first_success - last_failure >= 1.9,
+        "the next request came {:.3} s after the last failure, inside the breaker's cool-down",
+        first_success - last_failure
+    );
+    assert!(h.dead_letters("webhook").is_empty());
 }
