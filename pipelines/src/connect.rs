@@ -95,7 +95,7 @@ pub fn deliveries(config: &PipelineConfig) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     crate::runtime::spawn_signal_handler(&runtime, stop.clone());
     runtime.block_on(async {
-        ensure_topics(&config.kafka, &[config.topics.deliveries.clone()]).await?;
+        ensure_topics(&config.kafka, std::slice::from_ref(&config.topics.deliveries)).await?;
         touchpoint_connectors::clickhouse::migrate(&config.clickhouse).await?;
         let store = DeliveryStore::new(&config.clickhouse);
         if let Some(listen) = config.channels.callbacks_listen.clone() {

@@ -315,8 +315,8 @@ fn draft(rng: &mut Rng, config: &GeneratorConfig, i: usize, weights: &[u64]) -> 
     attributes.insert("email".into(), json!(format!("User{subject_no}@Example.com")));
     // Most subjects have the app (a push token); a few tokens are stale (the provider answers
     // UNREGISTERED, so those pushes bounce).
-    if subject_no % 10 != 0 {
-        let prefix = if subject_no % 97 == 0 { "invalid" } else { "fcm" };
+    if !subject_no.is_multiple_of(10) {
+        let prefix = if subject_no.is_multiple_of(97) { "invalid" } else { "fcm" };
         attributes.insert("device_token".into(), json!(format!("{prefix}-{subject_no:08x}")));
     }
     attributes.insert("country".into(), json!(rng.pick(&["US", "DE", "FR", "BR", "JP", "IN"])));

@@ -39,14 +39,19 @@ const WEBHOOK_LIMIT_LINE: &str = "      timeout: 5s\n    rate_limit: {per_second
 fn config_for(args: &Args, name: &str, bucket: &str, rate_limit: Option<(f64, f64)>) -> Result<PipelineConfig> {
     let base = args.config.parent().unwrap_or(std::path::Path::new("."));
     let limit = match rate_limit {
-        Some((per_second, burst)) => format!("      timeout: 5s\n    rate_limit: {{per_second: {per_second}, burst: {burst}}}"),
+        Some((per_second, burst)) => {
+            format!("      timeout: 5s\n    rate_limit: {{per_second: {per_second}, burst: {burst}}}")
+        }
         None => "      timeout: 5s".to_string(),
     };
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?
         .replace(WEBHOOK_LIMIT_LINE, &limit)
         .replace("/hooks/local", &format!("/hooks/{bucket}"))
-        .replace("templates: ../../schemas/templates", &format!("templates: {}", base.join("../../schemas/templates").display()))
+        .replace(
+            "templates: ../../schemas/templates",
+            &format!("templates: {}", base.join("../../schemas/templates").display()),
+        )
         .replace("  dir: ../journeys", "  dir: null")
         .replace("name: marketing.deliveries", &format!("name: {name}.deliveries"))
         .replace("prefix: connector.", &format!("prefix: {name}.connector."))
@@ -55,7 +60,13 @@ fn config_for(args: &Args, name: &str, bucket: &str, rate_limit: Option<(f64, f6
 }
 
 /// Delivers `count` webhooks through a worker; returns the peer's arrival times (seconds).
-fn run(config: &PipelineConfig, peers: &Peers, bucket: &str, count: usize, rt: &tokio::runtime::Runtime) -> Result<Vec<f64>> {
+fn run(
+    config: &PipelineConfig,
+    peers: &Peers,
+    bucket: &str,
+    count: usize,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Vec<f64>> {
     let topic = config.topics.channel("webhook").source;
     rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
     rt.block_on(peers.control(bucket, serde_json::json!({"secret": "whsec-local-demo"})))?;
@@ -68,7 +79,13 @@ fn run(config: &PipelineConfig, peers: &Peers, bucket: &str, count: usize, rt: &
                 "event_type": "bench", "occurred_at": 0, "rule_id": "bench", "intents_version": "v",
                 "caps_version": "c", "journey": null
             });
-            OutgoingRecord { topic: topic.clone(), partition: None, key: Some(format!("u{i}").into_bytes()), payload: Some(m.to_string().into_bytes()), headers: vec![] }
+            OutgoingRecord {
+                topic: topic.clone(),
+                partition: None,
+                key: Some(format!("u{i}").into_bytes()),
+                payload: Some(m.to_string().into_bytes()),
+                headers: vec![],
+            }
         })
         .collect();
     rt.block_on(AckedProducer::new(&config.kafka)?.send_all(&records))?;
