@@ -41,7 +41,8 @@ fn migrate_is_idempotent() {
             "0003_events_late",
             "0004_decisions_late",
             "0005_decisions_journey",
-            "0006_journey_transitions"
+            "0006_journey_transitions",
+            "0007_deliveries"
         ]
     );
     let second = rt.block_on(migrate(&c)).unwrap();

@@ -41,11 +41,19 @@ fn settings<P>(c: &ChannelConfig<P>) -> WorkerSettings {
 }
 
 /// Runs a connector worker for `channel` until SIGTERM/SIGINT (or `stop`).
-pub fn connect(config: &PipelineConfig, channel: &str) -> Result<()> {
+pub fn connect(config: &PipelineConfig, channel: &str, instance: Option<&str>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let stop = Arc::new(AtomicBool::new(false));
     crate::runtime::spawn_signal_handler(&runtime, stop.clone());
-    runtime.block_on(connect_until(config, channel, stop))
+    let mut config = config.clone();
+    if let Some(instance) = instance {
+        // Static membership (KIP-345): the group keeps this worker's partitions for it across a restart.
+        config
+            .kafka
+            .consumer
+            .insert("group.instance.id".into(), format!("{}-{instance}", connector_group(&config, channel)));
+    }
+    runtime.block_on(connect_until(&config, channel, stop))
 }
 
 pub async fn connect_until(config: &PipelineConfig, channel: &str, stop: Arc<AtomicBool>) -> Result<()> {

@@ -49,6 +49,11 @@ enum Command {
         /// email, webhook, push or sms.
         #[arg(long)]
         channel: String,
+        /// A stable name for this worker (e.g. the pod name of a StatefulSet): static group membership,
+        /// so a worker restarted after a crash takes its partitions back at once, without waiting for the
+        /// group to notice that the old one is gone.
+        #[arg(long)]
+        instance: Option<String>,
     },
     /// Load delivery outcomes (`marketing.deliveries`) into ClickHouse and accept provider status
     /// callbacks on `channels.callbacks_listen`.
@@ -180,7 +185,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             anyhow::ensure!(report.totals.unbalanced_epochs == 0, "some epochs did not balance (see the log)");
         }
-        Command::Connect { config, channel } => touchpoint::connect::connect(&load(&config)?, &channel)?,
+        Command::Connect { config, channel, instance } => {
+            touchpoint::connect::connect(&load(&config)?, &channel, instance.as_deref())?
+        }
         Command::Deliveries { config } => touchpoint::connect::deliveries(&load(&config)?)?,
         Command::Explain { config, subject, tenant, journey } => {
             let c = load(&config)?;

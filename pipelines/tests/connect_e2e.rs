@@ -69,8 +69,12 @@ impl Harness {
     }
 
     fn start(&self, command: &str, channel: Option<&str>, log: &str) -> Child {
+        self.start_with(command, channel, log, &[])
+    }
+
+    fn start_with(&self, command: &str, channel: Option<&str>, log: &str, args: &[&str]) -> Child {
         let mut c = Command::new(env!("CARGO_BIN_EXE_touchpoint"));
-        c.arg(command).arg("--config").arg(&self.tp.path);
+        c.arg(command).arg("--config").arg(&self.tp.path).args(args);
         if let Some(ch) = channel {
             c.args(["--channel", ch]);
         }
@@ -350,13 +354,14 @@ fn push_survives_a_sigkill_mid_batch_without_loss_or_duplicates() {
         "push",
         (0..n).map(|i| h.message("push", i, &format!("device-{i}"), json!({"first_name": "Ada"}))).collect(),
     );
-    let mut worker = h.start("connect", Some("push"), "push-1");
+    // A stable instance name: the restarted worker takes its partitions back at once (static membership).
+    let mut worker = h.start_with("connect", Some("push"), "push-1", &["--instance", "w1"]);
     wait_until("a quarter of the pushes", 120, || h.records().len() >= n / 4);
     worker.kill().expect("SIGKILL");
     worker.wait().expect("reaped");
     let before = h.records().len();
     assert!(before < n, "the kill came after everything was sent ({before})");
-    let worker = h.start("connect", Some("push"), "push-2");
+    let worker = h.start_with("connect", Some("push"), "push-2", &["--instance", "w1"]);
     let distinct = |r: &Vec<Value>| {
         count_by(r.iter().map(|x| x["headers"]["idempotency-key"].as_str().unwrap_or_default().to_string())).len()
     };
@@ -388,11 +393,13 @@ fn email_survives_a_sigkill_losing_nothing_and_repeating_only_in_doubt_attempts(
         "email",
         (0..n).map(|i| h.message("email", i, &format!("user{i}@{}", h.domain()), data.clone())).collect(),
     );
-    let mut worker = h.start("connect", Some("email"), "mail-1");
+    let mut worker = h.start_with("connect", Some("email"), "mail-1", &["--instance", "w1"]);
     wait_until("a quarter of the emails", 120, || h.mail().len() >= n / 4);
     worker.kill().expect("SIGKILL");
     worker.wait().expect("reaped");
-    let worker = h.start("connect", Some("email"), "mail-2");
+    let before = h.mail().len();
+    assert!(before < n, "the kill came after everything was sent ({before})");
+    let worker = h.start_with("connect", Some("email"), "mail-2", &["--instance", "w1"]);
     let distinct =
         |m: &Vec<Value>| count_by(m.iter().map(|x| x["rcpt_tos"][0].as_str().unwrap_or_default().to_string())).len();
     wait_until("every email", 240, || distinct(&h.mail()) >= n);
@@ -405,29 +412,34 @@ fn email_survives_a_sigkill_losing_nothing_and_repeating_only_in_doubt_attempts(
     let repeats = mail.len() - n;
     let partitions = usize::try_from(h.tp.config.topics.connectors.partitions).unwrap();
     assert!(repeats <= partitions, "{repeats} repeats: more than the attempts in doubt at the kill");
-    for (rcpt, c) in per_rcpt.iter().filter(|(_, c)| **c > 1) {
-        let ids =
-            count_by(mail.iter().filter(|m| m["rcpt_tos"][0] == rcpt.as_str()).map(|m| m["message_id"].to_string()));
-        assert_eq!(ids.len(), 1, "{rcpt} got {c} emails with different Message-IDs");
-    }
+    // Every repeat is an attempt the restarted worker found in doubt and logged as sent again.
+    let resent = worker_stat(&h, "mail-2", "resent_in_doubt");
+    assert!(repeats <= resent, "{repeats} repeats but only {resent} in-doubt resends");
 }
 
-/// Two workers of one channel share its partitions through the consumer group; every message is
-/// delivered once.
+/// A counter from the last stats line a worker logged (`... sent=12 ...`).
+fn worker_stat(h: &Harness, log: &str, name: &str) -> usize {
+    let text =
+        std::fs::read_to_string(std::env::temp_dir().join(format!("{}-{log}.log", h.tp.name))).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(&format!(" {name}=")).nth(1))
+        .filter_map(|rest| rest.split_whitespace().next().and_then(|v| v.parse::<usize>().ok()))
+        .next_back()
+        .unwrap_or(0)
+}
+
+/// Two workers of one channel share its partitions through the consumer group. The second joins in the
+/// middle of the stream, so partitions change hands while messages are in flight: still each message
+/// reaches the receiver exactly once (a webhook receiver has no lookup, so a race would show as a repeat).
 #[test]
-fn two_workers_split_the_partitions_and_deliver_each_message_once() {
+fn a_second_worker_joining_mid_stream_takes_partitions_without_repeats() {
     let h = harness("connect_scale", &[]);
-    runtime().block_on(h.peers.control(&h.bucket, json!({"secret": "whsec-local-demo", "delay_ms": 2}))).unwrap();
-    let n = 400;
-    let first = h.start("connect", Some("webhook"), "scale-1");
-    let second = h.start("connect", Some("webhook"), "scale-2");
-    let log = |name: &str| {
-        std::fs::read_to_string(std::env::temp_dir().join(format!("{}-{name}.log", h.tp.name))).unwrap_or_default()
-    };
-    wait_until("both workers to have partitions", 60, || {
-        log("scale-1").contains("partitions assigned") && log("scale-2").contains("partitions assigned")
-    });
+    runtime().block_on(h.peers.control(&h.bucket, json!({"secret": "whsec-local-demo", "delay_ms": 5}))).unwrap();
+    let n = 800;
     h.produce("webhook", (0..n).map(|i| h.message("webhook", i, "", json!({"n": i}))).collect());
+    let first = h.start("connect", Some("webhook"), "scale-1");
+    wait_until("a tenth of the webhooks", 120, || h.records().len() >= n / 10);
+    let second = h.start("connect", Some("webhook"), "scale-2");
     let ids = |r: &Vec<Value>| {
         count_by(r.iter().map(|x| x["headers"]["webhook-id"].as_str().unwrap_or_default().to_string()))
     };
@@ -437,20 +449,12 @@ fn two_workers_split_the_partitions_and_deliver_each_message_once() {
     stop(second);
 
     let records = h.records();
-    assert_eq!(records.len(), n, "each message exactly once");
-    assert_eq!(ids(&records).len(), n);
-    let sent_by = |log: &str| {
-        let text =
-            std::fs::read_to_string(std::env::temp_dir().join(format!("{}-{log}.log", h.tp.name))).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| l.split(" sent=").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next().and_then(|v| v.parse::<usize>().ok()))
-            .next_back()
-            .unwrap_or(0)
-    };
-    let (a, b) = (sent_by("scale-1"), sent_by("scale-2"));
+    let repeated: Vec<_> = ids(&records).into_iter().filter(|(_, c)| *c > 1).collect();
+    assert!(repeated.is_empty(), "delivered more than once: {repeated:?}");
+    assert_eq!(records.len(), n);
+    let (a, b) = (worker_stat(&h, "scale-1", "sent"), worker_stat(&h, "scale-2", "sent"));
     assert_eq!(a + b, n, "the workers' own counts");
-    assert!(a > 0 && b > 0, "one worker did everything ({a} / {b})");
+    assert!(b > 0, "the second worker never got a partition ({a} / {b})");
 }
 
 /// A provider that fails opens the breaker: nothing is sent during the cool-down (the retry backoff alone

@@ -5,6 +5,8 @@
 -- ORDER BY (tenant_id, idempotency_key, status, attempt, source): a delivery event produced again
 --   (a connector restarted before committing its offset re-emits outcomes it had already made durable)
 --   replaces its earlier row; query with FINAL for exact counts.
+-- non_replicated_deduplication_window: a batch the loader inserts again after a crash (same
+--   insert_deduplication_token) is dropped at insert time.
 CREATE TABLE IF NOT EXISTS deliveries
 (
     at                   DateTime64(3, 'UTC'),
@@ -21,3 +23,4 @@ CREATE TABLE IF NOT EXISTS deliveries
 )
 ENGINE = ReplacingMergeTree(at)
 ORDER BY (tenant_id, idempotency_key, status, attempt, source)
+SETTINGS non_replicated_deduplication_window = 1000

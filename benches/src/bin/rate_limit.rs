@@ -44,8 +44,13 @@ fn config_for(args: &Args, name: &str, bucket: &str, rate_limit: Option<(f64, f6
         }
         None => "      timeout: 5s".to_string(),
     };
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    anyhow::ensure!(
+        text.contains(WEBHOOK_LIMIT_LINE),
+        "{}: the webhook rate_limit line changed",
+        args.config.display()
+    );
+    let text = text
         .replace(WEBHOOK_LIMIT_LINE, &limit)
         .replace("/hooks/local", &format!("/hooks/{bucket}"))
         .replace(

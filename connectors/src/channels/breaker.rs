@@ -1,6 +1,6 @@
 //! A circuit breaker per provider: opens after consecutive failures, half-opens after a cool-down to
-//! let one trial through; while open, messages wait (they are not failed, and their attempts are not
-//! spent).
+//! let one trial through (a real attempt of a real message); while open, messages wait: no request is
+//! made, nothing is failed, and no attempt is spent.
 
 use std::time::{Duration, Instant};
 
@@ -100,14 +100,17 @@ impl SharedBreaker {
         }
     }
 
-    /// Waits until the breaker lets a request through; returns how long it waited.
-    pub async fn wait_for_permit(&self) -> Duration {
-        let started = Instant::now();
+    /// Waits until the breaker lets a request through. `false` if that would be after `deadline` (the
+    /// worker then hands the message back to be read again, rather than stop polling Kafka for long).
+    pub async fn wait_for_permit(&self, deadline: Instant) -> bool {
         let mut logged = false;
         loop {
             match self.with(|b| b.permit(Instant::now())) {
-                Ok(()) => return started.elapsed(),
+                Ok(()) => return true,
                 Err(wait) => {
+                    if Instant::now() + wait > deadline {
+                        return false;
+                    }
                     if !logged {
                         tracing::warn!(?wait, "circuit breaker open; messages wait");
                         logged = true;

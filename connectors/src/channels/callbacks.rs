@@ -19,7 +19,8 @@ use axum::{Form, Json, Router};
 use touchpoint_schemas::channel::DeliverySource;
 use touchpoint_schemas::{Delivery, DeliveryStatus};
 
-use super::worker::{delivery_record, now_ms};
+use super::now_ms;
+use super::worker::delivery_record;
 use crate::clickhouse::DeliveryStore;
 use crate::kafka::AckedProducer;
 

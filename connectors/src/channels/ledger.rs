@@ -6,6 +6,7 @@
 //! by the broker before the worker goes on:
 //!
 //! - `attempting` (with the attempt number) just before a message is handed to the provider;
+//! - `retrying` when that attempt failed transiently (so a restart continues the count, no lookup);
 //! - `done` (sent or dead-lettered) as soon as the provider answered.
 //!
 //! After a crash, a key that is `done` is never sent again; a key that is `attempting` is *in doubt*:
@@ -24,9 +25,12 @@ use crate::kafka::{read_partitions, KafkaConfig, OutgoingRecord};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum LedgerEntry {
-    /// Attempt `attempt` (1-based) is being made.
+    /// Attempt `attempt` (1-based) is being made: after a crash, in doubt.
     Attempting { attempt: u32 },
-    /// Final: `sent` or `dead_lettered`, after `attempt` attempts.
+    /// Attempt `attempt` failed transiently (the provider did not take it); the next one follows.
+    Retrying { attempt: u32 },
+    /// Final: `sent`, `dead_lettered`, or `failed` (an in-doubt attempt the provider had, then failed),
+    /// after `attempt` attempts.
     Done {
         attempt: u32,
         outcome: DeliveryStatus,
@@ -74,7 +78,7 @@ impl Ledger {
     /// Reads `partitions` of the ledger topic to their end (blocking: run it off the async threads).
     /// The last entry per key wins, as compaction would keep it.
     pub fn restore(kafka: &KafkaConfig, topic: &str, partitions: &[i32]) -> anyhow::Result<HashMap<i32, Ledger>> {
-        let records = read_partitions(kafka, topic, partitions, Duration::ZERO, Duration::from_secs(300))?;
+        let records = read_partitions(kafka, topic, partitions, Duration::ZERO, Duration::from_secs(600), true)?;
         let mut ledgers: HashMap<i32, Ledger> = partitions.iter().map(|&p| (p, Ledger::default())).collect();
         let mut unreadable = 0usize;
         for r in records {

@@ -126,6 +126,14 @@ pub fn http_error(status: reqwest::StatusCode, headers: &reqwest::header::Header
     }
 }
 
+/// Wall clock, epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
 /// A transport error from `reqwest` (connect, timeout, body): always transient.
 pub fn transport_error(e: &reqwest::Error) -> SendError {
     let kind = if e.is_timeout() {

@@ -68,10 +68,9 @@ impl Templates {
     }
 
     /// The message's template rendered with its merge fields, or its raw content when it names no
-    /// known template. `Err` names the template and the missing field.
+    /// template. `Err` names an unknown template, or the template and the missing field.
     pub fn render(&self, m: &ChannelMessage) -> Result<Rendered, String> {
-        let template = m.template.as_deref().and_then(|id| self.by_id.get(id).map(|t| (id, t)));
-        let Some((id, t)) = template else {
+        let Some(id) = m.template.as_deref() else {
             let raw = |k: &str| m.data.get(k).and_then(Value::as_str).map(str::to_string);
             return Ok(Rendered {
                 subject: raw("subject"),
@@ -81,6 +80,8 @@ impl Templates {
                 body: raw("body"),
             });
         };
+        // A typo in a journey or rule must not send raw data: an unknown template is a permanent error.
+        let t = self.by_id.get(id).ok_or_else(|| format!("unknown template {id:?} (no {id}.yaml in the templates)"))?;
         let part = |p: &Option<String>, html: bool| -> Result<Option<String>, String> {
             p.as_deref()
                 .map(|s| render(s, m, html).map_err(|field| format!("template {id}: merge field `{field}` missing")))
@@ -203,10 +204,12 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn without_a_template_the_raw_content_is_sent() {
+    fn without_a_template_the_raw_content_is_sent_and_an_unknown_one_is_refused() {
         let t = Templates::default();
-        let r = t.render(&message(Some("nope"), serde_json::json!({"subject": "S", "text": "T"}))).unwrap();
+        let r = t.render(&message(None, serde_json::json!({"subject": "S", "text": "T"}))).unwrap();
         assert_eq!((r.subject.as_deref(), r.text.as_deref(), r.html), (Some("S"), Some("T"), None));
+        let unknown = t.render(&message(Some("nope"), serde_json::json!({"subject": "S"}))).unwrap_err();
+        assert!(unknown.starts_with("unknown template \"nope\""), "{unknown}");
     }
 
     #[test]

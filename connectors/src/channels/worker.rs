@@ -6,11 +6,16 @@
 //! the [`Ledger`], then rate limit → breaker → `attempting` in the ledger → send → outcome (ledger
 //! `done`, `marketing.deliveries`, and on failure `connector.<channel>.dlq`) acknowledged by the broker
 //! → next message. Offsets are committed only after every outcome of the round is durable.
+//!
+//! A round never outlasts [`ROUND_BUDGET`]: Kafka hands a consumer's partitions to another worker when
+//! it has not polled for `max.poll.interval.ms` (5 min by default), and a worker that kept sending
+//! after that would race the new owner. A message that would wait past the budget (breaker open, a
+//! long `Retry-After`) is handed back: the round commits what is done and the rest is read again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
@@ -25,8 +30,28 @@ use super::envelope;
 use super::ledger::{Ledger, LedgerEntry};
 use super::rate_limit::{RateLimitConfig, RateLimiter};
 use super::retry::RetryPolicy;
-use super::{ChannelClient, DeliveryRef, ProviderStatus, SendError};
+use super::{now_ms, ChannelClient, DeliveryRef, ProviderStatus, SendError};
 use crate::kafka::{AckedProducer, KafkaConfig, OutgoingRecord, TopicSpec};
+
+/// The longest a round works before it commits and polls Kafka again (well inside the default
+/// `max.poll.interval.ms` of 5 minutes).
+pub const ROUND_BUDGET: Duration = Duration::from_secs(60);
+
+/// How far a round got in one partition.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The offset to commit (after the last record handled), if any was.
+    next: Option<i64>,
+    /// Where to read again (the first record not handled), if the round stopped early.
+    read_again_from: Option<i64>,
+}
+
+/// What became of one record in a round.
+enum Handled {
+    Done,
+    /// Not finished within the round's budget: to be read again from this record.
+    Deferred,
+}
 
 /// The topics of one channel's connector.
 #[derive(Debug, Clone)]
@@ -88,6 +113,10 @@ pub struct WorkerStats {
 impl WorkerStats {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn bump_by(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
     }
 
     pub fn summary(&self) -> String {
@@ -191,15 +220,32 @@ impl<C: ChannelClient> ConnectorWorker<C> {
         tracing::info!(channel = self.client.channel(), topic = %self.topics.source, group = %self.group_id, "connector worker started");
         let mut ledgers: HashMap<i32, Ledger> = HashMap::new();
         while !stop.load(Ordering::Relaxed) {
-            let batch = self.fetch(&consumer).await?;
-            if let Ok(mut revoked) = consumer.context().revoked.lock() {
-                for p in revoked.drain() {
-                    ledgers.remove(&p);
+            let mut batch = self.fetch(&consumer).await?;
+            // Partitions taken away during this fetch: their records go to the new owner, who reads
+            // them from the committed offset; this worker must not send them too.
+            let revoked: HashSet<i32> = match consumer.context().revoked.lock() {
+                Ok(mut r) => r.drain().collect(),
+                Err(_) => HashSet::new(),
+            };
+            if !revoked.is_empty() {
+                let assigned: HashSet<i32> = consumer
+                    .assignment()
+                    .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+                    .unwrap_or_default();
+                for p in &revoked {
+                    ledgers.remove(p);
+                    let first = batch.iter().filter(|r| r.partition == *p).map(|r| r.offset).min();
+                    batch.retain(|r| r.partition != *p);
+                    // Revoked and given back within the fetch: read again from the first dropped record.
+                    if let (Some(offset), true) = (first, assigned.contains(p)) {
+                        self.seek(&consumer, *p, offset);
+                    }
                 }
             }
             if batch.is_empty() {
                 continue;
             }
+            let deadline = Instant::now() + ROUND_BUDGET;
             let mut by_partition: BTreeMap<i32, Vec<Incoming>> = BTreeMap::new();
             for r in batch {
                 by_partition.entry(r.partition).or_default().push(r);
@@ -212,23 +258,37 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             for (p, records) in by_partition {
                 work.push((p, ledgers.remove(&p).unwrap_or_default(), records));
             }
-            let outcomes: Vec<(i32, Ledger, Result<i64>)> = futures::stream::iter(work)
+            let stop_ref = &stop;
+            let outcomes: Vec<(i32, Ledger, Result<Progress>)> = futures::stream::iter(work)
                 .map(|(p, mut ledger, records)| async move {
-                    let result = self.process_partition(p, &mut ledger, &records).await;
+                    let result = self.process_partition(p, &mut ledger, &records, deadline, stop_ref).await;
                     (p, ledger, result)
                 })
                 .buffer_unordered(self.settings.concurrency.max(1))
                 .collect()
                 .await;
             let mut commit = TopicPartitionList::new();
+            let mut read_again = Vec::new();
             for (p, ledger, result) in outcomes {
-                let next = result.with_context(|| format!("{} partition {p}", self.topics.source))?;
+                let progress = result.with_context(|| format!("{} partition {p}", self.topics.source))?;
                 ledgers.insert(p, ledger);
-                commit.add_partition_offset(&self.topics.source, p, Offset::Offset(next))?;
+                if let Some(next) = progress.next {
+                    commit.add_partition_offset(&self.topics.source, p, Offset::Offset(next))?;
+                }
+                if let Some(offset) = progress.read_again_from {
+                    read_again.push((p, offset));
+                }
             }
             // Every outcome of the round is acknowledged by the broker: now the offsets may move.
-            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
-                tracing::warn!(error = %e, "committing offsets failed (a rebalance?); the ledger covers a re-read");
+            if commit.count() > 0 {
+                if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                    tracing::warn!(error = %e, "committing offsets failed (a rebalance?); the ledger covers a re-read");
+                }
+            }
+            if !stop.load(Ordering::Relaxed) {
+                for (p, offset) in read_again {
+                    self.seek(&consumer, p, offset);
+                }
             }
             tracing::debug!(stats = %self.stats.summary(), "round done");
         }
@@ -244,6 +304,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                 Err(_) => break,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     break;
                 }
                 Ok(Ok(m)) => m,
@@ -280,26 +341,49 @@ impl<C: ChannelClient> ConnectorWorker<C> {
         Ok(ledgers)
     }
 
-    /// Handles the records of one partition in order; returns the next offset to commit.
-    async fn process_partition(&self, partition: i32, ledger: &mut Ledger, records: &[Incoming]) -> Result<i64> {
-        let mut next = 0;
-        for r in records {
-            self.handle(partition, ledger, r).await?;
-            next = r.offset + 1;
+    fn seek(&self, consumer: &StreamConsumer<RevokeTracker>, partition: i32, offset: i64) {
+        if let Err(e) = consumer.seek(&self.topics.source, partition, Offset::Offset(offset), Duration::from_secs(10)) {
+            tracing::warn!(partition, offset, error = %e, "seek failed; the partition is read again from its committed offset after the next rebalance");
         }
-        Ok(next)
     }
 
-    async fn handle(&self, partition: i32, ledger: &mut Ledger, r: &Incoming) -> Result<()> {
+    /// Handles the records of one partition in order, until the round's deadline or a stop.
+    async fn process_partition(
+        &self,
+        partition: i32,
+        ledger: &mut Ledger,
+        records: &[Incoming],
+        deadline: Instant,
+        stop: &AtomicBool,
+    ) -> Result<Progress> {
+        let mut progress = Progress::default();
+        for r in records {
+            if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                progress.read_again_from = Some(r.offset);
+                break;
+            }
+            match self.handle(partition, ledger, r, deadline).await? {
+                Handled::Done => progress.next = Some(r.offset + 1),
+                Handled::Deferred => {
+                    progress.read_again_from = Some(r.offset);
+                    break;
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    async fn handle(&self, partition: i32, ledger: &mut Ledger, r: &Incoming, deadline: Instant) -> Result<Handled> {
         let message = match envelope::decode(r.payload.as_deref()) {
-            Ok(m) => m,
+            Ok(m) if m.channel == self.client.channel() => m,
+            Ok(m) => {
+                let reason = format!("a {} message on the {} connector's topic", m.channel, self.client.channel());
+                self.invalid(r, reason).await?;
+                return Ok(Handled::Done);
+            }
             Err(reason) => {
-                tracing::warn!(partition, offset = r.offset, %reason, "not a channel message; dead-lettered");
-                let key = r.idempotency_header.clone().unwrap_or_default();
-                let dlq = self.dead_letter_record(r, &key, "invalid", &reason, 0);
-                self.durable(vec![dlq]).await?;
-                WorkerStats::bump(&self.stats.dead_lettered);
-                return Ok(());
+                self.invalid(r, reason).await?;
+                return Ok(Handled::Done);
             }
         };
         let key = message.idempotency_key.clone();
@@ -308,28 +392,50 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             Some(LedgerEntry::Done { attempt, outcome, provider_message_id, reason }) => {
                 // Delivered (or dead-lettered) before a restart: never again. Its delivery event is
                 // produced again in case the crash came between the ledger and that event (the
-                // `deliveries` table keeps one row per key, status and attempt).
+                // `deliveries` table keeps one row per key, status, attempt and source).
                 WorkerStats::bump(&self.stats.already_done);
                 let d =
                     self.delivery(&message, outcome, attempt, provider_message_id, reason, DeliverySource::Connector);
-                return self.durable(vec![self.delivery_record(&d)]).await;
+                self.durable(vec![self.delivery_record(&d)]).await?;
+                return Ok(Handled::Done);
             }
+            Some(LedgerEntry::Retrying { attempt: failed }) => attempt = failed + 1,
             Some(LedgerEntry::Attempting { attempt: in_doubt }) => {
-                let lookup = DeliveryRef {
-                    delivery_id: message.delivery_id(),
-                    idempotency_key: key.clone(),
-                    provider_message_id: None,
-                };
-                match self.client.status(&lookup).await {
-                    Ok(ProviderStatus::Accepted) | Ok(ProviderStatus::Delivered) | Ok(ProviderStatus::Failed(_)) => {
+                match self.provider_status(&message).await {
+                    ProviderStatus::Accepted | ProviderStatus::Delivered => {
                         tracing::info!(%key, "in-doubt attempt found at the provider; not sent again");
                         WorkerStats::bump(&self.stats.reconciled);
-                        return self
-                            .finish_sent(partition, ledger, &message, in_doubt, None, DeliverySource::Reconciled)
-                            .await;
+                        self.finish(
+                            partition,
+                            ledger,
+                            &message,
+                            in_doubt,
+                            DeliveryStatus::Sent,
+                            None,
+                            None,
+                            DeliverySource::Reconciled,
+                        )
+                        .await?;
+                        return Ok(Handled::Done);
                     }
-                    Ok(ProviderStatus::NotFound) => {}
-                    Ok(ProviderStatus::Unknown) | Err(_) => {
+                    ProviderStatus::Failed(reason) => {
+                        tracing::info!(%key, %reason, "in-doubt attempt found at the provider, failed there; not sent again");
+                        WorkerStats::bump(&self.stats.reconciled);
+                        self.finish(
+                            partition,
+                            ledger,
+                            &message,
+                            in_doubt,
+                            DeliveryStatus::Failed,
+                            None,
+                            Some(reason),
+                            DeliverySource::Reconciled,
+                        )
+                        .await?;
+                        return Ok(Handled::Done);
+                    }
+                    ProviderStatus::NotFound => {}
+                    ProviderStatus::Unknown => {
                         tracing::warn!(%key, "in-doubt attempt the provider cannot confirm; sending again with the same id");
                         WorkerStats::bump(&self.stats.resent_in_doubt);
                     }
@@ -338,7 +444,38 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             }
             None => {}
         }
-        self.deliver(partition, ledger, r, &message, attempt).await
+        self.deliver(partition, ledger, r, &message, attempt, deadline).await
+    }
+
+    /// A record that is no message for this connector: dead-lettered with the reason, as it came.
+    async fn invalid(&self, r: &Incoming, reason: String) -> Result<()> {
+        tracing::warn!(partition = r.partition, offset = r.offset, %reason, "not a channel message; dead-lettered");
+        let key = r.idempotency_header.clone().unwrap_or_default();
+        self.durable(vec![self.dead_letter_record(r, &key, "invalid", &reason, 0)]).await?;
+        WorkerStats::bump(&self.stats.dead_lettered);
+        Ok(())
+    }
+
+    /// The provider's word on an in-doubt attempt; a lookup that fails is tried again a few times
+    /// (sending again on a failed lookup would repeat a message the provider may have).
+    async fn provider_status(&self, m: &ChannelMessage) -> ProviderStatus {
+        let lookup = DeliveryRef {
+            delivery_id: m.delivery_id(),
+            idempotency_key: m.idempotency_key.clone(),
+            provider_message_id: None,
+        };
+        let mut wait = Duration::from_millis(200);
+        for _ in 0..5 {
+            match self.client.status(&lookup).await {
+                Ok(s) => return s,
+                Err(e) => {
+                    tracing::warn!(key = %m.idempotency_key, error = %e, "status lookup failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+        ProviderStatus::Unknown
     }
 
     async fn deliver(
@@ -348,11 +485,14 @@ impl<C: ChannelClient> ConnectorWorker<C> {
         r: &Incoming,
         message: &ChannelMessage,
         mut attempt: u32,
-    ) -> Result<()> {
+        deadline: Instant,
+    ) -> Result<Handled> {
         let key = &message.idempotency_key;
         loop {
-            // While the breaker is open messages wait here: not failed, no attempt spent.
-            self.breaker.wait_for_permit().await;
+            // While the breaker is open messages wait here: no request, no attempt spent.
+            if !self.breaker.wait_for_permit(deadline).await {
+                return Ok(Handled::Deferred);
+            }
             self.limiter.acquire().await;
             let entry = LedgerEntry::Attempting { attempt };
             self.durable(vec![Ledger::record(&self.topics.ledger, partition, key, &entry)]).await?;
@@ -360,34 +500,40 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             match self.client.send(message).await {
                 Ok(receipt) => {
                     self.breaker.on_success();
-                    return self
-                        .finish_sent(
-                            partition,
-                            ledger,
-                            message,
-                            attempt,
-                            receipt.provider_message_id,
-                            DeliverySource::Connector,
-                        )
-                        .await;
+                    let pmid = receipt.provider_message_id;
+                    self.finish(
+                        partition,
+                        ledger,
+                        message,
+                        attempt,
+                        DeliveryStatus::Sent,
+                        pmid,
+                        None,
+                        DeliverySource::Connector,
+                    )
+                    .await?;
+                    return Ok(Handled::Done);
                 }
                 Err(SendError::Permanent { reason, bounce }) => {
                     // The provider answered: it is healthy, the message is not.
                     self.breaker.on_success();
                     let status = if bounce { DeliveryStatus::Bounced } else { DeliveryStatus::Failed };
-                    return self.dead_letter(partition, ledger, r, message, status, &reason, attempt).await;
+                    self.dead_letter(partition, ledger, r, message, status, &reason, attempt).await?;
+                    return Ok(Handled::Done);
                 }
                 Err(SendError::Transient { reason, retry_after }) => {
                     self.breaker.on_failure();
                     if self.settings.retry.exhausted(attempt) {
                         let reason = format!("gave up after {attempt} attempts: {reason}");
-                        return self
-                            .dead_letter(partition, ledger, r, message, DeliveryStatus::Failed, &reason, attempt)
-                            .await;
+                        self.dead_letter(partition, ledger, r, message, DeliveryStatus::Failed, &reason, attempt)
+                            .await?;
+                        return Ok(Handled::Done);
                     }
                     let wait = self.settings.retry.backoff(attempt, retry_after, fastrand::f64());
                     tracing::debug!(%key, attempt, ?wait, %reason, "transient failure; will retry");
                     WorkerStats::bump(&self.stats.retries);
+                    // Known not delivered: a restart continues with the next attempt, no lookup.
+                    let entry = LedgerEntry::Retrying { attempt };
                     let d = self.delivery(
                         message,
                         DeliveryStatus::Retrying,
@@ -396,7 +542,15 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                         Some(reason),
                         DeliverySource::Connector,
                     );
-                    self.durable(vec![self.delivery_record(&d)]).await?;
+                    self.durable(vec![
+                        Ledger::record(&self.topics.ledger, partition, key, &entry),
+                        self.delivery_record(&d),
+                    ])
+                    .await?;
+                    ledger.apply(key, entry);
+                    if Instant::now() + wait > deadline {
+                        return Ok(Handled::Deferred);
+                    }
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
@@ -404,22 +558,28 @@ impl<C: ChannelClient> ConnectorWorker<C> {
         }
     }
 
-    async fn finish_sent(
+    /// Records a final outcome the provider gave (`sent`, or `failed` found by a lookup).
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
         &self,
         partition: i32,
         ledger: &mut Ledger,
         message: &ChannelMessage,
         attempt: u32,
+        outcome: DeliveryStatus,
         provider_message_id: Option<String>,
+        reason: Option<String>,
         source: DeliverySource,
     ) -> Result<()> {
         let entry = LedgerEntry::Done {
             attempt,
-            outcome: DeliveryStatus::Sent,
+            outcome,
             provider_message_id: provider_message_id.clone(),
-            reason: None,
+            reason: reason.clone(),
         };
-        let d = self.delivery(message, DeliveryStatus::Sent, attempt, provider_message_id, None, source);
+        let d = self.delivery(message, outcome, attempt, provider_message_id, reason, source);
+        // One write: if the crash comes between the two records, a `done` without its event is
+        // re-emitted when the record is read again (see `handle`).
         self.durable(vec![
             Ledger::record(&self.topics.ledger, partition, &message.idempotency_key, &entry),
             self.delivery_record(&d),
@@ -443,12 +603,6 @@ impl<C: ChannelClient> ConnectorWorker<C> {
     ) -> Result<()> {
         tracing::warn!(key = %message.idempotency_key, status = status.as_str(), %reason, "dead-lettered");
         let key = &message.idempotency_key;
-        let entry = LedgerEntry::Done {
-            attempt,
-            outcome: DeliveryStatus::DeadLettered,
-            provider_message_id: None,
-            reason: Some(reason.to_string()),
-        };
         let failed = self.delivery(message, status, attempt, None, Some(reason.to_string()), DeliverySource::Connector);
         let placed = self.delivery(
             message,
@@ -458,13 +612,21 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             Some(reason.to_string()),
             DeliverySource::Connector,
         );
+        // The dead letter is durable before the ledger says `done`: a crash in between dead-letters the
+        // message again (the send fails the same way), it never leaves it in no topic at all.
         self.durable(vec![
             self.dead_letter_record(r, key, status.as_str(), reason, attempt),
             self.delivery_record(&failed),
             self.delivery_record(&placed),
-            Ledger::record(&self.topics.ledger, partition, key, &entry),
         ])
         .await?;
+        let entry = LedgerEntry::Done {
+            attempt,
+            outcome: DeliveryStatus::DeadLettered,
+            provider_message_id: None,
+            reason: Some(reason.to_string()),
+        };
+        self.durable(vec![Ledger::record(&self.topics.ledger, partition, key, &entry)]).await?;
         ledger.apply(key, entry);
         WorkerStats::bump(&self.stats.dead_lettered);
         Ok(())
@@ -523,12 +685,6 @@ impl<C: ChannelClient> ConnectorWorker<C> {
     }
 }
 
-impl WorkerStats {
-    fn bump_by(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
-    }
-}
-
 /// A delivery outcome as a `marketing.deliveries` record (key: the idempotency key).
 pub fn delivery_record(topic: &str, d: &Delivery) -> OutgoingRecord {
     OutgoingRecord {
@@ -538,11 +694,4 @@ pub fn delivery_record(topic: &str, d: &Delivery) -> OutgoingRecord {
         payload: serde_json::to_vec(d).ok(),
         headers: vec![],
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }

@@ -30,16 +30,19 @@ impl ReadRecord {
 /// idle for `idle` and has reached the high watermark of every partition, or `deadline` passed.
 pub fn read_all(config: &KafkaConfig, topic: &str, idle: Duration, deadline: Duration) -> Result<Vec<ReadRecord>> {
     let partitions: Vec<i32> = (0..partition_count(config, topic)?).collect();
-    read_partitions(config, topic, &partitions, idle, deadline)
+    read_partitions(config, topic, &partitions, idle, deadline, false)
 }
 
-/// [`read_all`] of some partitions only (a connector restores its ledger partition by partition).
+/// [`read_all`] of some partitions only (a connector restores its ledger). `strict`: not reaching the
+/// end before `deadline` is an error (a partial ledger would let done messages be sent again), instead
+/// of a warning.
 pub fn read_partitions(
     config: &KafkaConfig,
     topic: &str,
     partitions: &[i32],
     idle: Duration,
     deadline: Duration,
+    strict: bool,
 ) -> Result<Vec<ReadRecord>> {
     let group = format!("touchpoint-reader-{}", std::process::id());
     let consumer: BaseConsumer = config.consumer_config(&group).create().context("creating reader")?;
@@ -83,6 +86,9 @@ pub fn read_partitions(
             None => {}
         }
         if started.elapsed() > deadline {
+            if strict {
+                anyhow::bail!("{topic} {partitions:?}: not read to its end within {deadline:?}");
+            }
             tracing::warn!(topic, "read_all stopped at its deadline");
             break;
         }

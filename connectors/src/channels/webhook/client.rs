@@ -18,7 +18,8 @@ impl WebhookClient {
     pub fn new(config: &WebhookConfig) -> anyhow::Result<Self> {
         let http =
             reqwest::Client::builder().timeout(config.timeout).connect_timeout(config.connect_timeout).build()?;
-        Ok(WebhookClient { http, secret: config.secret.resolve()?.into_bytes(), config: config.clone() })
+        let secret = mapping::signing_key(&config.secret.resolve()?)?;
+        Ok(WebhookClient { http, secret, config: config.clone() })
     }
 
     fn url<'a>(&'a self, m: &'a ChannelMessage) -> &'a str {
@@ -38,7 +39,7 @@ impl ChannelClient for WebhookClient {
         let id = message.delivery_id();
         let body = mapping::body(message);
         // Signed per attempt: a retry an hour later must not be refused as stale.
-        let timestamp = chrono_like_now_secs();
+        let timestamp = crate::channels::now_ms() / 1000;
         let mut request = self
             .http
             .post(self.url(message))
@@ -65,11 +66,4 @@ impl ChannelClient for WebhookClient {
     async fn status(&self, _delivery: &DeliveryRef) -> Result<ProviderStatus, SendError> {
         Ok(ProviderStatus::Unknown)
     }
-}
-
-fn chrono_like_now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }

@@ -24,6 +24,17 @@ pub fn body(m: &ChannelMessage) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
+/// The HMAC key of a secret: a Standard Webhooks secret `whsec_<base64>` is its decoded bytes; any
+/// other string is its UTF-8 bytes.
+pub fn signing_key(secret: &str) -> anyhow::Result<Vec<u8>> {
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| anyhow::anyhow!("webhook secret: whsec_ secrets are base64 after the prefix: {e}")),
+        None => Ok(secret.as_bytes().to_vec()),
+    }
+}
+
 /// `v1,<base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}"))>`.
 pub fn signature(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
@@ -45,10 +56,16 @@ mod tests {
 
     #[test]
     fn signature_matches_the_standard_webhooks_example() {
-        // The example of the Standard Webhooks specification (secret given base64-encoded there).
-        let secret = base64::engine::general_purpose::STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        // The example of the Standard Webhooks specification.
+        let secret = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let sig = signature(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn plain_secrets_are_their_bytes_and_bad_whsec_is_refused() {
+        assert_eq!(signing_key("local-secret").unwrap(), b"local-secret");
+        assert!(signing_key("whsec_not base64!").is_err());
     }
 
     #[test]
