@@ -1,6 +1,7 @@
 //! `touchpoint explain --subject X [--journey J]`: why did subject X (not) get message Y? The subject's
 //! path through its journeys and every decision on its send intents, with reasons and rule versions,
-//! merged in event-time order from `journey_transitions` and `decisions`.
+//! merged in event-time order from `journey_transitions` and `decisions`, each allowed send followed by
+//! what became of it (`deliveries`: sent, retried, bounced, delivered...).
 
 use std::fmt::Write as _;
 
@@ -32,6 +33,17 @@ struct DecisionLine {
     intents_version: String,
     event_id: String,
     late: bool,
+    idempotency_key: String,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct DeliveryLine {
+    idempotency_key: String,
+    at: i64,
+    status: String,
+    attempt: i32,
+    source: String,
+    reason: String,
 }
 
 fn time(ms: i64) -> String {
@@ -59,7 +71,7 @@ pub async fn explain(config: &ClickHouseConfig, tenant: &str, subject: &str, jou
     let mut q = client
         .query(&format!(
             "SELECT toUnixTimestamp64Milli(occurred_at) AS occurred_at, journey, journey_step, intent_rule, channel, \
-             template, decision, reason, caps_version, intents_version, event_id, late FROM decisions FINAL \
+             template, decision, reason, caps_version, intents_version, event_id, late, idempotency_key FROM decisions FINAL \
              WHERE tenant_id = ? AND subject_id = ?{journey_filter} ORDER BY occurred_at, intent_rule"
         ))
         .bind(tenant)
@@ -68,6 +80,16 @@ pub async fn explain(config: &ClickHouseConfig, tenant: &str, subject: &str, jou
         q = q.bind(j);
     }
     let decisions: Vec<DecisionLine> = q.fetch_all().await.context("reading decisions")?;
+    let deliveries: Vec<DeliveryLine> = client
+        .query(
+            "SELECT idempotency_key, toUnixTimestamp64Milli(at) AS at, status, attempt, source, reason \
+             FROM deliveries FINAL WHERE tenant_id = ? AND subject_id = ? ORDER BY at, attempt",
+        )
+        .bind(tenant)
+        .bind(subject)
+        .fetch_all()
+        .await
+        .context("reading deliveries")?;
 
     let mut out = String::new();
     let scope = journey.map(|j| format!(", journey {j}")).unwrap_or_default();
@@ -123,6 +145,12 @@ pub async fn explain(config: &ClickHouseConfig, tenant: &str, subject: &str, jou
                 x.caps_version,
                 x.event_id
             );
+            // What the channel connector made of an allowed send.
+            for v in deliveries.iter().filter(|v| v.idempotency_key == x.idempotency_key) {
+                let attempt = if v.attempt > 0 { format!(" attempt {}", v.attempt) } else { String::new() };
+                let reason = if v.reason.is_empty() { String::new() } else { format!(": {}", v.reason) };
+                let _ = writeln!(out, "      {}  delivery {}{attempt} ({}){reason}", time(v.at), v.status, v.source);
+            }
         }
     }
     Ok(out)

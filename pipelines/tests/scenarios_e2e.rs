@@ -35,7 +35,10 @@ fn run_on_services(name: &str) {
     let caps = serde_yaml::to_string(&scenario.caps).expect("caps");
     let caps_block = format!("caps:\n{}", caps.lines().map(|l| format!("  {l}\n")).collect::<String>());
     let local = std::fs::read_to_string(root.join("config/local.yaml")).expect("local.yaml");
-    let shipped_caps = &local[local.find("\ncaps:\n").expect("caps section") + 1..];
+    let caps_start = local.find("\ncaps:\n").expect("caps section") + 1;
+    // The section runs to the first blank line.
+    let caps_end = local[caps_start..].find("\n\n").map_or(local.len(), |e| caps_start + e + 1);
+    let shipped_caps = &local[caps_start..caps_end];
     let tp = TestPipeline::new(
         "it_scenario",
         &[(JOURNEYS_OFF, &dir_line), ("idle_timeout: 5s", "idle_timeout: 1s"), (shipped_caps, &caps_block)],
