@@ -69,7 +69,8 @@ echo
 echo "== Journeys: subjects reaching each step (${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions)"
 q "SELECT journey, to_step AS step, uniqExact(tenant_id, subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions FINAL WHERE to_step != '' GROUP BY journey, step ORDER BY journey, subjects DESC"
 echo
-WHO=$(curl -fsS "$CLICKHOUSE" --data-binary "SELECT tenant_id, subject_id FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions FINAL WHERE journey = 'welcome-series' AND to_step = 'tips' ORDER BY subject_id LIMIT 1 FORMAT TSV")
+# Someone whose welcome email and tips email were both allowed, to show decisions and deliveries.
+WHO=$(curl -fsS "$CLICKHOUSE" --data-binary "SELECT tenant_id, subject_id FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL WHERE journey = 'welcome-series' AND journey_step = 'tips' AND decision = 'allowed' ORDER BY subject_id LIMIT 1 FORMAT TSV")
 if [ -n "$WHO" ]; then
   TENANT=$(echo "$WHO" | cut -f1); SUBJECT=$(echo "$WHO" | cut -f2)
   echo "== touchpoint explain --tenant $TENANT --subject $SUBJECT --journey welcome-series"

@@ -45,7 +45,9 @@ pub struct ChannelConfig<P> {
     /// partitions are worked on at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Records fetched per round before outcomes are made durable and offsets committed.
+    /// Records fetched per round before outcomes are made durable and offsets committed. Large enough
+    /// that a round spans partitions (librdkafka hands out one partition's fetched records in a run),
+    /// so `concurrency` partitions are really worked on at once.
     #[serde(default = "default_batch")]
     pub batch: usize,
 }
@@ -54,7 +56,7 @@ fn default_concurrency() -> usize {
     4
 }
 fn default_batch() -> usize {
-    200
+    2000
 }
 
 /// A secret given inline (local profiles) or, better, by the name of an environment variable.
