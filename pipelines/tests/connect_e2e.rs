@@ -433,7 +433,14 @@ fn worker_stat(h: &Harness, log: &str, name: &str) -> usize {
 /// reaches the receiver exactly once (a webhook receiver has no lookup, so a race would show as a repeat).
 #[test]
 fn a_second_worker_joining_mid_stream_takes_partitions_without_repeats() {
-    let h = harness("connect_scale", &[]);
+    // Small rounds: a worker hands partitions over between rounds, so the second one gets work.
+    let h = harness(
+        "connect_scale",
+        &[(
+            "retry: {max_attempts: 8, initial_backoff: 100ms, max_backoff: 5s}",
+            "retry: {max_attempts: 8, initial_backoff: 100ms, max_backoff: 5s}\n    batch: 100",
+        )],
+    );
     runtime().block_on(h.peers.control(&h.bucket, json!({"secret": "whsec-local-demo", "delay_ms": 5}))).unwrap();
     let n = 800;
     h.produce("webhook", (0..n).map(|i| h.message("webhook", i, "", json!({"n": i}))).collect());
