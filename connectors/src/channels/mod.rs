@@ -134,6 +134,34 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// An HTTP answer read whole, so every HTTP channel sorts answers the same way.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// Sends the request; a transport failure (connect, timeout) is a transient error.
+    pub async fn send(request: reqwest::RequestBuilder) -> Result<Self, SendError> {
+        let response = request.send().await.map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap_or_default();
+        Ok(HttpAnswer { status, headers, body })
+    }
+
+    /// The answer as an error (see [`http_error`]).
+    pub fn error(&self) -> SendError {
+        http_error(self.status, &self.headers, &self.body)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_default()
+    }
+}
+
 /// A transport error from `reqwest` (connect, timeout, body): always transient.
 pub fn transport_error(e: &reqwest::Error) -> SendError {
     let kind = if e.is_timeout() {

@@ -5,9 +5,7 @@ use touchpoint_schemas::ChannelMessage;
 use super::config::PushConfig;
 use super::mapping;
 use crate::channels::templates::Templates;
-use crate::channels::{
-    http_error, transport_error, ChannelClient, DeliveryRef, ProviderStatus, SendError, SendReceipt,
-};
+use crate::channels::{ChannelClient, DeliveryRef, HttpAnswer, ProviderStatus, SendError, SendReceipt};
 
 pub struct PushClient {
     http: reqwest::Client,
@@ -32,30 +30,25 @@ impl ChannelClient for PushClient {
     async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {
         let rendered = self.templates.render(message).map_err(SendError::permanent)?;
         let body = mapping::request(message, &rendered)?;
-        let response = self
-            .http
-            .post(format!("{}/messages:send", self.base))
-            .bearer_auth(&self.token)
-            .header("idempotency-key", &message.idempotency_key)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        if status.is_success() {
-            let name = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["name"].as_str().map(str::to_string));
+        let answer = HttpAnswer::send(
+            self.http
+                .post(format!("{}/messages:send", self.base))
+                .bearer_auth(&self.token)
+                .header("idempotency-key", &message.idempotency_key)
+                .json(&body),
+        )
+        .await?;
+        if answer.status.is_success() {
             return Ok(SendReceipt {
                 delivery_id: message.delivery_id(),
-                provider_message_id: name,
+                provider_message_id: answer.json()["name"].as_str().map(str::to_string),
                 status: ProviderStatus::Accepted,
             });
         }
-        match http_error(status, &headers, &text) {
-            SendError::Permanent { reason, .. } if status.as_u16() == 404 && mapping::is_unregistered(&text) => {
+        match answer.error() {
+            SendError::Permanent { reason, .. }
+                if answer.status.as_u16() == 404 && mapping::is_unregistered(&answer.body) =>
+            {
                 Err(SendError::Permanent { reason, bounce: true })
             }
             e => Err(e),
@@ -64,31 +57,17 @@ impl ChannelClient for PushClient {
 
     /// Looks the message up by its idempotency key.
     async fn status(&self, delivery: &DeliveryRef) -> Result<ProviderStatus, SendError> {
-        let key: String = delivery
-            .idempotency_key
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let response = self
-            .http
-            .get(format!("{}/messages:byKey/{key}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        match response.status().as_u16() {
+        // The key as one path segment, percent-encoded by the URL type.
+        let mut url = reqwest::Url::parse(&format!("{}/messages:byKey", self.base))
+            .map_err(|e| SendError::permanent(format!("push provider URL: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| SendError::permanent("push provider URL cannot have a path"))?
+            .push(&delivery.idempotency_key);
+        let answer = HttpAnswer::send(self.http.get(url).bearer_auth(&self.token)).await?;
+        match answer.status.as_u16() {
             200..=299 => Ok(ProviderStatus::Accepted),
             404 => Ok(ProviderStatus::NotFound),
-            _ => {
-                let (status, headers) = (response.status(), response.headers().clone());
-                Err(http_error(status, &headers, &response.text().await.unwrap_or_default()))
-            }
+            _ => Err(answer.error()),
         }
     }
 }

@@ -5,9 +5,7 @@ use touchpoint_schemas::ChannelMessage;
 use super::config::SmsConfig;
 use super::mapping;
 use crate::channels::templates::Templates;
-use crate::channels::{
-    http_error, transport_error, ChannelClient, DeliveryRef, ProviderStatus, SendError, SendReceipt,
-};
+use crate::channels::{ChannelClient, DeliveryRef, HttpAnswer, ProviderStatus, SendError, SendReceipt};
 
 pub struct SmsClient {
     http: reqwest::Client,
@@ -35,21 +33,12 @@ impl SmsClient {
     }
 
     async fn lookup(&self, url: String, query: &[(&str, &str)]) -> Result<Option<serde_json::Value>, SendError> {
-        let response = self
-            .http
-            .get(url)
-            .query(query)
-            .basic_auth(&self.account, Some(&self.token))
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        match status.as_u16() {
-            200..=299 => Ok(serde_json::from_str(&text).ok()),
+        let answer =
+            HttpAnswer::send(self.http.get(url).query(query).basic_auth(&self.account, Some(&self.token))).await?;
+        match answer.status.as_u16() {
+            200..=299 => Ok(Some(answer.json())),
             404 => Ok(None),
-            _ => Err(http_error(status, &headers, &text)),
+            _ => Err(answer.error()),
         }
     }
 }
@@ -62,28 +51,24 @@ impl ChannelClient for SmsClient {
     async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {
         let rendered = self.templates.render(message).map_err(SendError::permanent)?;
         let form = mapping::form(message, &rendered, &self.from, self.callback.as_deref())?;
-        let response = self
-            .http
-            .post(format!("{}/Messages.json", self.base))
-            .basic_auth(&self.account, Some(&self.token))
-            .header("idempotency-key", &message.idempotency_key)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        if status.is_success() {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let answer = HttpAnswer::send(
+            self.http
+                .post(format!("{}/Messages.json", self.base))
+                .basic_auth(&self.account, Some(&self.token))
+                .header("idempotency-key", &message.idempotency_key)
+                .form(&form),
+        )
+        .await?;
+        if answer.status.is_success() {
+            let v = answer.json();
             return Ok(SendReceipt {
                 delivery_id: message.delivery_id(),
                 provider_message_id: v["sid"].as_str().map(str::to_string),
                 status: mapping::status(v["status"].as_str().unwrap_or("queued")),
             });
         }
-        match http_error(status, &headers, &text) {
-            SendError::Permanent { reason, .. } if mapping::is_bad_number(&text) => {
+        match answer.error() {
+            SendError::Permanent { reason, .. } if mapping::is_bad_number(&answer.body) => {
                 Err(SendError::Permanent { reason, bounce: true })
             }
             e => Err(e),

@@ -4,9 +4,7 @@ use touchpoint_schemas::ChannelMessage;
 
 use super::config::WebhookConfig;
 use super::mapping;
-use crate::channels::{
-    http_error, transport_error, ChannelClient, DeliveryRef, ProviderStatus, SendError, SendReceipt,
-};
+use crate::channels::{ChannelClient, DeliveryRef, HttpAnswer, ProviderStatus, SendError, SendReceipt};
 
 pub struct WebhookClient {
     http: reqwest::Client,
@@ -51,14 +49,11 @@ impl ChannelClient for WebhookClient {
         for (k, v) in &self.config.headers {
             request = request.header(k, v);
         }
-        let response = request.body(body).send().await.map_err(|e| transport_error(&e))?;
-        let status = response.status();
-        if status.is_success() {
+        let answer = HttpAnswer::send(request.body(body)).await?;
+        if answer.status.is_success() {
             return Ok(SendReceipt { delivery_id: id, provider_message_id: None, status: ProviderStatus::Accepted });
         }
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        Err(http_error(status, &headers, &text))
+        Err(answer.error())
     }
 
     /// A generic receiver has no lookup; a resend carries the same `webhook-id`, by which conforming
