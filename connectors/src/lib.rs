@@ -15,3 +15,11 @@ pub mod clickhouse;
 pub mod kafka;
 pub mod schema_registry;
 pub mod testing;
+
+/// Wall clock, epoch milliseconds (row times, delivery outcomes, dead-letter stamps).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}

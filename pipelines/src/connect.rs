@@ -19,7 +19,7 @@ use touchpoint_connectors::channels::webhook::WebhookClient;
 use touchpoint_connectors::channels::worker::{ConnectorWorker, WorkerSettings};
 use touchpoint_connectors::channels::ChannelClient;
 use touchpoint_connectors::clickhouse::DeliveryStore;
-use touchpoint_connectors::kafka::{ensure_topics, AckedProducer};
+use touchpoint_connectors::kafka::{ensure_topics, recv_batch, AckedProducer};
 use touchpoint_schemas::Delivery;
 
 use crate::PipelineConfig;
@@ -132,22 +132,12 @@ async fn load_deliveries(config: &PipelineConfig, store: DeliveryStore, stop: Ar
     while !stop.load(Ordering::Relaxed) {
         let mut batch: Vec<Delivery> = Vec::new();
         let mut next: std::collections::BTreeMap<i32, i64> = Default::default();
-        let mut wait = Duration::from_millis(500);
-        while batch.len() < 5_000 {
-            let m = match tokio::time::timeout(wait, consumer.recv()).await {
-                Err(_) => break,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    break;
-                }
-                Ok(Ok(m)) => m,
-            };
+        for m in recv_batch(&consumer, 5_000, Duration::from_millis(50)).await {
             next.insert(m.partition(), m.offset() + 1);
             match m.payload().map(serde_json::from_slice::<Delivery>) {
                 Some(Ok(d)) => batch.push(d),
                 _ => tracing::warn!(partition = m.partition(), offset = m.offset(), "not a delivery record; skipped"),
             }
-            wait = Duration::from_millis(50);
         }
         if next.is_empty() {
             continue;

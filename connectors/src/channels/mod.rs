@@ -126,13 +126,7 @@ pub fn http_error(status: reqwest::StatusCode, headers: &reqwest::header::Header
     }
 }
 
-/// Wall clock, epoch milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+pub use crate::now_ms;
 
 /// An HTTP answer read whole, so every HTTP channel sorts answers the same way.
 #[derive(Debug)]

@@ -31,7 +31,7 @@ use super::ledger::{Ledger, LedgerEntry};
 use super::rate_limit::{RateLimitConfig, RateLimiter};
 use super::retry::RetryPolicy;
 use super::{now_ms, ChannelClient, DeliveryRef, ProviderStatus, SendError};
-use crate::kafka::{AckedProducer, KafkaConfig, OutgoingRecord, TopicSpec};
+use crate::kafka::{recv_batch, AckedProducer, KafkaConfig, OutgoingRecord, TopicSpec};
 
 /// The longest a round works before it commits and polls Kafka again (well inside the default
 /// `max.poll.interval.ms` of 5 minutes).
@@ -297,32 +297,21 @@ impl<C: ChannelClient> ConnectorWorker<C> {
     }
 
     async fn fetch(&self, consumer: &StreamConsumer<RevokeTracker>) -> Result<Vec<Incoming>> {
-        let mut out = Vec::new();
-        let mut wait = Duration::from_millis(500);
-        while out.len() < self.settings.batch.max(1) {
-            let m = match tokio::time::timeout(wait, consumer.recv()).await {
-                Err(_) => break,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    break;
-                }
-                Ok(Ok(m)) => m,
-            };
-            let idempotency_header = m.headers().and_then(|hs| {
-                hs.iter()
-                    .find(|h| h.key == "tp.idempotency_key")
-                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-            });
-            out.push(Incoming {
+        let out: Vec<Incoming> = recv_batch(consumer, self.settings.batch, Duration::from_millis(20))
+            .await
+            .iter()
+            .map(|m| Incoming {
                 partition: m.partition(),
                 offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec),
-                idempotency_header,
-            });
-            wait = Duration::from_millis(20);
-        }
+                idempotency_header: m.headers().and_then(|hs| {
+                    hs.iter()
+                        .find(|h| h.key == "tp.idempotency_key")
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                }),
+            })
+            .collect();
         WorkerStats::bump_by(&self.stats.received, out.len());
         Ok(out)
     }
@@ -401,44 +390,23 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             }
             Some(LedgerEntry::Retrying { attempt: failed }) => attempt = failed + 1,
             Some(LedgerEntry::Attempting { attempt: in_doubt }) => {
-                match self.provider_status(&message).await {
-                    ProviderStatus::Accepted | ProviderStatus::Delivered => {
-                        tracing::info!(%key, "in-doubt attempt found at the provider; not sent again");
-                        WorkerStats::bump(&self.stats.reconciled);
-                        self.finish(
-                            partition,
-                            ledger,
-                            &message,
-                            in_doubt,
-                            DeliveryStatus::Sent,
-                            None,
-                            None,
-                            DeliverySource::Reconciled,
-                        )
-                        .await?;
-                        return Ok(Handled::Done);
-                    }
-                    ProviderStatus::Failed(reason) => {
-                        tracing::info!(%key, %reason, "in-doubt attempt found at the provider, failed there; not sent again");
-                        WorkerStats::bump(&self.stats.reconciled);
-                        self.finish(
-                            partition,
-                            ledger,
-                            &message,
-                            in_doubt,
-                            DeliveryStatus::Failed,
-                            None,
-                            Some(reason),
-                            DeliverySource::Reconciled,
-                        )
-                        .await?;
-                        return Ok(Handled::Done);
-                    }
-                    ProviderStatus::NotFound => {}
+                // Found at the provider (accepted, or failed there after accepting): not sent again.
+                let found = match self.provider_status(&message).await {
+                    ProviderStatus::Accepted | ProviderStatus::Delivered => Some((DeliveryStatus::Sent, None)),
+                    ProviderStatus::Failed(reason) => Some((DeliveryStatus::Failed, Some(reason))),
+                    ProviderStatus::NotFound => None,
                     ProviderStatus::Unknown => {
                         tracing::warn!(%key, "in-doubt attempt the provider cannot confirm; sending again with the same id");
                         WorkerStats::bump(&self.stats.resent_in_doubt);
+                        None
                     }
+                };
+                if let Some((outcome, reason)) = found {
+                    tracing::info!(%key, outcome = outcome.as_str(), ?reason, "in-doubt attempt found at the provider; not sent again");
+                    WorkerStats::bump(&self.stats.reconciled);
+                    let source = DeliverySource::Reconciled;
+                    self.finish(partition, ledger, &message, in_doubt, outcome, None, reason, source).await?;
+                    return Ok(Handled::Done);
                 }
                 attempt = in_doubt + 1;
             }

@@ -123,7 +123,7 @@ impl DecisionStore {
         if decisions.is_empty() {
             return Ok(());
         }
-        let decided_at = chrono_now_ms();
+        let decided_at = crate::now_ms();
         let mut insert = self
             .client
             .insert::<super::encoding::DecisionRow<'_>>("decisions")
@@ -157,7 +157,7 @@ impl TransitionStore {
         if transitions.is_empty() {
             return Ok(());
         }
-        let recorded_at = chrono_now_ms();
+        let recorded_at = crate::now_ms();
         let mut insert = self
             .client
             .insert::<super::encoding::TransitionRow<'_>>("journey_transitions")
@@ -225,11 +225,4 @@ impl DeliveryStore {
             .with_context(|| format!("looking up delivery {id}"))?;
         Ok(rows.into_iter().next())
     }
-}
-
-fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }

@@ -12,5 +12,5 @@ pub use admin::ensure_topics;
 pub use config::{KafkaConfig, TopicSpec};
 pub use encoding::OutgoingRecord;
 pub use producer::AckedProducer;
-pub use reader::{read_all, read_partitions, ReadRecord};
+pub use reader::{read_all, read_partitions, recv_batch, ReadRecord};
 pub use source::{PartitionSource, SourceError, SourceRecord};

@@ -108,3 +108,28 @@ pub fn read_partitions(
     }
     Ok(out)
 }
+
+/// One batch off a subscribed consumer: waits up to 500 ms for a first record, then takes records as
+/// long as the next one comes within `gap`, up to `max`. A consumer error ends the batch after a short
+/// pause (so a broker that keeps failing is not polled in a busy loop).
+pub async fn recv_batch<C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    max: usize,
+    gap: Duration,
+) -> Vec<rdkafka::message::BorrowedMessage<'_>> {
+    let mut out = Vec::new();
+    let mut wait = Duration::from_millis(500);
+    while out.len() < max.max(1) {
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                break;
+            }
+            Ok(Ok(m)) => out.push(m),
+        }
+        wait = gap;
+    }
+    out
+}
