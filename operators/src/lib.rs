@@ -12,6 +12,7 @@
 //! - [`consent`]: the consent table (latest consent per subject × channel × purpose);
 //! - [`frequency_cap`]: caps per subject over rolling and calendar windows;
 //! - [`decision`]: consent then caps, one decision per intent;
+//! - [`send_ledger`]: the idempotency keys already emitted per subject (`exactly_once_keys`);
 //! - [`journey`]: journey definitions, the predicate language, per-subject journey state;
 //! - [`watermark`]: event time: per-partition watermarks, idle partitions, late events.
 
@@ -23,6 +24,7 @@ pub mod frequency_cap;
 pub mod intent;
 pub mod journey;
 pub mod normalize;
+pub mod send_ledger;
 pub mod tally;
 pub mod watermark;
 

@@ -26,6 +26,9 @@ pub struct PipelineConfig {
     pub topics: TopicsConfig,
     pub schema_registry: SchemaRegistryConfig,
     pub clickhouse: ClickHouseConfig,
+    /// What re-processing may repeat: `exactly_once_keys` (default) or `at_least_once`.
+    #[serde(default)]
+    pub processing: ProcessingConfig,
     #[serde(default)]
     pub epochs: EpochConfig,
     #[serde(default)]
@@ -67,6 +70,33 @@ pub struct PipelineSection {
     pub name: String,
     /// Consumer group under which source offsets are committed (what lag tools show).
     pub group_id: String,
+    /// `host:port` to serve Prometheus metrics on (`GET /metrics`); none: no metrics endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+/// Processing guarantee, like Kafka Streams' `processing.guarantee`. See `docs/exactly-once.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// `exactly_once_keys`: a send ledger in the keyed state drops every send whose idempotency key was
+    /// already emitted (after a crash or a `touchpoint replay`). `at_least_once`: no ledger; re-read
+    /// input produces its sends again with the same keys, and the connectors drop the repeats.
+    #[serde(default)]
+    pub guarantee: touchpoint_operators::send_ledger::ProcessingGuarantee,
+    /// How long the ledger remembers a key (wall clock). Must exceed any replay window.
+    #[serde(default = "default_send_ledger_ttl", with = "humantime_serde")]
+    pub send_ledger_ttl: Duration,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig { guarantee: Default::default(), send_ledger_ttl: default_send_ledger_ttl() }
+    }
+}
+
+fn default_send_ledger_ttl() -> Duration {
+    crate::stages::guardrails::DEFAULT_SEND_LEDGER_TTL
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,6 +348,11 @@ impl PipelineConfig {
         }
         if self.event_time.idle_timeout.is_zero() {
             return Err("event_time.idle_timeout must be greater than zero".into());
+        }
+        if self.processing.send_ledger_ttl < Duration::from_secs(60) {
+            return Err(
+                "processing.send_ledger_ttl must be at least 1m (it bounds how far back a replay may go)".into()
+            );
         }
         if self.epochs.max_records == 0 {
             return Err("epochs.max_records must be greater than zero".into());

@@ -5,6 +5,8 @@ pub mod config;
 pub mod connect;
 pub mod explain;
 pub mod generate;
+pub mod metrics;
+pub mod replay;
 pub mod runtime;
 pub mod scenario;
 pub mod stages;

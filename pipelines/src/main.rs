@@ -41,6 +41,22 @@ enum Command {
         #[arg(long)]
         until_drained: bool,
     },
+    /// Re-process a range of the source topic with the pipeline's state: the same idempotency keys, so
+    /// no send already emitted goes out again (needs `processing.guarantee: exactly_once_keys`). Commits
+    /// no offsets; stop the running pipeline first.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Start: an RFC 3339 time (2026-11-30T18:00:00Z), a duration ago (1h), or partition:offset,...
+        #[arg(long)]
+        from: String,
+        /// End (exclusive), in the same forms; default: the end of the log when the replay starts.
+        #[arg(long)]
+        to: Option<String>,
+        /// Worker threads.
+        #[arg(long, short, default_value_t = 1)]
+        workers: usize,
+    },
     /// Run a channel connector worker: deliver `connector.<channel>` through the channel's provider.
     /// Start several (same pipeline file) to spread the topic's partitions over them.
     Connect {
@@ -152,6 +168,22 @@ fn main() {
     }
 }
 
+fn print_report(report: &touchpoint::RunReport, late_policy: &str) -> Result<()> {
+    let t = &report.totals.tally;
+    println!("pipeline finished: {} epochs ({} unbalanced)", report.totals.epochs, report.totals.unbalanced_epochs);
+    println!("  in              {}", t.received);
+    println!("  normalized      {}", t.normalized);
+    println!("  duplicates      {}", t.duplicates);
+    println!("  late            {} ({late_policy})", t.late);
+    println!("  already stored  {}", t.already_stored);
+    println!("  dead-lettered   {}", t.dead_lettered_total());
+    for (code, n) in &t.dead_lettered {
+        println!("    {code:<22}{n}");
+    }
+    anyhow::ensure!(report.totals.unbalanced_epochs == 0, "some epochs did not balance (see the log)");
+    Ok(())
+}
+
 fn load(path: &Path) -> Result<PipelineConfig> {
     Ok(PipelineConfig::load(path)?)
 }
@@ -168,23 +200,27 @@ fn run(cli: Cli) -> Result<()> {
                 LatePolicy::Flag => "processed, flagged",
                 LatePolicy::Route => "routed to the late-events topic",
             };
-            let report = touchpoint::run(config, RunOptions { workers, processes, process, hostfile, until_drained })?;
-            let t = &report.totals.tally;
-            println!(
-                "pipeline finished: {} epochs ({} unbalanced)",
-                report.totals.epochs, report.totals.unbalanced_epochs
-            );
-            println!("  in              {}", t.received);
-            println!("  normalized      {}", t.normalized);
-            println!("  duplicates      {}", t.duplicates);
-            println!("  late            {} ({late_policy})", t.late);
-            println!("  already stored  {}", t.already_stored);
-            println!("  dead-lettered   {}", t.dead_lettered_total());
-            for (code, n) in &t.dead_lettered {
-                println!("    {code:<22}{n}");
-            }
-            anyhow::ensure!(report.totals.unbalanced_epochs == 0, "some epochs did not balance (see the log)");
+            let options = RunOptions { workers, processes, process, hostfile, until_drained, replay: None };
+            let report = touchpoint::run(config, options)?;
+            print_report(&report, late_policy)?;
         }
+        Command::Replay { config, from, to, workers } => {
+            let config = load(&config)?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let range = touchpoint::replay::ReplayRange {
+                from: touchpoint::replay::ReplayPoint::parse(&from, now).context("--from")?,
+                to: to.map(|t| touchpoint::replay::ReplayPoint::parse(&t, now).context("--to")).transpose()?,
+            };
+            let options = RunOptions { workers, replay: Some(range), ..RunOptions::default() };
+            let report = touchpoint::run(config, options)?;
+            print_report(&report, "processed")?;
+            println!("  sends emitted   {}", touchpoint::metrics::SENDS_EMITTED.get());
+            println!(
+                "  already sent    {} (send ledger: not sent again)",
+                touchpoint::metrics::SENDS_ALREADY_EMITTED.get()
+            );
+        }
+
         Command::Connect { config, channel, instance } => {
             touchpoint::connect::connect(&load(&config)?, &channel, instance.as_deref())?
         }

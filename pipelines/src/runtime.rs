@@ -18,14 +18,14 @@ use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, Parti
 use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::dedupe::dedupe_key;
-use touchpoint_operators::frequency_cap::{FrequencyCaps, SubjectCaps};
+use touchpoint_operators::frequency_cap::FrequencyCaps;
 use touchpoint_operators::intent::IntentRules;
 use touchpoint_operators::journey::{Journey, Journeys, SubjectJourneys};
 use touchpoint_operators::{EventDeduplicator, Normalizer};
 
 use crate::config::PipelineConfig;
 use crate::stages::dedupe::owner;
-use crate::stages::guardrails::{owner as guardrail_owner, GuardrailRules, GuardrailState};
+use crate::stages::guardrails::{owner as guardrail_owner, GuardrailRules, GuardrailState, SubjectSendState};
 use crate::stages::kafka_source::{SourceState, StopPolicy};
 use crate::stages::tally::{RunTotals, TallyBook};
 use crate::topology::{self, WorkerParts};
@@ -43,11 +43,14 @@ pub struct RunOptions {
     pub hostfile: Option<PathBuf>,
     /// Stop once the source topic is drained (demo, tests, backfills) instead of running forever.
     pub until_drained: bool,
+    /// Re-process a range of the source (`touchpoint replay`) instead of resuming from the committed
+    /// offsets: the same keys, the same state, no offset commits.
+    pub replay: Option<crate::replay::ReplayRange>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { workers: 1, processes: 1, process: 0, hostfile: None, until_drained: false }
+        RunOptions { workers: 1, processes: 1, process: 0, hostfile: None, until_drained: false, replay: None }
     }
 }
 
@@ -81,6 +84,10 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         );
     }
     let partitions = partition_count(&config.kafka, &config.topics.events.name)?;
+    let replay = match &options.replay {
+        Some(range) => Some(crate::replay::resolve(&config, range, partitions)?),
+        None => None,
+    };
     let consent_partitions = partition_count(&config.kafka, &config.topics.consent.name)?;
 
     // Frequency-cap state from its changelog, read once per process and handed to the owning workers.
@@ -98,6 +105,13 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
 
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_handler(&runtime, stop.clone());
+    if let Some(listen) = config.pipeline.metrics_listen.clone() {
+        runtime.spawn(async move {
+            if let Err(e) = crate::metrics::serve(listen).await {
+                tracing::error!(error = format!("{e:#}"), "metrics endpoint failed");
+            }
+        });
+    }
 
     let totals = Arc::new(Mutex::new(RunTotals::default()));
     let timely_config =
@@ -112,7 +126,8 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         journeys,
         restored_ids: Mutex::new(restored_ids),
         stop,
-        until_drained: options.until_drained,
+        until_drained: options.until_drained || replay.is_some(),
+        replay,
         totals: totals.clone(),
     });
     let guards = timely::execute(timely_config, move |worker| run_worker(worker, &shared))
@@ -138,7 +153,7 @@ struct Shared {
     partitions: i32,
     consent_partitions: i32,
     /// Worker index → the cap state it owns, restored from the changelog.
-    restored_caps: Mutex<HashMap<usize, HashMap<SubjectRef, SubjectCaps>>>,
+    restored_caps: Mutex<HashMap<usize, HashMap<SubjectRef, SubjectSendState>>>,
     /// Worker index → the journey state it owns, restored from the changelog.
     restored_journeys: Mutex<HashMap<usize, HashMap<SubjectRef, SubjectJourneys>>>,
     journeys: Journeys,
@@ -146,6 +161,8 @@ struct Shared {
     restored_ids: Mutex<HashMap<usize, Vec<(u128, i64)>>>,
     stop: Arc<AtomicBool>,
     until_drained: bool,
+    /// Replaying: where each partition starts and stops; no offsets are committed.
+    replay: Option<crate::replay::ResolvedReplay>,
     totals: Arc<Mutex<RunTotals>>,
 }
 
@@ -154,13 +171,20 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
     let topic = config.topics.events.name.clone();
     let owned = owned_partitions(shared.partitions, index, peers);
-    let source = PartitionSource::open(
-        &config.kafka,
-        &config.pipeline.group_id,
-        &topic,
-        owned,
-        config.source.verify_resume_offsets,
-    )?;
+    let source = match &shared.replay {
+        None => PartitionSource::open(
+            &config.kafka,
+            &config.pipeline.group_id,
+            &topic,
+            owned,
+            config.source.verify_resume_offsets,
+        )?,
+        Some(replay) => {
+            let start = owned.iter().map(|p| (*p, replay.start(*p))).collect();
+            let end = owned.iter().filter_map(|p| replay.end(*p).map(|e| (*p, e))).collect();
+            PartitionSource::open_range(&config.kafka, &config.pipeline.group_id, &topic, start, end)?
+        }
+    };
     let store = EventStore::new(&config.clickhouse);
 
     // After a crash, the records between the committed offsets and what the sink already stored are
@@ -208,6 +232,8 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
                 consent: config.consent.clone(),
                 caps: FrequencyCaps::new(&config.caps).map_err(anyhow::Error::msg)?,
                 journeys: shared.journeys.clone(),
+                guarantee: config.processing.guarantee,
+                send_ledger_ttl: config.processing.send_ledger_ttl,
             },
             guardrail_state: GuardrailState { consent: Default::default(), caps: caps_state, journeys: journey_state },
             transitions: TransitionStore::new(&config.clickhouse),
@@ -242,6 +268,8 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
     let mut tallies = Some(handles.tallies);
     let mut last_commit: Option<Vec<(i32, i64)>> = None;
     let mut failure = None;
+    let commits = shared.replay.is_none();
+    let mut lag = CommitLag::new(index, &state.borrow().source.positions());
     loop {
         // Parks the thread when no operator is active; Kafka data, finished sink writes and the
         // source's own timers wake it.
@@ -251,11 +279,16 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
         {
             let mut st = state.borrow_mut();
             if let Some(positions) = st.take_committable(frontier) {
-                if let Err(e) = st.source.commit(&positions, CommitMode::Async) {
-                    tracing::warn!(error = %e, "offset commit failed; the next epoch's commit covers it");
+                if commits {
+                    if let Err(e) = st.source.commit(&positions, CommitMode::Async) {
+                        tracing::warn!(error = %e, "offset commit failed; the next epoch's commit covers it");
+                    }
+                    crate::metrics::COMMITS.add(1);
                 }
+                lag.committed(&positions);
                 last_commit = Some(positions);
             }
+            lag.observe(&st.source);
             if let Some(e) = st.error.take() {
                 // Stop every worker of this process: the others would otherwise keep the dataflow
                 // (and this worker's loop) alive forever.
@@ -282,13 +315,70 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             break;
         }
     }
-    if let Some(positions) = last_commit {
-        state.borrow().source.commit(&positions, CommitMode::Sync)?;
-        tracing::info!(worker = index, ?positions, "committed final offsets");
+    match last_commit {
+        Some(positions) if commits => {
+            state.borrow().source.commit(&positions, CommitMode::Sync)?;
+            tracing::info!(worker = index, ?positions, "committed final offsets");
+        }
+        Some(positions) => tracing::info!(worker = index, ?positions, "replay done (offsets not committed)"),
+        None => {}
     }
     match failure {
         Some(e) => Err(e.into()),
         None => Ok(()),
+    }
+}
+
+/// How far the committed offsets trail the topic, for the metrics and a log line while commits stall
+/// (a sink that cannot write holds its epochs: see `crate::metrics`).
+struct CommitLag {
+    worker: usize,
+    committed: HashMap<i32, i64>,
+    last_commit: std::time::Instant,
+    last_check: std::time::Instant,
+    last_log: std::time::Instant,
+}
+
+impl CommitLag {
+    /// `start`: where this run began reading (committed, or the replay's start).
+    fn new(worker: usize, start: &[(i32, i64)]) -> Self {
+        let now = std::time::Instant::now();
+        let committed = start.iter().copied().collect();
+        CommitLag { worker, committed, last_commit: now, last_check: now, last_log: now }
+    }
+
+    fn committed(&mut self, positions: &[(i32, i64)]) {
+        self.committed.extend(positions.iter().copied());
+        self.last_commit = std::time::Instant::now();
+    }
+
+    /// At most once a second: records between the committed offsets and the end the last fetch saw.
+    fn observe(&mut self, source: &PartitionSource) {
+        if self.last_check.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_check = std::time::Instant::now();
+        let positions = source.positions();
+        let records: i64 = positions
+            .iter()
+            .map(|&(p, next)| {
+                let end = source.cached_high_watermark(p).unwrap_or(next).max(next);
+                let committed = self.committed.get(&p).copied().unwrap_or(next);
+                (end - committed).max(0)
+            })
+            .sum();
+        let behind = positions.iter().any(|&(p, next)| self.committed.get(&p).is_some_and(|&c| c < next));
+        let stalled = if behind { self.last_commit.elapsed().as_secs() } else { 0 };
+        crate::metrics::worker_lag(self.worker, records, stalled);
+        if stalled >= 5 && self.last_log.elapsed() >= Duration::from_secs(5) {
+            self.last_log = std::time::Instant::now();
+            tracing::warn!(
+                worker = self.worker,
+                lag_records = records,
+                seconds_since_commit = stalled,
+                "offsets not committed: a sink is behind (see touchpoint_sink_retrying_epochs); catching up once it writes"
+            );
+        }
     }
 }
 
@@ -311,13 +401,13 @@ async fn restore_event_ids(
     Ok(by_worker)
 }
 
-/// Reads the cap changelog (latest value per subject wins; a tombstone forgets) and groups the state
-/// by owning worker, keeping the workers of this process.
+/// Reads the cap changelog (cap counters and send ledger; latest value per subject wins; a tombstone
+/// forgets) and groups the state by owning worker, keeping the workers of this process.
 pub fn restore_caps(
     config: &PipelineConfig,
     peers: usize,
     local_workers: std::ops::Range<usize>,
-) -> Result<HashMap<usize, HashMap<SubjectRef, SubjectCaps>>> {
+) -> Result<HashMap<usize, HashMap<SubjectRef, SubjectSendState>>> {
     let topic = config.topics.caps_changelog(&config.pipeline.group_id).name;
     restore_changelog(config, &topic, "frequency-cap", peers, local_workers)
 }

@@ -33,12 +33,14 @@ use timely::dataflow::operators::{Input as _, Inspect, Probe};
 use timely::dataflow::ProbeHandle;
 use touchpoint_operators::consent::{Channel, ConsentChange, ConsentConfig, ConsentStatus, Purpose, SubjectRef};
 use touchpoint_operators::decision::{Decision, DecisionKind};
-use touchpoint_operators::frequency_cap::{CapsConfig, FrequencyCaps, SubjectCaps};
+use touchpoint_operators::frequency_cap::{CapsConfig, FrequencyCaps};
 use touchpoint_operators::intent::{IntentRules, IntentsConfig};
 use touchpoint_operators::journey::{Journey, Journeys, SubjectJourneys, Transition};
 use touchpoint_schemas::{NormalizedEvent, SourcePosition};
 
-use crate::stages::guardrails::{guardrails, GuardrailOutput, GuardrailRules, GuardrailState};
+use crate::stages::guardrails::{
+    guardrails, GuardrailOutput, GuardrailRules, GuardrailState, SubjectSendState, DEFAULT_SEND_LEDGER_TTL,
+};
 
 pub const TENANT: &str = "acme";
 
@@ -288,7 +290,7 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
     let intents = IntentRules::new(&file.intents).map_err(|e| anyhow!("intents: {e}"))?;
     let mut outcome = Outcome::default();
     // State carried across restarts exactly as the changelogs carry it: latest snapshot per subject.
-    let mut cap_log: HashMap<SubjectRef, Option<SubjectCaps>> = HashMap::new();
+    let mut cap_log: HashMap<SubjectRef, Option<SubjectSendState>> = HashMap::new();
     let mut journey_log: HashMap<SubjectRef, Option<SubjectJourneys>> = HashMap::new();
     let mut archive: Vec<Journey> = Vec::new();
     let mut consent_log = initial_consent;
@@ -308,6 +310,8 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
             consent: ConsentConfig::default(),
             caps: caps.clone(),
             journeys,
+            guarantee: Default::default(),
+            send_ledger_ttl: DEFAULT_SEND_LEDGER_TTL,
         };
         let outputs = run_dataflow(state, rules, &consent_log, inputs.iter().map(clone_step).collect())?;
         for o in outputs {

@@ -13,8 +13,9 @@
 //!          ClickHouseDecisions (`decisions`) ◄── decisions ◄──────────────────────────────────────────────────────┘ │ │ │
 //!          ConnectorTopics (connector.<channel>) ◄── allowed ◄── decisions                                          │ │ │
 //!          ClickHouseTransitions (`journey_transitions`) ◄── journey movements ◄──────────────────────────────────────┘ │ │
-//!          StateChangelog (<group>.caps-changelog) ◄── cap state ◄──────────────────────────────────────────────────────┘ │
-//!          StateChangelog (<group>.journeys-changelog) ◄── AfterSends (once the epoch's sends are durable) ◄── journey state ┘
+//!          StateChangelog (<group>.caps-changelog) ◄── AfterSends ◄── caps + send ledger ◄───────────────────────────────┘ │
+//!            (once the epoch's sends and decisions are durable)                                                          │
+//!          StateChangelog (<group>.journeys-changelog) ◄── AfterLedger (once the ledger is durable) ◄── journey state ─────┘
 //!
 //!  every sink's progress ─► probe ─► commit the event offsets of durable epochs
 //!  per-worker tallies ─► [to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
@@ -216,14 +217,25 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             ClickHouseTransitions { store: transitions },
             runtime.clone(),
         );
+        // The send ledger (with the cap counters) is written only once the epoch's sends and decision rows
+        // are durable: a key in a restored ledger means its send is out and its decision stored.
         let caps_persisted = epoch_sink(
-            cap_states.flat_map(GuardrailOutput::into_caps),
+            after_durable(
+                cap_states.flat_map(GuardrailOutput::into_caps),
+                sent.clone().concat(recorded.clone()),
+                "AfterSends",
+            ),
             StateChangelog { name: "CapsChangelog", producer: changelog, topic: caps_changelog_topic },
             runtime.clone(),
         );
-        // Journey state (a send step passed) is written only after that epoch's sends are durable.
+        // Journey state (a send step passed) is written only after that epoch's ledger is durable, so it
+        // never runs ahead of the sends it made, and a re-run step finds its key in the ledger.
         let journeys_persisted = epoch_sink(
-            after_durable(journey_states.flat_map(GuardrailOutput::into_journeys), sent.clone(), "AfterSends"),
+            after_durable(
+                journey_states.flat_map(GuardrailOutput::into_journeys),
+                caps_persisted.clone(),
+                "AfterLedger",
+            ),
             StateChangelog { name: "JourneysChangelog", producer: journeys_changelog, topic: journeys_changelog_topic },
             runtime,
         );

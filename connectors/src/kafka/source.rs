@@ -61,6 +61,8 @@ pub struct PartitionSource {
     unverified: HashMap<i32, i64>,
     opened: Instant,
     last_stall_check: Instant,
+    /// Replays: per partition, the offset to stop before (records from it on are not returned).
+    end: HashMap<i32, i64>,
 }
 
 impl PartitionSource {
@@ -86,6 +88,60 @@ impl PartitionSource {
         partitions: Vec<i32>,
     ) -> Result<Self, SourceError> {
         Self::open_at(config, group_id, topic, partitions, false, true)
+    }
+
+    /// Assigns the partitions of `start` at the given offsets, whatever the group committed, and reads
+    /// each up to (not including) its offset in `end` (to the end of the log where `end` has none): a
+    /// range to re-process (`touchpoint replay`). Resume check on: the first record must be the start.
+    pub fn open_range(
+        config: &KafkaConfig,
+        group_id: &str,
+        topic: &str,
+        start: Vec<(i32, i64)>,
+        end: HashMap<i32, i64>,
+    ) -> Result<Self, SourceError> {
+        let consumer: BaseConsumer = config.consumer_config(group_id).create()?;
+        let mut assignment = TopicPartitionList::new();
+        let mut next = HashMap::new();
+        let mut unverified = HashMap::new();
+        let mut partitions = Vec::new();
+        for &(p, o) in &start {
+            partitions.push(p);
+            next.insert(p, o);
+            // Nothing to read in an empty range: leave the partition unassigned-equivalent (paused below).
+            if end.get(&p).is_none_or(|e| *e > o) {
+                unverified.insert(p, o);
+            }
+            assignment.add_partition_offset(topic, p, Offset::Offset(o))?;
+        }
+        if !partitions.is_empty() {
+            consumer.assign(&assignment)?;
+        }
+        tracing::info!(topic, ?next, ?end, "assigned partitions for a replay");
+        let now = Instant::now();
+        let source = PartitionSource {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+            next,
+            unverified,
+            opened: now,
+            last_stall_check: now,
+            end,
+        };
+        for (p, o) in start {
+            if source.end.get(&p).is_some_and(|e| *e <= o) {
+                source.pause(p)?;
+            }
+        }
+        Ok(source)
+    }
+
+    fn pause(&self, partition: i32) -> Result<(), SourceError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        self.consumer.pause(&tpl)?;
+        Ok(())
     }
 
     fn open_at(
@@ -128,6 +184,7 @@ impl PartitionSource {
             unverified,
             opened: now,
             last_stall_check: now,
+            end: HashMap::new(),
         })
     }
 
@@ -173,6 +230,14 @@ impl PartitionSource {
                 }
                 tracing::warn!(topic = %self.topic, partition, expected, got = offset, low,
                     "resume offset was deleted by retention; continuing from the log start");
+            }
+        }
+        if let Some(&end) = self.end.get(&partition) {
+            if offset >= end {
+                // Past the replay's range: stop reading this partition (its position stays at the end).
+                self.next.insert(partition, end);
+                self.pause(partition)?;
+                return Ok(None);
             }
         }
         self.next.insert(partition, offset + 1);
@@ -242,6 +307,11 @@ impl PartitionSource {
     /// (no broker round trip) when there is one, else asks the broker; an error counts as "not at the end"
     /// (the caller then keeps treating the partition as active, the safe side).
     pub fn partition_read_to_end(&self, partition: i32) -> bool {
+        if let Some(&end) = self.end.get(&partition) {
+            if self.next.get(&partition).copied().unwrap_or(0) >= end {
+                return true;
+            }
+        }
         let end = match fetched_high_watermark(&self.consumer, &self.topic, partition) {
             Some(end) => Ok(end),
             None => self.high_watermark(partition),
@@ -249,10 +319,20 @@ impl PartitionSource {
         end.is_ok_and(|end| self.next.get(&partition).copied().unwrap_or(0) >= end)
     }
 
-    /// True when every assigned partition has been read up to the broker's high watermark.
+    /// The end of `partition` as the last Fetch response carried it (no broker round trip), if any.
+    pub fn cached_high_watermark(&self, partition: i32) -> Option<i64> {
+        fetched_high_watermark(&self.consumer, &self.topic, partition)
+    }
+
+    /// True when every assigned partition has been read up to the broker's high watermark (or, in a
+    /// replay, up to the range's end).
     pub fn caught_up(&self) -> Result<bool, SourceError> {
         for &p in &self.partitions {
-            let high = self.high_watermark(p)?;
+            let high = match self.end.get(&p) {
+                Some(&end) if self.next.get(&p).copied().unwrap_or(0) >= end => continue,
+                Some(&end) => end.min(self.high_watermark(p)?),
+                None => self.high_watermark(p)?,
+            };
             if self.next.get(&p).copied().unwrap_or(0) < high {
                 return Ok(false);
             }

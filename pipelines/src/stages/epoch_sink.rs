@@ -97,9 +97,17 @@ where
                             match writer.write(epoch, batch.clone()).await {
                                 Ok(()) => {
                                     tracing::debug!(sink = writer.name(), epoch, records = batch.len(), elapsed = ?started.elapsed(), "epoch written");
+                                    if attempt > 0 {
+                                        tracing::info!(sink = writer.name(), epoch, attempts = attempt + 1, elapsed = ?started.elapsed(), "write succeeded after retries");
+                                        crate::metrics::sink_retrying(writer.name(), -1);
+                                    }
                                     break;
                                 }
                                 Err(e) => {
+                                    crate::metrics::SINK_WRITE_FAILURES.add(1);
+                                    if attempt == 0 {
+                                        crate::metrics::sink_retrying(writer.name(), 1);
+                                    }
                                     let delay = retry_delay(attempt);
                                     tracing::warn!(
                                         sink = writer.name(),

@@ -14,8 +14,15 @@
 //! 4. moves subjects through journeys by the epoch's events, in event-time order; a journey's sends are
 //!    decided on the spot, so the journey can follow the outcome;
 //! 5. emits the changed state of every touched subject for the changelogs.
+//!
+//! Under `processing.guarantee: exactly_once_keys` every send intent is first looked up in the
+//! subject's send ledger ([`SubjectSends`]): a key already emitted is skipped (no decision row, no send;
+//! a journey moves on as if it was sent, which it was). The ledger travels in the same changelog record
+//! as the cap counters ([`SubjectSendState`]), written only once the epoch's sends and decision rows are
+//! durable (`crate::topology`), so a restored ledger never names a send that is not out.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -28,6 +35,7 @@ use touchpoint_operators::decision::{decide, Decision, DecisionKind};
 use touchpoint_operators::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
 use touchpoint_operators::intent::{IntentRules, SendIntent};
 use touchpoint_operators::journey::{Guardrails, Journeys, SubjectJourneys, Transition};
+use touchpoint_operators::send_ledger::{ProcessingGuarantee, SubjectSends};
 use touchpoint_schemas::NormalizedEvent;
 
 use super::Epoch;
@@ -59,7 +67,28 @@ pub struct SubjectSnapshot<T> {
     pub state: Option<T>,
 }
 
-pub type CapSnapshot = SubjectSnapshot<SubjectCaps>;
+/// A subject's counting and sending state: its cap counters and its send ledger, one changelog record
+/// (`<group>.caps-changelog`), so that a restore never finds one without the other. Records written
+/// before the ledger existed (bare cap counters) read as an empty ledger.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectSendState {
+    #[serde(flatten)]
+    pub caps: SubjectCaps,
+    #[serde(default, skip_serializing_if = "SubjectSends::is_empty")]
+    pub sends: SubjectSends,
+}
+
+impl SubjectSendState {
+    /// Drops cap counters no window can see at event time `event_now_ms` and ledger keys older than the
+    /// TTL at wall-clock `wall_now_ms`. Returns true when nothing is left.
+    fn expire(&mut self, rules: &GuardrailRules, event_now_ms: i64, wall_now_ms: i64) -> bool {
+        let caps_empty = rules.caps.expire(&mut self.caps, event_now_ms);
+        let sends_empty = self.sends.expire(wall_now_ms, rules.send_ledger_ttl);
+        caps_empty && sends_empty
+    }
+}
+
+pub type CapSnapshot = SubjectSnapshot<SubjectSendState>;
 pub type JourneySnapshot = SubjectSnapshot<SubjectJourneys>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +156,8 @@ enum Side {
 #[derive(Default)]
 pub struct GuardrailState {
     pub consent: ConsentTable,
-    pub caps: HashMap<SubjectRef, SubjectCaps>,
+    /// Cap counters and send ledger.
+    pub caps: HashMap<SubjectRef, SubjectSendState>,
     pub journeys: HashMap<SubjectRef, SubjectJourneys>,
 }
 
@@ -137,7 +167,13 @@ pub struct GuardrailRules {
     pub consent: ConsentConfig,
     pub caps: FrequencyCaps,
     pub journeys: Journeys,
+    pub guarantee: ProcessingGuarantee,
+    /// How long the send ledger remembers a key (wall clock); longer than any replay window.
+    pub send_ledger_ttl: Duration,
 }
+
+/// The send ledger's default memory: longer than any replay a team would run after an incident.
+pub const DEFAULT_SEND_LEDGER_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// What arrived for one epoch: its capability, the events and the side records.
 type EpochInputs = (Capability<Epoch>, Vec<NormalizedEvent>, Vec<Side>);
@@ -147,9 +183,14 @@ struct SubjectGuardrails<'a> {
     subject: &'a SubjectRef,
     consent: &'a ConsentTable,
     rules: &'a GuardrailRules,
-    caps: &'a mut SubjectCaps,
+    state: &'a mut SubjectSendState,
     decisions: &'a mut Vec<Decision>,
-    counted: bool,
+    /// A send was counted or entered in the ledger: the subject's record must be written.
+    changed: bool,
+    /// Sends skipped because the ledger had their key.
+    already_sent: u64,
+    /// Wall clock of the epoch, for ledger entries.
+    now_ms: i64,
 }
 
 impl Guardrails for SubjectGuardrails<'_> {
@@ -158,34 +199,63 @@ impl Guardrails for SubjectGuardrails<'_> {
     }
 
     fn send(&mut self, intent: SendIntent) -> Result<(), String> {
-        let decision = decide(intent, self.consent, &self.rules.consent, &self.rules.caps, self.caps);
+        let ledger = self.rules.guarantee == ProcessingGuarantee::ExactlyOnceKeys;
+        if ledger && self.state.sends.contains(&intent.idempotency_key) {
+            // Emitted before (and its decision row stored): re-processing, not a new send.
+            self.already_sent += 1;
+            return Ok(());
+        }
+        let decision = decide(intent, self.consent, &self.rules.consent, &self.rules.caps, &mut self.state.caps);
         let allowed = decision.kind == DecisionKind::Allowed;
-        self.counted |= allowed && decision.cap == Some(CapVerdict::Allowed);
+        self.changed |= allowed && decision.cap == Some(CapVerdict::Allowed);
+        if allowed && ledger {
+            self.state.sends.record(&decision.intent.idempotency_key, self.now_ms);
+            self.changed = true;
+        }
         let outcome = if allowed { Ok(()) } else { Err(decision.reason()) };
         self.decisions.push(decision);
         outcome
     }
 }
 
-/// Runs `f` with the subject's consent and caps as [`Guardrails`] (every send decided in it lands in
-/// `decisions`) and returns its result and whether a send was counted against the caps. The caps are
-/// lent out of `caps` and put back unless empty, so subjects that never had a counted send hold none.
+/// What one epoch's decisions collect, for every subject the operator lends its state to.
+struct EpochDecisions {
+    decisions: Vec<Decision>,
+    already_sent: u64,
+    /// Wall clock at the start of the epoch (ledger entries, ledger expiry).
+    now_ms: i64,
+}
+
+/// Runs `f` with the subject's consent, caps and send ledger as [`Guardrails`] (every send decided in
+/// it lands in `epoch.decisions`) and returns its result and whether the subject's send state changed.
+/// The state is lent out of `caps` and put back unless empty, so subjects that never had a counted or
+/// ledgered send hold none.
 fn with_guardrails<R>(
-    caps: &mut HashMap<SubjectRef, SubjectCaps>,
+    caps: &mut HashMap<SubjectRef, SubjectSendState>,
     consent: &ConsentTable,
     rules: &GuardrailRules,
     subject: &SubjectRef,
-    decisions: &mut Vec<Decision>,
+    epoch: &mut EpochDecisions,
     f: impl FnOnce(&mut SubjectGuardrails<'_>) -> R,
 ) -> (R, bool) {
-    let mut subject_caps = caps.remove(subject).unwrap_or_default();
-    let mut g = SubjectGuardrails { subject, consent, rules, caps: &mut subject_caps, decisions, counted: false };
+    let mut state = caps.remove(subject).unwrap_or_default();
+    let mut g = SubjectGuardrails {
+        subject,
+        consent,
+        rules,
+        state: &mut state,
+        decisions: &mut epoch.decisions,
+        changed: false,
+        already_sent: 0,
+        now_ms: epoch.now_ms,
+    };
     let result = f(&mut g);
-    let counted = g.counted;
-    if subject_caps != SubjectCaps::default() {
-        caps.insert(subject.clone(), subject_caps);
+    let (changed, already_sent) = (g.changed, g.already_sent);
+    epoch.already_sent += already_sent;
+    if state != SubjectSendState::default() {
+        caps.insert(subject.clone(), state);
     }
-    (result, counted)
+    (result, changed)
 }
 
 /// Journey timers of this worker's subjects: (due, subject).
@@ -255,7 +325,8 @@ pub fn guardrails<'s>(
                     }
                     let Some((cap, mut epoch_events, sides)) = pending.remove(&epoch) else { break };
                     let mut session = output.session(&cap);
-                    let mut decisions = Vec::new();
+                    let now_ms = chrono::Utc::now().timestamp_millis();
+                    let mut decided = EpochDecisions { decisions: Vec::new(), already_sent: 0, now_ms };
                     let mut transitions = Vec::new();
                     // Ordered sets: the snapshot records come out in the same order in every run.
                     let mut caps_touched = BTreeSet::new();
@@ -280,7 +351,7 @@ pub fn guardrails<'s>(
                         timers.0.remove(&(due, subject.clone()));
                         let Some(journey_state) = state.journeys.get_mut(&subject) else { continue };
                         let (moved, counted) =
-                            with_guardrails(&mut state.caps, &state.consent, &rules, &subject, &mut decisions, |g| {
+                            with_guardrails(&mut state.caps, &state.consent, &rules, &subject, &mut decided, |g| {
                                 rules.journeys.on_time(&subject, journey_state, watermark, g)
                             });
                         transitions.extend(moved);
@@ -303,7 +374,7 @@ pub fn guardrails<'s>(
                         newest_event_ms = newest_event_ms.max(intent.occurred_at_ms);
                         let subject = intent.subject.clone();
                         let ((), counted) =
-                            with_guardrails(&mut state.caps, &state.consent, &rules, &subject, &mut decisions, |g| {
+                            with_guardrails(&mut state.caps, &state.consent, &rules, &subject, &mut decided, |g| {
                                 // The outcome is in the decision; a rule has nothing to follow up.
                                 let _ = g.send(intent);
                             });
@@ -327,14 +398,10 @@ pub fn guardrails<'s>(
                             let subject = subject_of(event);
                             let journey_state = state.journeys.entry(subject.clone()).or_default();
                             let before = journey_state.next_due();
-                            let (moved, counted) = with_guardrails(
-                                &mut state.caps,
-                                &state.consent,
-                                &rules,
-                                &subject,
-                                &mut decisions,
-                                |g| rules.journeys.on_event(&subject, journey_state, event, g),
-                            );
+                            let (moved, counted) =
+                                with_guardrails(&mut state.caps, &state.consent, &rules, &subject, &mut decided, |g| {
+                                    rules.journeys.on_event(&subject, journey_state, event, g)
+                                });
                             if counted {
                                 caps_touched.insert(subject.clone());
                             }
@@ -350,14 +417,25 @@ pub fn guardrails<'s>(
                         }
                     }
 
-                    for d in decisions {
+                    if decided.already_sent > 0 {
+                        tracing::info!(
+                            epoch,
+                            sends = decided.already_sent,
+                            "sends already emitted before (send ledger): not decided or sent again"
+                        );
+                        crate::metrics::SENDS_ALREADY_EMITTED.add(decided.already_sent);
+                    }
+                    let allowed = decided.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed).count();
+                    crate::metrics::SENDS_EMITTED.add(allowed as u64);
+                    for d in decided.decisions {
                         session.give(GuardrailOutput::Decision(Box::new(d)));
                     }
                     for t in transitions {
                         session.give(GuardrailOutput::Transition(Box::new(t)));
                     }
                     for subject in caps_touched {
-                        let keep = state.caps.get_mut(&subject).is_some_and(|s| !rules.caps.expire(s, newest_event_ms));
+                        let keep =
+                            state.caps.get_mut(&subject).is_some_and(|s| !s.expire(&rules, newest_event_ms, now_ms));
                         let snapshot = if keep {
                             state.caps.get(&subject).cloned()
                         } else {
@@ -377,7 +455,7 @@ pub fn guardrails<'s>(
                         let before = state.caps.len();
                         let mut expired = Vec::new();
                         state.caps.retain(|subject, s| {
-                            let keep = !rules.caps.expire(s, newest_event_ms);
+                            let keep = !s.expire(&rules, newest_event_ms, now_ms);
                             if !keep {
                                 expired.push(subject.clone());
                             }
