@@ -3,8 +3,10 @@
 # and the channel peers (deploy/peers/peers.py: SMTP server + webhook/push/SMS provider stand-ins).
 # All on 127.0.0.1, started in the background, stopped by PID.
 #
-#   deploy/scripts/stack.sh start    install (if missing) and start every service, wait until ready
-#   deploy/scripts/stack.sh stop     stop them (SIGTERM, then SIGKILL after 10 s)
+#   deploy/scripts/stack.sh start [service...]   install (if missing) and start every service (or the
+#                                                named ones: kafka, schema-registry, clickhouse, peers),
+#                                                wait until ready
+#   deploy/scripts/stack.sh stop [service...]    stop them (SIGTERM, then SIGKILL after 10 s)
 #   deploy/scripts/stack.sh status   show what runs
 #
 # Ports (override with the variables): Kafka 19092 (TOUCHPOINT_KAFKA_PORT), ClickHouse HTTP 18123
@@ -57,22 +59,38 @@ start_one() { # <name> <command...>
   echo $! > "$RUN/$name.pid"
 }
 
-start() {
+launch() { # <service>: start it in the background
+  case "$1" in
+    kafka) start_one kafka "$BIN/tansu" broker \
+             --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+             --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+             --storage-engine memory://tansu/ ;;
+    schema-registry) start_one schema-registry "$BIN/rivven-schema" serve --host 127.0.0.1 --port "$REGISTRY_PORT" ;;
+    clickhouse) start_one clickhouse "$VENV/bin/python" "$ROOT/deploy/clickhouse/launcher.py" \
+                  --data-dir "$RUN/clickhouse" --http-port "$CLICKHOUSE_PORT" --tcp-port "$CLICKHOUSE_TCP_PORT" ;;
+    peers) start_one peers "$VENV/bin/python" "$ROOT/deploy/peers/peers.py" \
+             --smtp-port "$SMTP_PORT" --http-port "$PEERS_HTTP_PORT" ;;
+    *) log "unknown service $1 (kafka, schema-registry, clickhouse, peers)"; return 2 ;;
+  esac
+}
+
+ready() { # <service>: wait until it answers
+  case "$1" in
+    kafka) wait_until kafka 60 tcp_open "$KAFKA_PORT" ;;
+    schema-registry) wait_until schema-registry 60 curl -fsS "http://127.0.0.1:$REGISTRY_PORT/subjects" ;;
+    clickhouse) wait_until clickhouse 120 curl -fsS "http://127.0.0.1:$CLICKHOUSE_PORT/ping" ;;
+    peers) wait_until peers 30 curl -fsS "http://127.0.0.1:$PEERS_HTTP_PORT/_health" ;;
+  esac
+}
+
+SERVICES=(kafka schema-registry clickhouse peers)
+
+start() { # [service...]: all by default
   "$HERE/install-services.sh"
   mkdir -p "$RUN"
-  start_one kafka "$BIN/tansu" broker \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine memory://tansu/
-  start_one schema-registry "$BIN/rivven-schema" serve --host 127.0.0.1 --port "$REGISTRY_PORT"
-  start_one clickhouse "$VENV/bin/python" "$ROOT/deploy/clickhouse/launcher.py" \
-    --data-dir "$RUN/clickhouse" --http-port "$CLICKHOUSE_PORT" --tcp-port "$CLICKHOUSE_TCP_PORT"
-  start_one peers "$VENV/bin/python" "$ROOT/deploy/peers/peers.py" \
-    --smtp-port "$SMTP_PORT" --http-port "$PEERS_HTTP_PORT"
-  wait_until kafka 60 tcp_open "$KAFKA_PORT"
-  wait_until schema-registry 60 curl -fsS "http://127.0.0.1:$REGISTRY_PORT/subjects"
-  wait_until clickhouse 120 curl -fsS "http://127.0.0.1:$CLICKHOUSE_PORT/ping"
-  wait_until peers 30 curl -fsS "http://127.0.0.1:$PEERS_HTTP_PORT/_health"
+  local names=("$@"); [ ${#names[@]} -gt 0 ] || names=("${SERVICES[@]}")
+  for name in "${names[@]}"; do launch "$name"; done
+  for name in "${names[@]}"; do ready "$name"; done
   log "ready: kafka 127.0.0.1:$KAFKA_PORT, schema registry http://127.0.0.1:$REGISTRY_PORT, clickhouse http://127.0.0.1:$CLICKHOUSE_PORT, peers smtp://127.0.0.1:$SMTP_PORT http://127.0.0.1:$PEERS_HTTP_PORT"
 }
 
@@ -87,8 +105,9 @@ stop_one() {
   rm -f "$RUN/$name.pid"
 }
 
-stop() {
-  for name in peers clickhouse schema-registry kafka; do stop_one "$name"; done
+stop() { # [service...]: all by default
+  local names=("$@"); [ ${#names[@]} -gt 0 ] || names=(peers clickhouse schema-registry kafka)
+  for name in "${names[@]}"; do stop_one "$name"; done
 }
 
 status() {
@@ -98,9 +117,9 @@ status() {
 }
 
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  restart) stop; start ;;
+  start) shift; start "$@" ;;
+  stop) shift; stop "$@" ;;
+  restart) shift; stop "$@"; start "$@" ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|restart|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart [service...] | status" >&2; exit 2 ;;
 esac

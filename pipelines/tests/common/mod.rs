@@ -62,6 +62,8 @@ impl TestPipeline {
             .replace("name: marketing.events", &format!("name: {name}.events"))
             .replace("group_id: touchpoint.normalization", &format!("group_id: {name}.group"))
             .replace("${TOUCHPOINT_CLICKHOUSE_DATABASE:-touchpoint}", &name)
+            // Many pipelines run at once: each on its own metrics port.
+            .replace("${TOUCHPOINT_METRICS_LISTEN:-127.0.0.1:19464}", &format!("127.0.0.1:{}", free_port()))
             // No journeys unless a test asks for them (`JOURNEYS_OFF` → a directory).
             .replace("  dir: ../journeys", JOURNEYS_OFF)
             .replace("${TOUCHPOINT_KAFKA_BROKERS:-127.0.0.1:19092}", &services.kafka_brokers)
@@ -164,4 +166,63 @@ pub fn produce_json(tp: &TestPipeline, topic: &str, records: Vec<(String, serde_
         .collect();
     let producer = touchpoint_connectors::kafka::AckedProducer::new(&tp.config.kafka).expect("producer");
     runtime().block_on(producer.send_all(&records)).expect("producing");
+}
+
+/// One string per row of `sql`, which must select a single String column named `line` (e.g.
+/// `SELECT concat(a, '|', b) AS line FROM ...`): for comparing whole tables between runs.
+pub fn query_lines(tp: &TestPipeline, sql: &str) -> Vec<String> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Line {
+        line: String,
+    }
+    runtime()
+        .block_on(tp.store().client().query(sql).fetch_all::<Line>())
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .map(|l| l.line)
+        .collect()
+}
+
+/// Every send record on the pipeline's connector topics: its idempotency key (the header, checked
+/// against the payload) and channel.
+pub fn connector_keys(tp: &TestPipeline) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for channel in ["email", "push", "sms", "webhook"] {
+        let topic = format!("{}{channel}", tp.config.topics.connectors.prefix);
+        let records = touchpoint_connectors::kafka::read_all(
+            &tp.config.kafka,
+            &topic,
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        )
+        .expect("reading a connector topic");
+        for r in records {
+            let key = r.header("tp.idempotency_key").expect("idempotency key header").to_string();
+            out.push((key, channel.to_string()));
+        }
+    }
+    out
+}
+
+impl TestPipeline {
+    /// Reads another test pipeline's source topic instead of its own (same input, separate everything
+    /// else: group, state, connector topics, database).
+    pub fn reading_events_of(mut self, other: &TestPipeline) -> Self {
+        let own = format!("name: {}.events", self.name);
+        assert!(self.yaml.contains(&own));
+        self.yaml = self.yaml.replace(&own, &format!("name: {}.events", other.name));
+        std::fs::write(&self.path, &self.yaml).expect("writing the test pipeline file");
+        self.config = PipelineConfig::load(&self.path).expect("test pipeline file");
+        self
+    }
+
+    /// The shipped file serves metrics on a fixed port; tests serve them on a free one (or none).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.config.pipeline.metrics_listen.as_deref().and_then(|l| l.rsplit(':').next()?.parse().ok())
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
