@@ -7,7 +7,8 @@
 //! - Only sends that were allowed are counted, at the decision's event time.
 //! - Memory per subject is bounded: rolling windows keep bucketed counters (about 60 buckets per window,
 //!   see [`ROLLING_BUCKETS`]), calendar windows one counter per period, and both drop what lies beyond
-//!   twice the window from the newest activity.
+//!   twice the window before the time [`FrequencyCaps::expire`] is given (the pipeline passes the
+//!   watermark).
 //!
 //! Correctness under out-of-order event times: a send at `t` lies in every window `[a, a + w)` with
 //! `t - w < a <= t`, i.e. its window-mates lie in `(t - w, t + w)`. The check counts the buckets that

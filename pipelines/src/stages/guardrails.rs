@@ -299,7 +299,6 @@ pub fn guardrails<'s>(
         "Guardrails",
         move |_, _| {
             let mut pending: BTreeMap<Epoch, EpochInputs> = BTreeMap::new();
-            let mut newest_event_ms = i64::MIN;
             let mut watermark = i64::MIN;
             let mut epochs_since_sweep = 0u32;
             move |(events_in, events_frontier), (side_in, side_frontier), output| {
@@ -347,7 +346,6 @@ pub fn guardrails<'s>(
                         if due > watermark {
                             break;
                         }
-                        newest_event_ms = newest_event_ms.max(due);
                         timers.0.remove(&(due, subject.clone()));
                         let Some(journey_state) = state.journeys.get_mut(&subject) else { continue };
                         let (moved, counted) =
@@ -371,7 +369,6 @@ pub fn guardrails<'s>(
                         epoch_events.iter().flat_map(|e| rules.intents.intents_for(e)).collect();
                     intents.sort_by(SendIntent::compete_order);
                     for intent in intents {
-                        newest_event_ms = newest_event_ms.max(intent.occurred_at_ms);
                         let subject = intent.subject.clone();
                         let ((), counted) =
                             with_guardrails(&mut state.caps, &state.consent, &rules, &subject, &mut decided, |g| {
@@ -390,7 +387,6 @@ pub fn guardrails<'s>(
                             a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id))
                         });
                         for event in &epoch_events {
-                            newest_event_ms = newest_event_ms.max(event.occurred_at_ms);
                             // Most events neither move a subject nor enter its history: skip the state.
                             if !rules.journeys.concerns(&event.event_type) {
                                 continue;
@@ -433,9 +429,14 @@ pub fn guardrails<'s>(
                     for t in transitions {
                         session.give(GuardrailOutput::Transition(Box::new(t)));
                     }
+                    // Cap counters expire against the watermark, not the newest event time: an epoch
+                    // spans many subjects, and its newest event may lie hours past a subject's next one
+                    // (found by the chaos test: a rolling-1h counter dropped between a subject's two
+                    // sends ten minutes apart). Events at or after the watermark never need a counter
+                    // older than twice the window before it.
                     for subject in caps_touched {
                         let keep =
-                            state.caps.get_mut(&subject).is_some_and(|s| !s.expire(&rules, newest_event_ms, now_ms));
+                            state.caps.get_mut(&subject).is_some_and(|s| !s.expire(&rules, watermark, now_ms));
                         let snapshot = if keep {
                             state.caps.get(&subject).cloned()
                         } else {
@@ -455,7 +456,7 @@ pub fn guardrails<'s>(
                         let before = state.caps.len();
                         let mut expired = Vec::new();
                         state.caps.retain(|subject, s| {
-                            let keep = !s.expire(&rules, newest_event_ms, now_ms);
+                            let keep = !s.expire(&rules, watermark, now_ms);
                             if !keep {
                                 expired.push(subject.clone());
                             }
