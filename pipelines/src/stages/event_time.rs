@@ -109,7 +109,8 @@ pub fn partition_clocks<'s>(
                 let st = source.borrow();
                 let positions: BTreeMap<i32, i64> = st.source.positions().into_iter().collect();
                 let reports = clocks.reports(now, |p| {
-                    let in_flight = positions.get(&p).is_some_and(|read| observed_next.get(&p).is_none_or(|o| o < read));
+                    let in_flight =
+                        positions.get(&p).is_some_and(|read| observed_next.get(&p).is_none_or(|o| o < read));
                     !in_flight && st.source.partition_read_to_end(p)
                 });
                 drop(st);

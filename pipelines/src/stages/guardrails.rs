@@ -435,8 +435,7 @@ pub fn guardrails<'s>(
                     // sends ten minutes apart). Events at or after the watermark never need a counter
                     // older than twice the window before it.
                     for subject in caps_touched {
-                        let keep =
-                            state.caps.get_mut(&subject).is_some_and(|s| !s.expire(&rules, watermark, now_ms));
+                        let keep = state.caps.get_mut(&subject).is_some_and(|s| !s.expire(&rules, watermark, now_ms));
                         let snapshot = if keep {
                             state.caps.get(&subject).cloned()
                         } else {
