@@ -1,10 +1,13 @@
-//! The send ledger: which idempotency keys a subject's sends were already emitted under.
+//! The send ledger: which idempotency keys of a subject were already decided, and how.
 //!
 //! Every send has a deterministic idempotency key (rule-driven: subject, rule, rule-set version,
 //! triggering event; journey: subject, journey, version, step, entry event, step count). Under
 //! `processing.guarantee: exactly_once_keys` the subject-keyed operator looks the key up here before it
-//! decides: a key already emitted is neither decided nor sent again, whatever re-processing brought it
-//! back (a restart that re-reads past the committed offsets, or `touchpoint replay`).
+//! decides: a key already decided is neither decided nor sent again, whatever re-processing brought it
+//! back (a restart that re-reads past the committed offsets, or `touchpoint replay`). An allowed key
+//! stays sent; a suppressed key stays suppressed (a replay days later would otherwise re-decide it
+//! against cap counters that have since expired, and send what a cap once held back — found by the
+//! demo's replay). A new decision needs a new key: a new rule-set or journey version.
 //!
 //! The ledger is part of the subject's keyed state, written to the state changelog only once the epoch's
 //! sends and decision rows are durable (see `docs/exactly-once.md`): a key in a restored ledger always
@@ -24,7 +27,7 @@ pub enum ProcessingGuarantee {
     /// No ledger: input re-read after a crash decides and produces its sends again (same keys; the
     /// channel connectors' own ledger drops the repeats before delivery).
     AtLeastOnce,
-    /// The pipeline's send ledger drops every send whose key was already emitted.
+    /// The pipeline's send ledger keeps every decided key: none is decided or sent again.
     #[default]
     ExactlyOnceKeys,
 }
@@ -38,13 +41,29 @@ impl ProcessingGuarantee {
     }
 }
 
-/// One subject's emitted keys: (hash of the idempotency key, wall-clock ms when it was emitted), in
-/// emission order. A small vector: a subject holds a handful of sends per TTL, and this is kept for
-/// millions of subjects. 64-bit hashes: a false "already sent" needs two keys of one subject to collide
-/// (about 2^-64 per pair).
+/// One subject's decided keys: (hash of the idempotency key, wall-clock ms when it was decided), in
+/// decision order. Small vectors: a subject holds a handful of decisions per TTL, and this is kept for
+/// millions of subjects. 64-bit hashes: a false hit needs two keys of one subject to collide (about
+/// 2^-64 per pair).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectSends {
+    /// Allowed: the send was emitted.
     keys: Vec<(u64, i64)>,
+    /// Suppressed (consent or cap).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    suppressed: Vec<(u64, i64)>,
+    /// For suppressed journey sends: the reason, which the journey followed (it is part of the
+    /// transition it recorded, so a re-run must see the same text). Rule-driven intents keep none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<(u64, String)>,
+}
+
+/// What the ledger knows about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decided<'a> {
+    Sent,
+    /// Suppressed, with the reason when one was kept.
+    Suppressed(Option<&'a str>),
 }
 
 fn key_hash(idempotency_key: &str) -> u64 {
@@ -53,33 +72,55 @@ fn key_hash(idempotency_key: &str) -> u64 {
 
 impl SubjectSends {
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.is_empty() && self.suppressed.is_empty()
     }
 
+    /// Keys held (sent and suppressed).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.len() + self.suppressed.len()
     }
 
-    /// Was a send with this key already emitted?
-    pub fn contains(&self, idempotency_key: &str) -> bool {
+    /// How was this key decided, if it was?
+    pub fn lookup(&self, idempotency_key: &str) -> Option<Decided<'_>> {
         let h = key_hash(idempotency_key);
-        self.keys.iter().any(|(k, _)| *k == h)
+        if self.keys.iter().any(|(k, _)| *k == h) {
+            return Some(Decided::Sent);
+        }
+        if self.suppressed.iter().any(|(k, _)| *k == h) {
+            let reason = self.reasons.iter().find(|(k, _)| *k == h).map(|(_, r)| r.as_str());
+            return Some(Decided::Suppressed(reason));
+        }
+        None
     }
 
     /// Remembers that the send with this key was emitted at `now_ms` (wall clock).
-    pub fn record(&mut self, idempotency_key: &str, now_ms: i64) {
-        let h = key_hash(idempotency_key);
-        if !self.keys.iter().any(|(k, _)| *k == h) {
-            self.keys.push((h, now_ms));
+    pub fn record_sent(&mut self, idempotency_key: &str, now_ms: i64) {
+        if self.lookup(idempotency_key).is_none() {
+            self.keys.push((key_hash(idempotency_key), now_ms));
         }
     }
 
-    /// Forgets keys emitted more than `ttl` before `now_ms`. Returns true when nothing is left.
+    /// Remembers that the intent with this key was suppressed at `now_ms`, with the reason a journey
+    /// followed (none for rule-driven intents).
+    pub fn record_suppressed(&mut self, idempotency_key: &str, now_ms: i64, reason: Option<String>) {
+        if self.lookup(idempotency_key).is_none() {
+            let h = key_hash(idempotency_key);
+            self.suppressed.push((h, now_ms));
+            if let Some(r) = reason {
+                self.reasons.push((h, r));
+            }
+        }
+    }
+
+    /// Forgets keys decided more than `ttl` before `now_ms`. Returns true when nothing is left.
     pub fn expire(&mut self, now_ms: i64, ttl: Duration) -> bool {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let keep_from = now_ms.saturating_sub(ttl_ms);
         self.keys.retain(|(_, at)| *at >= keep_from);
-        self.keys.is_empty()
+        self.suppressed.retain(|(_, at)| *at >= keep_from);
+        let suppressed = &self.suppressed;
+        self.reasons.retain(|(k, _)| suppressed.iter().any(|(s, _)| s == k));
+        self.is_empty()
     }
 }
 
@@ -88,24 +129,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_recorded_key_is_found_and_others_are_not() {
+    fn a_recorded_key_is_found_with_its_outcome_and_others_are_not() {
         let mut s = SubjectSends::default();
-        assert!(!s.contains("tpk-1"));
-        s.record("tpk-1", 1_000);
-        assert!(s.contains("tpk-1"));
-        assert!(!s.contains("tpk-2"));
-        s.record("tpk-1", 2_000);
-        assert_eq!(s.len(), 1, "recording a key twice keeps one entry");
+        assert_eq!(s.lookup("tpk-1"), None);
+        s.record_sent("tpk-1", 1_000);
+        s.record_suppressed("tpk-2", 1_000, None);
+        s.record_suppressed("tpj-3", 1_000, Some("cap push-hourly: 1 of 1 per rolling 1h".into()));
+        assert_eq!(s.lookup("tpk-1"), Some(Decided::Sent));
+        assert_eq!(s.lookup("tpk-2"), Some(Decided::Suppressed(None)));
+        assert_eq!(s.lookup("tpj-3"), Some(Decided::Suppressed(Some("cap push-hourly: 1 of 1 per rolling 1h"))));
+        assert_eq!(s.lookup("tpk-4"), None);
+        s.record_sent("tpk-1", 2_000);
+        s.record_sent("tpk-2", 2_000);
+        assert_eq!(s.len(), 3, "a decided key is recorded once, with its first outcome");
+        assert_eq!(s.lookup("tpk-2"), Some(Decided::Suppressed(None)));
     }
 
     #[test]
     fn keys_expire_after_the_ttl_by_wall_clock() {
         let mut s = SubjectSends::default();
-        s.record("old", 0);
-        s.record("new", 5_000);
+        s.record_sent("old", 0);
+        s.record_suppressed("old-suppressed", 0, Some("consent denied".into()));
+        s.record_sent("new", 5_000);
         assert!(!s.expire(10_000, Duration::from_secs(6)));
-        assert!(!s.contains("old"));
-        assert!(s.contains("new"));
+        assert_eq!(s.lookup("old"), None);
+        assert_eq!(s.lookup("old-suppressed"), None);
+        assert!(s.reasons.is_empty(), "a reason goes with its key");
+        assert_eq!(s.lookup("new"), Some(Decided::Sent));
         assert!(s.expire(20_000, Duration::from_secs(6)));
     }
 

@@ -219,6 +219,10 @@ fn run(cli: Cli) -> Result<()> {
                 "  already sent    {} (send ledger: not sent again)",
                 touchpoint::metrics::SENDS_ALREADY_EMITTED.get()
             );
+            println!(
+                "  already suppressed {} (send ledger: not decided again)",
+                touchpoint::metrics::SUPPRESSED_ALREADY_DECIDED.get()
+            );
         }
 
         Command::Connect { config, channel, instance } => {

@@ -38,6 +38,8 @@ impl Default for Counter {
 pub static SENDS_EMITTED: Counter = Counter::new();
 /// Sends skipped because the send ledger already held their key.
 pub static SENDS_ALREADY_EMITTED: Counter = Counter::new();
+/// Suppressed intents skipped because the send ledger already held their key.
+pub static SUPPRESSED_ALREADY_DECIDED: Counter = Counter::new();
 /// Failed sink writes (each is retried).
 pub static SINK_WRITE_FAILURES: Counter = Counter::new();
 /// Offset commits made.
@@ -78,6 +80,12 @@ pub fn render() -> String {
         "touchpoint_sends_already_emitted_total",
         "Sends skipped because the send ledger already held their idempotency key.",
         SENDS_ALREADY_EMITTED.get(),
+    );
+    counter(
+        &mut out,
+        "touchpoint_suppressed_already_decided_total",
+        "Suppressed intents skipped because the send ledger already held their idempotency key.",
+        SUPPRESSED_ALREADY_DECIDED.get(),
     );
     counter(
         &mut out,

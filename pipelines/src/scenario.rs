@@ -58,6 +58,9 @@ pub struct ScenarioFile {
     pub caps: CapsConfig,
     #[serde(default)]
     pub intents: IntentsConfig,
+    /// `processing.guarantee` of the run (default `exactly_once_keys`).
+    #[serde(default)]
+    pub guarantee: touchpoint_operators::send_ledger::ProcessingGuarantee,
     pub steps: Vec<StepEntry>,
     pub expect: Expect,
 }
@@ -310,7 +313,7 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
             consent: ConsentConfig::default(),
             caps: caps.clone(),
             journeys,
-            guarantee: Default::default(),
+            guarantee: file.guarantee,
             send_ledger_ttl: DEFAULT_SEND_LEDGER_TTL,
         };
         let outputs = run_dataflow(state, rules, &consent_log, inputs.iter().map(clone_step).collect())?;

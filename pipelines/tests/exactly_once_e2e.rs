@@ -283,7 +283,14 @@ fn replaying_the_last_hour_twice_sends_nothing_new() {
     let decisions_before: BTreeSet<String> = query_lines(&tp, decisions).into_iter().collect();
     let allowed = decisions_before.iter().filter(|d| d.contains("|allowed|")).count();
     assert!(allowed > 100, "the input sends: {allowed} allowed decisions");
-    assert_eq!(sends_before.len(), allowed);
+    let sent: BTreeSet<String> = sends_before.iter().map(|(k, _)| k.clone()).collect();
+    let allowed_keys: BTreeSet<String> = decisions_before
+        .iter()
+        .filter(|d| d.contains("|allowed|"))
+        .filter_map(|d| d.split('|').next().map(String::from))
+        .collect();
+    assert_eq!(sends_before.len(), sent.len(), "no send twice");
+    assert!(diff("sends of the first run", &allowed_keys, &sent).is_none(), "{:?}", diff("sends", &allowed_keys, &sent));
 
     for round in 0..2 {
         let out = replay(&tp.path, "1h");
@@ -295,6 +302,10 @@ fn replaying_the_last_hour_twice_sends_nothing_new() {
         // ... and every allowed send was found in the send ledger.
         assert!(summary.contains("sends emitted   0\n"), "replay {round}:\n{summary}");
         assert!(summary.contains(&format!("already sent    {allowed} ")), "replay {round}:\n{summary}");
+        // ... and every suppressed one too: a replay does not re-decide what caps or consent held back.
+        let suppressed = decisions_before.len() - allowed;
+        assert!(suppressed > 0);
+        assert!(summary.contains(&format!("already suppressed {suppressed} ")), "replay {round}:\n{summary}");
     }
     assert_eq!(connector_keys(&tp).len(), sends_before.len(), "no send record was added by the replays");
     let decisions_after: BTreeSet<String> = query_lines(&tp, decisions).into_iter().collect();

@@ -16,8 +16,8 @@
 //! 5. emits the changed state of every touched subject for the changelogs.
 //!
 //! Under `processing.guarantee: exactly_once_keys` every send intent is first looked up in the
-//! subject's send ledger ([`SubjectSends`]): a key already emitted is skipped (no decision row, no send;
-//! a journey moves on as if it was sent, which it was). The ledger travels in the same changelog record
+//! subject's send ledger ([`SubjectSends`]): a key already decided is skipped (no decision row, no send);
+//! a journey follows the recorded outcome (sent, or suppressed with the recorded reason). The ledger travels in the same changelog record
 //! as the cap counters ([`SubjectSendState`]), written only once the epoch's sends and decision rows are
 //! durable (`crate::topology`), so a restored ledger never names a send that is not out.
 
@@ -35,7 +35,7 @@ use touchpoint_operators::decision::{decide, Decision, DecisionKind};
 use touchpoint_operators::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
 use touchpoint_operators::intent::{IntentRules, SendIntent};
 use touchpoint_operators::journey::{Guardrails, Journeys, SubjectJourneys, Transition};
-use touchpoint_operators::send_ledger::{ProcessingGuarantee, SubjectSends};
+use touchpoint_operators::send_ledger::{Decided, ProcessingGuarantee, SubjectSends};
 use touchpoint_schemas::NormalizedEvent;
 
 use super::Epoch;
@@ -187,8 +187,9 @@ struct SubjectGuardrails<'a> {
     decisions: &'a mut Vec<Decision>,
     /// A send was counted or entered in the ledger: the subject's record must be written.
     changed: bool,
-    /// Sends skipped because the ledger had their key.
+    /// Sends skipped because the ledger had their key (allowed, suppressed).
     already_sent: u64,
+    already_suppressed: u64,
     /// Wall clock of the epoch, for ledger entries.
     now_ms: i64,
 }
@@ -200,16 +201,32 @@ impl Guardrails for SubjectGuardrails<'_> {
 
     fn send(&mut self, intent: SendIntent) -> Result<(), String> {
         let ledger = self.rules.guarantee == ProcessingGuarantee::ExactlyOnceKeys;
-        if ledger && self.state.sends.contains(&intent.idempotency_key) {
-            // Emitted before (and its decision row stored): re-processing, not a new send.
-            self.already_sent += 1;
-            return Ok(());
+        if ledger {
+            // Decided before (and its decision row stored): re-processing; the outcome stands.
+            match self.state.sends.lookup(&intent.idempotency_key) {
+                Some(Decided::Sent) => {
+                    self.already_sent += 1;
+                    return Ok(());
+                }
+                Some(Decided::Suppressed(reason)) => {
+                    self.already_suppressed += 1;
+                    return Err(reason.unwrap_or("suppressed before (send ledger)").to_string());
+                }
+                None => {}
+            }
         }
         let decision = decide(intent, self.consent, &self.rules.consent, &self.rules.caps, &mut self.state.caps);
         let allowed = decision.kind == DecisionKind::Allowed;
         self.changed |= allowed && decision.cap == Some(CapVerdict::Allowed);
-        if allowed && ledger {
-            self.state.sends.record(&decision.intent.idempotency_key, self.now_ms);
+        if ledger {
+            let key = &decision.intent.idempotency_key;
+            if allowed {
+                self.state.sends.record_sent(key, self.now_ms);
+            } else {
+                // A journey followed the reason (it is in its transition): keep it for a re-run.
+                let reason = decision.intent.journey.is_some().then(|| decision.reason());
+                self.state.sends.record_suppressed(key, self.now_ms, reason);
+            }
             self.changed = true;
         }
         let outcome = if allowed { Ok(()) } else { Err(decision.reason()) };
@@ -222,6 +239,7 @@ impl Guardrails for SubjectGuardrails<'_> {
 struct EpochDecisions {
     decisions: Vec<Decision>,
     already_sent: u64,
+    already_suppressed: u64,
     /// Wall clock at the start of the epoch (ledger entries, ledger expiry).
     now_ms: i64,
 }
@@ -247,11 +265,13 @@ fn with_guardrails<R>(
         decisions: &mut epoch.decisions,
         changed: false,
         already_sent: 0,
+        already_suppressed: 0,
         now_ms: epoch.now_ms,
     };
     let result = f(&mut g);
-    let (changed, already_sent) = (g.changed, g.already_sent);
-    epoch.already_sent += already_sent;
+    let changed = g.changed;
+    epoch.already_sent += g.already_sent;
+    epoch.already_suppressed += g.already_suppressed;
     if state != SubjectSendState::default() {
         caps.insert(subject.clone(), state);
     }
@@ -325,7 +345,8 @@ pub fn guardrails<'s>(
                     let Some((cap, mut epoch_events, sides)) = pending.remove(&epoch) else { break };
                     let mut session = output.session(&cap);
                     let now_ms = chrono::Utc::now().timestamp_millis();
-                    let mut decided = EpochDecisions { decisions: Vec::new(), already_sent: 0, now_ms };
+                    let mut decided =
+                        EpochDecisions { decisions: Vec::new(), already_sent: 0, already_suppressed: 0, now_ms };
                     let mut transitions = Vec::new();
                     // Ordered sets: the snapshot records come out in the same order in every run.
                     let mut caps_touched = BTreeSet::new();
@@ -413,13 +434,15 @@ pub fn guardrails<'s>(
                         }
                     }
 
-                    if decided.already_sent > 0 {
+                    if decided.already_sent + decided.already_suppressed > 0 {
                         tracing::info!(
                             epoch,
-                            sends = decided.already_sent,
-                            "sends already emitted before (send ledger): not decided or sent again"
+                            sent = decided.already_sent,
+                            suppressed = decided.already_suppressed,
+                            "intents already decided before (send ledger): not decided or sent again"
                         );
                         crate::metrics::SENDS_ALREADY_EMITTED.add(decided.already_sent);
+                        crate::metrics::SUPPRESSED_ALREADY_DECIDED.add(decided.already_suppressed);
                     }
                     let allowed = decided.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed).count();
                     crate::metrics::SENDS_EMITTED.add(allowed as u64);
