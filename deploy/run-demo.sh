@@ -35,7 +35,7 @@ curl -fsS "$CLICKHOUSE" --data-binary "DROP DATABASE IF EXISTS $TOUCHPOINT_CLICK
 # ledger (processing.guarantee: exactly_once_keys) finds every send already emitted: nothing new goes out.
 echo
 echo "== touchpoint replay --from 1h: the same input again"
-"$TP" replay --config "$CONFIG" --from 1h --workers 2 2>/dev/null | grep -E "^  (in|already stored|sends emitted|already sent) "
+"$TP" replay --config "$CONFIG" --from 1h --workers 2 2>/dev/null | grep -E "^  (in|already stored|sends emitted|already sent|already suppressed) "
 
 q() { curl -fsS "$CLICKHOUSE" --data-binary "$1 FORMAT PrettyCompactMonoBlock"; }
 value() { curl -fsS "$CLICKHOUSE" --data-binary "$1 FORMAT TSV"; }
