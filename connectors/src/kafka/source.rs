@@ -108,7 +108,7 @@ impl PartitionSource {
         for &(p, o) in &start {
             partitions.push(p);
             next.insert(p, o);
-            // Nothing to read in an empty range: leave the partition unassigned-equivalent (paused below).
+            // Nothing to read in an empty range: no first record to verify (the partition is paused below).
             if end.get(&p).is_none_or(|e| *e > o) {
                 unverified.insert(p, o);
             }
@@ -118,17 +118,7 @@ impl PartitionSource {
             consumer.assign(&assignment)?;
         }
         tracing::info!(topic, ?next, ?end, "assigned partitions for a replay");
-        let now = Instant::now();
-        let source = PartitionSource {
-            consumer,
-            topic: topic.to_string(),
-            partitions,
-            next,
-            unverified,
-            opened: now,
-            last_stall_check: now,
-            end,
-        };
+        let source = Self::assigned(consumer, topic, partitions, next, unverified, end);
         for (p, o) in start {
             if source.end.get(&p).is_some_and(|e| *e <= o) {
                 source.pause(p)?;
@@ -175,8 +165,20 @@ impl PartitionSource {
             tracing::info!(topic, group_id, ?next, "assigned partitions");
         }
         let unverified = if verify_resume { next.clone() } else { HashMap::new() };
+        Ok(Self::assigned(consumer, topic, partitions, next, unverified, HashMap::new()))
+    }
+
+    /// A source over an assigned consumer: `next` per partition, the ones still to verify, the ends.
+    fn assigned(
+        consumer: BaseConsumer,
+        topic: &str,
+        partitions: Vec<i32>,
+        next: HashMap<i32, i64>,
+        unverified: HashMap<i32, i64>,
+        end: HashMap<i32, i64>,
+    ) -> Self {
         let now = Instant::now();
-        Ok(PartitionSource {
+        PartitionSource {
             consumer,
             topic: topic.to_string(),
             partitions,
@@ -184,8 +186,8 @@ impl PartitionSource {
             unverified,
             opened: now,
             last_stall_check: now,
-            end: HashMap::new(),
-        })
+            end,
+        }
     }
 
     /// Calls `wake` whenever the consumer's queue goes from empty to non-empty, so that an idle reader
