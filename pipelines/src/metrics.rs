@@ -64,11 +64,6 @@ pub fn worker_lag(worker: usize, records: i64, seconds_since_commit: u64) {
     }
 }
 
-/// Records past the committed offsets, summed over this process's workers.
-pub fn commit_lag_records() -> i64 {
-    WORKER_LAG.lock().map(|m| m.values().map(|(r, _)| *r).sum()).unwrap_or(0)
-}
-
 /// Everything, in the Prometheus text exposition format.
 pub fn render() -> String {
     let mut out = String::new();
@@ -149,7 +144,6 @@ mod tests {
         assert!(text.contains("touchpoint_sends_already_emitted_total "), "{text}");
         assert!(text.contains("touchpoint_sink_retrying_epochs{sink=\"ClickHouseEvents\"} 1"), "{text}");
         assert!(text.contains("touchpoint_commit_lag_records 120\n"), "{text}");
-        assert_eq!(commit_lag_records(), 120);
         sink_retrying("ClickHouseEvents", -1);
         assert!(render().contains("touchpoint_sink_retrying_epochs{sink=\"ClickHouseEvents\"} 0"));
     }

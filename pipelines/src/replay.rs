@@ -74,12 +74,9 @@ pub struct ResolvedReplay {
 }
 
 impl ResolvedReplay {
-    pub fn start(&self, partition: i32) -> i64 {
-        self.start.get(&partition).copied().unwrap_or(0)
-    }
-
-    pub fn end(&self, partition: i32) -> Option<i64> {
-        self.end.get(&partition).copied()
+    /// `(start, end)` of a partition the range covers; `None`: the partition is not replayed.
+    pub fn range(&self, partition: i32) -> Option<(i64, i64)> {
+        Some((*self.start.get(&partition)?, *self.end.get(&partition)?))
     }
 
     /// Records in the range, over all partitions.
@@ -113,14 +110,15 @@ pub fn resolve(config: &PipelineConfig, range: &ReplayRange, partitions: i32) ->
     let consumer: BaseConsumer =
         config.kafka.consumer_config(&format!("{}.replay", config.pipeline.group_id)).create()?;
     let timeout = Duration::from_secs(30);
-    let mut log_end = HashMap::new();
+    // (log start, log end) per partition.
+    let mut log = HashMap::new();
     for p in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        log_end.insert(p, high);
+        log.insert(p, consumer.fetch_watermarks(topic, p, timeout)?);
     }
+    let log_end: HashMap<i32, i64> = log.iter().map(|(&p, &(_, high))| (p, high)).collect();
     let start = match &range.from {
         ReplayPoint::Offsets(o) => o.iter().copied().filter(|(p, _)| *p < partitions).collect(),
-        ReplayPoint::Time(t) => offsets_for_time(&consumer, topic, partitions, *t, &log_end)?,
+        ReplayPoint::Time(t) => offsets_for_time(&consumer, topic, *t, &log)?,
     };
     let mut end: HashMap<i32, i64> = match &range.to {
         None => log_end.clone(),
@@ -129,7 +127,7 @@ pub fn resolve(config: &PipelineConfig, range: &ReplayRange, partitions: i32) ->
             end.extend(o.iter().copied());
             end
         }
-        Some(ReplayPoint::Time(t)) => offsets_for_time(&consumer, topic, partitions, *t, &log_end)?,
+        Some(ReplayPoint::Time(t)) => offsets_for_time(&consumer, topic, *t, &log)?,
     };
     // Partitions the range does not name are not replayed.
     end.retain(|p, _| start.contains_key(p));
@@ -148,21 +146,18 @@ pub fn resolve(config: &PipelineConfig, range: &ReplayRange, partitions: i32) ->
 fn offsets_for_time(
     consumer: &BaseConsumer,
     topic: &str,
-    partitions: i32,
     at_ms: i64,
-    log_end: &HashMap<i32, i64>,
+    log: &HashMap<i32, (i64, i64)>,
 ) -> Result<HashMap<i32, i64>> {
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
+    for &p in log.keys() {
         tpl.add_partition_offset(topic, p, Offset::Offset(at_ms))?;
     }
     let found = consumer
         .offsets_for_times(tpl, Duration::from_secs(30))
         .with_context(|| format!("looking up the offsets of {topic} at {at_ms} ms"))?;
     let mut out = HashMap::new();
-    for p in 0..partitions {
-        let end = log_end.get(&p).copied().unwrap_or(0);
-        let (low, _) = consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?;
+    for (&p, &(low, end)) in log {
         let answer = match found.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o.clamp(low, end),
             // No record at or after the time: nothing of this partition is in the range.

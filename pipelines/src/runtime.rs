@@ -180,8 +180,8 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             config.source.verify_resume_offsets,
         )?,
         Some(replay) => {
-            let start = owned.iter().map(|p| (*p, replay.start(*p))).collect();
-            let end = owned.iter().filter_map(|p| replay.end(*p).map(|e| (*p, e))).collect();
+            // Only the owned partitions the range covers (a range given as offsets may name a few).
+            let (start, end) = owned.iter().filter_map(|&p| replay.range(p).map(|(s, e)| ((p, s), (p, e)))).unzip();
             PartitionSource::open_range(&config.kafka, &config.pipeline.group_id, &topic, start, end)?
         }
     };
