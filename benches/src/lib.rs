@@ -1,6 +1,8 @@
 //! Benchmarks of Touchpoint: criterion micro-benchmarks (`benches/operators.rs`) and the end-to-end
 //! harness (`src/bin/e2e.rs`). Results and the commands that produced them: `benches/README.md`.
 
+pub mod chain;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 

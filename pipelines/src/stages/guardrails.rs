@@ -295,11 +295,177 @@ impl Timers {
     }
 }
 
+/// One worker's share of the subject-keyed work, without the dataflow around it: the keyed state, the
+/// journey timers and the watermark. [`guardrails`] feeds it one complete epoch at a time; benchmarks
+/// and tests can drive it directly.
+pub struct GuardrailWorker {
+    state: GuardrailState,
+    rules: GuardrailRules,
+    timers: Timers,
+    watermark: i64,
+    epochs_since_sweep: u32,
+}
+
+impl GuardrailWorker {
+    pub fn new(state: GuardrailState, rules: GuardrailRules) -> Self {
+        let mut timers = Timers::default();
+        for (subject, j) in &state.journeys {
+            timers.update(subject, None, j.next_due());
+        }
+        GuardrailWorker { state, rules, timers, watermark: i64::MIN, epochs_since_sweep: 0 }
+    }
+
+    pub fn state(&self) -> &GuardrailState {
+        &self.state
+    }
+
+    /// A consent change for one of this worker's subjects (applies to every later decision).
+    pub fn apply_consent(&mut self, change: &ConsentChange) {
+        self.state.consent.apply(change);
+    }
+
+    /// The watermark only moves forward.
+    pub fn advance_watermark(&mut self, watermark: i64) {
+        self.watermark = self.watermark.max(watermark);
+    }
+
+    /// Processes one complete epoch (its consent changes and watermark already applied): fires due journey
+    /// timers, decides the rules' intents, moves subjects by the events; appends decisions, transitions
+    /// and the changed subjects' state to `out`. `now_ms` is the wall clock of the epoch (send ledger).
+    pub fn process_epoch(&mut self, mut epoch_events: Vec<NormalizedEvent>, now_ms: i64, out: &mut Vec<GuardrailOutput>) {
+        let GuardrailWorker { state, rules, timers, watermark, epochs_since_sweep } = self;
+        let watermark = *watermark;
+        let mut decided = EpochDecisions { decisions: Vec::new(), already_sent: 0, already_suppressed: 0, now_ms };
+        let mut transitions = Vec::new();
+        // Ordered sets: the snapshot records come out in the same order in every run.
+        let mut caps_touched = BTreeSet::new();
+        let mut journeys_touched = BTreeSet::new();
+
+        // 1. Journey timers due by the watermark.
+        while let Some((due, subject)) = timers.0.first().cloned() {
+            if due > watermark {
+                break;
+            }
+            timers.0.remove(&(due, subject.clone()));
+            let Some(journey_state) = state.journeys.get_mut(&subject) else { continue };
+            let (moved, counted) = with_guardrails(&mut state.caps, &state.consent, rules, &subject, &mut decided, |g| {
+                rules.journeys.on_time(&subject, journey_state, watermark, g)
+            });
+            transitions.extend(moved);
+            if counted {
+                caps_touched.insert(subject.clone());
+            }
+            // Every timer of the subject due by the watermark has fired: the next is later.
+            timers.update(&subject, None, journey_state.next_due());
+            if journey_state.is_empty() {
+                state.journeys.remove(&subject);
+            }
+            journeys_touched.insert(subject);
+        }
+
+        // 2. Rule-driven intents, in competition order.
+        let mut intents: Vec<SendIntent> = epoch_events.iter().flat_map(|e| rules.intents.intents_for(e)).collect();
+        intents.sort_by(SendIntent::compete_order);
+        for intent in intents {
+            let subject = intent.subject.clone();
+            let ((), counted) = with_guardrails(&mut state.caps, &state.consent, rules, &subject, &mut decided, |g| {
+                // The outcome is in the decision; a rule has nothing to follow up.
+                let _ = g.send(intent);
+            });
+            // Only counted sends change the state (and need a changelog record).
+            if counted {
+                caps_touched.insert(subject);
+            }
+        }
+
+        // 3. Journeys, by event time.
+        if !rules.journeys.is_empty() {
+            epoch_events
+                .sort_by(|a, b| a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id)));
+            for event in &epoch_events {
+                // Most events neither move a subject nor enter its history: skip the state.
+                if !rules.journeys.concerns(&event.event_type) {
+                    continue;
+                }
+                let subject = subject_of(event);
+                let journey_state = state.journeys.entry(subject.clone()).or_default();
+                let before = journey_state.next_due();
+                let (moved, counted) =
+                    with_guardrails(&mut state.caps, &state.consent, rules, &subject, &mut decided, |g| {
+                        rules.journeys.on_event(&subject, journey_state, event, g)
+                    });
+                if counted {
+                    caps_touched.insert(subject.clone());
+                }
+                timers.update(&subject, before, journey_state.next_due());
+                // A remembered event type changes the history even when it is full.
+                if !moved.is_empty() || rules.journeys.remembers(&event.event_type) {
+                    journeys_touched.insert(subject.clone());
+                }
+                transitions.extend(moved);
+                if journey_state.is_empty() {
+                    state.journeys.remove(&subject);
+                }
+            }
+        }
+
+        if decided.already_sent + decided.already_suppressed > 0 {
+            tracing::info!(
+                sent = decided.already_sent,
+                suppressed = decided.already_suppressed,
+                "intents already decided before (send ledger): not decided or sent again"
+            );
+            crate::metrics::SENDS_ALREADY_EMITTED.add(decided.already_sent);
+            crate::metrics::SUPPRESSED_ALREADY_DECIDED.add(decided.already_suppressed);
+        }
+        let allowed = decided.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed).count();
+        crate::metrics::SENDS_EMITTED.add(allowed as u64);
+        out.extend(decided.decisions.into_iter().map(|d| GuardrailOutput::Decision(Box::new(d))));
+        out.extend(transitions.into_iter().map(|t| GuardrailOutput::Transition(Box::new(t))));
+        // Cap counters expire against the watermark, not the newest event time: an epoch spans many
+        // subjects, and its newest event may lie hours past a subject's next one (found by the chaos
+        // test: a rolling-1h counter dropped between a subject's two sends ten minutes apart). Events at
+        // or after the watermark never need a counter older than twice the window before it.
+        for subject in caps_touched {
+            let keep = state.caps.get_mut(&subject).is_some_and(|s| !s.expire(rules, watermark, now_ms));
+            let snapshot = if keep {
+                state.caps.get(&subject).cloned()
+            } else {
+                state.caps.remove(&subject);
+                None
+            };
+            out.push(GuardrailOutput::Caps(SubjectSnapshot { subject, state: snapshot }));
+        }
+        for subject in journeys_touched {
+            let snapshot = state.journeys.get(&subject).filter(|j| !j.is_empty()).cloned();
+            out.push(GuardrailOutput::Journeys(SubjectSnapshot { subject, state: snapshot }));
+        }
+        // Now and then, drop the counters of subjects that went quiet (and tell the changelog).
+        *epochs_since_sweep += 1;
+        if *epochs_since_sweep >= 1_000 {
+            *epochs_since_sweep = 0;
+            let before = state.caps.len();
+            let mut expired = Vec::new();
+            state.caps.retain(|subject, s| {
+                let keep = !s.expire(rules, watermark, now_ms);
+                if !keep {
+                    expired.push(subject.clone());
+                }
+                keep
+            });
+            for subject in expired {
+                out.push(GuardrailOutput::Caps(SubjectSnapshot { subject, state: None }));
+            }
+            tracing::debug!(expired = before - state.caps.len(), subjects = state.caps.len(), "swept cap state");
+        }
+    }
+}
+
 pub fn guardrails<'s>(
     events: Stream<'s, Epoch, Vec<NormalizedEvent>>,
     consent: Stream<'s, Epoch, Vec<ConsentChange>>,
     watermarks: Stream<'s, Epoch, Vec<i64>>,
-    mut state: GuardrailState,
+    state: GuardrailState,
     rules: GuardrailRules,
 ) -> Stream<'s, Epoch, Vec<GuardrailOutput>> {
     // Consent goes to the subject's owner; the watermark stays on this worker (every worker holds it).
@@ -308,10 +474,7 @@ pub fn guardrails<'s>(
         .exchange(|c: &ConsentChange| key_group(c.subject()))
         .map(Side::Consent)
         .concat(watermarks.map(Side::Watermark));
-    let mut timers = Timers::default();
-    for (subject, j) in &state.journeys {
-        timers.update(subject, None, j.next_due());
-    }
+    let mut worker = GuardrailWorker::new(state, rules);
     events.binary_frontier::<_, timely::container::CapacityContainerBuilder<Vec<GuardrailOutput>>, _, _, _, _>(
         side,
         Exchange::new(|e: &NormalizedEvent| key_group(&subject_of(e))),
@@ -319,8 +482,7 @@ pub fn guardrails<'s>(
         "Guardrails",
         move |_, _| {
             let mut pending: BTreeMap<Epoch, EpochInputs> = BTreeMap::new();
-            let mut watermark = i64::MIN;
-            let mut epochs_since_sweep = 0u32;
+            let mut out = Vec::new();
             move |(events_in, events_frontier), (side_in, side_frontier), output| {
                 events_in.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
@@ -342,157 +504,16 @@ pub fn guardrails<'s>(
                     if events_frontier.frontier().less_equal(&epoch) || side_frontier.frontier().less_equal(&epoch) {
                         break;
                     }
-                    let Some((cap, mut epoch_events, sides)) = pending.remove(&epoch) else { break };
-                    let mut session = output.session(&cap);
-                    let now_ms = chrono::Utc::now().timestamp_millis();
-                    let mut decided =
-                        EpochDecisions { decisions: Vec::new(), already_sent: 0, already_suppressed: 0, now_ms };
-                    let mut transitions = Vec::new();
-                    // Ordered sets: the snapshot records come out in the same order in every run.
-                    let mut caps_touched = BTreeSet::new();
-                    let mut journeys_touched = BTreeSet::new();
-
-                    // 1. Consent; the watermark.
+                    let Some((cap, epoch_events, sides)) = pending.remove(&epoch) else { break };
+                    // Consent first (a revocation in this epoch blocks its decisions), then the watermark.
                     for side in sides {
                         match side {
-                            Side::Consent(change) => {
-                                state.consent.apply(&change);
-                            }
-                            Side::Watermark(w) => watermark = watermark.max(w),
+                            Side::Consent(change) => worker.apply_consent(&change),
+                            Side::Watermark(w) => worker.advance_watermark(w),
                         }
                     }
-
-                    // 2. Journey timers due by the watermark.
-                    while let Some((due, subject)) = timers.0.first().cloned() {
-                        if due > watermark {
-                            break;
-                        }
-                        timers.0.remove(&(due, subject.clone()));
-                        let Some(journey_state) = state.journeys.get_mut(&subject) else { continue };
-                        let (moved, counted) =
-                            with_guardrails(&mut state.caps, &state.consent, &rules, &subject, &mut decided, |g| {
-                                rules.journeys.on_time(&subject, journey_state, watermark, g)
-                            });
-                        transitions.extend(moved);
-                        if counted {
-                            caps_touched.insert(subject.clone());
-                        }
-                        // Every timer of the subject due by the watermark has fired: the next is later.
-                        timers.update(&subject, None, journey_state.next_due());
-                        if journey_state.is_empty() {
-                            state.journeys.remove(&subject);
-                        }
-                        journeys_touched.insert(subject);
-                    }
-
-                    // 3. Rule-driven intents, in competition order.
-                    let mut intents: Vec<SendIntent> =
-                        epoch_events.iter().flat_map(|e| rules.intents.intents_for(e)).collect();
-                    intents.sort_by(SendIntent::compete_order);
-                    for intent in intents {
-                        let subject = intent.subject.clone();
-                        let ((), counted) =
-                            with_guardrails(&mut state.caps, &state.consent, &rules, &subject, &mut decided, |g| {
-                                // The outcome is in the decision; a rule has nothing to follow up.
-                                let _ = g.send(intent);
-                            });
-                        // Only counted sends change the state (and need a changelog record).
-                        if counted {
-                            caps_touched.insert(subject);
-                        }
-                    }
-
-                    // 4. Journeys, by event time.
-                    if !rules.journeys.is_empty() {
-                        epoch_events.sort_by(|a, b| {
-                            a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id))
-                        });
-                        for event in &epoch_events {
-                            // Most events neither move a subject nor enter its history: skip the state.
-                            if !rules.journeys.concerns(&event.event_type) {
-                                continue;
-                            }
-                            let subject = subject_of(event);
-                            let journey_state = state.journeys.entry(subject.clone()).or_default();
-                            let before = journey_state.next_due();
-                            let (moved, counted) =
-                                with_guardrails(&mut state.caps, &state.consent, &rules, &subject, &mut decided, |g| {
-                                    rules.journeys.on_event(&subject, journey_state, event, g)
-                                });
-                            if counted {
-                                caps_touched.insert(subject.clone());
-                            }
-                            timers.update(&subject, before, journey_state.next_due());
-                            // A remembered event type changes the history even when it is full.
-                            if !moved.is_empty() || rules.journeys.remembers(&event.event_type) {
-                                journeys_touched.insert(subject.clone());
-                            }
-                            transitions.extend(moved);
-                            if journey_state.is_empty() {
-                                state.journeys.remove(&subject);
-                            }
-                        }
-                    }
-
-                    if decided.already_sent + decided.already_suppressed > 0 {
-                        tracing::info!(
-                            epoch,
-                            sent = decided.already_sent,
-                            suppressed = decided.already_suppressed,
-                            "intents already decided before (send ledger): not decided or sent again"
-                        );
-                        crate::metrics::SENDS_ALREADY_EMITTED.add(decided.already_sent);
-                        crate::metrics::SUPPRESSED_ALREADY_DECIDED.add(decided.already_suppressed);
-                    }
-                    let allowed = decided.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed).count();
-                    crate::metrics::SENDS_EMITTED.add(allowed as u64);
-                    for d in decided.decisions {
-                        session.give(GuardrailOutput::Decision(Box::new(d)));
-                    }
-                    for t in transitions {
-                        session.give(GuardrailOutput::Transition(Box::new(t)));
-                    }
-                    // Cap counters expire against the watermark, not the newest event time: an epoch
-                    // spans many subjects, and its newest event may lie hours past a subject's next one
-                    // (found by the chaos test: a rolling-1h counter dropped between a subject's two
-                    // sends ten minutes apart). Events at or after the watermark never need a counter
-                    // older than twice the window before it.
-                    for subject in caps_touched {
-                        let keep = state.caps.get_mut(&subject).is_some_and(|s| !s.expire(&rules, watermark, now_ms));
-                        let snapshot = if keep {
-                            state.caps.get(&subject).cloned()
-                        } else {
-                            state.caps.remove(&subject);
-                            None
-                        };
-                        session.give(GuardrailOutput::Caps(SubjectSnapshot { subject, state: snapshot }));
-                    }
-                    for subject in journeys_touched {
-                        let snapshot = state.journeys.get(&subject).filter(|j| !j.is_empty()).cloned();
-                        session.give(GuardrailOutput::Journeys(SubjectSnapshot { subject, state: snapshot }));
-                    }
-                    // Now and then, drop the counters of subjects that went quiet (and tell the changelog).
-                    epochs_since_sweep += 1;
-                    if epochs_since_sweep >= 1_000 {
-                        epochs_since_sweep = 0;
-                        let before = state.caps.len();
-                        let mut expired = Vec::new();
-                        state.caps.retain(|subject, s| {
-                            let keep = !s.expire(&rules, watermark, now_ms);
-                            if !keep {
-                                expired.push(subject.clone());
-                            }
-                            keep
-                        });
-                        for subject in expired {
-                            session.give(GuardrailOutput::Caps(SubjectSnapshot { subject, state: None }));
-                        }
-                        tracing::debug!(
-                            expired = before - state.caps.len(),
-                            subjects = state.caps.len(),
-                            "swept cap state"
-                        );
-                    }
+                    worker.process_epoch(epoch_events, chrono::Utc::now().timestamp_millis(), &mut out);
+                    output.session(&cap).give_iterator(out.drain(..));
                 }
             }
         },

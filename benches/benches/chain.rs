@@ -1,0 +1,44 @@
+//! The whole operator chain without Kafka (`touchpoint_benches::chain`), and one journey step, per core.
+//!
+//!   cargo bench -p touchpoint-benches --bench chain
+//!
+//! Baseline in the same run: JSON decoding alone of the same records (the cheapest operator), so the
+//! chain's figure can be read as a ratio.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use touchpoint_benches::chain::{local_config, source_records, CachedSchema, Chain};
+use touchpoint_operators::RecordDecoder;
+
+/// The generator's mix over 100,000 subjects: 100,000 records, epochs of 5,000 (a 200 ms epoch at
+/// 25k events/s per worker).
+const RECORDS: usize = 100_000;
+const SUBJECTS: usize = 100_000;
+const PER_EPOCH: usize = 5_000;
+
+fn chain(c: &mut Criterion) {
+    let config = local_config();
+    let (records, schema) = source_records(RECORDS, SUBJECTS);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut group = c.benchmark_group("chain");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.sample_size(10);
+    let decoder = RecordDecoder::new(CachedSchema(schema.clone()));
+    group.bench_function("baseline: decode only", |b| {
+        b.iter(|| records.iter().filter(|r| decoder.decode(r.payload.as_deref().unwrap_or_default()).is_ok()).count())
+    });
+    group.bench_function("decode → normalize → dedupe → guardrails+journeys → sink records", |b| {
+        b.iter_batched(
+            || Chain::new(&config, schema.clone(), SUBJECTS),
+            |mut chain| {
+                let counts = chain.run(&records, PER_EPOCH, now_ms);
+                assert!(counts.sends > 0 && counts.transitions > 0, "the chain did the work: {counts:?}");
+                counts
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, chain);
+criterion_main!(benches);

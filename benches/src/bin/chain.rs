@@ -1,0 +1,48 @@
+//! The operator chain without Kafka (`touchpoint_benches::chain`) on one core, for profiling
+//! (`perf record`, `valgrind --tool=callgrind`): prints events/s, what the chain produced, and the rate of
+//! JSON+Avro decoding alone on the same records (the baseline of the same run).
+//!
+//!   cargo run --release -p touchpoint-benches --bin chain -- --records 1000000 --subjects 100000
+
+use std::time::Instant;
+
+use clap::Parser;
+use touchpoint_benches::chain::{local_config, source_records, CachedSchema, Chain};
+use touchpoint_operators::RecordDecoder;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
+    #[arg(long, default_value_t = 100_000)]
+    subjects: usize,
+    /// Records per epoch.
+    #[arg(long, default_value_t = 5_000)]
+    per_epoch: usize,
+    /// Passes over fresh state (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    passes: usize,
+}
+
+fn main() {
+    let args = Args::parse();
+    let config = local_config();
+    let (records, schema) = source_records(args.records, args.subjects);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let decoder = RecordDecoder::new(CachedSchema(schema.clone()));
+    let started = Instant::now();
+    let decoded = records.iter().filter(|r| decoder.decode(r.payload.as_deref().unwrap_or_default()).is_ok()).count();
+    let baseline = records.len() as f64 / started.elapsed().as_secs_f64();
+    let mut best = 0f64;
+    let mut counts = Default::default();
+    for _ in 0..args.passes {
+        let mut chain = Chain::new(&config, schema.clone(), args.subjects);
+        let started = Instant::now();
+        counts = chain.run(&records, args.per_epoch, now_ms);
+        best = best.max(records.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    println!("records {} ({decoded} decodable), subjects {}", records.len(), args.subjects);
+    println!("baseline: decode only        {baseline:>12.0} records/s");
+    println!("chain (best of {})            {best:>12.0} records/s   ratio {:.3}", args.passes, best / baseline);
+    println!("{counts:?}");
+}

@@ -1,0 +1,204 @@
+//! The whole operator chain of the pipeline without Kafka, ClickHouse or timely: what one worker does to
+//! an epoch of source records, with the same code the dataflow operators call.
+//!
+//! decode (JSON / Confluent Avro, schema cached) → normalize → dead letter records for rejects → dedupe
+//! → event-time watermark → [`GuardrailWorker`] (consent join, journey timers, rule intents, journeys,
+//! frequency caps, send ledger) → the records the sinks would write: ClickHouse `events` batch token,
+//! `connector.<channel>` messages, cap/ledger and journey changelog records.
+//!
+//! Left out (I/O, measured end to end instead): the Kafka fetch and produce, the ClickHouse insert's
+//! RowBinary encoding and HTTP, timely's exchange between workers and its progress tracking.
+
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use touchpoint::generate::{consent_grants, generate, AvroWriter, GeneratorConfig};
+use touchpoint::stages::guardrails::{GuardrailOutput, GuardrailRules, GuardrailState, GuardrailWorker};
+use touchpoint::stages::normalize::{DeadLetter, Outcome};
+use touchpoint::stages::sinks::{send_record, TopicRecord};
+use touchpoint::PipelineConfig;
+use touchpoint_connectors::clickhouse::encoding::batch_token;
+use touchpoint_connectors::kafka::SourceRecord;
+use touchpoint_operators::consent::{parse_consent, ConsentTable};
+use touchpoint_operators::decision::DecisionKind;
+use touchpoint_operators::frequency_cap::FrequencyCaps;
+use touchpoint_operators::intent::IntentRules;
+use touchpoint_operators::journey::Journeys;
+use touchpoint_operators::{
+    EventDeduplicator, Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError,
+};
+use touchpoint_schemas::SourcePosition;
+
+/// An in-memory schema lookup (the registry client caches the same way after the first lookup).
+pub struct CachedSchema(pub Arc<Schema>);
+
+impl SchemaLookup for CachedSchema {
+    fn schema(&self, _id: u32) -> Result<Arc<Schema>, SchemaLookupError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The shipped pipeline file (`pipelines/config/local.yaml`) with its journeys directory made absolute.
+pub fn local_config() -> PipelineConfig {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("pipelines/config/local.yaml");
+    let text = std::fs::read_to_string(&path)
+        .expect("pipelines/config/local.yaml")
+        .replace("  dir: ../journeys", &format!("  dir: {}", root.join("pipelines/journeys").display()));
+    PipelineConfig::parse(&text, &path).expect("the shipped pipeline file is valid")
+}
+
+/// Source records of the generator's mix (half Avro, 2% duplicates, 5% malformed), as the source hands
+/// them to the pipeline, with the Avro schema they were written with.
+pub fn source_records(count: usize, subjects: usize) -> (Vec<SourceRecord>, Arc<Schema>) {
+    let schema = Arc::new(Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT).expect("bundled schema"));
+    let config = GeneratorConfig { count, subjects, ..Default::default() };
+    let generated = generate(&config, Some(&AvroWriter { schema_id: 1, schema: &schema }));
+    let records = generated
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| SourceRecord {
+            partition: (i % 4) as i32,
+            offset: (i / 4) as i64,
+            key: Some(r.key),
+            payload: Some(r.payload),
+            timestamp_ms: None,
+            already_stored: false,
+        })
+        .collect();
+    (records, schema)
+}
+
+/// What one pass of the chain produced (to check it did the work, and to report).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChainCounts {
+    pub records: usize,
+    pub events: usize,
+    pub rejected: usize,
+    pub duplicates: usize,
+    pub decisions: usize,
+    pub sends: usize,
+    pub transitions: usize,
+    pub changelog_records: usize,
+    /// Bytes of every record the sinks would write (dead letters, sends, changelogs).
+    pub bytes_out: usize,
+}
+
+/// One worker's operators and state, built from a pipeline file, fed epochs of source records.
+pub struct Chain {
+    decoder: RecordDecoder<CachedSchema>,
+    normalizer: Normalizer,
+    deduplicator: EventDeduplicator,
+    guardrails: GuardrailWorker,
+    allowed_lateness_ms: i64,
+    newest_event_ms: i64,
+    connector_prefix: String,
+}
+
+impl Chain {
+    /// The chain with the pipeline file's rules and the generator's consent (60% of subjects granted
+    /// email and push marketing consent, as `touchpoint generate` produces).
+    pub fn new(config: &PipelineConfig, schema: Arc<Schema>, subjects: usize) -> Self {
+        let journeys = Journeys::new(config.journeys().expect("journeys"), &config.intents.time_zone_attribute);
+        let rules = GuardrailRules {
+            intents: IntentRules::new(&config.intents).expect("intent rules"),
+            consent: config.consent.clone(),
+            caps: FrequencyCaps::new(&config.caps).expect("caps"),
+            journeys,
+            guarantee: config.processing.guarantee,
+            send_ledger_ttl: config.processing.send_ledger_ttl,
+        };
+        // The generator's consent records (`touchpoint generate` produces the same), parsed as the
+        // pipeline's consent stage does.
+        let mut consent = ConsentTable::new();
+        for record in consent_grants(subjects, 0.6, GeneratorConfig::default().seed, "marketing.consent") {
+            let fields: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(record.payload.as_deref().unwrap_or_default()).expect("generated consent");
+            consent.apply(&parse_consent(&fields, "default").expect("generated consent is valid"));
+        }
+        let state = GuardrailState { consent, ..Default::default() };
+        Chain {
+            decoder: RecordDecoder::new(CachedSchema(schema)),
+            normalizer: Normalizer::new(config.normalize.clone()).expect("normalize config"),
+            deduplicator: EventDeduplicator::new(&config.dedupe),
+            guardrails: GuardrailWorker::new(state, rules),
+            allowed_lateness_ms: config.event_time.allowed_lateness.as_millis() as i64,
+            newest_event_ms: i64::MIN,
+            connector_prefix: config.topics.connectors.prefix.clone(),
+        }
+    }
+
+    /// Processes one epoch of source records (one worker, every partition) and encodes what the sinks
+    /// would write.
+    pub fn epoch(&mut self, records: &[SourceRecord], now_ms: i64, counts: &mut ChainCounts) {
+        let mut events = Vec::with_capacity(records.len());
+        let mut bytes = 0;
+        for record in records {
+            counts.records += 1;
+            let position = SourcePosition { topic: "marketing.events".into(), partition: record.partition, offset: record.offset };
+            let outcome = match self
+                .decoder
+                .decode(record.payload.as_deref().unwrap_or_default())
+                .map_err(|e| match e {
+                    touchpoint_operators::DecodeError::Reject(r) => r,
+                    touchpoint_operators::DecodeError::Retry(why) => panic!("cached schema cannot be unavailable: {why}"),
+                })
+                .and_then(|fields| self.normalizer.normalize(fields, position.clone(), now_ms))
+            {
+                Ok(event) => Outcome::Event(event, false),
+                Err(rejection) => Outcome::Rejected(DeadLetter::of(record.clone(), position, rejection, now_ms)),
+            };
+            match outcome {
+                Outcome::Event(event, _) => {
+                    let key = touchpoint_operators::dedupe::dedupe_key(&event.tenant_id, &event.event_id);
+                    if self.deduplicator.first_seen(key, now_ms) {
+                        self.newest_event_ms = self.newest_event_ms.max(event.occurred_at_ms);
+                        events.push(event);
+                    } else {
+                        counts.duplicates += 1;
+                    }
+                }
+                Outcome::Rejected(dead) => {
+                    counts.rejected += 1;
+                    bytes += dead.to_record("marketing.events.dlq").payload.map_or(0, |p| p.len());
+                }
+            }
+        }
+        counts.events += events.len();
+        bytes += batch_token("events", &events).len();
+        // One partition clock per worker here: the watermark is the newest event time minus the lateness.
+        self.guardrails.advance_watermark(self.newest_event_ms.saturating_sub(self.allowed_lateness_ms));
+        let mut outputs = Vec::new();
+        self.guardrails.process_epoch(events, now_ms, &mut outputs);
+        for output in outputs {
+            match output {
+                GuardrailOutput::Decision(d) => {
+                    counts.decisions += 1;
+                    if d.kind == DecisionKind::Allowed {
+                        counts.sends += 1;
+                        bytes += send_record(&d, &self.connector_prefix).payload.map_or(0, |p| p.len());
+                    }
+                }
+                GuardrailOutput::Transition(_) => counts.transitions += 1,
+                GuardrailOutput::Caps(s) => {
+                    counts.changelog_records += 1;
+                    bytes += s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()).map_or(0, |p| p.len());
+                }
+                GuardrailOutput::Journeys(s) => {
+                    counts.changelog_records += 1;
+                    bytes += s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()).map_or(0, |p| p.len());
+                }
+            }
+        }
+        counts.bytes_out += bytes;
+    }
+
+    /// The whole input in epochs of `per_epoch` records.
+    pub fn run(&mut self, records: &[SourceRecord], per_epoch: usize, now_ms: i64) -> ChainCounts {
+        let mut counts = ChainCounts::default();
+        for chunk in records.chunks(per_epoch) {
+            self.epoch(chunk, now_ms, &mut counts);
+        }
+        counts
+    }
+}
