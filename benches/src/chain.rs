@@ -24,9 +24,7 @@ use touchpoint_operators::decision::DecisionKind;
 use touchpoint_operators::frequency_cap::FrequencyCaps;
 use touchpoint_operators::intent::IntentRules;
 use touchpoint_operators::journey::Journeys;
-use touchpoint_operators::{
-    EventDeduplicator, Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError,
-};
+use touchpoint_operators::{EventDeduplicator, Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError};
 use touchpoint_schemas::SourcePosition;
 
 /// An in-memory schema lookup (the registry client caches the same way after the first lookup).
@@ -135,13 +133,16 @@ impl Chain {
         let mut bytes = 0;
         for record in records {
             counts.records += 1;
-            let position = SourcePosition { topic: "marketing.events".into(), partition: record.partition, offset: record.offset };
+            let position =
+                SourcePosition { topic: "marketing.events".into(), partition: record.partition, offset: record.offset };
             let outcome = match self
                 .decoder
                 .decode(record.payload.as_deref().unwrap_or_default())
                 .map_err(|e| match e {
                     touchpoint_operators::DecodeError::Reject(r) => r,
-                    touchpoint_operators::DecodeError::Retry(why) => panic!("cached schema cannot be unavailable: {why}"),
+                    touchpoint_operators::DecodeError::Retry(why) => {
+                        panic!("cached schema cannot be unavailable: {why}")
+                    }
                 })
                 .and_then(|fields| self.normalizer.normalize(fields, position.clone(), now_ms))
             {

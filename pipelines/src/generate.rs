@@ -41,9 +41,12 @@ pub struct GeneratorConfig {
     /// Share of valid records encoded as Avro (the rest JSON). Needs a registered schema id.
     pub avro_share: f64,
     pub seed: u64,
-    /// The clock the events are generated around: event times advance through the 7 days before it,
+    /// The clock the events are generated around: event times advance through the `span_ms` before it,
     /// record by record, each up to two minutes out of order (like clients that batch their uploads).
     pub now_ms: i64,
+    /// How much event time the records cover (default 7 days: a week of history). A live stream produced
+    /// at a steady rate over D seconds uses D, so event time keeps pace with the wall clock.
+    pub span_ms: i64,
     /// Share of valid events that arrive hours behind the others (2 to 6 h: an app that was offline),
     /// i.e. beyond the local profile's allowed lateness of 1 h once the stream has moved on.
     pub late_share: f64,
@@ -62,6 +65,7 @@ impl Default for GeneratorConfig {
             avro_share: 0.5,
             seed: 42,
             now_ms: chrono::Utc::now().timestamp_millis(),
+            span_ms: 7 * 24 * 3_600_000,
             late_share: 0.0,
             mix: Default::default(),
         }
@@ -290,9 +294,9 @@ fn draft(rng: &mut Rng, config: &GeneratorConfig, i: usize, weights: &[u64]) -> 
         .map_or(EVENT_MIX[0], |(entry, _)| *entry);
     let subject_no = rng.below(config.subjects.max(1) as u64);
     let subject = if rng.chance(0.05) { format!("  user-{subject_no} ") } else { format!("user-{subject_no}") };
-    const WEEK_MS: i64 = 7 * 24 * 3_600_000;
     let progress = i64::try_from(i).unwrap_or(i64::MAX) as f64 / config.count.max(1) as f64;
-    let mut occurred_ms = config.now_ms - WEEK_MS + (progress * WEEK_MS as f64) as i64 - rng.below(120_000) as i64;
+    let mut occurred_ms =
+        config.now_ms - config.span_ms + (progress * config.span_ms as f64) as i64 - rng.below(120_000) as i64;
     if rng.chance(config.late_share) {
         occurred_ms -= 2 * 3_600_000 + rng.below(4 * 3_600_000) as i64;
     }

@@ -12,6 +12,11 @@ use touchpoint_connectors::clickhouse::migrate;
 use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, OutgoingRecord};
 use touchpoint_operators::watermark::LatePolicy;
 
+// Events allocate many small strings and maps on every worker thread; glibc's allocator took about half of
+// the operator chain's time in a profile, mimalloc 0.8× of that (benches/README.md, "Profiling").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "touchpoint", version, about = "Stream processing for marketing automation on Kafka")]
 struct Cli {

@@ -6,6 +6,10 @@
 
 use std::time::Instant;
 
+// The allocator the `touchpoint` binary uses (malloc dominated the profile with glibc's allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use touchpoint_benches::chain::{local_config, source_records, CachedSchema, Chain};
 use touchpoint_operators::RecordDecoder;

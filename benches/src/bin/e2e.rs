@@ -1,40 +1,72 @@
-//! End-to-end throughput on the local broker: the same topic drained by a bare rdkafka consumer (the
-//! ceiling: same librdkafka, same consumer settings, no processing) and by the Touchpoint pipeline
-//! (decode → normalize → dedupe → ClickHouse + dead-letter topic, offsets committed), in one run; the
-//! pipeline once per processing guarantee (`at_least_once`, `exactly_once_keys`), alternating, each run
-//! from the beginning of the topic with its own group, state and database.
+//! End to end on the local broker, one run, the same data for every reader:
 //!
-//!   cargo run --release -p touchpoint-benches --bin e2e -- --count 1000000 [--rounds 2]
+//! 1. **ceiling** — a bare rdkafka consumer (same librdkafka, same consumer settings, no processing)
+//!    drains the topic;
+//! 2. **Touchpoint** — the full pipeline (normalize → consent → journeys → caps → sends → ClickHouse)
+//!    drains it, once per worker count (default 1 and 2), each run from the beginning with its own
+//!    group, state, connector topics and database;
+//! 3. **peer** — the same logic in Quix Streams (`benches/peers/`) drains it;
+//! 4. **latency** — a live stream at a fixed offered load (half of Touchpoint's best rate above) through
+//!    a fresh pipeline: event-to-send latency from each event's produce time to its send record's
+//!    timestamp on `connector.<channel>`.
 //!
-//! Needs the local stack (deploy/scripts/stack.sh start). Events are produced before any clock starts.
+//!   cargo run --release -p touchpoint-benches --bin e2e -- --count 1000000
+//!
+//! Needs the local stack (deploy/scripts/stack.sh start); the peer's Python environment is installed by
+//! benches/peers/install.sh (run by the harness, skipped when present). Events are produced before any
+//! clock starts. Results and how to read them: benches/README.md.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use touchpoint::generate::{produce_generated, GeneratorConfig};
+use touchpoint::generate::{consent_grants, generate, produce_generated, AvroWriter, Expected, GeneratorConfig};
 use touchpoint::{PipelineConfig, RunOptions};
 use touchpoint_connectors::clickhouse::migrate;
-use touchpoint_connectors::kafka::ensure_topics;
+use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, KafkaConfig};
+use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_connectors::testing::unique_name;
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
 
+// The pipeline runs in this process: the same allocator as the `touchpoint` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
-    /// Events to produce (before the clock starts).
+    /// Events to produce (before the clock starts); 5000000 for the long run.
     #[arg(long, default_value_t = 1_000_000)]
     count: usize,
+    /// Distinct subjects in the events.
+    #[arg(long, default_value_t = 100_000)]
+    subjects: usize,
     #[arg(long, default_value_t = 4)]
     partitions: i32,
-    /// Touchpoint worker threads.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    /// Runs per processing guarantee (alternating, the best of each is reported).
+    /// Touchpoint worker counts to run, in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    workers: Vec<usize>,
+    /// Runs per worker count (alternating; the best of each is reported).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Also run the pipeline under `at_least_once` (the shipped guarantee is `exactly_once_keys`), 2 workers.
+    #[arg(long)]
+    compare_guarantees: bool,
+    /// Skip the Quix Streams peer.
+    #[arg(long)]
+    no_peer: bool,
+    /// Seconds of live stream for the latency run (0: skip it). The first 5 s are warm-up.
+    #[arg(long, default_value_t = 25)]
+    latency_seconds: u64,
+    /// Offered load of the latency run in events/s (default: half of Touchpoint's best rate).
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Pipeline file whose services and client settings are used (topics/group/database are replaced).
     #[arg(long, default_value = "pipelines/config/local.yaml")]
     config: PathBuf,
@@ -44,74 +76,112 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
     let args = Args::parse();
     let name = unique_name("bench");
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?
-        .replace("name: marketing.events.dlq", &format!("name: {name}.dlq"))
-        .replace("name: marketing.events.late", &format!("name: {name}.late"))
-        .replace(
-            "  dir: ../journeys",
-            &format!(
-                "  dir: {}",
-                args.config.parent().unwrap_or(std::path::Path::new(".")).join("../journeys").display()
-            ),
-        )
-        .replace("name: marketing.consent.dlq", &format!("name: {name}.consent.dlq"))
-        .replace("name: marketing.consent", &format!("name: {name}.consent"))
-        .replace("prefix: connector.", &format!("prefix: {name}.connector."))
-        .replace("name: marketing.events", &format!("name: {name}.events"))
-        .replace("partitions: 4", &format!("partitions: {}", args.partitions))
-        .replace("group_id: touchpoint.normalization", &format!("group_id: {name}.pipeline"))
-        .replace("${TOUCHPOINT_CLICKHOUSE_DATABASE:-touchpoint}", &name)
-        .replace("drain_idle: 1500ms", "drain_idle: 300ms");
-    let config = PipelineConfig::parse(&text, &args.config)?;
+    let config = bench_config(&args.config, &name, args.partitions)?;
     let topic = config.topics.events.name.clone();
-
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
-    rt.block_on(migrate(&config.clickhouse))?;
 
-    // Produce with normal batching: nobody resumes mid-batch in this benchmark (both readers start at
-    // the beginning of every partition), so the local broker's batch quirk does not apply.
+    // Consent (60% of subjects granted email and push, as `touchpoint generate`), then the events, with
+    // normal batching: both readers start at the beginning of every partition, so the local broker's
+    // batch quirk (docs/broker-quirks.md) does not apply.
+    let producer_config = batching(&config.kafka);
+    let consent = consent_grants(args.subjects, 0.6, 42, &config.topics.consent.name);
+    rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
+    rt.block_on(AckedProducer::new(&producer_config)?.send_all(&consent))?;
     eprintln!("producing {} events to {topic} ({} partitions)...", args.count, args.partitions);
-    let mut producer_config = config.kafka.clone();
-    producer_config.producer.insert("batch.num.messages".into(), "10000".into());
-    producer_config.producer.insert("linger.ms".into(), "5".into());
-    let generator = GeneratorConfig { count: args.count, subjects: 100_000, ..Default::default() };
+    let generator = GeneratorConfig { count: args.count, subjects: args.subjects, ..Default::default() };
     let produced_at = Instant::now();
-    let (_, produced) = produce_generated(&config, &producer_config, &generator, rt.handle())?;
-    drop(produced);
+    drop(produce_generated(&config, &producer_config, &generator, rt.handle())?);
     eprintln!("produced in {:.1?}", produced_at.elapsed());
 
-    // 1. The ceiling: a bare consumer, same client settings, counting messages until it has all.
+    // 1. The ceiling.
     let bare = bare_consumer_rate(&config, &topic, args.partitions, args.count)?;
+    eprintln!("bare consumer: {bare:.0} events/s");
 
-    // 2. Touchpoint, full pipeline, until drained, under each guarantee (alternating, best of rounds).
-    let mut best = [0f64; 2];
+    // 2. Touchpoint at each worker count (and guarantee), alternating rounds, best of each.
+    let mut runs: Vec<(usize, ProcessingGuarantee)> =
+        args.workers.iter().map(|&w| (w, ProcessingGuarantee::ExactlyOnceKeys)).collect();
+    if args.compare_guarantees {
+        runs.push((2, ProcessingGuarantee::AtLeastOnce));
+    }
+    let mut best = vec![0f64; runs.len()];
     for round in 0..args.rounds {
-        for (i, guarantee) in
-            [ProcessingGuarantee::AtLeastOnce, ProcessingGuarantee::ExactlyOnceKeys].into_iter().enumerate()
-        {
-            let (rate, elapsed) = touchpoint_rate(
-                &config,
-                &rt,
-                &format!("{name}_{}_{round}", guarantee.as_str()),
-                guarantee,
-                args.workers,
-                args.count,
-            )?;
-            eprintln!("touchpoint {} round {round}: {rate:.0} events/s ({elapsed:.1?})", guarantee.as_str());
+        for (i, &(workers, guarantee)) in runs.iter().enumerate() {
+            let run = format!("{name}_{}w_{}_{round}", workers, guarantee.as_str());
+            let (rate, elapsed) = touchpoint_rate(&config, &rt, &run, guarantee, workers, args.count)?;
+            eprintln!(
+                "touchpoint {workers} worker(s) {} round {round}: {rate:.0} events/s ({elapsed:.1?})",
+                guarantee.as_str()
+            );
             best[i] = best[i].max(rate);
         }
     }
-    let [at_least_once, exactly_once_keys] = best;
 
-    println!("events                              {}", args.count);
-    println!("bare rdkafka consumer               {:>10.0} events/s", bare);
-    println!("touchpoint at_least_once ({} w)      {:>10.0} events/s", args.workers, at_least_once);
-    println!("touchpoint exactly_once_keys ({} w)  {:>10.0} events/s", args.workers, exactly_once_keys);
-    println!("ratio touchpoint (eok) / bare       {:>10.3}", exactly_once_keys / bare);
-    println!("ratio exactly_once_keys / at_least_once {:>6.3}", exactly_once_keys / at_least_once);
+    // 3. The peer.
+    let peer = if args.no_peer { None } else { Some(peer_rate(&config, &name, args.count, consent.len())?) };
+
+    // 4. Latency at half of the best rate.
+    let top = best.iter().cloned().fold(0f64, f64::max);
+    let latency = if args.latency_seconds > 0 {
+        let rate = args.latency_rate.unwrap_or(top / 2.0);
+        Some((rate, latency_run(&args, &rt, &format!("{name}_live"), rate)?))
+    } else {
+        None
+    };
+
+    println!("events {}, subjects {}, partitions {}", args.count, args.subjects, args.partitions);
+    println!("{:<44} {:>10.0} events/s", "bare rdkafka consumer (ceiling)", bare);
+    for (&(workers, guarantee), rate) in runs.iter().zip(&best) {
+        println!(
+            "{:<44} {:>10.0} events/s   touchpoint/ceiling {:.3}",
+            format!("touchpoint {workers} worker(s), {}", guarantee.as_str()),
+            rate,
+            rate / bare
+        );
+    }
+    if let Some(peer) = &peer {
+        println!(
+            "{:<44} {:>10.0} events/s   touchpoint/peer {:.2} (peer's own clock, from its first record: {:.0} events/s)",
+            "quix streams peer (1 process)", peer.wall_rate, top / peer.wall_rate, peer.rate
+        );
+        println!("{:<44} {:>10.3}", "peer/ceiling", peer.wall_rate / bare);
+    }
+    if let Some((rate, l)) = latency {
+        println!(
+            "latency at {rate:.0} events/s offered (2 workers): p50 {} ms, p99 {} ms, max {} ms over {} sends",
+            l.p50, l.p99, l.max, l.sends
+        );
+    }
     Ok(())
+}
+
+/// The pipeline file with every topic, the group and the database renamed for this run.
+fn bench_config(path: &Path, name: &str, partitions: i32) -> Result<PipelineConfig> {
+    let journeys = path.parent().unwrap_or(Path::new(".")).join("../journeys");
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .replace("name: marketing.events.dlq", &format!("name: {name}.dlq"))
+        .replace("name: marketing.events.late", &format!("name: {name}.late"))
+        .replace("  dir: ../journeys", &format!("  dir: {}", journeys.display()))
+        .replace("name: marketing.consent.dlq", &format!("name: {name}.consent.dlq"))
+        .replace("name: marketing.consent", &format!("name: {name}.consent"))
+        .replace("name: marketing.deliveries", &format!("name: {name}.deliveries"))
+        .replace("prefix: connector.", &format!("prefix: {name}.connector."))
+        .replace("name: marketing.events", &format!("name: {name}.events"))
+        .replace("partitions: 4", &format!("partitions: {partitions}"))
+        .replace("group_id: touchpoint.normalization", &format!("group_id: {name}.pipeline"))
+        .replace("${TOUCHPOINT_CLICKHOUSE_DATABASE:-touchpoint}", &name.replace('.', "_"));
+    let mut config = PipelineConfig::parse(&text, path)?;
+    config.pipeline.metrics_listen = None;
+    Ok(config)
+}
+
+/// Producer settings that batch: nothing resumes from the benchmark's topics mid-batch (the local
+/// profile's one-record batches cap the local broker at a few thousand acknowledged records per second).
+fn batching(kafka: &KafkaConfig) -> KafkaConfig {
+    let mut kafka = kafka.clone();
+    kafka.producer.insert("batch.num.messages".into(), "10000".into());
+    kafka.producer.insert("linger.ms".into(), "5".into());
+    kafka
 }
 
 /// One pipeline run over the whole topic with its own group (so it starts at the beginning), state
@@ -126,18 +196,13 @@ fn touchpoint_rate(
 ) -> Result<(f64, Duration)> {
     let mut config = base.clone();
     config.pipeline.group_id = format!("{run}.pipeline");
-    config.pipeline.metrics_listen = None;
     config.clickhouse.database = run.replace('.', "_");
     config.topics.connectors.prefix = format!("{run}.connector.");
     config.processing.guarantee = guarantee;
+    config.source.drain_idle = Duration::from_millis(300);
+    config.kafka = batching(&config.kafka);
     rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
     rt.block_on(migrate(&config.clickhouse))?;
-    // Its Kafka sinks may batch too: nothing resumes from the benchmark's dead-letter or connector topics
-    // (the local profile's one-record batches cap the local broker at a few thousand acknowledged records
-    // per second; see benches/README.md).
-    config.source.drain_idle = Duration::from_millis(300);
-    config.kafka.producer.insert("batch.num.messages".into(), "10000".into());
-    config.kafka.producer.insert("linger.ms".into(), "5".into());
     let started = Instant::now();
     let report = touchpoint::run(config, RunOptions { workers, until_drained: true, ..Default::default() })?;
     // The run ends drain_idle after the last record; that idle wait is not processing time.
@@ -157,18 +222,189 @@ fn bare_consumer_rate(config: &PipelineConfig, topic: &str, partitions: i32, cou
     consumer.assign(&tpl)?;
     let started = Instant::now();
     let mut seen = 0usize;
-    let mut bytes = 0usize;
     while seen < count {
         match consumer.poll(Duration::from_secs(10)) {
-            Some(Ok(m)) => {
-                seen += 1;
-                bytes += m.payload_len();
-            }
+            Some(Ok(_)) => seen += 1,
             Some(Err(e)) => bail!("bare consumer: {e}"),
             None => bail!("bare consumer stalled at {seen} of {count}"),
         }
     }
-    let elapsed = started.elapsed();
-    eprintln!("bare consumer: {seen} events, {bytes} bytes in {elapsed:.1?}");
-    Ok(seen as f64 / elapsed.as_secs_f64())
+    Ok(seen as f64 / started.elapsed().as_secs_f64())
+}
+
+/// What the Quix Streams peer reported.
+struct PeerRun {
+    /// Events over the time from its first record to its last.
+    rate: f64,
+    /// Events over the process's whole life (start-up included), like Touchpoint's figure.
+    wall_rate: f64,
+}
+
+/// Runs `benches/peers/quix_pipeline.py` on the same topic (installing its environment when missing)
+/// and reads its one-line JSON report.
+fn peer_rate(config: &PipelineConfig, name: &str, count: usize, consent_records: usize) -> Result<PeerRun> {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers");
+    let install = Command::new("bash").arg(peers.join("install.sh")).output().context("benches/peers/install.sh")?;
+    if !install.status.success() {
+        bail!("benches/peers/install.sh failed: {}", String::from_utf8_lossy(&install.stderr));
+    }
+    let home = std::env::var("TOUCHPOINT_HOME")
+        .unwrap_or_else(|_| format!("{}/.touchpoint", std::env::var("HOME").unwrap_or_default()));
+    let python = format!("{home}/bench-venv/bin/python");
+    let state_dir = std::env::temp_dir().join(format!("{name}-quix-state"));
+    eprintln!("quix streams peer...");
+    let started = Instant::now();
+    let output = Command::new(&python)
+        .arg(peers.join("quix_pipeline.py"))
+        .args(["--brokers", &config.kafka.brokers])
+        .args(["--registry", &config.schema_registry.url])
+        .args(["--input", &config.topics.events.name])
+        .args(["--consent", &config.topics.consent.name])
+        .args(["--consent-count", &consent_records.to_string()])
+        .args(["--output-prefix", &format!("{name}.quix")])
+        .args(["--group", &format!("{name}.quix")])
+        .args(["--count", &count.to_string()])
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {python}"))?;
+    let wall = started.elapsed();
+    let _ = std::fs::remove_dir_all(&state_dir);
+    if !output.status.success() {
+        bail!("the peer failed ({})", output.status);
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().context("the peer printed nothing")?;
+    let report: serde_json::Value = serde_json::from_str(line).with_context(|| format!("peer report {line:?}"))?;
+    eprintln!("peer: {line}");
+    let events = report["events"].as_u64().context("peer report: events")?;
+    if events != count as u64 {
+        bail!("the peer read {events} of {count} events");
+    }
+    let seconds = report["seconds"].as_f64().context("peer report: seconds")?;
+    Ok(PeerRun { rate: count as f64 / seconds, wall_rate: count as f64 / wall.as_secs_f64() })
+}
+
+struct Latency {
+    p50: i64,
+    p99: i64,
+    max: i64,
+    sends: usize,
+}
+
+/// A live stream at `rate` events/s for `--latency-seconds` through a fresh pipeline (2 workers, the
+/// shipped settings): event time keeps pace with the wall clock, as in production, so journey waits
+/// (hours, days) do not fire and every send answers an event of the run. Latency of a send: its record's
+/// timestamp on `connector.<channel>` (set when the pipeline produced it) minus the time its event was
+/// handed to the producer. Sends of the first 5 s (warm-up) are left out.
+fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64) -> Result<Latency> {
+    const WARM_UP: Duration = Duration::from_secs(5);
+    let config = bench_config(&args.config, name, args.partitions)?;
+    let mut pipeline_config = config.clone();
+    // Ends once production stopped (it never pauses that long while producing).
+    pipeline_config.source.drain_idle = Duration::from_secs(3);
+    pipeline_config.kafka = batching(&config.kafka);
+    pipeline_config.kafka.producer.insert("linger.ms".into(), "1".into());
+    rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
+    rt.block_on(migrate(&config.clickhouse))?;
+    let consent = consent_grants(args.subjects, 0.6, 42, &config.topics.consent.name);
+    rt.block_on(AckedProducer::new(&batching(&config.kafka))?.send_all(&consent))?;
+
+    let seconds = args.latency_seconds;
+    let count = (rate * seconds as f64) as usize;
+    let schema = apache_avro::Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT)?;
+    let schema_id = RegistryClient::new(&config.schema_registry)?
+        .register_avro(&format!("{}-value", config.topics.events.name), touchpoint_schemas::avro::MARKETING_EVENT)?;
+    let start_ms = chrono::Utc::now().timestamp_millis() + 2_000;
+    let generator = GeneratorConfig {
+        count,
+        subjects: args.subjects,
+        now_ms: start_ms + seconds as i64 * 1_000,
+        span_ms: seconds as i64 * 1_000,
+        ..Default::default()
+    };
+    let records = generate(&generator, Some(&AvroWriter { schema_id, schema: &schema }));
+
+    eprintln!("latency: {count} events at {rate:.0}/s over {seconds} s...");
+    let pipeline = std::thread::spawn(move || {
+        touchpoint::run(pipeline_config, RunOptions { workers: 2, until_drained: true, ..Default::default() })
+    });
+    // Paced producer: every 5 ms, the records due by then; each record's send time is noted.
+    let producer: ThreadedProducer<DefaultProducerContext> = {
+        let mut c = config.kafka.producer_config();
+        c.set("linger.ms", "1").set("batch.num.messages", "1000");
+        c.create()?
+    };
+    let mut produced_at: HashMap<String, i64> = HashMap::with_capacity(count);
+    let began = Instant::now();
+    let topic = config.topics.events.name.clone();
+    for (i, r) in records.iter().enumerate() {
+        let due = Duration::from_secs_f64(i as f64 / rate);
+        if let Some(wait) = due.checked_sub(began.elapsed()) {
+            if wait > Duration::from_millis(5) {
+                std::thread::sleep(wait);
+            }
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        if let Expected::Valid { event_id } = &r.expected {
+            if began.elapsed() >= WARM_UP {
+                produced_at.entry(event_id.clone()).or_insert(now_ms);
+            }
+        }
+        let mut record = BaseRecord::to(&topic).key(&r.key).payload(&r.payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    if !matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull)) {
+                        bail!("producing the live stream: {e}");
+                    }
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    let offered = count as f64 / began.elapsed().as_secs_f64();
+    let report = pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+    eprintln!("latency: offered {offered:.0} events/s; pipeline read {}", report.totals.tally.received);
+
+    // Every send record: its event and timestamp.
+    let mut latencies: Vec<i64> = Vec::new();
+    let consumer: BaseConsumer = config.kafka.consumer_config(&unique_name("bench-latency")).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for channel in ["email", "push", "sms", "webhook"] {
+        let t = format!("{}{channel}", config.topics.connectors.prefix);
+        for p in 0..config.topics.connectors.partitions {
+            tpl.add_partition_offset(&t, p, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(3) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                let Some(sent_ms) = m.timestamp().to_millis() else { continue };
+                let Some(message) =
+                    m.payload().and_then(|p| serde_json::from_slice::<touchpoint_schemas::ChannelMessage>(p).ok())
+                else {
+                    continue;
+                };
+                if let Some(at) = produced_at.get(&message.event_id) {
+                    latencies.push(sent_ms - at);
+                }
+            }
+            Some(Err(e)) => bail!("reading sends: {e}"),
+            None => {}
+        }
+    }
+    if latencies.is_empty() {
+        bail!("no send of the live stream found");
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Ok(Latency { p50: at(0.50), p99: at(0.99), max: at(1.0), sends: latencies.len() })
 }

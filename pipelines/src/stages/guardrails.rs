@@ -332,7 +332,12 @@ impl GuardrailWorker {
     /// Processes one complete epoch (its consent changes and watermark already applied): fires due journey
     /// timers, decides the rules' intents, moves subjects by the events; appends decisions, transitions
     /// and the changed subjects' state to `out`. `now_ms` is the wall clock of the epoch (send ledger).
-    pub fn process_epoch(&mut self, mut epoch_events: Vec<NormalizedEvent>, now_ms: i64, out: &mut Vec<GuardrailOutput>) {
+    pub fn process_epoch(
+        &mut self,
+        mut epoch_events: Vec<NormalizedEvent>,
+        now_ms: i64,
+        out: &mut Vec<GuardrailOutput>,
+    ) {
         let GuardrailWorker { state, rules, timers, watermark, epochs_since_sweep } = self;
         let watermark = *watermark;
         let mut decided = EpochDecisions { decisions: Vec::new(), already_sent: 0, already_suppressed: 0, now_ms };
@@ -348,9 +353,10 @@ impl GuardrailWorker {
             }
             timers.0.remove(&(due, subject.clone()));
             let Some(journey_state) = state.journeys.get_mut(&subject) else { continue };
-            let (moved, counted) = with_guardrails(&mut state.caps, &state.consent, rules, &subject, &mut decided, |g| {
-                rules.journeys.on_time(&subject, journey_state, watermark, g)
-            });
+            let (moved, counted) =
+                with_guardrails(&mut state.caps, &state.consent, rules, &subject, &mut decided, |g| {
+                    rules.journeys.on_time(&subject, journey_state, watermark, g)
+                });
             transitions.extend(moved);
             if counted {
                 caps_touched.insert(subject.clone());
