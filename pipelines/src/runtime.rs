@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::consumer::CommitMode;
@@ -58,9 +58,13 @@ impl Default for RunOptions {
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
     pub totals: RunTotals,
+    /// From the start of the run until the first worker began running the dataflow (topics checked,
+    /// state restored from changelogs and ClickHouse, journeys loaded).
+    pub start_up: Option<Duration>,
 }
 
 pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
+    let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("touchpoint-io")
@@ -93,15 +97,31 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     // Frequency-cap state from its changelog, read once per process and handed to the owning workers.
     let peers = options.workers * options.processes;
     let local_workers = options.process * options.workers..(options.process + 1) * options.workers;
-    let restored_caps = restore_caps(&config, peers, local_workers.clone())?;
-    let journeys = load_journeys(&config, &runtime)?;
-    let restored_journeys = if journeys.is_empty() {
-        HashMap::new()
-    } else {
-        let topic = config.topics.journeys_changelog(&config.pipeline.group_id).name;
-        restore_changelog::<SubjectJourneys>(&config, &topic, "journey", peers, local_workers.clone())?
-    };
-    let restored_ids = runtime.block_on(restore_event_ids(&config, peers, local_workers))?;
+    // The restores are independent and mostly wait on the broker and ClickHouse: side by side.
+    let has_journeys = !config.journeys()?.is_empty();
+    let (restored_caps, journeys, restored_journeys, restored_ids) = std::thread::scope(|s| {
+        let caps = s.spawn(|| restore_caps(&config, peers, local_workers.clone()));
+        let journeys = s.spawn(|| load_journeys(&config, &runtime));
+        let journey_state = s.spawn(|| {
+            if !has_journeys {
+                return Ok(HashMap::new());
+            }
+            let topic = config.topics.journeys_changelog(&config.pipeline.group_id).name;
+            restore_changelog::<SubjectJourneys>(&config, &topic, "journey", peers, local_workers.clone())
+        });
+        let ids = runtime.block_on(restore_event_ids(&config, peers, local_workers.clone()));
+        let joined = |what: &str| anyhow!("restoring {what} panicked");
+        (
+            caps.join().map_err(|_| joined("cap state")),
+            journeys.join().map_err(|_| joined("journeys")),
+            journey_state.join().map_err(|_| joined("journey state")),
+            ids,
+        )
+    });
+    let restored_caps = restored_caps??;
+    let journeys = journeys??;
+    let restored_journeys = restored_journeys??;
+    let restored_ids = restored_ids?;
 
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_handler(&runtime, stop.clone());
@@ -129,7 +149,10 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         until_drained: options.until_drained || replay.is_some(),
         replay,
         totals: totals.clone(),
+        started,
+        start_up: std::sync::OnceLock::new(),
     });
+    let start_up = shared.clone();
     let guards = timely::execute(timely_config, move |worker| run_worker(worker, &shared))
         .map_err(|e| anyhow!("starting timely: {e}"))?;
     let mut errors = Vec::new();
@@ -144,7 +167,7 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         bail!("pipeline failed: {}", errors.join("; "));
     }
     let totals = totals.lock().map(|t| t.clone()).unwrap_or_default();
-    Ok(RunReport { totals })
+    Ok(RunReport { totals, start_up: start_up.start_up.get().copied() })
 }
 
 struct Shared {
@@ -164,6 +187,9 @@ struct Shared {
     /// Replaying: where each partition starts and stops; no offsets are committed.
     replay: Option<crate::replay::ResolvedReplay>,
     totals: Arc<Mutex<RunTotals>>,
+    started: Instant,
+    /// Set by the first worker to run the dataflow: [`RunReport::start_up`].
+    start_up: std::sync::OnceLock<Duration>,
 }
 
 fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
@@ -270,6 +296,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
     let mut failure = None;
     let commits = shared.replay.is_none();
     let mut lag = CommitLag::new(index, &state.borrow().source.positions());
+    let _ = shared.start_up.set(shared.started.elapsed());
     loop {
         // Parks the thread when no operator is active; Kafka data, finished sink writes and the
         // source's own timers wake it.

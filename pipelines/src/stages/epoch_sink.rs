@@ -1,9 +1,13 @@
-//! A sink that writes one batch per epoch and holds the epoch open until the write is durable.
+//! A sink that writes complete epochs in batches and holds each epoch open until its write is durable.
 //!
-//! Records are collected per epoch. When the input frontier passes an epoch, its batch is written on
-//! the async runtime; the operator keeps a capability for the epoch until the write succeeded (failed
-//! writes are retried with backoff, forever: a sink outage shows as growing lag, never as loss). A probe
-//! after the sinks therefore tells the source which epochs are durable, and only those are committed.
+//! Records are collected per epoch. When the input frontier passes an epoch, it is queued; a sink has one
+//! write in flight at a time, on the async runtime, and every epoch queued meanwhile goes into the next
+//! write, in epoch order (so a slow store gets fewer, larger writes instead of a growing line of small
+//! ones: ClickHouse pays per INSERT; benches/README.md, "Profiling"). The operator keeps a capability
+//! for every epoch of a write until the write succeeded (failed writes are retried with the same batch
+//! and backoff, forever: a sink outage shows as growing lag, never as loss). A probe after the sinks
+//! therefore tells the source which epochs are durable, and only those are committed. Writes land in
+//! epoch order, which changelogs need (the latest record per key wins on restore).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc;
@@ -18,15 +22,11 @@ use timely::dataflow::Stream;
 
 use super::Epoch;
 
-/// Writes one epoch's batch durably (or fails, and is called again with the same batch).
+/// Writes a batch of one or more complete epochs durably (or fails, and is called again with the same
+/// batch). `epoch` is the newest epoch in the batch.
 pub trait BatchWriter<D>: Send + Sync + 'static {
     /// Short name for logs.
     fn name(&self) -> &'static str;
-    /// Must epochs be written one after the other, in epoch order? (A changelog read back as "latest
-    /// record per key wins" must never have an older epoch's record land after a newer one.)
-    fn ordered(&self) -> bool {
-        false
-    }
     fn write(&self, epoch: Epoch, batch: Arc<Vec<D>>) -> BoxFuture<'static, anyhow::Result<()>>;
 }
 
@@ -52,12 +52,11 @@ where
         name,
         move |_, info| {
             let activator = scope.worker().sync_activator_for(info.address.to_vec());
-            let (done_tx, done_rx) = mpsc::channel::<Epoch>();
+            let (done_tx, done_rx) = mpsc::channel::<Vec<Epoch>>();
             let mut collecting: BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)> = BTreeMap::new();
             let mut writing: HashMap<Epoch, Capability<Epoch>> = HashMap::new();
-            let mut ready: VecDeque<(Epoch, Arc<Vec<D>>)> = VecDeque::new();
-            let mut in_progress = 0usize;
-            let ordered = writer.ordered();
+            let mut ready: VecDeque<(Epoch, Vec<D>)> = VecDeque::new();
+            let mut in_flight = false;
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
@@ -76,19 +75,32 @@ where
                     }
                     let Some((cap, batch)) = collecting.remove(&epoch) else { break };
                     writing.insert(epoch, cap);
-                    ready.push_back((epoch, Arc::new(batch)));
+                    ready.push_back((epoch, batch));
                 }
 
                 // Durable epochs release their capability, which lets the probe (and commits) advance.
-                while let Ok(epoch) = done_rx.try_recv() {
-                    writing.remove(&epoch);
-                    in_progress = in_progress.saturating_sub(1);
+                while let Ok(epochs) = done_rx.try_recv() {
+                    for epoch in epochs {
+                        writing.remove(&epoch);
+                    }
+                    in_flight = false;
                 }
 
-                // Start writes: all at once, or one at a time in epoch order for ordered sinks.
-                while !(ordered && in_progress > 0) {
-                    let Some((epoch, batch)) = ready.pop_front() else { break };
-                    in_progress += 1;
+                // One write at a time: everything queued, in epoch order, as one batch.
+                if !in_flight && !ready.is_empty() {
+                    let mut epochs = Vec::with_capacity(ready.len());
+                    let mut batch = Vec::new();
+                    for (epoch, mut records) in ready.drain(..) {
+                        epochs.push(epoch);
+                        if batch.is_empty() {
+                            batch = records;
+                        } else {
+                            batch.append(&mut records);
+                        }
+                    }
+                    let Some(&epoch) = epochs.last() else { return };
+                    in_flight = true;
+                    let batch = Arc::new(batch);
                     let (writer, done, activator) = (writer.clone(), done_tx.clone(), activator.clone());
                     runtime.spawn(async move {
                         let mut attempt = 0u32;
@@ -96,7 +108,7 @@ where
                         loop {
                             match writer.write(epoch, batch.clone()).await {
                                 Ok(()) => {
-                                    tracing::debug!(sink = writer.name(), epoch, records = batch.len(), elapsed = ?started.elapsed(), "epoch written");
+                                    tracing::debug!(sink = writer.name(), epoch, epochs = epochs.len(), records = batch.len(), elapsed = ?started.elapsed(), "epochs written");
                                     if attempt > 0 {
                                         tracing::info!(sink = writer.name(), epoch, attempts = attempt + 1, elapsed = ?started.elapsed(), "write succeeded after retries");
                                         crate::metrics::sink_retrying(writer.name(), -1);
@@ -123,7 +135,7 @@ where
                                 }
                             }
                         }
-                        let _ = done.send(epoch);
+                        let _ = done.send(epochs);
                         let _ = activator.activate();
                     });
                 }

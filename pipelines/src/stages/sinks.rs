@@ -163,11 +163,6 @@ impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<super::guardrails:
         self.name
     }
 
-    /// Restores keep the last record per key: epochs must land in order.
-    fn ordered(&self) -> bool {
-        true
-    }
-
     fn write(
         &self,
         _epoch: Epoch,
