@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 // The allocator the `touchpoint` binary uses (malloc dominated the profile with glibc's allocator).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -36,6 +36,7 @@ use touchpoint_connectors::testing::unique_name;
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
 
 // The pipeline runs in this process: the same allocator as the `touchpoint` binary.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

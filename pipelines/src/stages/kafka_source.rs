@@ -117,6 +117,10 @@ pub fn kafka_source<'s>(
             let mut restoring = role == SourceRole::Table;
             let mut last_catch_up_check = Instant::now();
             let mut restored = 0u64;
+            // Time the source waited because `epochs.max_in_flight` epochs were not yet durable (logged at
+            // the end: the sinks, not the source, set the pace then).
+            let mut held_back = Duration::ZERO;
+            let mut held_since: Option<Instant> = None;
             move |output| {
                 let Some(c) = cap.as_mut() else { return };
                 let mut st = state.borrow_mut();
@@ -137,6 +141,14 @@ pub fn kafka_source<'s>(
                     let mut session = output.session(&*c);
                     // Backpressure: no reading while too many epochs wait for their sinks.
                     let in_flight = st.closed.len();
+                    match (in_flight >= epochs.max_in_flight, held_since) {
+                        (true, None) => held_since = Some(Instant::now()),
+                        (false, Some(since)) => {
+                            held_back += since.elapsed();
+                            held_since = None;
+                        }
+                        _ => {}
+                    }
                     while read < READ_BUDGET
                         && in_flight < epochs.max_in_flight
                         && (restoring || in_epoch < epochs.max_records)
@@ -216,7 +228,7 @@ pub fn kafka_source<'s>(
                     }
                     st.finished = true;
                     cap = None;
-                    tracing::info!(source = name_owned.as_str(), drained, "source finished");
+                    tracing::info!(source = name_owned.as_str(), drained, ?held_back, "source finished");
                 }
             }
         },

@@ -1,0 +1,170 @@
+//! Memory of one worker's keyed state per active subject, as subjects grow (default 100k, 1M, 5M): the
+//! real operator ([`GuardrailWorker`]) with the shipped pipeline file's rules, caps and journeys.
+//!
+//!   cargo run --release -p touchpoint-benches --bin subject_memory -- --subjects 100000,1000000,5000000
+//!
+//! Every subject has email and push consent (2 consent records), signs up and updates a cart (entering
+//! the welcome series and the abandoned cart: a decided welcome email in the send ledger, counted sends
+//! in the cap state, two journeys waiting), and the dedupe state holds its two event ids. Live heap bytes
+//! are counted by a counting global allocator: the whole state after the events minus before, and each
+//! part by the bytes a deep copy of it allocates ("rest": the dedupe ids and the journey timers).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Parser;
+use touchpoint::stages::guardrails::{GuardrailRules, GuardrailState, GuardrailWorker};
+use touchpoint_benches::chain::local_config;
+use touchpoint_benches::live_bytes;
+use touchpoint_operators::consent::{Channel, ConsentChange, ConsentStatus, Purpose, SubjectRef};
+use touchpoint_operators::dedupe::dedupe_key;
+use touchpoint_operators::frequency_cap::FrequencyCaps;
+use touchpoint_operators::intent::IntentRules;
+use touchpoint_operators::journey::Journeys;
+use touchpoint_operators::EventDeduplicator;
+use touchpoint_schemas::{NormalizedEvent, SourcePosition};
+
+#[global_allocator]
+static ALLOCATOR: touchpoint_benches::CountingAllocator = touchpoint_benches::CountingAllocator;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000,5000000")]
+    subjects: Vec<usize>,
+    /// Above this many subjects, only the total is measured: the deep copies that size each part
+    /// would need another 40% of the state's memory (5M subjects: about 15 GiB of state).
+    #[arg(long, default_value_t = 1_000_000)]
+    parts_up_to: usize,
+}
+
+const T0: i64 = 1_795_168_800_000;
+
+fn event(i: usize, event_type: &str, at: i64) -> NormalizedEvent {
+    NormalizedEvent {
+        event_id: format!("{event_type}-{i}"),
+        event_type: event_type.into(),
+        occurred_at_ms: at,
+        subject_id: format!("user-{i}"),
+        tenant_id: "acme".into(),
+        source: "web".into(),
+        attributes_json: format!(
+            r#"{{"amount":{},"country":"DE","currency":"EUR","email":"user{i}@example.com","plan":"pro","time_zone":"Europe/Berlin"}}"#,
+            50 + i % 100
+        ),
+        ingested_at_ms: at,
+        position: SourcePosition { topic: "marketing.events".into(), partition: 0, offset: i as i64 },
+        late: false,
+    }
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let config = local_config();
+    println!(
+        "{:>10} {:>12} {:>12} {:>12} {:>12} {:>14} {:>12}",
+        "subjects", "consent B/s", "sends B/s", "journeys B/s", "rest* B/s", "total B/s", "total MiB"
+    );
+    for &n in &args.subjects {
+        let started = Instant::now();
+        let base = live_bytes();
+        let rules = GuardrailRules {
+            intents: IntentRules::new(&config.intents).map_err(anyhow::Error::msg)?,
+            consent: config.consent.clone(),
+            caps: FrequencyCaps::new(&config.caps).map_err(anyhow::Error::msg)?,
+            journeys: Journeys::new(config.journeys()?, &config.intents.time_zone_attribute),
+            guarantee: config.processing.guarantee,
+            send_ledger_ttl: config.processing.send_ledger_ttl,
+        };
+        let mut worker = GuardrailWorker::new(GuardrailState::default(), rules);
+        let mut dedupe = EventDeduplicator::new(&config.dedupe);
+        for i in 0..n {
+            for channel in [Channel::Email, Channel::Push] {
+                worker.apply_consent(&ConsentChange::Set {
+                    subject: SubjectRef { tenant_id: "acme".into(), subject_id: format!("user-{i}") },
+                    channel,
+                    purpose: Purpose::Marketing,
+                    status: ConsentStatus::Granted,
+                    updated_at_ms: 1,
+                    source: "crm".into(),
+                });
+            }
+        }
+        let after_consent = live_bytes();
+        let mut sends = 0usize;
+        let mut out = Vec::new();
+        const PER_EPOCH: usize = 50_000;
+        for (kind, offset_ms) in [("signed_up", 0), ("cart_updated", 60_000)] {
+            for start in (0..n).step_by(PER_EPOCH) {
+                let events: Vec<NormalizedEvent> = (start..(start + PER_EPOCH).min(n))
+                    .map(|i| event(i, kind, T0 + offset_ms + i as i64))
+                    .filter(|e| dedupe.first_seen(dedupe_key(&e.tenant_id, &e.event_id), e.ingested_at_ms))
+                    .collect();
+                worker.advance_watermark(T0 + offset_ms + start as i64 - 3_600_000);
+                worker.process_epoch(events, T0 + offset_ms, &mut out);
+                sends += out
+                    .iter()
+                    .filter(|o| matches!(o, touchpoint::stages::guardrails::GuardrailOutput::Decision(d) if d.kind == touchpoint_operators::decision::DecisionKind::Allowed))
+                    .count();
+                out.clear();
+            }
+        }
+        out.shrink_to_fit();
+        let total = live_bytes() - base;
+        let consent = after_consent - base;
+        // A part's size: what a deep copy of it allocates.
+        let size_of_copy = |copy: &dyn Fn() -> Box<dyn std::any::Any>| {
+            let before = live_bytes();
+            let copy = copy();
+            let bytes = live_bytes() - before;
+            drop(copy);
+            bytes
+        };
+        let (send_state, journeys) = if n <= args.parts_up_to {
+            (
+                size_of_copy(&|| Box::new(worker.state().caps.clone())),
+                size_of_copy(&|| Box::new(worker.state().journeys.clone())),
+            )
+        } else {
+            (0, 0)
+        };
+        let rest = total.saturating_sub(consent + send_state + journeys);
+        let per = |b: usize| b as f64 / n as f64;
+        if n > args.parts_up_to {
+            println!(
+                "{:>10} {:>12.0} {:>12} {:>12} {:>12} {:>14.0} {:>12.1}",
+                n,
+                per(consent),
+                "-",
+                "-",
+                "-",
+                per(total),
+                mib(total)
+            );
+            eprintln!("{n} subjects: {sends} sends allowed, built in {:.1?}", started.elapsed());
+            continue;
+        }
+        println!(
+            "{:>10} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>14.0} {:>12.1}",
+            n,
+            per(consent),
+            per(send_state),
+            per(journeys),
+            per(rest),
+            per(total),
+            mib(total)
+        );
+        eprintln!(
+            "{n} subjects: {sends} sends allowed, {} with send state, {} in journeys, built in {:.1?}",
+            worker.state().caps.len(),
+            worker.state().journeys.len(),
+            started.elapsed()
+        );
+        drop(worker);
+        drop(dedupe);
+    }
+    Ok(())
+}
