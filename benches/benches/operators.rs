@@ -1,4 +1,5 @@
-//! Criterion micro-benchmarks of the normalization operators, on the generator's event mix.
+//! Criterion micro-benchmarks of every operator: decode (JSON, Avro), normalize, dedupe, consent
+//! join, frequency caps, event time, journey step. The whole chain: `benches/chain.rs`.
 //!
 //!   cargo bench -p touchpoint-benches --bench operators
 
@@ -7,20 +8,15 @@ use std::sync::Arc;
 use apache_avro::Schema;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use touchpoint::generate::{generate, AvroWriter, Expected, GeneratorConfig};
+use touchpoint_benches::chain::CachedSchema;
 use touchpoint_operators::dedupe::dedupe_key;
-use touchpoint_operators::{
-    DedupeConfig, EventDeduplicator, NormalizeConfig, Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError,
-};
+use touchpoint_operators::{DedupeConfig, EventDeduplicator, NormalizeConfig, Normalizer, RecordDecoder};
 use touchpoint_schemas::SourcePosition;
 
-/// An in-memory schema lookup (the registry client caches the same way after the first lookup).
-struct Cached(Arc<Schema>);
-
-impl SchemaLookup for Cached {
-    fn schema(&self, _id: u32) -> Result<Arc<Schema>, SchemaLookupError> {
-        Ok(self.0.clone())
-    }
-}
+// The allocator of the `touchpoint` binary.
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn payloads(avro_share: f64) -> (Vec<Vec<u8>>, Arc<Schema>) {
     let schema = Arc::new(Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT).unwrap());
@@ -36,7 +32,7 @@ fn bench(c: &mut Criterion) {
     let now = chrono::Utc::now().timestamp_millis();
     for (name, share) in [("json", 0.0), ("avro", 1.0)] {
         let (payloads, schema) = payloads(share);
-        let decoder = RecordDecoder::new(Cached(schema));
+        let decoder = RecordDecoder::new(CachedSchema(schema));
         let mut group = c.benchmark_group(format!("normalize_{name}"));
         group.throughput(Throughput::Elements(payloads.len() as u64));
         group.bench_function("decode", |b| b.iter(|| payloads.iter().filter(|p| decoder.decode(p).is_ok()).count()));
@@ -192,5 +188,81 @@ fn event_time(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, guardrails, event_time);
+/// One journey step: subjects entering the shipped journeys on their events (welcome series on
+/// `signed_up`: the welcome email decided, a 1-day wait armed; abandoned cart on `cart_updated`), then a
+/// timer moving each of them on. Consent and caps are answered by a stand-in that allows every send, so
+/// this is the journey machine alone (the real guardrails are in the `chain` bench).
+fn journey_step(c: &mut Criterion) {
+    use touchpoint_operators::consent::{Channel, Purpose, SubjectRef};
+    use touchpoint_operators::intent::SendIntent;
+    use touchpoint_operators::journey::{load_dir, Guardrails, Journeys, SubjectJourneys};
+    use touchpoint_schemas::NormalizedEvent;
+
+    struct AllowAll;
+    impl Guardrails for AllowAll {
+        fn consent(&self, _: Channel, _: Purpose) -> bool {
+            true
+        }
+        fn send(&mut self, _: SendIntent) -> Result<(), String> {
+            Ok(())
+        }
+    }
+    const SUBJECTS: usize = 10_000;
+    const T0: i64 = 1_795_168_800_000;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/journeys");
+    let journeys = Journeys::new(load_dir(&dir).expect("shipped journeys"), "time_zone");
+    let subjects: Vec<SubjectRef> =
+        (0..SUBJECTS).map(|i| SubjectRef { tenant_id: "acme".into(), subject_id: format!("user-{i}") }).collect();
+    let events: Vec<NormalizedEvent> = (0..SUBJECTS)
+        .flat_map(|i| [("signed_up", 0), ("cart_updated", 60_000)].map(move |(t, dt)| (i, t, dt)))
+        .map(|(i, event_type, dt)| NormalizedEvent {
+            event_id: format!("{event_type}-{i}"),
+            event_type: event_type.into(),
+            occurred_at_ms: T0 + dt + i as i64,
+            subject_id: format!("user-{i}"),
+            tenant_id: "acme".into(),
+            source: "web".into(),
+            attributes_json: format!(r#"{{"amount":42.5,"country":"DE","email":"user{i}@example.com","plan":"pro"}}"#),
+            ingested_at_ms: T0,
+            position: SourcePosition { topic: "marketing.events".into(), partition: 0, offset: i as i64 },
+            late: false,
+        })
+        .collect();
+    let mut group = c.benchmark_group("journey_step");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("on_event (enter both journeys)", |b| {
+        b.iter_batched(
+            || vec![SubjectJourneys::default(); SUBJECTS],
+            |mut states| {
+                let mut moved = 0;
+                for (k, e) in events.iter().enumerate() {
+                    moved += journeys.on_event(&subjects[k / 2], &mut states[k / 2], e, &mut AllowAll).len();
+                }
+                moved
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let mut entered = vec![SubjectJourneys::default(); SUBJECTS];
+    for (k, e) in events.iter().enumerate() {
+        journeys.on_event(&subjects[k / 2], &mut entered[k / 2], e, &mut AllowAll);
+    }
+    group.throughput(Throughput::Elements(SUBJECTS as u64));
+    group.bench_function("on_time (a day later: every wait fires)", |b| {
+        b.iter_batched(
+            || entered.clone(),
+            |mut states| {
+                let mut moved = 0;
+                for (s, state) in subjects.iter().zip(states.iter_mut()) {
+                    moved += journeys.on_time(s, state, T0 + 2 * 86_400_000, &mut AllowAll).len();
+                }
+                moved
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, guardrails, event_time, journey_step);
 criterion_main!(benches);

@@ -68,6 +68,12 @@ struct Args {
     /// Offered load of the latency run in events/s (default: half of Touchpoint's best rate).
     #[arg(long)]
     latency_rate: Option<f64>,
+    /// `epochs.max_in_flight` of the throughput runs (default: the pipeline file's, 8).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// `epochs.interval` of the throughput runs in ms (default: the pipeline file's, 200).
+    #[arg(long)]
+    epoch_ms: Option<u64>,
     /// Epoch interval of the latency run's pipeline in ms (default: the pipeline file's).
     #[arg(long)]
     latency_epoch_ms: Option<u64>,
@@ -112,7 +118,7 @@ fn main() -> Result<()> {
     for round in 0..args.rounds {
         for (i, &(workers, guarantee)) in runs.iter().enumerate() {
             let run = format!("{name}_{}w_{}_{round}", workers, guarantee.as_str());
-            let r = touchpoint_rate(&config, &rt, &run, guarantee, workers, args.count)?;
+            let r = touchpoint_rate(&config, &rt, &run, guarantee, workers, args.count, &args)?;
             eprintln!(
                 "touchpoint {workers} worker(s) {} round {round}: {:.0} events/s after a start-up of {:.1?} ({:.0} events/s including it)",
                 guarantee.as_str(),
@@ -225,6 +231,7 @@ fn touchpoint_rate(
     guarantee: ProcessingGuarantee,
     workers: usize,
     count: usize,
+    tuning: &Args,
 ) -> Result<TouchpointRun> {
     let mut config = base.clone();
     config.pipeline.group_id = format!("{run}.pipeline");
@@ -233,11 +240,11 @@ fn touchpoint_rate(
     config.processing.guarantee = guarantee;
     config.source.drain_idle = Duration::from_millis(300);
     config.kafka = batching(&config.kafka);
-    if let Ok(v) = std::env::var("BENCH_MAX_IN_FLIGHT") {
-        config.epochs.max_in_flight = v.parse()?;
+    if let Some(n) = tuning.max_in_flight {
+        config.epochs.max_in_flight = n;
     }
-    if let Ok(v) = std::env::var("BENCH_EPOCH_MS") {
-        config.epochs.interval = Duration::from_millis(v.parse()?);
+    if let Some(ms) = tuning.epoch_ms {
+        config.epochs.interval = Duration::from_millis(ms);
     }
     rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
     rt.block_on(migrate(&config.clickhouse))?;
