@@ -1,18 +1,20 @@
 //! A producer whose writes complete only when the broker acknowledged every record.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::future::join_all;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
 
 use super::{KafkaConfig, OutgoingRecord};
 
 /// How often a record librdkafka could not deliver (after its own retries) is sent again.
 const DELIVERY_ATTEMPTS: u32 = 5;
+/// How long a record may wait for room in the local producer queue before the attempt fails.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct AckedProducer {
@@ -56,7 +58,11 @@ impl AckedProducer {
         let mut pending: Vec<usize> = (0..records.len()).collect();
         for attempt in 1..=DELIVERY_ATTEMPTS {
             let producer = self.producer();
-            let sends = pending.iter().map(|&i| {
+            // Enqueue every record first (librdkafka batches them), then wait for the acknowledgements:
+            // only the small delivery futures are awaited, not one `send` future per record (moving
+            // thousands of those around took a sixth of the sink threads' time in a profile).
+            let mut sends = Vec::with_capacity(pending.len());
+            for &i in &pending {
                 let r = &records[i];
                 let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(r.kafka_headers());
                 if let Some(p) = r.partition {
@@ -68,15 +74,38 @@ impl AckedProducer {
                 if let Some(p) = &r.payload {
                     fr = fr.payload(p.as_slice());
                 }
-                let send = producer.send(fr, Timeout::After(Duration::from_secs(30)));
-                async move { (i, send.await) }
-            });
+                let queued = Instant::now();
+                let delivery = loop {
+                    match producer.send_result(fr) {
+                        Ok(delivery) => break Ok(delivery),
+                        // The local queue is full: wait for acknowledgements to make room.
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                            if queued.elapsed() < QUEUE_TIMEOUT =>
+                        {
+                            fr = back;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err((e, _)) => break Err(e),
+                    }
+                };
+                sends.push(async move {
+                    let outcome = match delivery {
+                        Ok(delivery) => match delivery.await {
+                            Ok(Ok(d)) => Ok(d),
+                            Ok(Err((e, _))) => Err(e),
+                            Err(_canceled) => Err(KafkaError::Canceled),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    (i, outcome)
+                });
+            }
             let outcomes = join_all(sends).await;
             pending.clear();
             for (i, outcome) in outcomes {
                 match outcome {
                     Ok(d) => acked[i] = Some((d.partition, d.offset)),
-                    Err((e, _)) => {
+                    Err(e) => {
                         tracing::warn!(topic = %records[i].topic, attempt, error = %e, "record not acknowledged; will resend");
                         pending.push(i);
                     }
