@@ -106,39 +106,47 @@ pub fn lowercase_emails(value: &mut Value) {
 /// Canonical JSON text: object keys sorted (whatever map order serde_json was built with), no spaces.
 /// Equal values always give equal text, which makes content-derived event ids stable.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::with_capacity(128);
     write_canonical(value, &mut out);
-    out
+    // serde_json writes UTF-8 only; the check is a fast pass over bytes we just wrote.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// Writes straight into one buffer: keys and scalars through serde_json's own writer (same escaping as
+/// its `Display`, without a `String` per key and value: that was most of normalization's allocations).
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
+            keys.sort_unstable();
+            out.push(b'{');
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
+                write_scalar(k, out);
+                out.push(b':');
                 write_canonical(&map[k], out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(v, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => write_scalar(scalar, out),
     }
+}
+
+fn write_scalar<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    // Writing a string, number, bool or null into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 #[cfg(test)]
@@ -202,5 +210,30 @@ mod tests {
     fn canonical_json_sorts_keys_at_every_level() {
         let v = json!({"b": 1, "a": {"d": [1, {"z": 1, "y": 2}], "c": "x\"y"}});
         assert_eq!(canonical_json(&v), r#"{"a":{"c":"x\"y","d":[1,{"y":2,"z":1}]},"b":1}"#);
+    }
+
+    #[test]
+    fn canonical_json_escapes_and_scalars_as_serde_json_displays_them() {
+        let v = json!({"k\n\"ey": "t\u{1}ab\tü😀", "n": -1.5e300, "i": 18446744073709551615u64, "b": false, "z": null,
+                       "e": [], "o": {}});
+        // Same bytes as serde_json's own compact form of each part.
+        let expected = format!(
+            "{{{}:{},{}:{},{}:{},{}:{},{}:{},{}:{},{}:{}}}",
+            json!("b"),
+            json!(false),
+            json!("e"),
+            "[]",
+            json!("i"),
+            json!(18446744073709551615u64),
+            json!("k\n\"ey"),
+            json!("t\u{1}ab\tü😀"),
+            json!("n"),
+            json!(-1.5e300),
+            json!("o"),
+            "{}",
+            json!("z"),
+            "null"
+        );
+        assert_eq!(canonical_json(&v), expected);
     }
 }
