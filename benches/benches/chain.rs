@@ -9,10 +9,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use touchpoint_benches::chain::{local_config, source_records, CachedSchema, Chain};
 use touchpoint_operators::RecordDecoder;
 
-// The allocator of the `touchpoint` binary.
-#[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The `touchpoint` binary's allocator (mimalloc), as in the pipeline.
+touchpoint_benches::pipeline_allocator!();
 
 /// The generator's mix over 100,000 subjects: 100,000 records, epochs of 5,000 (a 200 ms epoch at
 /// 25k events/s per worker).

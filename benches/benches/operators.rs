@@ -13,10 +13,8 @@ use touchpoint_operators::dedupe::dedupe_key;
 use touchpoint_operators::{DedupeConfig, EventDeduplicator, NormalizeConfig, Normalizer, RecordDecoder};
 use touchpoint_schemas::SourcePosition;
 
-// The allocator of the `touchpoint` binary.
-#[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The `touchpoint` binary's allocator (mimalloc), as in the pipeline.
+touchpoint_benches::pipeline_allocator!();
 
 fn payloads(avro_share: f64) -> (Vec<Vec<u8>>, Arc<Schema>) {
     let schema = Arc::new(Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT).unwrap());
@@ -215,18 +213,7 @@ fn journey_step(c: &mut Criterion) {
         (0..SUBJECTS).map(|i| SubjectRef { tenant_id: "acme".into(), subject_id: format!("user-{i}") }).collect();
     let events: Vec<NormalizedEvent> = (0..SUBJECTS)
         .flat_map(|i| [("signed_up", 0), ("cart_updated", 60_000)].map(move |(t, dt)| (i, t, dt)))
-        .map(|(i, event_type, dt)| NormalizedEvent {
-            event_id: format!("{event_type}-{i}"),
-            event_type: event_type.into(),
-            occurred_at_ms: T0 + dt + i as i64,
-            subject_id: format!("user-{i}"),
-            tenant_id: "acme".into(),
-            source: "web".into(),
-            attributes_json: format!(r#"{{"amount":42.5,"country":"DE","email":"user{i}@example.com","plan":"pro"}}"#),
-            ingested_at_ms: T0,
-            position: SourcePosition { topic: "marketing.events".into(), partition: 0, offset: i as i64 },
-            late: false,
-        })
+        .map(|(i, event_type, dt)| touchpoint_benches::subject_event(i, event_type, T0 + dt + i as i64))
         .collect();
     let mut group = c.benchmark_group("journey_step");
     group.throughput(Throughput::Elements(events.len() as u64));

@@ -3,6 +3,37 @@
 
 pub mod chain;
 
+/// Declares the `touchpoint` binary's global allocator (mimalloc) in a benchmark binary, unless built with
+/// `--features system-allocator` (to measure what the allocator is worth).
+#[macro_export]
+macro_rules! pipeline_allocator {
+    () => {
+        #[cfg(not(feature = "system-allocator"))]
+        #[global_allocator]
+        static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+    };
+}
+
+/// A valid event of subject `user-{i}` (tenant `acme`) of the given type at `at_ms`, with the
+/// attributes the shipped journeys read (amount, country, email, plan).
+pub fn subject_event(i: usize, event_type: &str, at_ms: i64) -> touchpoint_schemas::NormalizedEvent {
+    touchpoint_schemas::NormalizedEvent {
+        event_id: format!("{event_type}-{i}"),
+        event_type: event_type.into(),
+        occurred_at_ms: at_ms,
+        subject_id: format!("user-{i}"),
+        tenant_id: "acme".into(),
+        source: "bench".into(),
+        attributes_json: format!(
+            r#"{{"amount":{},"country":"DE","currency":"EUR","email":"user{i}@example.com","plan":"pro"}}"#,
+            50 + i % 100
+        ),
+        ingested_at_ms: 0,
+        position: touchpoint_schemas::SourcePosition { topic: "bench".into(), partition: 0, offset: i as i64 },
+        late: false,
+    }
+}
+
 use std::alloc::{GlobalAlloc, Layout};
 
 use mimalloc::MiMalloc;

@@ -6,10 +6,8 @@
 
 use std::time::Instant;
 
-// The allocator the `touchpoint` binary uses (malloc dominated the profile with glibc's allocator).
-#[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The `touchpoint` binary's allocator (mimalloc), as in the pipeline.
+touchpoint_benches::pipeline_allocator!();
 
 use clap::Parser;
 use touchpoint_benches::chain::{local_config, source_records, CachedSchema, Chain};

@@ -35,10 +35,8 @@ use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_connectors::testing::unique_name;
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
 
-// The pipeline runs in this process: the same allocator as the `touchpoint` binary.
-#[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The `touchpoint` binary's allocator (mimalloc), as in the pipeline.
+touchpoint_benches::pipeline_allocator!();
 
 #[derive(Parser)]
 struct Args {

@@ -22,7 +22,7 @@ use touchpoint_operators::decision::{decide, DecisionKind};
 use touchpoint_operators::frequency_cap::{CapQuery, FrequencyCaps, SubjectCaps};
 use touchpoint_operators::intent::SendIntent;
 use touchpoint_operators::journey::{load_dir, Guardrails, Journeys, SubjectJourneys};
-use touchpoint_schemas::{NormalizedEvent, SourcePosition};
+use touchpoint_schemas::NormalizedEvent;
 
 #[global_allocator]
 static ALLOCATOR: touchpoint_benches::CountingAllocator = touchpoint_benches::CountingAllocator;
@@ -60,24 +60,6 @@ impl Guardrails for Real<'_> {
     }
 }
 
-fn event(i: usize, event_type: &str, at: i64) -> NormalizedEvent {
-    NormalizedEvent {
-        event_id: format!("{event_type}-{i}"),
-        event_type: event_type.into(),
-        occurred_at_ms: at,
-        subject_id: format!("user-{i}"),
-        tenant_id: "acme".into(),
-        source: "bench".into(),
-        attributes_json: format!(
-            r#"{{"amount":{},"country":"DE","currency":"EUR","email":"user{i}@example.com","plan":"pro"}}"#,
-            50 + i % 100
-        ),
-        ingested_at_ms: 0,
-        position: SourcePosition { topic: "bench".into(), partition: 0, offset: i as i64 },
-        late: false,
-    }
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     let n = args.subjects;
@@ -100,8 +82,10 @@ fn main() -> Result<()> {
             });
         }
     }
-    let signups: Vec<NormalizedEvent> = (0..n).map(|i| event(i, "signed_up", T0 + i as i64)).collect();
-    let carts: Vec<NormalizedEvent> = (0..n).map(|i| event(i, "cart_updated", T0 + 60_000 + i as i64)).collect();
+    let signups: Vec<NormalizedEvent> =
+        (0..n).map(|i| touchpoint_benches::subject_event(i, "signed_up", T0 + i as i64)).collect();
+    let carts: Vec<NormalizedEvent> =
+        (0..n).map(|i| touchpoint_benches::subject_event(i, "cart_updated", T0 + 60_000 + i as i64)).collect();
 
     // Baseline: frequency caps alone, one intent per event, same subjects.
     let mut baseline_states: HashMap<SubjectRef, SubjectCaps> = HashMap::with_capacity(n);

@@ -22,7 +22,7 @@ use touchpoint_operators::frequency_cap::FrequencyCaps;
 use touchpoint_operators::intent::IntentRules;
 use touchpoint_operators::journey::Journeys;
 use touchpoint_operators::EventDeduplicator;
-use touchpoint_schemas::{NormalizedEvent, SourcePosition};
+use touchpoint_schemas::NormalizedEvent;
 
 #[global_allocator]
 static ALLOCATOR: touchpoint_benches::CountingAllocator = touchpoint_benches::CountingAllocator;
@@ -38,24 +38,6 @@ struct Args {
 }
 
 const T0: i64 = 1_795_168_800_000;
-
-fn event(i: usize, event_type: &str, at: i64) -> NormalizedEvent {
-    NormalizedEvent {
-        event_id: format!("{event_type}-{i}"),
-        event_type: event_type.into(),
-        occurred_at_ms: at,
-        subject_id: format!("user-{i}"),
-        tenant_id: "acme".into(),
-        source: "web".into(),
-        attributes_json: format!(
-            r#"{{"amount":{},"country":"DE","currency":"EUR","email":"user{i}@example.com","plan":"pro","time_zone":"Europe/Berlin"}}"#,
-            50 + i % 100
-        ),
-        ingested_at_ms: at,
-        position: SourcePosition { topic: "marketing.events".into(), partition: 0, offset: i as i64 },
-        late: false,
-    }
-}
 
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
@@ -100,8 +82,8 @@ fn main() -> Result<()> {
         for (kind, offset_ms) in [("signed_up", 0), ("cart_updated", 60_000)] {
             for start in (0..n).step_by(PER_EPOCH) {
                 let events: Vec<NormalizedEvent> = (start..(start + PER_EPOCH).min(n))
-                    .map(|i| event(i, kind, T0 + offset_ms + i as i64))
-                    .filter(|e| dedupe.first_seen(dedupe_key(&e.tenant_id, &e.event_id), e.ingested_at_ms))
+                    .map(|i| touchpoint_benches::subject_event(i, kind, T0 + offset_ms + i as i64))
+                    .filter(|e| dedupe.first_seen(dedupe_key(&e.tenant_id, &e.event_id), e.occurred_at_ms))
                     .collect();
                 worker.advance_watermark(T0 + offset_ms + start as i64 - 3_600_000);
                 worker.process_epoch(events, T0 + offset_ms, &mut out);
