@@ -12,8 +12,9 @@ use touchpoint_connectors::clickhouse::migrate;
 use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, OutgoingRecord};
 use touchpoint_operators::watermark::LatePolicy;
 
-// Events allocate many small strings and maps on every worker thread; glibc's allocator took about half of
-// the operator chain's time in a profile, mimalloc 0.8× of that (benches/README.md, "Profiling").
+// Events allocate many small strings and maps on every worker thread: with glibc's allocator, malloc and
+// free took about half of the operator chain's time; mimalloc made the chain 1.85× and the pipeline end to
+// end 1.3× faster (benches/README.md, "Profiling"; docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
