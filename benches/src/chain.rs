@@ -21,8 +21,6 @@ use touchpoint_connectors::clickhouse::encoding::batch_token;
 use touchpoint_connectors::kafka::SourceRecord;
 use touchpoint_operators::consent::{parse_consent, ConsentTable};
 use touchpoint_operators::decision::DecisionKind;
-use touchpoint_operators::frequency_cap::FrequencyCaps;
-use touchpoint_operators::intent::IntentRules;
 use touchpoint_operators::journey::Journeys;
 use touchpoint_operators::{EventDeduplicator, Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError};
 use touchpoint_schemas::SourcePosition;
@@ -98,14 +96,7 @@ impl Chain {
     /// email and push marketing consent, as `touchpoint generate` produces).
     pub fn new(config: &PipelineConfig, schema: Arc<Schema>, subjects: usize) -> Self {
         let journeys = Journeys::new(config.journeys().expect("journeys"), &config.intents.time_zone_attribute);
-        let rules = GuardrailRules {
-            intents: IntentRules::new(&config.intents).expect("intent rules"),
-            consent: config.consent.clone(),
-            caps: FrequencyCaps::new(&config.caps).expect("caps"),
-            journeys,
-            guarantee: config.processing.guarantee,
-            send_ledger_ttl: config.processing.send_ledger_ttl,
-        };
+        let rules = GuardrailRules::from_config(config, journeys).expect("guardrail rules");
         // The generator's consent records (`touchpoint generate` produces the same), parsed as the
         // pipeline's consent stage does.
         let mut consent = ConsentTable::new();

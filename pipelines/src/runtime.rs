@@ -18,8 +18,6 @@ use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, Parti
 use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::dedupe::dedupe_key;
-use touchpoint_operators::frequency_cap::FrequencyCaps;
-use touchpoint_operators::intent::IntentRules;
 use touchpoint_operators::journey::{Journey, Journeys, SubjectJourneys};
 use touchpoint_operators::{EventDeduplicator, Normalizer};
 
@@ -98,10 +96,11 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     let peers = options.workers * options.processes;
     let local_workers = options.process * options.workers..(options.process + 1) * options.workers;
     // The restores are independent and mostly wait on the broker and ClickHouse: side by side.
-    let has_journeys = !config.journeys()?.is_empty();
+    let current_journeys = config.journeys()?;
+    let has_journeys = !current_journeys.is_empty();
     let (restored_caps, journeys, restored_journeys, restored_ids) = std::thread::scope(|s| {
         let caps = s.spawn(|| restore_caps(&config, peers, local_workers.clone()));
-        let journeys = s.spawn(|| load_journeys(&config, &runtime));
+        let journeys = s.spawn(|| load_journeys(&config, current_journeys, &runtime));
         let journey_state = s.spawn(|| {
             if !has_journeys {
                 return Ok(HashMap::new());
@@ -253,14 +252,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             consent_topic: config.topics.consent.name.clone(),
             consent_dead_letter_topic: config.topics.consent_dead_letter.name.clone(),
             default_tenant: config.normalize.default_tenant.clone(),
-            rules: GuardrailRules {
-                intents: IntentRules::new(&config.intents).map_err(anyhow::Error::msg)?,
-                consent: config.consent.clone(),
-                caps: FrequencyCaps::new(&config.caps).map_err(anyhow::Error::msg)?,
-                journeys: shared.journeys.clone(),
-                guarantee: config.processing.guarantee,
-                send_ledger_ttl: config.processing.send_ledger_ttl,
-            },
+            rules: GuardrailRules::from_config(config, shared.journeys.clone())?,
             guardrail_state: GuardrailState { consent: Default::default(), caps: caps_state, journeys: journey_state },
             transitions: TransitionStore::new(&config.clickhouse),
             journeys_changelog: AckedProducer::new(&config.kafka)?,
@@ -485,11 +477,14 @@ pub fn restore_changelog<T: serde::de::DeserializeOwned>(
     Ok(by_worker)
 }
 
-/// The journeys to run: the current files, plus every older version recorded in the versions topic
+/// The journeys to run: the current files (`config.journeys()`), plus every older version recorded in the versions topic
 /// (subjects continue on the version they entered with). Current versions not yet recorded are
 /// recorded first, so a version is archived before any subject can enter it.
-pub fn load_journeys(config: &PipelineConfig, runtime: &tokio::runtime::Runtime) -> Result<Journeys> {
-    let current = config.journeys()?;
+pub fn load_journeys(
+    config: &PipelineConfig,
+    current: Vec<Journey>,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Journeys> {
     let mut journeys = Journeys::new(current.clone(), &config.intents.time_zone_attribute);
     if current.is_empty() {
         return Ok(journeys);

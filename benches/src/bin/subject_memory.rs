@@ -18,8 +18,6 @@ use touchpoint_benches::chain::local_config;
 use touchpoint_benches::live_bytes;
 use touchpoint_operators::consent::{Channel, ConsentChange, ConsentStatus, Purpose, SubjectRef};
 use touchpoint_operators::dedupe::dedupe_key;
-use touchpoint_operators::frequency_cap::FrequencyCaps;
-use touchpoint_operators::intent::IntentRules;
 use touchpoint_operators::journey::Journeys;
 use touchpoint_operators::EventDeduplicator;
 use touchpoint_schemas::NormalizedEvent;
@@ -53,14 +51,8 @@ fn main() -> Result<()> {
     for &n in &args.subjects {
         let started = Instant::now();
         let base = live_bytes();
-        let rules = GuardrailRules {
-            intents: IntentRules::new(&config.intents).map_err(anyhow::Error::msg)?,
-            consent: config.consent.clone(),
-            caps: FrequencyCaps::new(&config.caps).map_err(anyhow::Error::msg)?,
-            journeys: Journeys::new(config.journeys()?, &config.intents.time_zone_attribute),
-            guarantee: config.processing.guarantee,
-            send_ledger_ttl: config.processing.send_ledger_ttl,
-        };
+        let journeys = Journeys::new(config.journeys()?, &config.intents.time_zone_attribute);
+        let rules = GuardrailRules::from_config(&config, journeys)?;
         let mut worker = GuardrailWorker::new(GuardrailState::default(), rules);
         let mut dedupe = EventDeduplicator::new(&config.dedupe);
         for i in 0..n {

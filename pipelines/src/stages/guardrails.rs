@@ -172,6 +172,20 @@ pub struct GuardrailRules {
     pub send_ledger_ttl: Duration,
 }
 
+impl GuardrailRules {
+    /// The rules of a pipeline file, with its journeys already loaded (current and archived versions).
+    pub fn from_config(config: &crate::PipelineConfig, journeys: Journeys) -> anyhow::Result<Self> {
+        Ok(GuardrailRules {
+            intents: IntentRules::new(&config.intents).map_err(anyhow::Error::msg)?,
+            consent: config.consent.clone(),
+            caps: FrequencyCaps::new(&config.caps).map_err(anyhow::Error::msg)?,
+            journeys,
+            guarantee: config.processing.guarantee,
+            send_ledger_ttl: config.processing.send_ledger_ttl,
+        })
+    }
+}
+
 /// The send ledger's default memory: longer than any replay a team would run after an incident.
 pub const DEFAULT_SEND_LEDGER_TTL: Duration = Duration::from_secs(7 * 86_400);
 
