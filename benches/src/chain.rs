@@ -14,7 +14,7 @@ use std::sync::Arc;
 use apache_avro::Schema;
 use touchpoint::generate::{consent_grants, generate, AvroWriter, GeneratorConfig};
 use touchpoint::stages::guardrails::{GuardrailOutput, GuardrailRules, GuardrailState, GuardrailWorker};
-use touchpoint::stages::normalize::{DeadLetter, Outcome};
+use touchpoint::stages::normalize::{normalize_record, Outcome};
 use touchpoint::stages::sinks::{send_record, TopicRecord};
 use touchpoint::PipelineConfig;
 use touchpoint_connectors::clickhouse::encoding::batch_token;
@@ -23,7 +23,6 @@ use touchpoint_operators::consent::{parse_consent, ConsentTable};
 use touchpoint_operators::decision::DecisionKind;
 use touchpoint_operators::journey::Journeys;
 use touchpoint_operators::{EventDeduplicator, Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError};
-use touchpoint_schemas::SourcePosition;
 
 /// An in-memory schema lookup (the registry client caches the same way after the first lookup).
 pub struct CachedSchema(pub Arc<Schema>);
@@ -118,28 +117,13 @@ impl Chain {
     }
 
     /// Processes one epoch of source records (one worker, every partition) and encodes what the sinks
-    /// would write.
-    pub fn epoch(&mut self, records: &[SourceRecord], now_ms: i64, counts: &mut ChainCounts) {
+    /// would write. Records are decoded and normalized by the pipeline's own `normalize_record`.
+    pub fn epoch(&mut self, records: Vec<SourceRecord>, now_ms: i64, counts: &mut ChainCounts) {
         let mut events = Vec::with_capacity(records.len());
         let mut bytes = 0;
         for record in records {
             counts.records += 1;
-            let position =
-                SourcePosition { topic: "marketing.events".into(), partition: record.partition, offset: record.offset };
-            let outcome = match self
-                .decoder
-                .decode(record.payload.as_deref().unwrap_or_default())
-                .map_err(|e| match e {
-                    touchpoint_operators::DecodeError::Reject(r) => r,
-                    touchpoint_operators::DecodeError::Retry(why) => {
-                        panic!("cached schema cannot be unavailable: {why}")
-                    }
-                })
-                .and_then(|fields| self.normalizer.normalize(fields, position.clone(), now_ms))
-            {
-                Ok(event) => Outcome::Event(event, false),
-                Err(rejection) => Outcome::Rejected(DeadLetter::of(record.clone(), position, rejection, now_ms)),
-            };
+            let outcome = normalize_record(&self.decoder, &self.normalizer, "marketing.events", record);
             match outcome {
                 Outcome::Event(event, _) => {
                     let key = touchpoint_operators::dedupe::dedupe_key(&event.tenant_id, &event.event_id);
@@ -186,10 +170,12 @@ impl Chain {
     }
 
     /// The whole input in epochs of `per_epoch` records.
-    pub fn run(&mut self, records: &[SourceRecord], per_epoch: usize, now_ms: i64) -> ChainCounts {
+    pub fn run(&mut self, records: Vec<SourceRecord>, per_epoch: usize, now_ms: i64) -> ChainCounts {
         let mut counts = ChainCounts::default();
-        for chunk in records.chunks(per_epoch) {
-            self.epoch(chunk, now_ms, &mut counts);
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let epoch: Vec<SourceRecord> = records.by_ref().take(per_epoch).collect();
+            self.epoch(epoch, now_ms, &mut counts);
         }
         counts
     }
