@@ -442,6 +442,21 @@ pub fn consent_grants(
     out
 }
 
+/// Registers the event schema for the pipeline's source topic (subject `<topic>-value`) and generates
+/// `generator.count` records with it; returns the schema id and the records, not produced yet. Blocks
+/// (the registry client): call it outside async code.
+pub fn generate_registered(
+    pipeline: &crate::PipelineConfig,
+    generator: &GeneratorConfig,
+) -> anyhow::Result<(u32, Vec<GeneratedRecord>)> {
+    use touchpoint_connectors::schema_registry::RegistryClient;
+
+    let schema = Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT)?;
+    let schema_id = RegistryClient::new(&pipeline.schema_registry)?
+        .register_avro(&format!("{}-value", pipeline.topics.events.name), touchpoint_schemas::avro::MARKETING_EVENT)?;
+    Ok((schema_id, generate(generator, Some(&AvroWriter { schema_id, schema: &schema }))))
+}
+
 /// A generated record and the (partition, offset) the broker gave it.
 pub type ProducedRecord = (GeneratedRecord, (i32, i64));
 
@@ -455,13 +470,9 @@ pub fn produce_generated(
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<(u32, Vec<ProducedRecord>)> {
     use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, OutgoingRecord};
-    use touchpoint_connectors::schema_registry::RegistryClient;
 
     let topic = &pipeline.topics.events.name;
-    let schema = Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT)?;
-    let schema_id = RegistryClient::new(&pipeline.schema_registry)?
-        .register_avro(&format!("{topic}-value"), touchpoint_schemas::avro::MARKETING_EVENT)?;
-    let records = generate(generator, Some(&AvroWriter { schema_id, schema: &schema }));
+    let (schema_id, records) = generate_registered(pipeline, generator)?;
     runtime.block_on(ensure_topics(kafka, &pipeline.topics.all()))?;
     let producer = AckedProducer::new(kafka)?;
     let mut positions = Vec::with_capacity(records.len());

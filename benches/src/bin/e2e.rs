@@ -27,11 +27,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use touchpoint::generate::{consent_grants, generate, produce_generated, AvroWriter, Expected, GeneratorConfig};
+use touchpoint::generate::{consent_grants, generate_registered, produce_generated, Expected, GeneratorConfig};
 use touchpoint::{PipelineConfig, RunOptions};
 use touchpoint_connectors::clickhouse::migrate;
 use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, KafkaConfig};
-use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_connectors::testing::unique_name;
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
 
@@ -93,9 +92,8 @@ fn main() -> Result<()> {
     // normal batching: both readers start at the beginning of every partition, so the local broker's
     // batch quirk (docs/broker-quirks.md) does not apply.
     let producer_config = batching(&config.kafka);
-    let consent = consent_grants(args.subjects, 0.6, 42, &config.topics.consent.name);
     rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
-    rt.block_on(AckedProducer::new(&producer_config)?.send_all(&consent))?;
+    let consent_records = produce_consent(&config, args.subjects, &rt)?;
     eprintln!("producing {} events to {topic} ({} partitions)...", args.count, args.partitions);
     let generator = GeneratorConfig { count: args.count, subjects: args.subjects, ..Default::default() };
     let produced_at = Instant::now();
@@ -132,7 +130,7 @@ fn main() -> Result<()> {
     let best: Vec<TouchpointRun> = best.into_iter().flatten().collect();
 
     // 3. The peer.
-    let peer = if args.no_peer { None } else { Some(peer_rate(&config, &name, args.count, consent.len())?) };
+    let peer = if args.no_peer { None } else { Some(peer_rate(&config, &name, args.count, consent_records)?) };
 
     // 4. Latency at half of the best rate.
     let top = best.iter().map(|r| r.rate).fold(0f64, f64::max);
@@ -200,6 +198,14 @@ fn bench_config(path: &Path, name: &str, partitions: i32) -> Result<PipelineConf
     let mut config = PipelineConfig::parse(&text, path)?;
     config.pipeline.metrics_listen = None;
     Ok(config)
+}
+
+/// Consent for 60% of `subjects` (email and push granted, the records `touchpoint generate` produces) to
+/// the pipeline's consent topic; returns how many records.
+fn produce_consent(config: &PipelineConfig, subjects: usize, rt: &tokio::runtime::Runtime) -> Result<usize> {
+    let consent = consent_grants(subjects, 0.6, GeneratorConfig::default().seed, &config.topics.consent.name);
+    rt.block_on(AckedProducer::new(&batching(&config.kafka))?.send_all(&consent))?;
+    Ok(consent.len())
 }
 
 /// Producer settings that batch: nothing resumes from the benchmark's topics mid-batch (the local
@@ -359,14 +365,10 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
     }
     rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
     rt.block_on(migrate(&config.clickhouse))?;
-    let consent = consent_grants(args.subjects, 0.6, 42, &config.topics.consent.name);
-    rt.block_on(AckedProducer::new(&batching(&config.kafka))?.send_all(&consent))?;
+    produce_consent(&config, args.subjects, rt)?;
 
     let seconds = args.latency_seconds;
     let count = (rate * seconds as f64) as usize;
-    let schema = apache_avro::Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT)?;
-    let schema_id = RegistryClient::new(&config.schema_registry)?
-        .register_avro(&format!("{}-value", config.topics.events.name), touchpoint_schemas::avro::MARKETING_EVENT)?;
     let start_ms = chrono::Utc::now().timestamp_millis() + 2_000;
     let generator = GeneratorConfig {
         count,
@@ -375,7 +377,7 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
         span_ms: seconds as i64 * 1_000,
         ..Default::default()
     };
-    let records = generate(&generator, Some(&AvroWriter { schema_id, schema: &schema }));
+    let (_, records) = generate_registered(&config, &generator)?;
 
     eprintln!("latency: {count} events at {rate:.0}/s over {seconds} s...");
     let pipeline = std::thread::spawn(move || {
