@@ -27,7 +27,9 @@ fn chain(c: &mut Criterion) {
     group.sample_size(10);
     let decoder = RecordDecoder::new(CachedSchema(schema.clone()));
     group.bench_function("baseline: decode only", |b| {
-        b.iter(|| records.iter().filter(|r| decoder.decode(r.payload.as_deref().unwrap_or_default()).is_ok()).count())
+        b.iter(|| {
+            records.iter().filter(|r| decoder.decode_event(r.payload.as_deref().unwrap_or_default()).is_ok()).count()
+        })
     });
     group.bench_function("decode → normalize → dedupe → guardrails+journeys → sink records", |b| {
         b.iter_batched(

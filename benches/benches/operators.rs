@@ -33,13 +33,19 @@ fn bench(c: &mut Criterion) {
         let decoder = RecordDecoder::new(CachedSchema(schema));
         let mut group = c.benchmark_group(format!("normalize_{name}"));
         group.throughput(Throughput::Elements(payloads.len() as u64));
-        group.bench_function("decode", |b| b.iter(|| payloads.iter().filter(|p| decoder.decode(p).is_ok()).count()));
+        group.bench_function("decode", |b| {
+            b.iter(|| payloads.iter().filter(|p| decoder.decode_event(p).is_ok()).count())
+        });
         group.bench_function("decode+normalize", |b| {
             b.iter(|| {
                 payloads
                     .iter()
                     .filter(|p| {
-                        decoder.decode(p).ok().and_then(|f| normalizer.normalize(f, pos.clone(), now).ok()).is_some()
+                        decoder
+                            .decode_event(p)
+                            .ok()
+                            .and_then(|f| normalizer.normalize(f, pos.clone(), now).ok())
+                            .is_some()
                     })
                     .count()
             })

@@ -541,7 +541,7 @@ mod tests {
         for (i, r) in records.iter().enumerate() {
             avro += usize::from(r.payload.first() == Some(&0));
             let pos = SourcePosition { topic: "t".into(), partition: 0, offset: i as i64 };
-            let outcome = match decoder.decode(&r.payload) {
+            let outcome = match decoder.decode_event(&r.payload) {
                 Ok(fields) => normalizer.normalize(fields, pos, cfg.now_ms).map_err(|e| e.reason),
                 Err(touchpoint_operators::DecodeError::Reject(e)) => Err(e.reason),
                 Err(e) => panic!("{e:?}"),
@@ -577,7 +577,7 @@ mod tests {
         let normalizer = local_normalizer();
         let mut counts = std::collections::BTreeMap::new();
         for (i, r) in generate(&cfg, None).iter().enumerate() {
-            let fields = touchpoint_operators::decode::decode_json(&r.payload).unwrap();
+            let fields = touchpoint_operators::decode::decode_json_event(&r.payload).unwrap();
             let e = normalizer
                 .normalize(fields, SourcePosition { topic: "t".into(), partition: 0, offset: i as i64 }, cfg.now_ms)
                 .unwrap();

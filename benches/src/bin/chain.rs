@@ -34,7 +34,8 @@ fn main() {
     let now_ms = chrono::Utc::now().timestamp_millis();
     let decoder = RecordDecoder::new(CachedSchema(schema.clone()));
     let started = Instant::now();
-    let decoded = records.iter().filter(|r| decoder.decode(r.payload.as_deref().unwrap_or_default()).is_ok()).count();
+    let decoded =
+        records.iter().filter(|r| decoder.decode_event(r.payload.as_deref().unwrap_or_default()).is_ok()).count();
     let baseline = records.len() as f64 / started.elapsed().as_secs_f64();
     let mut best = 0f64;
     let mut counts = Default::default();

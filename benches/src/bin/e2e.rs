@@ -65,7 +65,7 @@ struct Args {
     /// Offered load of the latency run in events/s (default: half of Touchpoint's best rate).
     #[arg(long)]
     latency_rate: Option<f64>,
-    /// `epochs.max_in_flight` of the throughput runs (default: the pipeline file's, 8).
+    /// `epochs.max_in_flight` of the throughput and latency runs (default: the pipeline file's).
     #[arg(long)]
     max_in_flight: Option<usize>,
     /// `epochs.interval` of the throughput runs in ms (default: the pipeline file's, 200).
@@ -168,13 +168,19 @@ fn main() -> Result<()> {
     }
     if let Some((rate, l)) = latency {
         println!(
-            "latency at {rate:.0} events/s offered (2 workers, epochs of {:?}): p50 {} ms, p99 {} ms, max {} ms over {} sends",
+            "latency at {rate:.0} events/s offered (2 workers, epochs of {:?}, at most {} in flight):",
             args.latency_epoch_ms.map_or(config.epochs.interval, Duration::from_millis),
-            l.p50,
-            l.p99,
-            l.max,
-            l.sends
+            args.max_in_flight.unwrap_or(config.epochs.max_in_flight),
         );
+        for (what, p, unit) in [
+            ("  event to send (touchpoint)", &l.pipeline, "sends"),
+            ("  produce to poll (bare consumer)", &l.broker, "records"),
+        ] {
+            println!(
+                "{what:<36} p50 {:>4} ms   p99 {:>4} ms   max {:>4} ms   over {} {unit}",
+                p.p50, p.p99, p.max, p.samples
+            );
+        }
     }
     Ok(())
 }
@@ -341,10 +347,61 @@ fn peer_rate(config: &PipelineConfig, name: &str, count: usize, consent_records:
 }
 
 struct Latency {
+    /// Produce → send record, Touchpoint.
+    pipeline: Percentiles,
+    /// Produce → a bare consumer's poll of the same records, in the same run: the broker's own floor.
+    broker: Percentiles,
+}
+
+struct Percentiles {
     p50: i64,
     p99: i64,
     max: i64,
-    sends: usize,
+    samples: usize,
+}
+
+impl Percentiles {
+    fn of(mut millis: Vec<i64>) -> Option<Self> {
+        if millis.is_empty() {
+            return None;
+        }
+        millis.sort_unstable();
+        let at = |q: f64| millis[((millis.len() - 1) as f64 * q).round() as usize];
+        Some(Percentiles { p50: at(0.50), p99: at(0.99), max: at(1.0), samples: millis.len() })
+    }
+}
+
+/// Reads `topic` from the beginning until `stop` is set and nothing came for a second, noting for every
+/// record produced after `from_ms` how long after its produce timestamp (CreateTime, set by the
+/// producer) it was polled: what any consumer of this broker waits at best.
+fn broker_latency(
+    config: &PipelineConfig,
+    topic: &str,
+    from_ms: i64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Vec<i64>> {
+    let consumer: BaseConsumer = config.kafka.consumer_config(&unique_name("bench-broker-latency")).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..config.topics.events.partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut waited = Vec::new();
+    let mut last = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) || last.elapsed() < Duration::from_secs(1) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                if let Some(ts) = m.timestamp().to_millis().filter(|&ts| ts >= from_ms) {
+                    waited.push(now_ms - ts);
+                }
+            }
+            Some(Err(e)) => bail!("reading the live stream: {e}"),
+            None => {}
+        }
+    }
+    Ok(waited)
 }
 
 /// A live stream at `rate` events/s for `--latency-seconds` through a fresh pipeline (2 workers, the
@@ -362,6 +419,9 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
     pipeline_config.kafka.producer.insert("linger.ms".into(), "1".into());
     if let Some(ms) = args.latency_epoch_ms {
         pipeline_config.epochs.interval = Duration::from_millis(ms);
+    }
+    if let Some(n) = args.max_in_flight {
+        pipeline_config.epochs.max_in_flight = n;
     }
     rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
     rt.block_on(migrate(&config.clickhouse))?;
@@ -383,6 +443,14 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
     let pipeline = std::thread::spawn(move || {
         touchpoint::run(pipeline_config, RunOptions { workers: 2, until_drained: true, ..Default::default() })
     });
+    // A bare consumer reads the same live stream meanwhile: the broker's produce-to-poll latency.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let broker = {
+        let (config, stop) = (config.clone(), stop.clone());
+        let topic = config.topics.events.name.clone();
+        let from_ms = chrono::Utc::now().timestamp_millis() + WARM_UP.as_millis() as i64;
+        std::thread::spawn(move || broker_latency(&config, &topic, from_ms, &stop))
+    };
     // Paced producer: every 5 ms, the records due by then; each record's send time is noted.
     let producer: ThreadedProducer<DefaultProducerContext> = {
         let mut c = config.kafka.producer_config();
@@ -421,6 +489,8 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
     }
     producer.flush(Duration::from_secs(30))?;
     let offered = count as f64 / began.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let broker = broker.join().map_err(|_| anyhow::anyhow!("the broker latency thread panicked"))??;
     let report = pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
     eprintln!("latency: offered {offered:.0} events/s; pipeline read {}", report.totals.tally.received);
 
@@ -454,10 +524,7 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
             None => {}
         }
     }
-    if latencies.is_empty() {
-        bail!("no send of the live stream found");
-    }
-    latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-    Ok(Latency { p50: at(0.50), p99: at(0.99), max: at(1.0), sends: latencies.len() })
+    let pipeline = Percentiles::of(latencies).context("no send of the live stream found")?;
+    let broker = Percentiles::of(broker).context("the bare consumer read nothing of the live stream")?;
+    Ok(Latency { pipeline, broker })
 }

@@ -3,6 +3,8 @@
 use chrono::DateTime;
 use serde_json::Value;
 
+use crate::decode::event::FieldValue;
+
 /// Smallest and largest event times accepted (ClickHouse `DateTime64(3)` covers 1900-01-01 ..
 /// 2299-12-31; we stay inside it).
 pub const MIN_EVENT_TIME_MS: i64 = -2_208_988_800_000; // 1900-01-01T00:00:00Z
@@ -44,12 +46,17 @@ pub fn snake_case(raw: &str) -> String {
 /// Parses `occurred_at`: RFC 3339 with any offset, or epoch seconds / milliseconds (as a number or a
 /// numeric string, fractions allowed). Returns UTC milliseconds, or a human reason.
 pub fn parse_event_time(value: &Value) -> Result<i64, String> {
+    parse_event_time_field(&FieldValue::of(value))
+}
+
+/// [`parse_event_time`] of a decoded event field.
+pub fn parse_event_time_field(value: &FieldValue<'_>) -> Result<i64, String> {
     let ms = match value {
-        Value::Number(n) => {
+        FieldValue::Number(n) => {
             let f = n.as_f64().ok_or_else(|| format!("{n} is not a finite number"))?;
             epoch_number_to_millis(f)?
         }
-        Value::String(s) => {
+        FieldValue::Str(s) => {
             let s = s.trim();
             if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
                 dt.timestamp_millis()
@@ -59,7 +66,7 @@ pub fn parse_event_time(value: &Value) -> Result<i64, String> {
                 return Err(format!("{s:?} is neither RFC 3339 nor epoch seconds/milliseconds"));
             }
         }
-        other => return Err(format!("expected a string or a number, got {}", crate::decode::json_kind(other))),
+        other => return Err(format!("expected a string or a number, got {}", other.kind())),
     };
     if !(MIN_EVENT_TIME_MS..MAX_EVENT_TIME_MS).contains(&ms) {
         return Err(format!("{ms} ms since the epoch is outside 1900..2300"));

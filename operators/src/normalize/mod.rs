@@ -17,13 +17,14 @@ mod config;
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::{Map, Value};
 use touchpoint_schemas::{NormalizedEvent, RejectReason, SourcePosition};
 
-pub use canonical::{canonical_json, is_email_like, lowercase_emails, parse_event_time, snake_case};
+pub use canonical::{
+    canonical_json, is_email_like, lowercase_emails, parse_event_time, parse_event_time_field, snake_case,
+};
 pub use config::{EventTypesConfig, NormalizeConfig, UnknownEventTypes};
 
-use crate::decode::json_kind;
+use crate::decode::event::{Attributes, EventFields, FieldValue};
 
 /// A record the pipeline refuses, with the reason code and a message for the person who produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +89,8 @@ impl Normalizer {
 
     /// The canonical name of a producer's event type.
     pub fn canonical_event_type(&self, raw: &str) -> Result<String, Rejection> {
-        let snake = snake_case(raw);
+        // Most producers already send snake_case: no need to take it apart character by character.
+        let snake = if is_plain_snake_case(raw) { raw.to_string() } else { snake_case(raw) };
         if snake.is_empty() {
             return Err(Rejection::new(
                 RejectReason::InvalidEventType,
@@ -105,17 +107,18 @@ impl Normalizer {
         Ok(canonical)
     }
 
-    /// Validates and canonicalizes one decoded record.
+    /// Validates and canonicalizes one decoded record (its attributes arrive in canonical text already:
+    /// [`crate::decode::event`]).
     pub fn normalize(
         &self,
-        mut fields: Map<String, Value>,
+        fields: EventFields<'_>,
         position: SourcePosition,
         now_ms: i64,
     ) -> Result<NormalizedEvent, Rejection> {
-        let raw_type = required_string(&fields, "event_type")?;
+        let raw_type = required_string(&fields.event_type, "event_type")?;
         let event_type = self.canonical_event_type(raw_type)?;
 
-        let occurred_at_ms = parse_event_time(required(&fields, "occurred_at")?)
+        let occurred_at_ms = parse_event_time_field(required(&fields.occurred_at, "occurred_at")?)
             .map_err(|m| Rejection::new(RejectReason::InvalidTimestamp, format!("occurred_at: {m}")))?;
         if occurred_at_ms > now_ms.saturating_add(self.max_future_skew_ms) {
             return Err(Rejection::new(
@@ -128,26 +131,23 @@ impl Normalizer {
             ));
         }
 
-        let subject_id = self.subject_id(required(&fields, "subject_id")?)?;
+        let subject_id = self.subject_id(required(&fields.subject_id, "subject_id")?)?;
 
-        let mut attributes = match fields.remove("attributes") {
-            None | Some(Value::Null) => {
-                return Err(Rejection::new(RejectReason::MissingField, "required field `attributes` is missing"))
-            }
-            Some(v @ Value::Object(_)) => v,
-            Some(other) => {
+        let attributes_json = match fields.attributes {
+            None => return Err(Rejection::new(RejectReason::MissingField, "required field `attributes` is missing")),
+            Some(Attributes::Canonical(text)) => text,
+            Some(Attributes::NotAnObject(kind)) => {
                 return Err(Rejection::new(
                     RejectReason::InvalidFieldType,
-                    format!("`attributes` must be an object, got {}", json_kind(&other)),
+                    format!("`attributes` must be an object, got {kind}"),
                 ))
             }
         };
-        canonical::lowercase_emails(&mut attributes);
-        let attributes_json = canonical_json(&attributes);
 
-        let tenant_id = optional_string(&fields, "tenant_id")?.unwrap_or_else(|| self.config.default_tenant.clone());
-        let source = optional_string(&fields, "source")?.unwrap_or_else(|| self.config.default_source.clone());
-        let event_id = match optional_string(&fields, "event_id")? {
+        let tenant_id =
+            optional_string(&fields.tenant_id, "tenant_id")?.unwrap_or_else(|| self.config.default_tenant.clone());
+        let source = optional_string(&fields.source, "source")?.unwrap_or_else(|| self.config.default_source.clone());
+        let event_id = match optional_string(&fields.event_id, "event_id")? {
             Some(id) => id,
             None => derived_event_id(&tenant_id, &event_type, &subject_id, occurred_at_ms, &attributes_json),
         };
@@ -166,15 +166,15 @@ impl Normalizer {
         })
     }
 
-    fn subject_id(&self, value: &Value) -> Result<String, Rejection> {
+    fn subject_id(&self, value: &FieldValue<'_>) -> Result<String, Rejection> {
         let id = match value {
-            Value::String(s) => s.trim().to_string(),
+            FieldValue::Str(s) => s.trim().to_string(),
             // Numeric ids are common in CRMs; their decimal form is the canonical id.
-            Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+            FieldValue::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
             other => {
                 return Err(Rejection::new(
                     RejectReason::InvalidFieldType,
-                    format!("`subject_id` must be a string or an integer, got {}", json_kind(other)),
+                    format!("`subject_id` must be a string or an integer, got {}", other.kind()),
                 ))
             }
         };
@@ -210,37 +210,47 @@ pub fn derived_event_id(
     format!("tp-{:032x}", xxhash_rust::xxh3::xxh3_128(&buf))
 }
 
-fn required<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a Value, Rejection> {
-    match fields.get(name) {
-        None | Some(Value::Null) => {
+/// Already snake_case as [`snake_case`] writes it: ASCII lower-case letters and digits in words joined by
+/// single underscores.
+fn is_plain_snake_case(raw: &str) -> bool {
+    !raw.is_empty()
+        && !raw.starts_with('_')
+        && !raw.ends_with('_')
+        && !raw.contains("__")
+        && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn required<'f, 'a>(field: &'f Option<FieldValue<'a>>, name: &str) -> Result<&'f FieldValue<'a>, Rejection> {
+    match field {
+        None | Some(FieldValue::Null) => {
             Err(Rejection::new(RejectReason::MissingField, format!("required field `{name}` is missing")))
         }
         Some(v) => Ok(v),
     }
 }
 
-fn required_string<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a str, Rejection> {
-    match required(fields, name)? {
-        Value::String(s) => Ok(s),
+fn required_string<'f>(field: &'f Option<FieldValue<'_>>, name: &str) -> Result<&'f str, Rejection> {
+    match required(field, name)? {
+        FieldValue::Str(s) => Ok(s),
         other => Err(Rejection::new(
             RejectReason::InvalidFieldType,
-            format!("`{name}` must be a string, got {}", json_kind(other)),
+            format!("`{name}` must be a string, got {}", other.kind()),
         )),
     }
 }
 
 /// An optional string field: absent, null or blank → `None`; numbers are accepted as their text.
-fn optional_string(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, Rejection> {
-    match fields.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
+fn optional_string(field: &Option<FieldValue<'_>>, name: &str) -> Result<Option<String>, Rejection> {
+    match field {
+        None | Some(FieldValue::Null) => Ok(None),
+        Some(FieldValue::Str(s)) => {
             let t = s.trim();
             Ok((!t.is_empty()).then(|| t.to_string()))
         }
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(FieldValue::Number(n)) => Ok(Some(n.to_string())),
         Some(other) => Err(Rejection::new(
             RejectReason::InvalidFieldType,
-            format!("`{name}` must be a string, got {}", json_kind(other)),
+            format!("`{name}` must be a string, got {}", other.kind()),
         )),
     }
 }

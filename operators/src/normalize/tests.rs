@@ -1,6 +1,29 @@
 use super::*;
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use std::time::Duration;
+
+/// The tests build field maps; the pipeline normalizes what it decoded from a payload. This sends a map
+/// through the pipeline's decoder as the JSON payload a producer would write.
+trait NormalizeJson {
+    fn normalize_json(
+        &self,
+        fields: Map<String, Value>,
+        position: SourcePosition,
+        now_ms: i64,
+    ) -> Result<NormalizedEvent, Rejection>;
+}
+
+impl NormalizeJson for Normalizer {
+    fn normalize_json(
+        &self,
+        fields: Map<String, Value>,
+        position: SourcePosition,
+        now_ms: i64,
+    ) -> Result<NormalizedEvent, Rejection> {
+        let payload = serde_json::to_vec(&fields).expect("a map serializes");
+        self.normalize(crate::decode::decode_json_event(&payload)?, position, now_ms)
+    }
+}
 
 const NOW: i64 = 1_795_600_800_000; // 2026-11-25T10:00:00Z
 
@@ -57,7 +80,7 @@ fn reason(r: Result<NormalizedEvent, Rejection>) -> RejectReason {
 
 #[test]
 fn a_valid_event_is_canonicalized() {
-    let e = normalizer().normalize(valid(), pos(), NOW).unwrap();
+    let e = normalizer().normalize_json(valid(), pos(), NOW).unwrap();
     assert_eq!(e.event_id, "e-1");
     assert_eq!(e.event_type, "email_opened");
     assert_eq!(e.occurred_at_ms, NOW);
@@ -73,12 +96,12 @@ fn a_valid_event_is_canonicalized() {
 fn every_required_field_is_checked_for_presence() {
     for field in ["event_type", "occurred_at", "subject_id", "attributes"] {
         assert_eq!(
-            reason(normalizer().normalize(without(valid(), field), pos(), NOW)),
+            reason(normalizer().normalize_json(without(valid(), field), pos(), NOW)),
             RejectReason::MissingField,
             "{field}"
         );
         assert_eq!(
-            reason(normalizer().normalize(with(valid(), field, Value::Null), pos(), NOW)),
+            reason(normalizer().normalize_json(with(valid(), field, Value::Null), pos(), NOW)),
             RejectReason::MissingField,
             "{field} null"
         );
@@ -89,27 +112,33 @@ fn every_required_field_is_checked_for_presence() {
 fn wrong_types_are_rejected() {
     let n = normalizer();
     assert_eq!(
-        reason(n.normalize(with(valid(), "attributes", json!([1])), pos(), NOW)),
+        reason(n.normalize_json(with(valid(), "attributes", json!([1])), pos(), NOW)),
         RejectReason::InvalidFieldType
     );
     assert_eq!(
-        reason(n.normalize(with(valid(), "attributes", json!("x")), pos(), NOW)),
-        RejectReason::InvalidFieldType
-    );
-    assert_eq!(reason(n.normalize(with(valid(), "event_type", json!(5)), pos(), NOW)), RejectReason::InvalidFieldType);
-    assert_eq!(
-        reason(n.normalize(with(valid(), "subject_id", json!({"id": 1})), pos(), NOW)),
+        reason(n.normalize_json(with(valid(), "attributes", json!("x")), pos(), NOW)),
         RejectReason::InvalidFieldType
     );
     assert_eq!(
-        reason(n.normalize(with(valid(), "subject_id", json!(1.5)), pos(), NOW)),
+        reason(n.normalize_json(with(valid(), "event_type", json!(5)), pos(), NOW)),
         RejectReason::InvalidFieldType
     );
     assert_eq!(
-        reason(n.normalize(with(valid(), "tenant_id", json!(["a"])), pos(), NOW)),
+        reason(n.normalize_json(with(valid(), "subject_id", json!({"id": 1})), pos(), NOW)),
         RejectReason::InvalidFieldType
     );
-    assert_eq!(reason(n.normalize(with(valid(), "event_id", json!(true)), pos(), NOW)), RejectReason::InvalidFieldType);
+    assert_eq!(
+        reason(n.normalize_json(with(valid(), "subject_id", json!(1.5)), pos(), NOW)),
+        RejectReason::InvalidFieldType
+    );
+    assert_eq!(
+        reason(n.normalize_json(with(valid(), "tenant_id", json!(["a"])), pos(), NOW)),
+        RejectReason::InvalidFieldType
+    );
+    assert_eq!(
+        reason(n.normalize_json(with(valid(), "event_id", json!(true)), pos(), NOW)),
+        RejectReason::InvalidFieldType
+    );
 }
 
 #[test]
@@ -117,7 +146,7 @@ fn unparseable_occurred_at_is_an_invalid_timestamp() {
     let n = normalizer();
     for bad in [json!("next tuesday"), json!(""), json!(false), json!("2026-02-30T00:00:00Z")] {
         assert_eq!(
-            reason(n.normalize(with(valid(), "occurred_at", bad.clone()), pos(), NOW)),
+            reason(n.normalize_json(with(valid(), "occurred_at", bad.clone()), pos(), NOW)),
             RejectReason::InvalidTimestamp,
             "{bad}"
         );
@@ -127,8 +156,8 @@ fn unparseable_occurred_at_is_an_invalid_timestamp() {
 #[test]
 fn epoch_seconds_and_millis_are_accepted() {
     let n = normalizer();
-    let secs = n.normalize(with(valid(), "occurred_at", json!(NOW / 1000)), pos(), NOW).unwrap();
-    let millis = n.normalize(with(valid(), "occurred_at", json!(NOW)), pos(), NOW).unwrap();
+    let secs = n.normalize_json(with(valid(), "occurred_at", json!(NOW / 1000)), pos(), NOW).unwrap();
+    let millis = n.normalize_json(with(valid(), "occurred_at", json!(NOW)), pos(), NOW).unwrap();
     assert_eq!(secs.occurred_at_ms, NOW);
     assert_eq!(millis.occurred_at_ms, NOW);
 }
@@ -137,14 +166,14 @@ fn epoch_seconds_and_millis_are_accepted() {
 fn future_skew_is_enforced_at_the_configured_bound() {
     let n =
         Normalizer::new(NormalizeConfig { max_future_skew: Duration::from_secs(3600), ..Default::default() }).unwrap();
-    let at_bound = n.normalize(with(valid(), "occurred_at", json!(NOW + 3_600_000)), pos(), NOW);
+    let at_bound = n.normalize_json(with(valid(), "occurred_at", json!(NOW + 3_600_000)), pos(), NOW);
     assert!(at_bound.is_ok());
-    let beyond = n.normalize(with(valid(), "occurred_at", json!(NOW + 3_600_001)), pos(), NOW);
+    let beyond = n.normalize_json(with(valid(), "occurred_at", json!(NOW + 3_600_001)), pos(), NOW);
     assert_eq!(reason(beyond), RejectReason::TimestampInFuture);
     // The default allows 24 hours.
-    assert!(normalizer().normalize(with(valid(), "occurred_at", json!(NOW + 23 * 3_600_000)), pos(), NOW).is_ok());
+    assert!(normalizer().normalize_json(with(valid(), "occurred_at", json!(NOW + 23 * 3_600_000)), pos(), NOW).is_ok());
     assert_eq!(
-        reason(normalizer().normalize(with(valid(), "occurred_at", json!(NOW + 25 * 3_600_000)), pos(), NOW)),
+        reason(normalizer().normalize_json(with(valid(), "occurred_at", json!(NOW + 25 * 3_600_000)), pos(), NOW)),
         RejectReason::TimestampInFuture
     );
 }
@@ -153,17 +182,17 @@ fn future_skew_is_enforced_at_the_configured_bound() {
 fn subject_id_is_trimmed_non_empty_and_bounded() {
     let n = normalizer();
     assert_eq!(
-        reason(n.normalize(with(valid(), "subject_id", json!("   ")), pos(), NOW)),
+        reason(n.normalize_json(with(valid(), "subject_id", json!("   ")), pos(), NOW)),
         RejectReason::InvalidSubjectId
     );
     let long = "x".repeat(257);
     assert_eq!(
-        reason(n.normalize(with(valid(), "subject_id", json!(long)), pos(), NOW)),
+        reason(n.normalize_json(with(valid(), "subject_id", json!(long)), pos(), NOW)),
         RejectReason::InvalidSubjectId
     );
     let max = "é".repeat(256); // counted in characters, not bytes
-    assert_eq!(n.normalize(with(valid(), "subject_id", json!(max.clone())), pos(), NOW).unwrap().subject_id, max);
-    assert_eq!(n.normalize(with(valid(), "subject_id", json!(12345)), pos(), NOW).unwrap().subject_id, "12345");
+    assert_eq!(n.normalize_json(with(valid(), "subject_id", json!(max.clone())), pos(), NOW).unwrap().subject_id, max);
+    assert_eq!(n.normalize_json(with(valid(), "subject_id", json!(12345)), pos(), NOW).unwrap().subject_id, "12345");
 }
 
 #[test]
@@ -176,10 +205,14 @@ fn event_types_go_through_aliases_then_snake_case() {
         ("Page Viewed", "page_viewed"),
         ("cartAbandoned", "cart_abandoned"),
     ] {
-        assert_eq!(n.normalize(with(valid(), "event_type", json!(raw)), pos(), NOW).unwrap().event_type, want, "{raw}");
+        assert_eq!(
+            n.normalize_json(with(valid(), "event_type", json!(raw)), pos(), NOW).unwrap().event_type,
+            want,
+            "{raw}"
+        );
     }
     assert_eq!(
-        reason(n.normalize(with(valid(), "event_type", json!("!!!")), pos(), NOW)),
+        reason(n.normalize_json(with(valid(), "event_type", json!("!!!")), pos(), NOW)),
         RejectReason::InvalidEventType
     );
 }
@@ -188,20 +221,20 @@ fn event_types_go_through_aliases_then_snake_case() {
 fn unknown_event_types_follow_the_policy() {
     let loose = normalizer();
     assert_eq!(
-        loose.normalize(with(valid(), "event_type", json!("Brand New Thing")), pos(), NOW).unwrap().event_type,
+        loose.normalize_json(with(valid(), "event_type", json!("Brand New Thing")), pos(), NOW).unwrap().event_type,
         "brand_new_thing"
     );
     let s = strict();
     assert_eq!(
-        reason(s.normalize(with(valid(), "event_type", json!("Brand New Thing")), pos(), NOW)),
+        reason(s.normalize_json(with(valid(), "event_type", json!("Brand New Thing")), pos(), NOW)),
         RejectReason::UnknownEventType
     );
     assert_eq!(
-        s.normalize(with(valid(), "event_type", json!("pageViewed")), pos(), NOW).unwrap().event_type,
+        s.normalize_json(with(valid(), "event_type", json!("pageViewed")), pos(), NOW).unwrap().event_type,
         "page_viewed"
     );
     assert_eq!(
-        s.normalize(with(valid(), "event_type", json!("Opened Email")), pos(), NOW).unwrap().event_type,
+        s.normalize_json(with(valid(), "event_type", json!("Opened Email")), pos(), NOW).unwrap().event_type,
         "email_opened"
     );
 }
@@ -220,7 +253,7 @@ fn bad_alias_tables_are_refused_at_load() {
 #[test]
 fn missing_event_id_is_derived_from_content_deterministically() {
     let n = normalizer();
-    let a = n.normalize(without(valid(), "event_id"), pos(), NOW).unwrap();
+    let a = n.normalize_json(without(valid(), "event_id"), pos(), NOW).unwrap();
     // Same content, different formatting, key order, offset notation, position and clock: same id.
     let reordered = json!({
         "attributes": {"campaign": "Black Friday", "email": "ann@example.com"},
@@ -228,20 +261,21 @@ fn missing_event_id_is_derived_from_content_deterministically() {
         "event_type": "email-opened", "source": "crm"
     });
     let Value::Object(reordered) = reordered else { unreachable!() };
-    let b = n.normalize(reordered, SourcePosition { topic: "t".into(), partition: 0, offset: 9 }, NOW + 5).unwrap();
+    let b =
+        n.normalize_json(reordered, SourcePosition { topic: "t".into(), partition: 0, offset: 9 }, NOW + 5).unwrap();
     assert!(a.event_id.starts_with("tp-") && a.event_id.len() == 35, "{}", a.event_id);
     assert_eq!(a.event_id, b.event_id);
     // Different content: different id.
-    let c = n.normalize(with(without(valid(), "event_id"), "subject_id", json!("user-43")), pos(), NOW).unwrap();
+    let c = n.normalize_json(with(without(valid(), "event_id"), "subject_id", json!("user-43")), pos(), NOW).unwrap();
     assert_ne!(a.event_id, c.event_id);
     // A blank event_id counts as missing.
-    let d = n.normalize(with(valid(), "event_id", json!("  ")), pos(), NOW).unwrap();
+    let d = n.normalize_json(with(valid(), "event_id", json!("  ")), pos(), NOW).unwrap();
     assert_eq!(d.event_id, a.event_id);
 }
 
 #[test]
 fn defaults_fill_tenant_and_source() {
-    let e = normalizer().normalize(without(without(valid(), "tenant_id"), "source"), pos(), NOW).unwrap();
+    let e = normalizer().normalize_json(without(without(valid(), "tenant_id"), "source"), pos(), NOW).unwrap();
     assert_eq!(e.tenant_id, "default");
     assert_eq!(e.source, "unknown");
 }

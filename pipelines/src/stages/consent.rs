@@ -34,9 +34,8 @@ pub fn parse_consent_record<L: SchemaLookup>(
                 "tombstone without a key",
             )),
         },
-        Some(payload) => {
-            decode_with_retry(decoder, payload, &position).and_then(|fields| parse_consent(&fields, default_tenant))
-        }
+        Some(payload) => decode_with_retry(&position, || decoder.decode(payload))
+            .and_then(|fields| parse_consent(&fields, default_tenant)),
     };
     match parsed {
         Ok(change) => ConsentOutcome::Change(change),

@@ -1,13 +1,15 @@
 //! A sink that writes complete epochs in batches and holds each epoch open until its write is durable.
 //!
-//! Records are collected per epoch. When the input frontier passes an epoch, it is queued; a sink has one
-//! write in flight at a time, on the async runtime, and every epoch queued meanwhile goes into the next
-//! write, in epoch order (so a slow store gets fewer, larger writes instead of a growing line of small
-//! ones: ClickHouse pays per INSERT; benches/README.md, "Profiling"). The operator keeps a capability
-//! for every epoch of a write until the write succeeded (failed writes are retried with the same batch
-//! and backoff, forever: a sink outage shows as growing lag, never as loss). A probe after the sinks
-//! therefore tells the source which epochs are durable, and only those are committed. Writes land in
-//! epoch order, which changelogs need (the latest record per key wins on restore).
+//! Records are collected per epoch. When the input frontier passes an epoch, it is queued; a sink has at
+//! most [`BatchWriter::writes_in_flight`] writes in flight (one by default), on the async runtime, and
+//! every epoch queued meanwhile goes into the next write, in epoch order (so a slow store gets fewer,
+//! larger writes instead of a growing line of small ones: ClickHouse pays per INSERT; benches/README.md,
+//! "Profiling"). The operator keeps a capability for every epoch of a write until the write succeeded
+//! (failed writes are retried with the same batch and backoff, forever: a sink outage shows as growing
+//! lag, never as loss). A probe after the sinks therefore tells the source which epochs are durable, and
+//! only those are committed: with several writes in flight a later epoch may be durable first, but the
+//! sink's progress passes an epoch only once it and every earlier one are. With one write in flight,
+//! writes land in epoch order, which changelogs need (the latest record per key wins on restore).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc;
@@ -28,6 +30,12 @@ pub trait BatchWriter<D>: Send + Sync + 'static {
     /// Short name for logs.
     fn name(&self) -> &'static str;
     fn write(&self, epoch: Epoch, batch: Arc<Vec<D>>) -> BoxFuture<'static, anyhow::Result<()>>;
+    /// How many writes may be in flight at once. One (the default) keeps writes in epoch order; more is
+    /// for stores where order does not matter and waiting for the previous write is pure latency (sends,
+    /// each carrying its own idempotency key).
+    fn writes_in_flight(&self) -> usize {
+        1
+    }
 }
 
 /// How long to wait before retrying a failed write: 100 ms doubling to 5 s.
@@ -47,6 +55,7 @@ where
     let scope = stream.scope();
     let writer = Arc::new(writer);
     let name = writer.name();
+    let max_in_flight = writer.writes_in_flight().max(1);
     stream.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
         Pipeline,
         name,
@@ -56,7 +65,7 @@ where
             let mut collecting: BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)> = BTreeMap::new();
             let mut writing: HashMap<Epoch, Capability<Epoch>> = HashMap::new();
             let mut ready: VecDeque<(Epoch, Vec<D>)> = VecDeque::new();
-            let mut in_flight = false;
+            let mut in_flight = 0usize;
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
@@ -83,11 +92,11 @@ where
                     for epoch in epochs {
                         writing.remove(&epoch);
                     }
-                    in_flight = false;
+                    in_flight -= 1;
                 }
 
-                // One write at a time: everything queued, in epoch order, as one batch.
-                if !in_flight && !ready.is_empty() {
+                // Everything queued, in epoch order, as one batch, when a write slot is free.
+                if in_flight < max_in_flight && !ready.is_empty() {
                     let mut epochs = Vec::with_capacity(ready.len());
                     let mut batch = Vec::new();
                     for (epoch, mut records) in ready.drain(..) {
@@ -99,7 +108,7 @@ where
                         }
                     }
                     let Some(&epoch) = epochs.last() else { return };
-                    in_flight = true;
+                    in_flight += 1;
                     let batch = Arc::new(batch);
                     let (writer, done, activator) = (writer.clone(), done_tx.clone(), activator.clone());
                     runtime.spawn(async move {

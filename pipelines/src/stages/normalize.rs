@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::Stream;
@@ -60,14 +59,13 @@ pub enum Outcome {
 
 /// Decodes a payload (JSON or Confluent Avro). A schema registry outage blocks here and retries with
 /// backoff: the record is not at fault, and later records of its partition must not overtake it.
-pub fn decode_with_retry<L: SchemaLookup>(
-    decoder: &RecordDecoder<L>,
-    payload: &[u8],
+pub fn decode_with_retry<T>(
     position: &SourcePosition,
-) -> Result<Map<String, Value>, Rejection> {
+    mut decode: impl FnMut() -> Result<T, DecodeError>,
+) -> Result<T, Rejection> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match decoder.decode(payload) {
+        match decode() {
             Ok(fields) => return Ok(fields),
             Err(DecodeError::Reject(r)) => return Err(r),
             Err(DecodeError::Retry(why)) => {
@@ -102,9 +100,11 @@ pub fn normalize_record<L: SchemaLookup>(
     record: SourceRecord,
 ) -> Outcome {
     let position = SourcePosition { topic: topic.to_string(), partition: record.partition, offset: record.offset };
-    let decoded = decode_with_retry(decoder, record.payload.as_deref().unwrap_or_default(), &position);
+    let payload = record.payload.as_deref().unwrap_or_default();
+    let decoded = decode_with_retry(&position, || decoder.decode_event(payload));
     let now_ms = chrono::Utc::now().timestamp_millis();
-    match decoded.and_then(|fields| normalizer.normalize(fields, position.clone(), now_ms)) {
+    let normalized = decoded.and_then(|fields| normalizer.normalize(fields, position.clone(), now_ms));
+    match normalized {
         Ok(event) => Outcome::Event(event, record.already_stored),
         Err(rejection) => Outcome::Rejected(DeadLetter::of(record, position, rejection, now_ms)),
     }

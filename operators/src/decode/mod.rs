@@ -5,7 +5,10 @@
 //! - Avro in the Confluent wire format: magic byte `0x00`, a big-endian `u32` schema id, then the Avro
 //!   binary datum. The writer schema is looked up by id (see [`SchemaLookup`]).
 //!
-//! Both decode into the same `serde_json` map so that normalization has one code path.
+//! Both decode into the same `serde_json` map (for the consent stage), or, for events, straight into the
+//! fields normalization reads ([`event`]), so that normalization has one code path.
+
+pub mod event;
 
 use std::sync::Arc;
 
@@ -14,6 +17,7 @@ use serde_json::{Map, Value};
 use touchpoint_schemas::RejectReason;
 
 use crate::normalize::Rejection;
+use event::{json_event_fields, EventFields};
 
 /// The Confluent wire format's magic byte.
 pub const CONFLUENT_MAGIC: u8 = 0;
@@ -76,7 +80,41 @@ impl<L: SchemaLookup> RecordDecoder<L> {
         }
     }
 
+    /// Decodes an event payload into the fields normalization reads (see [`event`]).
+    pub fn decode_event<'p>(&self, payload: &'p [u8]) -> Result<EventFields<'p>, DecodeError> {
+        match payload.first() {
+            None => Err(malformed("empty payload").into()),
+            Some(&CONFLUENT_MAGIC) => {
+                let (schema_id, value) = self.avro_value(payload)?;
+                let apache_avro::types::Value::Record(record) = value else {
+                    return Err(not_a_record(schema_id, value).into());
+                };
+                let mut fields = EventFields::default();
+                for (name, value) in record {
+                    if event::is_event_field(&name) {
+                        let json = Value::try_from(value)
+                            .map_err(|e| malformed(format!("Avro field `{name}` has no JSON form: {e}")))?;
+                        fields.set_from_value(&name, json);
+                    }
+                }
+                Ok(fields)
+            }
+            Some(_) => Ok(decode_json_event(payload)?),
+        }
+    }
+
     fn decode_avro(&self, payload: &[u8]) -> Result<Map<String, Value>, DecodeError> {
+        let (schema_id, value) = self.avro_value(payload)?;
+        match Value::try_from(value).map_err(|e| malformed(format!("Avro value has no JSON form: {e}")))? {
+            Value::Object(map) => Ok(map),
+            other => {
+                Err(malformed(format!("Avro schema id {schema_id} is not a record (got {})", json_kind(&other))).into())
+            }
+        }
+    }
+
+    /// The Avro datum of a Confluent-framed payload, decoded with its writer schema.
+    fn avro_value(&self, payload: &[u8]) -> Result<(u32, apache_avro::types::Value), DecodeError> {
         let (schema_id, mut body) = confluent_frame(payload)?;
         let schema = match self.lookup.schema(schema_id) {
             Ok(s) => s,
@@ -103,14 +141,13 @@ impl<L: SchemaLookup> RecordDecoder<L> {
             ))
             .into());
         }
-        let json = Value::try_from(value).map_err(|e| malformed(format!("Avro value has no JSON form: {e}")))?;
-        match json {
-            Value::Object(map) => Ok(map),
-            other => {
-                Err(malformed(format!("Avro schema id {schema_id} is not a record (got {})", json_kind(&other))).into())
-            }
-        }
+        Ok((schema_id, value))
     }
+}
+
+fn not_a_record(schema_id: u32, value: apache_avro::types::Value) -> Rejection {
+    let kind = Value::try_from(value).map_or("a value without a JSON form", |v| json_kind(&v));
+    malformed(format!("Avro schema id {schema_id} is not a record (got {kind})"))
 }
 
 /// Splits a Confluent-framed payload into its schema id and Avro body.
@@ -141,6 +178,15 @@ pub fn decode_json(payload: &[u8]) -> Result<Map<String, Value>, Rejection> {
         Ok(other) => Err(malformed(format!("JSON payload must be an object, got {}", json_kind(&other)))),
         Err(e) => Err(malformed(format!("payload is neither JSON nor Confluent Avro: {e}"))),
     }
+}
+
+/// Parses a JSON object payload into the fields normalization reads, with the same rejections as
+/// [`decode_json`] (which words them when the fast path fails).
+pub fn decode_json_event(payload: &[u8]) -> Result<EventFields<'_>, Rejection> {
+    json_event_fields(payload).map_err(|error| match decode_json(payload) {
+        Err(rejection) => rejection,
+        Ok(_) => malformed(format!("payload is neither JSON nor Confluent Avro: {error}")),
+    })
 }
 
 pub(crate) fn json_kind(v: &Value) -> &'static str {
@@ -237,6 +283,27 @@ mod tests {
         assert_eq!(m["occurred_at"], 1_700_000_000_000i64);
         assert_eq!(m["attributes"]["plan"], "pro");
         assert_eq!(m["tenant_id"], Value::Null);
+    }
+
+    #[test]
+    fn avro_and_json_events_decode_to_the_same_fields() {
+        let payload = avro_payload(7);
+        let from_avro = decoder(false).decode_event(&payload).unwrap();
+        let json = br#"{"event_id": "e1", "event_type": "Email Opened", "occurred_at": 1700000000000,
+                        "subject_id": "s-1", "tenant_id": null, "source": null, "attributes": {"plan": "pro"}}"#;
+        let from_json = decoder(false).decode_event(json).unwrap();
+        assert_eq!(from_avro, from_json);
+        assert_eq!(from_avro.attributes, Some(event::Attributes::Canonical(r#"{"plan":"pro"}"#.into())));
+        assert_eq!(
+            reject_reason(decoder(false).decode_event(&avro_payload(99)).map(|_| Map::new())),
+            RejectReason::UnknownSchema
+        );
+        assert!(matches!(decoder(true).decode_event(&avro_payload(7)), Err(DecodeError::Retry(_))));
+        for bad in [&b"[1,2]"[..], b"{not json", b""] {
+            let Err(DecodeError::Reject(fast)) = decoder(false).decode_event(bad) else { panic!("accepted") };
+            let Err(DecodeError::Reject(generic)) = decoder(false).decode(bad) else { panic!("accepted") };
+            assert_eq!(fast, generic, "the same rejection as the generic path");
+        }
     }
 
     #[test]

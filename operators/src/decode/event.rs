@@ -1,0 +1,490 @@
+//! Decoding of `marketing.events` payloads straight into the fields normalization reads.
+//!
+//! The generic path ([`super::RecordDecoder::decode`]) builds a `serde_json::Map` of every field, with a
+//! `String` per key and value and a tree of `Value`s for the attributes, only for normalization to read
+//! seven of them and turn the attributes back into text. Here a JSON payload is read once: the six
+//! scalar fields are borrowed from the payload where they have no escapes, unknown fields are skipped
+//! without being built, and the attributes are written into their canonical text while they are parsed
+//! (keys sorted, email-like strings lower-cased: the same bytes as [`canonical_json`] of
+//! [`lowercase_emails`], which the tests check, since derived event ids hash this text). Avro records
+//! are taken apart field by field the same way.
+//!
+//! Same semantics as a `serde_json::Map`: a repeated field's last value wins, `null` counts as absent.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Number, Value};
+
+use crate::normalize::{canonical_json, is_email_like, lowercase_emails};
+
+/// The fields of an incoming event that normalization reads, as the producer sent them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFields<'a> {
+    pub event_type: Option<FieldValue<'a>>,
+    pub occurred_at: Option<FieldValue<'a>>,
+    pub subject_id: Option<FieldValue<'a>>,
+    pub event_id: Option<FieldValue<'a>>,
+    pub tenant_id: Option<FieldValue<'a>>,
+    pub source: Option<FieldValue<'a>>,
+    pub attributes: Option<Attributes>,
+}
+
+/// A scalar field's value; containers only by kind (no field that normalization reads may be one).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue<'a> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    Str(Cow<'a, str>),
+    Array,
+    Object,
+}
+
+impl<'a> FieldValue<'a> {
+    /// A view of a `serde_json` value (strings borrowed).
+    pub fn of(value: &'a Value) -> Self {
+        match value {
+            Value::Null => FieldValue::Null,
+            Value::Bool(b) => FieldValue::Bool(*b),
+            Value::Number(n) => FieldValue::Number(n.clone()),
+            Value::String(s) => FieldValue::Str(Cow::Borrowed(s)),
+            Value::Array(_) => FieldValue::Array,
+            Value::Object(_) => FieldValue::Object,
+        }
+    }
+
+    /// A `serde_json` value taken apart (strings moved, not copied).
+    pub fn owned(value: Value) -> FieldValue<'static> {
+        match value {
+            Value::String(s) => FieldValue::Str(Cow::Owned(s)),
+            Value::Null => FieldValue::Null,
+            Value::Bool(b) => FieldValue::Bool(b),
+            Value::Number(n) => FieldValue::Number(n),
+            Value::Array(_) => FieldValue::Array,
+            Value::Object(_) => FieldValue::Object,
+        }
+    }
+
+    /// "a string", "an object", …: for rejection messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FieldValue::Null => "null",
+            FieldValue::Bool(_) => "a boolean",
+            FieldValue::Number(_) => "a number",
+            FieldValue::Str(_) => "a string",
+            FieldValue::Array => "an array",
+            FieldValue::Object => "an object",
+        }
+    }
+}
+
+/// The `attributes` field: its canonical JSON text when it is an object, otherwise only its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attributes {
+    Canonical(String),
+    NotAnObject(&'static str),
+}
+
+impl Attributes {
+    /// From a `serde_json` value (the Avro path); `None` for `null`.
+    pub fn of_value(mut value: Value) -> Option<Attributes> {
+        match value {
+            Value::Null => None,
+            Value::Object(_) => {
+                lowercase_emails(&mut value);
+                Some(Attributes::Canonical(canonical_json(&value)))
+            }
+            other => Some(Attributes::NotAnObject(FieldValue::of(&other).kind())),
+        }
+    }
+}
+
+/// Is this one of the fields normalization reads?
+pub fn is_event_field(name: &str) -> bool {
+    matches!(name, "attributes" | "event_type" | "occurred_at" | "subject_id" | "event_id" | "tenant_id" | "source")
+}
+
+impl<'a> EventFields<'a> {
+    /// Sets a field by name from a `serde_json` value (the Avro path); other names are ignored.
+    pub fn set_from_value(&mut self, name: &str, value: Value) {
+        let slot = match name {
+            "attributes" => {
+                self.attributes = Attributes::of_value(value);
+                return;
+            }
+            "event_type" => &mut self.event_type,
+            "occurred_at" => &mut self.occurred_at,
+            "subject_id" => &mut self.subject_id,
+            "event_id" => &mut self.event_id,
+            "tenant_id" => &mut self.tenant_id,
+            "source" => &mut self.source,
+            _ => return,
+        };
+        *slot = Some(FieldValue::owned(value));
+    }
+}
+
+/// Parses a JSON object payload into its event fields. `Err` carries serde_json's message; the caller
+/// words the rejection (and tells a non-object from broken JSON).
+pub fn json_event_fields(payload: &[u8]) -> Result<EventFields<'_>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let fields = de.deserialize_map(EventVisitor)?;
+    de.end()?;
+    Ok(fields)
+}
+
+struct EventVisitor;
+
+impl<'de> Visitor<'de> for EventVisitor {
+    type Value = EventFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = EventFields::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let slot = match key.as_ref() {
+                "attributes" => {
+                    let mut text = Vec::with_capacity(128);
+                    let kind = map.next_value_seed(CanonicalSeed(&mut text))?;
+                    fields.attributes = match kind {
+                        JsonKind::Null => None,
+                        JsonKind::Object => Some(Attributes::Canonical(utf8(text))),
+                        other => Some(Attributes::NotAnObject(other.name())),
+                    };
+                    continue;
+                }
+                "event_type" => &mut fields.event_type,
+                "occurred_at" => &mut fields.occurred_at,
+                "subject_id" => &mut fields.subject_id,
+                "event_id" => &mut fields.event_id,
+                "tenant_id" => &mut fields.tenant_id,
+                "source" => &mut fields.source,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value_seed(FieldSeed)?);
+        }
+        Ok(fields)
+    }
+}
+
+/// serde_json writes UTF-8 only; the check is a fast pass over bytes just written.
+fn utf8(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A key, borrowed when it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// One of the scalar fields: strings borrowed when they have no escapes, containers skipped.
+struct FieldSeed;
+
+impl<'de> DeserializeSeed<'de> for FieldSeed {
+    type Value = FieldValue<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed {
+    type Value = FieldValue<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(FieldValue::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(FieldValue::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(FieldValue::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(FieldValue::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        // JSON has no NaN or infinity; serde_json's Value makes the same choice for them.
+        Ok(Number::from_f64(v).map_or(FieldValue::Null, FieldValue::Number))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(FieldValue::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(FieldValue::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(FieldValue::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(FieldValue::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(FieldValue::Object)
+    }
+}
+
+/// The kind of a JSON value written by [`CanonicalSeed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JsonKind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl JsonKind {
+    fn name(self) -> &'static str {
+        match self {
+            JsonKind::Null => "null",
+            JsonKind::Bool => "a boolean",
+            JsonKind::Number => "a number",
+            JsonKind::String => "a string",
+            JsonKind::Array => "an array",
+            JsonKind::Object => "an object",
+        }
+    }
+}
+
+/// Writes the value being parsed in canonical form: what `canonical_json` writes for the `Value`
+/// serde_json would have built, after `lowercase_emails`. Object entries are written as they come;
+/// only an object whose keys arrive unsorted (or repeated) is rewritten, in key order, last one winning.
+struct CanonicalSeed<'o>(&'o mut Vec<u8>);
+
+impl<'de> DeserializeSeed<'de> for CanonicalSeed<'_> {
+    type Value = JsonKind;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    // Writing a string, number, bool or null into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, value);
+}
+
+impl CanonicalSeed<'_> {
+    fn string(self, s: &str) -> JsonKind {
+        if is_email_like(s) {
+            write_json(&s.trim().to_lowercase(), self.0);
+        } else {
+            write_json(s, self.0);
+        }
+        JsonKind::String
+    }
+}
+
+impl<'de> Visitor<'de> for CanonicalSeed<'_> {
+    type Value = JsonKind;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        self.0.extend_from_slice(b"null");
+        Ok(JsonKind::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        write_json(&v, self.0);
+        Ok(JsonKind::Bool)
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        write_json(&v, self.0);
+        Ok(JsonKind::Number)
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        write_json(&v, self.0);
+        Ok(JsonKind::Number)
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        match Number::from_f64(v) {
+            Some(n) => write_json(&n, self.0),
+            None => self.0.extend_from_slice(b"null"),
+        }
+        Ok(JsonKind::Number)
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.string(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        self.0.push(b'[');
+        let mut first = true;
+        loop {
+            let comma = self.0.len();
+            if !first {
+                self.0.push(b',');
+            }
+            if seq.next_element_seed(CanonicalSeed(&mut *self.0))?.is_none() {
+                self.0.truncate(comma);
+                break;
+            }
+            first = false;
+        }
+        self.0.push(b']');
+        Ok(JsonKind::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let out = self.0;
+        out.push(b'{');
+        let body = out.len();
+        // Each entry's key and the byte range of its `"key":value` text.
+        let mut entries: Vec<(Cow<'de, str>, usize, usize)> = Vec::new();
+        let mut in_order = true;
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            if let Some((previous, _, _)) = entries.last() {
+                in_order &= previous.as_ref() < key.as_ref();
+                out.push(b',');
+            }
+            let start = out.len();
+            write_json(key.as_ref(), out);
+            out.push(b':');
+            map.next_value_seed(CanonicalSeed(&mut *out))?;
+            entries.push((key, start, out.len()));
+        }
+        if !in_order {
+            // Sorted by key; of equal keys the last one stays (a map insert overwrites).
+            let text = out.split_off(body);
+            let mut order: Vec<usize> = (0..entries.len()).collect();
+            order.sort_by(|&a, &b| entries[a].0.cmp(&entries[b].0).then(a.cmp(&b)));
+            let mut first = true;
+            for (i, &e) in order.iter().enumerate() {
+                if order.get(i + 1).is_some_and(|&next| entries[next].0 == entries[e].0) {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(&text[entries[e].1 - body..entries[e].2 - body]);
+            }
+        }
+        out.push(b'}');
+        Ok(JsonKind::Object)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// What the generic path gives for the attributes: the reference.
+    fn reference(attributes: &Value) -> String {
+        let mut v = attributes.clone();
+        lowercase_emails(&mut v);
+        canonical_json(&v)
+    }
+
+    fn streamed(payload: &str) -> Option<Attributes> {
+        json_event_fields(payload.as_bytes()).expect("valid JSON").attributes
+    }
+
+    #[test]
+    fn attributes_are_canonical_as_the_value_path_writes_them() {
+        let cases = [
+            json!({}),
+            json!({"a": 1}),
+            json!({"b": 1, "a": {"d": [1, {"z": 1, "y": 2}], "c": "x\"y"}}),
+            json!({"email": " Ann@Example.COM ", "nested": {"cc": ["BOB@X.IO", "Keep Me"]}, "n": 1}),
+            json!({"k\n\"ey": "t\u{1}ab\tü😀", "n": -1.5e300, "i": 18446744073709551615u64, "neg": -7,
+                   "b": false, "z": null, "e": [], "o": {}, "f": 0.1, "g": 1e21, "h": 100.0}),
+            json!({"arr": [[], [{}], [null, true, "A@B.CO"]], "zz": {"b": {"d": 1, "c": 2}, "a": 0}}),
+        ];
+        for v in cases {
+            // Keys in the order json! keeps them (sorted) and reversed, compact and spaced.
+            let sorted = serde_json::to_string(&json!({ "attributes": v })).unwrap();
+            let spaced = serde_json::to_string_pretty(&json!({ "attributes": v })).unwrap();
+            let reversed = format!("{{\"attributes\": {}}}", reversed_keys(&v));
+            for payload in [sorted, spaced, reversed] {
+                assert_eq!(streamed(&payload), Some(Attributes::Canonical(reference(&v))), "{payload}");
+            }
+        }
+    }
+
+    /// The same value written with every object's keys in reverse order.
+    fn reversed_keys(v: &Value) -> String {
+        match v {
+            Value::Object(m) => {
+                let parts: Vec<String> = m
+                    .iter()
+                    .rev()
+                    .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), reversed_keys(v)))
+                    .collect();
+                format!("{{{}}}", parts.join(", "))
+            }
+            Value::Array(items) => format!("[{}]", items.iter().map(reversed_keys).collect::<Vec<_>>().join(",")),
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn repeated_keys_keep_the_last_value_like_a_map() {
+        let payload = r#"{"attributes": {"b": 1, "a": 2, "b": 3, "a": {"y": 1, "x": 2, "y": 0}}, "event_type": "x", "event_type": "y"}"#;
+        let generic: Value = serde_json::from_str(payload).unwrap();
+        let fields = json_event_fields(payload.as_bytes()).unwrap();
+        assert_eq!(fields.attributes, Some(Attributes::Canonical(reference(&generic["attributes"]))));
+        assert_eq!(fields.attributes, Some(Attributes::Canonical(r#"{"a":{"x":2,"y":0},"b":3}"#.into())));
+        assert_eq!(fields.event_type, Some(FieldValue::Str("y".into())));
+    }
+
+    #[test]
+    fn scalars_are_borrowed_unless_escaped_and_containers_are_kinds() {
+        let payload = br#"{"event_type": "Email Opened", "subject_id": "a\"b", "occurred_at": 1.5, "event_id": [1, {"x": 2}],
+                           "tenant_id": {"a": [1]}, "source": null, "other": {"deep": [1, 2, {"x": "y"}]}, "attributes": [1]}"#;
+        let f = json_event_fields(payload).unwrap();
+        assert!(matches!(f.event_type, Some(FieldValue::Str(Cow::Borrowed("Email Opened")))));
+        assert!(matches!(f.subject_id, Some(FieldValue::Str(Cow::Owned(ref s))) if s == "a\"b"));
+        assert_eq!(f.occurred_at, Some(FieldValue::Number(Number::from_f64(1.5).unwrap())));
+        assert_eq!(f.event_id, Some(FieldValue::Array));
+        assert_eq!(f.tenant_id, Some(FieldValue::Object));
+        assert_eq!(f.source, Some(FieldValue::Null));
+        assert_eq!(f.attributes, Some(Attributes::NotAnObject("an array")));
+        assert_eq!(json_event_fields(br#"{"attributes": null}"#).unwrap().attributes, None);
+        assert_eq!(
+            json_event_fields(br#"{"attributes": "x"}"#).unwrap().attributes,
+            Some(Attributes::NotAnObject("a string"))
+        );
+    }
+
+    #[test]
+    fn broken_json_and_non_objects_are_errors() {
+        for bad in
+            [&b"[1,2]"[..], b"{not json", b"", b"{\"a\": 1} trailing", b"\"text\"", b"{\"attributes\": {\"a\": }"]
+        {
+            assert!(json_event_fields(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
