@@ -10,8 +10,10 @@
 
 pub mod event;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::Schema;
 use serde_json::{Map, Value};
 use touchpoint_schemas::RejectReason;
@@ -65,11 +67,16 @@ impl From<Rejection> for DecodeError {
 /// Decodes payloads of either wire format.
 pub struct RecordDecoder<L> {
     lookup: L,
+    /// Avro datum readers by schema id. Building a reader resolves the schema's names (a walk over the
+    /// whole schema into a map): done per record, that was a third of Avro decoding. A reader borrows its
+    /// schema, so the schema of each id is leaked once: schema ids are immutable and few, and the registry
+    /// client keeps every schema it fetched for the life of the process anyway.
+    readers: RwLock<HashMap<u32, Arc<GenericDatumReader<'static>>>>,
 }
 
 impl<L: SchemaLookup> RecordDecoder<L> {
     pub fn new(lookup: L) -> Self {
-        RecordDecoder { lookup }
+        RecordDecoder { lookup, readers: RwLock::default() }
     }
 
     pub fn decode(&self, payload: &[u8]) -> Result<Map<String, Value>, DecodeError> {
@@ -116,6 +123,26 @@ impl<L: SchemaLookup> RecordDecoder<L> {
     /// The Avro datum of a Confluent-framed payload, decoded with its writer schema.
     fn avro_value(&self, payload: &[u8]) -> Result<(u32, apache_avro::types::Value), DecodeError> {
         let (schema_id, mut body) = confluent_frame(payload)?;
+        let reader = self.reader(schema_id)?;
+        let value = reader
+            .read_value(&mut body)
+            .map_err(|e| malformed(format!("Avro datum does not decode with schema id {schema_id}: {e}")))?;
+        if !body.is_empty() {
+            return Err(malformed(format!(
+                "{} trailing bytes after the Avro datum (schema id {schema_id})",
+                body.len()
+            ))
+            .into());
+        }
+        Ok((schema_id, value))
+    }
+
+    /// The datum reader of a schema id: cached, or looked up in the registry and built.
+    fn reader(&self, schema_id: u32) -> Result<Arc<GenericDatumReader<'static>>, DecodeError> {
+        // A poisoned lock only means another thread panicked while inserting: the map is still valid.
+        if let Some(reader) = self.readers.read().unwrap_or_else(|e| e.into_inner()).get(&schema_id) {
+            return Ok(reader.clone());
+        }
         let schema = match self.lookup.schema(schema_id) {
             Ok(s) => s,
             Err(SchemaLookupError::NotFound(id)) => {
@@ -130,18 +157,13 @@ impl<L: SchemaLookup> RecordDecoder<L> {
             }
             Err(SchemaLookupError::Unavailable(m)) => return Err(DecodeError::Retry(m)),
         };
-        let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        let schema: &'static Schema = Box::leak(Box::new(schema));
+        let reader = GenericDatumReader::builder(schema)
             .build()
-            .and_then(|reader| reader.read_value(&mut body))
             .map_err(|e| malformed(format!("Avro datum does not decode with schema id {schema_id}: {e}")))?;
-        if !body.is_empty() {
-            return Err(malformed(format!(
-                "{} trailing bytes after the Avro datum (schema id {schema_id})",
-                body.len()
-            ))
-            .into());
-        }
-        Ok((schema_id, value))
+        let reader = Arc::new(reader);
+        self.readers.write().unwrap_or_else(|e| e.into_inner()).insert(schema_id, reader.clone());
+        Ok(reader)
     }
 }
 
@@ -208,7 +230,6 @@ fn malformed(message: impl Into<String>) -> Rejection {
 mod tests {
     use super::*;
     use apache_avro::types::Record;
-    use std::collections::HashMap;
 
     /// A pure in-memory lookup: fine for unit tests of decoding logic.
     struct Fixed(HashMap<u32, Arc<Schema>>, bool);

@@ -50,6 +50,8 @@ pub struct Normalizer {
     config: NormalizeConfig,
     /// snake_case(alias) → canonical type.
     aliases: HashMap<String, String>,
+    /// Each alias exactly as configured → its canonical type: the common spellings skip snake_case.
+    spellings: HashMap<String, String>,
     /// Canonical types accepted when unknown types are rejected.
     known: HashSet<String>,
     max_future_skew_ms: i64,
@@ -73,6 +75,12 @@ impl Normalizer {
                 }
             }
         }
+        let spellings = config
+            .event_types
+            .aliases
+            .keys()
+            .filter_map(|from| Some((from.clone(), aliases.get(&snake_case(from))?.clone())))
+            .collect();
         let known: HashSet<String> = config.event_types.known.iter().map(|t| snake_case(t)).collect();
         if config.event_types.unknown == UnknownEventTypes::Reject && known.is_empty() {
             return Err(InvalidNormalizeConfig(
@@ -80,7 +88,7 @@ impl Normalizer {
             ));
         }
         let max_future_skew_ms = i64::try_from(config.max_future_skew.as_millis()).unwrap_or(i64::MAX);
-        Ok(Normalizer { config, aliases, known, max_future_skew_ms })
+        Ok(Normalizer { config, aliases, spellings, known, max_future_skew_ms })
     }
 
     pub fn config(&self) -> &NormalizeConfig {
@@ -89,15 +97,20 @@ impl Normalizer {
 
     /// The canonical name of a producer's event type.
     pub fn canonical_event_type(&self, raw: &str) -> Result<String, Rejection> {
-        // Most producers already send snake_case: no need to take it apart character by character.
-        let snake = if is_plain_snake_case(raw) { raw.to_string() } else { snake_case(raw) };
-        if snake.is_empty() {
-            return Err(Rejection::new(
-                RejectReason::InvalidEventType,
-                format!("event_type {raw:?} has no letters or digits"),
-            ));
-        }
-        let canonical = self.aliases.get(&snake).cloned().unwrap_or(snake);
+        let canonical = match self.spellings.get(raw) {
+            Some(canonical) => canonical.clone(),
+            None => {
+                // Most producers send snake_case already: no need to take it apart character by character.
+                let snake = if is_plain_snake_case(raw) { raw.to_string() } else { snake_case(raw) };
+                if snake.is_empty() {
+                    return Err(Rejection::new(
+                        RejectReason::InvalidEventType,
+                        format!("event_type {raw:?} has no letters or digits"),
+                    ));
+                }
+                self.aliases.get(&snake).cloned().unwrap_or(snake)
+            }
+        };
         if self.config.event_types.unknown == UnknownEventTypes::Reject && !self.known.contains(&canonical) {
             return Err(Rejection::new(
                 RejectReason::UnknownEventType,

@@ -279,3 +279,23 @@ fn defaults_fill_tenant_and_source() {
     assert_eq!(e.tenant_id, "default");
     assert_eq!(e.source, "unknown");
 }
+
+proptest::proptest! {
+    /// The fast path of `canonical_event_type` takes a plain snake_case name as it is: only sound if
+    /// snake_case would give it back unchanged.
+    #[test]
+    fn plain_snake_case_is_a_fixed_point_of_snake_case(raw in "[a-z0-9_]{0,12}") {
+        if is_plain_snake_case(&raw) {
+            proptest::prop_assert_eq!(snake_case(&raw), raw);
+        }
+    }
+}
+
+#[test]
+fn configured_spellings_give_what_snake_case_and_aliases_give() {
+    let n = normalizer();
+    for raw in ["Email Opened", "Opened Email", "email-opened", "emailOpened", "page_viewed", "Page  Viewed"] {
+        let slow = n.aliases.get(&snake_case(raw)).cloned().unwrap_or_else(|| snake_case(raw));
+        assert_eq!(n.canonical_event_type(raw).unwrap(), slow, "{raw}");
+    }
+}
