@@ -175,6 +175,8 @@ fn main() -> Result<()> {
         for (what, p, unit) in [
             ("  event to send (touchpoint)", &l.pipeline, "sends"),
             ("  produce to poll (bare consumer)", &l.broker, "records"),
+            ("  poll to send (touchpoint's own)", &l.added, "sends"),
+            ("  poll to poll (two bare consumers)", &l.jitter, "events"),
         ] {
             println!(
                 "{what:<36} p50 {:>4} ms   p99 {:>4} ms   max {:>4} ms   over {} {unit}",
@@ -351,6 +353,11 @@ struct Latency {
     pipeline: Percentiles,
     /// Produce → a bare consumer's poll of the same records, in the same run: the broker's own floor.
     broker: Percentiles,
+    /// The bare consumer's poll of an event → Touchpoint's send for it: what Touchpoint adds to the
+    /// broker's delivery (both consumers read the same records at about the same time).
+    added: Percentiles,
+    /// Two bare consumers' polls of the same event, apart: the broker's own jitter between readers.
+    jitter: Percentiles,
 }
 
 struct Percentiles {
@@ -371,22 +378,32 @@ impl Percentiles {
     }
 }
 
+/// What the bare consumer saw of the live stream.
+struct BrokerDelivery {
+    /// Poll time minus produce timestamp, per record produced after the warm-up.
+    waited: Vec<i64>,
+    /// Poll time (wall clock, ms) per event id.
+    polled_at: HashMap<String, i64>,
+}
+
 /// Reads `topic` from the beginning until `stop` is set and nothing came for a second, noting for every
 /// record produced after `from_ms` how long after its produce timestamp (CreateTime, set by the
-/// producer) it was polled: what any consumer of this broker waits at best.
+/// producer) it was polled: what any consumer of this broker waits at best. `event_ids` names the
+/// event of each payload (by hash) so that Touchpoint's sends can be matched to the poll of their event.
 fn broker_latency(
     config: &PipelineConfig,
     topic: &str,
     from_ms: i64,
+    event_ids: &HashMap<u64, String>,
     stop: &std::sync::atomic::AtomicBool,
-) -> Result<Vec<i64>> {
+) -> Result<BrokerDelivery> {
     let consumer: BaseConsumer = config.kafka.consumer_config(&unique_name("bench-broker-latency")).create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..config.topics.events.partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let mut waited = Vec::new();
+    let mut seen = BrokerDelivery { waited: Vec::new(), polled_at: HashMap::new() };
     let mut last = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) || last.elapsed() < Duration::from_secs(1) {
         match consumer.poll(Duration::from_millis(100)) {
@@ -394,14 +411,24 @@ fn broker_latency(
                 last = Instant::now();
                 let now_ms = chrono::Utc::now().timestamp_millis();
                 if let Some(ts) = m.timestamp().to_millis().filter(|&ts| ts >= from_ms) {
-                    waited.push(now_ms - ts);
+                    seen.waited.push(now_ms - ts);
+                    if let Some(id) = m.payload().and_then(|p| event_ids.get(&payload_hash(p))) {
+                        seen.polled_at.entry(id.clone()).or_insert(now_ms);
+                    }
                 }
             }
             Some(Err(e)) => bail!("reading the live stream: {e}"),
             None => {}
         }
     }
-    Ok(waited)
+    Ok(seen)
+}
+
+fn payload_hash(payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
 }
 
 /// A live stream at `rate` events/s for `--latency-seconds` through a fresh pipeline (2 workers, the
@@ -445,12 +472,25 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
     });
     // A bare consumer reads the same live stream meanwhile: the broker's produce-to-poll latency.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let broker = {
-        let (config, stop) = (config.clone(), stop.clone());
-        let topic = config.topics.events.name.clone();
-        let from_ms = chrono::Utc::now().timestamp_millis() + WARM_UP.as_millis() as i64;
-        std::thread::spawn(move || broker_latency(&config, &topic, from_ms, &stop))
-    };
+    // Two of them: how far apart two plain readers of the same records get them is the broker's own
+    // jitter, the yardstick for what Touchpoint adds on top of the broker's delivery.
+    let event_ids: std::sync::Arc<HashMap<u64, String>> = std::sync::Arc::new(
+        records
+            .iter()
+            .filter_map(|r| match &r.expected {
+                Expected::Valid { event_id } => Some((payload_hash(&r.payload), event_id.clone())),
+                _ => None,
+            })
+            .collect(),
+    );
+    let from_ms = chrono::Utc::now().timestamp_millis() + WARM_UP.as_millis() as i64;
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (config, stop, event_ids) = (config.clone(), stop.clone(), event_ids.clone());
+            let topic = config.topics.events.name.clone();
+            std::thread::spawn(move || broker_latency(&config, &topic, from_ms, &event_ids, &stop))
+        })
+        .collect();
     // Paced producer: every 5 ms, the records due by then; each record's send time is noted.
     let producer: ThreadedProducer<DefaultProducerContext> = {
         let mut c = config.kafka.producer_config();
@@ -490,12 +530,19 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
     producer.flush(Duration::from_secs(30))?;
     let offered = count as f64 / began.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let broker = broker.join().map_err(|_| anyhow::anyhow!("the broker latency thread panicked"))??;
+    let mut readers = readers
+        .into_iter()
+        .map(|r| r.join().map_err(|_| anyhow::anyhow!("a bare consumer thread panicked"))?)
+        .collect::<Result<Vec<_>>>()?;
+    let (Some(other), Some(broker)) = (readers.pop(), readers.pop()) else { bail!("two bare consumers ran") };
+    let jitter: Vec<i64> =
+        broker.polled_at.iter().filter_map(|(id, at)| other.polled_at.get(id).map(|b| (b - at).abs())).collect();
     let report = pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
     eprintln!("latency: offered {offered:.0} events/s; pipeline read {}", report.totals.tally.received);
 
     // Every send record: its event and timestamp.
     let mut latencies: Vec<i64> = Vec::new();
+    let mut added: Vec<i64> = Vec::new();
     let consumer: BaseConsumer = config.kafka.consumer_config(&unique_name("bench-latency")).create()?;
     let mut tpl = TopicPartitionList::new();
     for channel in ["email", "push", "sms", "webhook"] {
@@ -518,6 +565,9 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
                 };
                 if let Some(at) = produced_at.get(&message.event_id) {
                     latencies.push(sent_ms - at);
+                    if let Some(polled) = broker.polled_at.get(&message.event_id) {
+                        added.push(sent_ms - polled);
+                    }
                 }
             }
             Some(Err(e)) => bail!("reading sends: {e}"),
@@ -525,6 +575,8 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
         }
     }
     let pipeline = Percentiles::of(latencies).context("no send of the live stream found")?;
-    let broker = Percentiles::of(broker).context("the bare consumer read nothing of the live stream")?;
-    Ok(Latency { pipeline, broker })
+    let added = Percentiles::of(added).context("no send matched an event the bare consumer read")?;
+    let broker = Percentiles::of(broker.waited).context("the bare consumer read nothing of the live stream")?;
+    let jitter = Percentiles::of(jitter).context("the two bare consumers read no event in common")?;
+    Ok(Latency { pipeline, broker, added, jitter })
 }
