@@ -62,9 +62,12 @@ where
         move |_, info| {
             let activator = scope.worker().sync_activator_for(info.address.to_vec());
             let (done_tx, done_rx) = mpsc::channel::<Vec<Epoch>>();
-            let mut collecting: BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)> = BTreeMap::new();
+            // An epoch's records as the containers that brought them: appending them into one vector would
+            // grow it by doubling, copying every record several times into freshly faulted memory (an
+            // epoch holds up to `epochs.max_records` records); a write copies each record once, below.
+            let mut collecting: BTreeMap<Epoch, (Capability<Epoch>, Vec<Vec<D>>)> = BTreeMap::new();
             let mut writing: HashMap<Epoch, Capability<Epoch>> = HashMap::new();
-            let mut ready: VecDeque<(Epoch, Vec<D>)> = VecDeque::new();
+            let mut ready: VecDeque<(Epoch, Vec<Vec<D>>)> = VecDeque::new();
             let mut in_flight = 0usize;
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
@@ -73,7 +76,7 @@ where
                         .entry(epoch)
                         .or_insert_with(|| (cap.delayed(&epoch, output.output_index()), Vec::new()));
                     for batch in data {
-                        entry.1.append(batch);
+                        entry.1.push(std::mem::take(batch));
                     }
                 });
 
@@ -97,16 +100,8 @@ where
 
                 // Everything queued, in epoch order, as one batch, when a write slot is free.
                 if in_flight < max_in_flight && !ready.is_empty() {
-                    let mut epochs = Vec::with_capacity(ready.len());
-                    let mut batch = Vec::new();
-                    for (epoch, mut records) in ready.drain(..) {
-                        epochs.push(epoch);
-                        if batch.is_empty() {
-                            batch = records;
-                        } else {
-                            batch.append(&mut records);
-                        }
-                    }
+                    let epochs: Vec<Epoch> = ready.iter().map(|(epoch, _)| *epoch).collect();
+                    let batch = concat(ready.drain(..).flat_map(|(_, containers)| containers));
                     let Some(&epoch) = epochs.last() else { return };
                     in_flight += 1;
                     let batch = Arc::new(batch);
@@ -153,6 +148,16 @@ where
     )
 }
 
+/// The records of several containers in one vector, sized once.
+pub fn concat<D>(containers: impl IntoIterator<Item = Vec<D>>) -> Vec<D> {
+    let containers: Vec<Vec<D>> = containers.into_iter().collect();
+    let mut all = Vec::with_capacity(containers.iter().map(Vec::len).sum());
+    for mut records in containers {
+        all.append(&mut records);
+    }
+    all
+}
+
 /// Passes each epoch's records on only once `durable` (a sink's progress) has passed that epoch: a
 /// state changelog written after the sends it describes never runs ahead of them, so a crash can repeat
 /// a send (same idempotency key) but never lose one.
@@ -167,13 +172,13 @@ pub fn after_durable<'s, D: Clone + 'static>(
         Pipeline,
         name,
         move |_, _| {
-            let mut held: BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)> = BTreeMap::new();
+            let mut held: BTreeMap<Epoch, (Capability<Epoch>, Vec<Vec<D>>)> = BTreeMap::new();
             move |(input, _), (progress, durable_frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
                     let entry = held.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, 0), Vec::new()));
                     for batch in data {
-                        entry.1.append(batch);
+                        entry.1.push(std::mem::take(batch));
                     }
                 });
                 progress.for_each(|_, _| {});
@@ -181,8 +186,11 @@ pub fn after_durable<'s, D: Clone + 'static>(
                     if durable_frontier.frontier().less_equal(&epoch) {
                         break;
                     }
-                    let Some((cap, mut records)) = held.remove(&epoch) else { break };
-                    output.session(&cap).give_container(&mut records);
+                    let Some((cap, containers)) = held.remove(&epoch) else { break };
+                    let mut session = output.session(&cap);
+                    for mut records in containers {
+                        session.give_container(&mut records);
+                    }
                 }
             }
         },
