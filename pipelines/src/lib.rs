@@ -1,6 +1,7 @@
 //! The Touchpoint pipeline: configuration, the timely dataflow, and the commands of the `touchpoint`
 //! binary. Start reading at [`topology`], which draws the whole dataflow.
 
+pub mod allocator;
 pub mod config;
 pub mod connect;
 pub mod explain;

@@ -160,6 +160,7 @@ enum Command {
 }
 
 fn main() {
+    touchpoint::allocator::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

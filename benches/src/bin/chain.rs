@@ -28,6 +28,7 @@ struct Args {
 }
 
 fn main() {
+    touchpoint::allocator::keep_freed_memory();
     let args = Args::parse();
     let config = local_config();
     let (records, schema) = source_records(args.records, args.subjects);

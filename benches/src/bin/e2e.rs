@@ -80,6 +80,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    touchpoint::allocator::keep_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let args = Args::parse();
