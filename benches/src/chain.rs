@@ -123,7 +123,7 @@ impl Chain {
         let mut bytes = 0;
         for record in records {
             counts.records += 1;
-            let outcome = normalize_record(&self.decoder, &self.normalizer, "marketing.events", record);
+            let outcome = normalize_record(&self.decoder, &self.normalizer, "marketing.events", record, now_ms);
             match outcome {
                 Outcome::Event(event, _) => {
                     let key = touchpoint_operators::dedupe::dedupe_key(&event.tenant_id, &event.event_id);

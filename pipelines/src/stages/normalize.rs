@@ -92,17 +92,17 @@ impl DeadLetter {
     }
 }
 
-/// Decodes and normalizes one record.
+/// Decodes and normalizes one record; `now_ms` is the pipeline's clock (ingestion time, future skew).
 pub fn normalize_record<L: SchemaLookup>(
     decoder: &RecordDecoder<L>,
     normalizer: &Normalizer,
     topic: &str,
     record: SourceRecord,
+    now_ms: i64,
 ) -> Outcome {
     let position = SourcePosition { topic: topic.to_string(), partition: record.partition, offset: record.offset };
     let payload = record.payload.as_deref().unwrap_or_default();
     let decoded = decode_with_retry(&position, || decoder.decode_event(payload));
-    let now_ms = chrono::Utc::now().timestamp_millis();
     let normalized = decoded.and_then(|fields| normalizer.normalize(fields, position.clone(), now_ms));
     match normalized {
         Ok(event) => Outcome::Event(event, record.already_stored),
@@ -125,9 +125,12 @@ pub fn normalize<'s, L: SchemaLookup + 'static>(
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
                     let mut session = output.session(&cap);
+                    // One clock reading per container: `ingested_at` and the future-skew check need
+                    // milliseconds, not a system call per record.
                     for batch in data {
+                        let now_ms = chrono::Utc::now().timestamp_millis();
                         for record in batch.drain(..) {
-                            let outcome = normalize_record(&decoder, &normalizer, &topic, record);
+                            let outcome = normalize_record(&decoder, &normalizer, &topic, record, now_ms);
                             if let Outcome::Rejected(d) = &outcome {
                                 let reason = RejectReason::from_code(&d.reason_code);
                                 tally.with(epoch, |t| {
