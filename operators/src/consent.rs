@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use touchpoint_schemas::RejectReason;
 
 use crate::normalize::{parse_event_time, Rejection};
+use crate::FastHashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -250,7 +251,7 @@ struct Entry {
 /// Keyed state: consent per subject. A subject holds at most one entry per channel × purpose (8).
 #[derive(Debug, Default, Clone)]
 pub struct ConsentTable {
-    subjects: HashMap<SubjectRef, Vec<Entry>>,
+    subjects: FastHashMap<SubjectRef, Vec<Entry>>,
 }
 
 impl ConsentTable {

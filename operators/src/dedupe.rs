@@ -9,9 +9,10 @@
 //! deduplicator sees all occurrences of its keys. Ids are remembered as 128-bit hashes (16 bytes plus
 //! the expiry), which keeps memory per id small and independent of id length.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::FastHashMap;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,7 +46,7 @@ pub fn dedupe_key(tenant_id: &str, event_id: &str) -> u128 {
 pub struct EventDeduplicator {
     ttl_ms: i64,
     /// key → expiry (processing time, ms).
-    seen: HashMap<u128, i64>,
+    seen: FastHashMap<u128, i64>,
     /// (expiry, key) in insertion order; processing time only moves forward, so this is sorted.
     expiries: VecDeque<(i64, u128)>,
 }
@@ -54,7 +55,7 @@ impl EventDeduplicator {
     pub fn new(config: &DedupeConfig) -> Self {
         EventDeduplicator {
             ttl_ms: i64::try_from(config.ttl.as_millis()).unwrap_or(i64::MAX),
-            seen: HashMap::new(),
+            seen: FastHashMap::default(),
             expiries: VecDeque::new(),
         }
     }

@@ -25,6 +25,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::consent::Channel;
+use crate::FastHashSet;
 
 /// Buckets per rolling window.
 pub const ROLLING_BUCKETS: i64 = 60;
@@ -200,7 +201,7 @@ pub struct FrequencyCaps {
     /// Per rule: the key of its counters in [`SubjectCaps`].
     state_keys: Vec<u64>,
     default_tz: Tz,
-    exempt: HashSet<String>,
+    exempt: FastHashSet<String>,
     version: String,
 }
 

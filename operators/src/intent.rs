@@ -2,14 +2,13 @@
 //! category Z"), until journeys replace this source. Each intent carries a deterministic idempotency
 //! key, so a replayed event never yields a second, different send.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use touchpoint_schemas::{NormalizedEvent, SourcePosition};
 
 use crate::consent::{Channel, Purpose, SubjectRef};
 use crate::normalize::snake_case;
+use crate::FastHashMap;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,14 +115,14 @@ pub fn idempotency_key(subject: &SubjectRef, rule_id: &str, version: &str, event
 
 #[derive(Debug, Clone)]
 pub struct IntentRules {
-    by_type: HashMap<String, Vec<IntentRule>>,
+    by_type: FastHashMap<String, Vec<IntentRule>>,
     time_zone_attribute: String,
     version: String,
 }
 
 impl IntentRules {
     pub fn new(config: &IntentsConfig) -> Result<Self, String> {
-        let mut by_type: HashMap<String, Vec<IntentRule>> = HashMap::new();
+        let mut by_type: FastHashMap<String, Vec<IntentRule>> = FastHashMap::default();
         let mut ids = std::collections::HashSet::new();
         for r in &config.rules {
             if !ids.insert(r.id.as_str()) {

@@ -20,6 +20,7 @@ pub mod consent;
 pub mod decision;
 pub mod decode;
 pub mod dedupe;
+pub mod fast_hash;
 pub mod frequency_cap;
 pub mod intent;
 pub mod journey;
@@ -30,5 +31,6 @@ pub mod watermark;
 
 pub use decode::{DecodeError, RecordDecoder, SchemaLookup, SchemaLookupError};
 pub use dedupe::{DedupeConfig, EventDeduplicator};
+pub use fast_hash::{FastHashMap, FastHashSet};
 pub use normalize::{NormalizeConfig, Normalizer, Rejection};
 pub use tally::EpochTally;

@@ -19,6 +19,7 @@ use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::dedupe::dedupe_key;
 use touchpoint_operators::journey::{Journey, Journeys, SubjectJourneys};
+use touchpoint_operators::FastHashMap;
 use touchpoint_operators::{EventDeduplicator, Normalizer};
 
 use crate::config::PipelineConfig;
@@ -175,9 +176,9 @@ struct Shared {
     partitions: i32,
     consent_partitions: i32,
     /// Worker index → the cap state it owns, restored from the changelog.
-    restored_caps: Mutex<HashMap<usize, HashMap<SubjectRef, SubjectSendState>>>,
+    restored_caps: Mutex<HashMap<usize, FastHashMap<SubjectRef, SubjectSendState>>>,
     /// Worker index → the journey state it owns, restored from the changelog.
-    restored_journeys: Mutex<HashMap<usize, HashMap<SubjectRef, SubjectJourneys>>>,
+    restored_journeys: Mutex<HashMap<usize, FastHashMap<SubjectRef, SubjectJourneys>>>,
     journeys: Journeys,
     /// Worker index → the deduplication keys it owns (with first-seen time), from ClickHouse.
     restored_ids: Mutex<HashMap<usize, Vec<(u128, i64)>>>,
@@ -426,7 +427,7 @@ pub fn restore_caps(
     config: &PipelineConfig,
     peers: usize,
     local_workers: std::ops::Range<usize>,
-) -> Result<HashMap<usize, HashMap<SubjectRef, SubjectSendState>>> {
+) -> Result<HashMap<usize, FastHashMap<SubjectRef, SubjectSendState>>> {
     let topic = config.topics.caps_changelog(&config.pipeline.group_id).name;
     restore_changelog(config, &topic, "frequency-cap", peers, local_workers)
 }
@@ -439,7 +440,7 @@ pub fn restore_changelog<T: serde::de::DeserializeOwned>(
     what: &str,
     peers: usize,
     local_workers: std::ops::Range<usize>,
-) -> Result<HashMap<usize, HashMap<SubjectRef, T>>> {
+) -> Result<HashMap<usize, FastHashMap<SubjectRef, T>>> {
     let started = std::time::Instant::now();
     let records = read_all(&config.kafka, topic, Duration::from_millis(500), Duration::from_secs(600))?;
     let mut latest: HashMap<SubjectRef, Option<T>> = HashMap::new();
@@ -463,7 +464,7 @@ pub fn restore_changelog<T: serde::de::DeserializeOwned>(
         };
         latest.insert(subject, value);
     }
-    let mut by_worker: HashMap<usize, HashMap<SubjectRef, T>> = HashMap::new();
+    let mut by_worker: HashMap<usize, FastHashMap<SubjectRef, T>> = HashMap::new();
     let mut subjects = 0usize;
     for (subject, state) in latest {
         let Some(state) = state else { continue };

@@ -14,7 +14,7 @@
 //! Subjects continue on the version they entered with, unless the current version says `migrate: true`
 //! and still has their step; then they move to it (a transition with cause `migrated`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use super::definition::{EventMatch, Journey, Reentry, Send as SendStep, StepIx, 
 use super::expr::Context;
 use crate::consent::{Channel, Purpose, SubjectRef};
 use crate::intent::{JourneyStepRef, SendIntent};
+use crate::{FastHashMap, FastHashSet};
 
 /// Most events of one type a subject's history keeps for `happened(...)` (the oldest go first). Per
 /// type, so a frequent type never pushes a rare one out; the history is bounded by this times the
@@ -121,7 +122,7 @@ pub trait Guardrails {
 #[derive(Debug, Clone)]
 struct Versions {
     current: Arc<Journey>,
-    archived: HashMap<String, Arc<Journey>>,
+    archived: FastHashMap<String, Arc<Journey>>,
 }
 
 /// The loaded journeys: the current version of each, plus archived versions that subjects may still be
@@ -130,11 +131,11 @@ struct Versions {
 pub struct Journeys {
     by_id: BTreeMap<String, Versions>,
     /// Event types `happened(...)` asks about: kept in the subjects' history.
-    remembered: HashSet<String>,
+    remembered: FastHashSet<String>,
     /// Event types any journey reacts to (triggers, goals, awaited events): others skip the machine.
-    interesting: HashSet<String>,
+    interesting: FastHashSet<String>,
     /// Per version: the trigger attributes its steps can read after a wait (`None`: all of them).
-    keep: HashMap<String, Option<BTreeSet<String>>>,
+    keep: FastHashMap<String, Option<BTreeSet<String>>>,
     /// Event attribute holding the subject's IANA time zone (for calendar caps on journey sends).
     time_zone_attribute: String,
 }
@@ -145,7 +146,7 @@ impl Journeys {
         for j in current {
             journeys.index(&j);
             let j = Arc::new(j);
-            let mut archived = HashMap::new();
+            let mut archived = FastHashMap::default();
             archived.insert(j.version.clone(), j.clone());
             journeys.by_id.insert(j.id.clone(), Versions { current: j, archived });
         }

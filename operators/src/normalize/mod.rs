@@ -15,8 +15,6 @@
 mod canonical;
 mod config;
 
-use std::collections::{HashMap, HashSet};
-
 use touchpoint_schemas::{NormalizedEvent, RejectReason, SourcePosition};
 
 pub use canonical::{
@@ -25,6 +23,7 @@ pub use canonical::{
 pub use config::{EventTypesConfig, NormalizeConfig, UnknownEventTypes};
 
 use crate::decode::event::{Attributes, EventFields, FieldValue};
+use crate::{FastHashMap, FastHashSet};
 
 /// A record the pipeline refuses, with the reason code and a message for the person who produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,17 +48,17 @@ pub struct InvalidNormalizeConfig(String);
 pub struct Normalizer {
     config: NormalizeConfig,
     /// snake_case(alias) → canonical type.
-    aliases: HashMap<String, String>,
+    aliases: FastHashMap<String, String>,
     /// Each alias exactly as configured → its canonical type: the common spellings skip snake_case.
-    spellings: HashMap<String, String>,
+    spellings: FastHashMap<String, String>,
     /// Canonical types accepted when unknown types are rejected.
-    known: HashSet<String>,
+    known: FastHashSet<String>,
     max_future_skew_ms: i64,
 }
 
 impl Normalizer {
     pub fn new(config: NormalizeConfig) -> Result<Self, InvalidNormalizeConfig> {
-        let mut aliases = HashMap::new();
+        let mut aliases = FastHashMap::default();
         for (from, to) in &config.event_types.aliases {
             let (key, target) = (snake_case(from), snake_case(to));
             if key.is_empty() || target.is_empty() {
@@ -81,7 +80,7 @@ impl Normalizer {
             .keys()
             .filter_map(|from| Some((from.clone(), aliases.get(&snake_case(from))?.clone())))
             .collect();
-        let known: HashSet<String> = config.event_types.known.iter().map(|t| snake_case(t)).collect();
+        let known: FastHashSet<String> = config.event_types.known.iter().map(|t| snake_case(t)).collect();
         if config.event_types.unknown == UnknownEventTypes::Reject && known.is_empty() {
             return Err(InvalidNormalizeConfig(
                 "unknown: reject needs a non-empty `known` list, or every event would be rejected".into(),

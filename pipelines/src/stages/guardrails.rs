@@ -21,7 +21,7 @@
 //! as the cap counters ([`SubjectSendState`]), written only once the epoch's sends and decision rows are
 //! durable (`crate::topology`), so a restored ledger never names a send that is not out.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,7 @@ use touchpoint_schemas::NormalizedEvent;
 
 use super::epoch_sink::concat;
 use super::Epoch;
+use touchpoint_operators::FastHashMap;
 
 /// Fixed number of key groups (like Flink's max parallelism).
 pub const KEY_GROUPS: u64 = 256;
@@ -177,8 +178,8 @@ enum Side {
 pub struct GuardrailState {
     pub consent: ConsentTable,
     /// Cap counters and send ledger.
-    pub caps: HashMap<SubjectRef, SubjectSendState>,
-    pub journeys: HashMap<SubjectRef, SubjectJourneys>,
+    pub caps: FastHashMap<SubjectRef, SubjectSendState>,
+    pub journeys: FastHashMap<SubjectRef, SubjectJourneys>,
 }
 
 /// The rules the operator applies.
@@ -284,7 +285,7 @@ struct EpochDecisions {
 /// The state is lent out of `caps` and put back unless empty, so subjects that never had a counted or
 /// ledgered send hold none.
 fn with_guardrails<R>(
-    caps: &mut HashMap<SubjectRef, SubjectSendState>,
+    caps: &mut FastHashMap<SubjectRef, SubjectSendState>,
     consent: &ConsentTable,
     rules: &GuardrailRules,
     subject: &SubjectRef,
