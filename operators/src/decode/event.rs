@@ -258,7 +258,7 @@ impl<'de> Visitor<'de> for FieldSeed {
 
 /// The kind of a JSON value written by [`CanonicalSeed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum JsonKind {
+pub(crate) enum JsonKind {
     Null,
     Bool,
     Number,
@@ -268,7 +268,7 @@ enum JsonKind {
 }
 
 impl JsonKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             JsonKind::Null => "null",
             JsonKind::Bool => "a boolean",
@@ -292,18 +292,14 @@ impl<'de> DeserializeSeed<'de> for CanonicalSeed<'_> {
     }
 }
 
-fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+pub(crate) fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
     // Writing a string, number, bool or null into a Vec cannot fail.
     let _ = serde_json::to_writer(out, value);
 }
 
 impl CanonicalSeed<'_> {
     fn string(self, s: &str) -> JsonKind {
-        if is_email_like(s) {
-            write_json(&s.trim().to_lowercase(), self.0);
-        } else {
-            write_json(s, self.0);
-        }
+        write_canonical_str(s, self.0);
         JsonKind::String
     }
 }
@@ -358,24 +354,54 @@ impl<'de> Visitor<'de> for CanonicalSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let out = self.0;
-        out.push(b'{');
-        let body = out.len();
-        // Each entry's key and the byte range of its `"key":value` text.
-        let mut entries: Vec<(Cow<'de, str>, usize, usize)> = Vec::new();
-        let mut in_order = true;
+        let mut object = CanonicalObject::begin(out);
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            if let Some((previous, _, _)) = entries.last() {
-                in_order &= previous.as_ref() < key.as_ref();
-                out.push(b',');
-            }
-            let start = out.len();
-            write_json(key.as_ref(), out);
-            out.push(b':');
+            object.key(out, key);
             map.next_value_seed(CanonicalSeed(&mut *out))?;
-            entries.push((key, start, out.len()));
+            object.value_written(out);
         }
+        object.finish(out);
+        Ok(JsonKind::Object)
+    }
+}
+
+/// Writes one JSON object in canonical form, entry by entry as they come: `{`, then per entry
+/// [`key`](Self::key), the value's canonical text, [`value_written`](Self::value_written), and
+/// [`finish`](Self::finish). Only an object whose keys arrived unsorted (or repeated) is rewritten, in key
+/// order, the last of equal keys winning (as a map insert overwrites).
+pub(crate) struct CanonicalObject<'k> {
+    body: usize,
+    /// Each entry's key and the byte range of its `"key":value` text.
+    entries: Vec<(Cow<'k, str>, usize, usize)>,
+    in_order: bool,
+}
+
+impl<'k> CanonicalObject<'k> {
+    pub(crate) fn begin(out: &mut Vec<u8>) -> Self {
+        out.push(b'{');
+        CanonicalObject { body: out.len(), entries: Vec::new(), in_order: true }
+    }
+
+    pub(crate) fn key(&mut self, out: &mut Vec<u8>, key: Cow<'k, str>) {
+        if let Some((previous, _, _)) = self.entries.last() {
+            self.in_order &= previous.as_ref() < key.as_ref();
+            out.push(b',');
+        }
+        let start = out.len();
+        write_json(key.as_ref(), out);
+        out.push(b':');
+        self.entries.push((key, start, start));
+    }
+
+    pub(crate) fn value_written(&mut self, out: &[u8]) {
+        if let Some(entry) = self.entries.last_mut() {
+            entry.2 = out.len();
+        }
+    }
+
+    pub(crate) fn finish(self, out: &mut Vec<u8>) {
+        let CanonicalObject { body, entries, in_order } = self;
         if !in_order {
-            // Sorted by key; of equal keys the last one stays (a map insert overwrites).
             let text = out.split_off(body);
             let mut order: Vec<usize> = (0..entries.len()).collect();
             order.sort_by(|&a, &b| entries[a].0.cmp(&entries[b].0).then(a.cmp(&b)));
@@ -392,7 +418,15 @@ impl<'de> Visitor<'de> for CanonicalSeed<'_> {
             }
         }
         out.push(b'}');
-        Ok(JsonKind::Object)
+    }
+}
+
+/// A string value in canonical form: email-like strings trimmed and lower-cased.
+pub(crate) fn write_canonical_str(s: &str, out: &mut Vec<u8>) {
+    if is_email_like(s) {
+        write_json(&s.trim().to_lowercase(), out);
+    } else {
+        write_json(s, out);
     }
 }
 

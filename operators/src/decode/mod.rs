@@ -8,6 +8,7 @@
 //! Both decode into the same `serde_json` map (for the consent stage), or, for events, straight into the
 //! fields normalization reads ([`event`]), so that normalization has one code path.
 
+mod avro;
 pub mod event;
 
 use std::collections::HashMap;
@@ -71,7 +72,7 @@ pub struct RecordDecoder<L> {
     /// whole schema into a map): done per record, that was a third of Avro decoding. A reader borrows its
     /// schema, so the schema of each id is leaked once: schema ids are immutable and few, and the registry
     /// client keeps every schema it fetched for the life of the process anyway.
-    readers: RwLock<HashMap<u32, Arc<GenericDatumReader<'static>>>>,
+    readers: RwLock<HashMap<u32, Arc<AvroReader>>>,
 }
 
 impl<L: SchemaLookup> RecordDecoder<L> {
@@ -92,22 +93,33 @@ impl<L: SchemaLookup> RecordDecoder<L> {
         match payload.first() {
             None => Err(malformed("empty payload").into()),
             Some(&CONFLUENT_MAGIC) => {
-                let (schema_id, value) = self.avro_value(payload)?;
-                let apache_avro::types::Value::Record(record) = value else {
-                    return Err(not_a_record(schema_id, value).into());
-                };
-                let mut fields = EventFields::default();
-                for (name, value) in record {
-                    if event::is_event_field(&name) {
-                        let json = Value::try_from(value)
-                            .map_err(|e| malformed(format!("Avro field `{name}` has no JSON form: {e}")))?;
-                        fields.set_from_value(&name, json);
-                    }
+                let (schema_id, body) = confluent_frame(payload)?;
+                let reader = self.reader(schema_id)?;
+                if let Some(fields) = reader.fast.and_then(|record| avro::read_event(record, body)) {
+                    return Ok(fields);
                 }
-                Ok(fields)
+                self.decode_event_generic(payload)
             }
             Some(_) => Ok(decode_json_event(payload)?),
         }
+    }
+
+    /// [`Self::decode_event`] of an Avro payload through apache_avro's `Value` tree: for the schemas the
+    /// direct reader does not cover, and for the verdict on datums it gave up on.
+    fn decode_event_generic<'p>(&self, payload: &'p [u8]) -> Result<EventFields<'p>, DecodeError> {
+        let (schema_id, value) = self.avro_value(payload)?;
+        let apache_avro::types::Value::Record(record) = value else {
+            return Err(not_a_record(schema_id, value).into());
+        };
+        let mut fields = EventFields::default();
+        for (name, value) in record {
+            if event::is_event_field(&name) {
+                let json = Value::try_from(value)
+                    .map_err(|e| malformed(format!("Avro field `{name}` has no JSON form: {e}")))?;
+                fields.set_from_value(&name, json);
+            }
+        }
+        Ok(fields)
     }
 
     fn decode_avro(&self, payload: &[u8]) -> Result<Map<String, Value>, DecodeError> {
@@ -125,6 +137,7 @@ impl<L: SchemaLookup> RecordDecoder<L> {
         let (schema_id, mut body) = confluent_frame(payload)?;
         let reader = self.reader(schema_id)?;
         let value = reader
+            .generic
             .read_value(&mut body)
             .map_err(|e| malformed(format!("Avro datum does not decode with schema id {schema_id}: {e}")))?;
         if !body.is_empty() {
@@ -138,7 +151,7 @@ impl<L: SchemaLookup> RecordDecoder<L> {
     }
 
     /// The datum reader of a schema id: cached, or looked up in the registry and built.
-    fn reader(&self, schema_id: u32) -> Result<Arc<GenericDatumReader<'static>>, DecodeError> {
+    fn reader(&self, schema_id: u32) -> Result<Arc<AvroReader>, DecodeError> {
         // A poisoned lock only means another thread panicked while inserting: the map is still valid.
         if let Some(reader) = self.readers.read().unwrap_or_else(|e| e.into_inner()).get(&schema_id) {
             return Ok(reader.clone());
@@ -158,13 +171,24 @@ impl<L: SchemaLookup> RecordDecoder<L> {
             Err(SchemaLookupError::Unavailable(m)) => return Err(DecodeError::Retry(m)),
         };
         let schema: &'static Schema = Box::leak(Box::new(schema));
-        let reader = GenericDatumReader::builder(schema)
+        let generic = GenericDatumReader::builder(schema)
             .build()
             .map_err(|e| malformed(format!("Avro datum does not decode with schema id {schema_id}: {e}")))?;
-        let reader = Arc::new(reader);
+        let fast = match schema {
+            Schema::Record(record) if avro::fast_decodable(schema) => Some(record),
+            _ => None,
+        };
+        let reader = Arc::new(AvroReader { generic, fast });
         self.readers.write().unwrap_or_else(|e| e.into_inner()).insert(schema_id, reader.clone());
         Ok(reader)
     }
+}
+
+/// How the datums of one writer schema are read.
+struct AvroReader {
+    generic: GenericDatumReader<'static>,
+    /// The schema, when [`avro::read_event`] can read its datums directly.
+    fast: Option<&'static apache_avro::schema::RecordSchema>,
 }
 
 fn not_a_record(schema_id: u32, value: apache_avro::types::Value) -> Rejection {

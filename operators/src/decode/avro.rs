@@ -1,0 +1,476 @@
+//! Avro datums straight into [`EventFields`], without apache_avro's `Value` tree.
+//!
+//! The generic path decodes a datum into an Avro `Value` tree, converts every field to a `serde_json`
+//! value and the attributes once more into canonical text: a third of the operator chain's time on
+//! Avro records. This reader walks the writer schema over the bytes once: the scalar fields are borrowed
+//! from the payload, the attributes are written in canonical form as they are read.
+//!
+//! It covers the schemas made of Avro's plain types (primitives, records, enums, arrays, maps, unions,
+//! fixed, and the logical types that are plain numbers); any other schema (decimal, uuid, duration,
+//! named references) goes the generic way ([`fast_decodable`]). It gives up (`None`) on anything the
+//! generic path would refuse or word differently (truncated data, bad UTF-8, a union index out of range,
+//! an integer out of range, NaN), and the caller then takes the generic path for the verdict: both paths
+//! accept the same datums and produce the same fields, which the tests check.
+
+use std::borrow::Cow;
+
+use apache_avro::schema::{RecordSchema, Schema};
+use serde_json::Number;
+
+use super::event::{
+    is_event_field, write_canonical_str, write_json, Attributes, CanonicalObject, EventFields, FieldValue, JsonKind,
+};
+
+/// Can [`read_event`] decode datums of this writer schema (a record of plain types)?
+pub fn fast_decodable(schema: &Schema) -> bool {
+    matches!(schema, Schema::Record(_)) && plain(schema)
+}
+
+fn plain(schema: &Schema) -> bool {
+    match schema {
+        Schema::Null
+        | Schema::Boolean
+        | Schema::Int
+        | Schema::Long
+        | Schema::Float
+        | Schema::Double
+        | Schema::Bytes
+        | Schema::String
+        | Schema::Enum(_)
+        | Schema::Fixed(_)
+        | Schema::Date
+        | Schema::TimeMillis
+        | Schema::TimeMicros
+        | Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::TimestampNanos
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos => true,
+        Schema::Array(a) => plain(&a.items),
+        Schema::Map(m) => plain(&m.types),
+        Schema::Union(u) => u.variants().iter().all(plain),
+        Schema::Record(r) => r.fields.iter().all(|f| plain(&f.schema)),
+        Schema::Decimal(_) | Schema::BigDecimal | Schema::Uuid(_) | Schema::Duration(_) | Schema::Ref { .. } => false,
+    }
+}
+
+/// Decodes one datum of `schema` (a record) into the event fields; `None` when the generic path must
+/// decide. The whole body must be consumed (trailing bytes are the generic path's to report).
+pub fn read_event<'p>(schema: &'p RecordSchema, body: &'p [u8]) -> Option<EventFields<'p>> {
+    let mut cursor = Cursor(body);
+    let mut fields = EventFields::default();
+    for field in &schema.fields {
+        if !is_event_field(&field.name) {
+            cursor.skip(&field.schema)?;
+            continue;
+        }
+        if field.name == "attributes" {
+            let mut text = Vec::with_capacity(128);
+            fields.attributes = match cursor.canonical(&field.schema, &mut text)? {
+                JsonKind::Null => None,
+                JsonKind::Object => Some(Attributes::Canonical(String::from_utf8(text).ok()?)),
+                other => Some(Attributes::NotAnObject(other.name())),
+            };
+            continue;
+        }
+        let value = cursor.scalar(&field.schema)?;
+        let slot = match field.name.as_str() {
+            "event_type" => &mut fields.event_type,
+            "occurred_at" => &mut fields.occurred_at,
+            "subject_id" => &mut fields.subject_id,
+            "event_id" => &mut fields.event_id,
+            "tenant_id" => &mut fields.tenant_id,
+            _ => &mut fields.source,
+        };
+        *slot = Some(value);
+    }
+    cursor.0.is_empty().then_some(fields)
+}
+
+/// The unread rest of a datum.
+struct Cursor<'p>(&'p [u8]);
+
+impl<'p> Cursor<'p> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'p [u8]> {
+        if n > self.0.len() {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    /// A zig-zag varint long (at most 10 bytes).
+    fn long(&mut self) -> Option<i64> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let b = self.byte()?;
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+            }
+        }
+        None
+    }
+
+    fn int(&mut self) -> Option<i32> {
+        i32::try_from(self.long()?).ok()
+    }
+
+    fn len(&mut self) -> Option<usize> {
+        usize::try_from(self.long()?).ok()
+    }
+
+    fn bytes(&mut self) -> Option<&'p [u8]> {
+        let n = self.len()?;
+        self.take(n)
+    }
+
+    fn str(&mut self) -> Option<&'p str> {
+        std::str::from_utf8(self.bytes()?).ok()
+    }
+
+    fn f32(&mut self) -> Option<f64> {
+        let b: [u8; 4] = self.take(4)?.try_into().ok()?;
+        Some(f64::from(f32::from_le_bytes(b)))
+    }
+
+    fn f64(&mut self) -> Option<f64> {
+        let b: [u8; 8] = self.take(8)?.try_into().ok()?;
+        Some(f64::from_le_bytes(b))
+    }
+
+    /// The item count of the next block of an array or map (0: the end). A negative count is followed
+    /// by the block's size in bytes.
+    fn block(&mut self) -> Option<usize> {
+        let count = self.long()?;
+        if count < 0 {
+            self.long()?;
+        }
+        usize::try_from(count.checked_abs()?).ok()
+    }
+
+    fn branch<'s>(&mut self, variants: &'s [Schema]) -> Option<&'s Schema> {
+        variants.get(usize::try_from(self.long()?).ok()?)
+    }
+
+    /// A field that normalization reads as a scalar; containers are skipped and reported by kind.
+    fn scalar(&mut self, schema: &'p Schema) -> Option<FieldValue<'p>> {
+        Some(match schema {
+            Schema::Null => FieldValue::Null,
+            Schema::Boolean => FieldValue::Bool(self.boolean()?),
+            Schema::Int | Schema::Date | Schema::TimeMillis => FieldValue::Number(self.int()?.into()),
+            Schema::Long
+            | Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros
+            | Schema::LocalTimestampNanos => FieldValue::Number(self.long()?.into()),
+            Schema::Float => FieldValue::Number(Number::from_f64(self.f32()?)?),
+            Schema::Double => FieldValue::Number(Number::from_f64(self.f64()?)?),
+            Schema::String => FieldValue::Str(Cow::Borrowed(self.str()?)),
+            Schema::Enum(e) => FieldValue::Str(Cow::Borrowed(e.symbols.get(self.len()?)?.as_str())),
+            Schema::Union(u) => {
+                let variant = self.branch(u.variants())?;
+                return self.scalar(variant);
+            }
+            Schema::Bytes | Schema::Fixed(_) | Schema::Array(_) => {
+                self.skip(schema)?;
+                FieldValue::Array
+            }
+            Schema::Map(_) | Schema::Record(_) => {
+                self.skip(schema)?;
+                FieldValue::Object
+            }
+            _ => return None,
+        })
+    }
+
+    fn boolean(&mut self) -> Option<bool> {
+        match self.byte()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+
+    /// Reads past a value (its canonical text goes to a scratch buffer: skipping is rare, and this keeps
+    /// one walk over the schema).
+    fn skip(&mut self, schema: &'p Schema) -> Option<()> {
+        self.canonical(schema, &mut Vec::new()).map(|_| ())
+    }
+
+    /// Writes a value in canonical JSON, as `serde_json::Value::try_from` of its Avro value would give
+    /// it and `canonical_json` would write it (after `lowercase_emails`).
+    fn canonical(&mut self, schema: &'p Schema, out: &mut Vec<u8>) -> Option<JsonKind> {
+        Some(match schema {
+            Schema::Null => {
+                out.extend_from_slice(b"null");
+                JsonKind::Null
+            }
+            Schema::Boolean => {
+                write_json(&self.boolean()?, out);
+                JsonKind::Bool
+            }
+            Schema::Int | Schema::Date | Schema::TimeMillis => {
+                write_json(&self.int()?, out);
+                JsonKind::Number
+            }
+            Schema::Long
+            | Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros
+            | Schema::LocalTimestampNanos => {
+                write_json(&self.long()?, out);
+                JsonKind::Number
+            }
+            Schema::Float => {
+                write_json(&Number::from_f64(self.f32()?)?, out);
+                JsonKind::Number
+            }
+            Schema::Double => {
+                write_json(&Number::from_f64(self.f64()?)?, out);
+                JsonKind::Number
+            }
+            Schema::String => {
+                write_canonical_str(self.str()?, out);
+                JsonKind::String
+            }
+            Schema::Enum(e) => {
+                write_canonical_str(e.symbols.get(self.len()?)?, out);
+                JsonKind::String
+            }
+            Schema::Bytes => {
+                let bytes = self.bytes()?;
+                write_json(bytes, out);
+                JsonKind::Array
+            }
+            Schema::Fixed(f) => {
+                let bytes = self.take(f.size)?;
+                write_json(bytes, out);
+                JsonKind::Array
+            }
+            Schema::Union(u) => {
+                let variant = self.branch(u.variants())?;
+                return self.canonical(variant, out);
+            }
+            Schema::Array(a) => {
+                out.push(b'[');
+                let mut first = true;
+                loop {
+                    let count = self.block()?;
+                    if count == 0 {
+                        break;
+                    }
+                    for _ in 0..count {
+                        if !first {
+                            out.push(b',');
+                        }
+                        first = false;
+                        self.canonical(&a.items, out)?;
+                    }
+                }
+                out.push(b']');
+                JsonKind::Array
+            }
+            Schema::Map(m) => {
+                let mut object = CanonicalObject::begin(out);
+                loop {
+                    let count = self.block()?;
+                    if count == 0 {
+                        break;
+                    }
+                    for _ in 0..count {
+                        object.key(out, Cow::Borrowed(self.str()?));
+                        self.canonical(&m.types, out)?;
+                        object.value_written(out);
+                    }
+                }
+                object.finish(out);
+                JsonKind::Object
+            }
+            Schema::Record(r) => {
+                let mut object = CanonicalObject::begin(out);
+                for field in &r.fields {
+                    object.key(out, Cow::Borrowed(field.name.as_str()));
+                    self.canonical(&field.schema, out)?;
+                    object.value_written(out);
+                }
+                object.finish(out);
+                JsonKind::Object
+            }
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use apache_avro::types::Value as Avro;
+
+    use super::super::{confluent_encode, RecordDecoder, SchemaLookup, SchemaLookupError};
+    use super::*;
+
+    struct One(Arc<Schema>);
+    impl SchemaLookup for One {
+        fn schema(&self, _id: u32) -> Result<Arc<Schema>, SchemaLookupError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// Every plain type, in the event fields and inside the attributes (nested records, arrays, maps,
+    /// enums, fixed, bytes, floats, dates), plus a field normalization does not read.
+    const RICH: &str = r#"{"type": "record", "name": "Rich", "fields": [
+        {"name": "ignored", "type": {"type": "array", "items": ["null", "string", {"type": "map", "values": "long"}]}},
+        {"name": "event_id", "type": ["null", "string", "long", "bytes"]},
+        {"name": "event_type", "type": ["string", {"type": "enum", "name": "Kind", "symbols": ["Signed_Up", "Page_View"]}]},
+        {"name": "occurred_at", "type": ["string", {"type": "long", "logicalType": "timestamp-millis"}, "double", "float", "int", "null"]},
+        {"name": "subject_id", "type": ["string", "long", "int", "boolean", {"type": "record", "name": "Sub", "fields": [{"name": "a", "type": "int"}]}]},
+        {"name": "tenant_id", "type": ["null", "string", {"type": "fixed", "name": "F2", "size": 2}]},
+        {"name": "source", "type": ["null", "string", {"type": "array", "items": "int"}]},
+        {"name": "attributes", "type": ["null", "string", "long",
+            {"type": "map", "values": ["null", "boolean", "int", "long", "float", "double", "string", "bytes",
+                {"type": "array", "items": ["string", "double"]},
+                {"type": "record", "name": "Inner", "fields": [
+                    {"name": "z", "type": "string"}, {"name": "a", "type": {"type": "int", "logicalType": "date"}},
+                    {"name": "k", "type": {"type": "enum", "name": "Kind2", "symbols": ["A", "B"]}},
+                    {"name": "f", "type": {"type": "fixed", "name": "F3", "size": 3}}]},
+                {"type": "map", "values": "string"}]}]}
+    ]}"#;
+
+    /// A small deterministic generator (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn text(&mut self) -> String {
+            ["", "Ann@Example.COM ", "plain", "b\"q\\u\n", "ü😀", "zeta", "a", " x@y.de"][self.below(8) as usize]
+                .to_string()
+        }
+    }
+
+    fn value(rng: &mut Rng, schema: &Schema) -> Avro {
+        match schema {
+            Schema::Null => Avro::Null,
+            Schema::Boolean => Avro::Boolean(rng.below(2) == 1),
+            Schema::Int => Avro::Int(rng.next() as i32),
+            Schema::Date => Avro::Date(rng.below(40_000) as i32),
+            Schema::Long => Avro::Long(rng.next() as i64 >> rng.below(64)),
+            Schema::TimestampMillis => Avro::TimestampMillis(1_700_000_000_000 + rng.below(1 << 30) as i64),
+            Schema::Float => Avro::Float((rng.next() as i32) as f32 / 7.0),
+            Schema::Double => Avro::Double((rng.next() as i64) as f64 / 3.0),
+            Schema::String => Avro::String(rng.text()),
+            Schema::Bytes => Avro::Bytes((0..rng.below(4)).map(|_| rng.next() as u8).collect()),
+            Schema::Fixed(f) => Avro::Fixed(f.size, (0..f.size).map(|_| rng.next() as u8).collect()),
+            Schema::Enum(e) => {
+                let i = rng.below(e.symbols.len() as u64) as usize;
+                Avro::Enum(i as u32, e.symbols[i].clone())
+            }
+            Schema::Union(u) => {
+                let i = rng.below(u.variants().len() as u64) as usize;
+                Avro::Union(i as u32, Box::new(value(rng, &u.variants()[i])))
+            }
+            Schema::Array(a) => Avro::Array((0..rng.below(4)).map(|_| value(rng, &a.items)).collect()),
+            Schema::Map(m) => Avro::Map(
+                (0..rng.below(6)).map(|_| (format!("{}{}", rng.text(), rng.below(3)), value(rng, &m.types))).collect(),
+            ),
+            Schema::Record(r) => {
+                Avro::Record(r.fields.iter().map(|f| (f.name.clone(), value(rng, &f.schema))).collect())
+            }
+            other => panic!("no generator for {other:?}"),
+        }
+    }
+
+    fn payloads(schema_text: &str, count: usize) -> (Arc<Schema>, Vec<Vec<u8>>) {
+        let schema = Arc::new(Schema::parse_str(schema_text).expect("schema"));
+        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().expect("writer");
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let payloads = (0..count)
+            .map(|_| {
+                let body = writer.write_value_to_vec(value(&mut rng, &schema)).expect("a valid datum");
+                confluent_encode(1, &body)
+            })
+            .collect();
+        (schema, payloads)
+    }
+
+    /// Both paths on one payload, as comparable text (fields, or the rejection).
+    fn both(decoder: &RecordDecoder<One>, payload: &[u8]) -> (String, String) {
+        (format!("{:?}", decoder.decode_event(payload)), format!("{:?}", decoder.decode_event_generic(payload)))
+    }
+
+    #[test]
+    fn the_direct_reader_gives_what_the_value_tree_gives() {
+        for (schema_text, count) in [(RICH, 3_000), (touchpoint_schemas::avro::MARKETING_EVENT, 1_000)] {
+            let (schema, payloads) = payloads(schema_text, count);
+            let Schema::Record(record) = &*schema else { panic!("a record") };
+            assert!(fast_decodable(&schema));
+            let decoder = RecordDecoder::new(One(schema.clone()));
+            let mut direct = 0;
+            for p in &payloads {
+                let (fast, generic) = both(&decoder, p);
+                assert_eq!(fast, generic);
+                direct += usize::from(read_event(record, &p[5..]).is_some());
+            }
+            // Only NaN-free datums decode directly; nearly all here do.
+            assert!(direct * 10 > payloads.len() * 9, "{direct} of {} read directly", payloads.len());
+        }
+    }
+
+    #[test]
+    fn broken_datums_get_the_generic_verdict() {
+        let (schema, payloads) = payloads(RICH, 200);
+        let decoder = RecordDecoder::new(One(schema));
+        let mut rng = Rng(7);
+        for p in &payloads {
+            for cut in [5, 6, p.len() / 2, p.len() - 1] {
+                let (fast, generic) = both(&decoder, &p[..cut.max(5)]);
+                assert_eq!(fast, generic, "cut at {cut}");
+            }
+            let mut padded = p.clone();
+            padded.push(0);
+            let (fast, generic) = both(&decoder, &padded);
+            assert_eq!(fast, generic, "trailing byte");
+            for _ in 0..4 {
+                let mut flipped = p.clone();
+                let at = 5 + rng.below((p.len() - 5) as u64) as usize;
+                flipped[at] ^= 1 << rng.below(8);
+                let (fast, generic) = both(&decoder, &flipped);
+                assert_eq!(fast, generic, "bit flipped at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn schemas_with_other_types_take_the_generic_path() {
+        let uuid = r#"{"type": "record", "name": "U", "fields": [{"name": "id", "type": {"type": "string", "logicalType": "uuid"}}]}"#;
+        assert!(!fast_decodable(&Schema::parse_str(uuid).unwrap()));
+        assert!(!fast_decodable(&Schema::parse_str(r#""string""#).unwrap()));
+        // A named type used a second time is a reference: generic.
+        let reference = r#"{"type": "record", "name": "R", "fields": [
+            {"name": "a", "type": {"type": "fixed", "name": "F", "size": 1}}, {"name": "b", "type": "F"}]}"#;
+        assert!(!fast_decodable(&Schema::parse_str(reference).unwrap()));
+        assert!(fast_decodable(&Schema::parse_str(RICH).unwrap()));
+    }
+}
