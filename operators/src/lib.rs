@@ -4,7 +4,8 @@
 //! Kafka, ClickHouse or timely: the dataflow in `pipelines/src/topology.rs` wires these into timely
 //! operators, and the connectors feed and drain them.
 //!
-//! - [`decode`]: bytes → field map (JSON, or Avro in the Confluent wire format);
+//! - [`decode`]: bytes → the event fields normalization reads, or a field map (JSON, or Avro in the
+//!   Confluent wire format);
 //! - [`normalize`]: validation and canonicalization into a [`touchpoint_schemas::NormalizedEvent`];
 //! - [`dedupe`]: drop repeated `event_id`s within a time-to-live;
 //! - [`tally`]: the per-epoch accounting that proves nothing is silently dropped;

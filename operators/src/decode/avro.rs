@@ -26,32 +26,42 @@ pub fn fast_decodable(schema: &Schema) -> bool {
     matches!(schema, Schema::Record(_)) && plain(schema)
 }
 
-fn plain(schema: &Schema) -> bool {
+/// Integer schemas: `Some(true)` for the int-encoded (int, date, time-millis), `Some(false)` for the
+/// long-encoded (long and the other time types: plain numbers in JSON), `None` for any other schema.
+fn int_encoded(schema: &Schema) -> Option<bool> {
     match schema {
-        Schema::Null
-        | Schema::Boolean
-        | Schema::Int
-        | Schema::Long
-        | Schema::Float
-        | Schema::Double
-        | Schema::Bytes
-        | Schema::String
-        | Schema::Enum(_)
-        | Schema::Fixed(_)
-        | Schema::Date
-        | Schema::TimeMillis
+        Schema::Int | Schema::Date | Schema::TimeMillis => Some(true),
+        Schema::Long
         | Schema::TimeMicros
         | Schema::TimestampMillis
         | Schema::TimestampMicros
         | Schema::TimestampNanos
         | Schema::LocalTimestampMillis
         | Schema::LocalTimestampMicros
-        | Schema::LocalTimestampNanos => true,
+        | Schema::LocalTimestampNanos => Some(false),
+        _ => None,
+    }
+}
+
+fn plain(schema: &Schema) -> bool {
+    if int_encoded(schema).is_some() {
+        return true;
+    }
+    match schema {
+        Schema::Null
+        | Schema::Boolean
+        | Schema::Float
+        | Schema::Double
+        | Schema::Bytes
+        | Schema::String
+        | Schema::Enum(_)
+        | Schema::Fixed(_) => true,
         Schema::Array(a) => plain(&a.items),
         Schema::Map(m) => plain(&m.types),
         Schema::Union(u) => u.variants().iter().all(plain),
         Schema::Record(r) => r.fields.iter().all(|f| plain(&f.schema)),
-        Schema::Decimal(_) | Schema::BigDecimal | Schema::Uuid(_) | Schema::Duration(_) | Schema::Ref { .. } => false,
+        // Decimal, big decimal, uuid, duration and named references (integers were answered above).
+        _ => false,
     }
 }
 
@@ -75,15 +85,7 @@ pub fn read_event<'p>(schema: &'p RecordSchema, body: &'p [u8]) -> Option<EventF
             continue;
         }
         let value = cursor.scalar(&field.schema)?;
-        let slot = match field.name.as_str() {
-            "event_type" => &mut fields.event_type,
-            "occurred_at" => &mut fields.occurred_at,
-            "subject_id" => &mut fields.subject_id,
-            "event_id" => &mut fields.event_id,
-            "tenant_id" => &mut fields.tenant_id,
-            _ => &mut fields.source,
-        };
-        *slot = Some(value);
+        *fields.scalar_slot(&field.name)? = Some(value);
     }
     cursor.0.is_empty().then_some(fields)
 }
@@ -161,20 +163,24 @@ impl<'p> Cursor<'p> {
         variants.get(usize::try_from(self.long()?).ok()?)
     }
 
+    /// The value of an integer schema (int, long, and the logical types stored as them), `Some(None)`
+    /// for any other schema.
+    fn integer(&mut self, schema: &Schema) -> Option<Option<i64>> {
+        Some(match int_encoded(schema) {
+            Some(true) => Some(i64::from(self.int()?)),
+            Some(false) => Some(self.long()?),
+            None => None,
+        })
+    }
+
     /// A field that normalization reads as a scalar; containers are skipped and reported by kind.
     fn scalar(&mut self, schema: &'p Schema) -> Option<FieldValue<'p>> {
+        if let Some(n) = self.integer(schema)? {
+            return Some(FieldValue::Number(n.into()));
+        }
         Some(match schema {
             Schema::Null => FieldValue::Null,
             Schema::Boolean => FieldValue::Bool(self.boolean()?),
-            Schema::Int | Schema::Date | Schema::TimeMillis => FieldValue::Number(self.int()?.into()),
-            Schema::Long
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos => FieldValue::Number(self.long()?.into()),
             Schema::Float => FieldValue::Number(Number::from_f64(self.f32()?)?),
             Schema::Double => FieldValue::Number(Number::from_f64(self.f64()?)?),
             Schema::String => FieldValue::Str(Cow::Borrowed(self.str()?)),
@@ -212,6 +218,10 @@ impl<'p> Cursor<'p> {
     /// Writes a value in canonical JSON, as `serde_json::Value::try_from` of its Avro value would give
     /// it and `canonical_json` would write it (after `lowercase_emails`).
     fn canonical(&mut self, schema: &'p Schema, out: &mut Vec<u8>) -> Option<JsonKind> {
+        if let Some(n) = self.integer(schema)? {
+            write_json(&n, out);
+            return Some(JsonKind::Number);
+        }
         Some(match schema {
             Schema::Null => {
                 out.extend_from_slice(b"null");
@@ -220,21 +230,6 @@ impl<'p> Cursor<'p> {
             Schema::Boolean => {
                 write_json(&self.boolean()?, out);
                 JsonKind::Bool
-            }
-            Schema::Int | Schema::Date | Schema::TimeMillis => {
-                write_json(&self.int()?, out);
-                JsonKind::Number
-            }
-            Schema::Long
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos => {
-                write_json(&self.long()?, out);
-                JsonKind::Number
             }
             Schema::Float => {
                 write_json(&Number::from_f64(self.f32()?)?, out);

@@ -107,22 +107,26 @@ pub fn is_event_field(name: &str) -> bool {
 }
 
 impl<'a> EventFields<'a> {
-    /// Sets a field by name from a `serde_json` value (the Avro path); other names are ignored.
-    pub fn set_from_value(&mut self, name: &str, value: Value) {
-        let slot = match name {
-            "attributes" => {
-                self.attributes = Attributes::of_value(value);
-                return;
-            }
+    /// The place of a scalar field by its name (`None`: `attributes` or a field nobody reads).
+    pub fn scalar_slot(&mut self, name: &str) -> Option<&mut Option<FieldValue<'a>>> {
+        Some(match name {
             "event_type" => &mut self.event_type,
             "occurred_at" => &mut self.occurred_at,
             "subject_id" => &mut self.subject_id,
             "event_id" => &mut self.event_id,
             "tenant_id" => &mut self.tenant_id,
             "source" => &mut self.source,
-            _ => return,
-        };
-        *slot = Some(FieldValue::owned(value));
+            _ => return None,
+        })
+    }
+
+    /// Sets a field by name from a `serde_json` value (the Avro path); other names are ignored.
+    pub fn set_from_value(&mut self, name: &str, value: Value) {
+        if name == "attributes" {
+            self.attributes = Attributes::of_value(value);
+        } else if let Some(slot) = self.scalar_slot(name) {
+            *slot = Some(FieldValue::owned(value));
+        }
     }
 }
 
@@ -158,16 +162,13 @@ impl<'de> Visitor<'de> for EventVisitor {
                     };
                     continue;
                 }
-                "event_type" => &mut fields.event_type,
-                "occurred_at" => &mut fields.occurred_at,
-                "subject_id" => &mut fields.subject_id,
-                "event_id" => &mut fields.event_id,
-                "tenant_id" => &mut fields.tenant_id,
-                "source" => &mut fields.source,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
+                name => match fields.scalar_slot(name) {
+                    Some(slot) => slot,
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                },
             };
             *slot = Some(map.next_value_seed(FieldSeed)?);
         }
