@@ -471,10 +471,10 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
     let pipeline = std::thread::spawn(move || {
         touchpoint::run(pipeline_config, RunOptions { workers: 2, until_drained: true, ..Default::default() })
     });
-    // A bare consumer reads the same live stream meanwhile: the broker's produce-to-poll latency.
+    // Two bare consumers read the same live stream meanwhile: the broker's produce-to-poll latency, and
+    // how far apart two plain readers get the same records (the broker's own jitter, the yardstick for
+    // what Touchpoint adds on top of the broker's delivery).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Two of them: how far apart two plain readers of the same records get them is the broker's own
-    // jitter, the yardstick for what Touchpoint adds on top of the broker's delivery.
     let event_ids: std::sync::Arc<HashMap<u64, String>> = std::sync::Arc::new(
         records
             .iter()

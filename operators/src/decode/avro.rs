@@ -18,8 +18,9 @@ use apache_avro::schema::{RecordSchema, Schema};
 use serde_json::Number;
 
 use super::event::{
-    is_event_field, write_canonical_str, write_json, Attributes, CanonicalObject, EventFields, FieldValue, JsonKind,
+    is_event_field, write_canonical_str, Attributes, CanonicalObject, EventFields, FieldValue, JsonKind,
 };
+use crate::normalize::write_json;
 
 /// Can [`read_event`] decode datums of this writer schema (a record of plain types)?
 pub fn fast_decodable(schema: &Schema) -> bool {

@@ -17,7 +17,7 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
 
-use crate::normalize::{canonical_json, is_email_like, lowercase_emails};
+use crate::normalize::{canonical_json, lowercase_emails, lowercased_email, utf8, write_json};
 
 /// The fields of an incoming event that normalization reads, as the producer sent them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,13 +70,14 @@ impl<'a> FieldValue<'a> {
     /// "a string", "an object", …: for rejection messages.
     pub fn kind(&self) -> &'static str {
         match self {
-            FieldValue::Null => "null",
-            FieldValue::Bool(_) => "a boolean",
-            FieldValue::Number(_) => "a number",
-            FieldValue::Str(_) => "a string",
-            FieldValue::Array => "an array",
-            FieldValue::Object => "an object",
+            FieldValue::Null => JsonKind::Null,
+            FieldValue::Bool(_) => JsonKind::Bool,
+            FieldValue::Number(_) => JsonKind::Number,
+            FieldValue::Str(_) => JsonKind::String,
+            FieldValue::Array => JsonKind::Array,
+            FieldValue::Object => JsonKind::Object,
         }
+        .name()
     }
 }
 
@@ -176,11 +177,6 @@ impl<'de> Visitor<'de> for EventVisitor {
     }
 }
 
-/// serde_json writes UTF-8 only; the check is a fast pass over bytes just written.
-fn utf8(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
 /// A key, borrowed when it has no escapes.
 struct KeySeed;
 
@@ -257,7 +253,7 @@ impl<'de> Visitor<'de> for FieldSeed {
     }
 }
 
-/// The kind of a JSON value written by [`CanonicalSeed`].
+/// The kind of a JSON value (written by [`CanonicalSeed`]; named in rejection messages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JsonKind {
     Null,
@@ -269,6 +265,18 @@ pub(crate) enum JsonKind {
 }
 
 impl JsonKind {
+    pub(crate) fn of_value(value: &Value) -> Self {
+        match value {
+            Value::Null => JsonKind::Null,
+            Value::Bool(_) => JsonKind::Bool,
+            Value::Number(_) => JsonKind::Number,
+            Value::String(_) => JsonKind::String,
+            Value::Array(_) => JsonKind::Array,
+            Value::Object(_) => JsonKind::Object,
+        }
+    }
+
+    /// "a string", "an object", …: for rejection messages.
     pub(crate) fn name(self) -> &'static str {
         match self {
             JsonKind::Null => "null",
@@ -291,11 +299,6 @@ impl<'de> DeserializeSeed<'de> for CanonicalSeed<'_> {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
-}
-
-pub(crate) fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
-    // Writing a string, number, bool or null into a Vec cannot fail.
-    let _ = serde_json::to_writer(out, value);
 }
 
 impl CanonicalSeed<'_> {
@@ -424,10 +427,9 @@ impl<'k> CanonicalObject<'k> {
 
 /// A string value in canonical form: email-like strings trimmed and lower-cased.
 pub(crate) fn write_canonical_str(s: &str, out: &mut Vec<u8>) {
-    if is_email_like(s) {
-        write_json(&s.trim().to_lowercase(), out);
-    } else {
-        write_json(s, out);
+    match lowercased_email(s) {
+        Some(email) => write_json(&email, out),
+        None => write_json(s, out),
     }
 }
 

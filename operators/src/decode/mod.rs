@@ -236,14 +236,7 @@ pub fn decode_json_event(payload: &[u8]) -> Result<EventFields<'_>, Rejection> {
 }
 
 pub(crate) fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+    event::JsonKind::of_value(v).name()
 }
 
 fn malformed(message: impl Into<String>) -> Rejection {

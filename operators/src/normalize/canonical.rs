@@ -103,11 +103,20 @@ pub fn is_email_like(s: &str) -> bool {
 /// Lower-cases (and trims) email-like string values anywhere inside `value`.
 pub fn lowercase_emails(value: &mut Value) {
     match value {
-        Value::String(s) if is_email_like(s) => *s = s.trim().to_lowercase(),
+        Value::String(s) => {
+            if let Some(email) = lowercased_email(s) {
+                *s = email;
+            }
+        }
         Value::Array(items) => items.iter_mut().for_each(lowercase_emails),
         Value::Object(map) => map.values_mut().for_each(lowercase_emails),
         _ => {}
     }
+}
+
+/// An email-like string in canonical form (trimmed, lower-cased); `None` for any other string.
+pub(crate) fn lowercased_email(s: &str) -> Option<String> {
+    is_email_like(s).then(|| s.trim().to_lowercase())
 }
 
 /// Canonical JSON text: object keys sorted (whatever map order serde_json was built with), no spaces.
@@ -115,8 +124,12 @@ pub fn lowercase_emails(value: &mut Value) {
 pub fn canonical_json(value: &Value) -> String {
     let mut out = Vec::with_capacity(128);
     write_canonical(value, &mut out);
-    // serde_json writes UTF-8 only; the check is a fast pass over bytes we just wrote.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    utf8(out)
+}
+
+/// Text that serde_json wrote: UTF-8 only, so the check is a fast pass over bytes just written.
+pub(crate) fn utf8(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Writes straight into one buffer: keys and scalars through serde_json's own writer (same escaping as
@@ -131,7 +144,7 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_scalar(k, out);
+                write_json(k, out);
                 out.push(b':');
                 write_canonical(&map[k], out);
             }
@@ -147,13 +160,15 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        scalar => write_scalar(scalar, out),
+        scalar => write_json(scalar, out),
     }
 }
 
-fn write_scalar<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+/// A key or scalar in serde_json's compact form (the same escaping and number formatting as its
+/// `Display`), appended to `out`.
+pub(crate) fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
     // Writing a string, number, bool or null into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, value);
+    let _ = serde_json::to_writer(out, value);
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub use canonical::{
     canonical_json, is_email_like, lowercase_emails, parse_event_time, parse_event_time_field, snake_case,
 };
 pub use config::{EventTypesConfig, NormalizeConfig, UnknownEventTypes};
+// Shared with the decoders, which write canonical attributes while they parse.
+pub(crate) use canonical::{lowercased_email, utf8, write_json};
 
 use crate::decode::event::{Attributes, EventFields, FieldValue};
 use crate::{FastHashMap, FastHashSet};
