@@ -7,7 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::source::{high_watermark, partition_count};
+use super::source::{high_watermark, log_starts, partition_count};
 use super::KafkaConfig;
 
 /// A record read back, with its headers decoded as UTF-8 (lossy).
@@ -46,15 +46,15 @@ pub fn read_partitions(
 ) -> Result<Vec<ReadRecord>> {
     let group = format!("touchpoint-reader-{}", std::process::id());
     let consumer: BaseConsumer = config.consumer_config(&group).create().context("creating reader")?;
+    let mut next = log_starts(config, &consumer, topic, partitions, Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(next.get(&p).copied().unwrap_or(0)))?;
     }
     consumer.assign(&tpl)?;
     let started = Instant::now();
     let mut last_record = Instant::now();
     let mut out = Vec::new();
-    let mut next: std::collections::HashMap<i32, i64> = partitions.iter().map(|&p| (p, 0)).collect();
     loop {
         let mut got_record = false;
         match consumer.poll(Duration::from_millis(100)) {

@@ -237,7 +237,8 @@ pub fn late_events<'s>(
     let policy = config.late_events;
     let mut watermark = Watermark::new(config.allowed_lateness);
     // One replica logs (they all hold the same watermark).
-    let logs = events.scope().index() == 0;
+    let worker = events.scope().index();
+    let logs = worker == 0;
     events.binary_frontier::<_, timely::container::CapacityContainerBuilder<Vec<Judged>>, _, _, _, _>(
         reports,
         Pipeline,
@@ -275,6 +276,7 @@ pub fn late_events<'s>(
                             let Some((cap, batch)) = waiting.remove(&epoch) else { break };
                             let mut session = output.session(&cap);
                             let mut late = 0u64;
+                            let events = batch.len();
                             for (mut event, already_stored) in batch {
                                 let verdict = if already_stored {
                                     Timeliness::OnTime
@@ -297,6 +299,15 @@ pub fn late_events<'s>(
                             if late > 0 {
                                 tally.with(epoch, |t| t.late += late);
                             }
+                            tracing::debug!(
+                                worker,
+                                epoch,
+                                events,
+                                late,
+                                watermark = ?watermark.current().map(rfc3339),
+                                reports_through = ?applied_through,
+                                "epoch judged"
+                            );
                             continue;
                         }
                     }

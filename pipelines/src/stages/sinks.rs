@@ -51,9 +51,14 @@ impl<T: TopicRecord + Send + Sync + 'static> BatchWriter<T> for TopicSink {
     }
 
     fn write(&self, _epoch: Epoch, batch: Arc<Vec<T>>) -> BoxFuture<'static, anyhow::Result<()>> {
-        let producer = self.producer.clone();
+        let (producer, name) = (self.producer.clone(), self.name);
         let records: Vec<_> = batch.iter().map(|r| r.to_record(&self.topic)).collect();
-        async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
+        async move {
+            let acked = producer.send_all(&records).await?;
+            tracing::debug!(sink = name, ?acked, "records acknowledged at (partition, offset)");
+            Ok(())
+        }
+        .boxed()
     }
 }
 
