@@ -92,6 +92,42 @@ fn guardrails(c: &mut Criterion) {
             subjects.iter().filter(|s| table.verdict(s, Channel::Email, Purpose::Marketing, &config).allowed).count()
         })
     });
+    // A consent record as the table replays it at start: the generic decoder (a `serde_json::Map`)
+    // against the direct reader, on the same payloads.
+    let records: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| {
+            serde_json::json!({"subject_id": format!("user-{i}"), "tenant_id": "acme", "channel": "email",
+                "purpose": "marketing", "status": "granted", "updated_at": "2026-11-20T10:00:00Z", "source": "crm"})
+            .to_string()
+            .into_bytes()
+        })
+        .collect();
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.bench_function("record: generic decode + parse", |b| {
+        b.iter(|| {
+            records
+                .iter()
+                .filter(|r| {
+                    touchpoint_operators::decode::decode_json(r)
+                        .ok()
+                        .and_then(|m| touchpoint_operators::consent::parse_consent(&m, "acme").ok())
+                        .is_some()
+                })
+                .count()
+        })
+    });
+    group.bench_function("record: direct JSON read + parse", |b| {
+        b.iter(|| {
+            records
+                .iter()
+                .filter(|r| {
+                    touchpoint_operators::consent::ConsentFields::from_json(r)
+                        .and_then(|f| touchpoint_operators::consent::parse_consent_fields(&f, "acme").ok())
+                        .is_some()
+                })
+                .count()
+        })
+    });
     group.finish();
 
     let caps = touchpoint_benches::sample_caps();

@@ -13,7 +13,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use touchpoint_schemas::RejectReason;
 
-use crate::normalize::{parse_event_time, Rejection};
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use crate::decode::event::{FieldSeed, FieldValue, KeySeed};
+use crate::normalize::{parse_event_time_field, Rejection};
 use crate::FastHashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -173,43 +178,126 @@ pub fn parse_tombstone_key(key: &[u8], default_tenant: &str) -> Result<ConsentCh
 }
 
 /// Parses a decoded consent record (JSON or Avro field map).
+/// The fields of a consent record that the table reads, as the producer sent them (strings borrowed
+/// from the payload where the JSON path could). Same semantics as a `serde_json::Map`: a repeated
+/// field's last value wins, `null` counts as absent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConsentFields<'a> {
+    pub subject_id: Option<FieldValue<'a>>,
+    pub tenant_id: Option<FieldValue<'a>>,
+    pub channel: Option<FieldValue<'a>>,
+    pub purpose: Option<FieldValue<'a>>,
+    pub status: Option<FieldValue<'a>>,
+    pub updated_at: Option<FieldValue<'a>>,
+    pub source: Option<FieldValue<'a>>,
+}
+
+impl<'a> ConsentFields<'a> {
+    const NAMES: [&'static str; 7] =
+        ["subject_id", "tenant_id", "channel", "purpose", "status", "updated_at", "source"];
+
+    fn slot(&mut self, name: &str) -> Option<&mut Option<FieldValue<'a>>> {
+        Some(match name {
+            "subject_id" => &mut self.subject_id,
+            "tenant_id" => &mut self.tenant_id,
+            "channel" => &mut self.channel,
+            "purpose" => &mut self.purpose,
+            "status" => &mut self.status,
+            "updated_at" => &mut self.updated_at,
+            "source" => &mut self.source,
+            _ => return None,
+        })
+    }
+
+    /// The fields of a decoded record (Avro, or JSON the direct reader did not take).
+    pub fn of_map(map: &'a Map<String, Value>) -> Self {
+        let mut fields = ConsentFields::default();
+        for name in Self::NAMES {
+            if let (Some(slot), Some(value)) = (fields.slot(name), map.get(name)) {
+                *slot = Some(FieldValue::of(value));
+            }
+        }
+        fields
+    }
+
+    /// Reads a JSON object payload straight into the fields (other fields skipped unbuilt): the consent
+    /// table is replayed from its topic at every start, a record each per subject, channel and purpose.
+    /// `None` for anything but a well-formed JSON object (an Avro frame, broken JSON): the generic path
+    /// decodes those and words the rejection.
+    pub fn from_json(payload: &'a [u8]) -> Option<Self> {
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let fields = de.deserialize_map(ConsentVisitor).ok()?;
+        de.end().ok()?;
+        Some(fields)
+    }
+}
+
+struct ConsentVisitor;
+
+impl<'de> Visitor<'de> for ConsentVisitor {
+    type Value = ConsentFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = ConsentFields::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match fields.slot(&key) {
+                Some(slot) => *slot = Some(map.next_value_seed(FieldSeed)?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// A consent change from a decoded record (see [`parse_consent_fields`]).
 pub fn parse_consent(fields: &Map<String, Value>, default_tenant: &str) -> Result<ConsentChange, Rejection> {
-    let text = |name: &str| -> Result<&str, Rejection> {
-        match fields.get(name) {
-            None | Some(Value::Null) => {
+    parse_consent_fields(&ConsentFields::of_map(fields), default_tenant)
+}
+
+/// Validates a consent record's fields into a change, or says what is wrong with them.
+pub fn parse_consent_fields(fields: &ConsentFields<'_>, default_tenant: &str) -> Result<ConsentChange, Rejection> {
+    fn text<'f>(name: &str, field: &'f Option<FieldValue<'_>>) -> Result<&'f str, Rejection> {
+        match field {
+            None | Some(FieldValue::Null) => {
                 Err(Rejection::new(RejectReason::MissingField, format!("required field `{name}` is missing")))
             }
-            Some(Value::String(s)) => Ok(s.as_str()),
+            Some(FieldValue::Str(s)) => Ok(s),
             Some(_) => Err(Rejection::new(RejectReason::InvalidFieldType, format!("`{name}` must be a string"))),
         }
-    };
-    let subject_id = text("subject_id")?.trim();
+    }
+    let subject_id = text("subject_id", &fields.subject_id)?.trim();
     if subject_id.is_empty() {
         return Err(Rejection::new(RejectReason::InvalidSubjectId, "`subject_id` is empty"));
     }
-    let tenant_id = match fields.get("tenant_id") {
-        Some(Value::String(t)) if !t.trim().is_empty() => t.trim(),
+    let tenant_id = match &fields.tenant_id {
+        Some(FieldValue::Str(t)) if !t.trim().is_empty() => t.trim(),
         _ => default_tenant,
     };
-    let raw_channel = text("channel")?;
+    let raw_channel = text("channel", &fields.channel)?;
     let channel = Channel::parse(raw_channel)
         .ok_or_else(|| Rejection::new(RejectReason::UnknownChannel, format!("unknown channel {raw_channel:?}")))?;
-    let raw_purpose = text("purpose")?;
+    let raw_purpose = text("purpose", &fields.purpose)?;
     let purpose = Purpose::parse(raw_purpose)
         .ok_or_else(|| Rejection::new(RejectReason::UnknownPurpose, format!("unknown purpose {raw_purpose:?}")))?;
-    let raw_status = text("status")?;
+    let raw_status = text("status", &fields.status)?;
     let status = ConsentStatus::parse(raw_status).ok_or_else(|| {
         Rejection::new(RejectReason::UnknownConsentStatus, format!("unknown consent status {raw_status:?}"))
     })?;
-    let updated_at_ms = match fields.get("updated_at") {
-        None | Some(Value::Null) => {
+    let updated_at_ms = match &fields.updated_at {
+        None | Some(FieldValue::Null) => {
             return Err(Rejection::new(RejectReason::MissingField, "required field `updated_at` is missing"))
         }
-        Some(v) => parse_event_time(v)
+        Some(v) => parse_event_time_field(v)
             .map_err(|m| Rejection::new(RejectReason::InvalidTimestamp, format!("updated_at: {m}")))?,
     };
-    let source = match fields.get("source") {
-        Some(Value::String(s)) => s.clone(),
+    let source = match &fields.source {
+        Some(FieldValue::Str(s)) => s.to_string(),
         _ => String::new(),
     };
     Ok(ConsentChange::Set {
@@ -443,5 +531,61 @@ mod tests {
         assert_eq!(bad("subject_id", json!("  ")), RejectReason::InvalidSubjectId);
         assert_eq!(bad("subject_id", Value::Null), RejectReason::MissingField);
         assert_eq!(bad("channel", json!(3)), RejectReason::InvalidFieldType);
+    }
+
+    /// The JSON reader and the generic path (a `serde_json::Map`) give the same change or the same
+    /// rejection, for valid records and for every kind of wrong field.
+    #[test]
+    fn json_records_read_directly_parse_like_the_generic_path() {
+        let base = json!({"subject_id": "u-1", "tenant_id": "acme", "channel": "email", "purpose": "marketing",
+            "status": "granted", "updated_at": "2026-11-20T10:00:00Z", "source": "crm", "extra": {"nested": [1, 2]}});
+        let mut payloads: Vec<String> = vec![base.to_string()];
+        let variants = [
+            json!(null),
+            json!(""),
+            json!("  "),
+            json!(3),
+            json!(1.5),
+            json!(true),
+            json!([1]),
+            json!({"a": 1}),
+            json!("sms"),
+            json!("transactional"),
+            json!("denied"),
+            json!(1_795_168_800_000i64),
+            json!("nope"),
+            json!("Ünï \"quoted\" \u{e9}"),
+        ];
+        for name in ConsentFields::NAMES {
+            let mut without = base.clone();
+            without.as_object_mut().map(|o| o.remove(name));
+            payloads.push(without.to_string());
+            for v in &variants {
+                let mut changed = base.clone();
+                changed[name] = v.clone();
+                payloads.push(changed.to_string());
+            }
+        }
+        // Escapes in the JSON text (strings not borrowed), a repeated field (the last value wins, as in a map).
+        payloads.push(base.to_string().replacen(r#""u-1""#, r#""u\u00e9\/1""#, 1));
+        payloads.push(base.to_string().replacen('{', r#"{"status":"denied","#, 1));
+        payloads.push(base.to_string().replacen('}', r#","status":"pending"}"#, 1));
+        let mut checked = 0;
+        for payload in &payloads {
+            let map: Map<String, Value> = serde_json::from_str(payload).expect("test payloads are objects");
+            let direct = ConsentFields::from_json(payload.as_bytes()).expect("a JSON object is read directly");
+            let (a, b) = (parse_consent_fields(&direct, "default"), parse_consent(&map, "default"));
+            match (&a, &b) {
+                (Ok(x), Ok(y)) => assert_eq!(x, y, "{payload}"),
+                (Err(x), Err(y)) => assert_eq!((x.reason, &x.message), (y.reason, &y.message), "{payload}"),
+                _ => panic!("{payload}: direct {a:?}, generic {b:?}"),
+            }
+            checked += usize::from(a.is_ok());
+        }
+        assert!(checked > 10, "valid variants were among the cases ({checked})");
+        // Not a JSON object: left to the generic path, which words the rejection.
+        for bad in [&b"[1,2]"[..], b"{\"subject_id\": ", b"\x00\x00\x00\x00\x01\x02", b"\"text\""] {
+            assert_eq!(ConsentFields::from_json(bad), None);
+        }
     }
 }

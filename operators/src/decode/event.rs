@@ -178,7 +178,7 @@ impl<'de> Visitor<'de> for EventVisitor {
 }
 
 /// A key, borrowed when it has no escapes.
-struct KeySeed;
+pub(crate) struct KeySeed;
 
 impl<'de> DeserializeSeed<'de> for KeySeed {
     type Value = Cow<'de, str>;
@@ -204,7 +204,7 @@ impl<'de> Visitor<'de> for KeySeed {
 }
 
 /// One of the scalar fields: strings borrowed when they have no escapes, containers skipped.
-struct FieldSeed;
+pub(crate) struct FieldSeed;
 
 impl<'de> DeserializeSeed<'de> for FieldSeed {
     type Value = FieldValue<'de>;

@@ -4,7 +4,9 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::Stream;
 use touchpoint_connectors::kafka::SourceRecord;
-use touchpoint_operators::consent::{parse_consent, parse_tombstone_key, ConsentChange};
+use touchpoint_operators::consent::{
+    parse_consent, parse_consent_fields, parse_tombstone_key, ConsentChange, ConsentFields,
+};
 use touchpoint_operators::{RecordDecoder, SchemaLookup};
 use touchpoint_schemas::SourcePosition;
 
@@ -34,8 +36,13 @@ pub fn parse_consent_record<L: SchemaLookup>(
                 "tombstone without a key",
             )),
         },
-        Some(payload) => decode_with_retry(&position, || decoder.decode(payload))
-            .and_then(|fields| parse_consent(&fields, default_tenant)),
+        // JSON records are read straight into the fields the table needs; Avro and anything the direct
+        // reader does not take go through the decoder (same verdicts: tested in `consent`).
+        Some(payload) => match ConsentFields::from_json(payload) {
+            Some(fields) => parse_consent_fields(&fields, default_tenant),
+            None => decode_with_retry(&position, || decoder.decode(payload))
+                .and_then(|fields| parse_consent(&fields, default_tenant)),
+        },
     };
     match parsed {
         Ok(change) => ConsentOutcome::Change(change),
