@@ -2,11 +2,14 @@
 //! category Z"), until journeys replace this source. Each intent carries a deterministic idempotency
 //! key, so a replayed event never yields a second, different send.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use touchpoint_schemas::{NormalizedEvent, SourcePosition};
 
 use crate::consent::{Channel, Purpose, SubjectRef};
+use crate::decode::event::string_fields;
 use crate::normalize::snake_case;
 use crate::FastHashMap;
 
@@ -150,10 +153,12 @@ impl IntentRules {
     /// The intents an event triggers (none for most events).
     pub fn intents_for(&self, event: &NormalizedEvent) -> Vec<SendIntent> {
         let Some(rules) = self.by_type.get(&event.event_type) else { return Vec::new() };
-        // Attributes are parsed only for triggering events.
-        let attributes: serde_json::Map<String, Value> =
-            serde_json::from_str(&event.attributes_json).unwrap_or_default();
-        let text = |k: &str| attributes.get(k).and_then(Value::as_str).map(str::to_string);
+        // Attributes are read only for triggering events, and only the ones an intent carries.
+        let [time_zone, email, phone, device_token, webhook_url] = string_fields(
+            &event.attributes_json,
+            [self.time_zone_attribute.as_str(), "email", "phone", "device_token", "webhook_url"],
+        );
+        let text = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_string);
         let subject = SubjectRef { tenant_id: event.tenant_id.clone(), subject_id: event.subject_id.clone() };
         rules
             .iter()
@@ -170,12 +175,12 @@ impl IntentRules {
                 event_id: event.event_id.clone(),
                 event_type: event.event_type.clone(),
                 occurred_at_ms: event.occurred_at_ms,
-                time_zone: text(&self.time_zone_attribute),
+                time_zone: text(&time_zone),
                 recipient: match r.channel {
-                    Channel::Email => text("email"),
-                    Channel::Sms => text("phone"),
-                    Channel::Push => text("device_token"),
-                    Channel::Webhook => text("webhook_url"),
+                    Channel::Email => text(&email),
+                    Channel::Sms => text(&phone),
+                    Channel::Push => text(&device_token),
+                    Channel::Webhook => text(&webhook_url),
                 },
                 idempotency_key: idempotency_key(&subject, &r.id, &self.version, &event.event_id),
                 position: event.position.clone(),

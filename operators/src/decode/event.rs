@@ -140,6 +140,46 @@ pub fn json_event_fields(payload: &[u8]) -> Result<EventFields<'_>, serde_json::
     Ok(fields)
 }
 
+/// The string values of some top-level fields of a JSON object (e.g. an event's canonical attributes),
+/// borrowed where they have no escapes, without building the rest: `None` for a field that is absent or
+/// not a string, and for every field when the text is not a JSON object. A repeated field's last value
+/// wins, as in a `serde_json::Map`.
+pub fn string_fields<'a, const N: usize>(json: &'a str, names: [&str; N]) -> [Option<Cow<'a, str>>; N] {
+    let mut de = serde_json::Deserializer::from_str(json);
+    match de.deserialize_map(StringFieldsVisitor(names)) {
+        Ok(found) if de.end().is_ok() => found,
+        _ => std::array::from_fn(|_| None),
+    }
+}
+
+struct StringFieldsVisitor<'n, const N: usize>([&'n str; N]);
+
+impl<'de, const N: usize> Visitor<'de> for StringFieldsVisitor<'_, N> {
+    type Value = [Option<Cow<'de, str>>; N];
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found: Self::Value = std::array::from_fn(|_| None);
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match self.0.iter().position(|name| *name == key) {
+                Some(i) => {
+                    found[i] = match map.next_value_seed(FieldSeed)? {
+                        FieldValue::Str(s) => Some(s),
+                        _ => None,
+                    }
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
 struct EventVisitor;
 
 impl<'de> Visitor<'de> for EventVisitor {
@@ -523,5 +563,31 @@ mod tests {
         {
             assert!(json_event_fields(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    /// `string_fields` reads what a `serde_json::Map` lookup of string values would.
+    #[test]
+    fn string_fields_read_what_a_map_lookup_would() {
+        let texts = [
+            r#"{"email":"a@b.c","phone":"+49 1","tz":"Europe/Berlin","other":{"email":"nested"}}"#,
+            r#"{"email":"esc\u00e9\"q","phone":5,"tz":null,"device_token":["x"],"webhook_url":{"a":1}}"#,
+            r#"{"email":"first","email":"last"}"#,
+            r#"{}"#,
+            r#"[1,2]"#,
+            r#"{"email": "#,
+            r#""just text""#,
+            "",
+        ];
+        let names = ["tz", "email", "phone", "device_token", "webhook_url"];
+        for text in texts {
+            let map: serde_json::Map<String, Value> = serde_json::from_str(text).unwrap_or_default();
+            let want: Vec<Option<String>> =
+                names.iter().map(|n| map.get(*n).and_then(Value::as_str).map(str::to_string)).collect();
+            let got: Vec<Option<String>> =
+                string_fields(text, names).into_iter().map(|v| v.map(Cow::into_owned)).collect();
+            assert_eq!(got, want, "{text}");
+        }
+        let [email] = string_fields(r#"{"email":"plain"}"#, ["email"]);
+        assert!(matches!(email, Some(Cow::Borrowed("plain"))), "borrowed when there is no escape");
     }
 }

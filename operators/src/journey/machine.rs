@@ -267,7 +267,7 @@ impl Journeys {
             out.extend(self.on_time(subject, state, now, guardrails));
         }
         let attributes: Map<String, Value> = serde_json::from_str(&event.attributes_json).unwrap_or_default();
-        let event_value = event_value(event, &attributes);
+        let event_value = event_value(event, attributes);
         let moment = Some((event, &event_value));
 
         // Subjects inside: goal events take them out; a `wait_for` event moves them on.
@@ -664,14 +664,16 @@ impl Transition {
     }
 }
 
-fn event_value(e: &NormalizedEvent, attributes: &Map<String, Value>) -> Value {
-    serde_json::json!({
-        "type": e.event_type,
-        "id": e.event_id,
-        "source": e.source,
-        "occurred_at_ms": e.occurred_at_ms,
-        "attributes": attributes,
-    })
+/// The event as expressions see it (`event.type`, `event.attributes.plan`, …). The attributes are moved
+/// in, not copied: `json!` would serialize them into a second tree.
+fn event_value(e: &NormalizedEvent, attributes: Map<String, Value>) -> Value {
+    let mut event = Map::new();
+    event.insert("type".into(), Value::String(e.event_type.clone()));
+    event.insert("id".into(), Value::String(e.event_id.clone()));
+    event.insert("source".into(), Value::String(e.source.clone()));
+    event.insert("occurred_at_ms".into(), Value::from(e.occurred_at_ms));
+    event.insert("attributes".into(), Value::Object(attributes));
+    Value::Object(event)
 }
 
 fn matches(m: &EventMatch, event: &NormalizedEvent, ctx: &EvalCtx<'_>) -> bool {
