@@ -13,11 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use touchpoint_schemas::RejectReason;
 
-use std::fmt;
-
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-
-use crate::decode::event::{FieldSeed, FieldValue, KeySeed};
+use crate::decode::event::{json_slots, FieldSlots, FieldValue};
 use crate::normalize::{parse_event_time_field, Rejection};
 use crate::FastHashMap;
 
@@ -196,19 +192,6 @@ impl<'a> ConsentFields<'a> {
     const NAMES: [&'static str; 7] =
         ["subject_id", "tenant_id", "channel", "purpose", "status", "updated_at", "source"];
 
-    fn slot(&mut self, name: &str) -> Option<&mut Option<FieldValue<'a>>> {
-        Some(match name {
-            "subject_id" => &mut self.subject_id,
-            "tenant_id" => &mut self.tenant_id,
-            "channel" => &mut self.channel,
-            "purpose" => &mut self.purpose,
-            "status" => &mut self.status,
-            "updated_at" => &mut self.updated_at,
-            "source" => &mut self.source,
-            _ => return None,
-        })
-    }
-
     /// The fields of a decoded record (Avro, or JSON the direct reader did not take).
     pub fn of_map(map: &'a Map<String, Value>) -> Self {
         let mut fields = ConsentFields::default();
@@ -225,33 +208,22 @@ impl<'a> ConsentFields<'a> {
     /// `None` for anything but a well-formed JSON object (an Avro frame, broken JSON): the generic path
     /// decodes those and words the rejection.
     pub fn from_json(payload: &'a [u8]) -> Option<Self> {
-        let mut de = serde_json::Deserializer::from_slice(payload);
-        let fields = de.deserialize_map(ConsentVisitor).ok()?;
-        de.end().ok()?;
-        Some(fields)
+        json_slots(payload, ConsentFields::default())
     }
 }
 
-struct ConsentVisitor;
-
-impl<'de> Visitor<'de> for ConsentVisitor {
-    type Value = ConsentFields<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields = ConsentFields::default();
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            match fields.slot(&key) {
-                Some(slot) => *slot = Some(map.next_value_seed(FieldSeed)?),
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(fields)
+impl<'a> FieldSlots<'a> for ConsentFields<'a> {
+    fn slot(&mut self, name: &str) -> Option<&mut Option<FieldValue<'a>>> {
+        Some(match name {
+            "subject_id" => &mut self.subject_id,
+            "tenant_id" => &mut self.tenant_id,
+            "channel" => &mut self.channel,
+            "purpose" => &mut self.purpose,
+            "status" => &mut self.status,
+            "updated_at" => &mut self.updated_at,
+            "source" => &mut self.source,
+            _ => return None,
+        })
     }
 }
 

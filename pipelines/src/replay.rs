@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use touchpoint_connectors::kafka::log_starts;
+use touchpoint_connectors::kafka::log_bounds;
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
 
 use crate::config::PipelineConfig;
@@ -114,12 +114,7 @@ pub fn resolve(config: &PipelineConfig, range: &ReplayRange, partitions: i32) ->
     // (log start, log end) per partition; the start checked against the records (the local broker can
     // report it one too high: docs/broker-quirks.md #11).
     let all: Vec<i32> = (0..partitions).collect();
-    let starts = log_starts(&config.kafka, &consumer, topic, &all, timeout)?;
-    let mut log = HashMap::new();
-    for p in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        log.insert(p, (starts.get(&p).copied().unwrap_or(low), high));
-    }
+    let log = log_bounds(&config.kafka, &consumer, topic, &all, timeout)?;
     let log_end: HashMap<i32, i64> = log.iter().map(|(&p, &(_, high))| (p, high)).collect();
     let start = match &range.from {
         ReplayPoint::Offsets(o) => o.iter().copied().filter(|(p, _)| *p < partitions).collect(),

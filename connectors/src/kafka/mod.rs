@@ -13,4 +13,4 @@ pub use config::{KafkaConfig, TopicSpec};
 pub use encoding::OutgoingRecord;
 pub use producer::AckedProducer;
 pub use reader::{read_all, read_partitions, recv_batch, ReadRecord};
-pub use source::{log_starts, PartitionSource, SourceError, SourceRecord};
+pub use source::{log_bounds, PartitionSource, SourceError, SourceRecord};

@@ -7,7 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::source::{high_watermark, log_starts, partition_count};
+use super::source::{high_watermark, log_bounds, partition_count};
 use super::KafkaConfig;
 
 /// A record read back, with its headers decoded as UTF-8 (lossy).
@@ -46,7 +46,11 @@ pub fn read_partitions(
 ) -> Result<Vec<ReadRecord>> {
     let group = format!("touchpoint-reader-{}", std::process::id());
     let consumer: BaseConsumer = config.consumer_config(&group).create().context("creating reader")?;
-    let mut next = log_starts(config, &consumer, topic, partitions, Duration::from_secs(10))?;
+    let mut next: std::collections::HashMap<i32, i64> =
+        log_bounds(config, &consumer, topic, partitions, Duration::from_secs(10))?
+            .into_iter()
+            .map(|(p, (start, _))| (p, start))
+            .collect();
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
         tpl.add_partition_offset(topic, p, Offset::Offset(next.get(&p).copied().unwrap_or(0)))?;

@@ -157,12 +157,12 @@ impl PartitionSource {
                 .copied()
                 .filter(|&p| !matches!(committed.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(_))))
                 .collect();
-            let log_starts = log_starts(config, &consumer, topic, &uncommitted, timeout)?;
+            let bounds = log_bounds(config, &consumer, topic, &uncommitted, timeout)?;
             let mut assignment = TopicPartitionList::new();
             for &p in &partitions {
                 let start = match committed.find_partition(topic, p).map(|e| e.offset()) {
                     Some(Offset::Offset(o)) => o,
-                    _ => log_starts.get(&p).copied().unwrap_or(0),
+                    _ => bounds.get(&p).map_or(0, |&(start, _)| start),
                 };
                 assignment.add_partition_offset(topic, p, Offset::Offset(start))?;
                 next.insert(p, start);
@@ -349,31 +349,32 @@ impl PartitionSource {
     }
 }
 
-/// Where reading each of `partitions` from its beginning starts: the broker's log start offset
-/// (`ListOffsets` earliest), checked where it is above 0. tansu sometimes reports a start one past the
+/// Where each of `partitions` starts and ends, as (start, end): the broker's log end offset
+/// (`ListOffsets` latest, which callers that read to the end still compare with what fetches report,
+/// see [`high_watermark`]) and its log start offset (`ListOffsets` earliest), checked where it is above 0. tansu sometimes reports a start one past the
 /// real one (docs/broker-quirks.md #11), and starting there would silently skip a record. So for every
 /// partition whose reported start lies above 0 with records after it, one fetch from offset 0 decides:
 /// a broker whose log really starts later answers it from its log start (`auto.offset.reset=earliest`,
 /// see [`KafkaConfig::consumer_config`]), and a record before the reported start means the report was
 /// wrong. On a fresh topic (start 0) this costs nothing beyond the `ListOffsets` it always took.
-pub fn log_starts(
+pub fn log_bounds(
     config: &KafkaConfig,
     consumer: &BaseConsumer,
     topic: &str,
     partitions: &[i32],
     timeout: Duration,
-) -> Result<HashMap<i32, i64>, SourceError> {
-    let mut starts = HashMap::new();
+) -> Result<HashMap<i32, (i64, i64)>, SourceError> {
+    let mut bounds = HashMap::new();
     let mut suspect = TopicPartitionList::new();
     for &p in partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
         if low > 0 && high > low {
             suspect.add_partition_offset(topic, p, Offset::Offset(0))?;
         }
-        starts.insert(p, low.max(0));
+        bounds.insert(p, (low.max(0), high));
     }
     if suspect.count() == 0 {
-        return Ok(starts);
+        return Ok(bounds);
     }
     // A consumer of its own: records fetched for the check must not reach the caller's queue.
     let probe: BaseConsumer = config.consumer_config("touchpoint-log-start-check").create()?;
@@ -386,7 +387,8 @@ pub fn log_starts(
         let (p, first) = (message.partition(), message.offset());
         if let Some(i) = unchecked.iter().position(|&u| u == p) {
             unchecked.swap_remove(i);
-            let reported = starts.get(&p).copied().unwrap_or(0);
+            let Some((start, _)) = bounds.get_mut(&p) else { continue };
+            let reported = *start;
             if first < reported {
                 tracing::warn!(
                     topic,
@@ -396,14 +398,14 @@ pub fn log_starts(
                     "the broker reported a log start past a readable record; reading from the record \
                      (docs/broker-quirks.md #11)"
                 );
-                starts.insert(p, first);
+                *start = first;
             }
         }
     }
     if !unchecked.is_empty() {
         tracing::warn!(topic, partitions = ?unchecked, "log start not confirmed by a fetch; using the broker's");
     }
-    Ok(starts)
+    Ok(bounds)
 }
 
 /// A partition's high watermark: the larger of what ListOffsets reports and what the last Fetch response

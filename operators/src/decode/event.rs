@@ -140,43 +140,67 @@ pub fn json_event_fields(payload: &[u8]) -> Result<EventFields<'_>, serde_json::
     Ok(fields)
 }
 
-/// The string values of some top-level fields of a JSON object (e.g. an event's canonical attributes),
-/// borrowed where they have no escapes, without building the rest: `None` for a field that is absent or
-/// not a string, and for every field when the text is not a JSON object. A repeated field's last value
-/// wins, as in a `serde_json::Map`.
-pub fn string_fields<'a, const N: usize>(json: &'a str, names: [&str; N]) -> [Option<Cow<'a, str>>; N] {
-    let mut de = serde_json::Deserializer::from_str(json);
-    match de.deserialize_map(StringFieldsVisitor(names)) {
-        Ok(found) if de.end().is_ok() => found,
-        _ => std::array::from_fn(|_| None),
-    }
+/// Something a JSON object's fields are read into by name ([`json_slots`]).
+pub(crate) trait FieldSlots<'de> {
+    /// Where the value of field `name` goes; `None`: the field is skipped without being built.
+    fn slot(&mut self, name: &str) -> Option<&mut Option<FieldValue<'de>>>;
 }
 
-struct StringFieldsVisitor<'n, const N: usize>([&'n str; N]);
+/// Reads a JSON object into `slots`: strings borrowed where they have no escapes, fields without a slot
+/// skipped unbuilt, a repeated field's last value winning (as in a `serde_json::Map`). `None` for
+/// anything but one well-formed JSON object.
+pub(crate) fn json_slots<'de, F: FieldSlots<'de>>(json: &'de [u8], slots: F) -> Option<F> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let filled = de.deserialize_map(SlotsVisitor(slots)).ok()?;
+    de.end().ok()?;
+    Some(filled)
+}
 
-impl<'de, const N: usize> Visitor<'de> for StringFieldsVisitor<'_, N> {
-    type Value = [Option<Cow<'de, str>>; N];
+struct SlotsVisitor<F>(F);
+
+impl<'de, F: FieldSlots<'de>> Visitor<'de> for SlotsVisitor<F> {
+    type Value = F;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found: Self::Value = std::array::from_fn(|_| None);
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            match self.0.iter().position(|name| *name == key) {
-                Some(i) => {
-                    found[i] = match map.next_value_seed(FieldSeed)? {
-                        FieldValue::Str(s) => Some(s),
-                        _ => None,
-                    }
-                }
+            match self.0.slot(&key) {
+                Some(slot) => *slot = Some(map.next_value_seed(FieldSeed)?),
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(found)
+        Ok(self.0)
+    }
+}
+
+/// The string values of some top-level fields of a JSON object (e.g. an event's canonical attributes),
+/// borrowed where they have no escapes, without building the rest: `None` for a field that is absent or
+/// not a string, and for every field when the text is not a JSON object. A repeated field's last value
+/// wins, as in a `serde_json::Map`.
+pub fn string_fields<'a, const N: usize>(json: &'a str, names: [&str; N]) -> [Option<Cow<'a, str>>; N] {
+    let named = Named { names, values: std::array::from_fn(|_| None) };
+    let values = json_slots(json.as_bytes(), named).map_or_else(|| std::array::from_fn(|_| None), |n| n.values);
+    values.map(|v| match v {
+        Some(FieldValue::Str(s)) => Some(s),
+        _ => None,
+    })
+}
+
+/// Slots for the fields named at run time ([`string_fields`]).
+struct Named<'n, 'de, const N: usize> {
+    names: [&'n str; N],
+    values: [Option<FieldValue<'de>>; N],
+}
+
+impl<'de, const N: usize> FieldSlots<'de> for Named<'_, 'de, N> {
+    fn slot(&mut self, name: &str) -> Option<&mut Option<FieldValue<'de>>> {
+        let i = self.names.iter().position(|n| *n == name)?;
+        Some(&mut self.values[i])
     }
 }
 
@@ -218,7 +242,7 @@ impl<'de> Visitor<'de> for EventVisitor {
 }
 
 /// A key, borrowed when it has no escapes.
-pub(crate) struct KeySeed;
+struct KeySeed;
 
 impl<'de> DeserializeSeed<'de> for KeySeed {
     type Value = Cow<'de, str>;
@@ -244,7 +268,7 @@ impl<'de> Visitor<'de> for KeySeed {
 }
 
 /// One of the scalar fields: strings borrowed when they have no escapes, containers skipped.
-pub(crate) struct FieldSeed;
+struct FieldSeed;
 
 impl<'de> DeserializeSeed<'de> for FieldSeed {
     type Value = FieldValue<'de>;
