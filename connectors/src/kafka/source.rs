@@ -349,14 +349,15 @@ impl PartitionSource {
     }
 }
 
-/// Where each of `partitions` starts and ends, as (start, end): the broker's log end offset
-/// (`ListOffsets` latest, which callers that read to the end still compare with what fetches report,
-/// see [`high_watermark`]) and its log start offset (`ListOffsets` earliest), checked where it is above 0. tansu sometimes reports a start one past the
-/// real one (docs/broker-quirks.md #11), and starting there would silently skip a record. So for every
-/// partition whose reported start lies above 0 with records after it, one fetch from offset 0 decides:
-/// a broker whose log really starts later answers it from its log start (`auto.offset.reset=earliest`,
-/// see [`KafkaConfig::consumer_config`]), and a record before the reported start means the report was
-/// wrong. On a fresh topic (start 0) this costs nothing beyond the `ListOffsets` it always took.
+/// Where each of `partitions` starts and ends, as (start, end). The end is the broker's log end
+/// (`ListOffsets` latest; callers reading to the end still compare it with what fetches report, see
+/// [`high_watermark`]). The start is its log start (`ListOffsets` earliest), checked where it is above 0:
+/// tansu sometimes reports a start one past the real one (docs/broker-quirks.md #11), and starting there
+/// would silently skip a record. So for every partition whose reported start lies above 0 with records
+/// after it, one fetch from offset 0 decides: a broker whose log really starts later answers it from its
+/// log start (`auto.offset.reset=earliest`, see [`KafkaConfig::consumer_config`]), and a record before
+/// the reported start means the report was wrong. On a fresh topic (start 0) this costs nothing beyond
+/// the `ListOffsets` it always took.
 pub fn log_bounds(
     config: &KafkaConfig,
     consumer: &BaseConsumer,
