@@ -125,11 +125,11 @@ impl Chain {
             counts.records += 1;
             let outcome = normalize_record(&self.decoder, &self.normalizer, "marketing.events", record, now_ms);
             match outcome {
-                Outcome::Event(event, _) => {
+                Outcome::Event(event, already_stored) => {
                     let key = touchpoint_operators::dedupe::dedupe_key(&event.tenant_id, &event.event_id);
                     if self.deduplicator.first_seen(key, now_ms) {
                         self.newest_event_ms = self.newest_event_ms.max(event.occurred_at_ms);
-                        events.push(event);
+                        events.push((event, already_stored));
                     } else {
                         counts.duplicates += 1;
                     }
@@ -141,11 +141,11 @@ impl Chain {
             }
         }
         counts.events += events.len();
-        bytes += batch_token("events", &events).len();
         // One partition clock per worker here: the watermark is the newest event time minus the lateness.
         self.guardrails.advance_watermark(self.newest_event_ms.saturating_sub(self.allowed_lateness_ms));
         let mut outputs = Vec::new();
-        self.guardrails.process_epoch(events, now_ms, &mut outputs);
+        self.guardrails.process_epoch(vec![events], now_ms, &mut outputs);
+        let mut stored = Vec::new();
         for output in outputs {
             match output {
                 GuardrailOutput::Decision(d) => {
@@ -156,6 +156,7 @@ impl Chain {
                     }
                 }
                 GuardrailOutput::Transition(_) => counts.transitions += 1,
+                GuardrailOutput::Event(e) => stored.push(e),
                 GuardrailOutput::Caps(s) => {
                     counts.changelog_records += 1;
                     bytes += s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()).map_or(0, |p| p.len());
@@ -166,6 +167,7 @@ impl Chain {
                 }
             }
         }
+        bytes += batch_token("events", &stored).len();
         counts.bytes_out += bytes;
     }
 

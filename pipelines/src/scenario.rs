@@ -25,6 +25,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
@@ -319,7 +320,7 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
         let outputs = run_dataflow(state, rules, &consent_log, inputs.iter().map(clone_step).collect())?;
         for o in outputs {
             match o {
-                GuardrailOutput::Decision(d) => outcome.decisions.push(*d),
+                GuardrailOutput::Decision(d) => outcome.decisions.push(Arc::unwrap_or_clone(d)),
                 GuardrailOutput::Transition(t) => outcome.transitions.push(*t),
                 GuardrailOutput::Caps(s) => {
                     cap_log.insert(s.subject, s.state);
@@ -327,6 +328,8 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
                 GuardrailOutput::Journeys(s) => {
                     journey_log.insert(s.subject, s.state);
                 }
+                // Never emitted here (every event is marked stored); not part of a scenario's outcome.
+                GuardrailOutput::Event(_) => {}
             }
         }
         // The consent topic is replayed at every start.
@@ -362,7 +365,8 @@ fn run_dataflow(
         let sink = collected.clone();
         let probe = ProbeHandle::new();
         let (mut events, mut changes, mut watermarks) = worker.dataflow::<u64, _, _>(|scope| {
-            let (events_in, events) = scope.new_input::<Vec<NormalizedEvent>>();
+            // Events carry the keyed operator's "already stored" flag: set, since a scenario stores nothing.
+            let (events_in, events) = scope.new_input::<Vec<(NormalizedEvent, bool)>>();
             let (changes_in, changes) = scope.new_input::<Vec<ConsentChange>>();
             let (watermarks_in, watermarks) = scope.new_input::<Vec<i64>>();
             let (Some(state), Some(rules)) = (state.take(), rules.take()) else {
@@ -388,7 +392,7 @@ fn run_dataflow(
                 worker.step();
             }
             match steps.next() {
-                Some(ScenarioInput::Event(e)) => events.send(e),
+                Some(ScenarioInput::Event(e)) => events.send((e, true)),
                 Some(ScenarioInput::Watermark(w)) => watermarks.send(w),
                 Some(ScenarioInput::Consent(c)) => changes.send(c),
                 // Restarts separate runs; a run never holds one.

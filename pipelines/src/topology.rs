@@ -1,21 +1,22 @@
 //! The whole dataflow of the pipeline, on one screen.
 //!
 //! ```text
-//!  marketing.events ─► EventSource ─► Normalize ─┬─ events ─► [by tenant+event_id] Dedupe ─► LateEvents ─┬─► ClickHouseEvents (`events`)
-//!   (this worker's      (epochs ≥ 1)  (decode,   │                                           (watermark)  ├─ late, `route` ─► LateEventsTopic
-//!    partitions)                      validate)  ├─ rejects ─► DeadLetterTopic (marketing.events.dlq)  ▲  │   (marketing.events.late)
-//!                                                └─► PartitionClocks ─► [broadcast] partition reports ─┘  ├─ events ─────────┐
-//!                                                     (max event time, idle)                              └─ watermark ──┐   │
+//!  marketing.events ─► EventSource ─► Normalize ─┬─ events ─► [by tenant+event_id] Dedupe ─► LateEvents ─┬─ late, `route` ─► LateEventsTopic
+//!   (this worker's      (epochs ≥ 1)  (decode,   │                                           (watermark)  │   (marketing.events.late)
+//!    partitions)                      validate)  ├─ rejects ─► DeadLetterTopic (marketing.events.dlq)  ▲  ├─ events ─────────┐
+//!                                                └─ clock readings ─► PartitionClocks ─► [broadcast] ───┘  └─ watermark ──┐   │
+//!                                                     (max event time, idle; partition reports)                           │   │
 //!  marketing.consent ─► ConsentSource ─► ParseConsent ─┬─ changes ─► [by subject key group] ────────────────────────► Guardrails
 //!   (replayed from      (restore at       (decode,     └─ rejects ─► DeadLetterTopic (marketing.consent.dlq)     (consent; journey timers;
 //!    the beginning)      epoch 0)          validate)                                                          rules; journeys; caps)
-//!                                                                                                                 │ │ │ │
+//!                                                                                                               │ │ │ │ │
+//!          ClickHouseEvents (`events`) ◄── events an earlier run did not store ◄────────────────────────────────┘ │ │ │ │
 //!          ClickHouseDecisions (`decisions`) ◄── decisions ◄──────────────────────────────────────────────────────┘ │ │ │
 //!          ConnectorTopics (connector.<channel>) ◄── allowed ◄── decisions                                          │ │ │
-//!          ClickHouseTransitions (`journey_transitions`) ◄── journey movements ◄──────────────────────────────────────┘ │ │
-//!          StateChangelog (<group>.caps-changelog) ◄── AfterSends ◄── caps + send ledger ◄───────────────────────────────┘ │
-//!            (once the epoch's sends and decisions are durable)                                                          │
-//!          StateChangelog (<group>.journeys-changelog) ◄── AfterLedger (once the ledger is durable) ◄── journey state ─────┘
+//!          ClickHouseTransitions (`journey_transitions`) ◄── journey movements ◄────────────────────────────────────┘ │ │
+//!          StateChangelog (<group>.caps-changelog) ◄── AfterSends ◄── caps + send ledger ◄────────────────────────────┘ │
+//!            (once the epoch's sends and decisions are durable)                                                         │
+//!          StateChangelog (<group>.journeys-changelog) ◄── AfterLedger (once the ledger is durable) ◄── journey state ──┘
 //!
 //!  every sink's progress ─► probe ─► commit the event offsets of durable epochs
 //!  per-worker tallies ─► [to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
@@ -41,7 +42,6 @@ use touchpoint_operators::consent::ConsentChange;
 use touchpoint_operators::decision::{Decision, DecisionKind};
 use touchpoint_operators::watermark::EventTimeConfig;
 use touchpoint_operators::{EpochTally, EventDeduplicator, Normalizer, RecordDecoder};
-use touchpoint_schemas::NormalizedEvent;
 
 use crate::config::EpochConfig;
 use crate::stages::consent::{parse_consent_stream, ConsentOutcome};
@@ -50,7 +50,7 @@ use crate::stages::epoch_sink::{after_durable, epoch_sink};
 use crate::stages::event_time::{late_events, partition_clocks, Judged};
 use crate::stages::guardrails::{guardrails, GuardrailOutput, GuardrailRules, GuardrailState};
 use crate::stages::kafka_source::{kafka_source, SharedSource, SourceRole, StopPolicy};
-use crate::stages::normalize::{normalize, DeadLetter, Outcome};
+use crate::stages::normalize::{normalize, DeadLetter, Normalized};
 use crate::stages::sinks::{
     ClickHouseDecisions, ClickHouseEvents, ClickHouseTransitions, ConnectorTopics, StateChangelog, TopicSink,
 };
@@ -150,15 +150,14 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             stop.clone(),
             Some(tally.clone()),
         );
-        let outcomes =
-            normalize(records, RecordDecoder::new(registry.clone()), normalizer, source_topic, tally.clone());
+        let normalized =
+            normalize(records, RecordDecoder::new(registry.clone()), normalizer, source_topic, tally.clone())
+                .partition(Normalized::PARTS, |n| (n.part(), n));
+        let [valid, rejected, readings] = <[_; 3]>::try_from(normalized).unwrap_or_else(|_| unreachable!());
+        let valid = valid.flat_map(Normalized::into_event);
+        let rejected = rejected.flat_map(Normalized::into_rejected);
         // Event time: every worker's partition reports reach every worker's watermark.
-        let reports = partition_clocks(outcomes.clone(), source, &event_time).broadcast();
-        let (valid, rejected) =
-            outcomes.ok_err::<Vec<(NormalizedEvent, bool)>, _, Vec<DeadLetter>, _, _>(|o| match o {
-                Outcome::Event(e, already_stored) => Ok((e, already_stored)),
-                Outcome::Rejected(d) => Err(d),
-            });
+        let reports = partition_clocks(readings.flat_map(Normalized::into_clock), source, &event_time).broadcast();
         let deduplicated = dedupe(valid, deduplicator, tally.clone());
         let judged = late_events(deduplicated, reports, &event_time, tally).partition(Judged::PARTS, |j| (j.part(), j));
         let [deduplicated, late, watermarks] = <[_; 3]>::try_from(judged).unwrap_or_else(|_| unreachable!());
@@ -170,18 +169,6 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             TopicSink { name: "LateEventsTopic", producer: late_producer, topic: late_events_topic },
             runtime.clone(),
         );
-        // Events a previous run stored are not stored again, but still drive decisions (their effects
-        // may not have been durable when it died; the decision path is idempotent by key).
-        let (to_store, already_stored) =
-            deduplicated.ok_err::<Vec<NormalizedEvent>, _, Vec<NormalizedEvent>, _, _>(|(e, already_stored)| {
-                if already_stored {
-                    Err(e)
-                } else {
-                    Ok(e)
-                }
-            });
-        let unique = to_store.clone().concat(already_stored);
-        let stored = epoch_sink(to_store, ClickHouseEvents { store: events }, runtime.clone());
         let dead_lettered = epoch_sink(
             rejected,
             TopicSink { name: "DeadLetterTopic", producer: dead_letters, topic: dead_letter_topic },
@@ -203,14 +190,21 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         );
 
         // The subject-keyed operator: consent join, journeys (timers on the watermark), intents from
-        // rules, frequency caps; decisions, transitions, sends, state changelogs.
-        let outputs = guardrails(unique, changes, watermarks, guardrail_state, rules)
+        // rules, frequency caps; decisions, transitions, sends, state changelogs. Events a previous run
+        // stored still drive decisions (their effects may not have been durable when it died; the decision
+        // path is idempotent by key), and the keyed operator passes on only the others to be stored.
+        let outputs = guardrails(deduplicated, changes, watermarks, guardrail_state, rules)
             .partition(GuardrailOutput::PARTS, |o| (o.part(), o));
-        let [decided, moved, cap_states, journey_states] =
-            <[_; 4]>::try_from(outputs).unwrap_or_else(|_| unreachable!());
+        let [decided, moved, cap_states, journey_states, to_store] =
+            <[_; 5]>::try_from(outputs).unwrap_or_else(|_| unreachable!());
+        let stored = epoch_sink(
+            to_store.flat_map(GuardrailOutput::into_event),
+            ClickHouseEvents { store: events },
+            runtime.clone(),
+        );
         let decided = decided.flat_map(GuardrailOutput::into_decision);
         let recorded = epoch_sink(decided.clone(), ClickHouseDecisions { store: decisions }, runtime.clone());
-        let allowed = decided.filter(|d: &Decision| d.kind == DecisionKind::Allowed);
+        let allowed = decided.filter(|d: &Arc<Decision>| d.kind == DecisionKind::Allowed);
         let sent = epoch_sink(allowed, ConnectorTopics { producer: sends, prefix: connector_prefix }, runtime.clone());
         let transitioned = epoch_sink(
             moved.flat_map(GuardrailOutput::into_transition),

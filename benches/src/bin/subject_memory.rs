@@ -78,7 +78,7 @@ fn main() -> Result<()> {
                     .filter(|e| dedupe.first_seen(dedupe_key(&e.tenant_id, &e.event_id), e.occurred_at_ms))
                     .collect();
                 worker.advance_watermark(T0 + offset_ms + start as i64 - 3_600_000);
-                worker.process_epoch(events, T0 + offset_ms, &mut out);
+                worker.process_epoch(vec![events.into_iter().map(|e| (e, false)).collect()], T0 + offset_ms, &mut out);
                 sends += out
                     .iter()
                     .filter(|o| matches!(o, touchpoint::stages::guardrails::GuardrailOutput::Decision(d) if d.kind == touchpoint_operators::decision::DecisionKind::Allowed))

@@ -33,9 +33,15 @@ impl EventStore {
     }
 
     /// Inserts one batch as one INSERT. `token` is the batch's `insert_deduplication_token`: the same
-    /// batch inserted twice (a retry after a timeout whose insert did succeed) is stored once.
-    pub async fn insert(&self, events: &[NormalizedEvent], token: &str) -> Result<()> {
-        if events.is_empty() {
+    /// batch inserted twice (a retry after a timeout whose insert did succeed) is stored once. The rows
+    /// are read from wherever the caller holds them (the pipeline: the containers they arrived in).
+    pub async fn insert<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a NormalizedEvent, IntoIter: Send>,
+        token: &str,
+    ) -> Result<()> {
+        let mut events = events.into_iter().peekable();
+        if events.peek().is_none() {
             return Ok(());
         }
         let mut insert = self
@@ -118,9 +124,18 @@ impl DecisionStore {
         DecisionStore { client: config.client() }
     }
 
-    /// One INSERT per batch; `token` deduplicates a retried batch.
-    pub async fn insert(&self, decisions: &[touchpoint_operators::decision::Decision], token: &str) -> Result<()> {
-        if decisions.is_empty() {
+    /// One INSERT per batch; `token` deduplicates a retried batch. Decisions as the pipeline holds them
+    /// (shared with the connector topics' sink) or owned.
+    pub async fn insert<'a, D>(
+        &self,
+        decisions: impl IntoIterator<Item = &'a D, IntoIter: Send>,
+        token: &str,
+    ) -> Result<()>
+    where
+        D: std::borrow::Borrow<touchpoint_operators::decision::Decision> + Sync + 'a,
+    {
+        let mut decisions = decisions.into_iter().peekable();
+        if decisions.peek().is_none() {
             return Ok(());
         }
         let decided_at = crate::now_ms();
@@ -131,7 +146,10 @@ impl DecisionStore {
             .context("preparing INSERT into decisions")?
             .with_setting("insert_deduplication_token", token);
         for d in decisions {
-            insert.write(&super::encoding::DecisionRow::new(d, decided_at)).await.context("writing a decision")?;
+            insert
+                .write(&super::encoding::DecisionRow::new(d.borrow(), decided_at))
+                .await
+                .context("writing a decision")?;
         }
         insert.end().await.context("INSERT into decisions")
     }
@@ -153,8 +171,12 @@ impl TransitionStore {
     }
 
     /// One INSERT per batch (ReplacingMergeTree: a batch written again replaces its rows).
-    pub async fn insert(&self, transitions: &[touchpoint_operators::journey::Transition]) -> Result<()> {
-        if transitions.is_empty() {
+    pub async fn insert<'a>(
+        &self,
+        transitions: impl IntoIterator<Item = &'a touchpoint_operators::journey::Transition, IntoIter: Send>,
+    ) -> Result<()> {
+        let mut transitions = transitions.into_iter().peekable();
+        if transitions.peek().is_none() {
             return Ok(());
         }
         let recorded_at = crate::now_ms();

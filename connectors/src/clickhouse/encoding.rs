@@ -43,7 +43,7 @@ impl<'a> From<&'a NormalizedEvent> for EventRow<'a> {
 
 /// The deduplication token of a batch: a hash of the source positions it holds. The same batch,
 /// retried, carries the same token, and ClickHouse stores it once.
-pub fn batch_token(sink: &str, events: &[NormalizedEvent]) -> String {
+pub fn batch_token<'a>(sink: &str, events: impl IntoIterator<Item = &'a NormalizedEvent>) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(sink.as_bytes());
     for e in events {

@@ -24,12 +24,57 @@ use timely::dataflow::Stream;
 
 use super::Epoch;
 
+/// The records of one write, in epoch order, as the containers that brought them: a write reads each
+/// record once (to encode it), so copying them into one vector first was a copy of every record into
+/// freshly faulted memory (up to a tenth of a worker's time, perf).
+pub struct Batch<D> {
+    containers: Vec<Vec<D>>,
+    len: usize,
+}
+
+impl<D> Batch<D> {
+    pub fn new(containers: Vec<Vec<D>>) -> Self {
+        let len = containers.iter().map(Vec::len).sum();
+        Batch { containers, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &D> + Clone + Send
+    where
+        D: Sync,
+    {
+        self.containers.iter().flatten()
+    }
+}
+
+impl<D> From<Vec<D>> for Batch<D> {
+    fn from(records: Vec<D>) -> Self {
+        Batch::new(vec![records])
+    }
+}
+
+impl<'a, D: Sync> IntoIterator for &'a Batch<D> {
+    type Item = &'a D;
+    type IntoIter = std::iter::Flatten<std::slice::Iter<'a, Vec<D>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.containers.iter().flatten()
+    }
+}
+
 /// Writes a batch of one or more complete epochs durably (or fails, and is called again with the same
 /// batch). `epoch` is the newest epoch in the batch.
 pub trait BatchWriter<D>: Send + Sync + 'static {
     /// Short name for logs.
     fn name(&self) -> &'static str;
-    fn write(&self, epoch: Epoch, batch: Arc<Vec<D>>) -> BoxFuture<'static, anyhow::Result<()>>;
+    fn write(&self, epoch: Epoch, batch: Arc<Batch<D>>) -> BoxFuture<'static, anyhow::Result<()>>;
     /// How many writes may be in flight at once. One (the default) keeps writes in epoch order; more is
     /// for stores where order does not matter and waiting for the previous write is pure latency (sends,
     /// each carrying its own idempotency key).
@@ -62,9 +107,7 @@ where
         move |_, info| {
             let activator = scope.worker().sync_activator_for(info.address.to_vec());
             let (done_tx, done_rx) = mpsc::channel::<Vec<Epoch>>();
-            // An epoch's records as the containers that brought them: appending them into one vector would
-            // grow it by doubling, copying every record several times into freshly faulted memory (an
-            // epoch holds up to `epochs.max_records` records); a write copies each record once, below.
+            // An epoch's records as the containers that brought them (see [`Batch`]).
             let mut collecting: BTreeMap<Epoch, (Capability<Epoch>, Vec<Vec<D>>)> = BTreeMap::new();
             let mut writing: HashMap<Epoch, Capability<Epoch>> = HashMap::new();
             let mut ready: VecDeque<(Epoch, Vec<Vec<D>>)> = VecDeque::new();
@@ -101,7 +144,7 @@ where
                 // Everything queued, in epoch order, as one batch, when a write slot is free.
                 if in_flight < max_in_flight && !ready.is_empty() {
                     let epochs: Vec<Epoch> = ready.iter().map(|(epoch, _)| *epoch).collect();
-                    let batch = concat(ready.drain(..).flat_map(|(_, containers)| containers));
+                    let batch = Batch::new(ready.drain(..).flat_map(|(_, containers)| containers).collect());
                     let Some(&epoch) = epochs.last() else { return };
                     in_flight += 1;
                     let batch = Arc::new(batch);
@@ -146,16 +189,6 @@ where
             }
         },
     )
-}
-
-/// The records of several containers in one vector, sized once.
-pub fn concat<D>(containers: impl IntoIterator<Item = Vec<D>>) -> Vec<D> {
-    let containers: Vec<Vec<D>> = containers.into_iter().collect();
-    let mut all = Vec::with_capacity(containers.iter().map(Vec::len).sum());
-    for mut records in containers {
-        all.append(&mut records);
-    }
-    all
 }
 
 /// Passes each epoch's records on only once `durable` (a sink's progress) has passed that epoch: a

@@ -30,7 +30,7 @@ use touchpoint_schemas::reject::headers;
 use touchpoint_schemas::NormalizedEvent;
 
 use super::kafka_source::SharedSource;
-use super::normalize::Outcome;
+use super::normalize::ClockReading;
 use super::sinks::TopicRecord;
 use super::tally::TallyBook;
 use super::Epoch;
@@ -48,7 +48,7 @@ fn rfc3339(ms: i64) -> String {
 /// Reports of this worker's partitions: largest event time so far and idleness, every time the
 /// normalized stream's frontier moves. Runs where the partitions are read (no exchange).
 pub fn partition_clocks<'s>(
-    outcomes: Stream<'s, Epoch, Vec<Outcome>>,
+    readings: Stream<'s, Epoch, Vec<ClockReading>>,
     source: SharedSource,
     config: &EventTimeConfig,
 ) -> Stream<'s, Epoch, Vec<PartitionReport>> {
@@ -59,7 +59,7 @@ pub fn partition_clocks<'s>(
     // a partition declared idle with 1,600 records in flight, which were then judged late).
     let mut observed_next: BTreeMap<i32, i64> = source.borrow().source.positions().into_iter().collect();
     let mut clocks = PartitionClocks::new(&partitions, config.idle_timeout, now_ms());
-    outcomes.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<PartitionReport>>, _, _, _>(
+    readings.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<PartitionReport>>, _, _, _>(
         Pipeline,
         "PartitionClocks",
         move |initial, _| {
@@ -73,14 +73,7 @@ pub fn partition_clocks<'s>(
                     let Some(&epoch) = stamp.least() else { return };
                     let seen = pending.entry(epoch).or_default();
                     for batch in data {
-                        for outcome in batch.iter() {
-                            match outcome {
-                                Outcome::Event(e, _) => {
-                                    seen.push((e.position.partition, e.position.offset, Some(e.occurred_at_ms)))
-                                }
-                                Outcome::Rejected(d) => seen.push((d.position.partition, d.position.offset, None)),
-                            }
-                        }
+                        seen.extend(batch.iter().map(|r| (r.partition, r.offset, r.event_ms)));
                     }
                 });
                 let Some(c) = cap.as_mut() else { return };

@@ -22,6 +22,7 @@
 //! durable (`crate::topology`), so a restored ledger never names a send that is not out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -38,7 +39,6 @@ use touchpoint_operators::journey::{Guardrails, Journeys, SubjectJourneys, Trans
 use touchpoint_operators::send_ledger::{Decided, ProcessingGuarantee, SubjectSends};
 use touchpoint_schemas::NormalizedEvent;
 
-use super::epoch_sink::concat;
 use super::Epoch;
 use touchpoint_operators::FastHashMap;
 
@@ -112,17 +112,24 @@ impl SubjectSendState {
 pub type CapSnapshot = SubjectSnapshot<SubjectSendState>;
 pub type JourneySnapshot = SubjectSnapshot<SubjectJourneys>;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum GuardrailOutput {
-    Decision(Box<Decision>),
+    /// Shared by the two sinks that read decisions (ClickHouse `decisions`, and the connector topics for
+    /// allowed ones): timely hands a stream read by two operators a copy of every record, and a copy of an
+    /// `Arc` is a count, not a deep copy of the intent's strings and payload.
+    Decision(Arc<Decision>),
     Caps(CapSnapshot),
     Journeys(JourneySnapshot),
     Transition(Box<Transition>),
+    /// An event of the epoch, passed on to ClickHouse `events` once it has driven the decisions (events
+    /// a previous run stored are not passed on). The keyed operator only reads events, so they travel
+    /// through it instead of being copied for the store before it.
+    Event(NormalizedEvent),
 }
 
 impl GuardrailOutput {
-    /// Output streams, in [`crate::topology`]: decisions, transitions, cap state, journey state.
-    pub const PARTS: u64 = 4;
+    /// Output streams, in [`crate::topology`]: decisions, transitions, cap state, journey state, events.
+    pub const PARTS: u64 = 5;
 
     pub fn part(&self) -> u64 {
         match self {
@@ -130,12 +137,13 @@ impl GuardrailOutput {
             GuardrailOutput::Transition(_) => 1,
             GuardrailOutput::Caps(_) => 2,
             GuardrailOutput::Journeys(_) => 3,
+            GuardrailOutput::Event(_) => 4,
         }
     }
 
-    pub fn into_decision(self) -> Option<Decision> {
+    pub fn into_decision(self) -> Option<Arc<Decision>> {
         if let GuardrailOutput::Decision(d) = self {
-            Some(*d)
+            Some(d)
         } else {
             None
         }
@@ -160,6 +168,14 @@ impl GuardrailOutput {
     pub fn into_journeys(self) -> Option<JourneySnapshot> {
         if let GuardrailOutput::Journeys(j) = self {
             Some(j)
+        } else {
+            None
+        }
+    }
+
+    pub fn into_event(self) -> Option<NormalizedEvent> {
+        if let GuardrailOutput::Event(e) = self {
+            Some(e)
         } else {
             None
         }
@@ -211,8 +227,8 @@ impl GuardrailRules {
 pub const DEFAULT_SEND_LEDGER_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// What arrived for one epoch: its capability, the events and the side records.
-/// An epoch's events as the containers that brought them (concatenated once, when the epoch is processed).
-type EpochInputs = (Capability<Epoch>, Vec<Vec<NormalizedEvent>>, Vec<Side>);
+/// An epoch's events as the containers that brought them (never copied into one vector).
+type EpochInputs = (Capability<Epoch>, Vec<Vec<(NormalizedEvent, bool)>>, Vec<Side>);
 
 /// Consent and caps for one subject, as the journey machine sees them; collects the decisions.
 struct SubjectGuardrails<'a> {
@@ -366,11 +382,14 @@ impl GuardrailWorker {
     }
 
     /// Processes one complete epoch (its consent changes and watermark already applied): fires due journey
-    /// timers, decides the rules' intents, moves subjects by the events; appends decisions, transitions
-    /// and the changed subjects' state to `out`. `now_ms` is the wall clock of the epoch (send ledger).
+    /// timers, decides the rules' intents, moves subjects by the events; appends decisions, transitions,
+    /// the changed subjects' state and the events to store to `out`. Each event comes with its "already
+    /// stored" flag (a previous run stored it: it drives decisions, and is not passed on to be stored
+    /// again). The events come as the containers that brought them. `now_ms` is the wall clock of the
+    /// epoch (send ledger).
     pub fn process_epoch(
         &mut self,
-        mut epoch_events: Vec<NormalizedEvent>,
+        epoch_events: Vec<Vec<(NormalizedEvent, bool)>>,
         now_ms: i64,
         out: &mut Vec<GuardrailOutput>,
     ) {
@@ -406,7 +425,8 @@ impl GuardrailWorker {
         }
 
         // 2. Rule-driven intents, in competition order.
-        let mut intents: Vec<SendIntent> = epoch_events.iter().flat_map(|e| rules.intents.intents_for(e)).collect();
+        let mut intents: Vec<SendIntent> =
+            epoch_events.iter().flatten().flat_map(|(e, _)| rules.intents.intents_for(e)).collect();
         intents.sort_by(SendIntent::compete_order);
         for intent in intents {
             let subject = intent.subject.clone();
@@ -422,16 +442,19 @@ impl GuardrailWorker {
 
         // 3. Journeys, by event time.
         if !rules.journeys.is_empty() {
-            // Unstable (in place, no scratch buffer of half an epoch): events of one subject share its
-            // tenant, so their ids differ and the order is total where it matters.
-            epoch_events.sort_unstable_by(|a, b| {
+            // Most events neither move a subject nor enter its history: only the others are ordered, by
+            // reference (no event moves). Unstable: events of one subject share its tenant, so their ids
+            // differ and the order is total where it matters.
+            let mut ordered: Vec<&NormalizedEvent> = epoch_events
+                .iter()
+                .flatten()
+                .map(|(e, _)| e)
+                .filter(|e| rules.journeys.concerns(&e.event_type))
+                .collect();
+            ordered.sort_unstable_by(|a, b| {
                 a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id))
             });
-            for event in &epoch_events {
-                // Most events neither move a subject nor enter its history: skip the state.
-                if !rules.journeys.concerns(&event.event_type) {
-                    continue;
-                }
+            for event in ordered {
                 let subject = subject_of(event);
                 let journey_state = state.journeys.entry(subject.clone()).or_default();
                 let before = journey_state.next_due();
@@ -465,7 +488,7 @@ impl GuardrailWorker {
         }
         let allowed = decided.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed).count();
         crate::metrics::SENDS_EMITTED.add(allowed as u64);
-        out.extend(decided.decisions.into_iter().map(|d| GuardrailOutput::Decision(Box::new(d))));
+        out.extend(decided.decisions.into_iter().map(|d| GuardrailOutput::Decision(Arc::new(d))));
         out.extend(transitions.into_iter().map(|t| GuardrailOutput::Transition(Box::new(t))));
         // Cap counters expire against the watermark, not the newest event time: an epoch spans many
         // subjects, and its newest event may lie hours past a subject's next one (found by the chaos
@@ -503,11 +526,19 @@ impl GuardrailWorker {
             }
             tracing::debug!(expired = before - state.caps.len(), subjects = state.caps.len(), "swept cap state");
         }
+        out.extend(
+            epoch_events
+                .into_iter()
+                .flatten()
+                .filter(|(_, already_stored)| !already_stored)
+                .map(|(e, _)| GuardrailOutput::Event(e)),
+        );
     }
 }
 
+/// The keyed operator; `events` carry their "already stored" flag (see [`GuardrailWorker::process_epoch`]).
 pub fn guardrails<'s>(
-    events: Stream<'s, Epoch, Vec<NormalizedEvent>>,
+    events: Stream<'s, Epoch, Vec<(NormalizedEvent, bool)>>,
     consent: Stream<'s, Epoch, Vec<ConsentChange>>,
     watermarks: Stream<'s, Epoch, Vec<i64>>,
     state: GuardrailState,
@@ -522,7 +553,7 @@ pub fn guardrails<'s>(
     let mut worker = GuardrailWorker::new(state, rules);
     events.binary_frontier::<_, timely::container::CapacityContainerBuilder<Vec<GuardrailOutput>>, _, _, _, _>(
         side,
-        Exchange::new(|e: &NormalizedEvent| key_group_of(&e.tenant_id, &e.subject_id)),
+        Exchange::new(|(e, _): &(NormalizedEvent, bool)| key_group_of(&e.tenant_id, &e.subject_id)),
         Pipeline,
         "Guardrails",
         move |_, _| {
@@ -557,7 +588,7 @@ pub fn guardrails<'s>(
                             Side::Watermark(w) => worker.advance_watermark(w),
                         }
                     }
-                    worker.process_epoch(concat(epoch_events), chrono::Utc::now().timestamp_millis(), &mut out);
+                    worker.process_epoch(epoch_events, chrono::Utc::now().timestamp_millis(), &mut out);
                     output.session(&cap).give_iterator(out.drain(..));
                 }
             }

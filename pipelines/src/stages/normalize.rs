@@ -57,6 +57,87 @@ pub enum Outcome {
     Rejected(DeadLetter),
 }
 
+/// Where a record was read and, for a valid event, its event time: all the partition clocks read of an
+/// outcome. They get this instead of a copy of the outcome (timely clones every record of a stream read
+/// by two operators: a second deep copy of every event and dead letter, per record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockReading {
+    pub partition: i32,
+    pub offset: i64,
+    /// `None` for a rejected record: it moves the partition's read position, not its clock.
+    pub event_ms: Option<i64>,
+}
+
+impl ClockReading {
+    pub fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Event(e, _) => ClockReading {
+                partition: e.position.partition,
+                offset: e.position.offset,
+                event_ms: Some(e.occurred_at_ms),
+            },
+            Outcome::Rejected(d) => {
+                ClockReading { partition: d.position.partition, offset: d.position.offset, event_ms: None }
+            }
+        }
+    }
+}
+
+/// What the normalize operator emits for each record: its outcome, then its clock reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Normalized {
+    /// A valid event; `true` when a previous run already stored it.
+    Event(NormalizedEvent, bool),
+    Rejected(DeadLetter),
+    Clock(ClockReading),
+}
+
+impl Normalized {
+    /// Output streams, in [`crate::topology`]: events, dead letters, clock readings.
+    pub const PARTS: u64 = 3;
+
+    pub fn part(&self) -> u64 {
+        match self {
+            Normalized::Event(..) => 0,
+            Normalized::Rejected(_) => 1,
+            Normalized::Clock(_) => 2,
+        }
+    }
+
+    pub fn into_event(self) -> Option<(NormalizedEvent, bool)> {
+        if let Normalized::Event(e, already_stored) = self {
+            Some((e, already_stored))
+        } else {
+            None
+        }
+    }
+
+    pub fn into_rejected(self) -> Option<DeadLetter> {
+        if let Normalized::Rejected(d) = self {
+            Some(d)
+        } else {
+            None
+        }
+    }
+
+    pub fn into_clock(self) -> Option<ClockReading> {
+        if let Normalized::Clock(c) = self {
+            Some(c)
+        } else {
+            None
+        }
+    }
+}
+
+impl From<Outcome> for Normalized {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Event(e, already_stored) => Normalized::Event(e, already_stored),
+            Outcome::Rejected(d) => Normalized::Rejected(d),
+        }
+    }
+}
+
 /// Decodes a payload (JSON or Confluent Avro). A schema registry outage blocks here and retries with
 /// backoff: the record is not at fault, and later records of its partition must not overtake it.
 pub fn decode_with_retry<T>(
@@ -116,8 +197,8 @@ pub fn normalize<'s, L: SchemaLookup + 'static>(
     normalizer: Normalizer,
     topic: String,
     tally: TallyBook,
-) -> Stream<'s, Epoch, Vec<Outcome>> {
-    records.unary::<timely::container::CapacityContainerBuilder<Vec<Outcome>>, _, _, _>(
+) -> Stream<'s, Epoch, Vec<Normalized>> {
+    records.unary::<timely::container::CapacityContainerBuilder<Vec<Normalized>>, _, _, _>(
         Pipeline,
         "Normalize",
         move |_, _| {
@@ -139,7 +220,9 @@ pub fn normalize<'s, L: SchemaLookup + 'static>(
                                     }
                                 });
                             }
-                            session.give(outcome);
+                            let reading = ClockReading::of(&outcome);
+                            session.give(Normalized::from(outcome));
+                            session.give(Normalized::Clock(reading));
                         }
                     }
                 });

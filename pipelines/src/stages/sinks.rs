@@ -7,9 +7,10 @@ use futures::FutureExt;
 use touchpoint_connectors::clickhouse::encoding::batch_token;
 use touchpoint_connectors::clickhouse::EventStore;
 use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord};
+use touchpoint_operators::decision::Decision;
 use touchpoint_schemas::NormalizedEvent;
 
-use super::epoch_sink::BatchWriter;
+use super::epoch_sink::{Batch, BatchWriter};
 use super::Epoch;
 
 /// Normalized events → ClickHouse `events`, one INSERT per epoch and worker, deduplicated by token.
@@ -22,11 +23,11 @@ impl BatchWriter<NormalizedEvent> for ClickHouseEvents {
         "ClickHouseEvents"
     }
 
-    fn write(&self, _epoch: Epoch, batch: Arc<Vec<NormalizedEvent>>) -> BoxFuture<'static, anyhow::Result<()>> {
+    fn write(&self, _epoch: Epoch, batch: Arc<Batch<NormalizedEvent>>) -> BoxFuture<'static, anyhow::Result<()>> {
         let store = self.store.clone();
         async move {
-            let token = batch_token("events", &batch);
-            store.insert(&batch, &token).await
+            let token = batch_token("events", batch.iter());
+            store.insert(batch.iter(), &token).await
         }
         .boxed()
     }
@@ -50,7 +51,7 @@ impl<T: TopicRecord + Send + Sync + 'static> BatchWriter<T> for TopicSink {
         self.name
     }
 
-    fn write(&self, _epoch: Epoch, batch: Arc<Vec<T>>) -> BoxFuture<'static, anyhow::Result<()>> {
+    fn write(&self, _epoch: Epoch, batch: Arc<Batch<T>>) -> BoxFuture<'static, anyhow::Result<()>> {
         let (producer, name) = (self.producer.clone(), self.name);
         let records: Vec<_> = batch.iter().map(|r| r.to_record(&self.topic)).collect();
         async move {
@@ -67,23 +68,19 @@ pub struct ClickHouseDecisions {
     pub store: touchpoint_connectors::clickhouse::DecisionStore,
 }
 
-impl BatchWriter<touchpoint_operators::decision::Decision> for ClickHouseDecisions {
+impl BatchWriter<Arc<Decision>> for ClickHouseDecisions {
     fn name(&self) -> &'static str {
         "ClickHouseDecisions"
     }
 
-    fn write(
-        &self,
-        _epoch: Epoch,
-        batch: Arc<Vec<touchpoint_operators::decision::Decision>>,
-    ) -> BoxFuture<'static, anyhow::Result<()>> {
+    fn write(&self, _epoch: Epoch, batch: Arc<Batch<Arc<Decision>>>) -> BoxFuture<'static, anyhow::Result<()>> {
         let store = self.store.clone();
         async move {
             let mut h = xxhash_rust::xxh3::Xxh3::new();
             for d in batch.iter() {
                 h.update(d.intent.idempotency_key.as_bytes());
             }
-            store.insert(&batch, &format!("decisions-{:032x}", h.digest128())).await
+            store.insert(batch.iter(), &format!("decisions-{:032x}", h.digest128())).await
         }
         .boxed()
     }
@@ -93,10 +90,7 @@ impl BatchWriter<touchpoint_operators::decision::Decision> for ClickHouseDecisio
 /// `tenant/subject`, header `tp.idempotency_key`).
 ///
 /// [`ChannelMessage`]: touchpoint_schemas::ChannelMessage
-pub fn send_record(
-    d: &touchpoint_operators::decision::Decision,
-    topic_prefix: &str,
-) -> touchpoint_connectors::kafka::OutgoingRecord {
+pub fn send_record(d: &Decision, topic_prefix: &str) -> touchpoint_connectors::kafka::OutgoingRecord {
     let i = &d.intent;
     let message = touchpoint_schemas::ChannelMessage {
         idempotency_key: i.idempotency_key.clone(),
@@ -137,16 +131,12 @@ pub struct ConnectorTopics {
     pub prefix: String,
 }
 
-impl BatchWriter<touchpoint_operators::decision::Decision> for ConnectorTopics {
+impl BatchWriter<Arc<Decision>> for ConnectorTopics {
     fn name(&self) -> &'static str {
         "ConnectorTopics"
     }
 
-    fn write(
-        &self,
-        _epoch: Epoch,
-        batch: Arc<Vec<touchpoint_operators::decision::Decision>>,
-    ) -> BoxFuture<'static, anyhow::Result<()>> {
+    fn write(&self, _epoch: Epoch, batch: Arc<Batch<Arc<Decision>>>) -> BoxFuture<'static, anyhow::Result<()>> {
         let producer = self.producer.clone();
         let records: Vec<_> = batch.iter().map(|d| send_record(d, &self.prefix)).collect();
         async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
@@ -178,7 +168,7 @@ impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<super::guardrails:
     fn write(
         &self,
         _epoch: Epoch,
-        batch: Arc<Vec<super::guardrails::SubjectSnapshot<T>>>,
+        batch: Arc<Batch<super::guardrails::SubjectSnapshot<T>>>,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         let producer = self.producer.clone();
         let records: Vec<_> = batch
@@ -208,9 +198,9 @@ impl BatchWriter<touchpoint_operators::journey::Transition> for ClickHouseTransi
     fn write(
         &self,
         _epoch: Epoch,
-        batch: Arc<Vec<touchpoint_operators::journey::Transition>>,
+        batch: Arc<Batch<touchpoint_operators::journey::Transition>>,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         let store = self.store.clone();
-        async move { store.insert(&batch).await }.boxed()
+        async move { store.insert(batch.iter()).await }.boxed()
     }
 }
