@@ -42,6 +42,27 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<&'static str>> {
     Ok(now_applied)
 }
 
+/// Drops every database whose name starts with `prefix`; returns how many. For benchmarks and tests that
+/// store into scratch databases under a unique prefix (their parts would otherwise stay, and be merged in
+/// the background, for as long as the server runs).
+pub async fn drop_databases_with_prefix(config: &ClickHouseConfig, prefix: &str) -> Result<usize> {
+    if prefix.is_empty() {
+        anyhow::bail!("refusing to drop every database (empty prefix)");
+    }
+    let server = config.server_client();
+    let names: Vec<String> = server
+        .query("SELECT name FROM system.databases WHERE startsWith(name, ?)")
+        .bind(prefix)
+        .fetch_all()
+        .await
+        .context("listing databases")?;
+    for name in &names {
+        let drop = format!("DROP DATABASE IF EXISTS {} SYNC", quote_identifier(name));
+        server.query(&drop).execute().await.with_context(|| format!("dropping database {name}"))?;
+    }
+    Ok(names.len())
+}
+
 fn quote_identifier(name: &str) -> String {
     format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
 }

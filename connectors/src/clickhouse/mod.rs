@@ -9,4 +9,4 @@ pub mod migrate;
 pub use client::{DecisionStore, DeliveryStore, EventStore, KnownDelivery, TransitionStore};
 pub use config::ClickHouseConfig;
 pub use encoding::EventRow;
-pub use migrate::migrate;
+pub use migrate::{drop_databases_with_prefix, migrate};
