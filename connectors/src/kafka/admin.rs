@@ -5,7 +5,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{KafkaConfig, TopicSpec};
@@ -45,15 +44,14 @@ pub async fn delete_topics_with_prefix(config: &KafkaConfig, prefix: &str) -> Re
     if prefix.is_empty() {
         bail!("refusing to delete every topic (empty prefix)");
     }
-    let client: BaseConsumer = config.consumer_config(&format!("{prefix}.admin")).create()?;
-    let metadata = client.fetch_metadata(None, Duration::from_secs(10)).context("Metadata request")?;
+    let admin: AdminClient<DefaultClientContext> =
+        config.admin_config().create().context("creating the Kafka admin client")?;
+    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10)).context("Metadata request")?;
     let names: Vec<String> =
         metadata.topics().iter().map(|t| t.name()).filter(|name| name.starts_with(prefix)).map(String::from).collect();
     if names.is_empty() {
         return Ok(0);
     }
-    let admin: AdminClient<DefaultClientContext> =
-        config.admin_config().create().context("creating the Kafka admin client")?;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin.delete_topics(&refs, &options).await.context("DeleteTopics request")?;

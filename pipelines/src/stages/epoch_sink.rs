@@ -54,21 +54,6 @@ impl<D> Batch<D> {
     }
 }
 
-impl<D> From<Vec<D>> for Batch<D> {
-    fn from(records: Vec<D>) -> Self {
-        Batch::new(vec![records])
-    }
-}
-
-impl<'a, D: Sync> IntoIterator for &'a Batch<D> {
-    type Item = &'a D;
-    type IntoIter = std::iter::Flatten<std::slice::Iter<'a, Vec<D>>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.containers.iter().flatten()
-    }
-}
-
 /// Writes a batch of one or more complete epochs durably (or fails, and is called again with the same
 /// batch). `epoch` is the newest epoch in the batch.
 pub trait BatchWriter<D>: Send + Sync + 'static {
