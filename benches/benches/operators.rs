@@ -71,8 +71,7 @@ fn guardrails(c: &mut Criterion) {
     };
     use touchpoint_operators::frequency_cap::{CapQuery, SubjectCaps};
 
-    let subjects: Vec<SubjectRef> =
-        (0..100_000).map(|i| SubjectRef { tenant_id: "acme".into(), subject_id: format!("user-{i}") }).collect();
+    let subjects: Vec<SubjectRef> = (0..100_000).map(|i| SubjectRef::new("acme", &format!("user-{i}"))).collect();
     let mut table = ConsentTable::new();
     for (i, s) in subjects.iter().enumerate() {
         table.apply(&ConsentChange::Set {
@@ -251,8 +250,7 @@ fn journey_step(c: &mut Criterion) {
     const T0: i64 = 1_795_168_800_000;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/journeys");
     let journeys = Journeys::new(load_dir(&dir).expect("shipped journeys"), "time_zone");
-    let subjects: Vec<SubjectRef> =
-        (0..SUBJECTS).map(|i| SubjectRef { tenant_id: "acme".into(), subject_id: format!("user-{i}") }).collect();
+    let subjects: Vec<SubjectRef> = (0..SUBJECTS).map(|i| SubjectRef::new("acme", &format!("user-{i}"))).collect();
     let events: Vec<NormalizedEvent> = (0..SUBJECTS)
         .flat_map(|i| [("signed_up", 0), ("cart_updated", 60_000)].map(move |(t, dt)| (i, t, dt)))
         .map(|(i, event_type, dt)| touchpoint_benches::subject_event(i, event_type, T0 + dt + i as i64))

@@ -109,11 +109,11 @@ impl SendIntent {
 /// triggering event id.
 pub fn idempotency_key(subject: &SubjectRef, rule_id: &str, version: &str, event_id: &str) -> String {
     let mut buf = Vec::with_capacity(64);
-    for part in [&subject.tenant_id, &subject.subject_id, rule_id, version, event_id] {
+    for part in [&*subject.tenant_id, &*subject.subject_id, rule_id, version, event_id] {
         buf.extend_from_slice(part.as_bytes());
         buf.push(0);
     }
-    format!("tpk-{:032x}", xxhash_rust::xxh3::xxh3_128(&buf))
+    crate::fast_hash::hex_id("tpk-", xxhash_rust::xxh3::xxh3_128(&buf))
 }
 
 #[derive(Debug, Clone)]
@@ -159,7 +159,7 @@ impl IntentRules {
             [self.time_zone_attribute.as_str(), "email", "phone", "device_token", "webhook_url"],
         );
         let text = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_string);
-        let subject = SubjectRef { tenant_id: event.tenant_id.clone(), subject_id: event.subject_id.clone() };
+        let subject = SubjectRef::new(&event.tenant_id, &event.subject_id);
         rules
             .iter()
             .map(|r| SendIntent {

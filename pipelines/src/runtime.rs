@@ -449,7 +449,7 @@ pub fn restore_changelog<T: serde::de::DeserializeOwned>(
     for r in records {
         let Some(key) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
         let Some((tenant, subject)) = key.split_once('/') else { continue };
-        let subject = SubjectRef { tenant_id: tenant.to_string(), subject_id: subject.to_string() };
+        let subject = SubjectRef::new(tenant, subject);
         let value = match r.payload.as_deref() {
             None => None,
             Some(p) => match serde_json::from_slice::<T>(p) {

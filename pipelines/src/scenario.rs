@@ -159,7 +159,7 @@ impl Outcome {
             .iter()
             .filter(|d| keep(d))
             .map(|d| ExpectedSend {
-                subject: d.intent.subject.subject_id.clone(),
+                subject: d.intent.subject.subject_id.to_string(),
                 template: d.intent.template.clone(),
                 decision: with_kind.then(|| d.kind.as_str().to_string()),
             })
@@ -170,7 +170,7 @@ impl Outcome {
     pub fn paths(&self) -> BTreeMap<String, Vec<String>> {
         let mut paths: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for t in &self.transitions {
-            paths.entry(t.subject.subject_id.clone()).or_default().push(format!(
+            paths.entry(t.subject.subject_id.to_string()).or_default().push(format!(
                 "{}>{}:{}",
                 t.from_step.as_deref().unwrap_or_default(),
                 t.to_step.as_deref().unwrap_or_default(),
@@ -215,7 +215,7 @@ fn load_journeys(specs: &[serde_yaml::Value], journeys_dir: &Path, origin: &Path
 
 fn consent_change(c: &ConsentEntry, start_ms: i64) -> Result<ConsentChange> {
     Ok(ConsentChange::Set {
-        subject: SubjectRef { tenant_id: TENANT.into(), subject_id: c.subject.clone() },
+        subject: SubjectRef::new(TENANT, &c.subject),
         channel: Channel::parse(&c.channel).ok_or_else(|| anyhow!("unknown channel {}", c.channel))?,
         purpose: Purpose::parse(&c.purpose).ok_or_else(|| anyhow!("unknown purpose {}", c.purpose))?,
         status: ConsentStatus::parse(&c.status).ok_or_else(|| anyhow!("unknown status {}", c.status))?,

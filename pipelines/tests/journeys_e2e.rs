@@ -158,7 +158,7 @@ fn journeys_wait_branch_split_and_exit_across_a_sigkill() {
         expected.insert((opened(i), "getting_started_tips".into()), ());
         expected.insert((silent(i), "welcome".into()), ());
         expected.insert((silent(i), "come_back".into()), ());
-        let bucket = split_bucket(&SubjectRef { tenant_id: "acme".into(), subject_id: cart(i) }, "abandoned-cart");
+        let bucket = split_bucket(&SubjectRef::new("acme", &cart(i)), "abandoned-cart");
         let reminder = if bucket < 50 { "cart_reminder" } else { "cart_reminder_discount" };
         expected.insert((cart(i), reminder.into()), ());
     }

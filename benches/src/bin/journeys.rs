@@ -67,8 +67,7 @@ fn main() -> Result<()> {
     let journeys = Journeys::new(load_dir(&dir).map_err(|e| anyhow!("{e:?}"))?, "time_zone");
     let caps = touchpoint_benches::sample_caps();
     let config = ConsentConfig::default();
-    let subjects: Vec<SubjectRef> =
-        (0..n).map(|i| SubjectRef { tenant_id: "acme".into(), subject_id: format!("user-{i}") }).collect();
+    let subjects: Vec<SubjectRef> = (0..n).map(|i| SubjectRef::new("acme", &format!("user-{i}"))).collect();
     let mut consent = ConsentTable::new();
     for s in &subjects {
         for channel in [Channel::Email, Channel::Push] {

@@ -27,7 +27,7 @@ struct Args {
 }
 
 fn subject(i: usize) -> SubjectRef {
-    SubjectRef { tenant_id: "acme".into(), subject_id: format!("user-{i}") }
+    SubjectRef::new("acme", &format!("user-{i}"))
 }
 
 fn main() -> Result<()> {

@@ -58,7 +58,7 @@ fn main() -> Result<()> {
         for i in 0..n {
             for channel in [Channel::Email, Channel::Push] {
                 worker.apply_consent(&ConsentChange::Set {
-                    subject: SubjectRef { tenant_id: "acme".into(), subject_id: format!("user-{i}") },
+                    subject: SubjectRef::new("acme", &format!("user-{i}")),
                     channel,
                     purpose: Purpose::Marketing,
                     status: ConsentStatus::Granted,

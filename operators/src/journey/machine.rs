@@ -14,6 +14,7 @@
 //! Subjects continue on the version they entered with, unless the current version says `migrate: true`
 //! and still has their step; then they move to it (a transition with cause `migrated`).
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,11 +61,16 @@ pub struct Enrollment {
 
 impl Enrollment {
     fn vars(&self) -> Value {
-        if self.vars.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&self.vars).unwrap_or(Value::Null)
-        }
+        parse_vars(&self.vars)
+    }
+}
+
+/// An enrollment's variables from their compact JSON (empty: none).
+fn parse_vars(json: &str) -> Value {
+    if json.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(json).unwrap_or(Value::Null)
     }
 }
 
@@ -266,16 +272,16 @@ impl Journeys {
         if state.next_due().is_some_and(|d| d <= now) {
             out.extend(self.on_time(subject, state, now, guardrails));
         }
-        let attributes: Map<String, Value> = serde_json::from_str(&event.attributes_json).unwrap_or_default();
-        let event_value = event_value(event, attributes);
-        let moment = Some((event, &event_value));
+        let moving = Moving::new(event);
+        let moment = Some(&moving);
 
         // Subjects inside: goal events take them out; a `wait_for` event moves them on.
         let mut i = 0;
         while i < state.active.len() {
             let Some(journey) = self.resolve(subject, state, i, now, &mut out) else { continue };
             let enrollment = &state.active[i];
-            let ctx = EvalCtx::new(subject, &event_value, state, now, &*guardrails).with_vars(enrollment.vars());
+            let ctx = EvalCtx::new(subject, EventSource::Moving(&moving), state, now, &*guardrails)
+                .with_vars(&enrollment.vars);
             if let Some(goal) = journey.exit_on.iter().find(|m| matches(m, event, &ctx)) {
                 out.push(transition(subject, enrollment, None, format!("goal:{}", goal.event_type), now, Some(event)));
                 state.active.remove(i);
@@ -307,7 +313,7 @@ impl Journeys {
                 (Reentry::Once, Some(_)) => false,
                 (Reentry::After { cooldown_ms }, Some(at)) => now >= at.saturating_add(cooldown_ms),
             };
-            let ctx = EvalCtx::new(subject, &event_value, state, now, &*guardrails);
+            let ctx = EvalCtx::new(subject, EventSource::Moving(&moving), state, now, &*guardrails);
             if !allowed || !matches(&journey.trigger, event, &ctx) {
                 continue;
             }
@@ -321,10 +327,10 @@ impl Journeys {
                 step: journey.steps[0].id.clone(),
                 entered_at_ms: now,
                 entry_event_id: event.event_id.clone(),
-                trigger: self.snapshot(journey, &event_value).to_string(),
+                trigger: self.snapshot(journey, moving.value()).to_string(),
                 due_ms: None,
                 steps_run: 0,
-                vars: capture_vars(journey, subject, &event_value),
+                vars: capture_vars(journey, subject, moving.value()),
             });
             let i = state.active.len() - 1;
             out.push(Transition {
@@ -451,7 +457,10 @@ impl Journeys {
         guardrails: &mut dyn Guardrails,
         out: &mut Vec<Transition>,
     ) -> bool {
-        let event = moment.map(|(e, _)| e);
+        let event = moment.map(|m| m.event);
+        // The enrollment's trigger snapshot, parsed once per movement and only if a step reads it (a
+        // condition on `event.*` after a wait, a send's payload or recipient).
+        let trigger = OnceCell::new();
         let mut at = start;
         let mut cause = cause;
         for _ in 0..STEP_BUDGET {
@@ -473,16 +482,12 @@ impl Journeys {
                     return true;
                 }
                 StepKind::Condition { condition, then_step, else_step } => {
-                    let trigger;
                     let event_value = match moment {
-                        Some((_, v)) => v,
-                        None => {
-                            trigger = serde_json::from_str::<Value>(&state.active[i].trigger).unwrap_or_default();
-                            &trigger
-                        }
+                        Some(m) => EventSource::Moving(m),
+                        None => EventSource::Trigger { json: &state.active[i].trigger, parsed: &trigger },
                     };
-                    let vars = state.active[i].vars();
-                    let ctx = EvalCtx::new(subject, event_value, state, now, &*guardrails).with_vars(vars);
+                    let ctx =
+                        EvalCtx::new(subject, event_value, state, now, &*guardrails).with_vars(&state.active[i].vars);
                     let holds = condition.eval(&ctx);
                     Some((if holds { *then_step } else { *else_step }, format!("condition:{holds}")))
                 }
@@ -493,7 +498,7 @@ impl Journeys {
                     Some((target, format!("split:{bucket}<{upper}")))
                 }
                 StepKind::Send { send, next, on_suppressed } => {
-                    let intent = self.intent(journey, subject, &state.active[i], &step.id, send, now, moment);
+                    let intent = self.intent(journey, subject, &state.active[i], &step.id, send, now, moment, &trigger);
                     let outcome = guardrails.send(intent);
                     let target = if outcome.is_ok() { *next } else { on_suppressed.or(*next) };
                     let cause = match outcome {
@@ -537,15 +542,13 @@ impl Journeys {
         send: &SendStep,
         now: i64,
         moment: Moment<'_>,
+        trigger: &OnceCell<Value>,
     ) -> SendIntent {
-        let event = moment.map(|(e, _)| e);
-        let trigger;
+        let event = moment.map(|m| m.event);
+        let trigger = EventSource::Trigger { json: &enrollment.trigger, parsed: trigger };
         let event_value = match moment {
-            Some((_, v)) => v,
-            None => {
-                trigger = serde_json::from_str::<Value>(&enrollment.trigger).unwrap_or_default();
-                &trigger
-            }
+            Some(m) => m.value(),
+            None => trigger.value(),
         };
         let vars = enrollment.vars();
         let ctx_value = |path: &[String]| lookup(subject, event_value, &vars, path);
@@ -556,9 +559,7 @@ impl Journeys {
         let text = |key: &str| {
             let of =
                 |v: &Value| v.get("attributes").and_then(|a| a.get(key)).and_then(Value::as_str).map(str::to_string);
-            of(event_value).or_else(|| {
-                moment.and_then(|_| of(&serde_json::from_str::<Value>(&enrollment.trigger).unwrap_or_default()))
-            })
+            of(event_value).or_else(|| moment.and_then(|_| of(trigger.value())))
         };
         let key = journey_send_key(
             subject,
@@ -604,8 +605,49 @@ impl Journeys {
     }
 }
 
-/// The event that moves a subject (with its attributes as a value), or `None` for a timer.
-type Moment<'a> = Option<(&'a NormalizedEvent, &'a Value)>;
+/// The event that moves a subject, or `None` for a timer.
+type Moment<'a> = Option<&'a Moving<'a>>;
+
+/// An event that moves a subject, with its value as expressions see it built on first use: most events
+/// that reach the machine meet no condition, payload or snapshot of the subject's journeys (an
+/// `order_completed` of a subject in no journey, a `cart_updated` of one already in the cart journey),
+/// and parsing their attributes was most of what the machine did for them.
+struct Moving<'a> {
+    event: &'a NormalizedEvent,
+    value: OnceCell<Value>,
+}
+
+impl<'a> Moving<'a> {
+    fn new(event: &'a NormalizedEvent) -> Self {
+        Moving { event, value: OnceCell::new() }
+    }
+
+    fn value(&self) -> &Value {
+        self.value.get_or_init(|| {
+            let attributes: Map<String, Value> = serde_json::from_str(&self.event.attributes_json).unwrap_or_default();
+            event_value(self.event, attributes)
+        })
+    }
+}
+
+/// What `event.*` refers to: the moving event, or after a wait the enrollment's trigger snapshot (its
+/// compact JSON, parsed into `parsed` on first read).
+#[derive(Clone, Copy)]
+enum EventSource<'a> {
+    Moving(&'a Moving<'a>),
+    Trigger { json: &'a str, parsed: &'a OnceCell<Value> },
+}
+
+impl<'a> EventSource<'a> {
+    fn value(self) -> &'a Value {
+        match self {
+            EventSource::Moving(m) => m.value(),
+            EventSource::Trigger { json, parsed } => {
+                parsed.get_or_init(|| serde_json::from_str(json).unwrap_or_default())
+            }
+        }
+    }
+}
 
 /// The idempotency key of a journey send: subject, journey, version, step, the entry event and the
 /// step count (a step visited again in a loop through a wait is a new send; a replay is not).
@@ -618,18 +660,18 @@ pub fn journey_send_key(
     steps_run: u32,
 ) -> String {
     let mut buf = Vec::with_capacity(96);
-    for part in [&subject.tenant_id, &subject.subject_id, journey, version, step, entry_event_id] {
+    for part in [&*subject.tenant_id, &*subject.subject_id, journey, version, step, entry_event_id] {
         buf.extend_from_slice(part.as_bytes());
         buf.push(0);
     }
     buf.extend_from_slice(&steps_run.to_le_bytes());
-    format!("tpj-{:032x}", xxhash_rust::xxh3::xxh3_128(&buf))
+    crate::fast_hash::hex_id("tpj-", xxhash_rust::xxh3::xxh3_128(&buf))
 }
 
 /// The subject's bucket (0..100) for `split` steps of a journey: stable across restarts and versions.
 pub fn split_bucket(subject: &SubjectRef, journey: &str) -> u32 {
     let mut buf = Vec::with_capacity(64);
-    for part in [&subject.tenant_id, &subject.subject_id, journey] {
+    for part in [&*subject.tenant_id, &*subject.subject_id, journey] {
         buf.extend_from_slice(part.as_bytes());
         buf.push(0);
     }
@@ -694,28 +736,37 @@ fn capture_vars(journey: &Journey, subject: &SubjectRef, event: &Value) -> Strin
 
 fn lookup(subject: &SubjectRef, event: &Value, vars: &Value, path: &[String]) -> Option<Value> {
     let (root, rest) = path.split_first()?;
-    let mut v = match root.as_str() {
-        "event" => event,
-        "vars" => vars,
-        "subject" => {
-            return match rest {
-                [k] if k == "id" => Some(Value::String(subject.subject_id.clone())),
-                [k] if k == "tenant" => Some(Value::String(subject.tenant_id.clone())),
-                _ => None,
-            }
-        }
-        _ => return None,
-    };
-    for k in rest {
+    match root.as_str() {
+        "event" => lookup_in(event, rest),
+        "vars" => lookup_in(vars, rest),
+        "subject" => subject_field(subject, rest),
+        _ => None,
+    }
+}
+
+fn lookup_in(mut v: &Value, path: &[String]) -> Option<Value> {
+    for k in path {
         v = v.get(k)?;
     }
     Some(v.clone())
 }
 
+fn subject_field(subject: &SubjectRef, path: &[String]) -> Option<Value> {
+    match path {
+        [k] if k == "id" => Some(Value::String(subject.subject_id.to_string())),
+        [k] if k == "tenant" => Some(Value::String(subject.tenant_id.to_string())),
+        _ => None,
+    }
+}
+
+/// What an expression sees. The event's value and the variables are parsed only when an expression
+/// reads them (an event type that matches nothing reads neither).
 struct EvalCtx<'a> {
     subject: &'a SubjectRef,
-    event: &'a Value,
-    vars: Value,
+    event: EventSource<'a>,
+    /// The enrollment's variables as compact JSON (empty: none), parsed on first read.
+    vars_json: &'a str,
+    vars: OnceCell<Value>,
     history: &'a [(String, i64)],
     now: i64,
     guardrails: &'a dyn Guardrails,
@@ -724,23 +775,33 @@ struct EvalCtx<'a> {
 impl<'a> EvalCtx<'a> {
     fn new(
         subject: &'a SubjectRef,
-        event: &'a Value,
+        event: EventSource<'a>,
         state: &'a SubjectJourneys,
         now: i64,
         guardrails: &'a dyn Guardrails,
     ) -> Self {
-        EvalCtx { subject, event, vars: Value::Null, history: &state.history, now, guardrails }
+        EvalCtx { subject, event, vars_json: "", vars: OnceCell::new(), history: &state.history, now, guardrails }
     }
 
-    fn with_vars(mut self, vars: Value) -> Self {
-        self.vars = vars;
+    fn with_vars(mut self, vars_json: &'a str) -> Self {
+        self.vars_json = vars_json;
         self
+    }
+
+    fn vars(&self) -> &Value {
+        self.vars.get_or_init(|| parse_vars(self.vars_json))
     }
 }
 
 impl Context for EvalCtx<'_> {
     fn value(&self, path: &[String]) -> Option<Value> {
-        lookup(self.subject, self.event, &self.vars, path)
+        let (root, rest) = path.split_first()?;
+        match root.as_str() {
+            "event" => lookup_in(self.event.value(), rest),
+            "vars" => lookup_in(self.vars(), rest),
+            "subject" => subject_field(self.subject, rest),
+            _ => None,
+        }
     }
 
     fn happened(&self, event_type: &str, within: Option<Duration>) -> bool {

@@ -87,6 +87,10 @@ fn epoch_number_to_millis(f: f64) -> Result<i64, String> {
 
 /// Is this string an email address (loosely: one `@`, a dotted domain, no spaces)?
 pub fn is_email_like(s: &str) -> bool {
+    // Most strings are not addresses: without an `@` the answer is no, before any per-character work.
+    if !s.as_bytes().contains(&b'@') {
+        return false;
+    }
     let s = s.trim();
     if s.len() > 254 || s.chars().any(char::is_whitespace) {
         return false;

@@ -221,7 +221,7 @@ pub fn derived_event_id(
     }
     buf.extend_from_slice(&occurred_at_ms.to_le_bytes());
     buf.extend_from_slice(attributes_json.as_bytes());
-    format!("tp-{:032x}", xxhash_rust::xxh3::xxh3_128(&buf))
+    crate::fast_hash::hex_id("tp-", xxhash_rust::xxh3::xxh3_128(&buf))
 }
 
 /// Already snake_case as [`snake_case`] writes it: ASCII lower-case letters and digits in words joined by

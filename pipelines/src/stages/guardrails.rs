@@ -78,7 +78,7 @@ pub fn owner(subject: &SubjectRef, peers: usize) -> usize {
 }
 
 fn subject_of(e: &NormalizedEvent) -> SubjectRef {
-    SubjectRef { tenant_id: e.tenant_id.clone(), subject_id: e.subject_id.clone() }
+    SubjectRef::new(&e.tenant_id, &e.subject_id)
 }
 
 /// A subject's state of one kind after an epoch, for its changelog (`None`: nothing left, forget it).
@@ -298,7 +298,7 @@ struct EpochDecisions {
 
 /// Runs `f` with the subject's consent, caps and send ledger as [`Guardrails`] (every send decided in
 /// it lands in `epoch.decisions`) and returns its result and whether the subject's send state changed.
-/// The state is lent out of `caps` and put back unless empty, so subjects that never had a counted or
+/// A subject without state gets a fresh one, kept only if used, so subjects that never had a counted or
 /// ledgered send hold none.
 fn with_guardrails<R>(
     caps: &mut FastHashMap<SubjectRef, SubjectSendState>,
@@ -308,12 +308,16 @@ fn with_guardrails<R>(
     epoch: &mut EpochDecisions,
     f: impl FnOnce(&mut SubjectGuardrails<'_>) -> R,
 ) -> (R, bool) {
-    let mut state = caps.remove(subject).unwrap_or_default();
+    // Lent in place when the subject has state (one lookup); a fresh state is kept only if it was used.
+    let mut fresh = SubjectSendState::default();
+    let held = caps.get_mut(subject);
+    let had_state = held.is_some();
+    let state = held.unwrap_or(&mut fresh);
     let mut g = SubjectGuardrails {
         subject,
         consent,
         rules,
-        state: &mut state,
+        state,
         decisions: &mut epoch.decisions,
         changed: false,
         already_sent: 0,
@@ -324,8 +328,9 @@ fn with_guardrails<R>(
     let changed = g.changed;
     epoch.already_sent += g.already_sent;
     epoch.already_suppressed += g.already_suppressed;
-    if state != SubjectSendState::default() {
-        caps.insert(subject.clone(), state);
+    // Deciding a send only adds to a state (expiry removes, elsewhere): a held state stays non-empty.
+    if !had_state && fresh != SubjectSendState::default() {
+        caps.insert(subject.clone(), fresh);
     }
     (result, changed)
 }
@@ -488,6 +493,9 @@ impl GuardrailWorker {
         }
         let allowed = decided.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed).count();
         crate::metrics::SENDS_EMITTED.add(allowed as u64);
+        // Sized once: outputs are large (an event inline) and growing by doubling copied each of them.
+        let events: usize = epoch_events.iter().map(Vec::len).sum();
+        out.reserve(decided.decisions.len() + transitions.len() + caps_touched.len() + journeys_touched.len() + events);
         out.extend(decided.decisions.into_iter().map(|d| GuardrailOutput::Decision(Arc::new(d))));
         out.extend(transitions.into_iter().map(|t| GuardrailOutput::Transition(Box::new(t))));
         // Cap counters expire against the watermark, not the newest event time: an epoch spans many

@@ -95,8 +95,8 @@ pub fn send_record(d: &Decision, topic_prefix: &str) -> touchpoint_connectors::k
     let message = touchpoint_schemas::ChannelMessage {
         idempotency_key: i.idempotency_key.clone(),
         channel: i.channel.as_str().into(),
-        tenant_id: i.subject.tenant_id.clone(),
-        subject_id: i.subject.subject_id.clone(),
+        tenant_id: i.subject.tenant_id.to_string(),
+        subject_id: i.subject.subject_id.to_string(),
         recipient: i.recipient.clone(),
         template: Some(i.template.clone()),
         data: serde_json::Value::Object(i.payload.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
