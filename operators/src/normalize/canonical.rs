@@ -92,15 +92,27 @@ pub fn is_email_like(s: &str) -> bool {
         return false;
     }
     let s = s.trim();
-    if s.len() > 254 || s.chars().any(char::is_whitespace) {
+    if s.len() > 254 {
         return false;
     }
-    let mut parts = s.split('@');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(local), Some(domain), None) => {
-            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+    // `char::is_whitespace` on ASCII is exactly these bytes; only other text needs the Unicode table.
+    let has_whitespace = if s.is_ascii() {
+        s.bytes().any(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'))
+    } else {
+        s.chars().any(char::is_whitespace)
+    };
+    if has_whitespace {
+        return false;
+    }
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
         }
-        _ => false,
+        None => false,
     }
 }
 
@@ -224,6 +236,42 @@ mod tests {
     #[test]
     fn emails_are_detected_and_lowercased_recursively() {
         assert!(is_email_like("Ann@Example.COM"));
+        // The fast paths (no `@`, ASCII whitespace) answer as the plain definition does.
+        let plain = |s: &str| {
+            let s = s.trim();
+            let mut parts = s.split('@');
+            s.len() <= 254
+                && !s.chars().any(char::is_whitespace)
+                && match (parts.next(), parts.next(), parts.next()) {
+                    (Some(l), Some(d), None) => {
+                        !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
+                    }
+                    _ => false,
+                }
+        };
+        let long = format!("{}@example.com", "a".repeat(250));
+        for s in [
+            "",
+            "@",
+            "a@b.c",
+            " a@b.c\t",
+            "a@b.c\x0b",
+            "a\x0c@b.c",
+            "a@b\r.c",
+            "a@b.c\u{85}",
+            "a@\u{a0}b.c",
+            "\u{2003}a@b.c\u{2003}",
+            "ü@b.de",
+            "a@.b",
+            "a@b.",
+            "@b.c",
+            "a@b@c.d",
+            "a@bc",
+            "plain text",
+            long.as_str(),
+        ] {
+            assert_eq!(is_email_like(s), plain(s), "{s:?}");
+        }
         assert!(!is_email_like("not an@email.com"));
         assert!(!is_email_like("a@b"));
         assert!(!is_email_like("a@@b.com"));
