@@ -14,11 +14,14 @@ pub type FastHashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomSta
 /// idempotency keys and journey send keys are made several times per event).
 pub fn hex_id(prefix: &str, hash: u128) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 32];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = DIGITS[((hash >> ((31 - i) * 4)) & 0xf) as usize];
+    }
     let mut id = String::with_capacity(prefix.len() + 32);
     id.push_str(prefix);
-    for nibble in (0..32).rev() {
-        id.push(char::from(DIGITS[((hash >> (nibble * 4)) & 0xf) as usize]));
-    }
+    // Always ASCII hex digits.
+    id.push_str(std::str::from_utf8(&digits).unwrap_or_default());
     id
 }
 

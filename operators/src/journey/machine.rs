@@ -327,7 +327,7 @@ impl Journeys {
                 step: journey.steps[0].id.clone(),
                 entered_at_ms: now,
                 entry_event_id: event.event_id.clone(),
-                trigger: self.snapshot(journey, moving.value()).to_string(),
+                trigger: compact_json(&self.snapshot(journey, moving.value())),
                 due_ms: None,
                 steps_run: 0,
                 vars: capture_vars(journey, subject, moving.value()),
@@ -731,7 +731,14 @@ fn capture_vars(journey: &Journey, subject: &SubjectRef, event: &Value) -> Strin
         .iter()
         .map(|(name, path)| (name.clone(), lookup(subject, event, &Value::Null, path).unwrap_or(Value::Null)))
         .collect();
-    Value::Object(vars).to_string()
+    compact_json(&Value::Object(vars))
+}
+
+/// A value as compact JSON, the text `Display` gives, written into a byte buffer: `Display` goes through
+/// the formatter one token at a time (~7,000 instructions for a trigger snapshot, 3% of the chain).
+fn compact_json(value: &Value) -> String {
+    // A `Value` always serializes (its keys are strings).
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 fn lookup(subject: &SubjectRef, event: &Value, vars: &Value, path: &[String]) -> Option<Value> {
