@@ -59,12 +59,6 @@ pub struct Enrollment {
     pub vars: String,
 }
 
-impl Enrollment {
-    fn vars(&self) -> Value {
-        parse_vars(&self.vars)
-    }
-}
-
 /// An enrollment's variables from their compact JSON (empty: none).
 fn parse_vars(json: &str) -> Value {
     if json.is_empty() {
@@ -550,7 +544,7 @@ impl Journeys {
             Some(m) => m.value(),
             None => trigger.value(),
         };
-        let vars = enrollment.vars();
+        let vars = parse_vars(&enrollment.vars);
         let ctx_value = |path: &[String]| lookup(subject, event_value, &vars, path);
         let payload =
             send.payload.iter().filter_map(|(name, path)| ctx_value(path).map(|v| (name.clone(), v))).collect();
@@ -742,10 +736,21 @@ fn compact_json(value: &Value) -> String {
 }
 
 fn lookup(subject: &SubjectRef, event: &Value, vars: &Value, path: &[String]) -> Option<Value> {
+    lookup_with(subject, || event, || vars, path)
+}
+
+/// `event.…`, `vars.…` or `subject.id`/`subject.tenant`; the event and the variables are asked for only
+/// when the path reads them (an expression context parses them on first use).
+fn lookup_with<'v>(
+    subject: &SubjectRef,
+    event: impl FnOnce() -> &'v Value,
+    vars: impl FnOnce() -> &'v Value,
+    path: &[String],
+) -> Option<Value> {
     let (root, rest) = path.split_first()?;
     match root.as_str() {
-        "event" => lookup_in(event, rest),
-        "vars" => lookup_in(vars, rest),
+        "event" => lookup_in(event(), rest),
+        "vars" => lookup_in(vars(), rest),
         "subject" => subject_field(subject, rest),
         _ => None,
     }
@@ -802,13 +807,7 @@ impl<'a> EvalCtx<'a> {
 
 impl Context for EvalCtx<'_> {
     fn value(&self, path: &[String]) -> Option<Value> {
-        let (root, rest) = path.split_first()?;
-        match root.as_str() {
-            "event" => lookup_in(self.event.value(), rest),
-            "vars" => lookup_in(self.vars(), rest),
-            "subject" => subject_field(self.subject, rest),
-            _ => None,
-        }
+        lookup_with(self.subject, || self.event.value(), || self.vars(), path)
     }
 
     fn happened(&self, event_type: &str, within: Option<Duration>) -> bool {
