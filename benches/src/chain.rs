@@ -13,16 +13,19 @@ use std::sync::Arc;
 
 use apache_avro::Schema;
 use touchpoint::generate::{consent_grants, generate, AvroWriter, GeneratorConfig};
-use touchpoint::stages::guardrails::{GuardrailOutput, GuardrailRules, GuardrailState, GuardrailWorker};
-use touchpoint::stages::normalize::{normalize_record, Outcome};
+use touchpoint::stages::guardrails::{
+    CapSnapshot, GuardrailOutput, GuardrailRules, GuardrailState, GuardrailWorker, JourneySnapshot,
+};
+use touchpoint::stages::normalize::{normalize_record, DeadLetter, Outcome};
 use touchpoint::stages::sinks::{send_record, TopicRecord};
 use touchpoint::PipelineConfig;
 use touchpoint_connectors::clickhouse::encoding::batch_token;
 use touchpoint_connectors::kafka::SourceRecord;
 use touchpoint_operators::consent::{parse_consent, ConsentTable};
-use touchpoint_operators::decision::DecisionKind;
-use touchpoint_operators::journey::Journeys;
+use touchpoint_operators::decision::{Decision, DecisionKind};
+use touchpoint_operators::journey::{Journeys, Transition};
 use touchpoint_operators::{EventDeduplicator, Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError};
+use touchpoint_schemas::NormalizedEvent;
 
 /// An in-memory schema lookup (the registry client caches the same way after the first lookup).
 pub struct CachedSchema(pub Arc<Schema>);
@@ -79,6 +82,23 @@ pub struct ChainCounts {
     pub bytes_out: usize,
 }
 
+/// What the pipeline's sinks are handed for one epoch, by sink (`crate::topology`'s names).
+#[derive(Default)]
+pub struct SinkInputs {
+    /// `DeadLetterTopic`.
+    pub dead_letters: Vec<DeadLetter>,
+    /// `ClickHouseEvents`.
+    pub events: Vec<NormalizedEvent>,
+    /// `ClickHouseDecisions`; the allowed ones also go to `ConnectorTopics`.
+    pub decisions: Vec<Arc<Decision>>,
+    /// `ClickHouseTransitions`.
+    pub transitions: Vec<Transition>,
+    /// `CapsChangelog`.
+    pub caps: Vec<CapSnapshot>,
+    /// `JourneysChangelog`.
+    pub journeys: Vec<JourneySnapshot>,
+}
+
 /// One worker's operators and state, built from a pipeline file, fed epochs of source records.
 pub struct Chain {
     decoder: RecordDecoder<CachedSchema>,
@@ -119,8 +139,29 @@ impl Chain {
     /// Processes one epoch of source records (one worker, every partition) and encodes what the sinks
     /// would write. Records are decoded and normalized by the pipeline's own `normalize_record`.
     pub fn epoch(&mut self, records: Vec<SourceRecord>, now_ms: i64, counts: &mut ChainCounts) {
-        let mut events = Vec::with_capacity(records.len());
+        let out = self.outputs(records, now_ms, counts);
         let mut bytes = 0;
+        for dead in &out.dead_letters {
+            bytes += dead.to_record("marketing.events.dlq").payload.map_or(0, |p| p.len());
+        }
+        for d in out.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed) {
+            bytes += send_record(d, &self.connector_prefix).payload.map_or(0, |p| p.len());
+        }
+        for s in &out.caps {
+            bytes += s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()).map_or(0, |p| p.len());
+        }
+        for s in &out.journeys {
+            bytes += s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()).map_or(0, |p| p.len());
+        }
+        bytes += batch_token("events", &out.events).len();
+        counts.bytes_out += bytes;
+    }
+
+    /// Processes one epoch of source records and returns what the pipeline's sinks would be handed,
+    /// unencoded (the end-to-end harness writes them with the sinks' own writers: "writes alone").
+    pub fn outputs(&mut self, records: Vec<SourceRecord>, now_ms: i64, counts: &mut ChainCounts) -> SinkInputs {
+        let mut out = SinkInputs::default();
+        let mut events = Vec::with_capacity(records.len());
         for record in records {
             counts.records += 1;
             let outcome = normalize_record(&self.decoder, &self.normalizer, "marketing.events", record, now_ms);
@@ -136,7 +177,7 @@ impl Chain {
                 }
                 Outcome::Rejected(dead) => {
                     counts.rejected += 1;
-                    bytes += dead.to_record("marketing.events.dlq").payload.map_or(0, |p| p.len());
+                    out.dead_letters.push(dead);
                 }
             }
         }
@@ -145,30 +186,31 @@ impl Chain {
         self.guardrails.advance_watermark(self.newest_event_ms.saturating_sub(self.allowed_lateness_ms));
         let mut outputs = Vec::new();
         self.guardrails.process_epoch(vec![events], now_ms, &mut outputs);
-        let mut stored = Vec::new();
         for output in outputs {
             match output {
                 GuardrailOutput::Decision(d) => {
                     counts.decisions += 1;
                     if d.kind == DecisionKind::Allowed {
                         counts.sends += 1;
-                        bytes += send_record(&d, &self.connector_prefix).payload.map_or(0, |p| p.len());
                     }
+                    out.decisions.push(d);
                 }
-                GuardrailOutput::Transition(_) => counts.transitions += 1,
-                GuardrailOutput::Event(e) => stored.push(e),
+                GuardrailOutput::Transition(t) => {
+                    counts.transitions += 1;
+                    out.transitions.push(*t);
+                }
+                GuardrailOutput::Event(e) => out.events.push(e),
                 GuardrailOutput::Caps(s) => {
                     counts.changelog_records += 1;
-                    bytes += s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()).map_or(0, |p| p.len());
+                    out.caps.push(s);
                 }
                 GuardrailOutput::Journeys(s) => {
                     counts.changelog_records += 1;
-                    bytes += s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()).map_or(0, |p| p.len());
+                    out.journeys.push(s);
                 }
             }
         }
-        bytes += batch_token("events", &stored).len();
-        counts.bytes_out += bytes;
+        out
     }
 
     /// The whole input in epochs of `per_epoch` records.

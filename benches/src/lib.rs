@@ -2,6 +2,8 @@
 //! harness (`src/bin/e2e.rs`). Results and the commands that produced them: `benches/README.md`.
 
 pub mod chain;
+pub mod cpu;
+pub mod writes;
 
 /// Declares the `touchpoint` binary's global allocator (mimalloc) in a benchmark binary, unless built with
 /// `--features system-allocator` (to measure what the allocator is worth).

@@ -5,8 +5,11 @@
 //! 2. **Touchpoint** — the full pipeline (normalize → consent → journeys → caps → sends → ClickHouse)
 //!    drains it, once per worker count (default 1 and 2), each run from the beginning with its own
 //!    group, state, connector topics and database;
-//! 3. **peer** — the same logic in Quix Streams (`benches/peers/`) drains it;
-//! 4. **latency** — a live stream at a fixed offered load (half of Touchpoint's best rate above) through
+//! 3. **writes alone** — what the pipeline's sinks write for these events (ClickHouse rows, sends,
+//!    changelogs, dead letters), computed before the clock, written with the sinks' own writers and
+//!    nothing else: the ceiling the output side sets on this machine (`touchpoint_benches::writes`);
+//! 4. **peer** — the same logic in Quix Streams (`benches/peers/`) drains it;
+//! 5. **latency** — a live stream at a fixed offered load (half of Touchpoint's best rate above) through
 //!    a fresh pipeline: event-to-send latency from each event's produce time to its send record's
 //!    timestamp on `connector.<channel>`.
 //!
@@ -29,6 +32,8 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 use touchpoint::generate::{consent_grants, generate_registered, produce_generated, Expected, GeneratorConfig};
 use touchpoint::{PipelineConfig, RunOptions};
+use touchpoint_benches::cpu::{CpuUse, Processes};
+use touchpoint_benches::writes::{write_all, SinkBatches};
 use touchpoint_connectors::clickhouse::{drop_databases_with_prefix, migrate, ClickHouseConfig};
 use touchpoint_connectors::kafka::{delete_topics_with_prefix, ensure_topics, AckedProducer, KafkaConfig};
 use touchpoint_connectors::testing::unique_name;
@@ -59,6 +64,10 @@ struct Args {
     /// Skip the Quix Streams peer.
     #[arg(long)]
     no_peer: bool,
+    /// Source records per batch of the "writes alone" runs, one run each (the sinks write one batch per
+    /// epoch, merging epochs that queue behind a slow write); an empty list skips them.
+    #[arg(long, value_delimiter = ',', default_value = "20000,100000")]
+    write_batches: Vec<usize>,
     /// Seconds of live stream for the latency run (0: skip it). The first 5 s are warm-up.
     #[arg(long, default_value_t = 25)]
     latency_seconds: u64,
@@ -109,10 +118,29 @@ fn main() -> Result<()> {
     eprintln!("produced in {:.1?}", produced_at.elapsed());
 
     // 1. The ceiling.
+    let processes = Processes::of_local_stack();
+    let cpu = processes.start();
     let bare = bare_consumer_rate(&config, &topic, args.partitions, args.count)?;
-    eprintln!("bare consumer: {bare:.0} events/s");
+    let bare_cpu = cpu.stop();
+    eprintln!("bare consumer: {bare:.0} events/s; {}", bare_cpu.per_event(args.count));
 
-    // 2. Touchpoint at each worker count (and guarantee), alternating rounds, best of each.
+    // 2. What the sinks write for these events, alone.
+    let mut writes = Vec::new();
+    for &per_batch in args.write_batches.iter().filter(|&&b| b > 0) {
+        let run = format!("{name}_writes_{per_batch}");
+        let w = writes_alone(&config, &rt, &run, &processes, &args, per_batch);
+        drop(Scratch { kafka: config.kafka.clone(), clickhouse: config.clickhouse.clone(), prefix: run });
+        let w = w?;
+        eprintln!(
+            "writes alone, batches of {per_batch} records: {:.0} events/s ({:.1?}); {}",
+            w.rate,
+            w.elapsed,
+            w.cpu.per_event(args.count)
+        );
+        writes.push(w);
+    }
+
+    // 3. Touchpoint at each worker count (and guarantee), alternating rounds, best of each.
     let mut runs: Vec<(usize, ProcessingGuarantee)> =
         args.workers.iter().map(|&w| (w, ProcessingGuarantee::ExactlyOnceKeys)).collect();
     if args.compare_guarantees {
@@ -127,11 +155,12 @@ fn main() -> Result<()> {
             drop(Scratch { kafka: config.kafka.clone(), clickhouse: config.clickhouse.clone(), prefix: run });
             let r = r?;
             eprintln!(
-                "touchpoint {workers} worker(s) {} round {round}: {:.0} events/s after a start-up of {:.1?} ({:.0} events/s including it)",
+                "touchpoint {workers} worker(s) {} round {round}: {:.0} events/s after a start-up of {:.1?} ({:.0} events/s including it); {}",
                 guarantee.as_str(),
                 r.rate,
                 r.start_up,
-                r.wall_rate
+                r.wall_rate,
+                r.cpu.per_event(args.count)
             );
             if best[i].as_ref().is_none_or(|b| b.rate < r.rate) {
                 best[i] = Some(r);
@@ -140,10 +169,10 @@ fn main() -> Result<()> {
     }
     let best: Vec<TouchpointRun> = best.into_iter().flatten().collect();
 
-    // 3. The peer.
+    // 4. The peer.
     let peer = if args.no_peer { None } else { Some(peer_rate(&config, &name, args.count, consent_records)?) };
 
-    // 4. Latency at half of the best rate.
+    // 5. Latency at half of the best rate.
     let top = best.iter().map(|r| r.rate).fold(0f64, f64::max);
     let top_wall = best.iter().map(|r| r.wall_rate).fold(0f64, f64::max);
     let latency = if args.latency_seconds > 0 {
@@ -154,7 +183,19 @@ fn main() -> Result<()> {
     };
 
     println!("events {}, subjects {}, partitions {}", args.count, args.subjects, args.partitions);
-    println!("{:<44} {:>10.0} events/s", "bare rdkafka consumer (ceiling)", bare);
+    println!("{:<44} {:>10.0} events/s   {}", "bare rdkafka consumer (ceiling)", bare, bare_cpu.per_event(args.count));
+    for w in &writes {
+        println!(
+            "{:<44} {:>10.0} events/s   writes/ceiling {:.3}   {}",
+            format!("writes alone, batches of {}", w.per_batch),
+            w.rate,
+            w.rate / bare,
+            w.cpu.per_event(args.count)
+        );
+        let sinks: Vec<String> = w.sinks.iter().map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64())).collect();
+        println!("{:<44} {}", "  each sink done after", sinks.join(", "));
+    }
+    let writes_top = writes.iter().map(|w| w.rate).fold(0f64, f64::max);
     println!("rates after start-up (restores, journey loading); in brackets: including it");
     for (&(workers, guarantee), r) in runs.iter().zip(&best) {
         println!(
@@ -166,6 +207,10 @@ fn main() -> Result<()> {
             r.wall_rate / bare,
             r.start_up
         );
+        if writes_top > 0.0 {
+            println!("{:<44} touchpoint/writes alone (best) {:.3}", "", r.rate / writes_top);
+        }
+        println!("{:<44} {}", "", r.cpu.per_event(args.count));
     }
     if let Some(peer) = &peer {
         println!(
@@ -284,6 +329,60 @@ struct TouchpointRun {
     /// Events over the whole run, start-up included.
     wall_rate: f64,
     start_up: Duration,
+    /// CPU of the whole run (start-up included) by process.
+    cpu: CpuUse,
+}
+
+/// A "writes alone" run.
+struct WritesRun {
+    per_batch: usize,
+    /// Events over the time the writes took.
+    rate: f64,
+    elapsed: Duration,
+    sinks: Vec<(&'static str, Duration)>,
+    cpu: CpuUse,
+}
+
+/// The pipeline's sink inputs for the benchmark's events, computed with the operator chain before the
+/// clock, then written with the pipeline's own sink writers into a fresh database and topics
+/// (`touchpoint_benches::writes`).
+fn writes_alone(
+    base: &PipelineConfig,
+    rt: &tokio::runtime::Runtime,
+    run: &str,
+    processes: &Processes,
+    args: &Args,
+    per_batch: usize,
+) -> Result<WritesRun> {
+    let config = run_config(base, run);
+    let mut topics = config.topics.all();
+    topics.push(config.topics.caps_changelog(&config.pipeline.group_id));
+    topics.push(config.topics.journeys_changelog(&config.pipeline.group_id));
+    rt.block_on(ensure_topics(&config.kafka, &topics))?;
+    rt.block_on(migrate(&config.clickhouse))?;
+    eprintln!("writes alone: computing the sink inputs of {} events (batches of {per_batch})...", args.count);
+    let batches = SinkBatches::compute(&config, args.count, args.subjects, per_batch);
+    let cpu = processes.start();
+    let report = rt.block_on(write_all(&config, &batches))?;
+    let cpu = cpu.stop();
+    eprintln!("writes alone: wrote {:?}", batches.counts);
+    Ok(WritesRun {
+        per_batch,
+        rate: args.count as f64 / report.elapsed.as_secs_f64(),
+        elapsed: report.elapsed,
+        sinks: report.sinks,
+        cpu,
+    })
+}
+
+/// `base` with the group, the database and the connector topics of one run.
+fn run_config(base: &PipelineConfig, run: &str) -> PipelineConfig {
+    let mut config = base.clone();
+    config.pipeline.group_id = format!("{run}.pipeline");
+    config.clickhouse.database = run.replace('.', "_");
+    config.topics.connectors.prefix = format!("{run}.connector.");
+    config.kafka = batching(&config.kafka);
+    config
 }
 
 /// One pipeline run over the whole topic with its own group (so it starts at the beginning), state
@@ -297,13 +396,9 @@ fn touchpoint_rate(
     count: usize,
     tuning: &Args,
 ) -> Result<TouchpointRun> {
-    let mut config = base.clone();
-    config.pipeline.group_id = format!("{run}.pipeline");
-    config.clickhouse.database = run.replace('.', "_");
-    config.topics.connectors.prefix = format!("{run}.connector.");
+    let mut config = run_config(base, run);
     config.processing.guarantee = guarantee;
     config.source.drain_idle = Duration::from_millis(300);
-    config.kafka = batching(&config.kafka);
     if let Some(n) = tuning.max_in_flight {
         config.epochs.max_in_flight = n;
     }
@@ -313,7 +408,9 @@ fn touchpoint_rate(
     rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
     rt.block_on(migrate(&config.clickhouse))?;
     let started = Instant::now();
+    let cpu = Processes::of_local_stack().start();
     let report = touchpoint::run(config, RunOptions { workers, until_drained: true, ..Default::default() })?;
+    let cpu = cpu.stop();
     // The run ends drain_idle after the last record; that idle wait is not processing time.
     let elapsed = started.elapsed().saturating_sub(Duration::from_millis(300));
     if report.totals.tally.received != count as u64 {
@@ -324,6 +421,7 @@ fn touchpoint_rate(
         rate: count as f64 / elapsed.saturating_sub(start_up).as_secs_f64(),
         wall_rate: count as f64 / elapsed.as_secs_f64(),
         start_up,
+        cpu,
     })
 }
 
