@@ -87,3 +87,35 @@ impl CpuUse {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_charged_for_work_it_does() {
+        let pid = std::process::id();
+        let before = cpu_time(pid).expect("this process has a /proc entry");
+        // Busy for about 300 ms of CPU (several clock ticks), then read again.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let after = cpu_time(pid).expect("still there");
+        // (Process-wide: other test threads may add to it, so only growth is checked.)
+        assert!(after > before, "CPU time did not grow: {before:?} → {after:?}");
+    }
+
+    #[test]
+    fn a_process_that_is_not_there_has_no_cpu_time() {
+        // PIDs are at most 2^22 on Linux.
+        assert_eq!(cpu_time(u32::MAX), None);
+    }
+
+    #[test]
+    fn per_event_figures_divide_by_the_events() {
+        let used = CpuUse { this: Some(Duration::from_millis(15)), broker: None, clickhouse: Some(Duration::ZERO) };
+        assert_eq!(used.per_event(1_000), "CPU per event: this process 15.0 µs, broker n/a, ClickHouse 0.0 µs");
+    }
+}

@@ -139,3 +139,29 @@ async fn write_sink<D, W: BatchWriter<D>>(
     }
     Ok((writer.name(), started.elapsed()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::local_config;
+
+    #[test]
+    fn the_batches_hold_what_the_chain_counted() {
+        let batches = SinkBatches::compute(&local_config(), 3_000, 500, 1_000);
+        let c = batches.counts;
+        let total = |sizes: Vec<usize>| sizes.into_iter().sum::<usize>();
+        assert_eq!(c.records, 3_000);
+        assert_eq!(batches.events.len(), 3, "one batch per epoch of 1,000 records");
+        assert_eq!(total(batches.events.iter().map(|b| b.len()).collect()), c.events);
+        assert_eq!(total(batches.decisions.iter().map(|b| b.len()).collect()), c.decisions);
+        assert_eq!(total(batches.sends.iter().map(|b| b.len()).collect()), c.sends);
+        assert_eq!(total(batches.transitions.iter().map(|b| b.len()).collect()), c.transitions);
+        let changelogs = total(batches.caps.iter().map(|b| b.len()).collect())
+            + total(batches.journeys.iter().map(|b| b.len()).collect());
+        assert_eq!(changelogs, c.changelog_records);
+        assert_eq!(total(batches.dead_letters.iter().map(|b| b.len()).collect()), c.rejected);
+        // The generator's mix: some of everything.
+        assert!(c.rejected > 0 && c.sends > 0 && c.transitions > 0 && c.sends < c.decisions);
+        assert!(batches.sends.iter().flat_map(|b| b.iter()).all(|d| d.kind == DecisionKind::Allowed));
+    }
+}
