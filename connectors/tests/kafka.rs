@@ -182,3 +182,38 @@ fn records_produced_concurrently_to_new_partitions_are_all_read_back() {
         started.elapsed()
     );
 }
+
+/// `send_all` waits for one round of delivery reports: acknowledged positions come back in the order of
+/// the records, a record the broker cannot take fails the call after its attempts (its neighbours are
+/// acknowledged, not repeated), and an empty call returns at once.
+#[test]
+fn send_all_reports_every_record_of_a_round() {
+    let c = config();
+    let topic = unique_name("it_kafka_round");
+    let rt = runtime();
+    rt.block_on(ensure_topics(&c, &[TopicSpec::new(&topic, 1)])).unwrap();
+    let producer = AckedProducer::new(&c).unwrap();
+
+    assert_eq!(rt.block_on(producer.send_all(&[])).unwrap(), vec![]);
+
+    let acks = rt.block_on(producer.send_all(&records(&topic, 20))).unwrap();
+    let offsets: Vec<i64> = acks
+        .iter()
+        .map(|&(partition, offset)| {
+            assert_eq!(partition, 0);
+            offset
+        })
+        .collect();
+    let mut sorted = offsets.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 20, "20 distinct positions: {offsets:?}");
+
+    // Partition 7 of a one-partition topic: librdkafka refuses the record (at once or by report).
+    let mut mixed = records(&topic, 3);
+    mixed[1].partition = Some(7);
+    let error = rt.block_on(producer.send_all(&mixed)).unwrap_err();
+    assert!(format!("{error:#}").contains("1 of 3 records were not acknowledged"), "{error:#}");
+    let back = read_all(&c, &topic, Duration::from_millis(500), Duration::from_secs(60)).unwrap();
+    assert_eq!(back.len(), 22, "the 20, then the two good records of the mixed call once each");
+}

@@ -1,13 +1,16 @@
 //! A producer whose writes complete only when the broker acknowledged every record.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use futures::future::join_all;
+use futures::channel::oneshot;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use super::{KafkaConfig, OutgoingRecord};
 
@@ -16,20 +19,94 @@ const DELIVERY_ATTEMPTS: u32 = 5;
 /// How long a record may wait for room in the local producer queue before the attempt fails.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the broker said of one record: where it was stored, or why not.
+type Outcome = Result<(i32, i64), KafkaError>;
+
+/// The acknowledgements of one round of [`AckedProducer::send_all`]. librdkafka's polling thread fills a
+/// record's slot as its delivery report comes in, and wakes the waiting task once, when the last one is
+/// in. (rdkafka's `FutureProducer` gives every record a oneshot channel and so wakes the task once per
+/// record: in a profile of the pipeline, those wake-ups and the thread switches behind them were the
+/// largest part of producing; benches/README.md, "Profiling" 19.)
+struct Round {
+    /// Records whose outcome is not in yet, plus one while records are still being enqueued.
+    outstanding: AtomicUsize,
+    outcomes: Mutex<Vec<Option<Outcome>>>,
+    done: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Round {
+    fn new(records: usize) -> (Arc<Self>, oneshot::Receiver<()>) {
+        let (done, finished) = oneshot::channel();
+        let round = Round {
+            outstanding: AtomicUsize::new(1),
+            outcomes: Mutex::new(vec![None; records]),
+            done: Mutex::new(Some(done)),
+        };
+        (Arc::new(round), finished)
+    }
+
+    /// One more record is on its way (called before it is handed to librdkafka, whose report may come
+    /// back before `send` returns).
+    fn expect_one(&self) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn settle(&self, slot: usize, outcome: Outcome) {
+        if let Some(s) = lock(&self.outcomes).get_mut(slot) {
+            *s = Some(outcome);
+        }
+        self.release();
+    }
+
+    /// Drops one count; the last one wakes the waiting task.
+    fn release(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(done) = lock(&self.done).take() {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Hands each delivery report to the round its record belongs to (client callbacks as rdkafka's
+/// defaults: errors and logs go to the log).
+struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<(Arc<Round>, usize)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (round, slot) = *opaque;
+        let outcome = match result {
+            Ok(message) => Ok((message.partition(), message.offset())),
+            Err((error, _)) => Err(error.clone()),
+        };
+        round.settle(slot, outcome);
+    }
+}
+
+type Inner = ThreadedProducer<AckContext>;
+
 #[derive(Clone)]
 pub struct AckedProducer {
-    inner: Arc<RwLock<FutureProducer>>,
+    inner: Arc<RwLock<Inner>>,
     config: Arc<ClientConfig>,
 }
 
 impl AckedProducer {
     pub fn new(config: &KafkaConfig) -> Result<Self> {
         let client_config = config.producer_config();
-        let inner = client_config.create().context("creating the Kafka producer")?;
+        let inner = client_config.create_with_context(AckContext).context("creating the Kafka producer")?;
         Ok(AckedProducer { inner: Arc::new(RwLock::new(inner)), config: Arc::new(client_config) })
     }
 
-    fn producer(&self) -> FutureProducer {
+    fn producer(&self) -> Inner {
         self.inner.read().map_or_else(|poisoned| poisoned.into_inner().clone(), |p| p.clone())
     }
 
@@ -40,7 +117,7 @@ impl AckedProducer {
         let current = self.producer();
         let Some((code, reason)) = current.client().fatal_error() else { return };
         tracing::warn!(?code, %reason, "Kafka producer hit a fatal error; replacing it");
-        match self.config.create::<FutureProducer>() {
+        match self.config.create_with_context::<_, Inner>(AckContext) {
             Ok(fresh) => {
                 if let Ok(mut guard) = self.inner.write() {
                     *guard = fresh;
@@ -58,55 +135,54 @@ impl AckedProducer {
         let mut pending: Vec<usize> = (0..records.len()).collect();
         for attempt in 1..=DELIVERY_ATTEMPTS {
             let producer = self.producer();
-            // Enqueue every record first (librdkafka batches them), then wait for the acknowledgements:
-            // only the small delivery futures are awaited, not one `send` future per record (moving
-            // thousands of those around took a sixth of the sink threads' time in a profile).
-            let mut sends = Vec::with_capacity(pending.len());
-            for &i in &pending {
+            // Enqueue every record first (librdkafka batches them), then wait once for the whole round.
+            let (round, finished) = Round::new(pending.len());
+            for (slot, &i) in pending.iter().enumerate() {
                 let r = &records[i];
-                let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(r.kafka_headers());
+                let mut record: BaseRecord<'_, [u8], [u8], _> =
+                    BaseRecord::with_opaque_to(&r.topic, Box::new((round.clone(), slot))).headers(r.kafka_headers());
                 if let Some(p) = r.partition {
-                    fr = fr.partition(p);
+                    record = record.partition(p);
                 }
                 if let Some(k) = &r.key {
-                    fr = fr.key(k.as_slice());
+                    record = record.key(k.as_slice());
                 }
                 if let Some(p) = &r.payload {
-                    fr = fr.payload(p.as_slice());
+                    record = record.payload(p.as_slice());
                 }
+                round.expect_one();
                 let queued = Instant::now();
-                let delivery = loop {
-                    match producer.send_result(fr) {
-                        Ok(delivery) => break Ok(delivery),
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
                         // The local queue is full: wait for acknowledgements to make room.
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                             if queued.elapsed() < QUEUE_TIMEOUT =>
                         {
-                            fr = back;
+                            record = back;
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
-                        Err((e, _)) => break Err(e),
+                        Err((e, _)) => {
+                            round.settle(slot, Err(e));
+                            break;
+                        }
                     }
-                };
-                sends.push(async move {
-                    let outcome = match delivery {
-                        Ok(delivery) => match delivery.await {
-                            Ok(Ok(d)) => Ok(d),
-                            Ok(Err((e, _))) => Err(e),
-                            Err(_canceled) => Err(KafkaError::Canceled),
-                        },
-                        Err(e) => Err(e),
-                    };
-                    (i, outcome)
-                });
+                }
             }
-            let outcomes = join_all(sends).await;
-            pending.clear();
-            for (i, outcome) in outcomes {
+            round.release();
+            // The sender goes only with a value (the round is held here), so this ends when all are in.
+            let _ = finished.await;
+            let outcomes = std::mem::take(&mut *lock(&round.outcomes));
+            let sent = std::mem::take(&mut pending);
+            for (i, outcome) in sent.into_iter().zip(outcomes) {
                 match outcome {
-                    Ok(d) => acked[i] = Some((d.partition, d.offset)),
-                    Err(e) => {
+                    Some(Ok(position)) => acked[i] = Some(position),
+                    Some(Err(e)) => {
                         tracing::warn!(topic = %records[i].topic, attempt, error = %e, "record not acknowledged; will resend");
+                        pending.push(i);
+                    }
+                    None => {
+                        tracing::warn!(topic = %records[i].topic, attempt, "record without a delivery report; will resend");
                         pending.push(i);
                     }
                 }
