@@ -10,6 +10,6 @@ pub mod clickhouse;
 pub mod event;
 pub mod reject;
 
-pub use channel::{ChannelMessage, Delivery, DeliveryStatus};
+pub use channel::{ChannelMessage, ChannelMessageRef, Delivery, DeliveryStatus};
 pub use event::{NormalizedEvent, SourcePosition};
 pub use reject::RejectReason;

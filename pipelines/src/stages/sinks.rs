@@ -7,8 +7,10 @@ use futures::FutureExt;
 use touchpoint_connectors::clickhouse::encoding::batch_token;
 use touchpoint_connectors::clickhouse::EventStore;
 use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord};
+use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::decision::Decision;
-use touchpoint_schemas::NormalizedEvent;
+use touchpoint_schemas::channel::{JourneyStepRef, NO_METADATA};
+use touchpoint_schemas::{ChannelMessageRef, NormalizedEvent};
 
 use super::epoch_sink::{Batch, BatchWriter};
 use super::Epoch;
@@ -87,42 +89,52 @@ impl BatchWriter<Arc<Decision>> for ClickHouseDecisions {
 }
 
 /// The message a channel connector receives for an allowed send: a [`ChannelMessage`] as JSON (key
-/// `tenant/subject`, header `tp.idempotency_key`).
+/// `tenant/subject`, header `tp.idempotency_key`), written from the decision's own fields
+/// ([`ChannelMessageRef`]).
 ///
 /// [`ChannelMessage`]: touchpoint_schemas::ChannelMessage
 pub fn send_record(d: &Decision, topic_prefix: &str) -> touchpoint_connectors::kafka::OutgoingRecord {
     let i = &d.intent;
-    let message = touchpoint_schemas::ChannelMessage {
-        idempotency_key: i.idempotency_key.clone(),
-        channel: i.channel.as_str().into(),
-        tenant_id: i.subject.tenant_id.to_string(),
-        subject_id: i.subject.subject_id.to_string(),
-        recipient: i.recipient.clone(),
-        template: Some(i.template.clone()),
-        data: serde_json::Value::Object(i.payload.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-        metadata: Default::default(),
-        category: i.category.clone(),
-        purpose: i.purpose.as_str().into(),
+    let message = ChannelMessageRef {
+        idempotency_key: &i.idempotency_key,
+        channel: i.channel.as_str(),
+        tenant_id: &i.subject.tenant_id,
+        subject_id: &i.subject.subject_id,
+        recipient: i.recipient.as_deref(),
+        template: Some(&i.template),
+        data: &i.payload,
+        metadata: &NO_METADATA,
+        category: &i.category,
+        purpose: i.purpose.as_str(),
         priority: i.priority,
-        event_id: i.event_id.clone(),
-        event_type: i.event_type.clone(),
+        event_id: &i.event_id,
+        event_type: &i.event_type,
         occurred_at: i.occurred_at_ms,
-        rule_id: i.rule_id.clone(),
-        intents_version: i.ruleset_version.clone(),
-        caps_version: d.caps_version.clone(),
-        journey: i.journey.as_ref().map(|j| touchpoint_schemas::channel::JourneyStep {
-            journey: j.journey.clone(),
-            version: j.version.clone(),
-            step: j.step.clone(),
-        }),
+        rule_id: &i.rule_id,
+        intents_version: &i.ruleset_version,
+        caps_version: &d.caps_version,
+        journey: i.journey.as_ref().map(|j| JourneyStepRef { journey: &j.journey, version: &j.version, step: &j.step }),
     };
+    let mut topic = String::with_capacity(topic_prefix.len() + 8);
+    topic.push_str(topic_prefix);
+    topic.push_str(i.channel.as_str());
     touchpoint_connectors::kafka::OutgoingRecord {
-        topic: format!("{topic_prefix}{}", i.channel.as_str()),
+        topic,
         partition: None,
-        key: Some(format!("{}/{}", i.subject.tenant_id, i.subject.subject_id).into_bytes()),
+        key: Some(subject_key(&i.subject)),
         payload: serde_json::to_vec(&message).ok(),
         headers: vec![("tp.idempotency_key".into(), i.idempotency_key.clone().into_bytes())],
     }
+}
+
+/// The record key of a subject's records (sends, state changelogs): `tenant/subject`.
+pub fn subject_key(subject: &SubjectRef) -> Vec<u8> {
+    let (tenant, id) = (subject.tenant_id.as_bytes(), subject.subject_id.as_bytes());
+    let mut key = Vec::with_capacity(tenant.len() + 1 + id.len());
+    key.extend_from_slice(tenant);
+    key.push(b'/');
+    key.extend_from_slice(id);
+    key
 }
 
 /// Allowed sends → `connector.<channel>`, acknowledged.
@@ -176,7 +188,7 @@ impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<super::guardrails:
             .map(|s| touchpoint_connectors::kafka::OutgoingRecord {
                 partition: None,
                 topic: self.topic.clone(),
-                key: Some(format!("{}/{}", s.subject.tenant_id, s.subject.subject_id).into_bytes()),
+                key: Some(subject_key(&s.subject)),
                 payload: s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()),
                 headers: vec![],
             })
