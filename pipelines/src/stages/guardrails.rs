@@ -236,7 +236,9 @@ struct SubjectGuardrails<'a> {
     consent: &'a ConsentTable,
     rules: &'a GuardrailRules,
     state: &'a mut SubjectSendState,
-    decisions: &'a mut Vec<Decision>,
+    /// Shared from the start (the sinks receive them as `Arc`s): a growing vector of pointers moves
+    /// 8 bytes per decision when it doubles, not the whole decision.
+    decisions: &'a mut Vec<Arc<Decision>>,
     /// A send was counted or entered in the ledger: the subject's record must be written.
     changed: bool,
     /// Sends skipped because the ledger had their key (allowed, suppressed).
@@ -282,14 +284,14 @@ impl Guardrails for SubjectGuardrails<'_> {
             self.changed = true;
         }
         let outcome = if allowed { Ok(()) } else { Err(decision.reason()) };
-        self.decisions.push(decision);
+        self.decisions.push(Arc::new(decision));
         outcome
     }
 }
 
 /// What one epoch's decisions collect, for every subject the operator lends its state to.
 struct EpochDecisions {
-    decisions: Vec<Decision>,
+    decisions: Vec<Arc<Decision>>,
     already_sent: u64,
     already_suppressed: u64,
     /// Wall clock at the start of the epoch (ledger entries, ledger expiry).
@@ -496,7 +498,7 @@ impl GuardrailWorker {
         // Sized once: outputs are large (an event inline) and growing by doubling copied each of them.
         let events: usize = epoch_events.iter().map(Vec::len).sum();
         out.reserve(decided.decisions.len() + transitions.len() + caps_touched.len() + journeys_touched.len() + events);
-        out.extend(decided.decisions.into_iter().map(|d| GuardrailOutput::Decision(Arc::new(d))));
+        out.extend(decided.decisions.into_iter().map(GuardrailOutput::Decision));
         out.extend(transitions.into_iter().map(|t| GuardrailOutput::Transition(Box::new(t))));
         // Cap counters expire against the watermark, not the newest event time: an epoch spans many
         // subjects, and its newest event may lie hours past a subject's next one (found by the chaos
