@@ -3,7 +3,6 @@
 //! ClickHouse and the pipeline share the cores, so a rate alone does not say whose work limits it; CPU
 //! seconds per event do.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Linux reports process times in clock ticks of `USER_HZ`, which is 100 on every mainstream
@@ -33,9 +32,7 @@ pub struct Processes {
 
 impl Processes {
     pub fn of_local_stack() -> Self {
-        let home = std::env::var("TOUCHPOINT_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".touchpoint"));
+        let home = crate::touchpoint_home();
         let pid = |name: &str| -> Option<u32> {
             std::fs::read_to_string(home.join("run").join(format!("{name}.pid"))).ok()?.trim().parse().ok()
         };
@@ -74,13 +71,18 @@ impl CpuStretch {
 }
 
 impl CpuUse {
-    /// "this 12.3 µs, broker 1.2 µs, ClickHouse 8.0 µs CPU per event"
+    /// "CPU per event: this process 12.3 µs, broker 1.2 µs, ClickHouse 8.0 µs"
     pub fn per_event(&self, events: usize) -> String {
+        self.per(events, "event")
+    }
+
+    /// [`CpuUse::per_event`] for another unit of work ("record").
+    pub fn per(&self, count: usize, unit: &str) -> String {
         let each = |d: Option<Duration>| {
-            d.map_or("n/a".to_string(), |d| format!("{:.1} µs", d.as_secs_f64() * 1e6 / events.max(1) as f64))
+            d.map_or("n/a".to_string(), |d| format!("{:.1} µs", d.as_secs_f64() * 1e6 / count.max(1) as f64))
         };
         format!(
-            "CPU per event: this process {}, broker {}, ClickHouse {}",
+            "CPU per {unit}: this process {}, broker {}, ClickHouse {}",
             each(self.this),
             each(self.broker),
             each(self.clickhouse)

@@ -5,6 +5,14 @@ pub mod chain;
 pub mod cpu;
 pub mod writes;
 
+/// Where the local stack lives (`deploy/scripts/install-services.sh`, `stack.sh`): `$TOUCHPOINT_HOME`,
+/// by default `~/.touchpoint`.
+pub fn touchpoint_home() -> std::path::PathBuf {
+    std::env::var("TOUCHPOINT_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".touchpoint"))
+}
+
 /// Declares the `touchpoint` binary's global allocator (mimalloc) in a benchmark binary, unless built with
 /// `--features system-allocator` (to measure what the allocator is worth).
 #[macro_export]

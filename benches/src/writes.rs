@@ -30,6 +30,7 @@ use touchpoint_schemas::NormalizedEvent;
 use crate::chain::{source_records, Chain, ChainCounts};
 
 /// The sink inputs of the benchmark's events, in batches of one "epoch" each.
+#[derive(Default)]
 pub struct SinkBatches {
     pub events: Vec<Arc<Batch<NormalizedEvent>>>,
     pub decisions: Vec<Arc<Batch<Arc<Decision>>>>,
@@ -48,21 +49,11 @@ impl SinkBatches {
         let (records, schema) = source_records(count, subjects);
         let mut chain = Chain::new(config, schema, subjects);
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut counts = ChainCounts::default();
-        let mut out = SinkBatches {
-            events: Vec::new(),
-            decisions: Vec::new(),
-            sends: Vec::new(),
-            transitions: Vec::new(),
-            caps: Vec::new(),
-            journeys: Vec::new(),
-            dead_letters: Vec::new(),
-            counts: ChainCounts::default(),
-        };
+        let mut out = SinkBatches::default();
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
             let epoch: Vec<_> = records.by_ref().take(per_batch).collect();
-            let inputs = chain.outputs(epoch, now_ms, &mut counts);
+            let inputs = chain.outputs(epoch, now_ms, &mut out.counts);
             let sends: Vec<_> = inputs.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed).cloned().collect();
             out.events.push(batch(inputs.events));
             out.decisions.push(batch(inputs.decisions));
@@ -72,7 +63,6 @@ impl SinkBatches {
             out.journeys.push(batch(inputs.journeys));
             out.dead_letters.push(batch(inputs.dead_letters));
         }
-        out.counts = counts;
         out
     }
 }

@@ -460,9 +460,7 @@ fn peer_rate(config: &PipelineConfig, name: &str, count: usize, consent_records:
     if !install.status.success() {
         bail!("benches/peers/install.sh failed: {}", String::from_utf8_lossy(&install.stderr));
     }
-    let home = std::env::var("TOUCHPOINT_HOME")
-        .unwrap_or_else(|_| format!("{}/.touchpoint", std::env::var("HOME").unwrap_or_default()));
-    let python = format!("{home}/bench-venv/bin/python");
+    let python = touchpoint_benches::touchpoint_home().join("bench-venv/bin/python");
     let state_dir = std::env::temp_dir().join(format!("{name}-quix-state"));
     eprintln!("quix streams peer...");
     let started = Instant::now();
@@ -480,7 +478,7 @@ fn peer_rate(config: &PipelineConfig, name: &str, count: usize, consent_records:
         .arg(&state_dir)
         .stderr(std::process::Stdio::inherit())
         .output()
-        .with_context(|| format!("running {python}"))?;
+        .with_context(|| format!("running {}", python.display()))?;
     let wall = started.elapsed();
     let _ = std::fs::remove_dir_all(&state_dir);
     if !output.status.success() {

@@ -78,7 +78,7 @@ fn main() -> Result<()> {
         args.size,
         args.in_flight,
         args.records as f64 / elapsed.as_secs_f64(),
-        used.per_event(args.records).replace("per event", "per record")
+        used.per(args.records, "record")
     );
     rt.block_on(delete_topics_with_prefix(&kafka, &topic))?;
     Ok(())
