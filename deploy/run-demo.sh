@@ -15,10 +15,9 @@ CONFIG="$ROOT/pipelines/config/local.yaml"
 CLICKHOUSE="${TOUCHPOINT_CLICKHOUSE_URL:-http://127.0.0.1:18123}"
 export TOUCHPOINT_CLICKHOUSE_DATABASE="${TOUCHPOINT_CLICKHOUSE_DATABASE:-touchpoint_demo}"
 
-# A fresh stack: the local broker keeps topics in memory only, so a restart empties them (consent,
-# changelogs, offsets) and every demo run starts from the same state.
-"$ROOT/deploy/scripts/stack.sh" stop
-"$ROOT/deploy/scripts/stack.sh" start
+# A fresh stack: `reset` deletes the broker's log (consent, changelogs, offsets), so every demo run
+# starts from the same state.
+"$ROOT/deploy/scripts/stack.sh" reset
 cargo build --release -p touchpoint
 TP="$ROOT/target/release/touchpoint"
 

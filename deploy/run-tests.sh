@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The test command: installs (if missing) and starts the local stack, runs every test of the workspace
-# against it, and stops the stack again, whatever the outcome. `.ci/run` calls exactly this.
+# The test command: installs (if missing) and starts the local stack with an empty broker log, runs
+# every test of the workspace against it, and stops the stack again, whatever the outcome. `.ci/run`
+# calls exactly this.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-"$ROOT/deploy/scripts/stack.sh" start
+"$ROOT/deploy/scripts/stack.sh" reset
 trap '"$ROOT/deploy/scripts/stack.sh" stop' EXIT
 
 cargo test --workspace "$@"

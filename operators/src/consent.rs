@@ -1,9 +1,17 @@
 //! The consent table: the latest consent per subject × channel × purpose, built from the compacted
 //! `marketing.consent` topic, and the verdict a send intent gets from it. No consent, no send.
 //!
-//! - Newest `updated_at` wins, so out-of-order updates resolve correctly; on a tie the more restrictive
-//!   status wins (denied over pending over granted).
-//! - A tombstone (null value) forgets every consent of its subject.
+//! - The topic is the table's changelog, keyed by the table's key: `tenant/subject/channel/purpose`
+//!   ([`consent_key`]), a record's key naming exactly what its value says. So log compaction, which
+//!   keeps the last record per key, keeps the whole table: every channel and purpose of a subject, and
+//!   every revocation (a key per subject would keep only the newest channel of a subject).
+//! - The last record of a key in log order wins, as in a Kafka Streams `KTable`: that is the record
+//!   compaction keeps, so the table replayed after the cleaner ran is the table before it. `updated_at`
+//!   is kept for the audit; a write whose `updated_at` is older than the one it replaces still wins
+//!   (the log says it came later) and is reported ([`Applied::ReplacedNewer`]).
+//! - A tombstone (null value) under a key clears that channel × purpose; to forget a subject, tombstone
+//!   each of its keys ([`subject_keys`]). A tombstone keyed by the subject alone would not remove the
+//!   other keys' records from the log, so it is rejected with a reason instead of half-erasing.
 //! - A subject with no record for a channel and purpose gets the configured default, which is **deny**
 //!   for marketing out of the box.
 
@@ -158,30 +166,90 @@ pub enum ConsentChange {
         updated_at_ms: i64,
         source: String,
     },
-    /// Tombstone: forget everything about the subject.
-    Forget { subject: SubjectRef },
+    /// Tombstone: the subject has no record for this channel and purpose any more (the default applies).
+    Clear { subject: SubjectRef, channel: Channel, purpose: Purpose },
 }
 
 impl ConsentChange {
     pub fn subject(&self) -> &SubjectRef {
         match self {
-            ConsentChange::Set { subject, .. } | ConsentChange::Forget { subject } => subject,
+            ConsentChange::Set { subject, .. } | ConsentChange::Clear { subject, .. } => subject,
+        }
+    }
+
+    /// The record key this change belongs under ([`consent_key`]).
+    pub fn key(&self) -> String {
+        match self {
+            ConsentChange::Set { subject, channel, purpose, .. }
+            | ConsentChange::Clear { subject, channel, purpose } => consent_key(subject, *channel, *purpose),
         }
     }
 }
 
-/// Parses a tombstone's key: `tenant/subject`, or `subject` for `default_tenant`.
-pub fn parse_tombstone_key(key: &[u8], default_tenant: &str) -> Result<ConsentChange, Rejection> {
-    let key = std::str::from_utf8(key)
-        .map_err(|_| Rejection::new(RejectReason::InvalidSubjectId, "tombstone key is not UTF-8"))?;
-    let (tenant, subject) = match key.split_once('/') {
-        Some((t, s)) => (t.trim(), s.trim()),
-        None => (default_tenant, key.trim()),
-    };
-    if subject.is_empty() {
-        return Err(Rejection::new(RejectReason::InvalidSubjectId, "tombstone key names no subject"));
+/// The consent topic's record key for one table entry: `tenant/subject/channel/purpose`, channel and
+/// purpose in their canonical lower-case names. The tenant is always written (no default-tenant
+/// shorthand): a subject id may contain `/`, and the key must name one entry unambiguously.
+pub fn consent_key(subject: &SubjectRef, channel: Channel, purpose: Purpose) -> String {
+    let mut key = String::with_capacity(subject.tenant_id.len() + subject.subject_id.len() + 24);
+    for part in [&*subject.tenant_id, "/", &*subject.subject_id, "/", channel.as_str(), "/", purpose.as_str()] {
+        key.push_str(part);
     }
-    Ok(ConsentChange::Forget { subject: SubjectRef { tenant_id: tenant.into(), subject_id: subject.into() } })
+    key
+}
+
+/// Every key a subject can have in the consent topic (4 channels × 2 purposes): what to tombstone to
+/// forget the subject.
+pub fn subject_keys(subject: &SubjectRef) -> Vec<String> {
+    Channel::ALL
+        .into_iter()
+        .flat_map(|c| [Purpose::Marketing, Purpose::Transactional].map(|p| consent_key(subject, c, p)))
+        .collect()
+}
+
+fn invalid_key(message: impl Into<String>) -> Rejection {
+    Rejection::new(RejectReason::InvalidKey, message)
+}
+
+/// Parses a tombstone's key (`tenant/subject/channel/purpose`) into the entry it clears.
+pub fn parse_tombstone_key(key: &[u8]) -> Result<ConsentChange, Rejection> {
+    let text = std::str::from_utf8(key).map_err(|_| invalid_key("tombstone key is not UTF-8"))?;
+    let shape = || {
+        invalid_key(format!(
+            "tombstone key {text:?} is not tenant/subject/channel/purpose: a consent tombstone clears one \
+             channel and purpose; to forget a subject, tombstone each of its eight keys"
+        ))
+    };
+    let mut from_right = text.rsplitn(3, '/');
+    let (Some(purpose), Some(channel), Some(rest)) = (from_right.next(), from_right.next(), from_right.next()) else {
+        return Err(shape());
+    };
+    let Some((tenant, subject)) = rest.split_once('/') else { return Err(shape()) };
+    let (Some(channel), Some(purpose)) = (Channel::parse(channel), Purpose::parse(purpose)) else {
+        return Err(shape());
+    };
+    if tenant.is_empty() || subject.trim().is_empty() {
+        return Err(shape());
+    }
+    let change = ConsentChange::Clear { subject: SubjectRef::new(tenant, subject), channel, purpose };
+    // Canonical spelling only: compaction compares key bytes, so `Email` and `email` would be two keys.
+    if change.key().as_bytes() != key {
+        return Err(invalid_key(format!("tombstone key {text:?} is not canonical: write {:?}", change.key())));
+    }
+    Ok(change)
+}
+
+/// A record with a value must sit under the key of the entry it sets: otherwise compaction would keep
+/// or drop it by a key that is not its own, and the table after the cleaner would differ from before.
+pub fn check_record_key(change: &ConsentChange, key: Option<&[u8]>) -> Result<(), Rejection> {
+    let expected = change.key();
+    match key {
+        Some(k) if k == expected.as_bytes() => Ok(()),
+        Some(k) => Err(invalid_key(format!(
+            "record key {:?} does not name the entry its value sets: expected {expected:?}",
+            String::from_utf8_lossy(k)
+        ))),
+        None => Err(invalid_key(format!("consent record without a key: expected {expected:?}"))),
+    }
 }
 
 /// Parses a decoded consent record (JSON or Avro field map).
@@ -319,6 +387,17 @@ struct Entry {
     updated_at_ms: i64,
 }
 
+/// What applying a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The table already said this (a repeated record, or a tombstone for an absent entry).
+    Unchanged,
+    Changed,
+    /// Changed, replacing an entry whose `updated_at` was newer than the record's: the producer wrote
+    /// the older state later. The log order wins (that is what compaction keeps); worth a warning.
+    ReplacedNewer,
+}
+
 /// Keyed state: consent per subject. A subject holds at most one entry per channel × purpose (8).
 #[derive(Debug, Default, Clone)]
 pub struct ConsentTable {
@@ -330,23 +409,41 @@ impl ConsentTable {
         ConsentTable::default()
     }
 
-    /// Applies one change; returns whether the table changed.
-    pub fn apply(&mut self, change: &ConsentChange) -> bool {
+    /// Applies one change in log order (the last record of a key wins).
+    pub fn apply(&mut self, change: &ConsentChange) -> Applied {
         match change {
-            ConsentChange::Forget { subject } => self.subjects.remove(subject).is_some(),
+            ConsentChange::Clear { subject, channel, purpose } => {
+                let Some(entries) = self.subjects.get_mut(subject) else { return Applied::Unchanged };
+                let before = entries.len();
+                entries.retain(|e| !(e.channel == *channel && e.purpose == *purpose));
+                let changed = entries.len() != before;
+                if entries.is_empty() {
+                    self.subjects.remove(subject);
+                }
+                if changed {
+                    Applied::Changed
+                } else {
+                    Applied::Unchanged
+                }
+            }
             ConsentChange::Set { subject, channel, purpose, status, updated_at_ms, .. } => {
                 let entries = self.subjects.entry(subject.clone()).or_default();
                 let new =
                     Entry { channel: *channel, purpose: *purpose, status: *status, updated_at_ms: *updated_at_ms };
                 match entries.iter_mut().find(|e| e.channel == *channel && e.purpose == *purpose) {
-                    Some(e) if (e.updated_at_ms, e.status) >= (new.updated_at_ms, new.status) => false,
+                    Some(e) if *e == new => Applied::Unchanged,
                     Some(e) => {
+                        let older = new.updated_at_ms < e.updated_at_ms;
                         *e = new;
-                        true
+                        if older {
+                            Applied::ReplacedNewer
+                        } else {
+                            Applied::Changed
+                        }
                     }
                     None => {
                         entries.push(new);
-                        true
+                        Applied::Changed
                     }
                 }
             }
@@ -400,41 +497,82 @@ mod tests {
     use Purpose::*;
 
     #[test]
-    fn newest_update_wins_whatever_the_arrival_order() {
+    fn the_last_record_of_a_key_wins_and_an_older_updated_at_is_reported() {
         let cfg = ConsentConfig::default();
-        let mut in_order = ConsentTable::new();
-        let mut reversed = ConsentTable::new();
-        let changes = [set("u", Email, Marketing, Granted, 100), set("u", Email, Marketing, Denied, 200)];
-        for c in &changes {
-            in_order.apply(c);
-        }
-        for c in changes.iter().rev() {
-            reversed.apply(c);
-        }
-        for t in [&in_order, &reversed] {
-            assert_eq!(
-                t.verdict(&subject("u"), Email, Marketing, &cfg),
-                ConsentVerdict { allowed: false, status: Some(Denied) }
-            );
-        }
-        // An older grant arriving after a newer revocation changes nothing.
-        assert!(!in_order.apply(&set("u", Email, Marketing, Granted, 150)));
-        assert!(!in_order.verdict(&subject("u"), Email, Marketing, &cfg).allowed);
-        // A newer grant re-opens the channel.
-        assert!(in_order.apply(&set("u", Email, Marketing, Granted, 300)));
-        assert!(in_order.verdict(&subject("u"), Email, Marketing, &cfg).allowed);
+        let mut t = ConsentTable::new();
+        assert_eq!(t.apply(&set("u", Email, Marketing, Granted, 100)), Applied::Changed);
+        assert_eq!(t.apply(&set("u", Email, Marketing, Granted, 100)), Applied::Unchanged, "a repeated record");
+        assert_eq!(t.apply(&set("u", Email, Marketing, Denied, 200)), Applied::Changed);
+        assert_eq!(
+            t.verdict(&subject("u"), Email, Marketing, &cfg),
+            ConsentVerdict { allowed: false, status: Some(Denied) }
+        );
+        // Written later with an older updated_at: the log order wins (compaction keeps this record), and
+        // the table says so.
+        assert_eq!(t.apply(&set("u", Email, Marketing, Granted, 150)), Applied::ReplacedNewer);
+        assert!(t.verdict(&subject("u"), Email, Marketing, &cfg).allowed);
     }
 
+    /// What compaction does to a topic keyed by [`ConsentChange::key`]: it keeps the last record of
+    /// every key (tombstones too, until they expire). Replaying the compacted log, with or without its
+    /// tombstones, gives the table the whole log gave, for any mix of subjects, channels, purposes,
+    /// statuses, update times and tombstones.
     #[test]
-    fn ties_resolve_to_the_more_restrictive_status() {
-        let mut t = ConsentTable::new();
-        t.apply(&set("u", Sms, Marketing, Denied, 100));
-        t.apply(&set("u", Sms, Marketing, Granted, 100));
-        assert_eq!(t.verdict(&subject("u"), Sms, Marketing, &ConsentConfig::default()).status, Some(Denied));
-        let mut t = ConsentTable::new();
-        t.apply(&set("u", Sms, Marketing, Granted, 100));
-        t.apply(&set("u", Sms, Marketing, Pending, 100));
-        assert_eq!(t.verdict(&subject("u"), Sms, Marketing, &ConsentConfig::default()).status, Some(Pending));
+    fn a_compacted_log_replays_into_the_same_table() {
+        use std::collections::HashMap;
+        let mut seed = 0x5eed_u64;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let (statuses, purposes) = ([Granted, Denied, Pending], [Marketing, Transactional]);
+        for round in 0..300 {
+            let log: Vec<ConsentChange> = (0..40)
+                .map(|_| {
+                    let s = subject(&format!("u{}", next(3)));
+                    let (channel, purpose) = (Channel::ALL[next(4) as usize], purposes[next(2) as usize]);
+                    if next(6) == 0 {
+                        ConsentChange::Clear { subject: s, channel, purpose }
+                    } else {
+                        let (status, at) = (statuses[next(3) as usize], next(1000) as i64);
+                        ConsentChange::Set {
+                            subject: s,
+                            channel,
+                            purpose,
+                            status,
+                            updated_at_ms: at,
+                            source: "t".into(),
+                        }
+                    }
+                })
+                .collect();
+            let last: HashMap<String, usize> = log.iter().enumerate().map(|(i, c)| (c.key(), i)).collect();
+            let kept = log.iter().enumerate().filter(|(i, c)| last[&c.key()] == *i).map(|(_, c)| c);
+            let mut full = ConsentTable::new();
+            log.iter().for_each(|c| {
+                full.apply(c);
+            });
+            let mut compacted = ConsentTable::new();
+            kept.clone().for_each(|c| {
+                compacted.apply(c);
+            });
+            let mut tombstones_expired = ConsentTable::new();
+            kept.filter(|c| matches!(c, ConsentChange::Set { .. })).for_each(|c| {
+                tombstones_expired.apply(c);
+            });
+            for s in ["u0", "u1", "u2"].map(subject) {
+                for (channel, purpose) in Channel::ALL.into_iter().flat_map(|c| purposes.map(|p| (c, p))) {
+                    let want = full.verdict(&s, channel, purpose, &ConsentConfig::default());
+                    for t in [&compacted, &tombstones_expired] {
+                        assert_eq!(
+                            t.verdict(&s, channel, purpose, &ConsentConfig::default()),
+                            want,
+                            "round {round}: {s:?} {channel:?} {purpose:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -450,23 +588,51 @@ mod tests {
     }
 
     #[test]
-    fn tombstones_forget_the_subject() {
+    fn a_tombstone_clears_one_channel_and_purpose_and_keys_are_checked() {
         let cfg = ConsentConfig::default();
         let mut t = ConsentTable::new();
         t.apply(&set("u", Email, Transactional, Denied, 1));
-        t.apply(&set("v", Email, Marketing, Granted, 1));
-        assert!(t.apply(&parse_tombstone_key(b"acme/u", "default").unwrap()));
-        // Back to the default (allow for transactional).
+        t.apply(&set("u", Push, Marketing, Granted, 1));
+        t.apply(&set("v", Email, Transactional, Denied, 1));
+        assert_eq!(t.apply(&parse_tombstone_key(b"acme/u/email/transactional").unwrap()), Applied::Changed);
+        // Back to the default (allow for transactional); the subject's other entry and other subjects stay.
         assert_eq!(
             t.verdict(&subject("u"), Email, Transactional, &cfg),
             ConsentVerdict { allowed: true, status: None }
         );
-        assert!(t.verdict(&subject("v"), Email, Marketing, &cfg).allowed, "other subjects untouched");
+        assert!(t.verdict(&subject("u"), Push, Marketing, &cfg).allowed);
+        assert!(!t.verdict(&subject("v"), Email, Transactional, &cfg).allowed, "other subjects untouched");
+        assert_eq!(t.apply(&parse_tombstone_key(b"acme/u/email/transactional").unwrap()), Applied::Unchanged);
+        assert_eq!(t.apply(&parse_tombstone_key(b"acme/u/push/marketing").unwrap()), Applied::Changed);
+        assert_eq!(t.len(), 1, "a subject without entries is gone");
+
+        // A subject id may contain '/': channel and purpose are read from the right.
         assert_eq!(
-            parse_tombstone_key(b"u-1", "default").unwrap(),
-            ConsentChange::Forget { subject: SubjectRef { tenant_id: "default".into(), subject_id: "u-1".into() } }
+            parse_tombstone_key(b"acme/team/u-1/sms/marketing").unwrap(),
+            ConsentChange::Clear { subject: SubjectRef::new("acme", "team/u-1"), channel: Sms, purpose: Marketing }
         );
-        assert!(parse_tombstone_key(b"acme/ ", "default").is_err());
+        let bad_keys: [&[u8]; 8] = [
+            b"acme/u",
+            b"u-1",
+            b"acme/u/email",
+            b"acme/u/pigeon/marketing",
+            b"acme/ /email/marketing",
+            b"/u/email/marketing",
+            b"acme/u/Email/marketing",
+            b"\xff/u/email/marketing",
+        ];
+        for bad in bad_keys {
+            let r = parse_tombstone_key(bad).unwrap_err();
+            assert_eq!(r.reason, RejectReason::InvalidKey, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(subject_keys(&subject("u")).len(), 8);
+        assert!(subject_keys(&subject("u")).contains(&"acme/u/webhook/transactional".to_string()));
+
+        let change = set("u", Email, Marketing, Granted, 1);
+        assert!(check_record_key(&change, Some(b"acme/u/email/marketing")).is_ok());
+        for bad in [Some(&b"acme/u"[..]), Some(b"acme/u/push/marketing"), Some(b"acme/v/email/marketing"), None] {
+            assert_eq!(check_record_key(&change, bad).unwrap_err().reason, RejectReason::InvalidKey);
+        }
     }
 
     #[test]

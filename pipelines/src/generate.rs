@@ -399,7 +399,8 @@ fn malformed_record(
         RejectReason::UnknownEventType => d.raw_type = "Mystery Event".into(),
         consent_only @ (RejectReason::UnknownChannel
         | RejectReason::UnknownPurpose
-        | RejectReason::UnknownConsentStatus) => {
+        | RejectReason::UnknownConsentStatus
+        | RejectReason::InvalidKey) => {
             unreachable!("{consent_only} is not a reason to reject an event")
         }
     }
@@ -411,7 +412,7 @@ fn malformed_record(
 }
 
 /// Consent grants (email and push marketing) for a share of the generator's subjects, in each tenant
-/// the generator uses, as records for the consent topic (key `tenant/subject`).
+/// the generator uses, as records for the consent topic (key `tenant/subject/channel/purpose`).
 pub fn consent_grants(
     subjects: usize,
     share: f64,
@@ -432,7 +433,7 @@ pub fn consent_grants(
                 out.push(touchpoint_connectors::kafka::OutgoingRecord {
                     partition: None,
                     topic: topic.to_string(),
-                    key: Some(format!("{tenant}/user-{n}").into_bytes()),
+                    key: Some(format!("{tenant}/user-{n}/{channel}/marketing").into_bytes()),
                     payload: Some(value.to_string().into_bytes()),
                     headers: vec![],
                 });

@@ -111,10 +111,9 @@ pub fn resolve(config: &PipelineConfig, range: &ReplayRange, partitions: i32) ->
     let consumer: BaseConsumer =
         config.kafka.consumer_config(&format!("{}.replay", config.pipeline.group_id)).create()?;
     let timeout = Duration::from_secs(30);
-    // (log start, log end) per partition; the start checked against the records (the local broker can
-    // report it one too high: docs/broker-quirks.md #11).
+    // (log start, log end) per partition.
     let all: Vec<i32> = (0..partitions).collect();
-    let log = log_bounds(&config.kafka, &consumer, topic, &all, timeout)?;
+    let log = log_bounds(&consumer, topic, &all, timeout)?;
     let log_end: HashMap<i32, i64> = log.iter().map(|(&p, &(_, high))| (p, high)).collect();
     let start = match &range.from {
         ReplayPoint::Offsets(o) => o.iter().copied().filter(|(p, _)| *p < partitions).collect(),
@@ -136,13 +135,8 @@ pub fn resolve(config: &PipelineConfig, range: &ReplayRange, partitions: i32) ->
     Ok(resolved)
 }
 
-/// Per partition, the first offset whose record timestamp is at or after `at_ms` (the log end if none).
-///
-/// Asks the broker (offsets-for-times), then checks the answer against the records themselves: the
-/// record at the answer must be at or after the time, the one before it before the time. The local
-/// broker answers offset 0 for a time after every record (docs/broker-quirks.md, 9); when the check
-/// fails, the offset is found by a binary search over record timestamps (which assumes them
-/// non-decreasing within a partition, as they are for producer-stamped streams).
+/// Per partition, the first offset whose record timestamp is at or after `at_ms` (the log end if none),
+/// as the broker's time index answers it (offsets-for-times).
 fn offsets_for_time(
     consumer: &BaseConsumer,
     topic: &str,
@@ -158,74 +152,15 @@ fn offsets_for_time(
         .with_context(|| format!("looking up the offsets of {topic} at {at_ms} ms"))?;
     let mut out = HashMap::new();
     for (&p, &(low, end)) in log {
-        let answer = match found.find_partition(topic, p).map(|e| e.offset()) {
+        let offset = match found.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o.clamp(low, end),
             // No record at or after the time: nothing of this partition is in the range.
             Some(Offset::End) | None => end,
             Some(other) => bail!("{topic}/{p}: the broker answered {other:?} for time {at_ms}"),
         };
-        let reader = RecordTimes { consumer, topic, partition: p };
-        let offset = if reader.is_first_at_or_after(answer, low, end, at_ms)? {
-            answer
-        } else {
-            let searched = reader.first_at_or_after(low, end, at_ms)?;
-            tracing::warn!(topic, partition = p, at_ms, broker = answer, searched,
-                "the broker's offset for a time does not match the record timestamps; using a binary search (docs/broker-quirks.md)");
-            searched
-        };
         out.insert(p, offset);
     }
     Ok(out)
-}
-
-/// Reads single records' timestamps of one partition.
-struct RecordTimes<'a> {
-    consumer: &'a BaseConsumer,
-    topic: &'a str,
-    partition: i32,
-}
-
-impl RecordTimes<'_> {
-    fn timestamp_at(&self, offset: i64) -> Result<i64> {
-        use rdkafka::Message;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(self.topic, self.partition, Offset::Offset(offset))?;
-        self.consumer.assign(&tpl)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            match self.consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) if m.partition() == self.partition && m.offset() >= offset => {
-                    return m.timestamp().to_millis().ok_or_else(|| {
-                        anyhow!("{}/{} offset {}: the record has no timestamp", self.topic, self.partition, m.offset())
-                    });
-                }
-                Some(Err(e)) => return Err(e.into()),
-                _ => {}
-            }
-        }
-        bail!("{}/{}: no record at offset {offset} within 10 s", self.topic, self.partition)
-    }
-
-    /// Is `offset` the first offset in `low..end` whose record is at or after `at_ms` (`end`: none is)?
-    fn is_first_at_or_after(&self, offset: i64, low: i64, end: i64, at_ms: i64) -> Result<bool> {
-        let here_ok = offset >= end || self.timestamp_at(offset)? >= at_ms;
-        let before_ok = offset <= low || self.timestamp_at(offset - 1)? < at_ms;
-        Ok(here_ok && before_ok)
-    }
-
-    /// The first offset in `low..end` whose record is at or after `at_ms`, or `end`.
-    fn first_at_or_after(&self, low: i64, end: i64, at_ms: i64) -> Result<i64> {
-        let (mut lo, mut hi) = (low, end);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.timestamp_at(mid)? >= at_ms {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        Ok(lo)
-    }
 }
 
 #[cfg(test)]

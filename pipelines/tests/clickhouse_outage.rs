@@ -127,7 +127,7 @@ fn clickhouse_down_for_thirty_seconds_then_catch_up_with_nothing_lost_or_doubled
     assert!(allowed.len() > 100, "the input sends: {} allowed", allowed.len());
     assert_eq!(sent, allowed, "every allowed decision is sent, nothing else");
     // A send sits on its topic twice only where the loaded broker did not acknowledge a produce in time
-    // and it was sent again (same key, dropped by the connectors; docs/broker-quirks.md 7).
+    // and the sink sent it again (same key, dropped by the connectors).
     let resent =
         log.lines().filter(|l| l.contains("record not acknowledged; will resend") && l.contains(".connector.")).count();
     assert!(sends.len() - sent.len() <= resent, "{} repeats, {resent} resends", sends.len() - sent.len());

@@ -1,4 +1,4 @@
-//! Channel connector workers (`touchpoint connect`) end to end: real Kafka (tansu), real peers
+//! Channel connector workers (`touchpoint connect`) end to end: real Kafka, real peers
 //! (`deploy/peers/`: aiosmtpd and HTTP providers), real ClickHouse for the delivery outcomes.
 
 mod common;

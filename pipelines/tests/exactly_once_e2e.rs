@@ -71,7 +71,7 @@ fn consent() -> Vec<OutgoingRecord> {
             ["email", "push"].map(|channel| OutgoingRecord {
                 partition: None,
                 topic: String::new(),
-                key: Some(format!("acme/{}", subject(i)).into_bytes()),
+                key: Some(format!("acme/{}/{channel}/marketing", subject(i)).into_bytes()),
                 payload: Some(
                     json!({"subject_id": subject(i), "tenant_id": "acme", "channel": channel,
                            "purpose": "marketing", "status": "granted", "updated_at": "2026-01-01T00:00:00Z",
@@ -85,15 +85,8 @@ fn consent() -> Vec<OutgoingRecord> {
         .collect()
 }
 
-fn produce(tp: &TestPipeline, topic: &str, records: Vec<OutgoingRecord>, batched: bool) {
-    let mut kafka = tp.config.kafka.clone();
-    if batched {
-        // Tables are read from the start of the log, so they may batch (docs/broker-quirks.md, 1); the
-        // source is resumed mid-stream after every kill and keeps one record per batch.
-        kafka.producer.insert("batch.num.messages".into(), "5000".into());
-        kafka.producer.insert("linger.ms".into(), "5".into());
-    }
-    let producer = AckedProducer::new(&kafka).expect("producer");
+fn produce(tp: &TestPipeline, topic: &str, records: Vec<OutgoingRecord>) {
+    let producer = AckedProducer::new(&tp.config.kafka).expect("producer");
     let rt = runtime();
     for chunk in records.chunks(20_000) {
         let chunk: Vec<OutgoingRecord> =
@@ -187,9 +180,9 @@ fn twenty_sigkills_change_nothing_against_a_clean_run() {
     let events = workload(now);
     assert!(events.len() >= 200_000, "{} events", events.len());
     let consent = consent();
-    produce(&chaos, &chaos.config.topics.consent.name, consent.clone(), true);
-    produce(&clean, &clean.config.topics.consent.name, consent, true);
-    produce(&chaos, &chaos.config.topics.events.name, events, false);
+    produce(&chaos, &chaos.config.topics.consent.name, consent.clone());
+    produce(&clean, &clean.config.topics.consent.name, consent);
+    produce(&chaos, &chaos.config.topics.events.name, events);
 
     // The clean run: start to end without interruption.
     let status = spawn(&clean, &format!("{}.log", clean.name), true).wait().unwrap();
@@ -197,9 +190,9 @@ fn twenty_sigkills_change_nothing_against_a_clean_run() {
     let expected = outcome(&clean);
     assert_eq!(expected.keys_decided_twice, 0);
     assert!(expected.sent.len() > 100_000, "the workload sends: {} sends", expected.sent.len());
-    // Even a clean run may put a send on its topic twice: a produce the loaded local broker did not
-    // acknowledge within `message.timeout.ms` is sent again (at-least-once topic sinks, idempotence off
-    // on this broker: docs/broker-quirks.md 7). Same key: the connectors drop it. Sets are compared.
+    // Even a clean run may put a send on its topic twice: a produce the loaded broker did not acknowledge
+    // within `message.timeout.ms` is sent again by the sink (at-least-once topic sinks under
+    // exactly_once_keys). Same key: the connectors drop it. Sets are compared.
     let clean_log = std::fs::read_to_string(std::env::temp_dir().join(format!("{}.log", clean.name))).unwrap();
     let resent = clean_log
         .lines()

@@ -48,7 +48,7 @@ fn consent(i: usize, channel: &str, status: &str, at: &str) -> OutgoingRecord {
     OutgoingRecord {
         partition: None,
         topic: String::new(),
-        key: Some(format!("acme/{}", subject(i)).into_bytes()),
+        key: Some(format!("acme/{}/{channel}/marketing", subject(i)).into_bytes()),
         payload: Some(
             json!({"subject_id": subject(i), "tenant_id": "acme", "channel": channel, "purpose": "marketing",
                    "status": status, "updated_at": at, "source": "preference-center"})
@@ -91,15 +91,11 @@ fn events(i: usize, run: u32) -> Vec<OutgoingRecord> {
 }
 
 fn produce(tp: &TestPipeline, topic: &str, mut records: Vec<OutgoingRecord>) {
-    // Table and fresh-topic reads start at the beginning of the log, so these producers may batch
-    // (docs/broker-quirks.md); the crash tests keep one record per batch.
-    let mut kafka = tp.config.kafka.clone();
-    kafka.producer.insert("batch.num.messages".into(), "5000".into());
-    kafka.producer.insert("linger.ms".into(), "5".into());
+    let kafka = &tp.config.kafka;
     for r in &mut records {
         r.topic = topic.to_string();
     }
-    let producer = AckedProducer::new(&kafka).unwrap();
+    let producer = AckedProducer::new(kafka).unwrap();
     let rt = runtime();
     for chunk in records.chunks(20_000) {
         rt.block_on(producer.send_all(chunk)).unwrap();
@@ -168,14 +164,16 @@ fn consent_and_caps_hold_across_topics_partitions_and_a_restart() {
             .unwrap();
     assert_eq!(first.totals.tally.normalized, (ACTIVE * 9) as u64);
 
-    // Between the runs: revocations (newer) and a stale grant for a denied subject (older: ignored).
+    // Between the runs: revocations, and for denied subjects a grant followed by a denial of the same
+    // key (the later record wins: it is the one compaction keeps).
     let mut records = Vec::new();
     for i in (0..SUBJECTS).filter(|i| group(*i) == Group::Revoked) {
         records.push(consent(i, "email", "denied", "2026-11-24T00:00:00Z"));
         records.push(consent(i, "push", "denied", "2026-11-24T00:00:00Z"));
     }
     for i in (0..SUBJECTS).filter(|i| group(*i) == Group::Denied) {
-        records.push(consent(i, "email", "granted", "2026-10-01T00:00:00Z"));
+        records.push(consent(i, "email", "granted", "2026-11-24T00:00:00Z"));
+        records.push(consent(i, "email", "denied", "2026-11-24T00:00:01Z"));
     }
     produce(&tp, &consent_topic, records);
     produce(&tp, &tp.config.topics.events.name, (0..ACTIVE).flat_map(|i| events(i, 1)).collect());

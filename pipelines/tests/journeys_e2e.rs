@@ -33,7 +33,7 @@ fn event(id: &str, subject: &str, event_type: &str, at_ms: i64, attributes: Valu
 fn grant(subject: &str, channel: &str) -> (String, Value) {
     let value = json!({"subject_id": subject, "tenant_id": "acme", "channel": channel, "purpose": "marketing",
                        "status": "granted", "updated_at": "2026-11-01T00:00:00Z", "source": "test"});
-    (format!("acme/{subject}"), value)
+    (format!("acme/{subject}/{channel}/marketing"), value)
 }
 
 fn start(tp: &TestPipeline, log: usize) -> Child {

@@ -50,7 +50,7 @@ fn run_on_services(name: &str) {
         .iter()
         .map(|c| {
             (
-                format!("{TENANT}/{}", c.subject),
+                format!("{TENANT}/{}/{}/{}", c.subject, c.channel, c.purpose),
                 json!({"subject_id": c.subject, "tenant_id": TENANT, "channel": c.channel,
                 "purpose": c.purpose, "status": c.status, "updated_at": "2026-11-01T00:00:00Z", "source": "scenario"}),
             )

@@ -29,11 +29,14 @@ pub enum RejectReason {
     UnknownPurpose,
     /// A consent record's status is not granted, denied or pending.
     UnknownConsentStatus,
+    /// A consent record's key is not `tenant/subject/channel/purpose` of the entry it sets or clears
+    /// (compaction keeps the last record per key, so the key must name exactly one table entry).
+    InvalidKey,
 }
 
 impl RejectReason {
     /// Every reason, events' and consent records'.
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::MalformedPayload,
         RejectReason::UnknownSchema,
         RejectReason::MissingField,
@@ -46,6 +49,7 @@ impl RejectReason {
         RejectReason::UnknownChannel,
         RejectReason::UnknownPurpose,
         RejectReason::UnknownConsentStatus,
+        RejectReason::InvalidKey,
     ];
 
     /// The reasons a `marketing.events` record can be rejected for (the first nine of [`Self::ALL`]).
@@ -66,6 +70,7 @@ impl RejectReason {
             RejectReason::UnknownChannel => "unknown_channel",
             RejectReason::UnknownPurpose => "unknown_purpose",
             RejectReason::UnknownConsentStatus => "unknown_consent_status",
+            RejectReason::InvalidKey => "invalid_key",
         }
     }
 

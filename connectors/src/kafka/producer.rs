@@ -110,8 +110,8 @@ impl AckedProducer {
         self.inner.read().map_or_else(|poisoned| poisoned.into_inner().clone(), |p| p.clone())
     }
 
-    /// An idempotent producer that hit a fatal error (the local broker answers some produce requests
-    /// with `PRODUCER_FENCED`, see docs/broker-quirks.md) refuses every later record. Replace it: the
+    /// An idempotent producer that hit a fatal error (e.g. `OUT_OF_ORDER_SEQUENCE_NUMBER` after the broker
+    /// lost acknowledged records, or a fenced epoch) refuses every later record. Replace it: the
     /// unacknowledged records are sent again by a new producer (at-least-once, as for any resend).
     fn replace_if_fatal(&self) {
         let current = self.producer();

@@ -47,7 +47,7 @@ pub fn read_partitions(
     let group = format!("touchpoint-reader-{}", std::process::id());
     let consumer: BaseConsumer = config.consumer_config(&group).create().context("creating reader")?;
     let mut next: std::collections::HashMap<i32, i64> =
-        log_bounds(config, &consumer, topic, partitions, Duration::from_secs(10))?
+        log_bounds(&consumer, topic, partitions, Duration::from_secs(10))?
             .into_iter()
             .map(|(p, (start, _))| (p, start))
             .collect();
@@ -58,17 +58,12 @@ pub fn read_partitions(
     consumer.assign(&tpl)?;
     let started = Instant::now();
     let mut last_record = Instant::now();
-    // The ends must be reached twice, `idle` apart with nothing read between: once, the local broker
-    // reported a partition's end below a record it had already acknowledged, right after concurrent
-    // producers wrote to it (docs/broker-quirks.md #12).
-    let mut at_end_once = false;
     let mut out = Vec::new();
     loop {
         let mut got_record = false;
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 got_record = true;
-                at_end_once = false;
                 last_record = Instant::now();
                 let headers = m
                     .headers()
@@ -110,13 +105,8 @@ pub fn read_partitions(
                     caught_up = false;
                 }
             }
-            if caught_up && at_end_once {
-                break;
-            }
-            at_end_once = caught_up;
             if caught_up {
-                // Look again after another idle stretch.
-                last_record = Instant::now();
+                break;
             }
         }
     }

@@ -6,8 +6,9 @@
 //! durable. Offsets are still committed under the pipeline's group id, so lag tools see them.
 //!
 //! Resume check: on a non-compacted topic the first record after an assignment must carry exactly the
-//! requested offset. A broker that silently skips records (see `docs/broker-quirks.md`) would otherwise
-//! look like success; here it stops the pipeline with an error.
+//! requested offset. A cheap guard (one comparison per partition after an assignment): a broker or
+//! client that silently skipped records would otherwise look like success; here it stops the pipeline
+//! with an error. (The stand-in broker of earlier versions did skip records on mid-batch fetches.)
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,12 +25,12 @@ pub enum SourceError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(
         "{topic}/{partition}: asked to resume at offset {expected} but the first record fetched has offset \
-         {got}; the broker skipped records, refusing to continue (see docs/broker-quirks.md)"
+         {got}; the broker skipped records, refusing to continue"
     )]
     SkippedRecords { topic: String, partition: i32, expected: i64, got: i64 },
     #[error(
         "{topic}/{partition}: asked to resume at offset {expected}, the broker reports records up to {high}, but \
-         none arrived within {waited:?}; the broker skipped records, refusing to continue (see docs/broker-quirks.md)"
+         none arrived within {waited:?}; the broker skipped records, refusing to continue"
     )]
     NoRecordsAfterResume { topic: String, partition: i32, expected: i64, high: i64, waited: Duration },
 }
@@ -157,7 +158,7 @@ impl PartitionSource {
                 .copied()
                 .filter(|&p| !matches!(committed.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(_))))
                 .collect();
-            let bounds = log_bounds(config, &consumer, topic, &uncommitted, timeout)?;
+            let bounds = log_bounds(&consumer, topic, &uncommitted, timeout)?;
             let mut assignment = TopicPartitionList::new();
             for &p in &partitions {
                 let start = match committed.find_partition(topic, p).map(|e| e.offset()) {
@@ -349,62 +350,19 @@ impl PartitionSource {
     }
 }
 
-/// Where each of `partitions` starts and ends, as (start, end). The end is the broker's log end
-/// (`ListOffsets` latest; callers reading to the end still compare it with what fetches report, see
-/// [`high_watermark`]). The start is its log start (`ListOffsets` earliest), checked where it is above 0:
-/// tansu sometimes reports a start one past the real one (docs/broker-quirks.md #11), and starting there
-/// would silently skip a record. So for every partition whose reported start lies above 0 with records
-/// after it, one fetch from offset 0 decides: a broker whose log really starts later answers it from its
-/// log start (`auto.offset.reset=earliest`, see [`KafkaConfig::consumer_config`]), and a record before
-/// the reported start means the report was wrong. On a fresh topic (start 0) this costs nothing beyond
-/// the `ListOffsets` it always took.
+/// Where each of `partitions` starts and ends, as (start, end): the broker's log start and log end
+/// (`ListOffsets` earliest and latest; callers reading to the end still compare the end with what
+/// fetches report, see [`high_watermark`]).
 pub fn log_bounds(
-    config: &KafkaConfig,
     consumer: &BaseConsumer,
     topic: &str,
     partitions: &[i32],
     timeout: Duration,
 ) -> Result<HashMap<i32, (i64, i64)>, SourceError> {
     let mut bounds = HashMap::new();
-    let mut suspect = TopicPartitionList::new();
     for &p in partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        if low > 0 && high > low {
-            suspect.add_partition_offset(topic, p, Offset::Offset(0))?;
-        }
         bounds.insert(p, (low.max(0), high));
-    }
-    if suspect.count() == 0 {
-        return Ok(bounds);
-    }
-    // A consumer of its own: records fetched for the check must not reach the caller's queue.
-    let probe: BaseConsumer = config.consumer_config("touchpoint-log-start-check").create()?;
-    probe.assign(&suspect)?;
-    let mut unchecked: Vec<i32> = suspect.elements().iter().map(|e| e.partition()).collect();
-    let until = Instant::now() + timeout;
-    while !unchecked.is_empty() && Instant::now() < until {
-        let Some(message) = probe.poll(Duration::from_millis(100)) else { continue };
-        let message = message?;
-        let (p, first) = (message.partition(), message.offset());
-        if let Some(i) = unchecked.iter().position(|&u| u == p) {
-            unchecked.swap_remove(i);
-            let Some((start, _)) = bounds.get_mut(&p) else { continue };
-            let reported = *start;
-            if first < reported {
-                tracing::warn!(
-                    topic,
-                    partition = p,
-                    reported,
-                    first,
-                    "the broker reported a log start past a readable record; reading from the record \
-                     (docs/broker-quirks.md #11)"
-                );
-                *start = first;
-            }
-        }
-    }
-    if !unchecked.is_empty() {
-        tracing::warn!(topic, partitions = ?unchecked, "log start not confirmed by a fetch; using the broker's");
     }
     Ok(bounds)
 }

@@ -5,7 +5,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::Stream;
 use touchpoint_connectors::kafka::SourceRecord;
 use touchpoint_operators::consent::{
-    parse_consent, parse_consent_fields, parse_tombstone_key, ConsentChange, ConsentFields,
+    check_record_key, parse_consent, parse_consent_fields, parse_tombstone_key, ConsentChange, ConsentFields,
 };
 use touchpoint_operators::{RecordDecoder, SchemaLookup};
 use touchpoint_schemas::SourcePosition;
@@ -28,11 +28,11 @@ pub fn parse_consent_record<L: SchemaLookup>(
 ) -> ConsentOutcome {
     let position = SourcePosition { topic: topic.to_string(), partition: record.partition, offset: record.offset };
     let parsed = match record.payload.as_deref() {
-        // A tombstone: forget the subject named by the key.
+        // A tombstone: clear the entry named by the key.
         None => match record.key.as_deref() {
-            Some(key) => parse_tombstone_key(key, default_tenant),
+            Some(key) => parse_tombstone_key(key),
             None => Err(touchpoint_operators::Rejection::new(
-                touchpoint_schemas::RejectReason::MissingField,
+                touchpoint_schemas::RejectReason::InvalidKey,
                 "tombstone without a key",
             )),
         },
@@ -42,7 +42,8 @@ pub fn parse_consent_record<L: SchemaLookup>(
             Some(fields) => parse_consent_fields(&fields, default_tenant),
             None => decode_with_retry(&position, || decoder.decode(payload))
                 .and_then(|fields| parse_consent(&fields, default_tenant)),
-        },
+        }
+        .and_then(|change| check_record_key(&change, record.key.as_deref()).map(|()| change)),
     };
     match parsed {
         Ok(change) => ConsentOutcome::Change(change),

@@ -31,7 +31,9 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Capability, Concat};
 use timely::dataflow::Stream;
-use touchpoint_operators::consent::{Channel, ConsentChange, ConsentConfig, ConsentTable, Purpose, SubjectRef};
+use touchpoint_operators::consent::{
+    Applied, Channel, ConsentChange, ConsentConfig, ConsentTable, Purpose, SubjectRef,
+};
 use touchpoint_operators::decision::{decide, Decision, DecisionKind};
 use touchpoint_operators::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
 use touchpoint_operators::intent::{IntentRules, SendIntent};
@@ -380,7 +382,11 @@ impl GuardrailWorker {
 
     /// A consent change for one of this worker's subjects (applies to every later decision).
     pub fn apply_consent(&mut self, change: &ConsentChange) {
-        self.state.consent.apply(change);
+        if self.state.consent.apply(change) == Applied::ReplacedNewer {
+            // The log order wins (it is what compaction keeps); a producer writing an older state later
+            // is worth knowing about, since it may re-open a channel someone closed.
+            tracing::warn!(key = %change.key(), "a consent record replaced one with a newer updated_at (the later write wins)");
+        }
     }
 
     /// The watermark only moves forward.

@@ -135,8 +135,8 @@ impl Drop for TestPipeline {
     }
 }
 
-/// End offset per partition, from the producer's acknowledgements (the local broker's ListOffsets is
-/// not reliable, see docs/broker-quirks.md).
+/// End offset per partition, from the producer's acknowledgements (what was written, whatever a broker's
+/// ListOffsets says).
 pub fn end_offsets(produced: &[ProducedRecord]) -> HashMap<i32, i64> {
     let mut ends = HashMap::new();
     for (_, (p, o)) in produced {
