@@ -210,17 +210,39 @@ impl<C: ChannelClient> ConnectorWorker<C> {
     }
 
     /// Runs until `stop` is set (SIGTERM): the round in progress is finished and committed first.
+    ///
+    /// A consumer that librdkafka declares fatally failed is replaced by a new one (its partitions'
+    /// ledgers are restored again when they come back). Seen after a broker restart: a static member
+    /// (`--instance`) was fenced (`FENCED_INSTANCE_ID`) by a join of its own that the restarted
+    /// coordinator had recorded, and the worker sat there owning nothing
+    /// (`pipelines/tests/broker_faults_e2e.rs`).
     pub async fn run(&self, stop: Arc<AtomicBool>) -> Result<()> {
-        let consumer: StreamConsumer<RevokeTracker> = self
-            .kafka
-            .consumer_config(&self.group_id)
-            .create_with_context(RevokeTracker::default())
-            .context("creating the connector's consumer")?;
-        consumer.subscribe(&[&self.topics.source]).context("subscribing")?;
-        tracing::info!(channel = self.client.channel(), topic = %self.topics.source, group = %self.group_id, "connector worker started");
+        while !stop.load(Ordering::Relaxed) {
+            let consumer: StreamConsumer<RevokeTracker> = self
+                .kafka
+                .consumer_config(&self.group_id)
+                .create_with_context(RevokeTracker::default())
+                .context("creating the connector's consumer")?;
+            consumer.subscribe(&[&self.topics.source]).context("subscribing")?;
+            tracing::info!(channel = self.client.channel(), topic = %self.topics.source, group = %self.group_id, "connector worker started");
+            self.consume(&consumer, &stop).await?;
+            if let Some((code, reason)) = consumer.client().fatal_error() {
+                tracing::error!(?code, %reason, "the connector's consumer failed fatally; replacing it");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        tracing::info!(channel = self.client.channel(), stats = %self.stats.summary(), "connector worker stopped");
+        Ok(())
+    }
+
+    /// Rounds on one consumer until `stop` is set or the consumer has failed fatally.
+    async fn consume(&self, consumer: &StreamConsumer<RevokeTracker>, stop: &Arc<AtomicBool>) -> Result<()> {
         let mut ledgers: HashMap<i32, Ledger> = HashMap::new();
         while !stop.load(Ordering::Relaxed) {
-            let mut batch = self.fetch(&consumer).await?;
+            if consumer.client().fatal_error().is_some() {
+                return Ok(());
+            }
+            let mut batch = self.fetch(consumer).await?;
             // Partitions taken away during this fetch: their records go to the new owner, who reads
             // them from the committed offset; this worker must not send them too.
             let revoked: HashSet<i32> = match consumer.context().revoked.lock() {
@@ -292,7 +314,6 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             }
             tracing::debug!(stats = %self.stats.summary(), "round done");
         }
-        tracing::info!(channel = self.client.channel(), stats = %self.stats.summary(), "connector worker stopped");
         Ok(())
     }
 

@@ -1,16 +1,64 @@
-//! Topic creation through the admin API.
+//! Topic creation through the admin API, and the start-up wait for a broker.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{KafkaConfig, TopicSpec};
 
-/// Creates every topic that does not exist yet; existing topics are left as they are.
+/// Waits until a broker answers a metadata request, logging what it waits for about every 5 s, and
+/// gives up after `config.startup_wait` with an error that names the bootstrap servers. Without it a
+/// command started before its cluster (or while a broker restarts) sat in librdkafka's retries
+/// without a word.
+pub async fn wait_for_brokers(config: &KafkaConfig) -> Result<()> {
+    let client = config.admin_config();
+    let (brokers, limit) = (config.brokers.clone(), config.startup_wait);
+    tokio::task::spawn_blocking(move || {
+        let probe: BaseConsumer = client.create().context("creating the Kafka metadata client")?;
+        let started = Instant::now();
+        let mut waited_before = false;
+        loop {
+            let attempt =
+                (limit.saturating_sub(started.elapsed())).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            match probe.fetch_metadata(None, attempt) {
+                Ok(metadata) => {
+                    if waited_before {
+                        tracing::info!(brokers, waited = ?started.elapsed(), "Kafka answers");
+                    }
+                    tracing::debug!(brokers = metadata.brokers().len(), "Kafka metadata");
+                    return Ok(());
+                }
+                Err(e) if started.elapsed() >= limit => {
+                    bail!(
+                        "no Kafka broker answered at {brokers} within {limit:?} (last error: {e}); is the cluster \
+                         up and `kafka.brokers` right? (`kafka.startup_wait` sets how long to wait)"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        brokers,
+                        waited_s = started.elapsed().as_secs(),
+                        gives_up_after_s = limit.as_secs(),
+                        error = %e,
+                        "waiting for Kafka: no broker answers metadata yet"
+                    );
+                    waited_before = true;
+                }
+            }
+        }
+    })
+    .await
+    .context("the wait for Kafka panicked")?
+}
+
+/// Creates every topic that does not exist yet; existing topics are left as they are. Waits for the
+/// cluster first ([`wait_for_brokers`]): every command starts here.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
+    wait_for_brokers(config).await?;
     let admin: AdminClient<DefaultClientContext> =
         config.admin_config().create().context("creating the Kafka admin client")?;
     let configs: Vec<Vec<(&str, String)>> = topics.iter().map(TopicSpec::configs).collect();

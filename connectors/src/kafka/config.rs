@@ -20,10 +20,18 @@ pub struct KafkaConfig {
     /// Replication factor of topics the pipeline creates.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
+    /// How long a command waits at start-up for a broker to answer (logging what it waits for every
+    /// few seconds) before it gives up with an error that names the brokers.
+    #[serde(default = "default_startup_wait", with = "humantime_serde")]
+    pub startup_wait: Duration,
 }
 
 fn default_replication_factor() -> i32 {
     1
+}
+
+fn default_startup_wait() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl KafkaConfig {
@@ -33,6 +41,7 @@ impl KafkaConfig {
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
             replication_factor: default_replication_factor(),
+            startup_wait: default_startup_wait(),
         }
     }
 

@@ -8,7 +8,7 @@ pub mod producer;
 pub mod reader;
 pub mod source;
 
-pub use admin::{delete_topics_with_prefix, ensure_topics};
+pub use admin::{delete_topics_with_prefix, ensure_topics, wait_for_brokers};
 pub use config::{KafkaConfig, TopicSpec};
 pub use encoding::OutgoingRecord;
 pub use producer::AckedProducer;
