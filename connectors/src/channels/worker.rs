@@ -260,7 +260,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                     batch.retain(|r| r.partition != *p);
                     // Revoked and given back within the fetch: read again from the first dropped record.
                     if let (Some(offset), true) = (first, assigned.contains(p)) {
-                        self.seek(&consumer, *p, offset);
+                        self.seek(consumer, *p, offset);
                     }
                 }
             }
@@ -309,7 +309,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             }
             if !stop.load(Ordering::Relaxed) {
                 for (p, offset) in read_again {
-                    self.seek(&consumer, p, offset);
+                    self.seek(consumer, p, offset);
                 }
             }
             tracing::debug!(stats = %self.stats.summary(), "round done");
