@@ -30,6 +30,10 @@ pub enum ProcessingGuarantee {
     /// The pipeline's send ledger keeps every decided key: none is decided or sent again.
     #[default]
     ExactlyOnceKeys,
+    /// Kafka transactions (EOS v2): an epoch's sends, changelog records, dead letters, late records
+    /// and source offsets commit atomically, so re-processed input never reaches a `read_committed`
+    /// reader twice. No ledger (smaller state); `touchpoint replay` needs `exactly_once_keys`.
+    ExactlyOnceV2,
 }
 
 impl ProcessingGuarantee {
@@ -37,6 +41,7 @@ impl ProcessingGuarantee {
         match self {
             ProcessingGuarantee::AtLeastOnce => "at_least_once",
             ProcessingGuarantee::ExactlyOnceKeys => "exactly_once_keys",
+            ProcessingGuarantee::ExactlyOnceV2 => "exactly_once_v2",
         }
     }
 }

@@ -14,11 +14,12 @@ use rdkafka::consumer::CommitMode;
 use timely::worker::Worker;
 use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, TransitionStore};
 use touchpoint_connectors::kafka::source::{owned_partitions, partition_count};
-use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, PartitionSource};
+use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, PartitionSource, TransactionalProducer};
 use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::dedupe::dedupe_key;
 use touchpoint_operators::journey::{Journey, Journeys, SubjectJourneys};
+use touchpoint_operators::send_ledger::ProcessingGuarantee;
 use touchpoint_operators::FastHashMap;
 use touchpoint_operators::{EventDeduplicator, Normalizer};
 
@@ -27,6 +28,8 @@ use crate::stages::dedupe::owner;
 use crate::stages::guardrails::{owner as guardrail_owner, GuardrailRules, GuardrailState, SubjectSendState};
 use crate::stages::kafka_source::{SourceState, StopPolicy};
 use crate::stages::tally::{RunTotals, TallyBook};
+use crate::stages::transaction::{FatalSlot, TransactionalCommit, TxnItem};
+use crate::stages::Epoch;
 use crate::topology::{self, WorkerParts};
 
 /// How to run: parallelism (timely's threads/processes) and when to stop.
@@ -76,6 +79,20 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     topics.push(config.topics.journeys_changelog(&config.pipeline.group_id));
     topics.push(config.topics.journey_versions(&config.pipeline.group_id));
     runtime.block_on(ensure_topics(&config.kafka, &topics))?;
+    // exactly_once_v2: register the job's transactional id before anything reads committed offsets or
+    // state, so that an earlier instance still running is fenced (its open transaction aborted) first.
+    let eos = config.processing.guarantee == ProcessingGuarantee::ExactlyOnceV2;
+    if eos && options.replay.is_some() {
+        bail!("touchpoint replay needs processing.guarantee: exactly_once_keys (the send ledger), not exactly_once_v2");
+    }
+    let transaction = match (eos, options.process) {
+        (true, 0) => Some(Arc::new(TransactionalProducer::new(
+            &config.kafka,
+            &transactional_id(&config.pipeline.group_id),
+            &config.pipeline.group_id,
+        )?)),
+        _ => None,
+    };
     let latest = touchpoint_schemas::clickhouse::MIGRATIONS.last().map_or(0, |m| m.version);
     let applied: u32 = runtime
         .block_on(config.clickhouse.client().query("SELECT max(version) FROM schema_migrations").fetch_one())
@@ -151,6 +168,9 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         totals: totals.clone(),
         started,
         start_up: std::sync::OnceLock::new(),
+        eos,
+        transaction,
+        fatal: FatalSlot::default(),
     });
     let start_up = shared.clone();
     let guards = timely::execute(timely_config, move |worker| run_worker(worker, &shared))
@@ -190,6 +210,17 @@ struct Shared {
     started: Instant,
     /// Set by the first worker to run the dataflow: [`RunReport::start_up`].
     start_up: std::sync::OnceLock<Duration>,
+    /// `processing.guarantee: exactly_once_v2`.
+    eos: bool,
+    /// `exactly_once_v2`, in process 0: the job's transactional producer (used by worker 0).
+    transaction: Option<Arc<TransactionalProducer>>,
+    /// A fatal transaction error (fenced): every worker loop stops the run with it.
+    fatal: FatalSlot,
+}
+
+/// The job's transactional id: one committer per pipeline (group), so a second instance fences the first.
+pub fn transactional_id(group_id: &str) -> String {
+    format!("{group_id}.transactions")
 }
 
 fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
@@ -282,12 +313,22 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             runtime: shared.runtime.clone(),
             tally: tally.clone(),
             totals: shared.totals.clone(),
+            transaction: shared.eos.then(|| TransactionalCommit {
+                producer: if index == 0 { shared.transaction.clone() } else { None },
+                source_topic: config.topics.events.name.clone(),
+                fatal: shared.fatal.clone(),
+                stop: shared.stop.clone(),
+            }),
         },
     );
     let mut tallies = Some(handles.tallies);
+    let mut positions = handles.positions;
+    // The first epoch whose source positions have not gone to the transaction yet.
+    let mut positions_from: Epoch = 0;
     let mut last_commit: Option<Vec<(i32, i64)>> = None;
     let mut failure = None;
-    let commits = shared.replay.is_none();
+    // Under exactly_once_v2 the offsets commit inside the transactions, not from here.
+    let commits = shared.replay.is_none() && !shared.eos;
     let mut lag = CommitLag::new(index, &state.borrow().source.positions());
     let _ = shared.start_up.set(shared.started.elapsed());
     loop {
@@ -309,6 +350,23 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
                 last_commit = Some(positions);
             }
             lag.observe(&st.source);
+            if let Some(input) = positions.as_mut() {
+                // Each closed epoch's positions enter at that epoch; the input then follows the source's
+                // open epoch, so the transaction of an epoch waits for them and for nothing later.
+                for (&epoch, closed) in st.closed.range(positions_from..) {
+                    input.advance_to(epoch);
+                    for &(partition, next) in closed {
+                        input.send(TxnItem::Position { partition, next });
+                    }
+                    positions_from = epoch + 1;
+                }
+                match st.open {
+                    Some(open) if open > *input.time() => input.advance_to(open),
+                    Some(_) => {}
+                    None if st.finished => positions = None,
+                    None => {}
+                }
+            }
             if let Some(e) = st.error.take() {
                 // Stop every worker of this process: the others would otherwise keep the dataflow
                 // (and this worker's loop) alive forever.
@@ -334,11 +392,18 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
         if frontier.is_none() && tallies.is_none() && handles.tallies_logged.done() {
             break;
         }
+        if let Some(fatal) = shared.fatal.lock().ok().and_then(|f| f.clone()) {
+            // Fenced: nothing more may be committed; the open epochs are left to the instance that won.
+            return Err(anyhow!(fatal));
+        }
     }
     match last_commit {
         Some(positions) if commits => {
             state.borrow().source.commit(&positions, CommitMode::Sync)?;
             tracing::info!(worker = index, ?positions, "committed final offsets");
+        }
+        Some(positions) if shared.eos => {
+            tracing::info!(worker = index, ?positions, "final positions committed with the last transaction")
         }
         Some(positions) => tracing::info!(worker = index, ?positions, "replay done (offsets not committed)"),
         None => {}

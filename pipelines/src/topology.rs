@@ -52,9 +52,11 @@ use crate::stages::guardrails::{guardrails, GuardrailOutput, GuardrailRules, Gua
 use crate::stages::kafka_source::{kafka_source, SharedSource, SourceRole, StopPolicy};
 use crate::stages::normalize::{normalize, DeadLetter, Normalized};
 use crate::stages::sinks::{
-    ClickHouseDecisions, ClickHouseEvents, ClickHouseTransitions, ConnectorTopics, StateChangelog, TopicSink,
+    changelog_record, send_record, ClickHouseDecisions, ClickHouseEvents, ClickHouseTransitions, ConnectorTopics,
+    StateChangelog, TopicRecord, TopicSink,
 };
 use crate::stages::tally::{log_epoch_tallies, RunTotals, TallyBook};
+use crate::stages::transaction::{TransactionalCommit, TxnItem};
 use crate::stages::Epoch;
 
 /// Everything one worker needs to build its copy of the dataflow.
@@ -91,6 +93,9 @@ pub struct WorkerParts {
     pub runtime: tokio::runtime::Handle,
     pub tally: TallyBook,
     pub totals: Arc<Mutex<RunTotals>>,
+    /// `exactly_once_v2`: every Kafka output and the source positions commit in one transaction at
+    /// worker 0 (`stages::transaction`) instead of the topic sinks above.
+    pub transaction: Option<TransactionalCommit>,
 }
 
 /// Handles the worker loop drives the dataflow with.
@@ -101,6 +106,8 @@ pub struct Handles {
     pub tallies: InputHandle<Epoch, timely::container::CapacityContainerBuilder<Vec<EpochTally>>>,
     /// Progress of the tally log.
     pub tallies_logged: ProbeHandle<Epoch>,
+    /// `exactly_once_v2`: where the worker loop puts its source positions, at the epoch they closed.
+    pub positions: Option<InputHandle<Epoch, timely::container::CapacityContainerBuilder<Vec<TxnItem>>>>,
 }
 
 // `ok_err` routes by a `Result` whose error side is a dead letter; its size is what it is.
@@ -138,6 +145,7 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         runtime,
         tally,
         totals,
+        transaction,
     } = parts;
     worker.dataflow::<Epoch, _, _>(|scope| {
         // Events: normalize, dedupe, store.
@@ -164,17 +172,6 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         let deduplicated = deduplicated.flat_map(Judged::into_event);
         let late = late.flat_map(Judged::into_routed);
         let watermarks = watermarks.flat_map(Judged::into_watermark);
-        let late_routed = epoch_sink(
-            late,
-            TopicSink { name: "LateEventsTopic", producer: late_producer, topic: late_events_topic },
-            runtime.clone(),
-        );
-        let dead_lettered = epoch_sink(
-            rejected,
-            TopicSink { name: "DeadLetterTopic", producer: dead_letters, topic: dead_letter_topic },
-            runtime.clone(),
-        );
-
         // Consent: the table, replayed at start (epoch 0), then live.
         let consent_records =
             kafka_source(scope, "ConsentSource", SourceRole::Table, consent_source, epochs, stop, None);
@@ -183,12 +180,6 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             ConsentOutcome::Change(c) => Ok(c),
             ConsentOutcome::Rejected(d) => Err(d),
         });
-        let consent_dead_lettered = epoch_sink(
-            bad_consent,
-            TopicSink { name: "DeadLetterTopic", producer: consent_dead_letters, topic: consent_dead_letter_topic },
-            runtime.clone(),
-        );
-
         // The subject-keyed operator: consent join, journeys (timers on the watermark), intents from
         // rules, frequency caps; decisions, transitions, sends, state changelogs. Events a previous run
         // stored still drive decisions (their effects may not have been durable when it died; the decision
@@ -205,53 +196,84 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         let decided = decided.flat_map(GuardrailOutput::into_decision);
         let recorded = epoch_sink(decided.clone(), ClickHouseDecisions { store: decisions }, runtime.clone());
         let allowed = decided.filter(|d: &Arc<Decision>| d.kind == DecisionKind::Allowed);
-        let sent = epoch_sink(allowed, ConnectorTopics { producer: sends, prefix: connector_prefix }, runtime.clone());
         let transitioned = epoch_sink(
             moved.flat_map(GuardrailOutput::into_transition),
             ClickHouseTransitions { store: transitions },
             runtime.clone(),
         );
-        // The send ledger (with the cap counters) is written only once the epoch's sends and decision rows
-        // are durable: a key in a restored ledger means its send is out and its decision stored.
-        let caps_persisted = epoch_sink(
-            after_durable(
-                cap_states.flat_map(GuardrailOutput::into_caps),
-                sent.clone().concat(recorded.clone()),
-                "AfterSends",
-            ),
-            StateChangelog { name: "CapsChangelog", producer: changelog, topic: caps_changelog_topic },
-            runtime.clone(),
-        );
-        // Journey state (a send step passed) is written only after that epoch's ledger is durable, so it
-        // never runs ahead of the sends it made, and a re-run step finds its key in the ledger.
-        let journeys_persisted = epoch_sink(
-            after_durable(
-                journey_states.flat_map(GuardrailOutput::into_journeys),
-                caps_persisted.clone(),
-                "AfterLedger",
-            ),
-            StateChangelog { name: "JourneysChangelog", producer: journeys_changelog, topic: journeys_changelog_topic },
-            runtime,
-        );
+        let cap_states = cap_states.flat_map(GuardrailOutput::into_caps);
+        let journey_states = journey_states.flat_map(GuardrailOutput::into_journeys);
 
         let sinks = ProbeHandle::new();
-        scope
-            .concatenate([
-                stored,
-                dead_lettered,
-                late_routed,
-                consent_dead_lettered,
-                recorded,
-                sent,
-                transitioned,
-                caps_persisted,
-                journeys_persisted,
-            ])
-            .probe_with(&sinks);
+        let mut positions = None;
+        let kafka_durable = match transaction {
+            // exactly_once_v2: every Kafka output of every worker, and the source positions, to worker 0,
+            // once the epoch's ClickHouse rows are durable; one transaction per write there.
+            Some(commit) => {
+                use timely::dataflow::operators::Exchange as _;
+                let (input, source_positions) = scope.new_input::<Vec<TxnItem>>();
+                positions = Some(input);
+                let items = scope.concatenate([
+                    late.map(move |r| TxnItem::Record(r.to_record(&late_events_topic))),
+                    rejected.map(move |r| TxnItem::Record(r.to_record(&dead_letter_topic))),
+                    bad_consent.map(move |r| TxnItem::Record(r.to_record(&consent_dead_letter_topic))),
+                    allowed.map(move |d| TxnItem::Record(send_record(&d, &connector_prefix))),
+                    cap_states.map(move |s| TxnItem::Record(changelog_record(&caps_changelog_topic, &s))),
+                    journey_states.map(move |s| TxnItem::Record(changelog_record(&journeys_changelog_topic, &s))),
+                    source_positions,
+                ]);
+                let clickhouse = scope.concatenate([stored.clone(), recorded.clone(), transitioned.clone()]);
+                let gated = after_durable(items, clickhouse, "AfterClickHouse").exchange(|_| 0);
+                vec![epoch_sink(gated, commit, runtime)]
+            }
+            None => {
+                let late_routed = epoch_sink(
+                    late,
+                    TopicSink { name: "LateEventsTopic", producer: late_producer, topic: late_events_topic },
+                    runtime.clone(),
+                );
+                let dead_lettered = epoch_sink(
+                    rejected,
+                    TopicSink { name: "DeadLetterTopic", producer: dead_letters, topic: dead_letter_topic },
+                    runtime.clone(),
+                );
+                let consent_dead_lettered = epoch_sink(
+                    bad_consent,
+                    TopicSink {
+                        name: "DeadLetterTopic",
+                        producer: consent_dead_letters,
+                        topic: consent_dead_letter_topic,
+                    },
+                    runtime.clone(),
+                );
+                let sent =
+                    epoch_sink(allowed, ConnectorTopics { producer: sends, prefix: connector_prefix }, runtime.clone());
+                // The send ledger (with the cap counters) is written only once the epoch's sends and decision
+                // rows are durable: a key in a restored ledger means its send is out and its decision stored.
+                let caps_persisted = epoch_sink(
+                    after_durable(cap_states, sent.clone().concat(recorded.clone()), "AfterSends"),
+                    StateChangelog { name: "CapsChangelog", producer: changelog, topic: caps_changelog_topic },
+                    runtime.clone(),
+                );
+                // Journey state (a send step passed) is written only after that epoch's ledger is durable, so
+                // it never runs ahead of the sends it made, and a re-run step finds its key in the ledger.
+                let journeys_persisted = epoch_sink(
+                    after_durable(journey_states, caps_persisted.clone(), "AfterLedger"),
+                    StateChangelog {
+                        name: "JourneysChangelog",
+                        producer: journeys_changelog,
+                        topic: journeys_changelog_topic,
+                    },
+                    runtime,
+                );
+                vec![late_routed, dead_lettered, consent_dead_lettered, sent, caps_persisted, journeys_persisted]
+            }
+        };
+        scope.concatenate([stored, recorded, transitioned].into_iter().chain(kafka_durable)).probe_with(&sinks);
 
         let (tallies, partials) = scope.new_input::<Vec<EpochTally>>();
         let tallies_logged = ProbeHandle::new();
         log_epoch_tallies(partials, totals).probe_with(&tallies_logged);
-        Handles { sinks, tallies, tallies_logged }
+        Handles { sinks, tallies, tallies_logged, positions }
     })
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{connector_keys, produce_json, query_lines, runtime, TestPipeline, RULES};
+use common::{connector_keys, produce_json, query_lines, runtime, KillOnDrop, TestPipeline, RULES};
 use serde_json::{json, Value};
 use touchpoint_connectors::testing::{unique_name, Peers, ServiceAddresses};
 
@@ -120,8 +120,11 @@ fn a_broker_killed_mid_run_and_restarted_loses_and_doubles_nothing() {
     produce_json(&tp, &tp.config.topics.consent.name, consent);
     produce_json(&tp, &tp.config.topics.events.name, events(0));
 
+    let mut guard = KillOnDrop::default();
     let pipeline = start(&tp, &["run"], "run");
     let connector = start(&tp, &["connect", "--channel", "push", "--instance", "w1"], "push");
+    guard.watch(&pipeline);
+    guard.watch(&connector);
     let expected = SUBJECTS * OPENS;
     wait_until("the first pushes", 180, || received().len() >= SUBJECTS / 4);
 
@@ -129,6 +132,7 @@ fn a_broker_killed_mid_run_and_restarted_loses_and_doubles_nothing() {
     eprintln!("killed the broker (pid {pid}) with {} pushes received", received().len());
     // A command started while no broker answers waits for it (and says so) instead of failing.
     let deliveries = start(&tp, &["deliveries"], "deliveries");
+    guard.watch(&deliveries);
     std::thread::sleep(Duration::from_secs(5));
     let restarted = Instant::now();
     stack(&["start", "kafka"]);

@@ -95,8 +95,12 @@ fn produce(tp: &TestPipeline, topic: &str, records: Vec<OutgoingRecord>) {
     }
 }
 
-fn pipeline(prefix: &str) -> TestPipeline {
-    TestPipeline::new(prefix, &[(JOURNEYS_OFF, &journeys_in("journeys"))])
+fn pipeline(prefix: &str, guarantee: &str) -> TestPipeline {
+    let guarantee_line = format!("guarantee: {guarantee}");
+    TestPipeline::new(
+        prefix,
+        &[(JOURNEYS_OFF, &journeys_in("journeys")), ("guarantee: exactly_once_keys", guarantee_line.as_str())],
+    )
 }
 
 fn spawn(tp: &TestPipeline, log: &str, until_drained: bool) -> Child {
@@ -172,8 +176,20 @@ fn diff(what: &str, want: &BTreeSet<String>, got: &BTreeSet<String>) -> Option<S
 
 #[test]
 fn twenty_sigkills_change_nothing_against_a_clean_run() {
-    let chaos = pipeline("it_chaos");
-    let clean = pipeline("it_clean").reading_events_of(&chaos);
+    chaos_against_clean("exactly_once_keys");
+}
+
+/// The same under Kafka transactions: moreover no send reaches the connector topics twice, since an
+/// epoch's sends commit with its offsets or not at all.
+#[test]
+fn twenty_sigkills_change_nothing_against_a_clean_run_under_kafka_transactions() {
+    chaos_against_clean("exactly_once_v2");
+}
+
+fn chaos_against_clean(guarantee: &str) {
+    let eos = guarantee == "exactly_once_v2";
+    let chaos = pipeline(&format!("it_chaos_{guarantee}"), guarantee);
+    let clean = pipeline(&format!("it_clean_{guarantee}"), guarantee).reading_events_of(&chaos);
     chaos.prepare();
     clean.prepare();
     let now = chrono::Utc::now().timestamp_millis();
@@ -200,15 +216,27 @@ fn twenty_sigkills_change_nothing_against_a_clean_run() {
         .count();
     let repeats = expected.send_records - expected.sent.len();
     assert!(repeats <= resent, "a clean run repeats a send only by resending it: {repeats} repeats, {resent} resends");
+    if eos {
+        assert_eq!(repeats, 0, "under transactions a clean run writes every send once");
+    }
 
     // The chaos run: 20 SIGKILLs at random moments. Odd rounds die after a random time from the start
     // (some during the state restore), even rounds after a random amount of progress (mid-epoch, with
-    // inserts, produces, changelog writes and commits in flight).
+    // inserts, produces, changelog writes and commits in flight). Progress is events stored; under
+    // transactions it is events committed (ClickHouse rows come before the commit, and a transaction
+    // covers several epochs), so that rounds commit some transactions and die inside later ones.
     let rt = runtime();
     let store = chaos.store();
+    let progress_now = || -> u64 {
+        if eos {
+            chaos.committed_offsets().values().map(|o| *o as u64).sum()
+        } else {
+            rt.block_on(store.count()).unwrap()
+        }
+    };
     let mut kills = Vec::new();
     for round in 0..KILLS as u64 {
-        let before = rt.block_on(store.count()).unwrap();
+        let before = progress_now();
         let mut child = spawn(&chaos, &format!("{}-{round}.log", chaos.name), false);
         let started = Instant::now();
         let after = Duration::from_millis(300 + draw(round, 4_000));
@@ -217,12 +245,12 @@ fn twenty_sigkills_change_nothing_against_a_clean_run() {
             let done = if round % 2 == 1 {
                 started.elapsed() >= after
             } else {
-                rt.block_on(store.count()).unwrap() >= before + progress || started.elapsed() > Duration::from_secs(120)
+                progress_now() >= before + progress || started.elapsed() > Duration::from_secs(120)
             };
             if done {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(if eos { 100 } else { 10 }));
         }
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
@@ -258,6 +286,9 @@ fn twenty_sigkills_change_nothing_against_a_clean_run() {
     .collect();
     assert!(problems.is_empty(), "the chaos run differs from the clean run:\n{}", problems.join("\n"));
     assert_eq!(got.keys_decided_twice, 0, "one decision row per key (FINAL)");
+    if eos {
+        assert_eq!(got.send_records, got.sent.len(), "under transactions no send is on its topic twice, kills or not");
+    }
     let doubled: Vec<_> = got.events.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(doubled.is_empty(), "events stored twice: {doubled:?}");
 }

@@ -46,7 +46,9 @@ impl KafkaConfig {
     }
 
     /// Consumer settings: manual offset management (the pipeline commits only what its sinks made
-    /// durable), reading from the earliest offset when the group has none.
+    /// durable), reading from the earliest offset when the group has none, and only committed records of
+    /// transactional producers (librdkafka's default, written out: `exactly_once_v2` depends on it, and
+    /// committed offsets are then fetched only once no transaction on them is pending).
     pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
@@ -54,6 +56,7 @@ impl KafkaConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "false");
         for (k, v) in &self.consumer {
             c.set(k, v);

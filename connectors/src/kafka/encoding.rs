@@ -2,7 +2,8 @@
 
 use rdkafka::message::{Header, OwnedHeaders};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serializable: under `exactly_once_v2` every worker's records travel to the one committing worker.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutgoingRecord {
     pub topic: String,
     /// `None`: the partitioner picks one from the key.

@@ -7,6 +7,7 @@ pub mod encoding;
 pub mod producer;
 pub mod reader;
 pub mod source;
+pub mod transactional;
 
 pub use admin::{delete_topics_with_prefix, ensure_topics, wait_for_brokers};
 pub use config::{KafkaConfig, TopicSpec};
@@ -14,3 +15,4 @@ pub use encoding::OutgoingRecord;
 pub use producer::AckedProducer;
 pub use reader::{read_all, read_partitions, recv_batch, ReadRecord};
 pub use source::{log_bounds, PartitionSource, SourceError, SourceRecord};
+pub use transactional::{TransactionalProducer, TxnError};

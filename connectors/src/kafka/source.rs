@@ -335,14 +335,24 @@ impl PartitionSource {
 
     /// True when every assigned partition has been read up to the broker's high watermark (or, in a
     /// replay, up to the range's end).
+    ///
+    /// "Read up to" is the consumer's position where it is further than the last record: a topic written
+    /// by transactional producers ends with a commit marker, an offset no reader is handed.
     pub fn caught_up(&self) -> Result<bool, SourceError> {
+        let position = self.consumer.position().ok();
         for &p in &self.partitions {
+            let consumed =
+                match position.as_ref().and_then(|tpl| tpl.find_partition(&self.topic, p)).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => 0,
+                };
+            let read = self.next.get(&p).copied().unwrap_or(0).max(consumed);
             let high = match self.end.get(&p) {
-                Some(&end) if self.next.get(&p).copied().unwrap_or(0) >= end => continue,
+                Some(&end) if read >= end => continue,
                 Some(&end) => end.min(self.high_watermark(p)?),
                 None => self.high_watermark(p)?,
             };
-            if self.next.get(&p).copied().unwrap_or(0) < high {
+            if read < high {
                 return Ok(false);
             }
         }

@@ -29,6 +29,8 @@ pub struct SourceState {
     pub already_stored: HashSet<(i32, i64)>,
     /// Epoch → the next offset per partition after that epoch (what to commit once it is durable).
     pub closed: BTreeMap<Epoch, Vec<(i32, i64)>>,
+    /// The epoch the source is reading into (`None` before it starts and once it finished).
+    pub open: Option<Epoch>,
     /// The source has stopped reading (drained, asked to stop, or failed).
     pub finished: bool,
     pub error: Option<SourceError>,
@@ -42,6 +44,7 @@ impl SourceState {
             source,
             already_stored,
             closed: BTreeMap::new(),
+            open: None,
             finished: false,
             error: None,
         }))
@@ -230,6 +233,7 @@ pub fn kafka_source<'s>(
                     cap = None;
                     tracing::info!(source = name_owned.as_str(), drained, ?held_back, "source finished");
                 }
+                st.open = cap.as_ref().map(|c| *c.time());
             }
         },
     )

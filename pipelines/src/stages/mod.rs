@@ -10,6 +10,7 @@ pub mod kafka_source;
 pub mod normalize;
 pub mod sinks;
 pub mod tally;
+pub mod transaction;
 
 /// Timely timestamps are epochs: `tick << 16 | sub`. Ticks advance with wall-clock time in lock-step on
 /// every worker; a worker that fills an epoch (max records) moves to the next sub-epoch of the same tick.

@@ -183,17 +183,23 @@ impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<super::guardrails:
         batch: Arc<Batch<super::guardrails::SubjectSnapshot<T>>>,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         let producer = self.producer.clone();
-        let records: Vec<_> = batch
-            .iter()
-            .map(|s| touchpoint_connectors::kafka::OutgoingRecord {
-                partition: None,
-                topic: self.topic.clone(),
-                key: Some(subject_key(&s.subject)),
-                payload: s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()),
-                headers: vec![],
-            })
-            .collect();
+        let records: Vec<_> = batch.iter().map(|s| changelog_record(&self.topic, s)).collect();
         async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
+    }
+}
+
+/// A subject's state as its changelog record: key `tenant/subject`, JSON value, or a tombstone when the
+/// subject has nothing left.
+pub fn changelog_record<T: serde::Serialize>(
+    topic: &str,
+    snapshot: &super::guardrails::SubjectSnapshot<T>,
+) -> OutgoingRecord {
+    OutgoingRecord {
+        partition: None,
+        topic: topic.to_string(),
+        key: Some(subject_key(&snapshot.subject)),
+        payload: snapshot.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()),
+        headers: vec![],
     }
 }
 

@@ -226,3 +226,22 @@ impl TestPipeline {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
+
+/// Child processes a test started, SIGKILLed when the test ends however it ends (a failed assertion must
+/// not leave a pipeline running into the next tests).
+#[derive(Default)]
+pub struct KillOnDrop(pub Vec<u32>);
+
+impl KillOnDrop {
+    pub fn watch(&mut self, child: &std::process::Child) {
+        self.0.push(child.id());
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}

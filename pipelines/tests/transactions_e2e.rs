@@ -1,0 +1,83 @@
+//! `processing.guarantee: exactly_once_v2` against the real broker's transactions: two instances of one
+//! pipeline started at once — the fenced one stops with a clear message, and no send reaches the
+//! connector topics twice. (The 20×SIGKILL test under transactions is in `exactly_once_e2e.rs`.)
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{connector_keys, end_offsets, query_lines, KillOnDrop, TestPipeline};
+
+fn start(tp: &TestPipeline, log: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_touchpoint"))
+        .args(["run", "--config"])
+        .arg(&tp.path)
+        .args(["--workers", "2"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(std::env::temp_dir().join(format!("{}-{log}.log", tp.name))).expect("log"))
+        .spawn()
+        .expect("starting touchpoint")
+}
+
+fn log_of(tp: &TestPipeline, log: &str) -> String {
+    std::fs::read_to_string(std::env::temp_dir().join(format!("{}-{log}.log", tp.name))).unwrap_or_default()
+}
+
+#[test]
+fn a_second_instance_fences_the_first_and_no_send_is_doubled() {
+    let tp = TestPipeline::new("it_fence", &[("guarantee: exactly_once_keys", "guarantee: exactly_once_v2")]);
+    tp.prepare();
+    let produced = tp.produce(30_000, 7);
+    let ends = end_offsets(&produced);
+
+    let mut a = start(&tp, "a");
+    let mut b = start(&tp, "b");
+    let mut guard = KillOnDrop::default();
+    guard.watch(&a);
+    guard.watch(&b);
+    // One of them registers the transactional id last and fences the other, which must stop by itself
+    // once it tries to commit.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (fenced, survivor, fenced_log) = loop {
+        if let Some(status) = a.try_wait().expect("status") {
+            break (status, b, "a");
+        }
+        if let Some(status) = b.try_wait().expect("status") {
+            break (status, a, "b");
+        }
+        assert!(Instant::now() < deadline, "neither instance was fenced");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!fenced.success(), "the fenced instance exits with an error");
+    let message = log_of(&tp, fenced_log);
+    assert!(
+        message.contains("fenced: another instance with transactional.id") && message.contains(".transactions"),
+        "the fenced instance says why it stopped: {}",
+        message.lines().filter(|l| l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+    );
+
+    // The survivor processes everything and commits the end of every partition.
+    let mut survivor = survivor;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while tp.committed_offsets() != ends {
+        assert!(survivor.try_wait().expect("status").is_none(), "the surviving instance stopped");
+        assert!(Instant::now() < deadline, "committed {:?}, produced {ends:?}", tp.committed_offsets());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Command::new("kill").args(["-TERM", &survivor.id().to_string()]).status().expect("SIGTERM");
+    assert!(survivor.wait().expect("exit").success(), "the survivor stops cleanly");
+
+    let sends = connector_keys(&tp);
+    let distinct: BTreeSet<String> = sends.iter().map(|(k, _)| k.clone()).collect();
+    assert!(distinct.len() > 100, "the input sends: {}", distinct.len());
+    assert_eq!(sends.len(), distinct.len(), "no send on its topic twice, although both instances processed the input");
+    let allowed: BTreeSet<String> =
+        query_lines(&tp, "SELECT idempotency_key AS line FROM decisions FINAL WHERE decision = 'allowed'")
+            .into_iter()
+            .collect();
+    assert_eq!(distinct, allowed, "the committed sends are exactly the allowed decisions");
+    let stored = tp.stored_ids();
+    assert!(stored.values().all(|n| *n == 1), "an event stored twice");
+}
