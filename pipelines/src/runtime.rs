@@ -392,10 +392,10 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
         if frontier.is_none() && tallies.is_none() && handles.tallies_logged.done() {
             break;
         }
-        if let Some(fatal) = shared.fatal.lock().ok().and_then(|f| f.clone()) {
-            // Fenced: nothing more may be committed; the open epochs are left to the instance that won.
-            return Err(anyhow!(fatal));
-        }
+    }
+    if let Some(fatal) = shared.fatal.lock().ok().and_then(|f| f.clone()) {
+        // Fenced: nothing was committed since; the open epochs are left to the instance that won.
+        return Err(anyhow!(fatal));
     }
     match last_commit {
         Some(positions) if commits => {

@@ -1,5 +1,7 @@
 //! Two `touchpoint run` processes form one timely computation (`--processes 2 --process i --hostfile`):
-//! together they store every valid event once and commit every partition to its end.
+//! together they store every valid event once and commit every partition to its end; under
+//! `exactly_once_v2`, a process killed mid-run leaves no send doubled or lost (one transaction commits
+//! the whole job's epoch: docs/exactly-once.md, "One committer, also with several processes").
 
 mod common;
 
@@ -7,11 +9,35 @@ use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
-use common::{end_offsets, TestPipeline};
+use common::{connector_keys, end_offsets, query_lines, KillOnDrop, TestPipeline};
 use touchpoint::generate::valid_event_ids;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn_processes(
+    tp: &TestPipeline,
+    hostfile: &std::path::Path,
+    log: &str,
+    until_drained: bool,
+) -> Vec<std::process::Child> {
+    (0..2)
+        .map(|i| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_touchpoint"));
+            c.args(["run", "--config"])
+                .arg(&tp.path)
+                .args(["--workers", "1", "--processes", "2", "--process", &i.to_string(), "--hostfile"])
+                .arg(hostfile);
+            if until_drained {
+                c.arg("--until-drained");
+            }
+            c.stdout(Stdio::piped())
+                .stderr(std::fs::File::create(std::env::temp_dir().join(format!("{}-{log}-{i}.log", tp.name))).unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
 }
 
 #[test]
@@ -49,5 +75,63 @@ fn two_processes_share_the_partitions_and_the_work() {
     assert!(stored.values().all(|n| *n == 1));
     assert_eq!(stored.into_keys().collect::<BTreeSet<_>>(), valid);
     assert_eq!(tp.committed_offsets(), end_offsets(&produced));
+    std::fs::remove_file(hostfile).ok();
+}
+
+/// Under Kafka transactions, process 1 is SIGKILLed after the job committed some epochs (process 0 goes
+/// down with the computation), then both restart: every allowed send is on its topic exactly once,
+/// every event stored once, every partition committed to its end. With a transaction per process this
+/// is where sends would be lost: process 0's offsets committed, process 1's share of the same epochs'
+/// effects aborted.
+#[test]
+fn a_process_killed_under_transactions_loses_and_doubles_nothing() {
+    let tp = TestPipeline::new("it_procs_eos", &[("guarantee: exactly_once_keys", "guarantee: exactly_once_v2")]);
+    tp.prepare();
+    let produced = tp.produce(40_000, 11);
+    let valid = valid_event_ids(&produced);
+    let ends = end_offsets(&produced);
+    let hostfile = std::env::temp_dir().join(format!("{}.hosts", tp.name));
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+
+    let mut guard = KillOnDrop::default();
+    let mut first = spawn_processes(&tp, &hostfile, "first", false);
+    first.iter().for_each(|c| guard.watch(c));
+    let total: i64 = ends.values().sum();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let committed: i64 = tp.committed_offsets().values().sum();
+        if committed > 0 {
+            assert!(committed < total, "the kill must come mid-stream: {committed} of {total} committed");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing committed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    first[1].kill().unwrap();
+    first[1].wait().unwrap();
+    // Process 0 loses its peer; whether it notices by itself or not, it goes too.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    first[0].kill().ok();
+    first[0].wait().unwrap();
+
+    let second = spawn_processes(&tp, &hostfile, "second", true);
+    second.iter().for_each(|c| guard.watch(c));
+    for (i, out) in second.into_iter().map(|c| c.wait_with_output().unwrap()).enumerate() {
+        assert!(out.status.success(), "process {i} of the restart failed; see {}-second-{i}.log", tp.name);
+    }
+
+    let sends = connector_keys(&tp);
+    let distinct: BTreeSet<String> = sends.iter().map(|(k, _)| k.clone()).collect();
+    assert!(distinct.len() > 100, "the input sends: {}", distinct.len());
+    assert_eq!(sends.len(), distinct.len(), "no send on its topic twice");
+    let allowed: BTreeSet<String> =
+        query_lines(&tp, "SELECT idempotency_key AS line FROM decisions FINAL WHERE decision = 'allowed'")
+            .into_iter()
+            .collect();
+    assert_eq!(distinct, allowed, "every allowed decision is sent, nothing else");
+    let stored = tp.stored_ids();
+    assert!(stored.values().all(|n| *n == 1));
+    assert_eq!(stored.into_keys().collect::<BTreeSet<_>>(), valid);
+    assert_eq!(tp.committed_offsets(), ends);
     std::fs::remove_file(hostfile).ok();
 }

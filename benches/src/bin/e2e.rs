@@ -58,7 +58,8 @@ struct Args {
     /// Runs per worker count (alternating; the best of each is reported).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// Also run the pipeline under `at_least_once` (the shipped guarantee is `exactly_once_keys`), 2 workers.
+    /// Also run the pipeline under `at_least_once` and `exactly_once_v2` (the shipped guarantee is
+    /// `exactly_once_keys`), 2 workers.
     #[arg(long)]
     compare_guarantees: bool,
     /// Skip the Quix Streams peer.
@@ -143,6 +144,7 @@ fn main() -> Result<()> {
         args.workers.iter().map(|&w| (w, ProcessingGuarantee::ExactlyOnceKeys)).collect();
     if args.compare_guarantees {
         runs.push((2, ProcessingGuarantee::AtLeastOnce));
+        runs.push((2, ProcessingGuarantee::ExactlyOnceV2));
     }
     let mut best: Vec<Option<TouchpointRun>> = vec![None; runs.len()];
     for round in 0..args.rounds {

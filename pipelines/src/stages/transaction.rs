@@ -59,6 +59,11 @@ impl BatchWriter<TxnItem> for TransactionalCommit {
             .boxed();
         };
         let (topic, fatal, stop) = (self.source_topic.clone(), self.fatal.clone(), self.stop.clone());
+        if fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
+            // Fenced already: nothing can commit. The epoch is let go (not committed: its offsets stay
+            // where the last commit put them) so that the dataflow can end and the run report the error.
+            return async { Ok(()) }.boxed();
+        }
         async move {
             let offsets = positions(&batch, &topic);
             let (n, o) = (records(&batch).count(), offsets.len());
@@ -76,7 +81,8 @@ impl BatchWriter<TxnItem> for TransactionalCommit {
                         slot.get_or_insert_with(|| e.to_string());
                     }
                     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                    Err(e.into())
+                    // Retrying cannot help; the worker loops end the run with the error.
+                    Ok(())
                 }
                 Err(e) => Err(e.into()),
             }

@@ -108,11 +108,18 @@ impl TestPipeline {
         counts
     }
 
-    /// The group's committed offsets per partition of the source topic.
+    /// The group's committed offsets per partition of the source topic. Read without `require_stable`
+    /// (a `read_uncommitted` handle): a `read_committed` one waits while a killed pipeline's transaction
+    /// is pending, until the broker aborts it; offsets still pending are not committed either way.
     pub fn committed_offsets(&self) -> HashMap<i32, i64> {
         let topic = &self.config.topics.events.name;
-        let consumer: BaseConsumer =
-            self.config.kafka.consumer_config(&self.config.pipeline.group_id).create().unwrap();
+        let consumer: BaseConsumer = self
+            .config
+            .kafka
+            .consumer_config(&self.config.pipeline.group_id)
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.config.topics.events.partitions {
             tpl.add_partition(topic, p);
