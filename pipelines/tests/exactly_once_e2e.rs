@@ -97,10 +97,17 @@ fn produce(tp: &TestPipeline, topic: &str, records: Vec<OutgoingRecord>) {
 
 fn pipeline(prefix: &str, guarantee: &str) -> TestPipeline {
     let guarantee_line = format!("guarantee: {guarantee}");
-    TestPipeline::new(
-        prefix,
-        &[(JOURNEYS_OFF, &journeys_in("journeys")), ("guarantee: exactly_once_keys", guarantee_line.as_str())],
-    )
+    let mut overrides =
+        vec![(JOURNEYS_OFF, journeys_in("journeys")), ("guarantee: exactly_once_keys", guarantee_line.clone())];
+    if guarantee == "exactly_once_v2" {
+        // One transaction commits every epoch that is ready, and this machine runs the whole input in
+        // a few transactions of 50,000-record epochs: smaller epochs and fewer in flight make commits
+        // small enough for 20 kills to land between and inside them.
+        overrides.push(("max_records: 50000", "max_records: 2000".into()));
+        overrides.push(("max_in_flight: 8", "max_in_flight: 2".into()));
+    }
+    let refs: Vec<(&str, &str)> = overrides.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    TestPipeline::new(prefix, &refs)
 }
 
 fn spawn(tp: &TestPipeline, log: &str, until_drained: bool) -> Child {
