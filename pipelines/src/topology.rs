@@ -22,6 +22,16 @@
 //!  per-worker tallies ─► [to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
 //! ```
 //!
+//! Under `processing.guarantee: exactly_once_v2` the Kafka sinks above are replaced by one transaction:
+//!
+//! ```text
+//!  late events, dead letters, consent dead letters, allowed sends, caps and journey state (as records)
+//!  + source positions (from the worker loop, at the epoch they closed)
+//!      ─► AfterClickHouse (the epoch's ClickHouse rows durable) ─► [to worker 0] KafkaTransaction
+//!         (begin; produce; send_offsets_to_transaction; commit — complete epochs, in order)
+//!  ClickHouse sinks + KafkaTransaction ─► probe (no separate offset commit)
+//! ```
+//!
 //! Beyond this dataflow, each `connector.<channel>` is consumed by `touchpoint connect --channel <c>`
 //! workers (deliveries, dedupe ledger, retries; `crate::connect`, docs/channels.md), whose outcomes
 //! reach ClickHouse `deliveries` through `touchpoint deliveries`.
