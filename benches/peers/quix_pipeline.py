@@ -443,8 +443,7 @@ def load_consent(args, registry: SchemaRegistry) -> ConsentTable:
     """Reads the consent topic from the beginning with a plain consumer (no group membership).
 
     The end is the record count the harness passes (--consent-count); without it, the end of every
-    partition as reported by the broker's Fetch responses (partition EOF). ListOffsets is never used:
-    on tansu it under-reports the end of a batched log (docs/broker-quirks.md, 2)."""
+    partition as reported by the broker's Fetch responses (partition EOF)."""
     table = ConsentTable()
     consumer = Consumer(
         {
@@ -452,7 +451,6 @@ def load_consent(args, registry: SchemaRegistry) -> ConsentTable:
             "group.id": f"{args.group}.consent-loader",  # required by the client; assign() joins no group
             "enable.auto.commit": False,
             "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,
         }
     )
     try:
@@ -514,7 +512,7 @@ class Run:
 
     def on_message_processed(self, topic: str, partition: int, offset: int) -> None:
         # Called by Quix after every input message went through the whole dataframe. Counting input
-        # messages, not offsets: tansu's ListOffsets is unreliable with batched producers.
+        # messages, not offsets (offsets of a transactional topic include commit markers).
         now = time.monotonic()
         self.last_progress = now
         if self.first_at is None:
@@ -552,8 +550,8 @@ def build(app: Application, args, run: Run, registry: SchemaRegistry, consent: C
 
     if "retention.ms" not in events_topic.broker_config.extra_config:
         # Quix derives the changelog topic's config from it: registering the first stateful step fails
-        # with KeyError('retention.ms') in TopicManager.derive_topic_config. tansu's DescribeConfigs
-        # answers {} for a topic created without configs (docs/broker-quirks.md, 3).
+        # with KeyError('retention.ms') in TopicManager.derive_topic_config (a broker that reports no
+        # configs for a topic created without any, as the stand-in broker of earlier versions did).
         raise RuntimeError(
             f"topic {args.input}: the broker reports no retention.ms (DescribeConfigs is empty); "
             "create it with explicit configs, e.g. `touchpoint topics`"
@@ -681,6 +679,12 @@ def main() -> int:
     p.add_argument("--count", type=int, required=True, help="input messages to consume, then stop")
     p.add_argument("--state-dir", help="Quix state directory (default: a temporary one, removed at exit)")
     p.add_argument("--commit-interval", type=float, default=5.0, help="Quix checkpoint interval, s")
+    p.add_argument(
+        "--processing-guarantee",
+        choices=["at-least-once", "exactly-once"],
+        default="at-least-once",
+        help="Quix's processing guarantee (exactly-once uses Kafka transactions)",
+    )
     p.add_argument("--stall-seconds", type=float, default=30.0, help="fail when no input arrives for this long")
     p.add_argument("--startup-seconds", type=float, default=90.0, help="... or when the first one takes this long")
     p.add_argument("--no-ttl", action="store_true", help="state entries never expire (no Quix TTL bookkeeping)")
@@ -703,12 +707,9 @@ def main() -> int:
             broker_address=args.brokers,
             consumer_group=args.group,
             auto_offset_reset="earliest",
-            # tansu has no transactions (EndTxn unsupported), so exactly-once cannot run there.
-            processing_guarantee="at-least-once",
+            # exactly-once: Kafka transactions per checkpoint, as Touchpoint's exactly_once_v2.
+            processing_guarantee=args.processing_guarantee,
             commit_interval=args.commit_interval,
-            # tansu answers every Fetch only after fetch.wait.max.ms, even with data ready; librdkafka's
-            # default of 500 ms makes reads ~14x slower (docs/broker-quirks.md, 5).
-            consumer_extra_config={"fetch.wait.max.ms": 10},
             state_dir=state_dir,
             on_message_processed=run.on_message_processed,
             loglevel=args.log_level,
