@@ -168,7 +168,6 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         totals: totals.clone(),
         started,
         start_up: std::sync::OnceLock::new(),
-        eos,
         transaction,
         fatal: FatalSlot::default(),
     });
@@ -210,12 +209,17 @@ struct Shared {
     started: Instant,
     /// Set by the first worker to run the dataflow: [`RunReport::start_up`].
     start_up: std::sync::OnceLock<Duration>,
-    /// `processing.guarantee: exactly_once_v2`.
-    eos: bool,
     /// `exactly_once_v2`, in process 0: the job's transactional producer (used by worker 0).
     transaction: Option<Arc<TransactionalProducer>>,
     /// A fatal transaction error (fenced): every worker loop stops the run with it.
     fatal: FatalSlot,
+}
+
+impl Shared {
+    /// `processing.guarantee: exactly_once_v2`.
+    fn eos(&self) -> bool {
+        self.config.processing.guarantee == ProcessingGuarantee::ExactlyOnceV2
+    }
 }
 
 /// The job's transactional id: one committer per pipeline (group), so a second instance fences the first.
@@ -313,7 +317,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             runtime: shared.runtime.clone(),
             tally: tally.clone(),
             totals: shared.totals.clone(),
-            transaction: shared.eos.then(|| TransactionalCommit {
+            transaction: shared.eos().then(|| TransactionalCommit {
                 producer: if index == 0 { shared.transaction.clone() } else { None },
                 source_topic: config.topics.events.name.clone(),
                 fatal: shared.fatal.clone(),
@@ -328,7 +332,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
     let mut last_commit: Option<Vec<(i32, i64)>> = None;
     let mut failure = None;
     // Under exactly_once_v2 the offsets commit inside the transactions, not from here.
-    let commits = shared.replay.is_none() && !shared.eos;
+    let commits = shared.replay.is_none() && !shared.eos();
     let mut lag = CommitLag::new(index, &state.borrow().source.positions());
     let _ = shared.start_up.set(shared.started.elapsed());
     loop {
@@ -402,7 +406,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             state.borrow().source.commit(&positions, CommitMode::Sync)?;
             tracing::info!(worker = index, ?positions, "committed final offsets");
         }
-        Some(positions) if shared.eos => {
+        Some(positions) if shared.eos() => {
             tracing::info!(worker = index, ?positions, "final positions committed with the last transaction")
         }
         Some(positions) => tracing::info!(worker = index, ?positions, "replay done (offsets not committed)"),

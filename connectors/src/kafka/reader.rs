@@ -7,7 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::source::{high_watermark, log_bounds, partition_count};
+use super::source::{high_watermark, log_bounds, partition_count, read_up_to};
 use super::KafkaConfig;
 
 /// A record read back, with its headers decoded as UTF-8 (lossy).
@@ -98,18 +98,11 @@ pub fn read_partitions(
         }
         // Asking for the ends costs a broker round trip: only when nothing is waiting to be read.
         if !got_record && last_record.elapsed() >= idle {
-            // The consumer's position, not the last record's offset + 1: a transactional topic ends with
-            // a commit marker, an offset no reader is handed, and librdkafka's position moves past it.
             let position = consumer.position().ok();
             let mut caught_up = true;
             for &p in partitions {
                 let high = high_watermark(&consumer, topic, p)?;
-                let at = match position.as_ref().and_then(|tpl| tpl.find_partition(topic, p)).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => o,
-                    _ => 0,
-                }
-                .max(next.get(&p).copied().unwrap_or(0));
-                if at < high {
+                if read_up_to(position.as_ref(), topic, p, next.get(&p).copied().unwrap_or(0)) < high {
                     caught_up = false;
                 }
             }

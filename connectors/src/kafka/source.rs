@@ -335,18 +335,11 @@ impl PartitionSource {
 
     /// True when every assigned partition has been read up to the broker's high watermark (or, in a
     /// replay, up to the range's end).
-    ///
-    /// "Read up to" is the consumer's position where it is further than the last record: a topic written
-    /// by transactional producers ends with a commit marker, an offset no reader is handed.
+    /// "Read up to": see [`read_up_to`].
     pub fn caught_up(&self) -> Result<bool, SourceError> {
         let position = self.consumer.position().ok();
         for &p in &self.partitions {
-            let consumed =
-                match position.as_ref().and_then(|tpl| tpl.find_partition(&self.topic, p)).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => o,
-                    _ => 0,
-                };
-            let read = self.next.get(&p).copied().unwrap_or(0).max(consumed);
+            let read = read_up_to(position.as_ref(), &self.topic, p, self.next.get(&p).copied().unwrap_or(0));
             let high = match self.end.get(&p) {
                 Some(&end) if read >= end => continue,
                 Some(&end) => end.min(self.high_watermark(p)?),
@@ -357,6 +350,17 @@ impl PartitionSource {
             }
         }
         Ok(true)
+    }
+}
+
+/// How far `partition` has been read: the consumer's `position` where it is past `next` (the offset
+/// after the last record handed out). A topic written by transactional producers ends with a commit
+/// marker, an offset no reader is handed, which the position moves past; comparing `next` with the high
+/// watermark would never see the end.
+pub(super) fn read_up_to(position: Option<&TopicPartitionList>, topic: &str, partition: i32, next: i64) -> i64 {
+    match position.and_then(|tpl| tpl.find_partition(topic, partition)).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => o.max(next),
+        _ => next,
     }
 }
 

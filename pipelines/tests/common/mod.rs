@@ -211,6 +211,20 @@ pub fn connector_keys(tp: &TestPipeline) -> Vec<(String, String)> {
     out
 }
 
+/// Under `exactly_once_v2`: every send on the connector topics once, and exactly the allowed decisions
+/// (more than 100 of them: the input must send). `why` says what makes "once" hard in the calling test.
+pub fn assert_allowed_sent_once(tp: &TestPipeline, why: &str) {
+    let sends = connector_keys(tp);
+    let distinct: std::collections::BTreeSet<String> = sends.iter().map(|(k, _)| k.clone()).collect();
+    assert!(distinct.len() > 100, "the input sends: {}", distinct.len());
+    assert_eq!(sends.len(), distinct.len(), "no send on its topic twice, {why}");
+    let allowed: std::collections::BTreeSet<String> =
+        query_lines(tp, "SELECT idempotency_key AS line FROM decisions FINAL WHERE decision = 'allowed'")
+            .into_iter()
+            .collect();
+    assert_eq!(distinct, allowed, "the committed sends are exactly the allowed decisions");
+}
+
 impl TestPipeline {
     /// Reads another test pipeline's source topic instead of its own (same input, separate everything
     /// else: group, state, connector topics, database).
