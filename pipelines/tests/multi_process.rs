@@ -85,7 +85,16 @@ fn two_processes_share_the_partitions_and_the_work() {
 /// effects aborted.
 #[test]
 fn a_process_killed_under_transactions_loses_and_doubles_nothing() {
-    let tp = TestPipeline::new("it_procs_eos", &[("guarantee: exactly_once_keys", "guarantee: exactly_once_v2")]);
+    // Small epochs: with the default 50,000-record cap the whole input can commit in one transaction
+    // before the test sees a commit, and the kill would come after the end.
+    let tp = TestPipeline::new(
+        "it_procs_eos",
+        &[
+            ("guarantee: exactly_once_keys", "guarantee: exactly_once_v2"),
+            ("max_records: 50000", "max_records: 1000"),
+            ("max_in_flight: 8", "max_in_flight: 2"),
+        ],
+    );
     tp.prepare();
     let produced = tp.produce(40_000, 11);
     let valid = valid_event_ids(&produced);
