@@ -35,7 +35,7 @@ use touchpoint::{PipelineConfig, RunOptions};
 use touchpoint_benches::cpu::{CpuUse, Processes};
 use touchpoint_benches::writes::{write_all, SinkBatches};
 use touchpoint_connectors::clickhouse::{drop_databases_with_prefix, migrate, ClickHouseConfig};
-use touchpoint_connectors::kafka::{delete_topics_with_prefix, ensure_topics, AckedProducer, KafkaConfig};
+use touchpoint_connectors::kafka::{delete_topics_with_prefix, ensure_topics, read_all, AckedProducer, KafkaConfig};
 use touchpoint_connectors::testing::unique_name;
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
 
@@ -65,6 +65,10 @@ struct Args {
     /// Skip the Quix Streams peer.
     #[arg(long)]
     no_peer: bool,
+    /// The peer's processing guarantees, one run each (`at-least-once`, `exactly-once`: Kafka
+    /// transactions, like Touchpoint's `exactly_once_v2`).
+    #[arg(long, value_delimiter = ',', default_value = "at-least-once,exactly-once")]
+    peer_guarantees: Vec<String>,
     /// Source records per batch of the "writes alone" runs, one run each (the sinks write one batch per
     /// epoch, merging epochs that queue behind a slow write); an empty list skips them.
     #[arg(long, value_delimiter = ',', default_value = "20000,100000")]
@@ -81,9 +85,9 @@ struct Args {
     /// `epochs.interval` of the throughput runs in ms (default: the pipeline file's, 200).
     #[arg(long)]
     epoch_ms: Option<u64>,
-    /// Epoch interval of the latency run's pipeline in ms (default: the pipeline file's).
-    #[arg(long)]
-    latency_epoch_ms: Option<u64>,
+    /// Epoch intervals of the latency runs in ms, one run each (default: the pipeline file's).
+    #[arg(long, value_delimiter = ',')]
+    latency_epoch_ms: Vec<u64>,
     /// Pipeline file whose services and client settings are used (topics/group/database are replaced).
     #[arg(long, default_value = "pipelines/config/local.yaml")]
     config: PathBuf,
@@ -170,17 +174,32 @@ fn main() -> Result<()> {
     let best: Vec<TouchpointRun> = best.into_iter().flatten().collect();
 
     // 4. The peer.
-    let peer = if args.no_peer { None } else { Some(peer_rate(&config, &name, args.count, consent_records)?) };
+    let mut peers = Vec::new();
+    if !args.no_peer {
+        for guarantee in &args.peer_guarantees {
+            let run = format!("{name}_quix_{}", guarantee.replace('-', "_"));
+            let r = peer_rate(&config, &run, guarantee, args.count, consent_records);
+            drop(Scratch { kafka: config.kafka.clone(), clickhouse: config.clickhouse.clone(), prefix: run });
+            peers.push((guarantee.clone(), r?));
+        }
+    }
 
     // 5. Latency at half of the best rate.
     let top = best.iter().map(|r| r.rate).fold(0f64, f64::max);
     let top_wall = best.iter().map(|r| r.wall_rate).fold(0f64, f64::max);
-    let latency = if args.latency_seconds > 0 {
-        let rate = args.latency_rate.unwrap_or(top / 2.0);
-        Some((rate, latency_run(&args, &rt, &format!("{name}_live"), rate)?))
+    let rate = args.latency_rate.unwrap_or(top / 2.0);
+    let epochs: Vec<Option<u64>> = if args.latency_epoch_ms.is_empty() {
+        vec![None]
     } else {
-        None
+        args.latency_epoch_ms.iter().copied().map(Some).collect()
     };
+    let mut latencies = Vec::new();
+    for (i, epoch_ms) in epochs.into_iter().enumerate().filter(|_| args.latency_seconds > 0) {
+        let run = format!("{name}_live{i}");
+        let l = latency_run(&args, &rt, &run, rate, epoch_ms);
+        drop(Scratch { kafka: config.kafka.clone(), clickhouse: config.clickhouse.clone(), prefix: run });
+        latencies.push((epoch_ms.map_or(config.epochs.interval, Duration::from_millis), l?));
+    }
 
     println!("events {}, subjects {}, partitions {}", args.count, args.subjects, args.partitions);
     println!("{:<44} {:>10.0} events/s   {}", "bare rdkafka consumer (ceiling)", bare, bare_cpu.per_event(args.count));
@@ -211,21 +230,24 @@ fn main() -> Result<()> {
             println!("{:<44} touchpoint/writes alone (best) {:.3}", "", r.rate / writes_top);
         }
         println!("{:<44} {}", "", r.cpu.per_event(args.count));
+        println!(
+            "{:<44} caps changelog: {} subjects, {:.0} bytes each on average, {} at most",
+            "", r.state.subjects, r.state.mean_bytes, r.state.max_bytes
+        );
     }
-    if let Some(peer) = &peer {
+    for (guarantee, peer) in &peers {
         println!(
             "{:<44} {:>10.0} events/s   peer/ceiling {:.3}   [{:.0} events/s]",
-            "quix streams peer (1 process)",
+            format!("quix streams peer (1 process), {guarantee}"),
             peer.rate,
             peer.rate / bare,
             peer.wall_rate
         );
         println!("{:<44} {:>10.2}   [{:.2}]", "touchpoint (best) / peer", top / peer.rate, top_wall / peer.wall_rate);
     }
-    if let Some((rate, l)) = latency {
+    for (interval, l) in latencies {
         println!(
-            "latency at {rate:.0} events/s offered (2 workers, epochs of {:?}, at most {} in flight):",
-            args.latency_epoch_ms.map_or(config.epochs.interval, Duration::from_millis),
+            "latency at {rate:.0} events/s offered (2 workers, epochs of {interval:?}, at most {} in flight):",
             args.max_in_flight.unwrap_or(config.epochs.max_in_flight),
         );
         for (what, p, unit) in [
@@ -330,6 +352,7 @@ struct TouchpointRun {
     start_up: Duration,
     /// CPU of the whole run (start-up included) by process.
     cpu: CpuUse,
+    state: SubjectState,
 }
 
 /// A "writes alone" run.
@@ -408,7 +431,7 @@ fn touchpoint_rate(
     rt.block_on(migrate(&config.clickhouse))?;
     let started = Instant::now();
     let cpu = Processes::of_local_stack().start();
-    let report = touchpoint::run(config, RunOptions { workers, until_drained: true, ..Default::default() })?;
+    let report = touchpoint::run(config.clone(), RunOptions { workers, until_drained: true, ..Default::default() })?;
     let cpu = cpu.stop();
     // The run ends drain_idle after the last record; that idle wait is not processing time.
     let elapsed = started.elapsed().saturating_sub(Duration::from_millis(300));
@@ -416,12 +439,45 @@ fn touchpoint_rate(
         bail!("pipeline read {} of {count} events", report.totals.tally.received);
     }
     let start_up = report.start_up.context("the pipeline never started its workers")?;
+    let state = SubjectState::of(&config)?;
     Ok(TouchpointRun {
         rate: count as f64 / elapsed.saturating_sub(start_up).as_secs_f64(),
         wall_rate: count as f64 / elapsed.as_secs_f64(),
         start_up,
         cpu,
+        state,
     })
+}
+
+/// The per-subject state a run left: the last record of every subject on the caps changelog (cap
+/// counters plus, under `exactly_once_keys`, the send ledger), as compaction would keep it.
+#[derive(Clone, Copy)]
+struct SubjectState {
+    subjects: usize,
+    mean_bytes: f64,
+    max_bytes: usize,
+}
+
+impl SubjectState {
+    fn of(config: &PipelineConfig) -> Result<Self> {
+        let topic = config.topics.caps_changelog(&config.pipeline.group_id).name;
+        let records = read_all(&config.kafka, &topic, Duration::from_secs(2), Duration::from_secs(120))?;
+        let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
+        for r in records {
+            if let Some(key) = r.key {
+                match r.payload {
+                    Some(p) => last.insert(key, p.len()),
+                    None => last.remove(&key),
+                };
+            }
+        }
+        let total: usize = last.values().sum();
+        Ok(SubjectState {
+            subjects: last.len(),
+            mean_bytes: total as f64 / last.len().max(1) as f64,
+            max_bytes: last.values().copied().max().unwrap_or(0),
+        })
+    }
 }
 
 fn bare_consumer_rate(config: &PipelineConfig, topic: &str, partitions: i32, count: usize) -> Result<f64> {
@@ -453,7 +509,13 @@ struct PeerRun {
 
 /// Runs `benches/peers/quix_pipeline.py` on the same topic (installing its environment when missing)
 /// and reads its one-line JSON report.
-fn peer_rate(config: &PipelineConfig, name: &str, count: usize, consent_records: usize) -> Result<PeerRun> {
+fn peer_rate(
+    config: &PipelineConfig,
+    name: &str,
+    guarantee: &str,
+    count: usize,
+    consent_records: usize,
+) -> Result<PeerRun> {
     let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers");
     let install = Command::new("bash").arg(peers.join("install.sh")).output().context("benches/peers/install.sh")?;
     if !install.status.success() {
@@ -461,7 +523,7 @@ fn peer_rate(config: &PipelineConfig, name: &str, count: usize, consent_records:
     }
     let python = touchpoint_benches::touchpoint_home().join("bench-venv/bin/python");
     let state_dir = std::env::temp_dir().join(format!("{name}-quix-state"));
-    eprintln!("quix streams peer...");
+    eprintln!("quix streams peer, {guarantee}...");
     let started = Instant::now();
     let output = Command::new(&python)
         .arg(peers.join("quix_pipeline.py"))
@@ -473,6 +535,7 @@ fn peer_rate(config: &PipelineConfig, name: &str, count: usize, consent_records:
         .args(["--output-prefix", &format!("{name}.quix")])
         .args(["--group", &format!("{name}.quix")])
         .args(["--count", &count.to_string()])
+        .args(["--processing-guarantee", guarantee])
         .arg("--state-dir")
         .arg(&state_dir)
         .stderr(std::process::Stdio::inherit())
@@ -583,7 +646,13 @@ fn payload_hash(payload: &[u8]) -> u64 {
 /// (hours, days) do not fire and every send answers an event of the run. Latency of a send: its record's
 /// timestamp on `connector.<channel>` (set when the pipeline produced it) minus the time its event was
 /// handed to the producer. Sends of the first 5 s (warm-up) are left out.
-fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64) -> Result<Latency> {
+fn latency_run(
+    args: &Args,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    rate: f64,
+    epoch_ms: Option<u64>,
+) -> Result<Latency> {
     const WARM_UP: Duration = Duration::from_secs(5);
     let config = bench_config(&args.config, name, args.partitions)?;
     let mut pipeline_config = config.clone();
@@ -591,7 +660,7 @@ fn latency_run(args: &Args, rt: &tokio::runtime::Runtime, name: &str, rate: f64)
     pipeline_config.source.drain_idle = Duration::from_secs(3);
     pipeline_config.kafka = batching(&config.kafka);
     pipeline_config.kafka.producer.insert("linger.ms".into(), "1".into());
-    if let Some(ms) = args.latency_epoch_ms {
+    if let Some(ms) = epoch_ms {
         pipeline_config.epochs.interval = Duration::from_millis(ms);
     }
     if let Some(n) = args.max_in_flight {
