@@ -9,4 +9,5 @@ cd "$ROOT"
 "$ROOT/deploy/scripts/stack.sh" reset
 trap '"$ROOT/deploy/scripts/stack.sh" stop' EXIT
 
-cargo test --workspace "$@"
+# `services`: the integration tests that need the servers started above (a plain `cargo test` skips them).
+cargo test --workspace --features touchpoint/services,touchpoint-connectors/services "$@"

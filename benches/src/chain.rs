@@ -13,18 +13,16 @@ use std::sync::Arc;
 
 use apache_avro::Schema;
 use touchpoint::generate::{consent_grants, generate, AvroWriter, GeneratorConfig};
-use touchpoint::stages::guardrails::{
-    CapSnapshot, GuardrailOutput, GuardrailRules, GuardrailState, GuardrailWorker, JourneySnapshot,
-};
-use touchpoint::stages::normalize::{normalize_record, DeadLetter, Outcome};
+use touchpoint::stages::normalize::{normalize_record, DeadLetter};
 use touchpoint::stages::sinks::{send_record, TopicRecord};
 use touchpoint::PipelineConfig;
 use touchpoint_connectors::clickhouse::encoding::batch_token;
 use touchpoint_connectors::kafka::SourceRecord;
 use touchpoint_operators::consent::{parse_consent, ConsentTable};
 use touchpoint_operators::decision::{Decision, DecisionKind};
+use touchpoint_operators::guardrails::{CapSnapshot, GuardrailState, GuardrailWorker, JourneySnapshot};
 use touchpoint_operators::journey::{Journeys, Transition};
-use touchpoint_operators::{EventDeduplicator, Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError};
+use touchpoint_operators::{EventDeduplicator, Normalizer, ReadEvent, RecordDecoder, SchemaLookup, SchemaLookupError};
 use touchpoint_schemas::NormalizedEvent;
 
 /// An in-memory schema lookup (the registry client caches the same way after the first lookup).
@@ -115,7 +113,7 @@ impl Chain {
     /// email and push marketing consent, as `touchpoint generate` produces).
     pub fn new(config: &PipelineConfig, schema: Arc<Schema>, subjects: usize) -> Self {
         let journeys = Journeys::new(config.journeys().expect("journeys"), &config.intents.time_zone_attribute);
-        let rules = GuardrailRules::from_config(config, journeys).expect("guardrail rules");
+        let rules = config.guardrail_rules(journeys).expect("guardrail rules");
         // The generator's consent records (`touchpoint generate` produces the same), parsed as the
         // pipeline's consent stage does.
         let mut consent = ConsentTable::new();
@@ -166,16 +164,16 @@ impl Chain {
             counts.records += 1;
             let outcome = normalize_record(&self.decoder, &self.normalizer, "marketing.events", record, now_ms);
             match outcome {
-                Outcome::Event(event, already_stored) => {
+                Ok(ReadEvent { event, already_stored }) => {
                     let key = touchpoint_operators::dedupe::dedupe_key(&event.tenant_id, &event.event_id);
                     if self.deduplicator.first_seen(key, now_ms) {
                         self.newest_event_ms = self.newest_event_ms.max(event.occurred_at_ms);
-                        events.push((event, already_stored));
+                        events.push(ReadEvent { event, already_stored });
                     } else {
                         counts.duplicates += 1;
                     }
                 }
-                Outcome::Rejected(dead) => {
+                Err(dead) => {
                     counts.rejected += 1;
                     out.dead_letters.push(dead);
                 }
@@ -184,43 +182,16 @@ impl Chain {
         counts.events += events.len();
         // One partition clock per worker here: the watermark is the newest event time minus the lateness.
         self.guardrails.advance_watermark(self.newest_event_ms.saturating_sub(self.allowed_lateness_ms));
-        let mut outputs = Vec::new();
-        self.guardrails.process_epoch(vec![events], now_ms, &mut outputs);
-        // Sized once, as the dataflow's containers are (growing them by doubling was ~2% of the chain's
-        // instructions, the harness's and not the pipeline's).
-        let mut sizes = [0usize; GuardrailOutput::PARTS as usize];
-        for output in &outputs {
-            sizes[output.part() as usize] += 1;
-        }
-        out.decisions.reserve_exact(sizes[0]);
-        out.transitions.reserve_exact(sizes[1]);
-        out.caps.reserve_exact(sizes[2]);
-        out.journeys.reserve_exact(sizes[3]);
-        out.events.reserve_exact(sizes[4]);
-        for output in outputs {
-            match output {
-                GuardrailOutput::Decision(d) => {
-                    counts.decisions += 1;
-                    if d.kind == DecisionKind::Allowed {
-                        counts.sends += 1;
-                    }
-                    out.decisions.push(d);
-                }
-                GuardrailOutput::Transition(t) => {
-                    counts.transitions += 1;
-                    out.transitions.push(*t);
-                }
-                GuardrailOutput::Event(e) => out.events.push(e),
-                GuardrailOutput::Caps(s) => {
-                    counts.changelog_records += 1;
-                    out.caps.push(s);
-                }
-                GuardrailOutput::Journeys(s) => {
-                    counts.changelog_records += 1;
-                    out.journeys.push(s);
-                }
-            }
-        }
+        let keyed = self.guardrails.process_epoch(vec![events], now_ms);
+        counts.decisions += keyed.decisions.len();
+        counts.sends += keyed.counts.allowed as usize;
+        counts.transitions += keyed.transitions.len();
+        counts.changelog_records += keyed.caps.len() + keyed.journeys.len();
+        out.decisions = keyed.decisions;
+        out.transitions = keyed.transitions;
+        out.caps = keyed.caps;
+        out.journeys = keyed.journeys;
+        out.events = keyed.events;
         out
     }
 

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use futures::StreamExt;
 use touchpoint::stages::epoch_sink::{Batch, BatchWriter};
-use touchpoint::stages::guardrails::{CapSnapshot, JourneySnapshot};
 use touchpoint::stages::normalize::DeadLetter;
 use touchpoint::stages::sinks::{
     ClickHouseDecisions, ClickHouseEvents, ClickHouseTransitions, ConnectorTopics, StateChangelog, TopicSink,
@@ -24,6 +23,7 @@ use touchpoint::PipelineConfig;
 use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, TransitionStore};
 use touchpoint_connectors::kafka::AckedProducer;
 use touchpoint_operators::decision::{Decision, DecisionKind};
+use touchpoint_operators::guardrails::{CapSnapshot, JourneySnapshot};
 use touchpoint_operators::journey::Transition;
 use touchpoint_schemas::NormalizedEvent;
 

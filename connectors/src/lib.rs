@@ -14,6 +14,7 @@ pub mod channels;
 pub mod clickhouse;
 pub mod kafka;
 pub mod schema_registry;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 /// Wall clock, epoch milliseconds (row times, delivery outcomes, dead-letter stamps).

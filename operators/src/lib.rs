@@ -7,15 +7,19 @@
 //! - [`decode`]: bytes → the event fields normalization reads, or a field map (JSON, or Avro in the
 //!   Confluent wire format);
 //! - [`normalize`]: validation and canonicalization into a [`touchpoint_schemas::NormalizedEvent`];
+//! - [`read_event`]: an event with its "already stored by a previous run" flag;
 //! - [`dedupe`]: drop repeated `event_id`s within a time-to-live;
 //! - [`tally`]: the per-epoch accounting that proves nothing is silently dropped;
-//! - [`intent`]: send intents from rules in the pipeline file (until journeys exist);
+//! - [`intent`]: send intents from rules in the pipeline file;
 //! - [`consent`]: the consent table (latest consent per subject × channel × purpose);
 //! - [`frequency_cap`]: caps per subject over rolling and calendar windows;
 //! - [`decision`]: consent then caps, one decision per intent;
 //! - [`send_ledger`]: the idempotency keys already emitted per subject (`exactly_once_keys`);
 //! - [`journey`]: journey definitions, the predicate language, per-subject journey state;
-//! - [`watermark`]: event time: per-partition watermarks, idle partitions, late events.
+//! - [`watermark`]: event time: per-partition watermarks, idle partitions, late events;
+//! - [`key_groups`]: which worker holds a subject's state;
+//! - [`guardrails`]: one worker's subject-keyed work per epoch: consent, journeys, intents, caps,
+//!   the send ledger.
 
 pub mod consent;
 pub mod decision;
@@ -23,9 +27,12 @@ pub mod decode;
 pub mod dedupe;
 pub mod fast_hash;
 pub mod frequency_cap;
+pub mod guardrails;
 pub mod intent;
 pub mod journey;
+pub mod key_groups;
 pub mod normalize;
+pub mod read_event;
 pub mod send_ledger;
 pub mod tally;
 pub mod watermark;
@@ -34,4 +41,5 @@ pub use decode::{DecodeError, RecordDecoder, SchemaLookup, SchemaLookupError};
 pub use dedupe::{DedupeConfig, EventDeduplicator};
 pub use fast_hash::{FastHashMap, FastHashSet};
 pub use normalize::{NormalizeConfig, Normalizer, Rejection};
+pub use read_event::ReadEvent;
 pub use tally::EpochTally;

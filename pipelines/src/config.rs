@@ -96,7 +96,7 @@ impl Default for ProcessingConfig {
 }
 
 fn default_send_ledger_ttl() -> Duration {
-    crate::stages::guardrails::DEFAULT_SEND_LEDGER_TTL
+    touchpoint_operators::guardrails::DEFAULT_SEND_LEDGER_TTL
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,6 +299,22 @@ impl PipelineConfig {
         config.journeys()?;
         config.templates().map_err(|e| ConfigError::Semantic { path: path.into(), message: format!("{e:#}") })?;
         Ok(config)
+    }
+
+    /// The rules the subject-keyed operator applies, with the journeys already loaded (current and
+    /// archived versions).
+    pub fn guardrail_rules(
+        &self,
+        journeys: touchpoint_operators::journey::Journeys,
+    ) -> anyhow::Result<touchpoint_operators::guardrails::GuardrailRules> {
+        Ok(touchpoint_operators::guardrails::GuardrailRules {
+            intents: touchpoint_operators::intent::IntentRules::new(&self.intents).map_err(anyhow::Error::msg)?,
+            consent: self.consent.clone(),
+            caps: touchpoint_operators::frequency_cap::FrequencyCaps::new(&self.caps).map_err(anyhow::Error::msg)?,
+            journeys,
+            guarantee: self.processing.guarantee,
+            send_ledger_ttl: self.processing.send_ledger_ttl,
+        })
     }
 
     /// The journeys of `journeys.dir`, validated (every problem of every file at once).

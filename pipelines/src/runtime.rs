@@ -25,12 +25,13 @@ use touchpoint_operators::{EventDeduplicator, Normalizer};
 
 use crate::config::PipelineConfig;
 use crate::stages::dedupe::owner;
-use crate::stages::guardrails::{owner as guardrail_owner, GuardrailRules, GuardrailState, SubjectSendState};
 use crate::stages::kafka_source::{SourceState, StopPolicy};
 use crate::stages::tally::{RunTotals, TallyBook};
 use crate::stages::transaction::{FatalSlot, TransactionalCommit, TxnItem};
 use crate::stages::Epoch;
 use crate::topology::{self, WorkerParts};
+use touchpoint_operators::guardrails::{GuardrailState, SubjectSendState};
+use touchpoint_operators::key_groups::owner as guardrail_owner;
 
 /// How to run: parallelism (timely's threads/processes) and when to stop.
 #[derive(Debug, Clone)]
@@ -288,7 +289,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             consent_topic: config.topics.consent.name.clone(),
             consent_dead_letter_topic: config.topics.consent_dead_letter.name.clone(),
             default_tenant: config.normalize.default_tenant.clone(),
-            rules: GuardrailRules::from_config(config, shared.journeys.clone())?,
+            rules: config.guardrail_rules(shared.journeys.clone())?,
             guardrail_state: GuardrailState { consent: Default::default(), caps: caps_state, journeys: journey_state },
             transitions: TransitionStore::new(&config.clickhouse),
             journeys_changelog: AckedProducer::new(&config.kafka)?,

@@ -37,11 +37,14 @@ use touchpoint_operators::decision::{Decision, DecisionKind};
 use touchpoint_operators::frequency_cap::{CapsConfig, FrequencyCaps};
 use touchpoint_operators::intent::{IntentRules, IntentsConfig};
 use touchpoint_operators::journey::{Journey, Journeys, SubjectJourneys, Transition};
+use touchpoint_operators::ReadEvent;
 use touchpoint_schemas::{NormalizedEvent, SourcePosition};
 
-use crate::stages::guardrails::{
-    guardrails, GuardrailOutput, GuardrailRules, GuardrailState, SubjectSendState, DEFAULT_SEND_LEDGER_TTL,
+use touchpoint_operators::guardrails::{
+    CapSnapshot, GuardrailRules, GuardrailState, JourneySnapshot, SubjectSendState, DEFAULT_SEND_LEDGER_TTL,
 };
+
+use crate::stages::guardrails::guardrails;
 
 pub const TENANT: &str = "acme";
 
@@ -318,20 +321,10 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
             send_ledger_ttl: DEFAULT_SEND_LEDGER_TTL,
         };
         let outputs = run_dataflow(state, rules, &consent_log, inputs.iter().map(clone_step).collect())?;
-        for o in outputs {
-            match o {
-                GuardrailOutput::Decision(d) => outcome.decisions.push(Arc::unwrap_or_clone(d)),
-                GuardrailOutput::Transition(t) => outcome.transitions.push(*t),
-                GuardrailOutput::Caps(s) => {
-                    cap_log.insert(s.subject, s.state);
-                }
-                GuardrailOutput::Journeys(s) => {
-                    journey_log.insert(s.subject, s.state);
-                }
-                // Never emitted here (every event is marked stored); not part of a scenario's outcome.
-                GuardrailOutput::Event(_) => {}
-            }
-        }
+        outcome.decisions.extend(outputs.decisions.into_iter().map(Arc::unwrap_or_clone));
+        outcome.transitions.extend(outputs.transitions);
+        cap_log.extend(outputs.caps.into_iter().map(|s| (s.subject, s.state)));
+        journey_log.extend(outputs.journeys.into_iter().map(|s| (s.subject, s.state)));
         // The consent topic is replayed at every start.
         consent_log.extend(inputs.iter().filter_map(|i| match i {
             ScenarioInput::Consent(c) => Some(c.clone()),
@@ -350,32 +343,48 @@ fn clone_step(i: &ScenarioInput) -> ScenarioInput {
     }
 }
 
+/// What one run of the dataflow emitted, by kind, each in order. (Events to store are not part of a
+/// scenario's outcome, and none are emitted: every event is marked stored.)
+#[derive(Default)]
+struct RunOutputs {
+    decisions: Vec<Arc<Decision>>,
+    transitions: Vec<Transition>,
+    caps: Vec<CapSnapshot>,
+    journeys: Vec<JourneySnapshot>,
+}
+
 /// One run: consent replayed at epoch 0, then one epoch per step.
 fn run_dataflow(
     state: GuardrailState,
     rules: GuardrailRules,
     consent: &[ConsentChange],
     inputs: Vec<ScenarioInput>,
-) -> Result<Vec<GuardrailOutput>> {
+) -> Result<RunOutputs> {
     let consent = consent.to_vec();
     // `execute_directly` runs on this thread: the operators are the pipeline's own.
     let (mut state, mut rules) = (Some(state), Some(rules));
     let outputs = timely::execute_directly(move |worker| {
-        let collected: Rc<RefCell<Vec<GuardrailOutput>>> = Rc::default();
+        let collected: Rc<RefCell<RunOutputs>> = Rc::default();
         let sink = collected.clone();
         let probe = ProbeHandle::new();
         let (mut events, mut changes, mut watermarks) = worker.dataflow::<u64, _, _>(|scope| {
             // Events carry the keyed operator's "already stored" flag: set, since a scenario stores nothing.
-            let (events_in, events) = scope.new_input::<Vec<(NormalizedEvent, bool)>>();
+            let (events_in, events) = scope.new_input::<Vec<ReadEvent>>();
             let (changes_in, changes) = scope.new_input::<Vec<ConsentChange>>();
             let (watermarks_in, watermarks) = scope.new_input::<Vec<i64>>();
             let (Some(state), Some(rules)) = (state.take(), rules.take()) else {
                 unreachable!("the dataflow is built once")
             };
-            let sink = sink.clone();
-            guardrails(events, changes, watermarks, state, rules)
-                .inspect(move |o| sink.borrow_mut().push(o.clone()))
-                .probe_with(&probe);
+            let out = guardrails(events, changes, watermarks, state, rules);
+            let s = sink.clone();
+            out.decisions.inspect(move |d| s.borrow_mut().decisions.push(d.clone())).probe_with(&probe);
+            let s = sink.clone();
+            out.transitions.inspect(move |t| s.borrow_mut().transitions.push(t.clone())).probe_with(&probe);
+            let s = sink.clone();
+            out.caps.inspect(move |c| s.borrow_mut().caps.push(c.clone())).probe_with(&probe);
+            let s = sink.clone();
+            out.journeys.inspect(move |j| s.borrow_mut().journeys.push(j.clone())).probe_with(&probe);
+            out.events.probe_with(&probe);
             (events_in, changes_in, watermarks_in)
         });
         for c in &consent {
@@ -392,7 +401,7 @@ fn run_dataflow(
                 worker.step();
             }
             match steps.next() {
-                Some(ScenarioInput::Event(e)) => events.send((e, true)),
+                Some(ScenarioInput::Event(e)) => events.send(ReadEvent { event: e, already_stored: true }),
                 Some(ScenarioInput::Watermark(w)) => watermarks.send(w),
                 Some(ScenarioInput::Consent(c)) => changes.send(c),
                 // Restarts separate runs; a run never holds one.
@@ -400,7 +409,7 @@ fn run_dataflow(
                 None => break,
             }
         }
-        // One worker processes epochs in order: outputs arrive in decision order.
+        // One worker processes epochs in order: each kind arrives in decision order.
         let outputs = std::mem::take(&mut *collected.borrow_mut());
         outputs
     });

@@ -40,27 +40,27 @@
 
 use std::sync::{Arc, Mutex};
 
-use timely::dataflow::operators::core::{Concat, Concatenate, OkErr};
-use timely::dataflow::operators::vec::{Broadcast, Filter, Map, Partition};
+use timely::dataflow::operators::core::{Concat, Concatenate};
+use timely::dataflow::operators::vec::{Broadcast, Filter, Map};
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, TransitionStore};
 use touchpoint_connectors::kafka::AckedProducer;
 use touchpoint_connectors::schema_registry::RegistryClient;
-use touchpoint_operators::consent::ConsentChange;
 use touchpoint_operators::decision::{Decision, DecisionKind};
+use touchpoint_operators::guardrails::{GuardrailRules, GuardrailState};
 use touchpoint_operators::watermark::EventTimeConfig;
 use touchpoint_operators::{EpochTally, EventDeduplicator, Normalizer, RecordDecoder};
 
 use crate::config::EpochConfig;
-use crate::stages::consent::{parse_consent_stream, ConsentOutcome};
+use crate::stages::consent::parse_consent_stream;
 use crate::stages::dedupe::dedupe;
 use crate::stages::epoch_sink::{after_durable, epoch_sink};
-use crate::stages::event_time::{late_events, partition_clocks, Judged};
-use crate::stages::guardrails::{guardrails, GuardrailOutput, GuardrailRules, GuardrailState};
+use crate::stages::event_time::{late_events, partition_clocks};
+use crate::stages::guardrails::guardrails;
 use crate::stages::kafka_source::{kafka_source, SharedSource, SourceRole, StopPolicy};
-use crate::stages::normalize::{normalize, DeadLetter, Normalized};
+use crate::stages::normalize::normalize;
 use crate::stages::sinks::{
     changelog_record, send_record, ClickHouseDecisions, ClickHouseEvents, ClickHouseTransitions, ConnectorTopics,
     StateChangelog, TopicRecord, TopicSink,
@@ -120,8 +120,6 @@ pub struct Handles {
     pub positions: Option<InputHandle<Epoch, timely::container::CapacityContainerBuilder<Vec<TxnItem>>>>,
 }
 
-// `ok_err` routes by a `Result` whose error side is a dead letter; its size is what it is.
-#[allow(clippy::result_large_err)]
 pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
     let WorkerParts {
         source,
@@ -169,50 +167,28 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             Some(tally.clone()),
         );
         let normalized =
-            normalize(records, RecordDecoder::new(registry.clone()), normalizer, source_topic, tally.clone())
-                .partition(Normalized::PARTS, |n| (n.part(), n));
-        let [valid, rejected, readings] = <[_; 3]>::try_from(normalized).unwrap_or_else(|_| unreachable!());
-        let valid = valid.flat_map(Normalized::into_event);
-        let rejected = rejected.flat_map(Normalized::into_rejected);
+            normalize(records, RecordDecoder::new(registry.clone()), normalizer, source_topic, tally.clone());
+        let rejected = normalized.rejected;
         // Event time: every worker's partition reports reach every worker's watermark.
-        let reports = partition_clocks(readings.flat_map(Normalized::into_clock), source, &event_time).broadcast();
-        let deduplicated = dedupe(valid, deduplicator, tally.clone());
-        let judged = late_events(deduplicated, reports, &event_time, tally).partition(Judged::PARTS, |j| (j.part(), j));
-        let [deduplicated, late, watermarks] = <[_; 3]>::try_from(judged).unwrap_or_else(|_| unreachable!());
-        let deduplicated = deduplicated.flat_map(Judged::into_event);
-        let late = late.flat_map(Judged::into_routed);
-        let watermarks = watermarks.flat_map(Judged::into_watermark);
+        let reports = partition_clocks(normalized.clocks, source, &event_time).broadcast();
+        let deduplicated = dedupe(normalized.events, deduplicator, tally.clone());
+        let judged = late_events(deduplicated, reports, &event_time, tally);
+        let late = judged.routed;
         // Consent: the table, replayed at start (epoch 0), then live.
         let consent_records =
             kafka_source(scope, "ConsentSource", SourceRole::Table, consent_source, epochs, stop, None);
-        let parsed = parse_consent_stream(consent_records, RecordDecoder::new(registry), consent_topic, default_tenant);
-        let (changes, bad_consent) = parsed.ok_err::<Vec<ConsentChange>, _, Vec<DeadLetter>, _, _>(|o| match o {
-            ConsentOutcome::Change(c) => Ok(c),
-            ConsentOutcome::Rejected(d) => Err(d),
-        });
+        let (changes, bad_consent) =
+            parse_consent_stream(consent_records, RecordDecoder::new(registry), consent_topic, default_tenant);
         // The subject-keyed operator: consent join, journeys (timers on the watermark), intents from
         // rules, frequency caps; decisions, transitions, sends, state changelogs. Events a previous run
         // stored still drive decisions (their effects may not have been durable when it died; the decision
         // path is idempotent by key), and the keyed operator passes on only the others to be stored.
-        let outputs = guardrails(deduplicated, changes, watermarks, guardrail_state, rules)
-            .partition(GuardrailOutput::PARTS, |o| (o.part(), o));
-        let [decided, moved, cap_states, journey_states, to_store] =
-            <[_; 5]>::try_from(outputs).unwrap_or_else(|_| unreachable!());
-        let stored = epoch_sink(
-            to_store.flat_map(GuardrailOutput::into_event),
-            ClickHouseEvents { store: events },
-            runtime.clone(),
-        );
-        let decided = decided.flat_map(GuardrailOutput::into_decision);
-        let recorded = epoch_sink(decided.clone(), ClickHouseDecisions { store: decisions }, runtime.clone());
-        let allowed = decided.filter(|d: &Arc<Decision>| d.kind == DecisionKind::Allowed);
-        let transitioned = epoch_sink(
-            moved.flat_map(GuardrailOutput::into_transition),
-            ClickHouseTransitions { store: transitions },
-            runtime.clone(),
-        );
-        let cap_states = cap_states.flat_map(GuardrailOutput::into_caps);
-        let journey_states = journey_states.flat_map(GuardrailOutput::into_journeys);
+        let keyed = guardrails(judged.events, changes, judged.watermarks, guardrail_state, rules);
+        let (cap_states, journey_states) = (keyed.caps, keyed.journeys);
+        let stored = epoch_sink(keyed.events, ClickHouseEvents { store: events }, runtime.clone());
+        let recorded = epoch_sink(keyed.decisions.clone(), ClickHouseDecisions { store: decisions }, runtime.clone());
+        let allowed = keyed.decisions.filter(|d: &Arc<Decision>| d.kind == DecisionKind::Allowed);
+        let transitioned = epoch_sink(keyed.transitions, ClickHouseTransitions { store: transitions }, runtime.clone());
 
         let sinks = ProbeHandle::new();
         let mut positions = None;

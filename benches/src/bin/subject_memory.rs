@@ -13,13 +13,13 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use touchpoint::stages::guardrails::{GuardrailRules, GuardrailState, GuardrailWorker};
 use touchpoint_benches::chain::local_config;
 use touchpoint_benches::live_bytes;
 use touchpoint_operators::consent::{Channel, ConsentChange, ConsentStatus, Purpose, SubjectRef};
 use touchpoint_operators::dedupe::dedupe_key;
+use touchpoint_operators::guardrails::{GuardrailState, GuardrailWorker};
 use touchpoint_operators::journey::Journeys;
-use touchpoint_operators::EventDeduplicator;
+use touchpoint_operators::{EventDeduplicator, ReadEvent};
 use touchpoint_schemas::NormalizedEvent;
 
 #[global_allocator]
@@ -52,7 +52,7 @@ fn main() -> Result<()> {
         let started = Instant::now();
         let base = live_bytes();
         let journeys = Journeys::new(config.journeys()?, &config.intents.time_zone_attribute);
-        let rules = GuardrailRules::from_config(&config, journeys)?;
+        let rules = config.guardrail_rules(journeys)?;
         let mut worker = GuardrailWorker::new(GuardrailState::default(), rules);
         let mut dedupe = EventDeduplicator::new(&config.dedupe);
         for i in 0..n {
@@ -69,7 +69,6 @@ fn main() -> Result<()> {
         }
         let after_consent = live_bytes();
         let mut sends = 0usize;
-        let mut out = Vec::new();
         const PER_EPOCH: usize = 50_000;
         for (kind, offset_ms) in [("signed_up", 0), ("cart_updated", 60_000)] {
             for start in (0..n).step_by(PER_EPOCH) {
@@ -78,15 +77,10 @@ fn main() -> Result<()> {
                     .filter(|e| dedupe.first_seen(dedupe_key(&e.tenant_id, &e.event_id), e.occurred_at_ms))
                     .collect();
                 worker.advance_watermark(T0 + offset_ms + start as i64 - 3_600_000);
-                worker.process_epoch(vec![events.into_iter().map(|e| (e, false)).collect()], T0 + offset_ms, &mut out);
-                sends += out
-                    .iter()
-                    .filter(|o| matches!(o, touchpoint::stages::guardrails::GuardrailOutput::Decision(d) if d.kind == touchpoint_operators::decision::DecisionKind::Allowed))
-                    .count();
-                out.clear();
+                let out = worker.process_epoch(vec![events.into_iter().map(ReadEvent::new).collect()], T0 + offset_ms);
+                sends += out.counts.allowed as usize;
             }
         }
-        out.shrink_to_fit();
         let total = live_bytes() - base;
         let consent = after_consent - base;
         // A part's size: what a deep copy of it allocates.

@@ -1,7 +1,6 @@
 //! Parsing the consent topic: decode (JSON or Avro, like events), validate, or dead-letter.
 
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::Stream;
 use touchpoint_connectors::kafka::SourceRecord;
 use touchpoint_operators::consent::{
@@ -13,19 +12,15 @@ use touchpoint_schemas::SourcePosition;
 use super::normalize::{decode_with_retry, DeadLetter};
 use super::Epoch;
 
-/// Changes go to the guardrails, rejects to the consent dead-letter topic.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ConsentOutcome {
-    Change(ConsentChange),
-    Rejected(DeadLetter),
-}
-
+/// A consent record: the change it makes, or its dead letter (bad payload, or a key that does not name
+/// the entry it sets).
+#[allow(clippy::result_large_err, reason = "the dead letter is an outcome that carries the record, not an error path")]
 pub fn parse_consent_record<L: SchemaLookup>(
     decoder: &RecordDecoder<L>,
     topic: &str,
     default_tenant: &str,
     record: SourceRecord,
-) -> ConsentOutcome {
+) -> Result<ConsentChange, DeadLetter> {
     let position = SourcePosition { topic: topic.to_string(), partition: record.partition, offset: record.offset };
     let parsed = match record.payload.as_deref() {
         // A tombstone: clear the entry named by the key.
@@ -45,34 +40,16 @@ pub fn parse_consent_record<L: SchemaLookup>(
         }
         .and_then(|change| check_record_key(&change, record.key.as_deref()).map(|()| change)),
     };
-    match parsed {
-        Ok(change) => ConsentOutcome::Change(change),
-        Err(rejection) => {
-            ConsentOutcome::Rejected(DeadLetter::of(record, position, rejection, chrono::Utc::now().timestamp_millis()))
-        }
-    }
+    parsed.map_err(|rejection| DeadLetter::of(record, position, rejection, chrono::Utc::now().timestamp_millis()))
 }
 
+/// Changes go to the guardrails, dead letters to the consent dead-letter topic.
+#[allow(clippy::result_large_err, reason = "the dead letter is an outcome that carries the record, not an error path")]
 pub fn parse_consent_stream<'s, L: SchemaLookup + 'static>(
     records: Stream<'s, Epoch, Vec<SourceRecord>>,
     decoder: RecordDecoder<L>,
     topic: String,
     default_tenant: String,
-) -> Stream<'s, Epoch, Vec<ConsentOutcome>> {
-    records.unary::<timely::container::CapacityContainerBuilder<Vec<ConsentOutcome>>, _, _, _>(
-        Pipeline,
-        "ParseConsent",
-        move |_, _| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut session = output.session(&cap);
-                    for batch in data {
-                        for record in batch.drain(..) {
-                            session.give(parse_consent_record(&decoder, &topic, &default_tenant, record));
-                        }
-                    }
-                });
-            }
-        },
-    )
+) -> (Stream<'s, Epoch, Vec<ConsentChange>>, Stream<'s, Epoch, Vec<DeadLetter>>) {
+    records.ok_err(move |record| parse_consent_record(&decoder, &topic, &default_tenant, record))
 }

@@ -6,7 +6,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::Stream;
 use touchpoint_operators::dedupe::dedupe_key;
 use touchpoint_operators::EventDeduplicator;
-use touchpoint_schemas::NormalizedEvent;
+use touchpoint_operators::ReadEvent;
 
 use super::tally::TallyBook;
 use super::Epoch;
@@ -24,12 +24,12 @@ pub fn owner(tenant_id: &str, event_id: &str, peers: usize) -> usize {
 /// unique when first stored (their ids are in the restored state), so they pass without a check and
 /// without being counted again: they only feed the decisions downstream, not the events table.
 pub fn dedupe<'s>(
-    events: Stream<'s, Epoch, Vec<(NormalizedEvent, bool)>>,
+    events: Stream<'s, Epoch, Vec<ReadEvent>>,
     mut deduplicator: EventDeduplicator,
     tally: TallyBook,
-) -> Stream<'s, Epoch, Vec<(NormalizedEvent, bool)>> {
-    events.unary::<timely::container::CapacityContainerBuilder<Vec<(NormalizedEvent, bool)>>, _, _, _>(
-        Exchange::new(|(e, _): &(NormalizedEvent, bool)| route(&e.tenant_id, &e.event_id)),
+) -> Stream<'s, Epoch, Vec<ReadEvent>> {
+    events.unary::<timely::container::CapacityContainerBuilder<Vec<ReadEvent>>, _, _, _>(
+        Exchange::new(|r: &ReadEvent| route(&r.event.tenant_id, &r.event.event_id)),
         "Dedupe",
         move |_, _| {
             move |input, output| {
@@ -39,12 +39,14 @@ pub fn dedupe<'s>(
                     let mut session = output.session(&cap);
                     let (mut unique, mut duplicates) = (0u64, 0u64);
                     for batch in data {
-                        for (event, already_stored) in batch.drain(..) {
-                            if already_stored {
-                                session.give((event, true));
-                            } else if deduplicator.first_seen(dedupe_key(&event.tenant_id, &event.event_id), now_ms) {
+                        for read in batch.drain(..) {
+                            if read.already_stored {
+                                session.give(read);
+                            } else if deduplicator
+                                .first_seen(dedupe_key(&read.event.tenant_id, &read.event.event_id), now_ms)
+                            {
                                 unique += 1;
-                                session.give((event, false));
+                                session.give(read);
                             } else {
                                 duplicates += 1;
                             }

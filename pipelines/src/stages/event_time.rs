@@ -18,14 +18,18 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 use touchpoint_connectors::kafka::OutgoingRecord;
 use touchpoint_operators::watermark::{
     EventTimeConfig, LatePolicy, PartitionClocks, PartitionReport, Timeliness, Watermark,
 };
+use touchpoint_operators::ReadEvent;
 use touchpoint_schemas::reject::headers;
 use touchpoint_schemas::NormalizedEvent;
 
@@ -168,187 +172,154 @@ impl TopicRecord for LateEvent {
     }
 }
 
-/// What the judge does with an event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Judged {
-    /// On time, or late and flagged (policy `flag`); with its "already stored" flag.
-    Event(NormalizedEvent, bool),
+/// The judge's outputs.
+pub struct JudgedStreams<'s> {
+    /// On time, or late and flagged (policy `flag`).
+    pub events: Stream<'s, Epoch, Vec<ReadEvent>>,
     /// Late, to the late-events topic (policy `route`).
-    Routed(LateEvent),
-    /// The watermark moved (for the journeys' timers, on this worker).
-    Watermark(i64),
+    pub routed: Stream<'s, Epoch, Vec<LateEvent>>,
+    /// The watermark each time it moved (for the journeys' timers, on this worker).
+    pub watermarks: Stream<'s, Epoch, Vec<i64>>,
 }
 
-impl Judged {
-    /// Output streams, in [`crate::topology`]: events, routed late events, watermarks.
-    pub const PARTS: u64 = 3;
-
-    pub fn part(&self) -> u64 {
-        match self {
-            Judged::Event(..) => 0,
-            Judged::Routed(_) => 1,
-            Judged::Watermark(_) => 2,
-        }
-    }
-
-    pub fn into_event(self) -> Option<(NormalizedEvent, bool)> {
-        if let Judged::Event(e, already_stored) = self {
-            Some((e, already_stored))
-        } else {
-            None
-        }
-    }
-
-    pub fn into_routed(self) -> Option<LateEvent> {
-        if let Judged::Routed(l) = self {
-            Some(l)
-        } else {
-            None
-        }
-    }
-
-    pub fn into_watermark(self) -> Option<i64> {
-        if let Judged::Watermark(w) = self {
-            Some(w)
-        } else {
-            None
-        }
-    }
-}
-
-/// What arrived for one epoch: its capability and its events.
-type PendingEpoch = (Capability<Epoch>, Vec<(NormalizedEvent, bool)>);
+/// What arrived for one epoch: its capabilities for the events and routed outputs, and its events.
+type PendingEpoch = ([Capability<Epoch>; 2], Vec<ReadEvent>);
 
 /// Judges events against the watermark replica of this worker (see the module docs for the order).
 /// Events a previous run already stored pass unjudged: they were judged when first stored.
 pub fn late_events<'s>(
-    events: Stream<'s, Epoch, Vec<(NormalizedEvent, bool)>>,
+    events: Stream<'s, Epoch, Vec<ReadEvent>>,
     reports: Stream<'s, Epoch, Vec<PartitionReport>>,
     config: &EventTimeConfig,
     tally: TallyBook,
-) -> Stream<'s, Epoch, Vec<Judged>> {
+) -> JudgedStreams<'s> {
     let policy = config.late_events;
     let mut watermark = Watermark::new(config.allowed_lateness);
     // One replica logs (they all hold the same watermark).
     let worker = events.scope().index();
     let logs = worker == 0;
-    events.binary_frontier::<_, timely::container::CapacityContainerBuilder<Vec<Judged>>, _, _, _, _>(
-        reports,
-        Pipeline,
-        Pipeline,
-        "LateEvents",
-        move |initial, _| {
-            // Held at the inputs' frontier, to announce the watermark even in epochs without events.
-            let mut clock = Some(initial);
-            let mut announced: Option<i64> = None;
-            let mut waiting: BTreeMap<Epoch, PendingEpoch> = BTreeMap::new();
-            let mut unapplied: BTreeMap<Epoch, Vec<PartitionReport>> = BTreeMap::new();
-            // The newest report stamp applied: the watermark covers events up to that epoch.
-            let mut applied_through: Option<Epoch> = None;
-            move |(events_in, events_frontier), (reports_in, reports_frontier), output| {
-                events_in.for_each_stamp(|cap, data| {
-                    let Some(&epoch) = cap.least() else { return };
-                    let entry = waiting.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, 0), Vec::new()));
-                    for batch in data {
-                        entry.1.append(batch);
-                    }
-                });
-                reports_in.for_each_stamp(|cap, data| {
-                    let Some(&epoch) = cap.least() else { return };
-                    let entry = unapplied.entry(epoch).or_default();
-                    for batch in data {
-                        entry.append(batch);
-                    }
-                });
-                loop {
-                    // Judge the oldest waiting epoch once every report stamped before it is applied.
-                    if let Some((&epoch, _)) = waiting.first_key_value() {
-                        let reports_before_complete = !reports_frontier.frontier().less_than(&epoch);
-                        let all_applied = unapplied.first_key_value().is_none_or(|(&r, _)| r >= epoch);
-                        if reports_before_complete && all_applied {
-                            let Some((cap, batch)) = waiting.remove(&epoch) else { break };
-                            let mut session = output.session(&cap);
-                            let mut late = 0u64;
-                            let events = batch.len();
-                            for (mut event, already_stored) in batch {
-                                let verdict = if already_stored {
-                                    Timeliness::OnTime
-                                } else {
-                                    watermark.judge(event.occurred_at_ms)
-                                };
-                                match (verdict, policy) {
-                                    (Timeliness::OnTime, _) => session.give(Judged::Event(event, already_stored)),
-                                    (Timeliness::Late { .. }, LatePolicy::Flag) => {
-                                        late += 1;
-                                        event.late = true;
-                                        session.give(Judged::Event(event, already_stored));
-                                    }
-                                    (Timeliness::Late { watermark_ms, behind_ms }, LatePolicy::Route) => {
-                                        late += 1;
-                                        session.give(Judged::Routed(LateEvent { event, watermark_ms, behind_ms }));
-                                    }
-                                }
-                            }
-                            if late > 0 {
-                                tally.with(epoch, |t| t.late += late);
-                            }
-                            tracing::debug!(
-                                worker,
-                                epoch,
-                                events,
-                                late,
-                                watermark = ?watermark.current().map(rfc3339),
-                                reports_through = ?applied_through,
-                                "epoch judged"
-                            );
-                            continue;
-                        }
-                    }
-                    // Apply the oldest complete reports once no event of their epoch or earlier can come.
-                    if let Some((&stamp, _)) = unapplied.first_key_value() {
-                        let complete = !reports_frontier.frontier().less_equal(&stamp);
-                        let no_events_up_to = !events_frontier.frontier().less_equal(&stamp)
-                            && waiting.first_key_value().is_none_or(|(&e, _)| e > stamp);
-                        if complete && no_events_up_to {
-                            applied_through = Some(stamp);
-                            for report in unapplied.remove(&stamp).unwrap_or_default() {
-                                watermark.apply(report);
-                            }
-                            let before = watermark.current();
-                            let now = watermark.advance();
-                            if let (true, Some(now)) = (logs && before != now, now) {
-                                let (partitions, idle) = watermark.partitions();
-                                if before.is_none() {
-                                    tracing::info!(watermark = %rfc3339(now), partitions, idle, "watermark formed");
-                                } else {
-                                    tracing::debug!(watermark = %rfc3339(now), partitions, idle, "watermark");
-                                }
-                            }
-                            continue;
-                        }
-                    }
-                    break;
+    let mut builder = OperatorBuilder::new("LateEvents".to_owned(), events.scope());
+    let mut events_in = builder.new_input(events, Pipeline);
+    let mut reports_in = builder.new_input(reports, Pipeline);
+    let (events_out, on_time) = builder.new_output::<Vec<ReadEvent>>();
+    let (routed_out, routed) = builder.new_output::<Vec<LateEvent>>();
+    let (watermarks_out, watermarks) = builder.new_output::<Vec<i64>>();
+    let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(events_out);
+    let mut routed_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(routed_out);
+    let mut watermarks_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(watermarks_out);
+    builder.build(move |mut initial| {
+        // Held at the inputs' frontier, to announce the watermark even in epochs without events.
+        let mut clock = initial.pop();
+        let mut announced: Option<i64> = None;
+        let mut waiting: BTreeMap<Epoch, PendingEpoch> = BTreeMap::new();
+        let mut unapplied: BTreeMap<Epoch, Vec<PartitionReport>> = BTreeMap::new();
+        // The newest report stamp applied: the watermark covers events up to that epoch.
+        let mut applied_through: Option<Epoch> = None;
+        move |frontiers| {
+            let (events_frontier, reports_frontier) = (&frontiers[0], &frontiers[1]);
+            events_in.for_each_stamp(|cap, data| {
+                let Some(&epoch) = cap.least() else { return };
+                let entry = waiting
+                    .entry(epoch)
+                    .or_insert_with(|| ([cap.delayed(&epoch, 0), cap.delayed(&epoch, 1)], Vec::new()));
+                for batch in data {
+                    entry.1.append(batch);
                 }
-                // Announce a moved watermark, then keep the clock capability at the inputs' frontier. It is
-                // announced after the epochs it was built from: timers it fires must not overtake those
-                // epochs' own (on-time) events downstream.
-                if let Some(c) = clock.as_mut() {
-                    if watermark.current() > announced {
-                        if let Some(w) = watermark.current() {
-                            let at = applied_through.map_or(*c.time(), |s| (*c.time()).max(s + 1));
-                            output.session(&c.delayed(&at)).give(Judged::Watermark(w));
+            });
+            reports_in.for_each_stamp(|cap, data| {
+                let Some(&epoch) = cap.least() else { return };
+                let entry = unapplied.entry(epoch).or_default();
+                for batch in data {
+                    entry.append(batch);
+                }
+            });
+            loop {
+                // Judge the oldest waiting epoch once every report stamped before it is applied.
+                if let Some((&epoch, _)) = waiting.first_key_value() {
+                    let reports_before_complete = !reports_frontier.less_than(&epoch);
+                    let all_applied = unapplied.first_key_value().is_none_or(|(&r, _)| r >= epoch);
+                    if reports_before_complete && all_applied {
+                        let Some(([event_cap, routed_cap], batch)) = waiting.remove(&epoch) else { break };
+                        let (mut on_time, mut routed) = (events_out.activate(), routed_out.activate());
+                        let mut on_time = on_time.session(&event_cap);
+                        let mut routed = routed.session(&routed_cap);
+                        let mut late = 0u64;
+                        let events = batch.len();
+                        for ReadEvent { mut event, already_stored } in batch {
+                            let verdict =
+                                if already_stored { Timeliness::OnTime } else { watermark.judge(event.occurred_at_ms) };
+                            match (verdict, policy) {
+                                (Timeliness::OnTime, _) => on_time.give(ReadEvent { event, already_stored }),
+                                (Timeliness::Late { .. }, LatePolicy::Flag) => {
+                                    late += 1;
+                                    event.late = true;
+                                    on_time.give(ReadEvent { event, already_stored });
+                                }
+                                (Timeliness::Late { watermark_ms, behind_ms }, LatePolicy::Route) => {
+                                    late += 1;
+                                    routed.give(LateEvent { event, watermark_ms, behind_ms });
+                                }
+                            }
                         }
-                        announced = watermark.current();
+                        if late > 0 {
+                            tally.with(epoch, |t| t.late += late);
+                        }
+                        tracing::debug!(
+                            worker,
+                            epoch,
+                            events,
+                            late,
+                            watermark = ?watermark.current().map(rfc3339),
+                            reports_through = ?applied_through,
+                            "epoch judged"
+                        );
+                        continue;
                     }
-                    let least =
-                        events_frontier.frontier().iter().chain(reports_frontier.frontier().iter()).min().copied();
-                    match least {
-                        Some(t) if t > *c.time() => c.downgrade(&t),
-                        Some(_) => {}
-                        None => clock = None,
+                }
+                // Apply the oldest complete reports once no event of their epoch or earlier can come.
+                if let Some((&stamp, _)) = unapplied.first_key_value() {
+                    let complete = !reports_frontier.less_equal(&stamp);
+                    let no_events_up_to = !events_frontier.less_equal(&stamp)
+                        && waiting.first_key_value().is_none_or(|(&e, _)| e > stamp);
+                    if complete && no_events_up_to {
+                        applied_through = Some(stamp);
+                        for report in unapplied.remove(&stamp).unwrap_or_default() {
+                            watermark.apply(report);
+                        }
+                        let before = watermark.current();
+                        let now = watermark.advance();
+                        if let (true, Some(now)) = (logs && before != now, now) {
+                            let (partitions, idle) = watermark.partitions();
+                            if before.is_none() {
+                                tracing::info!(watermark = %rfc3339(now), partitions, idle, "watermark formed");
+                            } else {
+                                tracing::debug!(watermark = %rfc3339(now), partitions, idle, "watermark");
+                            }
+                        }
+                        continue;
                     }
+                }
+                break;
+            }
+            // Announce a moved watermark, then keep the clock capability at the inputs' frontier. It is
+            // announced after the epochs it was built from: timers it fires must not overtake those
+            // epochs' own (on-time) events downstream.
+            if let Some(c) = clock.as_mut() {
+                if watermark.current() > announced {
+                    if let Some(w) = watermark.current() {
+                        let at = applied_through.map_or(*c.time(), |s| (*c.time()).max(s + 1));
+                        watermarks_out.activate().session(&c.delayed(&at)).give(w);
+                    }
+                    announced = watermark.current();
+                }
+                let least = events_frontier.frontier().iter().chain(reports_frontier.frontier().iter()).min().copied();
+                match least {
+                    Some(t) if t > *c.time() => c.downgrade(&t),
+                    Some(_) => {}
+                    None => clock = None,
                 }
             }
-        },
-    )
+        }
+    });
+    JudgedStreams { events: on_time, routed, watermarks }
 }

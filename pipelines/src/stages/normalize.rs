@@ -4,13 +4,17 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
+use timely::progress::operate::FrontierInterest;
 use touchpoint_connectors::kafka::{OutgoingRecord, SourceRecord};
+use touchpoint_operators::ReadEvent;
 use touchpoint_operators::{DecodeError, Normalizer, RecordDecoder, Rejection, SchemaLookup};
 use touchpoint_schemas::reject::headers;
-use touchpoint_schemas::{NormalizedEvent, RejectReason, SourcePosition};
+use touchpoint_schemas::{RejectReason, SourcePosition};
 
 use super::sinks::TopicRecord;
 use super::tally::TallyBook;
@@ -50,13 +54,6 @@ impl TopicRecord for DeadLetter {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Outcome {
-    /// A valid event; `true` when a previous run already stored it (see `SourceRecord::already_stored`).
-    Event(NormalizedEvent, bool),
-    Rejected(DeadLetter),
-}
-
 /// Where a record was read and, for a valid event, its event time: all the partition clocks read of an
 /// outcome. They get this instead of a copy of the outcome (timely clones every record of a stream read
 /// by two operators: a second deep copy of every event and dead letter, per record).
@@ -69,71 +66,14 @@ pub struct ClockReading {
 }
 
 impl ClockReading {
-    pub fn of(outcome: &Outcome) -> Self {
+    pub fn of(outcome: &Result<ReadEvent, DeadLetter>) -> Self {
         match outcome {
-            Outcome::Event(e, _) => ClockReading {
-                partition: e.position.partition,
-                offset: e.position.offset,
-                event_ms: Some(e.occurred_at_ms),
+            Ok(ReadEvent { event, .. }) => ClockReading {
+                partition: event.position.partition,
+                offset: event.position.offset,
+                event_ms: Some(event.occurred_at_ms),
             },
-            Outcome::Rejected(d) => {
-                ClockReading { partition: d.position.partition, offset: d.position.offset, event_ms: None }
-            }
-        }
-    }
-}
-
-/// What the normalize operator emits for each record: its outcome, then its clock reading.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Normalized {
-    /// A valid event; `true` when a previous run already stored it.
-    Event(NormalizedEvent, bool),
-    Rejected(DeadLetter),
-    Clock(ClockReading),
-}
-
-impl Normalized {
-    /// Output streams, in [`crate::topology`]: events, dead letters, clock readings.
-    pub const PARTS: u64 = 3;
-
-    pub fn part(&self) -> u64 {
-        match self {
-            Normalized::Event(..) => 0,
-            Normalized::Rejected(_) => 1,
-            Normalized::Clock(_) => 2,
-        }
-    }
-
-    pub fn into_event(self) -> Option<(NormalizedEvent, bool)> {
-        if let Normalized::Event(e, already_stored) = self {
-            Some((e, already_stored))
-        } else {
-            None
-        }
-    }
-
-    pub fn into_rejected(self) -> Option<DeadLetter> {
-        if let Normalized::Rejected(d) = self {
-            Some(d)
-        } else {
-            None
-        }
-    }
-
-    pub fn into_clock(self) -> Option<ClockReading> {
-        if let Normalized::Clock(c) = self {
-            Some(c)
-        } else {
-            None
-        }
-    }
-}
-
-impl From<Outcome> for Normalized {
-    fn from(outcome: Outcome) -> Self {
-        match outcome {
-            Outcome::Event(e, already_stored) => Normalized::Event(e, already_stored),
-            Outcome::Rejected(d) => Normalized::Rejected(d),
+            Err(d) => ClockReading { partition: d.position.partition, offset: d.position.offset, event_ms: None },
         }
     }
 }
@@ -174,21 +114,31 @@ impl DeadLetter {
 }
 
 /// Decodes and normalizes one record; `now_ms` is the pipeline's clock (ingestion time, future skew).
+/// A record that is not a valid event becomes its dead letter.
+#[allow(clippy::result_large_err, reason = "the dead letter is an outcome that carries the record, not an error path")]
 pub fn normalize_record<L: SchemaLookup>(
     decoder: &RecordDecoder<L>,
     normalizer: &Normalizer,
     topic: &str,
     record: SourceRecord,
     now_ms: i64,
-) -> Outcome {
+) -> Result<ReadEvent, DeadLetter> {
     let position = SourcePosition { topic: topic.to_string(), partition: record.partition, offset: record.offset };
     let payload = record.payload.as_deref().unwrap_or_default();
     let decoded = decode_with_retry(&position, || decoder.decode_event(payload));
-    let normalized = decoded.and_then(|fields| normalizer.normalize(fields, position.clone(), now_ms));
-    match normalized {
-        Ok(event) => Outcome::Event(event, record.already_stored),
-        Err(rejection) => Outcome::Rejected(DeadLetter::of(record, position, rejection, now_ms)),
+    match decoded.and_then(|fields| normalizer.normalize(fields, position.clone(), now_ms)) {
+        Ok(event) => Ok(ReadEvent { event, already_stored: record.already_stored }),
+        Err(rejection) => Err(DeadLetter::of(record, position, rejection, now_ms)),
     }
+}
+
+/// The normalize stage's outputs.
+pub struct NormalizedStreams<'s> {
+    pub events: Stream<'s, Epoch, Vec<ReadEvent>>,
+    /// Rejected records, for the dead-letter topic.
+    pub rejected: Stream<'s, Epoch, Vec<DeadLetter>>,
+    /// One reading per record, valid or not, for the partition clocks.
+    pub clocks: Stream<'s, Epoch, Vec<ClockReading>>,
 }
 
 pub fn normalize<'s, L: SchemaLookup + 'static>(
@@ -197,36 +147,46 @@ pub fn normalize<'s, L: SchemaLookup + 'static>(
     normalizer: Normalizer,
     topic: String,
     tally: TallyBook,
-) -> Stream<'s, Epoch, Vec<Normalized>> {
-    records.unary::<timely::container::CapacityContainerBuilder<Vec<Normalized>>, _, _, _>(
-        Pipeline,
-        "Normalize",
-        move |_, _| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let Some(&epoch) = cap.least() else { return };
-                    let mut session = output.session(&cap);
-                    // One clock reading per container: `ingested_at` and the future-skew check need
-                    // milliseconds, not a system call per record.
-                    for batch in data {
-                        let now_ms = chrono::Utc::now().timestamp_millis();
-                        for record in batch.drain(..) {
-                            let outcome = normalize_record(&decoder, &normalizer, &topic, record, now_ms);
-                            if let Outcome::Rejected(d) = &outcome {
-                                let reason = RejectReason::from_code(&d.reason_code);
-                                tally.with(epoch, |t| {
-                                    if let Some(r) = reason {
-                                        t.reject(r);
-                                    }
-                                });
+) -> NormalizedStreams<'s> {
+    let mut builder = OperatorBuilder::new("Normalize".to_owned(), records.scope());
+    let mut input = builder.new_input(records, Pipeline);
+    // Stateless: it works on what arrives and never waits for a frontier.
+    builder.set_notify_for(0, FrontierInterest::Never);
+    let (events_out, events) = builder.new_output::<Vec<ReadEvent>>();
+    let (rejected_out, rejected) = builder.new_output::<Vec<DeadLetter>>();
+    let (clocks_out, clocks) = builder.new_output::<Vec<ClockReading>>();
+    let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(events_out);
+    let mut rejected_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(rejected_out);
+    let mut clocks_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(clocks_out);
+    builder.build(move |_| {
+        move |_frontiers| {
+            let (mut events_out, mut rejected_out, mut clocks_out) =
+                (events_out.activate(), rejected_out.activate(), clocks_out.activate());
+            input.for_each_stamp(|cap, data| {
+                let Some(&epoch) = cap.least() else { return };
+                let mut events = events_out.session(&cap);
+                let mut rejected = rejected_out.session(&cap);
+                let mut clocks = clocks_out.session(&cap);
+                // One clock reading per container: `ingested_at` and the future-skew check need
+                // milliseconds, not a system call per record.
+                for batch in data {
+                    let now_ms = chrono::Utc::now().timestamp_millis();
+                    for record in batch.drain(..) {
+                        let outcome = normalize_record(&decoder, &normalizer, &topic, record, now_ms);
+                        clocks.give(ClockReading::of(&outcome));
+                        match outcome {
+                            Ok(event) => events.give(event),
+                            Err(dead) => {
+                                if let Some(reason) = RejectReason::from_code(&dead.reason_code) {
+                                    tally.with(epoch, |t| t.reject(reason));
+                                }
+                                rejected.give(dead);
                             }
-                            let reading = ClockReading::of(&outcome);
-                            session.give(Normalized::from(outcome));
-                            session.give(Normalized::Clock(reading));
                         }
                     }
-                });
-            }
-        },
-    )
+                }
+            });
+        }
+    });
+    NormalizedStreams { events, rejected, clocks }
 }

@@ -170,7 +170,7 @@ pub struct StateChangelog {
     pub topic: String,
 }
 
-impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<super::guardrails::SubjectSnapshot<T>>
+impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<touchpoint_operators::guardrails::SubjectSnapshot<T>>
     for StateChangelog
 {
     fn name(&self) -> &'static str {
@@ -180,7 +180,7 @@ impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<super::guardrails:
     fn write(
         &self,
         _epoch: Epoch,
-        batch: Arc<Batch<super::guardrails::SubjectSnapshot<T>>>,
+        batch: Arc<Batch<touchpoint_operators::guardrails::SubjectSnapshot<T>>>,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         let producer = self.producer.clone();
         let records: Vec<_> = batch.iter().map(|s| changelog_record(&self.topic, s)).collect();
@@ -192,7 +192,7 @@ impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<super::guardrails:
 /// subject has nothing left.
 pub fn changelog_record<T: serde::Serialize>(
     topic: &str,
-    snapshot: &super::guardrails::SubjectSnapshot<T>,
+    snapshot: &touchpoint_operators::guardrails::SubjectSnapshot<T>,
 ) -> OutgoingRecord {
     OutgoingRecord {
         partition: None,

@@ -1,0 +1,424 @@
+//! The subject-keyed operator: consent join, journeys, send intents and frequency caps.
+//!
+//! State is keyed by subject (tenant + subject id); [`crate::key_groups`] says which worker holds a
+//! subject. This module is the logic of one worker's share, without the dataflow around it: the timely
+//! stage (`pipelines/src/stages/guardrails.rs`) routes records to their owner, feeds a
+//! [`GuardrailWorker`] one complete epoch at a time and forwards the [`EpochOutput`] on typed outputs.
+//!
+//! Per epoch, once every input is complete, the operator
+//! 1. applies the epoch's consent changes (a revocation processed in this or an earlier epoch blocks
+//!    every later decision);
+//! 2. fires the journey timers due at or before the watermark (in due-time order);
+//! 3. decides the intents of the rules in the pipeline file, in competition order (priority, event time,
+//!    key);
+//! 4. moves subjects through journeys by the epoch's events, in event-time order; a journey's sends are
+//!    decided on the spot, so the journey can follow the outcome;
+//! 5. emits the changed state of every touched subject for the changelogs.
+//!
+//! Under `processing.guarantee: exactly_once_keys` every send intent is first looked up in the
+//! subject's send ledger ([`SubjectSends`]): a key already decided is skipped (no decision row, no send);
+//! a journey follows the recorded outcome (sent, or suppressed with the recorded reason). The ledger travels in the same changelog record
+//! as the cap counters ([`SubjectSendState`]), written only once the epoch's sends and decision rows are
+//! durable (`pipelines/src/topology.rs`), so a restored ledger never names a send that is not out.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use touchpoint_schemas::NormalizedEvent;
+
+use crate::consent::{Applied, Channel, ConsentChange, ConsentConfig, ConsentTable, Purpose, SubjectRef};
+use crate::decision::{decide, Decision, DecisionKind};
+use crate::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
+use crate::intent::{IntentRules, SendIntent};
+use crate::journey::{Guardrails, Journeys, SubjectJourneys, Transition};
+use crate::send_ledger::{Decided, ProcessingGuarantee, SubjectSends};
+use crate::{FastHashMap, ReadEvent};
+
+fn subject_of(e: &NormalizedEvent) -> SubjectRef {
+    SubjectRef::new(&e.tenant_id, &e.subject_id)
+}
+
+/// A subject's state of one kind after an epoch, for its changelog (`None`: nothing left, forget it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectSnapshot<T> {
+    pub subject: SubjectRef,
+    pub state: Option<T>,
+}
+
+/// A subject's counting and sending state: its cap counters and its send ledger, one changelog record
+/// (`<group>.caps-changelog`), so that a restore never finds one without the other. Records written
+/// before the ledger existed (bare cap counters) read as an empty ledger.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectSendState {
+    #[serde(flatten)]
+    pub caps: SubjectCaps,
+    #[serde(default, skip_serializing_if = "SubjectSends::is_empty")]
+    pub sends: SubjectSends,
+}
+
+impl SubjectSendState {
+    /// Drops cap counters no window can see at event time `event_now_ms` and ledger keys older than the
+    /// TTL at wall-clock `wall_now_ms`. Returns true when nothing is left.
+    fn expire(&mut self, rules: &GuardrailRules, event_now_ms: i64, wall_now_ms: i64) -> bool {
+        let caps_empty = rules.caps.expire(&mut self.caps, event_now_ms);
+        let sends_empty = self.sends.expire(wall_now_ms, rules.send_ledger_ttl);
+        caps_empty && sends_empty
+    }
+}
+
+pub type CapSnapshot = SubjectSnapshot<SubjectSendState>;
+pub type JourneySnapshot = SubjectSnapshot<SubjectJourneys>;
+
+/// The keyed state one worker holds.
+#[derive(Default)]
+pub struct GuardrailState {
+    pub consent: ConsentTable,
+    /// Cap counters and send ledger.
+    pub caps: FastHashMap<SubjectRef, SubjectSendState>,
+    pub journeys: FastHashMap<SubjectRef, SubjectJourneys>,
+}
+
+/// The rules the operator applies.
+pub struct GuardrailRules {
+    pub intents: IntentRules,
+    pub consent: ConsentConfig,
+    pub caps: FrequencyCaps,
+    pub journeys: Journeys,
+    pub guarantee: ProcessingGuarantee,
+    /// How long the send ledger remembers a key (wall clock); longer than any replay window.
+    pub send_ledger_ttl: Duration,
+}
+
+/// The send ledger's default memory: longer than any replay a team would run after an incident.
+pub const DEFAULT_SEND_LEDGER_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// What one epoch of a worker produced, by kind: each goes to its own output of the timely stage.
+#[derive(Debug, Default)]
+pub struct EpochOutput {
+    /// Every decision, allowed or suppressed (shared: the decision rows and the sends both read them).
+    pub decisions: Vec<Arc<Decision>>,
+    pub transitions: Vec<Transition>,
+    /// The changed subjects' cap counters and send ledger (`None`: forget the subject).
+    pub caps: Vec<CapSnapshot>,
+    /// The changed subjects' journey state.
+    pub journeys: Vec<JourneySnapshot>,
+    /// The epoch's events to store (those a previous run stored are left out).
+    pub events: Vec<NormalizedEvent>,
+    pub counts: EpochCounts,
+}
+
+/// What the caller reports of an epoch (metrics, logs); the operator itself updates none.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EpochCounts {
+    /// Allowed decisions: sends to emit.
+    pub allowed: u64,
+    /// Intents skipped because the send ledger had their key, as sent or as suppressed.
+    pub already_sent: u64,
+    pub already_suppressed: u64,
+}
+
+/// Consent and caps for one subject, as the journey machine sees them; collects the decisions.
+struct SubjectGuardrails<'a> {
+    subject: &'a SubjectRef,
+    consent: &'a ConsentTable,
+    rules: &'a GuardrailRules,
+    state: &'a mut SubjectSendState,
+    /// Shared from the start (the sinks receive them as `Arc`s): a growing vector of pointers moves
+    /// 8 bytes per decision when it doubles, not the whole decision.
+    decisions: &'a mut Vec<Arc<Decision>>,
+    /// A send was counted or entered in the ledger: the subject's record must be written.
+    changed: bool,
+    /// Sends skipped because the ledger had their key (allowed, suppressed).
+    already_sent: u64,
+    already_suppressed: u64,
+    /// Wall clock of the epoch, for ledger entries.
+    now_ms: i64,
+}
+
+impl Guardrails for SubjectGuardrails<'_> {
+    fn consent(&self, channel: Channel, purpose: Purpose) -> bool {
+        self.consent.verdict(self.subject, channel, purpose, &self.rules.consent).allowed
+    }
+
+    fn send(&mut self, intent: SendIntent) -> Result<(), String> {
+        let ledger = self.rules.guarantee == ProcessingGuarantee::ExactlyOnceKeys;
+        if ledger {
+            // Decided before (and its decision row stored): re-processing; the outcome stands.
+            match self.state.sends.lookup(&intent.idempotency_key) {
+                Some(Decided::Sent) => {
+                    self.already_sent += 1;
+                    return Ok(());
+                }
+                Some(Decided::Suppressed(reason)) => {
+                    self.already_suppressed += 1;
+                    return Err(reason.unwrap_or("suppressed before (send ledger)").to_string());
+                }
+                None => {}
+            }
+        }
+        let decision = decide(intent, self.consent, &self.rules.consent, &self.rules.caps, &mut self.state.caps);
+        let allowed = decision.kind == DecisionKind::Allowed;
+        self.changed |= allowed && decision.cap == Some(CapVerdict::Allowed);
+        if ledger {
+            let key = &decision.intent.idempotency_key;
+            if allowed {
+                self.state.sends.record_sent(key, self.now_ms);
+            } else {
+                // A journey followed the reason (it is in its transition): keep it for a re-run.
+                let reason = decision.intent.journey.is_some().then(|| decision.reason());
+                self.state.sends.record_suppressed(key, self.now_ms, reason);
+            }
+            self.changed = true;
+        }
+        let outcome = if allowed { Ok(()) } else { Err(decision.reason()) };
+        self.decisions.push(Arc::new(decision));
+        outcome
+    }
+}
+
+/// What one epoch's decisions collect, for every subject the operator lends its state to.
+struct EpochDecisions {
+    decisions: Vec<Arc<Decision>>,
+    already_sent: u64,
+    already_suppressed: u64,
+    /// Wall clock at the start of the epoch (ledger entries, ledger expiry).
+    now_ms: i64,
+}
+
+/// Runs `f` with the subject's consent, caps and send ledger as [`Guardrails`] (every send decided in
+/// it lands in `epoch.decisions`) and returns its result and whether the subject's send state changed.
+/// A subject without state gets a fresh one, kept only if used, so subjects that never had a counted or
+/// ledgered send hold none.
+fn with_guardrails<R>(
+    caps: &mut FastHashMap<SubjectRef, SubjectSendState>,
+    consent: &ConsentTable,
+    rules: &GuardrailRules,
+    subject: &SubjectRef,
+    epoch: &mut EpochDecisions,
+    f: impl FnOnce(&mut SubjectGuardrails<'_>) -> R,
+) -> (R, bool) {
+    // Lent in place when the subject has state (one lookup); a fresh state is kept only if it was used.
+    let mut fresh = SubjectSendState::default();
+    let held = caps.get_mut(subject);
+    let had_state = held.is_some();
+    let state = held.unwrap_or(&mut fresh);
+    let mut g = SubjectGuardrails {
+        subject,
+        consent,
+        rules,
+        state,
+        decisions: &mut epoch.decisions,
+        changed: false,
+        already_sent: 0,
+        already_suppressed: 0,
+        now_ms: epoch.now_ms,
+    };
+    let result = f(&mut g);
+    let changed = g.changed;
+    epoch.already_sent += g.already_sent;
+    epoch.already_suppressed += g.already_suppressed;
+    // Deciding a send only adds to a state (expiry removes, elsewhere): a held state stays non-empty.
+    if !had_state && fresh != SubjectSendState::default() {
+        caps.insert(subject.clone(), fresh);
+    }
+    (result, changed)
+}
+
+/// Journey timers of this worker's subjects: (due, subject).
+#[derive(Default)]
+struct Timers(BTreeSet<(i64, SubjectRef)>);
+
+impl Timers {
+    fn update(&mut self, subject: &SubjectRef, before: Option<i64>, after: Option<i64>) {
+        if before != after {
+            if let Some(b) = before {
+                self.0.remove(&(b, subject.clone()));
+            }
+            if let Some(a) = after {
+                self.0.insert((a, subject.clone()));
+            }
+        }
+    }
+}
+
+/// One worker's share of the subject-keyed work, without the dataflow around it: the keyed state, the
+/// journey timers and the watermark. The timely stage feeds it one complete epoch at a time; benchmarks
+/// and tests can drive it directly.
+pub struct GuardrailWorker {
+    state: GuardrailState,
+    rules: GuardrailRules,
+    timers: Timers,
+    watermark: i64,
+    epochs_since_sweep: u32,
+}
+
+impl GuardrailWorker {
+    pub fn new(state: GuardrailState, rules: GuardrailRules) -> Self {
+        let mut timers = Timers::default();
+        for (subject, j) in &state.journeys {
+            timers.update(subject, None, j.next_due());
+        }
+        GuardrailWorker { state, rules, timers, watermark: i64::MIN, epochs_since_sweep: 0 }
+    }
+
+    pub fn state(&self) -> &GuardrailState {
+        &self.state
+    }
+
+    /// A consent change for one of this worker's subjects (applies to every later decision).
+    pub fn apply_consent(&mut self, change: &ConsentChange) {
+        if self.state.consent.apply(change) == Applied::ReplacedNewer {
+            // The log order wins (it is what compaction keeps); a producer writing an older state later
+            // is worth knowing about, since it may re-open a channel someone closed.
+            tracing::warn!(key = %change.key(), "a consent record replaced one with a newer updated_at (the later write wins)");
+        }
+    }
+
+    /// The watermark only moves forward.
+    pub fn advance_watermark(&mut self, watermark: i64) {
+        self.watermark = self.watermark.max(watermark);
+    }
+
+    /// Processes one complete epoch (its consent changes and watermark already applied): fires due journey
+    /// timers, decides the rules' intents, moves subjects by the events; returns the decisions,
+    /// transitions, the changed subjects' state and the events to store, with the epoch's counts. Each
+    /// event comes with its "already stored" flag (a previous run stored it: it drives decisions, and is
+    /// not passed on to be stored again). The events come as the containers that brought them. `now_ms`
+    /// is the wall clock of the epoch (send ledger).
+    pub fn process_epoch(&mut self, epoch_events: Vec<Vec<ReadEvent>>, now_ms: i64) -> EpochOutput {
+        let GuardrailWorker { state, rules, timers, watermark, epochs_since_sweep } = self;
+        let watermark = *watermark;
+        let mut decided = EpochDecisions { decisions: Vec::new(), already_sent: 0, already_suppressed: 0, now_ms };
+        let mut transitions = Vec::new();
+        // Ordered sets: the snapshot records come out in the same order in every run.
+        let mut caps_touched = BTreeSet::new();
+        let mut journeys_touched = BTreeSet::new();
+
+        // 1. Journey timers due by the watermark.
+        while let Some((due, subject)) = timers.0.first().cloned() {
+            if due > watermark {
+                break;
+            }
+            timers.0.remove(&(due, subject.clone()));
+            let Some(journey_state) = state.journeys.get_mut(&subject) else { continue };
+            let (moved, counted) =
+                with_guardrails(&mut state.caps, &state.consent, rules, &subject, &mut decided, |g| {
+                    rules.journeys.on_time(&subject, journey_state, watermark, g)
+                });
+            transitions.extend(moved);
+            if counted {
+                caps_touched.insert(subject.clone());
+            }
+            // Every timer of the subject due by the watermark has fired: the next is later.
+            timers.update(&subject, None, journey_state.next_due());
+            if journey_state.is_empty() {
+                state.journeys.remove(&subject);
+            }
+            journeys_touched.insert(subject);
+        }
+
+        // 2. Rule-driven intents, in competition order.
+        let mut intents: Vec<SendIntent> =
+            epoch_events.iter().flatten().flat_map(|r| rules.intents.intents_for(&r.event)).collect();
+        intents.sort_by(SendIntent::compete_order);
+        for intent in intents {
+            let subject = intent.subject.clone();
+            let ((), counted) = with_guardrails(&mut state.caps, &state.consent, rules, &subject, &mut decided, |g| {
+                // The outcome is in the decision; a rule has nothing to follow up.
+                let _ = g.send(intent);
+            });
+            // Only counted sends change the state (and need a changelog record).
+            if counted {
+                caps_touched.insert(subject);
+            }
+        }
+
+        // 3. Journeys, by event time.
+        if !rules.journeys.is_empty() {
+            // Most events neither move a subject nor enter its history: only the others are ordered, by
+            // reference (no event moves). Unstable: events of one subject share its tenant, so their ids
+            // differ and the order is total where it matters.
+            let mut ordered: Vec<&NormalizedEvent> = epoch_events
+                .iter()
+                .flatten()
+                .map(|r| &r.event)
+                .filter(|e| rules.journeys.concerns(&e.event_type))
+                .collect();
+            ordered.sort_unstable_by(|a, b| {
+                a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id))
+            });
+            for event in ordered {
+                let subject = subject_of(event);
+                let journey_state = state.journeys.entry(subject.clone()).or_default();
+                let before = journey_state.next_due();
+                let (moved, counted) =
+                    with_guardrails(&mut state.caps, &state.consent, rules, &subject, &mut decided, |g| {
+                        rules.journeys.on_event(&subject, journey_state, event, g)
+                    });
+                if counted {
+                    caps_touched.insert(subject.clone());
+                }
+                timers.update(&subject, before, journey_state.next_due());
+                // A remembered event type changes the history even when it is full.
+                if !moved.is_empty() || rules.journeys.remembers(&event.event_type) {
+                    journeys_touched.insert(subject.clone());
+                }
+                transitions.extend(moved);
+                if journey_state.is_empty() {
+                    state.journeys.remove(&subject);
+                }
+            }
+        }
+
+        let counts = EpochCounts {
+            allowed: decided.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed).count() as u64,
+            already_sent: decided.already_sent,
+            already_suppressed: decided.already_suppressed,
+        };
+        let mut out = EpochOutput { decisions: decided.decisions, transitions, counts, ..EpochOutput::default() };
+        // Cap counters expire against the watermark, not the newest event time: an epoch spans many
+        // subjects, and its newest event may lie hours past a subject's next one (found by the chaos
+        // test: a rolling-1h counter dropped between a subject's two sends ten minutes apart). Events at
+        // or after the watermark never need a counter older than twice the window before it.
+        out.caps.reserve(caps_touched.len());
+        for subject in caps_touched {
+            let keep = state.caps.get_mut(&subject).is_some_and(|s| !s.expire(rules, watermark, now_ms));
+            let snapshot = if keep {
+                state.caps.get(&subject).cloned()
+            } else {
+                state.caps.remove(&subject);
+                None
+            };
+            out.caps.push(SubjectSnapshot { subject, state: snapshot });
+        }
+        out.journeys = journeys_touched
+            .into_iter()
+            .map(|subject| {
+                let snapshot = state.journeys.get(&subject).filter(|j| !j.is_empty()).cloned();
+                SubjectSnapshot { subject, state: snapshot }
+            })
+            .collect();
+        // Now and then, drop the counters of subjects that went quiet (and tell the changelog).
+        *epochs_since_sweep += 1;
+        if *epochs_since_sweep >= 1_000 {
+            *epochs_since_sweep = 0;
+            let before = state.caps.len();
+            let mut expired = Vec::new();
+            state.caps.retain(|subject, s| {
+                let keep = !s.expire(rules, watermark, now_ms);
+                if !keep {
+                    expired.push(subject.clone());
+                }
+                keep
+            });
+            out.caps.extend(expired.into_iter().map(|subject| SubjectSnapshot { subject, state: None }));
+            tracing::debug!(expired = before - state.caps.len(), subjects = state.caps.len(), "swept cap state");
+        }
+        // Sized once: events are large, and growing by doubling would copy each of them.
+        out.events.reserve(epoch_events.iter().map(Vec::len).sum());
+        out.events.extend(epoch_events.into_iter().flatten().filter(|r| !r.already_stored).map(|r| r.event));
+        out
+    }
+}
