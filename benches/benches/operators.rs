@@ -234,7 +234,7 @@ fn event_time(c: &mut Criterion) {
 fn journey_step(c: &mut Criterion) {
     use touchpoint_operators::consent::{Channel, Purpose, SubjectRef};
     use touchpoint_operators::intent::SendIntent;
-    use touchpoint_operators::journey::{load_dir, Guardrails, Journeys, SubjectJourneys};
+    use touchpoint_operators::journey::{load_dir, Guardrails, Journeys, SendOutcome, SubjectJourneys};
     use touchpoint_schemas::NormalizedEvent;
 
     struct AllowAll;
@@ -242,8 +242,8 @@ fn journey_step(c: &mut Criterion) {
         fn consent(&self, _: Channel, _: Purpose) -> bool {
             true
         }
-        fn send(&mut self, _: SendIntent) -> Result<(), String> {
-            Ok(())
+        fn send(&mut self, _: SendIntent) -> SendOutcome {
+            SendOutcome::Sent
         }
     }
     const SUBJECTS: usize = 10_000;

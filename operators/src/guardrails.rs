@@ -32,7 +32,7 @@ use crate::consent::{Applied, Channel, ConsentChange, ConsentConfig, ConsentTabl
 use crate::decision::{decide, Decision, DecisionKind};
 use crate::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
 use crate::intent::{IntentRules, SendIntent};
-use crate::journey::{Guardrails, Journeys, SubjectJourneys, Transition};
+use crate::journey::{Guardrails, Journeys, SendOutcome, SubjectJourneys, Transition};
 use crate::send_ledger::{Decided, ProcessingGuarantee, SubjectSends};
 use crate::{FastHashMap, ReadEvent};
 
@@ -142,18 +142,18 @@ impl Guardrails for SubjectGuardrails<'_> {
         self.consent.verdict(self.subject, channel, purpose, &self.rules.consent).allowed
     }
 
-    fn send(&mut self, intent: SendIntent) -> Result<(), String> {
+    fn send(&mut self, intent: SendIntent) -> SendOutcome {
         let ledger = self.rules.guarantee == ProcessingGuarantee::ExactlyOnceKeys;
         if ledger {
             // Decided before (and its decision row stored): re-processing; the outcome stands.
             match self.state.sends.lookup(&intent.idempotency_key) {
                 Some(Decided::Sent) => {
                     self.already_sent += 1;
-                    return Ok(());
+                    return SendOutcome::Sent;
                 }
                 Some(Decided::Suppressed(reason)) => {
                     self.already_suppressed += 1;
-                    return Err(reason.unwrap_or("suppressed before (send ledger)").to_string());
+                    return SendOutcome::Suppressed(reason.unwrap_or("suppressed before (send ledger)").to_string());
                 }
                 None => {}
             }
@@ -172,7 +172,7 @@ impl Guardrails for SubjectGuardrails<'_> {
             }
             self.changed = true;
         }
-        let outcome = if allowed { Ok(()) } else { Err(decision.reason()) };
+        let outcome = if allowed { SendOutcome::Sent } else { SendOutcome::Suppressed(decision.reason()) };
         self.decisions.push(Arc::new(decision));
         outcome
     }

@@ -21,7 +21,7 @@ use touchpoint_operators::consent::{
 use touchpoint_operators::decision::{decide, DecisionKind};
 use touchpoint_operators::frequency_cap::{CapQuery, FrequencyCaps, SubjectCaps};
 use touchpoint_operators::intent::SendIntent;
-use touchpoint_operators::journey::{load_dir, Guardrails, Journeys, SubjectJourneys};
+use touchpoint_operators::journey::{load_dir, Guardrails, Journeys, SendOutcome, SubjectJourneys};
 use touchpoint_schemas::NormalizedEvent;
 
 #[global_allocator]
@@ -48,14 +48,14 @@ impl Guardrails for Real<'_> {
     fn consent(&self, channel: Channel, purpose: Purpose) -> bool {
         self.consent.verdict(self.subject, channel, purpose, self.config).allowed
     }
-    fn send(&mut self, intent: SendIntent) -> Result<(), String> {
+    fn send(&mut self, intent: SendIntent) -> SendOutcome {
         let d = decide(intent, self.consent, self.config, self.caps, self.state);
         let allowed = d.kind == DecisionKind::Allowed;
         *self.sent += u64::from(allowed);
         if allowed {
-            Ok(())
+            SendOutcome::Sent
         } else {
-            Err(d.reason())
+            SendOutcome::Suppressed(d.reason())
         }
     }
 }

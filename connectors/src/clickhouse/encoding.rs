@@ -141,7 +141,8 @@ pub struct TransitionRow<'a> {
     pub journey_version: &'a str,
     pub from_step: &'a str,
     pub to_step: &'a str,
-    pub cause: &'a str,
+    /// The cause's text (`Cause`'s `Display`): what analysts and scenario files read.
+    pub cause: String,
     pub event_id: &'a str,
     pub seq: u32,
 }
@@ -157,7 +158,7 @@ impl<'a> TransitionRow<'a> {
             journey_version: &t.version,
             from_step: t.from_step.as_deref().unwrap_or_default(),
             to_step: t.to_step.as_deref().unwrap_or_default(),
-            cause: &t.cause,
+            cause: t.cause.to_string(),
             event_id: t.event_id.as_deref().unwrap_or_default(),
             seq: t.seq,
         }

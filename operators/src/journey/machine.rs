@@ -99,9 +99,7 @@ pub struct Transition {
     pub from_step: Option<String>,
     /// `None`: leaving the journey.
     pub to_step: Option<String>,
-    /// `trigger:<type>`, `sent`, `suppressed (<reason>)`, `condition:true`, `split:<percent>`, `wait elapsed`,
-    /// `event:<type>`, `timeout`, `goal:<type>`, `exit`, `end`, `migrated`, `version unavailable`.
-    pub cause: String,
+    pub cause: Cause,
     pub event_time_ms: i64,
     /// The event that caused it (`None` for timers).
     pub event_id: Option<String>,
@@ -110,13 +108,79 @@ pub struct Transition {
     pub seq: u32,
 }
 
+/// Why a subject moved: the `cause` of a [`Transition`]. Its text ([`Display`](std::fmt::Display)) is
+/// what the `journey_transitions` table holds and scenario files match on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cause {
+    /// `trigger:<type>`: entered on an event of that type.
+    Trigger(String),
+    /// `event:<type>`: the awaited event of a `wait_for` step arrived.
+    Event(String),
+    /// `goal:<type>`: an `exit_on` event took the subject out.
+    Goal(String),
+    /// `condition:<true|false>`.
+    Condition(bool),
+    /// `split:<bucket><<upper>`: the subject's bucket (0–99) fell under the branch's upper bound.
+    Split { bucket: u32, upper: u32 },
+    /// `wait elapsed`.
+    WaitElapsed,
+    /// `timeout`: a `wait_for` step's timeout fired.
+    Timeout,
+    /// `sent`.
+    Sent,
+    /// `suppressed (<reason>)`: the decision's reason.
+    Suppressed(String),
+    /// `<cause>; end`: a send step without a next step: its outcome, and the journey ends.
+    Ended(Box<Cause>),
+    /// `exit`.
+    Exit,
+    /// `migrated from <version>`: moved to the current version at the same step.
+    Migrated { from_version: String },
+    /// `version unavailable`: the enrollment's version is no longer loaded.
+    VersionUnavailable,
+    /// `step unavailable`: a timer fired on a step that is not a wait.
+    StepUnavailable,
+    /// `step budget exhausted`: too many steps in one movement.
+    StepBudgetExhausted,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Trigger(t) => write!(f, "trigger:{t}"),
+            Cause::Event(t) => write!(f, "event:{t}"),
+            Cause::Goal(t) => write!(f, "goal:{t}"),
+            Cause::Condition(holds) => write!(f, "condition:{holds}"),
+            Cause::Split { bucket, upper } => write!(f, "split:{bucket}<{upper}"),
+            Cause::WaitElapsed => f.write_str("wait elapsed"),
+            Cause::Timeout => f.write_str("timeout"),
+            Cause::Sent => f.write_str("sent"),
+            Cause::Suppressed(why) => write!(f, "suppressed ({why})"),
+            Cause::Ended(cause) => write!(f, "{cause}; end"),
+            Cause::Exit => f.write_str("exit"),
+            Cause::Migrated { from_version } => write!(f, "migrated from {from_version}"),
+            Cause::VersionUnavailable => f.write_str("version unavailable"),
+            Cause::StepUnavailable => f.write_str("step unavailable"),
+            Cause::StepBudgetExhausted => f.write_str("step budget exhausted"),
+        }
+    }
+}
+
+/// The outcome of a send a journey asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    Sent,
+    /// Not sent, with the decision's reason (e.g. `consent denied`, `cap promo-daily: 2 of 2 per
+    /// calendar day`).
+    Suppressed(String),
+}
+
 /// What a movement needs from the subject's other state, provided by the caller.
 pub trait Guardrails {
     /// Consent for `channel` and `purpose` now (for `consent(...)` in conditions).
     fn consent(&self, channel: Channel, purpose: Purpose) -> bool;
-    /// Decides a send (consent, then caps) and records the decision: `Ok` when allowed, else why not
-    /// (the decision's reason, e.g. `consent denied`, `cap promo-daily: 2 of 2 per calendar day`).
-    fn send(&mut self, intent: SendIntent) -> Result<(), String>;
+    /// Decides a send (consent, then caps) and records the decision.
+    fn send(&mut self, intent: SendIntent) -> SendOutcome;
 }
 
 #[derive(Debug, Clone)]
@@ -277,7 +341,7 @@ impl Journeys {
             let ctx = EvalCtx::new(subject, EventSource::Moving(&moving), state, now, &*guardrails)
                 .with_vars(&enrollment.vars);
             if let Some(goal) = journey.exit_on.iter().find(|m| matches(m, event, &ctx)) {
-                out.push(transition(subject, enrollment, None, format!("goal:{}", goal.event_type), now, Some(event)));
+                out.push(transition(subject, enrollment, None, Cause::Goal(goal.event_type.clone()), now, Some(event)));
                 state.active.remove(i);
                 continue;
             }
@@ -285,7 +349,7 @@ impl Journeys {
             if let Some(ix) = step {
                 if let StepKind::WaitFor { event: wanted, next, .. } = &journey.steps[ix].kind {
                     if matches(wanted, event, &ctx) {
-                        let cause = format!("event:{}", event.event_type);
+                        let cause = Some(Cause::Event(event.event_type.clone()));
                         if !self.run(&journey, subject, state, i, *next, cause, now, moment, guardrails, &mut out) {
                             continue;
                         }
@@ -333,13 +397,13 @@ impl Journeys {
                 version: journey.version.clone(),
                 from_step: None,
                 to_step: Some(journey.steps[0].id.clone()),
-                cause: format!("trigger:{}", event.event_type),
+                cause: Cause::Trigger(event.event_type.clone()),
                 event_time_ms: now,
                 event_id: Some(event.event_id.clone()),
                 seq: 0,
             });
             let journey = journey.clone();
-            self.run(&journey, subject, state, i, 0, String::new(), now, moment, guardrails, &mut out);
+            self.run(&journey, subject, state, i, 0, None, now, moment, guardrails, &mut out);
         }
 
         out
@@ -366,16 +430,16 @@ impl Journeys {
             let Some(journey) = self.resolve(subject, state, i, due, &mut out) else { continue };
             let kind = journey.steps.iter().find(|s| s.id == state.active[i].step).map(|s| &s.kind);
             let (target, cause) = match kind {
-                Some(StepKind::Wait { next, .. }) => (*next, "wait elapsed"),
-                Some(StepKind::WaitFor { on_timeout, .. }) => (*on_timeout, "timeout"),
+                Some(StepKind::Wait { next, .. }) => (*next, Cause::WaitElapsed),
+                Some(StepKind::WaitFor { on_timeout, .. }) => (*on_timeout, Cause::Timeout),
                 // Never left waiting on a step that is not a wait (or is gone): leave, visibly.
                 _ => {
-                    out.push(transition(subject, &state.active[i], None, "step unavailable".into(), due, None));
+                    out.push(transition(subject, &state.active[i], None, Cause::StepUnavailable, due, None));
                     state.active.remove(i);
                     continue;
                 }
             };
-            self.run(&journey, subject, state, i, target, cause.to_string(), due, None, guardrails, &mut out);
+            self.run(&journey, subject, state, i, target, Some(cause), due, None, guardrails, &mut out);
         }
         out
     }
@@ -413,7 +477,7 @@ impl Journeys {
                     version: current.version.clone(),
                     from_step: Some(e.step.clone()),
                     to_step: Some(e.step.clone()),
-                    cause: format!("migrated from {}", e.version),
+                    cause: Cause::Migrated { from_version: e.version.clone() },
                     event_time_ms: now,
                     event_id: None,
                     seq: e.steps_run,
@@ -427,7 +491,7 @@ impl Journeys {
             None => {
                 tracing::warn!(journey = %enrollment.journey, version = %enrollment.version,
                     "journey version not loaded; the subject leaves the journey");
-                out.push(transition(subject, enrollment, None, "version unavailable".into(), now, None));
+                out.push(transition(subject, enrollment, None, Cause::VersionUnavailable, now, None));
                 state.active.remove(i);
                 None
             }
@@ -435,7 +499,7 @@ impl Journeys {
     }
 
     /// Runs enrollment `i` from step `start` until a wait, an exit or the end. `cause` is why the subject
-    /// moves to `start` (empty when it already stands there, at entry). Returns false when the
+    /// moves to `start` (`None` when it already stands there, at entry). Returns false when the
     /// enrollment ended (and was removed).
     #[allow(clippy::too_many_arguments)]
     fn run(
@@ -445,7 +509,7 @@ impl Journeys {
         state: &mut SubjectJourneys,
         i: usize,
         start: StepIx,
-        cause: String,
+        cause: Option<Cause>,
         now: i64,
         moment: Moment<'_>,
         guardrails: &mut dyn Guardrails,
@@ -458,15 +522,15 @@ impl Journeys {
         let mut at = start;
         let mut cause = cause;
         for _ in 0..STEP_BUDGET {
-            if !cause.is_empty() {
+            if let Some(cause) = cause.take() {
                 let from = state.active[i].step.clone();
                 let to = journey.steps[at].id.clone();
-                out.push(transition(subject, &state.active[i], Some(to.clone()), cause.clone(), now, event).from(from));
+                out.push(transition(subject, &state.active[i], Some(to.clone()), cause, now, event).from(from));
                 state.active[i].step = to;
             }
             state.active[i].steps_run += 1;
             let step = &journey.steps[at];
-            let moved: Option<(StepIx, String)> = match &step.kind {
+            let moved: Option<(StepIx, Cause)> = match &step.kind {
                 StepKind::Wait { duration_ms, .. } => {
                     state.active[i].due_ms = Some(now.saturating_add(*duration_ms));
                     return true;
@@ -483,45 +547,43 @@ impl Journeys {
                     let ctx =
                         EvalCtx::new(subject, event_value, state, now, &*guardrails).with_vars(&state.active[i].vars);
                     let holds = condition.eval(&ctx);
-                    Some((if holds { *then_step } else { *else_step }, format!("condition:{holds}")))
+                    Some((if holds { *then_step } else { *else_step }, Cause::Condition(holds)))
                 }
                 StepKind::Split { branches } => {
                     let bucket = split_bucket(subject, &journey.id);
                     let (upper, target) =
                         branches.iter().find(|(upper, _)| bucket < *upper).copied().unwrap_or((100, at));
-                    Some((target, format!("split:{bucket}<{upper}")))
+                    Some((target, Cause::Split { bucket, upper }))
                 }
                 StepKind::Send { send, next, on_suppressed } => {
                     let intent = self.intent(journey, subject, &state.active[i], &step.id, send, now, moment, &trigger);
-                    let outcome = guardrails.send(intent);
-                    let target = if outcome.is_ok() { *next } else { on_suppressed.or(*next) };
-                    let cause = match outcome {
-                        Ok(()) => "sent".to_string(),
-                        Err(why) => format!("suppressed ({why})"),
+                    let (target, cause) = match guardrails.send(intent) {
+                        SendOutcome::Sent => (*next, Cause::Sent),
+                        SendOutcome::Suppressed(why) => (on_suppressed.or(*next), Cause::Suppressed(why)),
                     };
                     match target {
                         Some(t) => Some((t, cause)),
                         None => {
                             let e = &state.active[i];
-                            out.push(transition(subject, e, None, format!("{cause}; end"), now, event));
+                            out.push(transition(subject, e, None, Cause::Ended(Box::new(cause)), now, event));
                             state.active.remove(i);
                             return false;
                         }
                     }
                 }
                 StepKind::Exit => {
-                    out.push(transition(subject, &state.active[i], None, "exit".into(), now, event));
+                    out.push(transition(subject, &state.active[i], None, Cause::Exit, now, event));
                     state.active.remove(i);
                     return false;
                 }
             };
             if let Some((next, why)) = moved {
                 at = next;
-                cause = why;
+                cause = Some(why);
             }
         }
         tracing::error!(journey = %journey.id, subject = %subject.subject_id, "step budget exhausted; the subject leaves");
-        out.push(transition(subject, &state.active[i], None, "step budget exhausted".into(), now, event));
+        out.push(transition(subject, &state.active[i], None, Cause::StepBudgetExhausted, now, event));
         state.active.remove(i);
         false
     }
@@ -676,7 +738,7 @@ fn transition(
     subject: &SubjectRef,
     e: &Enrollment,
     to: Option<String>,
-    cause: String,
+    cause: Cause,
     now: i64,
     event: Option<&NormalizedEvent>,
 ) -> Transition {

@@ -11,4 +11,4 @@ pub mod machine;
 
 pub use definition::{load_dir, Journey, JourneyError, Reentry, Step, StepKind};
 pub use expr::{Context, Expr};
-pub use machine::{Enrollment, Guardrails, Journeys, SubjectJourneys, Transition};
+pub use machine::{Cause, Enrollment, Guardrails, Journeys, SendOutcome, SubjectJourneys, Transition};

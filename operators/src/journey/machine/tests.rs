@@ -49,13 +49,13 @@ impl Guardrails for Recorder {
     fn consent(&self, _channel: Channel, _purpose: Purpose) -> bool {
         !self.no_consent
     }
-    fn send(&mut self, intent: SendIntent) -> Result<(), String> {
+    fn send(&mut self, intent: SendIntent) -> SendOutcome {
         if self.blocked.contains(&intent.channel) {
             self.suppressed.push(intent);
-            Err("blocked".into())
+            SendOutcome::Suppressed("blocked".into())
         } else {
             self.sent.push(intent);
-            Ok(())
+            SendOutcome::Sent
         }
     }
 }
@@ -411,7 +411,7 @@ fn a_migration_never_lands_a_waiting_subject_on_a_step_that_is_not_a_wait() {
     let mut journeys = Journeys::new(vec![v2], "time_zone");
     journeys.archive(v1.clone());
     let t = journeys.on_time(&s, &mut state, T0 + 3 * DAY, &mut g);
-    assert_eq!(t[0].cause, "wait elapsed", "{t:?}");
+    assert_eq!(t[0].cause.to_string(), "wait elapsed", "{t:?}");
     assert_eq!(t[0].version, v1.version);
 }
 
