@@ -143,7 +143,7 @@ impl Chain {
             bytes += dead.to_record("marketing.events.dlq").payload.map_or(0, |p| p.len());
         }
         for d in out.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed) {
-            bytes += send_record(d, &self.connector_prefix).payload.map_or(0, |p| p.len());
+            bytes += send_record(d, &self.connector_prefix).map_or(0, |r| r.payload.map_or(0, |p| p.len()));
         }
         for s in &out.caps {
             bytes += s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()).map_or(0, |p| p.len());

@@ -45,21 +45,46 @@ pub enum CapWindow {
     Calendar(CalendarUnit),
 }
 
-impl TryFrom<String> for CapWindow {
-    type Error = String;
+/// A cap window that is neither `rolling <duration>` nor `calendar day|week`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("window {text:?}: expected `rolling <duration>` (e.g. rolling 1h) or `calendar day|week`{}",
+    .duration.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+pub struct CapWindowError {
+    text: String,
+    /// Why the duration of a `rolling` window did not parse.
+    duration: Option<String>,
+}
 
-    fn try_from(text: String) -> Result<Self, String> {
-        let bad = || format!("window {text:?}: expected `rolling <duration>` (e.g. rolling 1h) or `calendar day|week`");
-        let (kind, arg) = text.trim().split_once(char::is_whitespace).ok_or_else(bad)?;
+impl TryFrom<String> for CapWindow {
+    type Error = CapWindowError;
+
+    fn try_from(text: String) -> Result<Self, CapWindowError> {
+        let bad = |duration: Option<String>| CapWindowError { text: text.clone(), duration };
+        let (kind, arg) = text.trim().split_once(char::is_whitespace).ok_or_else(|| bad(None))?;
         match (kind, arg.trim()) {
             ("rolling", d) => {
-                humantime::parse_duration(d).map(CapWindow::Rolling).map_err(|e| format!("{}: {e}", bad()))
+                humantime::parse_duration(d).map(CapWindow::Rolling).map_err(|e| bad(Some(e.to_string())))
             }
             ("calendar", "day") => Ok(CapWindow::Calendar(CalendarUnit::Day)),
             ("calendar", "week") => Ok(CapWindow::Calendar(CalendarUnit::Week)),
-            _ => Err(bad()),
+            _ => Err(bad(None)),
         }
     }
+}
+
+/// A `caps` section that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CapsError {
+    #[error("caps.default_time_zone: {0:?} is not an IANA time zone")]
+    TimeZone(String),
+    #[error("caps.rules: rule id {0:?} is used twice")]
+    DuplicateId(String),
+    #[error("caps.rules.{0}: limit must be at least 1 (exempt the category instead)")]
+    ZeroLimit(String),
+    #[error("caps.rules.{0}: a rolling window must be at least 1s")]
+    WindowTooShort(String),
+    #[error("caps: cannot compute the rule set's version: {0}")]
+    Version(#[from] serde_json::Error),
 }
 
 impl From<CapWindow> for String {
@@ -206,27 +231,24 @@ pub struct FrequencyCaps {
 }
 
 impl FrequencyCaps {
-    pub fn new(config: &CapsConfig) -> Result<Self, String> {
-        let default_tz: Tz = config
-            .default_time_zone
-            .parse()
-            .map_err(|_| format!("caps.default_time_zone: {:?} is not an IANA time zone", config.default_time_zone))?;
+    pub fn new(config: &CapsConfig) -> Result<Self, CapsError> {
+        let default_tz: Tz =
+            config.default_time_zone.parse().map_err(|_| CapsError::TimeZone(config.default_time_zone.clone()))?;
         let mut ids = HashSet::new();
         for r in &config.rules {
             if !ids.insert(r.id.as_str()) {
-                return Err(format!("caps.rules: rule id {:?} is used twice", r.id));
+                return Err(CapsError::DuplicateId(r.id.clone()));
             }
             if r.limit == 0 {
-                return Err(format!("caps.rules.{}: limit must be at least 1 (exempt the category instead)", r.id));
+                return Err(CapsError::ZeroLimit(r.id.clone()));
             }
             if let CapWindow::Rolling(d) = r.window {
                 if d < Duration::from_secs(1) {
-                    return Err(format!("caps.rules.{}: a rolling window must be at least 1s", r.id));
+                    return Err(CapsError::WindowTooShort(r.id.clone()));
                 }
             }
         }
-        let canonical = serde_json::to_string(config).map_err(|e| e.to_string())?;
-        let version = format!("caps-{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()));
+        let version = crate::version::config_version("caps", config)?;
         Ok(FrequencyCaps {
             rules: config.rules.clone(),
             state_keys: config.rules.iter().map(|r| key_hash(&format!("{}@{}", r.id, r.window.describe()))).collect(),

@@ -116,6 +116,17 @@ pub fn idempotency_key(subject: &SubjectRef, rule_id: &str, version: &str, event
     crate::fast_hash::hex_id("tpk-", xxhash_rust::xxh3::xxh3_128(&buf))
 }
 
+/// An `intents` section that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum IntentsError {
+    #[error("intents.rules: rule id {0:?} is used twice")]
+    DuplicateId(String),
+    #[error("intents.rules.{0}: `on` names no event type")]
+    NoEventType(String),
+    #[error("intents: cannot compute the rule set's version: {0}")]
+    Version(#[from] serde_json::Error),
+}
+
 #[derive(Debug, Clone)]
 pub struct IntentRules {
     by_type: FastHashMap<String, Vec<IntentRule>>,
@@ -124,21 +135,20 @@ pub struct IntentRules {
 }
 
 impl IntentRules {
-    pub fn new(config: &IntentsConfig) -> Result<Self, String> {
+    pub fn new(config: &IntentsConfig) -> Result<Self, IntentsError> {
         let mut by_type: FastHashMap<String, Vec<IntentRule>> = FastHashMap::default();
         let mut ids = std::collections::HashSet::new();
         for r in &config.rules {
             if !ids.insert(r.id.as_str()) {
-                return Err(format!("intents.rules: rule id {:?} is used twice", r.id));
+                return Err(IntentsError::DuplicateId(r.id.clone()));
             }
             let on = snake_case(&r.on);
             if on.is_empty() {
-                return Err(format!("intents.rules.{}: `on` names no event type", r.id));
+                return Err(IntentsError::NoEventType(r.id.clone()));
             }
             by_type.entry(on).or_default().push(r.clone());
         }
-        let canonical = serde_json::to_string(config).map_err(|e| e.to_string())?;
-        let version = format!("intents-{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()));
+        let version = crate::version::config_version("intents", config)?;
         Ok(IntentRules { by_type, time_zone_attribute: config.time_zone_attribute.clone(), version })
     }
 

@@ -16,6 +16,7 @@
 //! - [`decision`]: consent then caps, one decision per intent;
 //! - [`send_ledger`]: the idempotency keys already emitted per subject (`exactly_once_keys`);
 //! - [`journey`]: journey definitions, the predicate language, per-subject journey state;
+//! - [`version`]: content-hash versions of rule sets and journey files;
 //! - [`watermark`]: event time: per-partition watermarks, idle partitions, late events;
 //! - [`key_groups`]: which worker holds a subject's state;
 //! - [`guardrails`]: one worker's subject-keyed work per epoch: consent, journeys, intents, caps,
@@ -35,6 +36,7 @@ pub mod normalize;
 pub mod read_event;
 pub mod send_ledger;
 pub mod tally;
+pub mod version;
 pub mod watermark;
 
 pub use decode::{DecodeError, RecordDecoder, SchemaLookup, SchemaLookupError};

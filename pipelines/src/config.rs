@@ -308,9 +308,9 @@ impl PipelineConfig {
         journeys: touchpoint_operators::journey::Journeys,
     ) -> anyhow::Result<touchpoint_operators::guardrails::GuardrailRules> {
         Ok(touchpoint_operators::guardrails::GuardrailRules {
-            intents: touchpoint_operators::intent::IntentRules::new(&self.intents).map_err(anyhow::Error::msg)?,
+            intents: touchpoint_operators::intent::IntentRules::new(&self.intents)?,
             consent: self.consent.clone(),
-            caps: touchpoint_operators::frequency_cap::FrequencyCaps::new(&self.caps).map_err(anyhow::Error::msg)?,
+            caps: touchpoint_operators::frequency_cap::FrequencyCaps::new(&self.caps)?,
             journeys,
             guarantee: self.processing.guarantee,
             send_ledger_ttl: self.processing.send_ledger_ttl,
@@ -354,8 +354,8 @@ impl PipelineConfig {
 
     fn validate(&self) -> Result<(), String> {
         Normalizer::new(self.normalize.clone()).map_err(|e| e.to_string())?;
-        FrequencyCaps::new(&self.caps)?;
-        IntentRules::new(&self.intents)?;
+        FrequencyCaps::new(&self.caps).map_err(|e| e.to_string())?;
+        IntentRules::new(&self.intents).map_err(|e| e.to_string())?;
         if self.epochs.interval.is_zero() {
             return Err("epochs.interval must be greater than zero".into());
         }

@@ -203,9 +203,9 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                     late.map(move |r| TxnItem::Record(r.to_record(&late_events_topic))),
                     rejected.map(move |r| TxnItem::Record(r.to_record(&dead_letter_topic))),
                     bad_consent.map(move |r| TxnItem::Record(r.to_record(&consent_dead_letter_topic))),
-                    allowed.map(move |d| TxnItem::Record(send_record(&d, &connector_prefix))),
-                    cap_states.map(move |s| TxnItem::Record(changelog_record(&caps_changelog_topic, &s))),
-                    journey_states.map(move |s| TxnItem::Record(changelog_record(&journeys_changelog_topic, &s))),
+                    allowed.map(move |d| TxnItem::encoded(send_record(&d, &connector_prefix))),
+                    cap_states.map(move |s| TxnItem::encoded(changelog_record(&caps_changelog_topic, &s))),
+                    journey_states.map(move |s| TxnItem::encoded(changelog_record(&journeys_changelog_topic, &s))),
                     source_positions,
                 ]);
                 let clickhouse = scope.concatenate([stored.clone(), recorded.clone(), transitioned.clone()]);

@@ -118,7 +118,14 @@ async fn record(
         source: DeliverySource::Callback,
         at: now_ms(),
     };
-    match state.producer.send_all(&[delivery_record(&state.deliveries_topic, &delivery)]).await {
+    let record = match delivery_record(&state.deliveries_topic, &delivery) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a callback's delivery");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "not recorded".into());
+        }
+    };
+    match state.producer.send_all(&[record]).await {
         Ok(_) => (StatusCode::OK, "recorded".into()),
         Err(e) => {
             tracing::warn!(error = %e, "could not record a callback");

@@ -16,30 +16,54 @@ fn schema() -> &'static Schema {
     })
 }
 
-/// Decodes a record value; `Err` says why it is no message (it goes to the dead-letter topic).
-pub fn decode(payload: Option<&[u8]>) -> Result<ChannelMessage, String> {
-    let bytes = payload.ok_or("empty record (no value)")?;
+/// Why a record is no channel message (it goes to the dead-letter topic), or a message cannot be
+/// written as Avro.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("empty record (no value)")]
+    Empty,
+    #[error("not a channel message: {0}")]
+    NotAMessage(String),
+    #[error("Avro: {0}")]
+    Avro(String),
+    #[error("Avro: not a record")]
+    NotARecord,
+    #[error("Avro: field {0} missing")]
+    MissingField(String),
+    #[error("Avro: data is not JSON: {0}")]
+    DataNotJson(String),
+    #[error("idempotency_key is empty")]
+    NoIdempotencyKey,
+    #[error("unknown channel {0:?}")]
+    UnknownChannel(String),
+    #[error("unknown purpose {0:?}")]
+    UnknownPurpose(String),
+}
+
+/// Decodes a record value.
+pub fn decode(payload: Option<&[u8]>) -> Result<ChannelMessage, EnvelopeError> {
+    let bytes = payload.ok_or(EnvelopeError::Empty)?;
     let message = match bytes.first() {
         Some(0) if bytes.len() > 5 => from_avro(&bytes[5..])?,
-        _ => serde_json::from_slice::<ChannelMessage>(bytes).map_err(|e| format!("not a channel message: {e}"))?,
+        _ => serde_json::from_slice::<ChannelMessage>(bytes).map_err(|e| EnvelopeError::NotAMessage(e.to_string()))?,
     };
     if message.idempotency_key.trim().is_empty() {
-        return Err("idempotency_key is empty".into());
+        return Err(EnvelopeError::NoIdempotencyKey);
     }
     Ok(message)
 }
 
-fn from_avro(mut datum: &[u8]) -> Result<ChannelMessage, String> {
+fn from_avro(mut datum: &[u8]) -> Result<ChannelMessage, EnvelopeError> {
     let value = apache_avro::reader::datum::GenericDatumReader::builder(schema())
         .build()
         .and_then(|reader| reader.read_value(&mut datum))
-        .map_err(|e| format!("Avro: {e}"))?;
-    let Avro::Record(fields) = value else { return Err("Avro: not a record".into()) };
+        .map_err(|e| EnvelopeError::Avro(e.to_string()))?;
+    let Avro::Record(fields) = value else { return Err(EnvelopeError::NotARecord) };
     let get = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-    let text = |name: &str| -> Result<String, String> {
+    let text = |name: &str| -> Result<String, EnvelopeError> {
         match get(name) {
             Some(Avro::String(s)) | Some(Avro::Enum(_, s)) => Ok(s.clone()),
-            _ => Err(format!("Avro: field {name} missing")),
+            _ => Err(EnvelopeError::MissingField(name.to_string())),
         }
     };
     let optional = |name: &str| match get(name) {
@@ -80,7 +104,7 @@ fn from_avro(mut datum: &[u8]) -> Result<ChannelMessage, String> {
         _ => None,
     };
     let data = match optional("data") {
-        Some(text) => serde_json::from_str(&text).map_err(|e| format!("Avro: data is not JSON: {e}"))?,
+        Some(text) => serde_json::from_str(&text).map_err(|e| EnvelopeError::DataNotJson(e.to_string()))?,
         None => serde_json::Value::Null,
     };
     Ok(ChannelMessage {
@@ -107,14 +131,19 @@ fn from_avro(mut datum: &[u8]) -> Result<ChannelMessage, String> {
 
 /// Confluent framing (magic 0, 4-byte schema id) of a message in the Avro schema; for producers that
 /// prefer Avro, and for tests.
-pub fn to_avro(m: &ChannelMessage, schema_id: u32) -> Result<Vec<u8>, String> {
+pub fn to_avro(m: &ChannelMessage, schema_id: u32) -> Result<Vec<u8>, EnvelopeError> {
     let opt = |v: &Option<String>| match v {
         Some(s) => Avro::Union(1, Box::new(Avro::String(s.clone()))),
         None => Avro::Union(0, Box::new(Avro::Null)),
     };
-    let channel_index =
-        ["email", "webhook", "push", "sms"].iter().position(|c| *c == m.channel).ok_or("unknown channel")?;
-    let purpose_index = ["marketing", "transactional"].iter().position(|c| *c == m.purpose).ok_or("unknown purpose")?;
+    let channel_index = ["email", "webhook", "push", "sms"]
+        .iter()
+        .position(|c| *c == m.channel)
+        .ok_or_else(|| EnvelopeError::UnknownChannel(m.channel.clone()))?;
+    let purpose_index = ["marketing", "transactional"]
+        .iter()
+        .position(|c| *c == m.purpose)
+        .ok_or_else(|| EnvelopeError::UnknownPurpose(m.purpose.clone()))?;
     let journey = match &m.journey {
         Some(j) => Avro::Union(
             1,
@@ -150,7 +179,7 @@ pub fn to_avro(m: &ChannelMessage, schema_id: u32) -> Result<Vec<u8>, String> {
     let datum = apache_avro::writer::datum::GenericDatumWriter::builder(schema())
         .build()
         .and_then(|w| w.write_value_to_vec(value))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| EnvelopeError::Avro(e.to_string()))?;
     let mut out = vec![0u8];
     out.extend_from_slice(&schema_id.to_be_bytes());
     out.extend_from_slice(&datum);
@@ -174,11 +203,11 @@ mod tests {
 
     #[test]
     fn what_is_no_message_says_why() {
-        assert_eq!(decode(None).unwrap_err(), "empty record (no value)");
-        assert!(decode(Some(b"{\"a\":1}")).unwrap_err().starts_with("not a channel message"));
+        assert_eq!(decode(None).unwrap_err().to_string(), "empty record (no value)");
+        assert!(decode(Some(b"{\"a\":1}")).unwrap_err().to_string().starts_with("not a channel message"));
         let mut m = message(None, serde_json::json!({}));
         m.idempotency_key = " ".into();
-        assert_eq!(decode(Some(&serde_json::to_vec(&m).unwrap())).unwrap_err(), "idempotency_key is empty");
-        assert!(decode(Some(&[0, 0, 0, 0, 1, 200])).unwrap_err().starts_with("Avro"));
+        assert_eq!(decode(Some(&serde_json::to_vec(&m).unwrap())).unwrap_err().to_string(), "idempotency_key is empty");
+        assert!(decode(Some(&[0, 0, 0, 0, 1, 200])).unwrap_err().to_string().starts_with("Avro"));
     }
 }

@@ -64,15 +64,21 @@ impl Ledger {
         self.entries.is_empty()
     }
 
-    /// The record that makes `entry` durable.
-    pub fn record(topic: &str, partition: i32, key: &str, entry: &LedgerEntry) -> OutgoingRecord {
-        OutgoingRecord {
+    /// The record that makes `entry` durable. An entry that cannot be encoded is an error, never an
+    /// empty value (a tombstone on this compacted topic: the key's history would be erased).
+    pub fn record(
+        topic: &str,
+        partition: i32,
+        key: &str,
+        entry: &LedgerEntry,
+    ) -> Result<OutgoingRecord, serde_json::Error> {
+        Ok(OutgoingRecord {
             topic: topic.to_string(),
             partition: Some(partition),
             key: Some(key.as_bytes().to_vec()),
-            payload: serde_json::to_vec(entry).ok(),
+            payload: Some(serde_json::to_vec(entry)?),
             headers: vec![],
-        }
+        })
     }
 
     /// Reads `partitions` of the ledger topic to their end (blocking: run it off the async threads).
@@ -123,7 +129,7 @@ mod tests {
             LedgerEntry::Done { attempt: 1, outcome: DeliveryStatus::Sent, provider_message_id: None, reason: None },
         );
         assert!(matches!(l.get("k"), Some(LedgerEntry::Done { .. })));
-        let r = Ledger::record("connector.email.ledger", 3, "k", &LedgerEntry::Attempting { attempt: 2 });
+        let r = Ledger::record("connector.email.ledger", 3, "k", &LedgerEntry::Attempting { attempt: 2 }).unwrap();
         assert_eq!(r.partition, Some(3));
         assert_eq!(r.key.as_deref(), Some(&b"k"[..]));
     }

@@ -68,8 +68,8 @@ impl Templates {
     }
 
     /// The message's template rendered with its merge fields, or its raw content when it names no
-    /// template. `Err` names an unknown template, or the template and the missing field.
-    pub fn render(&self, m: &ChannelMessage) -> Result<Rendered, String> {
+    /// template.
+    pub fn render(&self, m: &ChannelMessage) -> Result<Rendered, RenderError> {
         let Some(id) = m.template.as_deref() else {
             let raw = |k: &str| m.data.get(k).and_then(Value::as_str).map(str::to_string);
             return Ok(Rendered {
@@ -81,10 +81,13 @@ impl Templates {
             });
         };
         // A typo in a journey or rule must not send raw data: an unknown template is a permanent error.
-        let t = self.by_id.get(id).ok_or_else(|| format!("unknown template {id:?} (no {id}.yaml in the templates)"))?;
-        let part = |p: &Option<String>, html: bool| -> Result<Option<String>, String> {
+        let t = self.by_id.get(id).ok_or_else(|| RenderError::UnknownTemplate(id.to_string()))?;
+        let part = |p: &Option<String>, html: bool| -> Result<Option<String>, RenderError> {
             p.as_deref()
-                .map(|s| render(s, m, html).map_err(|field| format!("template {id}: merge field `{field}` missing")))
+                .map(|s| {
+                    render(s, m, html)
+                        .map_err(|MissingField(field)| RenderError::MissingField { template: id.to_string(), field })
+                })
                 .transpose()
         };
         Ok(Rendered {
@@ -97,9 +100,24 @@ impl Templates {
     }
 }
 
-/// Fills `{{ path }}` and `{{ path | "fallback" }}`; `Err(path)` for an absent field without fallback.
-/// Text that is not a well-formed placeholder is kept as it is.
-pub fn render(text: &str, m: &ChannelMessage, escape_html: bool) -> Result<String, String> {
+/// Why a message cannot be rendered: a permanent error (a typo in a journey or rule must not send raw
+/// data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("unknown template {0:?} (no {0}.yaml in the templates)")]
+    UnknownTemplate(String),
+    #[error("template {template}: merge field `{field}` missing")]
+    MissingField { template: String, field: String },
+}
+
+/// A merge field absent from the message, without fallback: its path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("merge field `{0}` missing")]
+pub struct MissingField(pub String);
+
+/// Fills `{{ path }}` and `{{ path | "fallback" }}`. Text that is not a well-formed placeholder is kept
+/// as it is.
+pub fn render(text: &str, m: &ChannelMessage, escape_html: bool) -> Result<String, MissingField> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
@@ -117,7 +135,7 @@ pub fn render(text: &str, m: &ChannelMessage, escape_html: bool) -> Result<Strin
         let value = match m.field(path) {
             Some(Value::String(s)) => s,
             Some(v) => v.to_string(),
-            None => fallback.ok_or_else(|| path.to_string())?,
+            None => fallback.ok_or_else(|| MissingField(path.to_string()))?,
         };
         if escape_html {
             out.push_str(&html_escape(&value));
@@ -180,7 +198,7 @@ pub(crate) mod tests {
         assert_eq!(render("{{ n }} items for {{ recipient }}", &m, false).unwrap(), "3 items for u1@example.com");
         assert_eq!(render("{{ last_name | \"there\" }}", &m, false).unwrap(), "there");
         assert_eq!(render("{{ metadata.campaign }}", &m, false).unwrap(), "spring");
-        assert_eq!(render("{{ last_name }}", &m, false), Err("last_name".to_string()));
+        assert_eq!(render("{{ last_name }}", &m, false), Err(MissingField("last_name".to_string())));
         assert_eq!(render("unclosed {{ x", &m, false).unwrap(), "unclosed {{ x");
     }
 
@@ -200,7 +218,7 @@ pub(crate) mod tests {
         assert_eq!(ok.html.as_deref(), Some("<p>pro</p>"));
         assert_eq!(ok.text, None);
         let missing = t.render(&message(Some("welcome"), serde_json::json!({"first_name": "Ada"}))).unwrap_err();
-        assert_eq!(missing, "template welcome: merge field `plan` missing");
+        assert_eq!(missing.to_string(), "template welcome: merge field `plan` missing");
     }
 
     #[test]
@@ -209,7 +227,7 @@ pub(crate) mod tests {
         let r = t.render(&message(None, serde_json::json!({"subject": "S", "text": "T"}))).unwrap();
         assert_eq!((r.subject.as_deref(), r.text.as_deref(), r.html), (Some("S"), Some("T"), None));
         let unknown = t.render(&message(Some("nope"), serde_json::json!({"subject": "S"}))).unwrap_err();
-        assert!(unknown.starts_with("unknown template \"nope\""), "{unknown}");
+        assert!(unknown.to_string().starts_with("unknown template \"nope\""), "{unknown}");
     }
 
     #[test]

@@ -392,7 +392,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                 return Ok(Handled::Done);
             }
             Err(reason) => {
-                self.invalid(r, reason).await?;
+                self.invalid(r, reason.to_string()).await?;
                 return Ok(Handled::Done);
             }
         };
@@ -406,7 +406,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                 WorkerStats::bump(&self.stats.already_done);
                 let d =
                     self.delivery(&message, outcome, attempt, provider_message_id, reason, DeliverySource::Connector);
-                self.durable(vec![self.delivery_record(&d)]).await?;
+                self.durable(vec![self.delivery_record(&d)?]).await?;
                 return Ok(Handled::Done);
             }
             Some(LedgerEntry::Retrying { attempt: failed }) => attempt = failed + 1,
@@ -484,7 +484,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             }
             self.limiter.acquire().await;
             let entry = LedgerEntry::Attempting { attempt };
-            self.durable(vec![Ledger::record(&self.topics.ledger, partition, key, &entry)]).await?;
+            self.durable(vec![Ledger::record(&self.topics.ledger, partition, key, &entry)?]).await?;
             ledger.apply(key, entry);
             match self.client.send(message).await {
                 Ok(receipt) => {
@@ -532,8 +532,8 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                         DeliverySource::Connector,
                     );
                     self.durable(vec![
-                        Ledger::record(&self.topics.ledger, partition, key, &entry),
-                        self.delivery_record(&d),
+                        Ledger::record(&self.topics.ledger, partition, key, &entry)?,
+                        self.delivery_record(&d)?,
                     ])
                     .await?;
                     ledger.apply(key, entry);
@@ -570,8 +570,8 @@ impl<C: ChannelClient> ConnectorWorker<C> {
         // One write: if the crash comes between the two records, a `done` without its event is
         // re-emitted when the record is read again (see `handle`).
         self.durable(vec![
-            Ledger::record(&self.topics.ledger, partition, &message.idempotency_key, &entry),
-            self.delivery_record(&d),
+            Ledger::record(&self.topics.ledger, partition, &message.idempotency_key, &entry)?,
+            self.delivery_record(&d)?,
         ])
         .await?;
         ledger.apply(&message.idempotency_key, entry);
@@ -605,8 +605,8 @@ impl<C: ChannelClient> ConnectorWorker<C> {
         // message again (the send fails the same way), it never leaves it in no topic at all.
         self.durable(vec![
             self.dead_letter_record(r, key, status.as_str(), reason, attempt),
-            self.delivery_record(&failed),
-            self.delivery_record(&placed),
+            self.delivery_record(&failed)?,
+            self.delivery_record(&placed)?,
         ])
         .await?;
         let entry = LedgerEntry::Done {
@@ -615,7 +615,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             provider_message_id: None,
             reason: Some(reason.to_string()),
         };
-        self.durable(vec![Ledger::record(&self.topics.ledger, partition, key, &entry)]).await?;
+        self.durable(vec![Ledger::record(&self.topics.ledger, partition, key, &entry)?]).await?;
         ledger.apply(key, entry);
         WorkerStats::bump(&self.stats.dead_lettered);
         Ok(())
@@ -645,7 +645,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
         }
     }
 
-    fn delivery_record(&self, d: &Delivery) -> OutgoingRecord {
+    fn delivery_record(&self, d: &Delivery) -> Result<OutgoingRecord, serde_json::Error> {
         delivery_record(&self.topics.deliveries, d)
     }
 
@@ -674,13 +674,14 @@ impl<C: ChannelClient> ConnectorWorker<C> {
     }
 }
 
-/// A delivery outcome as a `marketing.deliveries` record (key: the idempotency key).
-pub fn delivery_record(topic: &str, d: &Delivery) -> OutgoingRecord {
-    OutgoingRecord {
+/// A delivery outcome as a `marketing.deliveries` record (key: the idempotency key). An outcome that
+/// cannot be encoded is an error, never an empty value.
+pub fn delivery_record(topic: &str, d: &Delivery) -> Result<OutgoingRecord, serde_json::Error> {
+    Ok(OutgoingRecord {
         topic: topic.to_string(),
         partition: None,
         key: Some(d.idempotency_key.as_bytes().to_vec()),
-        payload: serde_json::to_vec(d).ok(),
+        payload: Some(serde_json::to_vec(d)?),
         headers: vec![],
-    }
+    })
 }

@@ -247,12 +247,21 @@ impl fmt::Display for JourneyError {
 
 impl std::error::Error for JourneyError {}
 
+/// A duration in a journey file that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("duration `{0}` must be greater than zero")]
+    Zero(String),
+    #[error("`{text}` is not a duration (e.g. 30m, 12h, 2d): {why}")]
+    Invalid { text: String, why: String },
+}
+
 /// Parses a duration such as `30m`, `2d`, `1h 30m`; refuses zero.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     match humantime::parse_duration(text.trim()) {
         Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err(format!("duration `{text}` must be greater than zero")),
-        Err(e) => Err(format!("`{text}` is not a duration (e.g. 30m, 12h, 2d): {e}")),
+        Ok(_) => Err(DurationError::Zero(text.to_string())),
+        Err(e) => Err(DurationError::Invalid { text: text.to_string(), why: e.to_string() }),
     }
 }
 
@@ -525,8 +534,10 @@ fn validate(file: JourneyFile, lines: &Lines<'_>) -> Result<Journey, Vec<(usize,
         problems.dedup();
         return Err(problems);
     }
-    let canonical = serde_json::to_string(&file).unwrap_or_default();
-    let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()));
+    let hash = match crate::version::config_hash(&file) {
+        Ok(hash) => format!("{hash:016x}"),
+        Err(e) => return Err(vec![(1, format!("cannot compute the journey's version: {e}"))]),
+    };
     let label = if file.label.trim().is_empty() { "v".to_string() } else { file.label.trim().to_string() };
     Ok(Journey {
         id: file.id.clone(),

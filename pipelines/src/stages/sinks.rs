@@ -93,7 +93,7 @@ impl BatchWriter<Arc<Decision>> for ClickHouseDecisions {
 /// ([`ChannelMessageRef`]).
 ///
 /// [`ChannelMessage`]: touchpoint_schemas::ChannelMessage
-pub fn send_record(d: &Decision, topic_prefix: &str) -> touchpoint_connectors::kafka::OutgoingRecord {
+pub fn send_record(d: &Decision, topic_prefix: &str) -> Result<OutgoingRecord, EncodeError> {
     let i = &d.intent;
     let message = ChannelMessageRef {
         idempotency_key: &i.idempotency_key,
@@ -118,13 +118,25 @@ pub fn send_record(d: &Decision, topic_prefix: &str) -> touchpoint_connectors::k
     let mut topic = String::with_capacity(topic_prefix.len() + 8);
     topic.push_str(topic_prefix);
     topic.push_str(i.channel.as_str());
-    touchpoint_connectors::kafka::OutgoingRecord {
+    let payload = serde_json::to_vec(&message).map_err(|source| EncodeError { topic: topic.clone(), source })?;
+    Ok(OutgoingRecord {
         topic,
         partition: None,
         key: Some(subject_key(&i.subject)),
-        payload: serde_json::to_vec(&message).ok(),
+        payload: Some(payload),
         headers: vec![("tp.idempotency_key".into(), i.idempotency_key.clone().into_bytes())],
-    }
+    })
+}
+
+/// A record value that could not be encoded. It is never written as an empty value instead: on a
+/// compacted topic that is a tombstone, which would erase the subject's state. The sink fails the
+/// write (and retries, visibly) rather than lose or corrupt anything.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode a record for {topic}: {source}")]
+pub struct EncodeError {
+    pub topic: String,
+    #[source]
+    pub source: serde_json::Error,
 }
 
 /// The record key of a subject's records (sends, state changelogs): `tenant/subject`.
@@ -150,8 +162,8 @@ impl BatchWriter<Arc<Decision>> for ConnectorTopics {
 
     fn write(&self, _epoch: Epoch, batch: Arc<Batch<Arc<Decision>>>) -> BoxFuture<'static, anyhow::Result<()>> {
         let producer = self.producer.clone();
-        let records: Vec<_> = batch.iter().map(|d| send_record(d, &self.prefix)).collect();
-        async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
+        let records: Result<Vec<_>, _> = batch.iter().map(|d| send_record(d, &self.prefix)).collect();
+        async move { producer.send_all(&records?).await.map(|_| ()) }.boxed()
     }
 
     /// Sends do not need each other: every record carries its idempotency key, and the ledger is written
@@ -183,24 +195,30 @@ impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<touchpoint_operato
         batch: Arc<Batch<touchpoint_operators::guardrails::SubjectSnapshot<T>>>,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         let producer = self.producer.clone();
-        let records: Vec<_> = batch.iter().map(|s| changelog_record(&self.topic, s)).collect();
-        async move { producer.send_all(&records).await.map(|_| ()) }.boxed()
+        let records: Result<Vec<_>, _> = batch.iter().map(|s| changelog_record(&self.topic, s)).collect();
+        async move { producer.send_all(&records?).await.map(|_| ()) }.boxed()
     }
 }
 
 /// A subject's state as its changelog record: key `tenant/subject`, JSON value, or a tombstone when the
-/// subject has nothing left.
+/// subject has nothing left (and only then).
 pub fn changelog_record<T: serde::Serialize>(
     topic: &str,
     snapshot: &touchpoint_operators::guardrails::SubjectSnapshot<T>,
-) -> OutgoingRecord {
-    OutgoingRecord {
+) -> Result<OutgoingRecord, EncodeError> {
+    let payload = snapshot
+        .state
+        .as_ref()
+        .map(serde_json::to_vec)
+        .transpose()
+        .map_err(|source| EncodeError { topic: topic.to_string(), source })?;
+    Ok(OutgoingRecord {
         partition: None,
         topic: topic.to_string(),
         key: Some(subject_key(&snapshot.subject)),
-        payload: snapshot.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()),
+        payload,
         headers: vec![],
-    }
+    })
 }
 
 /// Journey transitions → ClickHouse `journey_transitions`, one INSERT per epoch and worker.

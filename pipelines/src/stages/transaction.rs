@@ -27,6 +27,9 @@ use super::Epoch;
 pub enum TxnItem {
     /// A record for a Kafka topic.
     Record(OutgoingRecord),
+    /// A record whose value could not be encoded: the epoch cannot commit (its write fails, visibly,
+    /// and is retried) rather than commit without it.
+    Unencodable(String),
     /// A source partition's next offset at the close of the item's epoch.
     Position { partition: i32, next: i64 },
 }
@@ -42,6 +45,16 @@ pub struct TransactionalCommit {
     pub source_topic: String,
     pub fatal: FatalSlot,
     pub stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TxnItem {
+    /// An encoded record, or the reason it could not be encoded.
+    pub fn encoded(record: Result<OutgoingRecord, super::sinks::EncodeError>) -> Self {
+        match record {
+            Ok(r) => TxnItem::Record(r),
+            Err(e) => TxnItem::Unencodable(e.to_string()),
+        }
+    }
 }
 
 impl BatchWriter<TxnItem> for TransactionalCommit {
@@ -65,6 +78,12 @@ impl BatchWriter<TxnItem> for TransactionalCommit {
             return async { Ok(()) }.boxed();
         }
         async move {
+            if let Some(error) = batch.iter().find_map(|item| match item {
+                TxnItem::Unencodable(e) => Some(e.clone()),
+                _ => None,
+            }) {
+                anyhow::bail!("{error}");
+            }
             let offsets = positions(&batch, &topic);
             let (n, o) = (records(&batch).count(), offsets.len());
             let result = tokio::task::spawn_blocking(move || producer.commit(records(&batch), &offsets)).await?;
@@ -95,7 +114,7 @@ impl BatchWriter<TxnItem> for TransactionalCommit {
 fn records(batch: &Batch<TxnItem>) -> impl Iterator<Item = &OutgoingRecord> {
     batch.iter().filter_map(|item| match item {
         TxnItem::Record(r) => Some(r),
-        TxnItem::Position { .. } => None,
+        TxnItem::Position { .. } | TxnItem::Unencodable(_) => None,
     })
 }
 

@@ -64,7 +64,7 @@ impl ChannelClient for EmailClient {
     }
 
     async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {
-        let rendered = self.templates.render(message).map_err(SendError::permanent)?;
+        let rendered = self.templates.render(message).map_err(|e| SendError::permanent(e.to_string()))?;
         let email = mapping::to_email(message, &rendered, &self.from, &self.domain)?;
         self.transport.send(email).await.map_err(|e| smtp_error(&e))?;
         Ok(SendReceipt {

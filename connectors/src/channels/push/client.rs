@@ -28,7 +28,7 @@ impl ChannelClient for PushClient {
     }
 
     async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {
-        let rendered = self.templates.render(message).map_err(SendError::permanent)?;
+        let rendered = self.templates.render(message).map_err(|e| SendError::permanent(e.to_string()))?;
         let body = mapping::request(message, &rendered)?;
         let answer = HttpAnswer::send(
             self.http

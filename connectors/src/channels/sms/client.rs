@@ -49,7 +49,7 @@ impl ChannelClient for SmsClient {
     }
 
     async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {
-        let rendered = self.templates.render(message).map_err(SendError::permanent)?;
+        let rendered = self.templates.render(message).map_err(|e| SendError::permanent(e.to_string()))?;
         let form = mapping::form(message, &rendered, &self.from, self.callback.as_deref())?;
         let answer = HttpAnswer::send(
             self.http
