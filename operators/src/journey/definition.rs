@@ -32,7 +32,6 @@
 //! Every error names the file, the line and the problem; validation reports all of them at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -226,26 +225,13 @@ pub struct Journey {
     pub source: JourneyFile,
 }
 
-/// Problems found in one journey file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Problems found in one journey file, one line each: `path:line: problem`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.problems.iter().map(|(line, p)| format!("{}:{line}: {p}", self.path.display())).collect::<Vec<_>>().join("\n"))]
 pub struct JourneyError {
     pub path: PathBuf,
     pub problems: Vec<(usize, String)>,
 }
-
-impl fmt::Display for JourneyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (line, problem)) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{}:{line}: {problem}", self.path.display())?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for JourneyError {}
 
 /// A duration in a journey file that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
