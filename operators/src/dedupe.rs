@@ -35,11 +35,10 @@ fn default_ttl() -> Duration {
 
 /// The key under which an event id is remembered.
 pub fn dedupe_key(tenant_id: &str, event_id: &str) -> u128 {
-    let mut buf = Vec::with_capacity(tenant_id.len() + event_id.len() + 1);
-    buf.extend_from_slice(tenant_id.as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(event_id.as_bytes());
-    xxhash_rust::xxh3::xxh3_128(&buf)
+    crate::fast_hash::KeyBytes::with_capacity(tenant_id.len() + event_id.len() + 1)
+        .part(tenant_id)
+        .raw(event_id.as_bytes())
+        .hash128()
 }
 
 #[derive(Debug)]

@@ -25,9 +25,53 @@ pub fn hex_id(prefix: &str, hash: u128) -> String {
     id
 }
 
+/// The bytes a deterministic key is hashed from: text parts each followed by a NUL (so that `("ab", "c")`
+/// and `("a", "bc")` differ), and raw bytes where the layout ends with a number or free text. One
+/// builder for every key of the pipeline (event ids, dedupe keys, idempotency keys, journey send keys,
+/// split buckets), so their layouts are written the same way; each key's layout must never change (the
+/// keys are stored: in ledgers, ClickHouse rows, dedupe state).
+#[derive(Debug, Default)]
+pub struct KeyBytes(Vec<u8>);
+
+impl KeyBytes {
+    pub fn with_capacity(capacity: usize) -> Self {
+        KeyBytes(Vec::with_capacity(capacity))
+    }
+
+    /// `text`, then a NUL.
+    pub fn part(mut self, text: &str) -> Self {
+        self.0.extend_from_slice(text.as_bytes());
+        self.0.push(0);
+        self
+    }
+
+    /// `bytes` as they are (no separator).
+    pub fn raw(mut self, bytes: &[u8]) -> Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    pub fn hash64(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.0)
+    }
+
+    pub fn hash128(&self) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::hex_id;
+    use super::{hex_id, KeyBytes};
+
+    #[test]
+    fn parts_are_separated_and_the_layout_is_the_bytes_written() {
+        let ab_c = KeyBytes::default().part("ab").part("c");
+        let a_bc = KeyBytes::default().part("a").part("bc");
+        assert_ne!(ab_c.hash128(), a_bc.hash128());
+        assert_eq!(ab_c.hash64(), xxhash_rust::xxh3::xxh3_64(b"ab\0c\0"));
+        assert_eq!(KeyBytes::default().part("t").raw(b"e").hash128(), xxhash_rust::xxh3::xxh3_128(b"t\0e"));
+    }
 
     #[test]
     fn hex_ids_are_what_format_writes() {

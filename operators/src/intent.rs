@@ -108,12 +108,13 @@ impl SendIntent {
 /// The deterministic idempotency key of a rule-driven send: subject, rule, rule-set version and the
 /// triggering event id.
 pub fn idempotency_key(subject: &SubjectRef, rule_id: &str, version: &str, event_id: &str) -> String {
-    let mut buf = Vec::with_capacity(64);
-    for part in [&*subject.tenant_id, &*subject.subject_id, rule_id, version, event_id] {
-        buf.extend_from_slice(part.as_bytes());
-        buf.push(0);
-    }
-    crate::fast_hash::hex_id("tpk-", xxhash_rust::xxh3::xxh3_128(&buf))
+    let key = crate::fast_hash::KeyBytes::with_capacity(64)
+        .part(&subject.tenant_id)
+        .part(&subject.subject_id)
+        .part(rule_id)
+        .part(version)
+        .part(event_id);
+    crate::fast_hash::hex_id("tpk-", key.hash128())
 }
 
 /// An `intents` section that cannot be used.

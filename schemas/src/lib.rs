@@ -12,4 +12,4 @@ pub mod reject;
 
 pub use channel::{ChannelMessage, ChannelMessageRef, Delivery, DeliveryStatus};
 pub use event::{NormalizedEvent, SourcePosition};
-pub use reject::RejectReason;
+pub use reject::{headers, RejectReason};

@@ -97,6 +97,14 @@ pub mod headers {
     pub const LATE_WATERMARK: &str = "tp.late.watermark";
     /// On the late-events topic: how far behind the watermark the event was, in milliseconds.
     pub const LATE_BEHIND_MS: &str = "tp.late.behind_ms";
+    /// On `connector.<channel>` records and the connectors' dead letters: the send's idempotency key.
+    pub const IDEMPOTENCY_KEY: &str = "tp.idempotency_key";
+    /// On a connector's dead letters: why the message was not delivered, its last status, the attempts
+    /// spent and when it was dead-lettered (epoch milliseconds).
+    pub const DLQ_REASON: &str = "tp.dlq.reason";
+    pub const DLQ_STATUS: &str = "tp.dlq.status";
+    pub const DLQ_ATTEMPTS: &str = "tp.dlq.attempts";
+    pub const DLQ_AT: &str = "tp.dlq.at";
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use touchpoint_schemas::channel::{delivery_id, DeliverySource};
-use touchpoint_schemas::{ChannelMessage, Delivery, DeliveryStatus};
+use touchpoint_schemas::{headers, ChannelMessage, Delivery, DeliveryStatus};
 
 use super::breaker::{BreakerConfig, SharedBreaker};
 use super::envelope;
@@ -328,7 +328,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                 payload: m.payload().map(<[u8]>::to_vec),
                 idempotency_header: m.headers().and_then(|hs| {
                     hs.iter()
-                        .find(|h| h.key == "tp.idempotency_key")
+                        .find(|h| h.key == headers::IDEMPOTENCY_KEY)
                         .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
                 }),
             })
@@ -656,14 +656,14 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             key: r.key.clone(),
             payload: r.payload.clone(),
             headers: vec![
-                ("tp.dlq.reason".into(), reason.as_bytes().to_vec()),
-                ("tp.dlq.status".into(), status.as_bytes().to_vec()),
-                ("tp.dlq.attempts".into(), attempts.to_string().into_bytes()),
-                ("tp.idempotency_key".into(), key.as_bytes().to_vec()),
-                ("tp.source.topic".into(), self.topics.source.clone().into_bytes()),
-                ("tp.source.partition".into(), r.partition.to_string().into_bytes()),
-                ("tp.source.offset".into(), r.offset.to_string().into_bytes()),
-                ("tp.dlq.at".into(), now_ms().to_string().into_bytes()),
+                (headers::DLQ_REASON.into(), reason.as_bytes().to_vec()),
+                (headers::DLQ_STATUS.into(), status.as_bytes().to_vec()),
+                (headers::DLQ_ATTEMPTS.into(), attempts.to_string().into_bytes()),
+                (headers::IDEMPOTENCY_KEY.into(), key.as_bytes().to_vec()),
+                (headers::SOURCE_TOPIC.into(), self.topics.source.clone().into_bytes()),
+                (headers::SOURCE_PARTITION.into(), r.partition.to_string().into_bytes()),
+                (headers::SOURCE_OFFSET.into(), r.offset.to_string().into_bytes()),
+                (headers::DLQ_AT.into(), now_ms().to_string().into_bytes()),
             ],
         }
     }

@@ -26,6 +26,7 @@ use touchpoint_schemas::{NormalizedEvent, SourcePosition};
 use super::definition::{EventMatch, Journey, Reentry, Send as SendStep, StepIx, StepKind};
 use super::expr::Context;
 use crate::consent::{Channel, Purpose, SubjectRef};
+use crate::fast_hash::KeyBytes;
 use crate::intent::{JourneyStepRef, SendIntent};
 use crate::{FastHashMap, FastHashSet};
 
@@ -715,23 +716,21 @@ pub fn journey_send_key(
     entry_event_id: &str,
     steps_run: u32,
 ) -> String {
-    let mut buf = Vec::with_capacity(96);
-    for part in [&*subject.tenant_id, &*subject.subject_id, journey, version, step, entry_event_id] {
-        buf.extend_from_slice(part.as_bytes());
-        buf.push(0);
-    }
-    buf.extend_from_slice(&steps_run.to_le_bytes());
-    crate::fast_hash::hex_id("tpj-", xxhash_rust::xxh3::xxh3_128(&buf))
+    let key = KeyBytes::with_capacity(96)
+        .part(&subject.tenant_id)
+        .part(&subject.subject_id)
+        .part(journey)
+        .part(version)
+        .part(step)
+        .part(entry_event_id)
+        .raw(&steps_run.to_le_bytes());
+    crate::fast_hash::hex_id("tpj-", key.hash128())
 }
 
 /// The subject's bucket (0..100) for `split` steps of a journey: stable across restarts and versions.
 pub fn split_bucket(subject: &SubjectRef, journey: &str) -> u32 {
-    let mut buf = Vec::with_capacity(64);
-    for part in [&*subject.tenant_id, &*subject.subject_id, journey] {
-        buf.extend_from_slice(part.as_bytes());
-        buf.push(0);
-    }
-    (xxhash_rust::xxh3::xxh3_64(&buf) % 100) as u32
+    let key = KeyBytes::with_capacity(64).part(&subject.tenant_id).part(&subject.subject_id).part(journey);
+    (key.hash64() % 100) as u32
 }
 
 fn transition(

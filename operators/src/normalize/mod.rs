@@ -214,14 +214,15 @@ pub fn derived_event_id(
     occurred_at_ms: i64,
     attributes_json: &str,
 ) -> String {
-    let mut buf = Vec::with_capacity(tenant.len() + event_type.len() + subject.len() + attributes_json.len() + 24);
-    for part in [tenant.as_bytes(), event_type.as_bytes(), subject.as_bytes()] {
-        buf.extend_from_slice(part);
-        buf.push(0);
-    }
-    buf.extend_from_slice(&occurred_at_ms.to_le_bytes());
-    buf.extend_from_slice(attributes_json.as_bytes());
-    crate::fast_hash::hex_id("tp-", xxhash_rust::xxh3::xxh3_128(&buf))
+    let key = crate::fast_hash::KeyBytes::with_capacity(
+        tenant.len() + event_type.len() + subject.len() + attributes_json.len() + 24,
+    )
+    .part(tenant)
+    .part(event_type)
+    .part(subject)
+    .raw(&occurred_at_ms.to_le_bytes())
+    .raw(attributes_json.as_bytes());
+    crate::fast_hash::hex_id("tp-", key.hash128())
 }
 
 /// Already snake_case as [`snake_case`] writes it: ASCII lower-case letters and digits in words joined by

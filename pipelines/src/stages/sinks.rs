@@ -10,7 +10,7 @@ use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord};
 use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::decision::Decision;
 use touchpoint_schemas::channel::{JourneyStepRef, NO_METADATA};
-use touchpoint_schemas::{ChannelMessageRef, NormalizedEvent};
+use touchpoint_schemas::{headers, ChannelMessageRef, NormalizedEvent};
 
 use super::epoch_sink::{Batch, BatchWriter};
 use super::Epoch;
@@ -124,7 +124,7 @@ pub fn send_record(d: &Decision, topic_prefix: &str) -> Result<OutgoingRecord, E
         partition: None,
         key: Some(subject_key(&i.subject)),
         payload: Some(payload),
-        headers: vec![("tp.idempotency_key".into(), i.idempotency_key.clone().into_bytes())],
+        headers: vec![(headers::IDEMPOTENCY_KEY.into(), i.idempotency_key.clone().into_bytes())],
     })
 }
 
