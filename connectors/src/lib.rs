@@ -8,14 +8,19 @@
 //! | tests       | `connectors/tests/kafka.rs`   | `connectors/tests/clickhouse.rs` | `connectors/tests/schema_registry.rs` |
 //!
 //! Integration tests run against the real services started by `deploy/scripts/stack.sh`; their
-//! addresses come from [`testing::ServiceAddresses`].
+//! addresses come from `testing::ServiceAddresses` (feature `testing`).
 
+pub mod backoff;
 pub mod channels;
 pub mod clickhouse;
 pub mod kafka;
+pub mod runtime;
 pub mod schema_registry;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+pub use backoff::Backoff;
+pub use runtime::io_runtime;
 
 /// Wall clock, epoch milliseconds (row times, delivery outcomes, dead-letter stamps).
 pub fn now_ms() -> i64 {

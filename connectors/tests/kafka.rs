@@ -9,7 +9,7 @@ use touchpoint_connectors::kafka::{
 use touchpoint_connectors::testing::{unique_name, ServiceAddresses};
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    touchpoint_connectors::io_runtime("test-io").expect("runtime")
 }
 
 /// Touchpoint's own client defaults (idempotent producers, librdkafka's batching), as in production.

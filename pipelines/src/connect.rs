@@ -20,6 +20,7 @@ use touchpoint_connectors::channels::worker::{ConnectorWorker, WorkerSettings};
 use touchpoint_connectors::channels::ChannelClient;
 use touchpoint_connectors::clickhouse::DeliveryStore;
 use touchpoint_connectors::kafka::{ensure_topics, recv_batch, AckedProducer};
+use touchpoint_connectors::{io_runtime, Backoff};
 use touchpoint_schemas::Delivery;
 
 use crate::PipelineConfig;
@@ -42,7 +43,7 @@ fn settings<P>(c: &ChannelConfig<P>) -> WorkerSettings {
 
 /// Runs a connector worker for `channel` until SIGTERM/SIGINT (or `stop`).
 pub fn connect(config: &PipelineConfig, channel: &str, instance: Option<&str>) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = io_runtime("touchpoint-io")?;
     let stop = Arc::new(AtomicBool::new(false));
     crate::runtime::spawn_signal_handler(&runtime, stop.clone());
     let mut config = config.clone();
@@ -99,7 +100,7 @@ async fn run_worker<C: ChannelClient>(
 /// `touchpoint deliveries`: loads `marketing.deliveries` into ClickHouse `deliveries` (offsets committed
 /// after each insert) and serves the provider callback endpoint (`channels.callbacks_listen`).
 pub fn deliveries(config: &PipelineConfig) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = io_runtime("touchpoint-io")?;
     let stop = Arc::new(AtomicBool::new(false));
     crate::runtime::spawn_signal_handler(&runtime, stop.clone());
     runtime.block_on(async {
@@ -145,11 +146,12 @@ async fn load_deliveries(config: &PipelineConfig, store: DeliveryStore, stop: Ar
         // The same records inserted again (a crash before the commit) carry the same token.
         let token =
             format!("deliveries-{}", next.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","));
-        let mut backoff = Duration::from_millis(200);
+        const INSERT_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut attempt = 0;
         while let Err(e) = store.insert(&batch, &token).await {
             tracing::warn!(error = %e, "inserting deliveries failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            tokio::time::sleep(INSERT_RETRY.delay(attempt)).await;
+            attempt += 1;
         }
         loaded += batch.len();
         let mut tpl = TopicPartitionList::new();

@@ -196,7 +196,7 @@ fn load(path: &Path) -> Result<PipelineConfig> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("async runtime")
+    touchpoint_connectors::io_runtime("touchpoint-io").context("async runtime")
 }
 
 fn run(cli: Cli) -> Result<()> {

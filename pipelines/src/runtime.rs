@@ -68,12 +68,7 @@ pub struct RunReport {
 
 pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("touchpoint-io")
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = touchpoint_connectors::io_runtime("touchpoint-io").context("starting the async runtime")?;
 
     let mut topics = config.topics.all();
     topics.push(config.topics.caps_changelog(&config.pipeline.group_id));

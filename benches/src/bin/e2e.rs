@@ -105,7 +105,7 @@ fn main() -> Result<()> {
     let name = unique_name("bench");
     let config = bench_config(&args.config, &name, args.partitions)?;
     let topic = config.topics.events.name.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = touchpoint_connectors::io_runtime("bench-io")?;
     // Every topic and database of this benchmark starts with `name`; they go when it ends, however it ends.
     let _scratch = Scratch { kafka: config.kafka.clone(), clickhouse: config.clickhouse.clone(), prefix: name.clone() };
 

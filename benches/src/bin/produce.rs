@@ -43,7 +43,7 @@ fn main() -> Result<()> {
     kafka.producer.insert("batch.num.messages".into(), "10000".into());
     kafka.producer.insert("linger.ms".into(), "5".into());
     let topic = unique_name("bench_produce");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = touchpoint_connectors::io_runtime("bench-io")?;
     rt.block_on(ensure_topics(&kafka, &[TopicSpec::new(&topic, 8)]))?;
     let records: Vec<Vec<OutgoingRecord>> = (0..args.records)
         .map(|i| OutgoingRecord {

@@ -118,7 +118,7 @@ fn run(
 fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = touchpoint_connectors::io_runtime("bench-io")?;
     let peers = Peers::new(&ServiceAddresses::from_env());
     let settle = 2.0;
 

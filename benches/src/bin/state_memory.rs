@@ -91,7 +91,7 @@ fn restore(states: &std::collections::HashMap<SubjectRef, SubjectCaps>) -> Resul
         .replace("group_id: touchpoint.normalization", &format!("group_id: {name}"));
     let config = touchpoint::PipelineConfig::parse(&text, std::path::Path::new("pipelines/config/local.yaml"))?;
     let topic = config.topics.caps_changelog(&config.pipeline.group_id);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = touchpoint_connectors::io_runtime("bench-io")?;
     rt.block_on(ensure_topics(&config.kafka, std::slice::from_ref(&topic)))?;
     // Large batches: the producer is not what is measured.
     let mut kafka = config.kafka.clone();

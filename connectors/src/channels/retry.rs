@@ -53,8 +53,7 @@ impl RetryPolicy {
         if let Some(after) = retry_after {
             return after.min(self.max_retry_after);
         }
-        let exp = self.initial_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let ceiling = exp.min(self.max_backoff);
+        let ceiling = crate::Backoff::new(self.initial_backoff, self.max_backoff).delay(attempt.saturating_sub(1));
         let half = ceiling / 2;
         half + half.mul_f64(unit_random.clamp(0.0, 1.0))
     }

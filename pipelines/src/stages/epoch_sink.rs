@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
+use touchpoint_connectors::Backoff;
 
 use futures::future::BoxFuture;
 use timely::dataflow::channels::pact::Pipeline;
@@ -70,7 +71,8 @@ pub trait BatchWriter<D>: Send + Sync + 'static {
 
 /// How long to wait before retrying a failed write: 100 ms doubling to 5 s.
 pub fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
+    const SINK_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    SINK_RETRY.delay(attempt)
 }
 
 pub fn epoch_sink<'s, D, W>(

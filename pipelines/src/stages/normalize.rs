@@ -11,6 +11,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 use timely::progress::operate::FrontierInterest;
 use touchpoint_connectors::kafka::{OutgoingRecord, SourceRecord};
+use touchpoint_connectors::Backoff;
 use touchpoint_operators::ReadEvent;
 use touchpoint_operators::{DecodeError, Normalizer, RecordDecoder, Rejection, SchemaLookup};
 use touchpoint_schemas::reject::headers;
@@ -84,7 +85,8 @@ pub fn decode_with_retry<T>(
     position: &SourcePosition,
     mut decode: impl FnMut() -> Result<T, DecodeError>,
 ) -> Result<T, Rejection> {
-    let mut backoff = Duration::from_millis(100);
+    const REGISTRY_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut attempt = 0;
     loop {
         match decode() {
             Ok(fields) => return Ok(fields),
@@ -92,8 +94,8 @@ pub fn decode_with_retry<T>(
             Err(DecodeError::Retry(why)) => {
                 tracing::warn!(%why, topic = %position.topic, partition = position.partition, offset = position.offset,
                     "schema registry unavailable; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                std::thread::sleep(REGISTRY_RETRY.delay(attempt));
+                attempt += 1;
             }
         }
     }

@@ -16,7 +16,7 @@ use touchpoint_connectors::kafka::ensure_topics;
 use touchpoint_connectors::testing::{unique_name, ServiceAddresses};
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+    touchpoint_connectors::io_runtime("test-io").expect("runtime")
 }
 
 /// What the journeys directory of a test pipeline file reads by default: none.
