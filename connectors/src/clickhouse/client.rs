@@ -27,6 +27,34 @@ pub struct StoredEventId {
     pub ingested_at_ms: i64,
 }
 
+/// One INSERT of `items` as rows of `table` (no request when there are none), with its
+/// `insert_deduplication_token` when given: the same batch inserted twice is stored once. The rows are
+/// encoded from the items where the caller holds them, never collected first.
+async fn insert_rows<'a, R, X>(
+    client: &clickhouse::Client,
+    table: &str,
+    token: Option<&str>,
+    items: impl IntoIterator<Item = &'a X, IntoIter: Send>,
+    to_row: impl Fn(&'a X) -> R::Value<'a> + Send,
+) -> Result<()>
+where
+    R: clickhouse::RowWrite,
+    X: Sync + 'a,
+{
+    let mut items = items.into_iter().peekable();
+    if items.peek().is_none() {
+        return Ok(());
+    }
+    let mut insert = client.insert::<R>(table).await.with_context(|| format!("preparing INSERT into {table}"))?;
+    if let Some(token) = token {
+        insert = insert.with_setting("insert_deduplication_token", token);
+    }
+    for item in items {
+        insert.write(&to_row(item)).await.with_context(|| format!("writing a row to {table}"))?;
+    }
+    insert.end().await.with_context(|| format!("INSERT into {table}"))
+}
+
 impl EventStore {
     pub fn new(config: &ClickHouseConfig) -> Self {
         EventStore { client: config.client() }
@@ -40,20 +68,7 @@ impl EventStore {
         events: impl IntoIterator<Item = &'a NormalizedEvent, IntoIter: Send>,
         token: &str,
     ) -> Result<()> {
-        let mut events = events.into_iter().peekable();
-        if events.peek().is_none() {
-            return Ok(());
-        }
-        let mut insert = self
-            .client
-            .insert::<EventRow<'_>>("events")
-            .await
-            .context("preparing INSERT into events")?
-            .with_setting("insert_deduplication_token", token);
-        for e in events {
-            insert.write(&EventRow::from(e)).await.context("writing a row to events")?;
-        }
-        insert.end().await.context("INSERT into events")
+        insert_rows::<EventRow<'_>, _>(&self.client, "events", Some(token), events, EventRow::from).await
     }
 
     /// Offsets of `topic`/`partition` at or after `from` that are already stored. After a crash, the
@@ -134,24 +149,11 @@ impl DecisionStore {
     where
         D: std::borrow::Borrow<touchpoint_operators::decision::Decision> + Sync + 'a,
     {
-        let mut decisions = decisions.into_iter().peekable();
-        if decisions.peek().is_none() {
-            return Ok(());
-        }
         let decided_at = crate::now_ms();
-        let mut insert = self
-            .client
-            .insert::<super::encoding::DecisionRow<'_>>("decisions")
-            .await
-            .context("preparing INSERT into decisions")?
-            .with_setting("insert_deduplication_token", token);
-        for d in decisions {
-            insert
-                .write(&super::encoding::DecisionRow::new(d.borrow(), decided_at))
-                .await
-                .context("writing a decision")?;
-        }
-        insert.end().await.context("INSERT into decisions")
+        insert_rows::<super::encoding::DecisionRow<'_>, D>(&self.client, "decisions", Some(token), decisions, |d| {
+            super::encoding::DecisionRow::new(d.borrow(), decided_at)
+        })
+        .await
     }
 
     pub fn client(&self) -> &clickhouse::Client {
@@ -175,20 +177,15 @@ impl TransitionStore {
         &self,
         transitions: impl IntoIterator<Item = &'a touchpoint_operators::journey::Transition, IntoIter: Send>,
     ) -> Result<()> {
-        let mut transitions = transitions.into_iter().peekable();
-        if transitions.peek().is_none() {
-            return Ok(());
-        }
         let recorded_at = crate::now_ms();
-        let mut insert = self
-            .client
-            .insert::<super::encoding::TransitionRow<'_>>("journey_transitions")
-            .await
-            .context("preparing INSERT into journey_transitions")?;
-        for t in transitions {
-            insert.write(&super::encoding::TransitionRow::new(t, recorded_at)).await.context("writing a transition")?;
-        }
-        insert.end().await.context("INSERT into journey_transitions")
+        insert_rows::<super::encoding::TransitionRow<'_>, _>(
+            &self.client,
+            "journey_transitions",
+            None,
+            transitions,
+            |t| super::encoding::TransitionRow::new(t, recorded_at),
+        )
+        .await
     }
 }
 
@@ -216,19 +213,14 @@ impl DeliveryStore {
 
     /// One INSERT per batch; `token` deduplicates a retried batch.
     pub async fn insert(&self, deliveries: &[touchpoint_schemas::Delivery], token: &str) -> Result<()> {
-        if deliveries.is_empty() {
-            return Ok(());
-        }
-        let mut insert = self
-            .client
-            .insert::<super::encoding::DeliveryRow<'_>>("deliveries")
-            .await
-            .context("preparing INSERT into deliveries")?
-            .with_setting("insert_deduplication_token", token);
-        for d in deliveries {
-            insert.write(&super::encoding::DeliveryRow::from(d)).await.context("writing a delivery")?;
-        }
-        insert.end().await.context("INSERT into deliveries")
+        insert_rows::<super::encoding::DeliveryRow<'_>, _>(
+            &self.client,
+            "deliveries",
+            Some(token),
+            deliveries,
+            super::encoding::DeliveryRow::from,
+        )
+        .await
     }
 
     /// The delivery a provider callback speaks of: by our delivery id or the provider's message id.
