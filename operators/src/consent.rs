@@ -16,7 +16,6 @@
 //!   for marketing out of the box.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -26,51 +25,8 @@ use crate::decode::event::{json_slots, FieldSlots, FieldValue};
 use crate::normalize::{parse_event_time_field, Rejection};
 use crate::FastHashMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    Email,
-    Sms,
-    Push,
-    Webhook,
-}
-
-impl Channel {
-    pub const ALL: [Channel; 4] = [Channel::Email, Channel::Sms, Channel::Push, Channel::Webhook];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Email => "email",
-            Channel::Sms => "sms",
-            Channel::Push => "push",
-            Channel::Webhook => "webhook",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Channel> {
-        Self::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Purpose {
-    Marketing,
-    Transactional,
-}
-
-impl Purpose {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Purpose::Marketing => "marketing",
-            Purpose::Transactional => "transactional",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Purpose> {
-        [Purpose::Marketing, Purpose::Transactional].into_iter().find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
-    }
-}
+// The shared vocabulary lives in `touchpoint_schemas`; re-exported here, where the consent table uses it.
+pub use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
 /// Ordered by restrictiveness: on equal `updated_at`, the larger wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -135,23 +91,6 @@ impl ConsentConfig {
             .copied()
             // Not configured at all: marketing is never sent without consent.
             .unwrap_or(if purpose == Purpose::Marketing { WhenMissing::Deny } else { WhenMissing::Allow })
-    }
-}
-
-/// A subject: its tenant and id.
-///
-/// Shared strings, because the keyed operator hands a subject to every map, set, timer, decision and
-/// transition it touches (up to ten copies per event): a clone is two reference counts, not two
-/// allocations. Serialized as two plain strings.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SubjectRef {
-    pub tenant_id: Arc<str>,
-    pub subject_id: Arc<str>,
-}
-
-impl SubjectRef {
-    pub fn new(tenant_id: &str, subject_id: &str) -> Self {
-        SubjectRef { tenant_id: tenant_id.into(), subject_id: subject_id.into() }
     }
 }
 

@@ -17,6 +17,7 @@ use touchpoint_operators::intent::{IntentRules, IntentsConfig};
 use touchpoint_operators::journey::{load_dir, Journey, JourneyError};
 use touchpoint_operators::watermark::EventTimeConfig;
 use touchpoint_operators::{DedupeConfig, NormalizeConfig, Normalizer};
+use touchpoint_schemas::Channel;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,8 +174,8 @@ impl TopicsConfig {
             self.consent_dead_letter.clone(),
             self.deliveries.clone(),
         ];
-        for channel in touchpoint_operators::consent::Channel::ALL {
-            let topics = self.channel(channel.as_str());
+        for channel in Channel::ALL {
+            let topics = self.channel(channel);
             all.push(TopicSpec::new(&topics.source, self.connectors.partitions));
             all.extend(topics.specs(self.connectors.partitions));
         }
@@ -182,7 +183,7 @@ impl TopicsConfig {
     }
 
     /// The topics of one channel's connector: `<prefix><channel>`, `.dlq`, `.ledger`.
-    pub fn channel(&self, channel: &str) -> touchpoint_connectors::channels::worker::WorkerTopics {
+    pub fn channel(&self, channel: Channel) -> touchpoint_connectors::channels::worker::WorkerTopics {
         touchpoint_connectors::channels::worker::WorkerTopics::new(
             &self.connectors.prefix,
             channel,

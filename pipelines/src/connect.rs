@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -21,13 +21,13 @@ use touchpoint_connectors::channels::ChannelClient;
 use touchpoint_connectors::clickhouse::DeliveryStore;
 use touchpoint_connectors::kafka::{ensure_topics, recv_batch, AckedProducer};
 use touchpoint_connectors::{io_runtime, Backoff};
-use touchpoint_schemas::Delivery;
+use touchpoint_schemas::{Channel, Delivery};
 
 use crate::PipelineConfig;
 
 /// The consumer group of a channel's workers: every worker of a channel shares it, so partitions are
 /// spread over them.
-pub fn connector_group(config: &PipelineConfig, channel: &str) -> String {
+pub fn connector_group(config: &PipelineConfig, channel: Channel) -> String {
     format!("{}.connect.{channel}", config.pipeline.group_id)
 }
 
@@ -42,7 +42,7 @@ fn settings<P>(c: &ChannelConfig<P>) -> WorkerSettings {
 }
 
 /// Runs a connector worker for `channel` until SIGTERM/SIGINT (or `stop`).
-pub fn connect(config: &PipelineConfig, channel: &str, instance: Option<&str>) -> Result<()> {
+pub fn connect(config: &PipelineConfig, channel: Channel, instance: Option<&str>) -> Result<()> {
     let runtime = io_runtime("touchpoint-io")?;
     let stop = Arc::new(AtomicBool::new(false));
     crate::runtime::spawn_signal_handler(&runtime, stop.clone());
@@ -57,28 +57,27 @@ pub fn connect(config: &PipelineConfig, channel: &str, instance: Option<&str>) -
     runtime.block_on(connect_until(&config, channel, stop))
 }
 
-pub async fn connect_until(config: &PipelineConfig, channel: &str, stop: Arc<AtomicBool>) -> Result<()> {
+pub async fn connect_until(config: &PipelineConfig, channel: Channel, stop: Arc<AtomicBool>) -> Result<()> {
     let templates = Arc::new(config.templates()?);
     let missing = || anyhow::anyhow!("the pipeline file has no channels.{channel} section");
     let channels = &config.channels;
     match channel {
-        "email" => {
+        Channel::Email => {
             let c = channels.email.as_ref().ok_or_else(missing)?;
             run_worker(config, EmailClient::new(&c.provider, templates)?, settings(c), stop).await
         }
-        "webhook" => {
+        Channel::Webhook => {
             let c = channels.webhook.as_ref().ok_or_else(missing)?;
             run_worker(config, WebhookClient::new(&c.provider)?, settings(c), stop).await
         }
-        "push" => {
+        Channel::Push => {
             let c = channels.push.as_ref().ok_or_else(missing)?;
             run_worker(config, PushClient::new(&c.provider, templates)?, settings(c), stop).await
         }
-        "sms" => {
+        Channel::Sms => {
             let c = channels.sms.as_ref().ok_or_else(missing)?;
             run_worker(config, SmsClient::new(&c.provider, templates)?, settings(c), stop).await
         }
-        other => bail!("unknown channel {other:?} (email, webhook, push, sms)"),
     }
 }
 

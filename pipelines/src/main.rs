@@ -233,7 +233,9 @@ fn run(cli: Cli) -> Result<()> {
         }
 
         Command::Connect { config, channel, instance } => {
-            touchpoint::connect::connect(&load(&config)?, &channel, instance.as_deref())?
+            let channel = touchpoint_schemas::Channel::parse(&channel)
+                .ok_or_else(|| anyhow::anyhow!("unknown channel {channel:?} (email, webhook, push, sms)"))?;
+            touchpoint::connect::connect(&load(&config)?, channel, instance.as_deref())?
         }
         Command::Deliveries { config } => touchpoint::connect::deliveries(&load(&config)?)?,
         Command::Explain { config, subject, tenant, journey } => {

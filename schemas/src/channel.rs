@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::vocabulary::{Channel, Purpose};
+
 /// An allowed send, as written to `connector.<channel>` (JSON; key `tenant/subject`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelMessage {
     pub idempotency_key: String,
-    pub channel: String,
+    pub channel: Channel,
     pub tenant_id: String,
     pub subject_id: String,
     #[serde(default)]
@@ -24,7 +26,7 @@ pub struct ChannelMessage {
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     pub category: String,
-    pub purpose: String,
+    pub purpose: Purpose,
     #[serde(default)]
     pub priority: i32,
     pub event_id: String,
@@ -51,7 +53,7 @@ pub struct JourneyStep {
 #[derive(Debug, Serialize)]
 pub struct ChannelMessageRef<'a> {
     pub idempotency_key: &'a str,
-    pub channel: &'a str,
+    pub channel: Channel,
     pub tenant_id: &'a str,
     pub subject_id: &'a str,
     pub recipient: Option<&'a str>,
@@ -60,7 +62,7 @@ pub struct ChannelMessageRef<'a> {
     pub data: &'a BTreeMap<String, Value>,
     pub metadata: &'a BTreeMap<String, String>,
     pub category: &'a str,
-    pub purpose: &'a str,
+    pub purpose: Purpose,
     pub priority: i32,
     pub event_id: &'a str,
     pub event_type: &'a str,
@@ -86,7 +88,7 @@ impl ChannelMessage {
     /// Our delivery id: deterministic from the idempotency key, so a resend after a crash carries the
     /// same id (SMTP Message-ID, webhook-id) and callbacks can always be matched.
     pub fn delivery_id(&self) -> String {
-        delivery_id(&self.channel, &self.idempotency_key)
+        delivery_id(self.channel, &self.idempotency_key)
     }
 
     /// A merge field: `data.<path>` first, then the envelope's own fields (`recipient`, `subject_id`,
@@ -120,7 +122,7 @@ impl ChannelMessage {
 }
 
 /// `<channel>-<32 hex>`: a stable hash of the idempotency key (FNV-1a 128, no dependency needed).
-pub fn delivery_id(channel: &str, idempotency_key: &str) -> String {
+pub fn delivery_id(channel: Channel, idempotency_key: &str) -> String {
     let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
     for b in idempotency_key.as_bytes() {
         h ^= u128::from(*b);
@@ -176,7 +178,7 @@ pub enum DeliverySource {
 pub struct Delivery {
     pub delivery_id: String,
     pub idempotency_key: String,
-    pub channel: String,
+    pub channel: Channel,
     pub tenant_id: String,
     pub subject_id: String,
     pub status: DeliveryStatus,
@@ -209,7 +211,7 @@ mod tests {
     fn borrowed<'a>(m: &'a ChannelMessage, data: &'a BTreeMap<String, Value>) -> ChannelMessageRef<'a> {
         ChannelMessageRef {
             idempotency_key: &m.idempotency_key,
-            channel: &m.channel,
+            channel: m.channel,
             tenant_id: &m.tenant_id,
             subject_id: &m.subject_id,
             recipient: m.recipient.as_deref(),
@@ -217,7 +219,7 @@ mod tests {
             data,
             metadata: &m.metadata,
             category: &m.category,
-            purpose: &m.purpose,
+            purpose: m.purpose,
             priority: m.priority,
             event_id: &m.event_id,
             event_type: &m.event_type,
@@ -269,10 +271,10 @@ mod tests {
 
     #[test]
     fn delivery_ids_are_stable_and_distinct() {
-        assert_eq!(delivery_id("email", "k1"), delivery_id("email", "k1"));
-        assert_ne!(delivery_id("email", "k1"), delivery_id("email", "k2"));
-        assert!(delivery_id("sms", "k1").starts_with("sms-"));
-        assert_eq!(delivery_id("sms", "k1").len(), 4 + 32);
+        assert_eq!(delivery_id(Channel::Email, "k1"), delivery_id(Channel::Email, "k1"));
+        assert_ne!(delivery_id(Channel::Email, "k1"), delivery_id(Channel::Email, "k2"));
+        assert!(delivery_id(Channel::Sms, "k1").starts_with("sms-"));
+        assert_eq!(delivery_id(Channel::Sms, "k1").len(), 4 + 32);
     }
 
     #[test]

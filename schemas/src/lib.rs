@@ -9,7 +9,9 @@ pub mod channel;
 pub mod clickhouse;
 pub mod event;
 pub mod reject;
+pub mod vocabulary;
 
 pub use channel::{ChannelMessage, ChannelMessageRef, Delivery, DeliveryStatus};
 pub use event::{NormalizedEvent, SourcePosition};
 pub use reject::{headers, RejectReason};
+pub use vocabulary::{Channel, Purpose, SubjectRef};

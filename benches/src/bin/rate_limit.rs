@@ -72,7 +72,7 @@ fn run(
     count: usize,
     rt: &tokio::runtime::Runtime,
 ) -> Result<Vec<f64>> {
-    let topic = config.topics.channel("webhook").source;
+    let topic = config.topics.channel(touchpoint_schemas::Channel::Webhook).source;
     rt.block_on(ensure_topics(&config.kafka, &config.topics.all()))?;
     rt.block_on(peers.control(bucket, serde_json::json!({"secret": "whsec-local-demo"})))?;
     let records: Vec<OutgoingRecord> = (0..count)
@@ -97,7 +97,9 @@ fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
         let (config, stop) = (config.clone(), stop.clone());
-        rt.spawn(async move { touchpoint::connect::connect_until(&config, "webhook", stop).await })
+        rt.spawn(async move {
+            touchpoint::connect::connect_until(&config, touchpoint_schemas::Channel::Webhook, stop).await
+        })
     };
     let arrivals = rt.block_on(async {
         loop {

@@ -105,10 +105,14 @@ async fn record(
             return (StatusCode::SERVICE_UNAVAILABLE, "lookup failed, retry".into());
         }
     };
+    let Some(channel) = touchpoint_schemas::Channel::parse(&known.channel) else {
+        tracing::error!(%id, channel = %known.channel, "a stored delivery names an unknown channel");
+        return (StatusCode::INTERNAL_SERVER_ERROR, "unknown channel".into());
+    };
     let delivery = Delivery {
         delivery_id: known.delivery_id,
         idempotency_key: known.idempotency_key,
-        channel: known.channel,
+        channel,
         tenant_id: known.tenant_id,
         subject_id: known.subject_id,
         status,

@@ -109,7 +109,8 @@ fn from_avro(mut datum: &[u8]) -> Result<ChannelMessage, EnvelopeError> {
     };
     Ok(ChannelMessage {
         idempotency_key: text("idempotency_key")?,
-        channel: text("channel")?,
+        channel: text("channel")
+            .and_then(|c| touchpoint_schemas::Channel::parse(&c).ok_or(EnvelopeError::UnknownChannel(c)))?,
         tenant_id: text("tenant_id")?,
         subject_id: text("subject_id")?,
         recipient: optional("recipient"),
@@ -117,7 +118,8 @@ fn from_avro(mut datum: &[u8]) -> Result<ChannelMessage, EnvelopeError> {
         data,
         metadata,
         category: text("category")?,
-        purpose: text("purpose")?,
+        purpose: text("purpose")
+            .and_then(|p| touchpoint_schemas::Purpose::parse(&p).ok_or(EnvelopeError::UnknownPurpose(p)))?,
         priority: i32::try_from(int("priority")).unwrap_or_default(),
         event_id: text("event_id")?,
         event_type: text("event_type")?,
@@ -136,14 +138,17 @@ pub fn to_avro(m: &ChannelMessage, schema_id: u32) -> Result<Vec<u8>, EnvelopeEr
         Some(s) => Avro::Union(1, Box::new(Avro::String(s.clone()))),
         None => Avro::Union(0, Box::new(Avro::Null)),
     };
-    let channel_index = ["email", "webhook", "push", "sms"]
-        .iter()
-        .position(|c| *c == m.channel)
-        .ok_or_else(|| EnvelopeError::UnknownChannel(m.channel.clone()))?;
-    let purpose_index = ["marketing", "transactional"]
-        .iter()
-        .position(|c| *c == m.purpose)
-        .ok_or_else(|| EnvelopeError::UnknownPurpose(m.purpose.clone()))?;
+    // The symbols' order in `channel_message.avsc`.
+    let channel_index = match m.channel {
+        touchpoint_schemas::Channel::Email => 0,
+        touchpoint_schemas::Channel::Webhook => 1,
+        touchpoint_schemas::Channel::Push => 2,
+        touchpoint_schemas::Channel::Sms => 3,
+    };
+    let purpose_index = match m.purpose {
+        touchpoint_schemas::Purpose::Marketing => 0,
+        touchpoint_schemas::Purpose::Transactional => 1,
+    };
     let journey = match &m.journey {
         Some(j) => Avro::Union(
             1,
@@ -158,7 +163,7 @@ pub fn to_avro(m: &ChannelMessage, schema_id: u32) -> Result<Vec<u8>, EnvelopeEr
     let data = if m.data.is_null() { None } else { Some(m.data.to_string()) };
     let value = Avro::Record(vec![
         ("idempotency_key".into(), Avro::String(m.idempotency_key.clone())),
-        ("channel".into(), Avro::Enum(u32::try_from(channel_index).unwrap_or(0), m.channel.clone())),
+        ("channel".into(), Avro::Enum(channel_index, m.channel.as_str().to_string())),
         ("tenant_id".into(), Avro::String(m.tenant_id.clone())),
         ("subject_id".into(), Avro::String(m.subject_id.clone())),
         ("recipient".into(), opt(&m.recipient)),
@@ -166,7 +171,7 @@ pub fn to_avro(m: &ChannelMessage, schema_id: u32) -> Result<Vec<u8>, EnvelopeEr
         ("data".into(), opt(&data)),
         ("metadata".into(), Avro::Map(m.metadata.iter().map(|(k, v)| (k.clone(), Avro::String(v.clone()))).collect())),
         ("category".into(), Avro::String(m.category.clone())),
-        ("purpose".into(), Avro::Enum(u32::try_from(purpose_index).unwrap_or(0), m.purpose.clone())),
+        ("purpose".into(), Avro::Enum(purpose_index, m.purpose.as_str().to_string())),
         ("priority".into(), Avro::Int(m.priority)),
         ("event_id".into(), Avro::String(m.event_id.clone())),
         ("event_type".into(), Avro::String(m.event_type.clone())),

@@ -107,7 +107,7 @@ pub struct DeliveryRef {
 /// provider about a delivery; the worker uses it after a crash, for a message whose attempt started but
 /// whose outcome was never recorded, to learn whether it must be sent again.
 pub trait ChannelClient: Send + Sync + 'static {
-    fn channel(&self) -> &'static str;
+    fn channel(&self) -> touchpoint_schemas::Channel;
 
     fn send(&self, message: &ChannelMessage) -> impl Future<Output = Result<SendReceipt, SendError>> + Send;
 

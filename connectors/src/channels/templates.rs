@@ -170,7 +170,7 @@ pub(crate) mod tests {
     pub fn message(template: Option<&str>, data: Value) -> ChannelMessage {
         ChannelMessage {
             idempotency_key: "key-1".into(),
-            channel: "email".into(),
+            channel: touchpoint_schemas::Channel::Email,
             tenant_id: "acme".into(),
             subject_id: "u1".into(),
             recipient: Some("u1@example.com".into()),
@@ -178,7 +178,7 @@ pub(crate) mod tests {
             data,
             metadata: [("campaign".to_string(), "spring".to_string())].into(),
             category: "onboarding".into(),
-            purpose: "marketing".into(),
+            purpose: touchpoint_schemas::Purpose::Marketing,
             priority: 0,
             event_id: "e1".into(),
             event_type: "signed_up".into(),

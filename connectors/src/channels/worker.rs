@@ -67,7 +67,7 @@ pub struct WorkerTopics {
 }
 
 impl WorkerTopics {
-    pub fn new(prefix: &str, channel: &str, deliveries: &str) -> Self {
+    pub fn new(prefix: &str, channel: touchpoint_schemas::Channel, deliveries: &str) -> Self {
         let source = format!("{prefix}{channel}");
         WorkerTopics {
             dead_letter: format!("{source}.dlq"),
@@ -224,14 +224,14 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                 .create_with_context(RevokeTracker::default())
                 .context("creating the connector's consumer")?;
             consumer.subscribe(&[&self.topics.source]).context("subscribing")?;
-            tracing::info!(channel = self.client.channel(), topic = %self.topics.source, group = %self.group_id, "connector worker started");
+            tracing::info!(channel = %self.client.channel(), topic = %self.topics.source, group = %self.group_id, "connector worker started");
             self.consume(&consumer, &stop).await?;
             if let Some((code, reason)) = consumer.client().fatal_error() {
                 tracing::error!(?code, %reason, "the connector's consumer failed fatally; replacing it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        tracing::info!(channel = self.client.channel(), stats = %self.stats.summary(), "connector worker stopped");
+        tracing::info!(channel = %self.client.channel(), stats = %self.stats.summary(), "connector worker stopped");
         Ok(())
     }
 
@@ -633,7 +633,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
         Delivery {
             delivery_id: delivery_id(self.client.channel(), &m.idempotency_key),
             idempotency_key: m.idempotency_key.clone(),
-            channel: self.client.channel().to_string(),
+            channel: self.client.channel(),
             tenant_id: m.tenant_id.clone(),
             subject_id: m.subject_id.clone(),
             status,

@@ -187,7 +187,7 @@ impl<'a> From<&'a touchpoint_schemas::Delivery> for DeliveryRow<'a> {
             at: d.at,
             tenant_id: &d.tenant_id,
             subject_id: &d.subject_id,
-            channel: &d.channel,
+            channel: d.channel.as_str(),
             status: d.status.as_str(),
             attempt: d.attempt,
             source: match d.source {

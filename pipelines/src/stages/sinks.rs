@@ -97,7 +97,7 @@ pub fn send_record(d: &Decision, topic_prefix: &str) -> Result<OutgoingRecord, E
     let i = &d.intent;
     let message = ChannelMessageRef {
         idempotency_key: &i.idempotency_key,
-        channel: i.channel.as_str(),
+        channel: i.channel,
         tenant_id: &i.subject.tenant_id,
         subject_id: &i.subject.subject_id,
         recipient: i.recipient.as_deref(),
@@ -105,7 +105,7 @@ pub fn send_record(d: &Decision, topic_prefix: &str) -> Result<OutgoingRecord, E
         data: &i.payload,
         metadata: &NO_METADATA,
         category: &i.category,
-        purpose: i.purpose.as_str(),
+        purpose: i.purpose,
         priority: i.priority,
         event_id: &i.event_id,
         event_type: &i.event_type,

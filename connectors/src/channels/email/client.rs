@@ -59,8 +59,8 @@ fn smtp_error(e: &lettre::transport::smtp::Error) -> SendError {
 }
 
 impl ChannelClient for EmailClient {
-    fn channel(&self) -> &'static str {
-        "email"
+    fn channel(&self) -> touchpoint_schemas::Channel {
+        touchpoint_schemas::Channel::Email
     }
 
     async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {

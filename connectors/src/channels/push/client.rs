@@ -23,8 +23,8 @@ impl PushClient {
 }
 
 impl ChannelClient for PushClient {
-    fn channel(&self) -> &'static str {
-        "push"
+    fn channel(&self) -> touchpoint_schemas::Channel {
+        touchpoint_schemas::Channel::Push
     }
 
     async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {

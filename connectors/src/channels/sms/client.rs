@@ -44,8 +44,8 @@ impl SmsClient {
 }
 
 impl ChannelClient for SmsClient {
-    fn channel(&self) -> &'static str {
-        "sms"
+    fn channel(&self) -> touchpoint_schemas::Channel {
+        touchpoint_schemas::Channel::Sms
     }
 
     async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {

@@ -29,8 +29,8 @@ impl WebhookClient {
 }
 
 impl ChannelClient for WebhookClient {
-    fn channel(&self) -> &'static str {
-        "webhook"
+    fn channel(&self) -> touchpoint_schemas::Channel {
+        touchpoint_schemas::Channel::Webhook
     }
 
     async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {
