@@ -1,0 +1,93 @@
+//! Restoring state at start: the keyed state from its changelogs and the dedupe ids from ClickHouse,
+//! read once per process and grouped by the worker that owns them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use touchpoint_connectors::clickhouse::EventStore;
+use touchpoint_connectors::kafka::read_all;
+use touchpoint_operators::consent::SubjectRef;
+use touchpoint_operators::dedupe::dedupe_key;
+use touchpoint_operators::guardrails::SubjectSendState;
+use touchpoint_operators::key_groups::owner as guardrail_owner;
+use touchpoint_operators::FastHashMap;
+
+use crate::config::PipelineConfig;
+use crate::stages::dedupe::owner;
+
+/// Reads the event ids stored within the dedupe TTL once per process and groups them by the worker
+/// that owns them (the dedupe exchange's routing), keeping the workers of this process.
+pub(super) async fn restore_event_ids(
+    config: &PipelineConfig,
+    peers: usize,
+    local_workers: std::ops::Range<usize>,
+) -> Result<HashMap<usize, Vec<(u128, i64)>>> {
+    let ttl_ms = i64::try_from(config.dedupe.ttl.as_millis()).unwrap_or(i64::MAX);
+    let since = chrono::Utc::now().timestamp_millis().saturating_sub(ttl_ms);
+    let mut by_worker: HashMap<usize, Vec<(u128, i64)>> = HashMap::new();
+    for id in EventStore::new(&config.clickhouse).event_ids_since(since).await? {
+        let worker = owner(&id.tenant_id, &id.event_id, peers);
+        if local_workers.contains(&worker) {
+            by_worker.entry(worker).or_default().push((dedupe_key(&id.tenant_id, &id.event_id), id.ingested_at_ms));
+        }
+    }
+    Ok(by_worker)
+}
+
+/// Reads the cap changelog (cap counters and send ledger; latest value per subject wins; a tombstone
+/// forgets) and groups the state by owning worker, keeping the workers of this process.
+pub fn restore_caps(
+    config: &PipelineConfig,
+    peers: usize,
+    local_workers: std::ops::Range<usize>,
+) -> Result<HashMap<usize, FastHashMap<SubjectRef, SubjectSendState>>> {
+    let topic = config.topics.caps_changelog(&config.pipeline.group_id).name;
+    restore_changelog(config, &topic, "frequency-cap", peers, local_workers)
+}
+
+/// Reads a subject-keyed changelog (latest value per subject wins; a tombstone forgets) and groups the
+/// state by owning worker, keeping the workers of this process.
+pub fn restore_changelog<T: serde::de::DeserializeOwned>(
+    config: &PipelineConfig,
+    topic: &str,
+    what: &str,
+    peers: usize,
+    local_workers: std::ops::Range<usize>,
+) -> Result<HashMap<usize, FastHashMap<SubjectRef, T>>> {
+    let started = std::time::Instant::now();
+    let records = read_all(&config.kafka, topic, Duration::from_millis(500), Duration::from_secs(600))?;
+    let mut latest: HashMap<SubjectRef, Option<T>> = HashMap::new();
+    let count = records.len();
+    let mut unreadable = 0usize;
+    for r in records {
+        let Some(key) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
+        let Some((tenant, subject)) = key.split_once('/') else { continue };
+        let subject = SubjectRef::new(tenant, subject);
+        let value = match r.payload.as_deref() {
+            None => None,
+            Some(p) => match serde_json::from_slice::<T>(p) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    // Never silently: a state record this version cannot read is reported.
+                    unreadable += 1;
+                    tracing::error!(topic, key, error = %e, "unreadable state record; the subject starts afresh");
+                    None
+                }
+            },
+        };
+        latest.insert(subject, value);
+    }
+    let mut by_worker: HashMap<usize, FastHashMap<SubjectRef, T>> = HashMap::new();
+    let mut subjects = 0usize;
+    for (subject, state) in latest {
+        let Some(state) = state else { continue };
+        let worker = guardrail_owner(&subject, peers);
+        if local_workers.contains(&worker) {
+            by_worker.entry(worker).or_default().insert(subject, state);
+            subjects += 1;
+        }
+    }
+    tracing::info!(topic, records = count, subjects, unreadable, elapsed = ?started.elapsed(), "restored {what} state");
+    Ok(by_worker)
+}
