@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use apache_avro::Schema;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use touchpoint::generate::{generate, AvroWriter, Expected, GeneratorConfig};
 use touchpoint_benches::chain::CachedSchema;
+use touchpoint_generate::{generate, AvroWriter, Expected, GeneratorConfig};
 use touchpoint_operators::dedupe::dedupe_key;
 use touchpoint_operators::{DedupeConfig, EventDeduplicator, NormalizeConfig, Normalizer, RecordDecoder};
 use touchpoint_schemas::SourcePosition;

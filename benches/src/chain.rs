@@ -12,12 +12,12 @@
 use std::sync::Arc;
 
 use apache_avro::Schema;
-use touchpoint::generate::{consent_grants, generate, AvroWriter, GeneratorConfig};
 use touchpoint::stages::normalize::{normalize_record, DeadLetter};
 use touchpoint::stages::sinks::{send_record, TopicRecord};
 use touchpoint::PipelineConfig;
 use touchpoint_connectors::clickhouse::encoding::batch_token;
 use touchpoint_connectors::kafka::SourceRecord;
+use touchpoint_generate::{consent_grants, generate, AvroWriter, GeneratorConfig};
 use touchpoint_operators::consent::{parse_consent, ConsentTable};
 use touchpoint_operators::decision::{Decision, DecisionKind};
 use touchpoint_operators::guardrails::{CapSnapshot, GuardrailState, GuardrailWorker, JourneySnapshot};

@@ -5,7 +5,6 @@ pub mod allocator;
 pub mod config;
 pub mod connect;
 pub mod explain;
-pub mod generate;
 pub mod metrics;
 pub mod replay;
 pub mod runtime;

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use touchpoint::generate::{produce_generated, Expected, GeneratorConfig};
 use touchpoint::{PipelineConfig, RunOptions};
 use touchpoint_connectors::clickhouse::migrate;
 use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, OutgoingRecord};
+use touchpoint_generate::{produce_generated, Expected, GeneratorConfig, Target};
 use touchpoint_operators::watermark::LatePolicy;
 
 // Events allocate many small strings and maps on every worker thread: with glibc's allocator, malloc and
@@ -128,7 +128,7 @@ enum Command {
         seed: u64,
         /// Event mix as canonical type=weight pairs, e.g. `page_viewed=50,order_completed=5`
         /// (default: the built-in realistic mix).
-        #[arg(long, value_parser = touchpoint::generate::parse_mix)]
+        #[arg(long, value_parser = touchpoint_generate::parse_mix)]
         mix: Option<std::collections::BTreeMap<String, u32>>,
         /// Write what the pipeline should do with each record (JSON lines) to this file.
         #[arg(long)]
@@ -295,11 +295,12 @@ fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let rt = runtime()?;
-            let consent = touchpoint::generate::consent_grants(subjects, consent_share, seed, &c.topics.consent.name);
+            let consent = touchpoint_generate::consent_grants(subjects, consent_share, seed, &c.topics.consent.name);
             rt.block_on(ensure_topics(&c.kafka, &c.topics.all()))?;
             rt.block_on(AckedProducer::new(&c.kafka)?.send_all(&consent))?;
             println!("produced {} consent records to {}", consent.len(), c.topics.consent.name);
-            let (schema_id, produced) = produce_generated(&c, &c.kafka, &gen_config, rt.handle())?;
+            let target = Target::new(&c.schema_registry, &c.topics.events.name, c.topics.all());
+            let (schema_id, produced) = produce_generated(&target, &c.kafka, &gen_config, rt.handle())?;
             if let Some(path) = manifest {
                 let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
                 for (r, (partition, offset)) in &produced {

@@ -50,7 +50,7 @@ fn clickhouse_down_for_thirty_seconds_then_catch_up_with_nothing_lost_or_doubled
     let port = tp.metrics_port().expect("the test pipeline serves metrics");
     tp.prepare();
     let produced = tp.produce(30_000, 31);
-    let valid = touchpoint::generate::valid_event_ids(&produced);
+    let valid = touchpoint_generate::valid_event_ids(&produced);
 
     let log_path = std::env::temp_dir().join(format!("{}.log", tp.name));
     let mut child = Command::new(env!("CARGO_BIN_EXE_touchpoint"))

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{end_offsets, runtime, TestPipeline};
-use touchpoint::generate::valid_event_ids;
+use touchpoint_generate::valid_event_ids;
 
 #[test]
 fn sigkill_mid_stream_then_restart_loses_and_duplicates_nothing() {

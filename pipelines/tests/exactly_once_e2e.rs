@@ -331,7 +331,7 @@ fn replaying_the_last_hour_twice_sends_nothing_new() {
     let tp = TestPipeline::new("it_replay", &[common::RULES]);
     tp.prepare();
     let produced = tp.produce(6_000, 23);
-    let valid = touchpoint::generate::valid_event_ids(&produced).len() as u64;
+    let valid = touchpoint_generate::valid_event_ids(&produced).len() as u64;
     let status = spawn(&tp, &format!("{}.log", tp.name), true).wait().unwrap();
     assert!(status.success());
     let sends_before = connector_keys(&tp);

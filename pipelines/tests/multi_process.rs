@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
 use common::{assert_allowed_sent_once, end_offsets, KillOnDrop, TestPipeline};
-use touchpoint::generate::valid_event_ids;
+use touchpoint_generate::valid_event_ids;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

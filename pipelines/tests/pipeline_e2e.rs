@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use common::{end_offsets, TestPipeline};
-use touchpoint::generate::Expected;
 use touchpoint::RunOptions;
 use touchpoint_connectors::kafka::read_all;
+use touchpoint_generate::Expected;
 use touchpoint_schemas::reject::headers;
 use touchpoint_schemas::RejectReason;
 

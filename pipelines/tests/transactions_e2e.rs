@@ -74,7 +74,7 @@ fn a_second_instance_fences_the_first_and_no_send_is_doubled() {
     // processed before its first commit failed; `events` is a plain MergeTree deduplicated by insert
     // token, so those may stand twice: docs/exactly-once.md, "Fencing".)
     let stored = tp.stored_ids();
-    let valid = touchpoint::generate::valid_event_ids(&produced);
+    let valid = touchpoint_generate::valid_event_ids(&produced);
     assert_eq!(stored.keys().cloned().collect::<BTreeSet<_>>(), valid, "every valid event stored");
     eprintln!(
         "events stored twice (by the fenced instance's first epochs): {}",

@@ -30,13 +30,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use touchpoint::generate::{consent_grants, generate_registered, produce_generated, Expected, GeneratorConfig};
 use touchpoint::{PipelineConfig, RunOptions};
 use touchpoint_benches::cpu::{CpuUse, Processes};
 use touchpoint_benches::writes::{write_all, SinkBatches};
 use touchpoint_connectors::clickhouse::{drop_databases_with_prefix, migrate, ClickHouseConfig};
 use touchpoint_connectors::kafka::{delete_topics_with_prefix, ensure_topics, read_all, AckedProducer, KafkaConfig};
 use touchpoint_connectors::testing::unique_name;
+use touchpoint_generate::{consent_grants, generate_registered, produce_generated, Expected, GeneratorConfig, Target};
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
 
 // The `touchpoint` binary's allocator (mimalloc), as in the pipeline.
@@ -117,7 +117,8 @@ fn main() -> Result<()> {
     eprintln!("producing {} events to {topic} ({} partitions)...", args.count, args.partitions);
     let generator = GeneratorConfig { count: args.count, subjects: args.subjects, ..Default::default() };
     let produced_at = Instant::now();
-    drop(produce_generated(&config, &producer_config, &generator, rt.handle())?);
+    let target = Target::new(&config.schema_registry, &config.topics.events.name, config.topics.all());
+    drop(produce_generated(&target, &producer_config, &generator, rt.handle())?);
     eprintln!("produced in {:.1?}", produced_at.elapsed());
 
     // 1. The ceiling.
@@ -680,7 +681,8 @@ fn latency_run(
         span_ms: seconds as i64 * 1_000,
         ..Default::default()
     };
-    let (_, records) = generate_registered(&config, &generator)?;
+    let target = Target::new(&config.schema_registry, &config.topics.events.name, config.topics.all());
+    let (_, records) = generate_registered(&target, &generator)?;
 
     eprintln!("latency: {count} events at {rate:.0}/s over {seconds} s...");
     let pipeline = std::thread::spawn(move || {

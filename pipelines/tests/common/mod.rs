@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use touchpoint::generate::{produce_generated, GeneratorConfig, ProducedRecord};
 use touchpoint::PipelineConfig;
 use touchpoint_connectors::clickhouse::{migrate, EventStore};
 use touchpoint_connectors::kafka::ensure_topics;
 use touchpoint_connectors::testing::{unique_name, ServiceAddresses};
+use touchpoint_generate::{produce_generated, GeneratorConfig, ProducedRecord, Target};
 
 pub fn runtime() -> tokio::runtime::Runtime {
     touchpoint_connectors::io_runtime("test-io").expect("runtime")
@@ -91,7 +91,9 @@ impl TestPipeline {
     pub fn produce(&self, count: usize, seed: u64) -> Vec<ProducedRecord> {
         let config = GeneratorConfig { count, subjects: 2_000, seed, ..Default::default() };
         let rt = runtime();
-        produce_generated(&self.config, &self.config.kafka, &config, rt.handle()).expect("producing generated events").1
+        let c = &self.config;
+        let target = Target::new(&c.schema_registry, &c.topics.events.name, c.topics.all());
+        produce_generated(&target, &c.kafka, &config, rt.handle()).expect("producing generated events").1
     }
 
     pub fn store(&self) -> EventStore {

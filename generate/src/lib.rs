@@ -1,5 +1,5 @@
-//! `touchpoint generate`: a realistic, reproducible stream of marketing events for demos, tests and
-//! benchmarks. JSON and Confluent-framed Avro mixed, producer spellings of event types, timestamps in
+//! Demo and test data, kept out of the pipeline's code path: `touchpoint generate`, the end-to-end tests
+//! and the benchmarks use it. A realistic, reproducible stream of marketing events. JSON and Confluent-framed Avro mixed, producer spellings of event types, timestamps in
 //! every accepted notation, a share of duplicates, and a share of malformed records covering every
 //! rejection reason. Each record carries what the pipeline is expected to do with it.
 
@@ -443,18 +443,37 @@ pub fn consent_grants(
     out
 }
 
-/// Registers the event schema for the pipeline's source topic (subject `<topic>-value`) and generates
+/// Where generated events go: the pipeline's source topic, the topics to create first, the registry
+/// that gets the event schema.
+pub struct Target<'a> {
+    pub registry: &'a touchpoint_connectors::schema_registry::SchemaRegistryConfig,
+    pub events_topic: &'a str,
+    /// Created (when missing) before producing: the pipeline's topics.
+    pub topics: Vec<touchpoint_connectors::kafka::TopicSpec>,
+}
+
+impl<'a> Target<'a> {
+    pub fn new(
+        registry: &'a touchpoint_connectors::schema_registry::SchemaRegistryConfig,
+        events_topic: &'a str,
+        topics: Vec<touchpoint_connectors::kafka::TopicSpec>,
+    ) -> Self {
+        Target { registry, events_topic, topics }
+    }
+}
+
+/// Registers the event schema for the source topic (subject `<topic>-value`) and generates
 /// `generator.count` records with it; returns the schema id and the records, not produced yet. Blocks
 /// (the registry client): call it outside async code.
 pub fn generate_registered(
-    pipeline: &crate::PipelineConfig,
+    target: &Target<'_>,
     generator: &GeneratorConfig,
 ) -> anyhow::Result<(u32, Vec<GeneratedRecord>)> {
     use touchpoint_connectors::schema_registry::RegistryClient;
 
     let schema = Schema::parse_str(touchpoint_schemas::avro::MARKETING_EVENT)?;
-    let schema_id = RegistryClient::new(&pipeline.schema_registry)?
-        .register_avro(&format!("{}-value", pipeline.topics.events.name), touchpoint_schemas::avro::MARKETING_EVENT)?;
+    let schema_id = RegistryClient::new(target.registry)?
+        .register_avro(&format!("{}-value", target.events_topic), touchpoint_schemas::avro::MARKETING_EVENT)?;
     Ok((schema_id, generate(generator, Some(&AvroWriter { schema_id, schema: &schema }))))
 }
 
@@ -465,16 +484,16 @@ pub type ProducedRecord = (GeneratedRecord, (i32, i64));
 /// by default) and produces them to the pipeline's source topic with `kafka`'s producer settings,
 /// waiting for every acknowledgement. Call it outside async code: the registry client blocks.
 pub fn produce_generated(
-    pipeline: &crate::PipelineConfig,
+    target: &Target<'_>,
     kafka: &touchpoint_connectors::kafka::KafkaConfig,
     generator: &GeneratorConfig,
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<(u32, Vec<ProducedRecord>)> {
     use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, OutgoingRecord};
 
-    let topic = &pipeline.topics.events.name;
-    let (schema_id, records) = generate_registered(pipeline, generator)?;
-    runtime.block_on(ensure_topics(kafka, &pipeline.topics.all()))?;
+    let topic = target.events_topic;
+    let (schema_id, records) = generate_registered(target, generator)?;
+    runtime.block_on(ensure_topics(kafka, &target.topics))?;
     let producer = AckedProducer::new(kafka)?;
     let mut positions = Vec::with_capacity(records.len());
     for chunk in records.chunks(10_000) {
@@ -482,7 +501,7 @@ pub fn produce_generated(
             .iter()
             .map(|r| OutgoingRecord {
                 partition: None,
-                topic: topic.clone(),
+                topic: topic.to_string(),
                 key: Some(r.key.clone()),
                 payload: Some(r.payload.clone()),
                 headers: vec![],
@@ -522,11 +541,11 @@ mod tests {
         }
     }
 
+    /// The normalizer of the shipped pipeline file (its `normalize` section).
     fn local_normalizer() -> Normalizer {
-        let cfg =
-            crate::PipelineConfig::parse(include_str!("../config/local.yaml"), std::path::Path::new("local.yaml"))
-                .unwrap();
-        Normalizer::new(cfg.normalize).unwrap()
+        let file: serde_yaml::Value = serde_yaml::from_str(include_str!("../../pipelines/config/local.yaml")).unwrap();
+        let normalize = file.get("normalize").cloned().unwrap_or_default();
+        Normalizer::new(serde_yaml::from_value(normalize).unwrap()).unwrap()
     }
 
     /// The generator's expectations agree with the normalizer on every record (pure, no services).
