@@ -69,43 +69,77 @@ use crate::stages::tally::{log_epoch_tallies, RunTotals, TallyBook};
 use crate::stages::transaction::{TransactionalCommit, TxnItem};
 use crate::stages::Epoch;
 
-/// Everything one worker needs to build its copy of the dataflow.
+/// Everything one worker needs to build its copy of the dataflow, by part of the dataflow.
 pub struct WorkerParts {
-    pub source: SharedSource,
-    pub source_topic: String,
-    pub consent_source: SharedSource,
-    pub consent_topic: String,
-    pub consent_dead_letter_topic: String,
-    pub default_tenant: String,
+    pub events: EventInput,
+    pub consent: ConsentInput,
+    /// The subject-keyed operator's rules and the state this worker owns.
     pub rules: GuardrailRules,
     pub guardrail_state: GuardrailState,
-    pub transitions: TransitionStore,
-    pub journeys_changelog: AckedProducer,
-    pub journeys_changelog_topic: String,
-    pub decisions: DecisionStore,
-    pub connector_prefix: String,
-    pub caps_changelog_topic: String,
-    pub event_time: EventTimeConfig,
-    pub late_events: AckedProducer,
-    pub late_events_topic: String,
+    pub clickhouse: ClickHouseSinks,
+    /// Where the Kafka outputs go, and how they are written.
+    pub topics: OutputTopics,
+    pub kafka: KafkaWriters,
     pub epochs: EpochConfig,
     pub stop: StopPolicy,
-    pub registry: Arc<RegistryClient>,
-    pub normalizer: Normalizer,
-    pub deduplicator: EventDeduplicator,
-    pub events: EventStore,
-    /// One producer per Kafka sink: each gets its own connection and in-flight window.
-    pub dead_letters: AckedProducer,
-    pub consent_dead_letters: AckedProducer,
-    pub sends: AckedProducer,
-    pub changelog: AckedProducer,
-    pub dead_letter_topic: String,
     pub runtime: tokio::runtime::Handle,
     pub tally: TallyBook,
     pub totals: Arc<Mutex<RunTotals>>,
+}
+
+/// The source stream and what reads it: decoding, normalization, dedupe, event time.
+pub struct EventInput {
+    pub source: SharedSource,
+    pub topic: String,
+    pub registry: Arc<RegistryClient>,
+    pub normalizer: Normalizer,
+    pub deduplicator: EventDeduplicator,
+    pub event_time: EventTimeConfig,
+}
+
+/// The consent table's topic, replayed from the beginning.
+pub struct ConsentInput {
+    pub source: SharedSource,
+    pub topic: String,
+    /// The tenant of records that name none.
+    pub default_tenant: String,
+}
+
+/// The ClickHouse tables the dataflow writes.
+pub struct ClickHouseSinks {
+    pub events: EventStore,
+    pub decisions: DecisionStore,
+    pub transitions: TransitionStore,
+}
+
+/// The Kafka topics the dataflow writes.
+pub struct OutputTopics {
+    pub dead_letter: String,
+    pub consent_dead_letter: String,
+    pub late_events: String,
+    /// `connector.` + channel.
+    pub connector_prefix: String,
+    pub caps_changelog: String,
+    pub journeys_changelog: String,
+}
+
+/// How the Kafka outputs are written.
+pub enum KafkaWriters {
+    /// `exactly_once_keys`, `at_least_once`: one acknowledged producer per sink (each its own connection
+    /// and in-flight window); the source offsets are committed by the worker loop.
+    Acked(AckedWriters),
     /// `exactly_once_v2`: every Kafka output and the source positions commit in one transaction at
-    /// worker 0 (`stages::transaction`) instead of the topic sinks above.
-    pub transaction: Option<TransactionalCommit>,
+    /// worker 0 (`stages::transaction`).
+    Transactional(TransactionalCommit),
+}
+
+pub struct AckedWriters {
+    pub dead_letters: AckedProducer,
+    pub consent_dead_letters: AckedProducer,
+    pub late_events: AckedProducer,
+    pub sends: AckedProducer,
+    pub caps_changelog: AckedProducer,
+    pub journeys_changelog: AckedProducer,
 }
 
 /// Handles the worker loop drives the dataflow with.
@@ -122,38 +156,18 @@ pub struct Handles {
 
 pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
     let WorkerParts {
-        source,
-        source_topic,
-        consent_source,
-        consent_topic,
-        consent_dead_letter_topic,
-        default_tenant,
+        events: input,
+        consent,
         rules,
         guardrail_state,
-        transitions,
-        journeys_changelog,
-        journeys_changelog_topic,
-        decisions,
-        connector_prefix,
-        caps_changelog_topic,
-        event_time,
-        late_events: late_producer,
-        late_events_topic,
+        clickhouse,
+        topics,
+        kafka,
         epochs,
         stop,
-        registry,
-        normalizer,
-        deduplicator,
-        events,
-        dead_letters,
-        consent_dead_letters,
-        sends,
-        changelog,
-        dead_letter_topic,
         runtime,
         tally,
         totals,
-        transaction,
     } = parts;
     worker.dataflow::<Epoch, _, _>(|scope| {
         // Events: normalize, dedupe, store.
@@ -161,41 +175,52 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             scope,
             "EventSource",
             SourceRole::Stream,
-            source.clone(),
+            input.source.clone(),
             epochs.clone(),
             stop.clone(),
             Some(tally.clone()),
         );
+        let registry = input.registry;
         let normalized =
-            normalize(records, RecordDecoder::new(registry.clone()), normalizer, source_topic, tally.clone());
+            normalize(records, RecordDecoder::new(registry.clone()), input.normalizer, input.topic, tally.clone());
         let rejected = normalized.rejected;
         // Event time: every worker's partition reports reach every worker's watermark.
-        let reports = partition_clocks(normalized.clocks, source, &event_time).broadcast();
-        let deduplicated = dedupe(normalized.events, deduplicator, tally.clone());
-        let judged = late_events(deduplicated, reports, &event_time, tally);
+        let reports = partition_clocks(normalized.clocks, input.source, &input.event_time).broadcast();
+        let deduplicated = dedupe(normalized.events, input.deduplicator, tally.clone());
+        let judged = late_events(deduplicated, reports, &input.event_time, tally);
         let late = judged.routed;
         // Consent: the table, replayed at start (epoch 0), then live.
         let consent_records =
-            kafka_source(scope, "ConsentSource", SourceRole::Table, consent_source, epochs, stop, None);
+            kafka_source(scope, "ConsentSource", SourceRole::Table, consent.source, epochs, stop, None);
         let (changes, bad_consent) =
-            parse_consent_stream(consent_records, RecordDecoder::new(registry), consent_topic, default_tenant);
+            parse_consent_stream(consent_records, RecordDecoder::new(registry), consent.topic, consent.default_tenant);
+        let OutputTopics {
+            dead_letter: dead_letter_topic,
+            consent_dead_letter: consent_dead_letter_topic,
+            late_events: late_events_topic,
+            connector_prefix,
+            caps_changelog: caps_changelog_topic,
+            journeys_changelog: journeys_changelog_topic,
+        } = topics;
         // The subject-keyed operator: consent join, journeys (timers on the watermark), intents from
         // rules, frequency caps; decisions, transitions, sends, state changelogs. Events a previous run
         // stored still drive decisions (their effects may not have been durable when it died; the decision
         // path is idempotent by key), and the keyed operator passes on only the others to be stored.
         let keyed = guardrails(judged.events, changes, judged.watermarks, guardrail_state, rules);
         let (cap_states, journey_states) = (keyed.caps, keyed.journeys);
-        let stored = epoch_sink(keyed.events, ClickHouseEvents { store: events }, runtime.clone());
-        let recorded = epoch_sink(keyed.decisions.clone(), ClickHouseDecisions { store: decisions }, runtime.clone());
+        let stored = epoch_sink(keyed.events, ClickHouseEvents { store: clickhouse.events }, runtime.clone());
+        let recorded =
+            epoch_sink(keyed.decisions.clone(), ClickHouseDecisions { store: clickhouse.decisions }, runtime.clone());
         let allowed = keyed.decisions.filter(|d: &Arc<Decision>| d.kind == DecisionKind::Allowed);
-        let transitioned = epoch_sink(keyed.transitions, ClickHouseTransitions { store: transitions }, runtime.clone());
+        let transitioned =
+            epoch_sink(keyed.transitions, ClickHouseTransitions { store: clickhouse.transitions }, runtime.clone());
 
         let sinks = ProbeHandle::new();
         let mut positions = None;
-        let kafka_durable = match transaction {
+        let kafka_durable = match kafka {
             // exactly_once_v2: every Kafka output of every worker, and the source positions, to worker 0,
             // once the epoch's ClickHouse rows are durable; one transaction per write there.
-            Some(commit) => {
+            KafkaWriters::Transactional(commit) => {
                 use timely::dataflow::operators::Exchange as _;
                 let (input, source_positions) = scope.new_input::<Vec<TxnItem>>();
                 positions = Some(input);
@@ -212,33 +237,36 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                 let gated = after_durable(items, clickhouse, "AfterClickHouse").exchange(|_| 0);
                 vec![epoch_sink(gated, commit, runtime)]
             }
-            None => {
+            KafkaWriters::Acked(w) => {
                 let late_routed = epoch_sink(
                     late,
-                    TopicSink { name: "LateEventsTopic", producer: late_producer, topic: late_events_topic },
+                    TopicSink { name: "LateEventsTopic", producer: w.late_events, topic: late_events_topic },
                     runtime.clone(),
                 );
                 let dead_lettered = epoch_sink(
                     rejected,
-                    TopicSink { name: "DeadLetterTopic", producer: dead_letters, topic: dead_letter_topic },
+                    TopicSink { name: "DeadLetterTopic", producer: w.dead_letters, topic: dead_letter_topic },
                     runtime.clone(),
                 );
                 let consent_dead_lettered = epoch_sink(
                     bad_consent,
                     TopicSink {
                         name: "DeadLetterTopic",
-                        producer: consent_dead_letters,
+                        producer: w.consent_dead_letters,
                         topic: consent_dead_letter_topic,
                     },
                     runtime.clone(),
                 );
-                let sent =
-                    epoch_sink(allowed, ConnectorTopics { producer: sends, prefix: connector_prefix }, runtime.clone());
+                let sent = epoch_sink(
+                    allowed,
+                    ConnectorTopics { producer: w.sends, prefix: connector_prefix },
+                    runtime.clone(),
+                );
                 // The send ledger (with the cap counters) is written only once the epoch's sends and decision
                 // rows are durable: a key in a restored ledger means its send is out and its decision stored.
                 let caps_persisted = epoch_sink(
                     after_durable(cap_states, sent.clone().concat(recorded.clone()), "AfterSends"),
-                    StateChangelog { name: "CapsChangelog", producer: changelog, topic: caps_changelog_topic },
+                    StateChangelog { name: "CapsChangelog", producer: w.caps_changelog, topic: caps_changelog_topic },
                     runtime.clone(),
                 );
                 // Journey state (a send step passed) is written only after that epoch's ledger is durable, so
@@ -247,7 +275,7 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                     after_durable(journey_states, caps_persisted.clone(), "AfterLedger"),
                     StateChangelog {
                         name: "JourneysChangelog",
-                        producer: journeys_changelog,
+                        producer: w.journeys_changelog,
                         topic: journeys_changelog_topic,
                     },
                     runtime,

@@ -22,7 +22,9 @@ use crate::stages::kafka_source::{SourceState, StopPolicy};
 use crate::stages::tally::TallyBook;
 use crate::stages::transaction::{TransactionalCommit, TxnItem};
 use crate::stages::Epoch;
-use crate::topology::{self, WorkerParts};
+use crate::topology::{
+    self, AckedWriters, ClickHouseSinks, ConsentInput, EventInput, KafkaWriters, OutputTopics, WorkerParts,
+};
 
 pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
     let config = &shared.config;
@@ -76,50 +78,65 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
     )?;
     let caps_state = shared.restored_caps.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
     let journey_state = shared.restored_journeys.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
+    let kafka = if shared.eos() {
+        KafkaWriters::Transactional(TransactionalCommit {
+            producer: if index == 0 { shared.transaction.clone() } else { None },
+            source_topic: config.topics.events.name.clone(),
+            fatal: shared.fatal.clone(),
+            stop: shared.stop.clone(),
+        })
+    } else {
+        KafkaWriters::Acked(AckedWriters {
+            dead_letters: AckedProducer::new(&config.kafka)?,
+            consent_dead_letters: AckedProducer::new(&config.kafka)?,
+            late_events: AckedProducer::new(&config.kafka)?,
+            sends: AckedProducer::new(&config.kafka)?,
+            caps_changelog: AckedProducer::new(&config.kafka)?,
+            journeys_changelog: AckedProducer::new(&config.kafka)?,
+        })
+    };
+    let group = &config.pipeline.group_id;
     let handles = topology::build(
         worker,
         WorkerParts {
-            source: state.clone(),
-            source_topic: topic,
-            consent_source: SourceState::new(consent_source, HashSet::new()),
-            consent_topic: config.topics.consent.name.clone(),
-            consent_dead_letter_topic: config.topics.consent_dead_letter.name.clone(),
-            default_tenant: config.normalize.default_tenant.clone(),
+            events: EventInput {
+                source: state.clone(),
+                topic,
+                registry: Arc::new(RegistryClient::new(&config.schema_registry)?),
+                normalizer: Normalizer::new(config.normalize.clone())?,
+                deduplicator,
+                event_time: config.event_time.clone(),
+            },
+            consent: ConsentInput {
+                source: SourceState::new(consent_source, HashSet::new()),
+                topic: config.topics.consent.name.clone(),
+                default_tenant: config.normalize.default_tenant.clone(),
+            },
             rules: config.guardrail_rules(shared.journeys.clone())?,
             guardrail_state: GuardrailState { consent: Default::default(), caps: caps_state, journeys: journey_state },
-            transitions: TransitionStore::new(&config.clickhouse),
-            journeys_changelog: AckedProducer::new(&config.kafka)?,
-            journeys_changelog_topic: config.topics.journeys_changelog(&config.pipeline.group_id).name,
-            decisions: DecisionStore::new(&config.clickhouse),
-            connector_prefix: config.topics.connectors.prefix.clone(),
-            caps_changelog_topic: config.topics.caps_changelog(&config.pipeline.group_id).name,
-            event_time: config.event_time.clone(),
-            late_events: AckedProducer::new(&config.kafka)?,
-            late_events_topic: config.topics.late_events.name.clone(),
+            clickhouse: ClickHouseSinks {
+                events: store,
+                decisions: DecisionStore::new(&config.clickhouse),
+                transitions: TransitionStore::new(&config.clickhouse),
+            },
+            topics: OutputTopics {
+                dead_letter: config.topics.dead_letter.name.clone(),
+                consent_dead_letter: config.topics.consent_dead_letter.name.clone(),
+                late_events: config.topics.late_events.name.clone(),
+                connector_prefix: config.topics.connectors.prefix.clone(),
+                caps_changelog: config.topics.caps_changelog(group).name,
+                journeys_changelog: config.topics.journeys_changelog(group).name,
+            },
+            kafka,
             epochs: config.epochs.clone(),
             stop: StopPolicy {
                 until_drained: shared.until_drained,
                 drain_idle: config.source.drain_idle,
                 stop: shared.stop.clone(),
             },
-            registry: Arc::new(RegistryClient::new(&config.schema_registry)?),
-            normalizer: Normalizer::new(config.normalize.clone())?,
-            deduplicator,
-            events: store,
-            dead_letters: AckedProducer::new(&config.kafka)?,
-            consent_dead_letters: AckedProducer::new(&config.kafka)?,
-            sends: AckedProducer::new(&config.kafka)?,
-            changelog: AckedProducer::new(&config.kafka)?,
-            dead_letter_topic: config.topics.dead_letter.name.clone(),
             runtime: shared.runtime.clone(),
             tally: tally.clone(),
             totals: shared.totals.clone(),
-            transaction: shared.eos().then(|| TransactionalCommit {
-                producer: if index == 0 { shared.transaction.clone() } else { None },
-                source_topic: config.topics.events.name.clone(),
-                fatal: shared.fatal.clone(),
-                stop: shared.stop.clone(),
-            }),
         },
     );
     let mut tallies = Some(handles.tallies);
