@@ -125,7 +125,7 @@ impl Chain {
         let state = GuardrailState { consent, ..Default::default() };
         Chain {
             decoder: RecordDecoder::new(CachedSchema(schema)),
-            normalizer: Normalizer::new(config.normalize.clone()).expect("normalize config"),
+            normalizer: config.built().expect("a parsed pipeline file").normalizer.clone(),
             deduplicator: EventDeduplicator::new(&config.dedupe),
             guardrails: GuardrailWorker::new(state, rules),
             allowed_lateness_ms: config.event_time.allowed_lateness.as_millis() as i64,

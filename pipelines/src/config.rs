@@ -5,6 +5,7 @@
 //! serves local runs, CI and production (line numbers are preserved).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -55,6 +56,18 @@ pub struct PipelineConfig {
     /// Channel connectors (`touchpoint connect`) and provider callbacks (`touchpoint deliveries`).
     #[serde(default)]
     pub channels: touchpoint_connectors::channels::config::ChannelsConfig,
+    /// The normalizer, intent rules and caps built from the sections above by [`Self::parse`], once:
+    /// validating them is building them, and the run uses what was validated.
+    #[serde(skip)]
+    built: Option<Arc<BuiltRules>>,
+}
+
+/// The rule sections of a pipeline file, compiled.
+#[derive(Debug, Clone)]
+pub struct BuiltRules {
+    pub normalizer: Normalizer,
+    pub intents: IntentRules,
+    pub caps: FrequencyCaps,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -308,14 +321,20 @@ impl PipelineConfig {
         &self,
         journeys: touchpoint_operators::journey::Journeys,
     ) -> anyhow::Result<touchpoint_operators::guardrails::GuardrailRules> {
+        let built = self.built()?;
         Ok(touchpoint_operators::guardrails::GuardrailRules {
-            intents: touchpoint_operators::intent::IntentRules::new(&self.intents)?,
+            intents: built.intents.clone(),
             consent: self.consent.clone(),
-            caps: touchpoint_operators::frequency_cap::FrequencyCaps::new(&self.caps)?,
+            caps: built.caps.clone(),
             journeys,
             guarantee: self.processing.guarantee,
             send_ledger_ttl: self.processing.send_ledger_ttl,
         })
+    }
+
+    /// What [`Self::parse`] built from the rule sections.
+    pub fn built(&self) -> anyhow::Result<&BuiltRules> {
+        self.built.as_deref().ok_or_else(|| anyhow::anyhow!("a pipeline config not made by PipelineConfig::parse"))
     }
 
     /// The journeys of `journeys.dir`, validated (every problem of every file at once).
@@ -342,21 +361,25 @@ impl PipelineConfig {
             column: 1,
             message,
         })?;
-        let config: PipelineConfig = serde_yaml::from_str(&text).map_err(|e| {
+        let mut config: PipelineConfig = serde_yaml::from_str(&text).map_err(|e| {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
             // serde_yaml appends " at line L column C" to some messages; the prefix already says it.
             let message = e.to_string();
             let message = message.split(" at line ").next().unwrap_or(&message).to_string();
             ConfigError::Invalid { path: path.into(), line, column, message }
         })?;
-        config.validate().map_err(|message| ConfigError::Semantic { path: path.into(), message })?;
+        let semantic = |message: String| ConfigError::Semantic { path: path.into(), message };
+        config.built = Some(Arc::new(BuiltRules {
+            normalizer: Normalizer::new(config.normalize.clone()).map_err(|e| semantic(e.to_string()))?,
+            caps: FrequencyCaps::new(&config.caps).map_err(|e| semantic(e.to_string()))?,
+            intents: IntentRules::new(&config.intents).map_err(|e| semantic(e.to_string()))?,
+        }));
+        config.validate().map_err(semantic)?;
         Ok(config)
     }
 
+    /// The checks beyond the rule sections (which [`Self::parse`] builds, and so checks).
     fn validate(&self) -> Result<(), String> {
-        Normalizer::new(self.normalize.clone()).map_err(|e| e.to_string())?;
-        FrequencyCaps::new(&self.caps).map_err(|e| e.to_string())?;
-        IntentRules::new(&self.intents).map_err(|e| e.to_string())?;
         if self.epochs.interval.is_zero() {
             return Err("epochs.interval must be greater than zero".into());
         }

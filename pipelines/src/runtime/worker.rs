@@ -15,7 +15,7 @@ use touchpoint_connectors::kafka::source::owned_partitions;
 use touchpoint_connectors::kafka::{AckedProducer, PartitionSource};
 use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_operators::guardrails::GuardrailState;
-use touchpoint_operators::{EventDeduplicator, Normalizer};
+use touchpoint_operators::EventDeduplicator;
 
 use super::Shared;
 use crate::stages::kafka_source::{SourceState, StopPolicy};
@@ -103,7 +103,7 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
                 source: state.clone(),
                 topic,
                 registry: Arc::new(RegistryClient::new(&config.schema_registry)?),
-                normalizer: Normalizer::new(config.normalize.clone())?,
+                normalizer: config.built()?.normalizer.clone(),
                 deduplicator,
                 event_time: config.event_time.clone(),
             },
