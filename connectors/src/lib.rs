@@ -5,7 +5,7 @@
 //! | `config`    | brokers, client overrides     | url, database, credentials   | url                  |
 //! | client      | `source`, `producer`, `admin` | `client`, `migrate`          | `client`             |
 //! | `encoding`  | headers of dead letters       | row types (RowBinary)        | Confluent framing    |
-//! | tests       | `connectors/tests/kafka.rs`   | `connectors/tests/clickhouse.rs` | `connectors/tests/schema_registry.rs` |
+//! | tests       | `tests/kafka.rs`              | `tests/clickhouse.rs`        | `tests/schema_registry.rs` |
 //!
 //! Integration tests run against the real services started by `deploy/scripts/stack.sh`; their
 //! addresses come from `testing::ServiceAddresses` (feature `testing`).

@@ -1,5 +1,6 @@
 //! Demo and test data, kept out of the pipeline's code path: `touchpoint generate`, the end-to-end tests
-//! and the benchmarks use it. A realistic, reproducible stream of marketing events. JSON and Confluent-framed Avro mixed, producer spellings of event types, timestamps in
+//! and the benchmarks use it. A realistic, reproducible stream of marketing events. JSON and Confluent-framed Avro
+//! mixed, producer spellings of event types, timestamps in
 //! every accepted notation, a share of duplicates, and a share of malformed records covering every
 //! rejection reason. Each record carries what the pipeline is expected to do with it.
 

@@ -17,7 +17,8 @@
 //!
 //! Under `processing.guarantee: exactly_once_keys` every send intent is first looked up in the
 //! subject's send ledger ([`SubjectSends`]): a key already decided is skipped (no decision row, no send);
-//! a journey follows the recorded outcome (sent, or suppressed with the recorded reason). The ledger travels in the same changelog record
+//! a journey follows the recorded outcome (sent, or suppressed with the recorded reason). The ledger travels in the
+//! same changelog record
 //! as the cap counters ([`SubjectSendState`]), written only once the epoch's sends and decision rows are
 //! durable (`pipelines/src/topology.rs`), so a restored ledger never names a send that is not out.
 
@@ -272,7 +273,10 @@ impl GuardrailWorker {
         if self.state.consent.apply(change) == Applied::ReplacedNewer {
             // The log order wins (it is what compaction keeps); a producer writing an older state later
             // is worth knowing about, since it may re-open a channel someone closed.
-            tracing::warn!(key = %change.key(), "a consent record replaced one with a newer updated_at (the later write wins)");
+            tracing::warn!(
+                key = %change.key(),
+                "a consent record replaced one with a newer updated_at (the later write wins)",
+            );
         }
     }
 

@@ -39,7 +39,7 @@ pub struct PipelineConfig {
     pub normalize: NormalizeConfig,
     #[serde(default)]
     pub dedupe: DedupeConfig,
-    /// Send intents from rules (until journeys exist). No rules: no intents, no decisions.
+    /// Send intents from rules (journeys make their own). No rules: no rule-driven intents.
     #[serde(default)]
     pub intents: IntentsConfig,
     /// Defaults for subjects without a consent record.

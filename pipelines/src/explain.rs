@@ -71,7 +71,8 @@ pub async fn explain(config: &ClickHouseConfig, tenant: &str, subject: &str, jou
     let mut q = client
         .query(&format!(
             "SELECT toUnixTimestamp64Milli(occurred_at) AS occurred_at, journey, journey_step, intent_rule, channel, \
-             template, decision, reason, caps_version, intents_version, event_id, late, idempotency_key FROM decisions FINAL \
+             template, decision, reason, caps_version, intents_version, event_id, late, idempotency_key \
+             FROM decisions FINAL \
              WHERE tenant_id = ? AND subject_id = ?{journey_filter} ORDER BY occurred_at, intent_rule"
         ))
         .bind(tenant)

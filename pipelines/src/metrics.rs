@@ -97,7 +97,8 @@ pub fn render() -> String {
     counter(&mut out, "touchpoint_commits_total", "Source offset commits.", COMMITS.get());
     let _ = writeln!(
         out,
-        "# HELP touchpoint_sink_retrying_epochs Epochs a sink is retrying.\n# TYPE touchpoint_sink_retrying_epochs gauge"
+        "# HELP touchpoint_sink_retrying_epochs Epochs a sink is retrying.\n\
+         # TYPE touchpoint_sink_retrying_epochs gauge"
     );
     if let Ok(m) = SINK_RETRYING.lock() {
         for (sink, n) in m.iter() {

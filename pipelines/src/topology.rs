@@ -144,7 +144,7 @@ pub struct AckedWriters {
 
 /// Handles the worker loop drives the dataflow with.
 pub struct Handles {
-    /// Progress of both sinks: an epoch the probe has passed is durable everywhere.
+    /// Progress of every sink: an epoch the probe has passed is durable everywhere.
     pub sinks: ProbeHandle<Epoch>,
     /// Where this worker sends its partial tallies of completed epochs.
     pub tallies: InputHandle<Epoch, timely::container::CapacityContainerBuilder<Vec<EpochTally>>>,

@@ -160,7 +160,8 @@ fn main() -> Result<()> {
             drop(Scratch { kafka: config.kafka.clone(), clickhouse: config.clickhouse.clone(), prefix: run });
             let r = r?;
             eprintln!(
-                "touchpoint {workers} worker(s) {} round {round}: {:.0} events/s after a start-up of {:.1?} ({:.0} events/s including it); {}",
+                "touchpoint {workers} worker(s) {} round {round}: {:.0} events/s after a start-up of {:.1?} \
+                 ({:.0} events/s including it); {}",
                 guarantee.as_str(),
                 r.rate,
                 r.start_up,

@@ -3,12 +3,12 @@
 //!
 //! Every channel has the same rooms, so learning one teaches them all:
 //!
-//! | room        | email                       | webhook                   | push (FCM-like)     | sms (Twilio-like)   |
-//! |-------------|-----------------------------|---------------------------|---------------------|---------------------|
-//! | `config`    | SMTP host, TLS, auth, from  | URL, secret, timeout      | URL, project, token | URL, account, from  |
-//! | `client`    | `lettre` SMTP transport     | `reqwest` POST + HMAC     | `reqwest` POST      | `reqwest` form POST |
-//! | `mapping`   | template → MIME message     | message → signed JSON     | → FCM message       | → Messages form     |
-//! | tests       | `connectors/tests/channels.rs`, against the peers of `deploy/peers/` (real SMTP and HTTP) |
+//! | room      | email                      | webhook                  | push (FCM-like)     | sms (Twilio-like)   |
+//! |-----------|----------------------------|--------------------------|---------------------|---------------------|
+//! | `config`  | SMTP host, TLS, auth, from | URL, secret, timeout     | URL, project, token | URL, account, from  |
+//! | `client`  | `lettre` SMTP transport    | `reqwest` POST + HMAC    | `reqwest` POST      | `reqwest` form POST |
+//! | `mapping` | template → MIME message    | message → signed JSON    | → FCM message       | → Messages form     |
+//! | tests     | `connectors/tests/channels.rs`, against the peers of `deploy/peers/` (real SMTP and HTTP) |
 //!
 //! Around every client the same machinery ([`worker`]): a durable dedupe [`ledger`], a token-bucket
 //! [`rate_limit`], a [`breaker`], [`retry`] with backoff and jitter, the dead-letter topic

@@ -224,7 +224,12 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                 .create_with_context(RevokeTracker::default())
                 .context("creating the connector's consumer")?;
             consumer.subscribe(&[&self.topics.source]).context("subscribing")?;
-            tracing::info!(channel = %self.client.channel(), topic = %self.topics.source, group = %self.group_id, "connector worker started");
+            tracing::info!(
+                channel = %self.client.channel(),
+                topic = %self.topics.source,
+                group = %self.group_id,
+                "connector worker started",
+            );
             self.consume(&consumer, &stop).await?;
             if let Some((code, reason)) = consumer.client().fatal_error() {
                 tracing::error!(?code, %reason, "the connector's consumer failed fatally; replacing it");
@@ -346,14 +351,25 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             .await
             .context("restoring the ledger")??;
         for (p, l) in &ledgers {
-            tracing::info!(topic = %self.topics.ledger, partition = p, keys = l.len(), elapsed = ?started.elapsed(), "ledger restored");
+            tracing::info!(
+                topic = %self.topics.ledger,
+                partition = p,
+                keys = l.len(),
+                elapsed = ?started.elapsed(),
+                "ledger restored",
+            );
         }
         Ok(ledgers)
     }
 
     fn seek(&self, consumer: &StreamConsumer<RevokeTracker>, partition: i32, offset: i64) {
         if let Err(e) = consumer.seek(&self.topics.source, partition, Offset::Offset(offset), Duration::from_secs(10)) {
-            tracing::warn!(partition, offset, error = %e, "seek failed; the partition is read again from its committed offset after the next rebalance");
+            tracing::warn!(
+                partition,
+                offset,
+                error = %e,
+                "seek failed; the partition is read again from its committed offset after the next rebalance",
+            );
         }
     }
 
@@ -417,13 +433,21 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                     ProviderStatus::Failed(reason) => Some((DeliveryStatus::Failed, Some(reason))),
                     ProviderStatus::NotFound => None,
                     ProviderStatus::Unknown => {
-                        tracing::warn!(%key, "in-doubt attempt the provider cannot confirm; sending again with the same id");
+                        tracing::warn!(
+                            %key,
+                            "in-doubt attempt the provider cannot confirm; sending again with the same id",
+                        );
                         WorkerStats::bump(&self.stats.resent_in_doubt);
                         None
                     }
                 };
                 if let Some((outcome, reason)) = found {
-                    tracing::info!(%key, outcome = outcome.as_str(), ?reason, "in-doubt attempt found at the provider; not sent again");
+                    tracing::info!(
+                        %key,
+                        outcome = outcome.as_str(),
+                        ?reason,
+                        "in-doubt attempt found at the provider; not sent again",
+                    );
                     WorkerStats::bump(&self.stats.reconciled);
                     let source = DeliverySource::Reconciled;
                     self.finish(partition, ledger, &message, in_doubt, outcome, None, reason, source).await?;

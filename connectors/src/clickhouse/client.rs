@@ -229,8 +229,8 @@ impl DeliveryStore {
             .client
             .query(
                 "SELECT delivery_id, idempotency_key, channel, tenant_id, subject_id, provider_message_id \
-                 FROM deliveries WHERE (delivery_id = ? OR provider_message_id = ?) AND source IN ('connector', 'reconciled') \
-                 ORDER BY provider_message_id DESC LIMIT 1",
+                 FROM deliveries WHERE (delivery_id = ? OR provider_message_id = ?) \
+                 AND source IN ('connector', 'reconciled') ORDER BY provider_message_id DESC LIMIT 1",
             )
             .bind(id)
             .bind(id)

@@ -178,11 +178,20 @@ impl AckedProducer {
                 match outcome {
                     Some(Ok(position)) => acked[i] = Some(position),
                     Some(Err(e)) => {
-                        tracing::warn!(topic = %records[i].topic, attempt, error = %e, "record not acknowledged; will resend");
+                        tracing::warn!(
+                            topic = %records[i].topic,
+                            attempt,
+                            error = %e,
+                            "record not acknowledged; will resend",
+                        );
                         pending.push(i);
                     }
                     None => {
-                        tracing::warn!(topic = %records[i].topic, attempt, "record without a delivery report; will resend");
+                        tracing::warn!(
+                            topic = %records[i].topic,
+                            attempt,
+                            "record without a delivery report; will resend",
+                        );
                         pending.push(i);
                     }
                 }

@@ -227,10 +227,16 @@ pub struct Journey {
 
 /// Problems found in one journey file, one line each: `path:line: problem`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", self.problems.iter().map(|(line, p)| format!("{}:{line}: {p}", self.path.display())).collect::<Vec<_>>().join("\n"))]
+#[error("{}", self.lines().join("\n"))]
 pub struct JourneyError {
     pub path: PathBuf,
     pub problems: Vec<(usize, String)>,
+}
+
+impl JourneyError {
+    fn lines(&self) -> Vec<String> {
+        self.problems.iter().map(|(line, p)| format!("{}:{line}: {p}", self.path.display())).collect()
+    }
 }
 
 /// A duration in a journey file that cannot be used.

@@ -583,7 +583,11 @@ impl Journeys {
                 cause = Some(why);
             }
         }
-        tracing::error!(journey = %journey.id, subject = %subject.subject_id, "step budget exhausted; the subject leaves");
+        tracing::error!(
+            journey = %journey.id,
+            subject = %subject.subject_id,
+            "step budget exhausted; the subject leaves",
+        );
         out.push(transition(subject, &state.active[i], None, Cause::StepBudgetExhausted, now, event));
         state.active.remove(i);
         false

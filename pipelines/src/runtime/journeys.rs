@@ -9,7 +9,8 @@ use touchpoint_operators::journey::{Journey, Journeys};
 
 use crate::config::PipelineConfig;
 
-/// The journeys to run: the current files (`config.journeys()`), plus every older version recorded in the versions topic
+/// The journeys to run: the current files (`config.journeys()`), plus every older version recorded in the versions
+/// topic
 /// (subjects continue on the version they entered with). Current versions not yet recorded are
 /// recorded first, so a version is archived before any subject can enter it.
 pub fn load_journeys(

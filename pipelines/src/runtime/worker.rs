@@ -279,7 +279,8 @@ impl CommitLag {
                 worker = self.worker,
                 lag_records = records,
                 seconds_since_commit = stalled,
-                "offsets not committed: a sink is behind (see touchpoint_sink_retrying_epochs); catching up once it writes"
+                "offsets not committed: a sink is behind (see touchpoint_sink_retrying_epochs); \
+                 catching up once it writes"
             );
         }
     }

@@ -142,9 +142,22 @@ where
                         loop {
                             match writer.write(epoch, batch.clone()).await {
                                 Ok(()) => {
-                                    tracing::debug!(sink = writer.name(), epoch, epochs = epochs.len(), records = batch.len(), elapsed = ?started.elapsed(), "epochs written");
+                                    tracing::debug!(
+                                        sink = writer.name(),
+                                        epoch,
+                                        epochs = epochs.len(),
+                                        records = batch.len(),
+                                        elapsed = ?started.elapsed(),
+                                        "epochs written",
+                                    );
                                     if attempt > 0 {
-                                        tracing::info!(sink = writer.name(), epoch, attempts = attempt + 1, elapsed = ?started.elapsed(), "write succeeded after retries");
+                                        tracing::info!(
+                                            sink = writer.name(),
+                                            epoch,
+                                            attempts = attempt + 1,
+                                            elapsed = ?started.elapsed(),
+                                            "write succeeded after retries",
+                                        );
                                         crate::metrics::sink_retrying(writer.name(), -1);
                                     }
                                     break;
