@@ -4,6 +4,7 @@
 pub mod allocator;
 pub mod config;
 pub mod connect;
+pub mod describe;
 pub mod explain;
 pub mod metrics;
 pub mod replay;

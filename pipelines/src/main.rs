@@ -207,7 +207,7 @@ fn run(cli: Cli) -> Result<()> {
                 LatePolicy::Flag => "processed, flagged",
                 LatePolicy::Route => "routed to the late-events topic",
             };
-            let options = RunOptions { workers, processes, process, hostfile, until_drained, replay: None };
+            let options = RunOptions { workers, processes, process, hostfile, until_drained, ..RunOptions::default() };
             let report = touchpoint::run(config, options)?;
             print_report(&report, late_policy)?;
         }

@@ -14,9 +14,9 @@
 //!          ClickHouseDecisions (`decisions`) ◄── decisions ◄──────────────────────────────────────────────────────┘ │ │ │
 //!          ConnectorTopics (connector.<channel>) ◄── allowed ◄── decisions                                          │ │ │
 //!          ClickHouseTransitions (`journey_transitions`) ◄── journey movements ◄────────────────────────────────────┘ │ │
-//!          StateChangelog (<group>.caps-changelog) ◄── AfterSends ◄── caps + send ledger ◄────────────────────────────┘ │
+//!          CapsChangelog (<group>.caps-changelog) ◄── AfterSends ◄── caps + send ledger ◄─────────────────────────────┘ │
 //!            (once the epoch's sends and decisions are durable)                                                         │
-//!          StateChangelog (<group>.journeys-changelog) ◄── AfterLedger (once the ledger is durable) ◄── journey state ──┘
+//!          JourneysChangelog (<group>.journeys-changelog) ◄── AfterLedger (once the ledger is durable) ◄── journey state ┘
 //!
 //!  every sink's progress ─► probe ─► commit the event offsets of durable epochs
 //!  per-worker tallies ─► [to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
@@ -37,6 +37,11 @@
 //! reach ClickHouse `deliveries` through `touchpoint deliveries`.
 //!
 //! Every operator lives in `crate::stages`; its logic and state in `touchpoint-operators`.
+//!
+//! The pictures are drawn for reading. `docs/topology.txt` is the dataflow as built: every operator and
+//! channel, recorded from timely's own log (`crate::describe`) and checked against a real run by
+//! `pipelines/tests/pipeline_e2e.rs`; a test below checks that every named operator there appears in
+//! the pictures, so neither can drift from the code.
 
 use std::sync::{Arc, Mutex};
 
@@ -290,4 +295,31 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         log_epoch_tallies(partials, totals).probe_with(&tallies_logged);
         Handles { sinks, tallies, tallies_logged, positions }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every operator of the built dataflow with a name of ours (not timely's generic `FlatMap`,
+    /// `Concatenate`, ...) appears in the pictures above, and every name there exists.
+    #[test]
+    fn the_pictures_name_the_operators_the_dataflow_builds() {
+        const GENERIC: [&str; 7] = ["FlatMap", "Concatenate", "Exchange", "Filter", "Input", "Probe", "OkErr"];
+        let built = include_str!("../../docs/topology.txt");
+        let picture: String = include_str!("topology.rs").lines().take_while(|l| l.starts_with("//!")).collect();
+        let operators: std::collections::BTreeSet<&str> = built
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .flat_map(|l| l.split(" --> "))
+            .map(|op| op.split(['[', '#']).next().unwrap_or(op).trim())
+            .filter(|op| !op.is_empty() && !GENERIC.contains(op))
+            .collect();
+        assert!(operators.len() > 15, "{operators:?}");
+        for op in &operators {
+            assert!(picture.contains(op), "{op} is built but not in the pictures of topology.rs");
+        }
+        for drawn in ["EventSource", "ParseConsent", "AfterSends", "AfterLedger", "AfterClickHouse", "KafkaTransaction"]
+        {
+            assert!(operators.contains(drawn), "{drawn} is drawn but not built");
+        }
+    }
 }

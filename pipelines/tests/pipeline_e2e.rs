@@ -110,3 +110,32 @@ fn a_second_run_over_a_drained_topic_changes_nothing() {
     assert_eq!(tp.stored_ids(), stored);
     assert_eq!(tp.committed_offsets(), end_offsets(&produced));
 }
+
+/// The dataflow a run builds is the one `docs/topology.txt` describes (timely's own record of the
+/// operators and channels it created, `touchpoint::describe`), for both ways of writing to Kafka. A
+/// change to the dataflow fails here until the description is regenerated:
+/// `TOUCHPOINT_BLESS_TOPOLOGY=1 cargo test -p touchpoint --features services --test pipeline_e2e topology`.
+#[test]
+fn the_built_dataflow_is_the_one_docs_topology_describes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/topology.txt");
+    let mut described = String::new();
+    for guarantee in ["exactly_once_keys", "exactly_once_v2"] {
+        let tp =
+            TestPipeline::new("it_topology", &[("guarantee: exactly_once_keys", &format!("guarantee: {guarantee}"))]);
+        tp.prepare();
+        tp.produce(10, 1);
+        let options = RunOptions { workers: 1, until_drained: true, describe: true, ..Default::default() };
+        let report = touchpoint::run(tp.config.clone(), options).expect("pipeline run");
+        let topology = report.topology.expect("worker 0 describes the dataflow");
+        assert!(topology.contains("Guardrails") && topology.contains("Normalize"), "{topology}");
+        described.push_str(&format!("# processing.guarantee: {guarantee}\n{topology}\n"));
+    }
+    if std::env::var_os("TOUCHPOINT_BLESS_TOPOLOGY").is_some() {
+        std::fs::write(&path, &described).expect("writing docs/topology.txt");
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == described,
+        "the built dataflow differs from docs/topology.txt (regenerate it with TOUCHPOINT_BLESS_TOPOLOGY=1):\n{described}"
+    );
+}

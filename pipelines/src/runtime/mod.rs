@@ -55,11 +55,21 @@ pub struct RunOptions {
     /// Re-process a range of the source (`touchpoint replay`) instead of resuming from the committed
     /// offsets: the same keys, the same state, no offset commits.
     pub replay: Option<crate::replay::ReplayRange>,
+    /// Describe the dataflow worker 0 builds ([`RunReport::topology`], `crate::describe`).
+    pub describe: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { workers: 1, processes: 1, process: 0, hostfile: None, until_drained: false, replay: None }
+        RunOptions {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+            until_drained: false,
+            replay: None,
+            describe: false,
+        }
     }
 }
 
@@ -70,6 +80,8 @@ pub struct RunReport {
     /// From the start of the run until the first worker began running the dataflow (topics checked,
     /// state restored from changelogs and ClickHouse, journeys loaded).
     pub start_up: Option<Duration>,
+    /// With [`RunOptions::describe`], in process 0: the dataflow as built (`crate::describe`).
+    pub topology: Option<String>,
 }
 
 pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
@@ -166,6 +178,8 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         restored_ids: Mutex::new(restored_ids),
         stop,
         until_drained: options.until_drained || replay.is_some(),
+        describe: options.describe,
+        topology: std::sync::OnceLock::new(),
         replay,
         totals: totals.clone(),
         started,
@@ -188,7 +202,7 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         bail!("pipeline failed: {}", errors.join("; "));
     }
     let totals = totals.lock().map(|t| t.clone()).unwrap_or_default();
-    Ok(RunReport { totals, start_up: start_up.start_up.get().copied() })
+    Ok(RunReport { totals, start_up: start_up.start_up.get().copied(), topology: start_up.topology.get().cloned() })
 }
 
 struct Shared {
@@ -205,6 +219,9 @@ struct Shared {
     restored_ids: Mutex<HashMap<usize, Vec<(u128, i64)>>>,
     stop: Arc<AtomicBool>,
     until_drained: bool,
+    /// Describe the dataflow worker 0 builds, into `topology`.
+    describe: bool,
+    topology: std::sync::OnceLock<String>,
     /// Replaying: where each partition starts and stops; no offsets are committed.
     replay: Option<crate::replay::ResolvedReplay>,
     totals: Arc<Mutex<RunTotals>>,

@@ -96,6 +96,7 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
         })
     };
     let group = &config.pipeline.group_id;
+    let capture = if shared.describe && index == 0 { crate::describe::Capture::start(worker) } else { None };
     let handles = topology::build(
         worker,
         WorkerParts {
@@ -139,6 +140,9 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             totals: shared.totals.clone(),
         },
     );
+    if let Some(capture) = capture {
+        let _ = shared.topology.set(capture.finish(worker));
+    }
     let mut tallies = Some(handles.tallies);
     let mut positions = handles.positions;
     // The first epoch whose source positions have not gone to the transaction yet.

@@ -1,7 +1,11 @@
 //! Parsing the consent topic: decode (JSON or Avro, like events), validate, or dead-letter.
 
-use timely::dataflow::operators::core::OkErr;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
+use timely::progress::operate::FrontierInterest;
 use touchpoint_connectors::kafka::SourceRecord;
 use touchpoint_operators::consent::{
     check_record_key, parse_consent, parse_consent_fields, parse_tombstone_key, ConsentChange, ConsentFields,
@@ -44,12 +48,34 @@ pub fn parse_consent_record<L: SchemaLookup>(
 }
 
 /// Changes go to the guardrails, dead letters to the consent dead-letter topic.
-#[allow(clippy::result_large_err, reason = "the dead letter is an outcome that carries the record, not an error path")]
 pub fn parse_consent_stream<'s, L: SchemaLookup + 'static>(
     records: Stream<'s, Epoch, Vec<SourceRecord>>,
     decoder: RecordDecoder<L>,
     topic: String,
     default_tenant: String,
 ) -> (Stream<'s, Epoch, Vec<ConsentChange>>, Stream<'s, Epoch, Vec<DeadLetter>>) {
-    records.ok_err(move |record| parse_consent_record(&decoder, &topic, &default_tenant, record))
+    let mut builder = OperatorBuilder::new("ParseConsent".to_owned(), records.scope());
+    let mut input = builder.new_input(records, Pipeline);
+    // Stateless: it works on what arrives and never waits for a frontier.
+    builder.set_notify_for(0, FrontierInterest::Never);
+    let (changes_out, changes) = builder.new_output::<Vec<ConsentChange>>();
+    let (rejected_out, rejected) = builder.new_output::<Vec<DeadLetter>>();
+    let mut changes_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(changes_out);
+    let mut rejected_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(rejected_out);
+    builder.build(move |_| {
+        move |_frontiers| {
+            let (mut changes_out, mut rejected_out) = (changes_out.activate(), rejected_out.activate());
+            input.for_each_stamp(|cap, data| {
+                let mut changes = changes_out.session(&cap);
+                let mut rejected = rejected_out.session(&cap);
+                for record in data.flat_map(|batch| batch.drain(..)) {
+                    match parse_consent_record(&decoder, &topic, &default_tenant, record) {
+                        Ok(change) => changes.give(change),
+                        Err(dead) => rejected.give(dead),
+                    }
+                }
+            });
+        }
+    });
+    (changes, rejected)
 }
