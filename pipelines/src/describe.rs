@@ -10,13 +10,16 @@ use std::rc::Rc;
 use timely::logging::{TimelyEvent, TimelyEventBuilder};
 use timely::worker::Worker;
 
+/// An operator's port: (operator index in its scope, port).
+type Port = (usize, usize);
+
 /// The operators and channels timely reported while capturing.
 #[derive(Default)]
 struct Seen {
     /// Operator address (scope path + index) → name.
     operators: BTreeMap<Vec<usize>, String>,
     /// (scope address, source (operator, port), target (operator, port)).
-    channels: Vec<(Vec<usize>, (usize, usize), (usize, usize))>,
+    channels: Vec<(Vec<usize>, Port, Port)>,
     /// Capture ended: later events (messages, schedules) are ignored.
     done: bool,
 }
@@ -67,7 +70,7 @@ impl Capture {
 }
 
 fn render(seen: &Seen) -> String {
-    let name = |scope: &[usize], (op, port): (usize, usize), outputs: bool| -> String {
+    let name = |scope: &[usize], (op, port): Port, outputs: bool| -> String {
         let mut addr = scope.to_vec();
         addr.push(op);
         let base = match (op, seen.operators.get(&addr)) {
