@@ -7,7 +7,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use touchpoint_benches::chain::{local_config, source_records, CachedSchema, Chain};
-use touchpoint_operators::RecordDecoder;
+use touchpoint_operators::decode::RecordDecoder;
 
 // The `touchpoint` binary's allocator (mimalloc), as in the pipeline.
 touchpoint_benches::pipeline_allocator!();

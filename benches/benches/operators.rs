@@ -9,8 +9,10 @@ use apache_avro::Schema;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use touchpoint_benches::chain::CachedSchema;
 use touchpoint_generate::{generate, AvroWriter, Expected, GeneratorConfig};
+use touchpoint_operators::decode::RecordDecoder;
 use touchpoint_operators::dedupe::dedupe_key;
-use touchpoint_operators::{DedupeConfig, EventDeduplicator, NormalizeConfig, Normalizer, RecordDecoder};
+use touchpoint_operators::dedupe::{DedupeConfig, EventDeduplicator};
+use touchpoint_operators::normalize::{NormalizeConfig, Normalizer};
 use touchpoint_schemas::SourcePosition;
 
 // The `touchpoint` binary's allocator (mimalloc), as in the pipeline.
@@ -66,10 +68,9 @@ fn bench(c: &mut Criterion) {
 }
 
 fn guardrails(c: &mut Criterion) {
-    use touchpoint_operators::consent::{
-        Channel, ConsentChange, ConsentConfig, ConsentStatus, ConsentTable, Purpose, SubjectRef,
-    };
+    use touchpoint_operators::consent::{ConsentChange, ConsentConfig, ConsentStatus, ConsentTable};
     use touchpoint_operators::frequency_cap::{CapQuery, SubjectCaps};
+    use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
     let subjects: Vec<SubjectRef> = (0..100_000).map(|i| SubjectRef::new("acme", &format!("user-{i}"))).collect();
     let mut table = ConsentTable::new();
@@ -232,10 +233,10 @@ fn event_time(c: &mut Criterion) {
 /// timer moving each of them on. Consent and caps are answered by a stand-in that allows every send, so
 /// this is the journey machine alone (the real guardrails are in the `chain` bench).
 fn journey_step(c: &mut Criterion) {
-    use touchpoint_operators::consent::{Channel, Purpose, SubjectRef};
     use touchpoint_operators::intent::SendIntent;
     use touchpoint_operators::journey::{load_dir, Guardrails, Journeys, SendOutcome, SubjectJourneys};
     use touchpoint_schemas::NormalizedEvent;
+    use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
     struct AllowAll;
     impl Guardrails for AllowAll {

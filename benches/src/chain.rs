@@ -15,14 +15,17 @@ use apache_avro::Schema;
 use touchpoint::stages::normalize::{normalize_record, DeadLetter};
 use touchpoint::stages::sinks::{send_record, TopicRecord};
 use touchpoint::PipelineConfig;
-use touchpoint_connectors::clickhouse::encoding::batch_token;
+use touchpoint_connectors::clickhouse::batch_token;
 use touchpoint_connectors::kafka::SourceRecord;
 use touchpoint_generate::{consent_grants, generate, AvroWriter, GeneratorConfig};
 use touchpoint_operators::consent::{parse_consent, ConsentTable};
 use touchpoint_operators::decision::{Decision, DecisionKind};
+use touchpoint_operators::decode::{RecordDecoder, SchemaLookup, SchemaLookupError};
+use touchpoint_operators::dedupe::EventDeduplicator;
 use touchpoint_operators::guardrails::{CapSnapshot, GuardrailState, GuardrailWorker, JourneySnapshot};
 use touchpoint_operators::journey::{Journeys, Transition};
-use touchpoint_operators::{EventDeduplicator, Normalizer, ReadEvent, RecordDecoder, SchemaLookup, SchemaLookupError};
+use touchpoint_operators::normalize::Normalizer;
+use touchpoint_operators::read_event::ReadEvent;
 use touchpoint_schemas::NormalizedEvent;
 
 /// An in-memory schema lookup (the registry client caches the same way after the first lookup).

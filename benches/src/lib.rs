@@ -49,8 +49,8 @@ use std::alloc::{GlobalAlloc, Layout};
 use mimalloc::MiMalloc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use touchpoint_operators::consent::Channel;
 use touchpoint_operators::frequency_cap::{CalendarUnit, CapRule, CapWindow, CapsConfig, FrequencyCaps};
+use touchpoint_schemas::Channel;
 
 /// The cap rules the benchmarks use (those of `pipelines/config/local.yaml`): promotional email per
 /// calendar day, push per rolling hour, everything per calendar week.

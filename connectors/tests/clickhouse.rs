@@ -1,6 +1,6 @@
 //! ClickHouse connector against the real server (`deploy/scripts/stack.sh`, or TOUCHPOINT_CLICKHOUSE_URL).
 
-use touchpoint_connectors::clickhouse::encoding::batch_token;
+use touchpoint_connectors::clickhouse::batch_token;
 use touchpoint_connectors::clickhouse::{migrate, ClickHouseConfig, EventStore};
 use touchpoint_connectors::testing::{unique_name, ServiceAddresses};
 use touchpoint_schemas::{NormalizedEvent, SourcePosition};

@@ -2,7 +2,7 @@
 
 use touchpoint_connectors::schema_registry::{RegistryClient, SchemaRegistryConfig};
 use touchpoint_connectors::testing::{unique_name, ServiceAddresses};
-use touchpoint_operators::{SchemaLookup, SchemaLookupError};
+use touchpoint_operators::decode::{SchemaLookup, SchemaLookupError};
 
 fn client() -> RegistryClient {
     RegistryClient::new(&SchemaRegistryConfig::new(ServiceAddresses::from_env().schema_registry_url)).unwrap()

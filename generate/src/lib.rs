@@ -528,7 +528,8 @@ pub fn valid_event_ids(records: &[ProducedRecord]) -> std::collections::BTreeSet
 mod tests {
     use super::*;
     use std::collections::HashSet;
-    use touchpoint_operators::{Normalizer, RecordDecoder, SchemaLookup, SchemaLookupError};
+    use touchpoint_operators::decode::{RecordDecoder, SchemaLookup, SchemaLookupError};
+    use touchpoint_operators::normalize::Normalizer;
     use touchpoint_schemas::SourcePosition;
 
     struct OneSchema(std::sync::Arc<Schema>);
@@ -564,7 +565,7 @@ mod tests {
             let pos = SourcePosition { topic: "t".into(), partition: 0, offset: i as i64 };
             let outcome = match decoder.decode_event(&r.payload) {
                 Ok(fields) => normalizer.normalize(fields, pos, cfg.now_ms).map_err(|e| e.reason),
-                Err(touchpoint_operators::DecodeError::Reject(e)) => Err(e.reason),
+                Err(touchpoint_operators::decode::DecodeError::Reject(e)) => Err(e.reason),
                 Err(e) => panic!("{e:?}"),
             };
             match (&r.expected, outcome) {

@@ -22,11 +22,10 @@ use serde_json::{Map, Value};
 use touchpoint_schemas::RejectReason;
 
 use crate::decode::event::{json_slots, FieldSlots, FieldValue};
+use crate::fast_hash::FastHashMap;
 use crate::normalize::{parse_event_time_field, Rejection};
-use crate::FastHashMap;
 
-// The shared vocabulary lives in `touchpoint_schemas`; re-exported here, where the consent table uses it.
-pub use touchpoint_schemas::{Channel, Purpose, SubjectRef};
+use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
 /// Ordered by restrictiveness: on equal `updated_at`, the larger wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -94,9 +94,10 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consent::{Channel, ConsentChange, ConsentStatus, Purpose, SubjectRef};
+    use crate::consent::{ConsentChange, ConsentStatus};
     use crate::frequency_cap::{CalendarUnit, CapRule, CapWindow, CapsConfig};
     use touchpoint_schemas::SourcePosition;
+    use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
     fn intent(id: &str, purpose: Purpose, category: &str) -> SendIntent {
         SendIntent {

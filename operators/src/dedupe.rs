@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::FastHashMap;
+use crate::fast_hash::FastHashMap;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]

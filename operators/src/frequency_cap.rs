@@ -24,8 +24,8 @@ use chrono::{Datelike, TimeZone};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::consent::Channel;
-use crate::FastHashSet;
+use crate::fast_hash::FastHashSet;
+use touchpoint_schemas::Channel;
 
 /// Buckets per rolling window.
 pub const ROLLING_BUCKETS: i64 = 60;

@@ -29,13 +29,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use touchpoint_schemas::NormalizedEvent;
 
-use crate::consent::{Applied, Channel, ConsentChange, ConsentConfig, ConsentTable, Purpose, SubjectRef};
+use crate::consent::{Applied, ConsentChange, ConsentConfig, ConsentTable};
+
 use crate::decision::{decide, Decision, DecisionKind};
+use crate::fast_hash::FastHashMap;
 use crate::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
 use crate::intent::{IntentRules, SendIntent};
 use crate::journey::{Guardrails, Journeys, SendOutcome, SubjectJourneys, Transition};
+use crate::read_event::ReadEvent;
 use crate::send_ledger::{Decided, ProcessingGuarantee, SubjectSends};
-use crate::{FastHashMap, ReadEvent};
+use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
 fn subject_of(e: &NormalizedEvent) -> SubjectRef {
     SubjectRef::new(&e.tenant_id, &e.subject_id)

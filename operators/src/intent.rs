@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use touchpoint_schemas::{NormalizedEvent, SourcePosition};
 
-use crate::consent::{Channel, Purpose, SubjectRef};
 use crate::decode::event::string_fields;
+use crate::fast_hash::FastHashMap;
 use crate::normalize::snake_case;
-use crate::FastHashMap;
+use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,7 +5,7 @@
 //! partitioned the topics, and a fixed number of key groups lets a pipeline restart with another worker
 //! count (state is restored per key), as Flink's max parallelism does.
 
-use crate::consent::SubjectRef;
+use touchpoint_schemas::SubjectRef;
 
 /// Fixed number of key groups.
 pub const KEY_GROUPS: u64 = 256;

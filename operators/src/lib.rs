@@ -38,10 +38,3 @@ pub mod send_ledger;
 pub mod tally;
 pub mod version;
 pub mod watermark;
-
-pub use decode::{DecodeError, RecordDecoder, SchemaLookup, SchemaLookupError};
-pub use dedupe::{DedupeConfig, EventDeduplicator};
-pub use fast_hash::{FastHashMap, FastHashSet};
-pub use normalize::{NormalizeConfig, Normalizer, Rejection};
-pub use read_event::ReadEvent;
-pub use tally::EpochTally;

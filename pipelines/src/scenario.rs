@@ -32,12 +32,13 @@ use serde::Deserialize;
 use serde_json::Value;
 use timely::dataflow::operators::{Input as _, Inspect, Probe};
 use timely::dataflow::ProbeHandle;
-use touchpoint_operators::consent::{Channel, ConsentChange, ConsentConfig, ConsentStatus, Purpose, SubjectRef};
+use touchpoint_operators::consent::{ConsentChange, ConsentConfig, ConsentStatus};
 use touchpoint_operators::decision::{Decision, DecisionKind};
 use touchpoint_operators::frequency_cap::{CapsConfig, FrequencyCaps};
 use touchpoint_operators::intent::{IntentRules, IntentsConfig};
 use touchpoint_operators::journey::{Journey, Journeys, SubjectJourneys, Transition};
-use touchpoint_operators::ReadEvent;
+use touchpoint_operators::read_event::ReadEvent;
+use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 use touchpoint_schemas::{NormalizedEvent, SourcePosition};
 
 use touchpoint_operators::guardrails::{

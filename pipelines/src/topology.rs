@@ -54,9 +54,12 @@ use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, TransitionSto
 use touchpoint_connectors::kafka::AckedProducer;
 use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_operators::decision::{Decision, DecisionKind};
+use touchpoint_operators::decode::RecordDecoder;
+use touchpoint_operators::dedupe::EventDeduplicator;
 use touchpoint_operators::guardrails::{GuardrailRules, GuardrailState};
+use touchpoint_operators::normalize::Normalizer;
+use touchpoint_operators::tally::EpochTally;
 use touchpoint_operators::watermark::EventTimeConfig;
-use touchpoint_operators::{EpochTally, EventDeduplicator, Normalizer, RecordDecoder};
 
 use crate::config::EpochConfig;
 use crate::stages::consent::parse_consent_stream;

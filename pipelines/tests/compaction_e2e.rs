@@ -24,9 +24,9 @@ use serde_json::{json, Value};
 use touchpoint::RunOptions;
 use touchpoint_connectors::kafka::{read_all, AckedProducer, OutgoingRecord};
 use touchpoint_operators::consent::{
-    check_record_key, parse_consent_fields, parse_tombstone_key, Channel, ConsentConfig, ConsentFields, ConsentTable,
-    Purpose, SubjectRef,
+    check_record_key, parse_consent_fields, parse_tombstone_key, ConsentConfig, ConsentFields, ConsentTable,
 };
+use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
 const SUBJECTS: usize = 300;
 const DAY: &str = "2026-11-24";

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use common::{journeys_in, produce_json, rfc3339, runtime, TestPipeline, JOURNEYS_OFF};
 use serde_json::{json, Value};
 use touchpoint_connectors::kafka::read_all;
-use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::journey::machine::split_bucket;
+use touchpoint_schemas::SubjectRef;
 
 const T0_MS: i64 = 1_795_168_800_000;
 const MINUTE: i64 = 60_000;

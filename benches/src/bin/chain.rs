@@ -11,7 +11,7 @@ touchpoint_benches::pipeline_allocator!();
 
 use clap::Parser;
 use touchpoint_benches::chain::{local_config, source_records, CachedSchema, Chain};
-use touchpoint_operators::RecordDecoder;
+use touchpoint_operators::decode::RecordDecoder;
 
 #[derive(Parser)]
 struct Args {

@@ -15,14 +15,13 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 use clap::Parser;
-use touchpoint_operators::consent::{
-    Channel, ConsentChange, ConsentConfig, ConsentStatus, ConsentTable, Purpose, SubjectRef,
-};
+use touchpoint_operators::consent::{ConsentChange, ConsentConfig, ConsentStatus, ConsentTable};
 use touchpoint_operators::decision::{decide, DecisionKind};
 use touchpoint_operators::frequency_cap::{CapQuery, FrequencyCaps, SubjectCaps};
 use touchpoint_operators::intent::SendIntent;
 use touchpoint_operators::journey::{load_dir, Guardrails, Journeys, SendOutcome, SubjectJourneys};
 use touchpoint_schemas::NormalizedEvent;
+use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
 #[global_allocator]
 static ALLOCATOR: touchpoint_benches::CountingAllocator = touchpoint_benches::CountingAllocator;

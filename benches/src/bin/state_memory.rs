@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use touchpoint_operators::consent::{Channel, ConsentChange, ConsentStatus, ConsentTable, Purpose, SubjectRef};
+use touchpoint_operators::consent::{ConsentChange, ConsentStatus, ConsentTable};
 use touchpoint_operators::frequency_cap::{CapQuery, SubjectCaps};
+use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
 #[global_allocator]
 static ALLOCATOR: touchpoint_benches::CountingAllocator = touchpoint_benches::CountingAllocator;

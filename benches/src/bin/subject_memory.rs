@@ -15,12 +15,14 @@ use anyhow::Result;
 use clap::Parser;
 use touchpoint_benches::chain::local_config;
 use touchpoint_benches::live_bytes;
-use touchpoint_operators::consent::{Channel, ConsentChange, ConsentStatus, Purpose, SubjectRef};
+use touchpoint_operators::consent::{ConsentChange, ConsentStatus};
 use touchpoint_operators::dedupe::dedupe_key;
+use touchpoint_operators::dedupe::EventDeduplicator;
 use touchpoint_operators::guardrails::{GuardrailState, GuardrailWorker};
 use touchpoint_operators::journey::Journeys;
-use touchpoint_operators::{EventDeduplicator, ReadEvent};
+use touchpoint_operators::read_event::ReadEvent;
 use touchpoint_schemas::NormalizedEvent;
+use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
 #[global_allocator]
 static ALLOCATOR: touchpoint_benches::CountingAllocator = touchpoint_benches::CountingAllocator;

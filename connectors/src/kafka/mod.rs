@@ -1,18 +1,18 @@
 //! Kafka, through `rdkafka` (librdkafka). Nothing here is specific to the local broker (Apache Kafka,
 //! `deploy/kafka/`): the same code runs against any Kafka-protocol cluster.
 
-pub mod admin;
-pub mod config;
-pub mod encoding;
-pub mod producer;
-pub mod reader;
-pub mod source;
-pub mod transactional;
+mod admin;
+mod config;
+mod encoding;
+mod producer;
+mod reader;
+mod source;
+mod transactional;
 
 pub use admin::{delete_topics_with_prefix, ensure_topics, wait_for_brokers};
 pub use config::{KafkaConfig, TopicSpec};
 pub use encoding::OutgoingRecord;
 pub use producer::AckedProducer;
 pub use reader::{read_all, read_partitions, recv_batch, ReadRecord};
-pub use source::{log_bounds, PartitionSource, SourceError, SourceRecord};
+pub use source::{log_bounds, owned_partitions, partition_count, PartitionSource, SourceError, SourceRecord};
 pub use transactional::{TransactionalProducer, TxnError};

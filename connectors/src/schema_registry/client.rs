@@ -12,7 +12,7 @@ use apache_avro::Schema;
 use schema_registry_converter::blocking::schema_registry::{get_schema_by_id, post_schema, SrSettings};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
-use touchpoint_operators::{SchemaLookup, SchemaLookupError};
+use touchpoint_operators::decode::{SchemaLookup, SchemaLookupError};
 
 use super::SchemaRegistryConfig;
 

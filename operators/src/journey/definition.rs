@@ -38,7 +38,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::expr::Expr;
-use crate::consent::{Channel, Purpose};
+use touchpoint_schemas::{Channel, Purpose};
 
 /// The file as written (before validation).
 #[derive(Debug, Clone, Serialize, Deserialize)]

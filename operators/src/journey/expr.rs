@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::consent::{Channel, Purpose};
+use touchpoint_schemas::{Channel, Purpose};
 
 /// What an expression reads: the triggering event, the subject, the journey's variables, history and
 /// consent.

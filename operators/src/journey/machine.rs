@@ -25,10 +25,10 @@ use touchpoint_schemas::{NormalizedEvent, SourcePosition};
 
 use super::definition::{EventMatch, Journey, Reentry, Send as SendStep, StepIx, StepKind};
 use super::expr::Context;
-use crate::consent::{Channel, Purpose, SubjectRef};
 use crate::fast_hash::KeyBytes;
+use crate::fast_hash::{FastHashMap, FastHashSet};
 use crate::intent::{JourneyStepRef, SendIntent};
-use crate::{FastHashMap, FastHashSet};
+use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
 /// Most events of one type a subject's history keeps for `happened(...)` (the oldest go first). Per
 /// type, so a frequent type never pushes a rare one out; the history is bounded by this times the

@@ -25,7 +25,7 @@ pub use config::{EventTypesConfig, NormalizeConfig, UnknownEventTypes};
 pub(crate) use canonical::{lowercased_email, utf8, write_json};
 
 use crate::decode::event::{Attributes, EventFields, FieldValue};
-use crate::{FastHashMap, FastHashSet};
+use crate::fast_hash::{FastHashMap, FastHashSet};
 
 /// A record the pipeline refuses, with the reason code and a message for the person who produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]

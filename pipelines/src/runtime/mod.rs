@@ -23,13 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use touchpoint_connectors::kafka::source::partition_count;
+use touchpoint_connectors::kafka::partition_count;
 use touchpoint_connectors::kafka::{ensure_topics, TransactionalProducer};
-use touchpoint_operators::consent::SubjectRef;
+use touchpoint_operators::fast_hash::FastHashMap;
 use touchpoint_operators::guardrails::SubjectSendState;
 use touchpoint_operators::journey::{Journeys, SubjectJourneys};
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
-use touchpoint_operators::FastHashMap;
+use touchpoint_schemas::SubjectRef;
 
 use crate::config::PipelineConfig;
 use crate::stages::tally::RunTotals;

@@ -7,11 +7,11 @@ use std::time::Duration;
 use anyhow::Result;
 use touchpoint_connectors::clickhouse::EventStore;
 use touchpoint_connectors::kafka::read_all;
-use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::dedupe::dedupe_key;
+use touchpoint_operators::fast_hash::FastHashMap;
 use touchpoint_operators::guardrails::SubjectSendState;
 use touchpoint_operators::key_groups::owner as guardrail_owner;
-use touchpoint_operators::FastHashMap;
+use touchpoint_schemas::SubjectRef;
 
 use crate::config::PipelineConfig;
 use crate::stages::dedupe::owner;

@@ -11,11 +11,11 @@ use anyhow::{anyhow, Result};
 use rdkafka::consumer::CommitMode;
 use timely::worker::Worker;
 use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, TransitionStore};
-use touchpoint_connectors::kafka::source::owned_partitions;
+use touchpoint_connectors::kafka::owned_partitions;
 use touchpoint_connectors::kafka::{AckedProducer, PartitionSource};
 use touchpoint_connectors::schema_registry::RegistryClient;
+use touchpoint_operators::dedupe::EventDeduplicator;
 use touchpoint_operators::guardrails::GuardrailState;
-use touchpoint_operators::EventDeduplicator;
 
 use super::Shared;
 use crate::stages::kafka_source::{SourceState, StopPolicy};

@@ -10,7 +10,7 @@ use touchpoint_connectors::kafka::SourceRecord;
 use touchpoint_operators::consent::{
     check_record_key, parse_consent, parse_consent_fields, parse_tombstone_key, ConsentChange, ConsentFields,
 };
-use touchpoint_operators::{RecordDecoder, SchemaLookup};
+use touchpoint_operators::decode::{RecordDecoder, SchemaLookup};
 use touchpoint_schemas::SourcePosition;
 
 use super::normalize::{decode_with_retry, DeadLetter};
@@ -30,7 +30,7 @@ pub fn parse_consent_record<L: SchemaLookup>(
         // A tombstone: clear the entry named by the key.
         None => match record.key.as_deref() {
             Some(key) => parse_tombstone_key(key),
-            None => Err(touchpoint_operators::Rejection::new(
+            None => Err(touchpoint_operators::normalize::Rejection::new(
                 touchpoint_schemas::RejectReason::InvalidKey,
                 "tombstone without a key",
             )),

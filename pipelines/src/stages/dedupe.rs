@@ -5,8 +5,8 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::Stream;
 use touchpoint_operators::dedupe::dedupe_key;
-use touchpoint_operators::EventDeduplicator;
-use touchpoint_operators::ReadEvent;
+use touchpoint_operators::dedupe::EventDeduplicator;
+use touchpoint_operators::read_event::ReadEvent;
 
 use super::tally::TallyBook;
 use super::Epoch;

@@ -26,10 +26,10 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 use touchpoint_connectors::kafka::OutgoingRecord;
+use touchpoint_operators::read_event::ReadEvent;
 use touchpoint_operators::watermark::{
     EventTimeConfig, LatePolicy, PartitionClocks, PartitionReport, Timeliness, Watermark,
 };
-use touchpoint_operators::ReadEvent;
 use touchpoint_schemas::reject::headers;
 use touchpoint_schemas::NormalizedEvent;
 

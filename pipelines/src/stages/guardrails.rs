@@ -24,7 +24,7 @@ use touchpoint_operators::guardrails::{
 };
 use touchpoint_operators::journey::Transition;
 use touchpoint_operators::key_groups::{key_group, key_group_of};
-use touchpoint_operators::ReadEvent;
+use touchpoint_operators::read_event::ReadEvent;
 use touchpoint_schemas::NormalizedEvent;
 
 use super::Epoch;

@@ -12,8 +12,9 @@ use timely::dataflow::Stream;
 use timely::progress::operate::FrontierInterest;
 use touchpoint_connectors::kafka::{OutgoingRecord, SourceRecord};
 use touchpoint_connectors::Backoff;
-use touchpoint_operators::ReadEvent;
-use touchpoint_operators::{DecodeError, Normalizer, RecordDecoder, Rejection, SchemaLookup};
+use touchpoint_operators::decode::{DecodeError, RecordDecoder, SchemaLookup};
+use touchpoint_operators::normalize::{Normalizer, Rejection};
+use touchpoint_operators::read_event::ReadEvent;
 use touchpoint_schemas::reject::headers;
 use touchpoint_schemas::{RejectReason, SourcePosition};
 

@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use touchpoint_connectors::clickhouse::encoding::batch_token;
+use touchpoint_connectors::clickhouse::batch_token;
 use touchpoint_connectors::clickhouse::EventStore;
 use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord};
-use touchpoint_operators::consent::SubjectRef;
 use touchpoint_operators::decision::Decision;
 use touchpoint_schemas::channel::{JourneyStepRef, NO_METADATA};
+use touchpoint_schemas::SubjectRef;
 use touchpoint_schemas::{headers, ChannelMessageRef, NormalizedEvent};
 
 use super::epoch_sink::{Batch, BatchWriter};

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::Stream;
-use touchpoint_operators::EpochTally;
+use touchpoint_operators::tally::EpochTally;
 
 use super::Epoch;
 
