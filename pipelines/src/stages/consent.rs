@@ -1,9 +1,7 @@
 //! Parsing the consent topic: decode (JSON or Avro, like events), validate, or dead-letter.
 
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 use timely::progress::operate::FrontierInterest;
 use touchpoint_connectors::kafka::SourceRecord;
@@ -14,7 +12,7 @@ use touchpoint_operators::decode::{RecordDecoder, SchemaLookup};
 use touchpoint_schemas::SourcePosition;
 
 use super::normalize::{decode_with_retry, DeadLetter};
-use super::Epoch;
+use super::{vec_output, Epoch};
 
 /// A consent record: the change it makes, or its dead letter (bad payload, or a key that does not name
 /// the entry it sets).
@@ -58,10 +56,8 @@ pub fn parse_consent_stream<'s, L: SchemaLookup + 'static>(
     let mut input = builder.new_input(records, Pipeline);
     // Stateless: it works on what arrives and never waits for a frontier.
     builder.set_notify_for(0, FrontierInterest::Never);
-    let (changes_out, changes) = builder.new_output::<Vec<ConsentChange>>();
-    let (rejected_out, rejected) = builder.new_output::<Vec<DeadLetter>>();
-    let mut changes_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(changes_out);
-    let mut rejected_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(rejected_out);
+    let (mut changes_out, changes) = vec_output::<ConsentChange>(&mut builder);
+    let (mut rejected_out, rejected) = vec_output::<DeadLetter>(&mut builder);
     builder.build(move |_| {
         move |_frontiers| {
             let (mut changes_out, mut rejected_out) = (changes_out.activate(), rejected_out.activate());

@@ -18,11 +18,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 use touchpoint_connectors::kafka::OutgoingRecord;
@@ -37,7 +35,7 @@ use super::kafka_source::SharedSource;
 use super::normalize::ClockReading;
 use super::sinks::TopicRecord;
 use super::tally::TallyBook;
-use super::Epoch;
+use super::{vec_output, Epoch};
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -201,12 +199,9 @@ pub fn late_events<'s>(
     let mut builder = OperatorBuilder::new("LateEvents".to_owned(), events.scope());
     let mut events_in = builder.new_input(events, Pipeline);
     let mut reports_in = builder.new_input(reports, Pipeline);
-    let (events_out, on_time) = builder.new_output::<Vec<ReadEvent>>();
-    let (routed_out, routed) = builder.new_output::<Vec<LateEvent>>();
-    let (watermarks_out, watermarks) = builder.new_output::<Vec<i64>>();
-    let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(events_out);
-    let mut routed_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(routed_out);
-    let mut watermarks_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(watermarks_out);
+    let (mut events_out, on_time) = vec_output::<ReadEvent>(&mut builder);
+    let (mut routed_out, routed) = vec_output::<LateEvent>(&mut builder);
+    let (mut watermarks_out, watermarks) = vec_output::<i64>(&mut builder);
     builder.build(move |mut initial| {
         // Held at the inputs' frontier, to announce the watermark even in epochs without events.
         let mut clock = initial.pop();

@@ -10,10 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Capability, Concat};
 use timely::dataflow::Stream;
@@ -27,7 +25,7 @@ use touchpoint_operators::key_groups::{key_group, key_group_of};
 use touchpoint_operators::read_event::ReadEvent;
 use touchpoint_schemas::NormalizedEvent;
 
-use super::Epoch;
+use super::{vec_output, Epoch};
 
 /// The non-keyed side input: consent changes (exchanged by subject) and the watermark (local).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,16 +100,11 @@ pub fn guardrails<'s>(
         builder.new_input(events, Exchange::new(|r: &ReadEvent| key_group_of(&r.event.tenant_id, &r.event.subject_id)));
     let mut side_in = builder.new_input(side, Pipeline);
     // Output ports 0..5, in the order of `EpochInputs::caps`.
-    let (decisions_out, decisions) = builder.new_output::<Vec<Arc<Decision>>>();
-    let (transitions_out, transitions) = builder.new_output::<Vec<Transition>>();
-    let (caps_out, caps) = builder.new_output::<Vec<CapSnapshot>>();
-    let (journeys_out, journeys) = builder.new_output::<Vec<JourneySnapshot>>();
-    let (events_out, to_store) = builder.new_output::<Vec<NormalizedEvent>>();
-    let mut decisions_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(decisions_out);
-    let mut transitions_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(transitions_out);
-    let mut caps_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(caps_out);
-    let mut journeys_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(journeys_out);
-    let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(events_out);
+    let (mut decisions_out, decisions) = vec_output::<Arc<Decision>>(&mut builder);
+    let (mut transitions_out, transitions) = vec_output::<Transition>(&mut builder);
+    let (mut caps_out, caps) = vec_output::<CapSnapshot>(&mut builder);
+    let (mut journeys_out, journeys) = vec_output::<JourneySnapshot>(&mut builder);
+    let (mut events_out, to_store) = vec_output::<NormalizedEvent>(&mut builder);
 
     builder.build(move |_| {
         let mut pending: BTreeMap<Epoch, EpochInputs> = BTreeMap::new();

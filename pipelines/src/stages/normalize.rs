@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 use timely::progress::operate::FrontierInterest;
 use touchpoint_connectors::kafka::{OutgoingRecord, SourceRecord};
@@ -20,7 +18,7 @@ use touchpoint_schemas::{RejectReason, SourcePosition};
 
 use super::sinks::TopicRecord;
 use super::tally::TallyBook;
-use super::Epoch;
+use super::{vec_output, Epoch};
 
 /// A rejected record on its way to the dead-letter topic: the original bytes, untouched, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,12 +153,9 @@ pub fn normalize<'s, L: SchemaLookup + 'static>(
     let mut input = builder.new_input(records, Pipeline);
     // Stateless: it works on what arrives and never waits for a frontier.
     builder.set_notify_for(0, FrontierInterest::Never);
-    let (events_out, events) = builder.new_output::<Vec<ReadEvent>>();
-    let (rejected_out, rejected) = builder.new_output::<Vec<DeadLetter>>();
-    let (clocks_out, clocks) = builder.new_output::<Vec<ClockReading>>();
-    let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(events_out);
-    let mut rejected_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(rejected_out);
-    let mut clocks_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(clocks_out);
+    let (mut events_out, events) = vec_output::<ReadEvent>(&mut builder);
+    let (mut rejected_out, rejected) = vec_output::<DeadLetter>(&mut builder);
+    let (mut clocks_out, clocks) = vec_output::<ClockReading>(&mut builder);
     builder.build(move |_| {
         move |_frontiers| {
             let (mut events_out, mut rejected_out, mut clocks_out) =
