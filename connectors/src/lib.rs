@@ -10,11 +10,11 @@
 //! Integration tests run against the real services started by `deploy/scripts/stack.sh`; their
 //! addresses come from `testing::ServiceAddresses` (feature `testing`).
 
-pub mod backoff;
+mod backoff;
 pub mod channels;
 pub mod clickhouse;
 pub mod kafka;
-pub mod runtime;
+mod runtime;
 pub mod schema_registry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -2,16 +2,16 @@
 //! binary. Start reading at [`topology`], which draws the whole dataflow.
 
 pub mod allocator;
-pub mod config;
+mod config;
 pub mod connect;
 pub mod describe;
 pub mod explain;
 pub mod metrics;
 pub mod replay;
-pub mod runtime;
+mod runtime;
 pub mod scenario;
 pub mod stages;
 pub mod topology;
 
-pub use config::PipelineConfig;
-pub use runtime::{run, RunOptions, RunReport};
+pub use config::{BuiltRules, ConfigError, PipelineConfig};
+pub use runtime::{restore_caps, restore_changelog, run, RunOptions, RunReport};

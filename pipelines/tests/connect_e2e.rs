@@ -316,8 +316,7 @@ fn sms_status_callbacks_are_reconciled_into_clickhouse_deliveries() {
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).to_string()
     };
-    let first_id =
-        touchpoint_schemas::channel::delivery_id(touchpoint_schemas::Channel::Sms, &format!("{}-sms-0", h.bucket));
+    let first_id = touchpoint_schemas::delivery_id(touchpoint_schemas::Channel::Sms, &format!("{}-sms-0", h.bucket));
     assert_eq!(post(json!({"delivery_id": "sms-unknown", "status": "delivered"})), "404");
     assert_eq!(post(json!({"delivery_id": first_id, "status": "failed", "reason": "carrier blocked"})), "200");
     wait_until("the generic callback in ClickHouse", 60, || {

@@ -20,7 +20,7 @@ use common::{runtime, TestPipeline};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use touchpoint_connectors::kafka::{read_all, ReadRecord};
-use touchpoint_schemas::reject::headers;
+use touchpoint_schemas::headers;
 
 /// The stream's reference time; the local profile allows 1 h of lateness.
 const T0_MS: i64 = 1_795_168_800_000; // 2026-11-20T10:00:00Z

@@ -12,7 +12,7 @@ use common::{runtime, TestPipeline};
 use serde_json::json;
 use touchpoint::RunOptions;
 use touchpoint_connectors::kafka::{read_all, AckedProducer, OutgoingRecord};
-use touchpoint_schemas::reject::headers;
+use touchpoint_schemas::headers;
 
 const SUBJECTS: usize = 50_000;
 /// Subjects that also get events (the rest only have consent records).

@@ -10,7 +10,7 @@ use common::{end_offsets, TestPipeline};
 use touchpoint::RunOptions;
 use touchpoint_connectors::kafka::read_all;
 use touchpoint_generate::Expected;
-use touchpoint_schemas::reject::headers;
+use touchpoint_schemas::headers;
 use touchpoint_schemas::RejectReason;
 
 #[test]

@@ -5,13 +5,16 @@
 //! depend on it.
 
 pub mod avro;
-pub mod channel;
+mod channel;
 pub mod clickhouse;
-pub mod event;
-pub mod reject;
-pub mod vocabulary;
+mod event;
+mod reject;
+mod vocabulary;
 
-pub use channel::{ChannelMessage, ChannelMessageRef, Delivery, DeliveryStatus};
+pub use channel::{
+    delivery_id, ChannelMessage, ChannelMessageRef, Delivery, DeliverySource, DeliveryStatus, JourneyStep,
+    JourneyStepRef, NO_METADATA,
+};
 pub use event::{NormalizedEvent, SourcePosition};
 pub use reject::{headers, RejectReason};
 pub use vocabulary::{Channel, Purpose, SubjectRef};

@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Form, Json, Router};
-use touchpoint_schemas::channel::DeliverySource;
+use touchpoint_schemas::DeliverySource;
 use touchpoint_schemas::{Delivery, DeliveryStatus};
 
 use super::now_ms;

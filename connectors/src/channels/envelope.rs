@@ -5,8 +5,8 @@ use std::sync::OnceLock;
 
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
-use touchpoint_schemas::channel::JourneyStep;
 use touchpoint_schemas::ChannelMessage;
+use touchpoint_schemas::JourneyStep;
 
 fn schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();

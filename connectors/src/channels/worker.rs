@@ -22,7 +22,7 @@ use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use touchpoint_schemas::channel::{delivery_id, DeliverySource};
+use touchpoint_schemas::{delivery_id, DeliverySource};
 use touchpoint_schemas::{headers, ChannelMessage, Delivery, DeliveryStatus};
 
 use super::breaker::{BreakerConfig, SharedBreaker};

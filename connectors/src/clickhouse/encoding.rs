@@ -191,9 +191,9 @@ impl<'a> From<&'a touchpoint_schemas::Delivery> for DeliveryRow<'a> {
             status: d.status.as_str(),
             attempt: d.attempt,
             source: match d.source {
-                touchpoint_schemas::channel::DeliverySource::Connector => "connector",
-                touchpoint_schemas::channel::DeliverySource::Callback => "callback",
-                touchpoint_schemas::channel::DeliverySource::Reconciled => "reconciled",
+                touchpoint_schemas::DeliverySource::Connector => "connector",
+                touchpoint_schemas::DeliverySource::Callback => "callback",
+                touchpoint_schemas::DeliverySource::Reconciled => "reconciled",
             },
             delivery_id: &d.delivery_id,
             idempotency_key: &d.idempotency_key,

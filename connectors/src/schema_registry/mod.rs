@@ -1,8 +1,8 @@
 //! Confluent-compatible Schema Registry, through `schema_registry_converter` (blocking client: lookups
 //! happen on timely worker threads, rarely, and are cached).
 
-pub mod client;
-pub mod config;
+mod client;
+mod config;
 
 pub use client::RegistryClient;
 pub use config::SchemaRegistryConfig;

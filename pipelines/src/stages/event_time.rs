@@ -28,7 +28,7 @@ use touchpoint_operators::read_event::ReadEvent;
 use touchpoint_operators::watermark::{
     EventTimeConfig, LatePolicy, PartitionClocks, PartitionReport, Timeliness, Watermark,
 };
-use touchpoint_schemas::reject::headers;
+use touchpoint_schemas::headers;
 use touchpoint_schemas::NormalizedEvent;
 
 use super::kafka_source::SharedSource;

@@ -13,7 +13,7 @@ use touchpoint_connectors::Backoff;
 use touchpoint_operators::decode::{DecodeError, RecordDecoder, SchemaLookup};
 use touchpoint_operators::normalize::{Normalizer, Rejection};
 use touchpoint_operators::read_event::ReadEvent;
-use touchpoint_schemas::reject::headers;
+use touchpoint_schemas::headers;
 use touchpoint_schemas::{RejectReason, SourcePosition};
 
 use super::sinks::TopicRecord;

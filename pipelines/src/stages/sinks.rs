@@ -8,9 +8,9 @@ use touchpoint_connectors::clickhouse::batch_token;
 use touchpoint_connectors::clickhouse::EventStore;
 use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord};
 use touchpoint_operators::decision::Decision;
-use touchpoint_schemas::channel::{JourneyStepRef, NO_METADATA};
 use touchpoint_schemas::SubjectRef;
 use touchpoint_schemas::{headers, ChannelMessageRef, NormalizedEvent};
+use touchpoint_schemas::{JourneyStepRef, NO_METADATA};
 
 use super::epoch_sink::{Batch, BatchWriter};
 use super::Epoch;
