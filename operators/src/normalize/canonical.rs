@@ -80,17 +80,32 @@ fn snake_case_unicode(raw: &str) -> String {
     out
 }
 
+/// Why a timestamp field is not an event time.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventTimeError {
+    #[error("{0} is not a finite number")]
+    NotFinite(String),
+    #[error("{0:?} is neither RFC 3339 nor epoch seconds/milliseconds")]
+    Unparsable(String),
+    #[error("expected a string or a number, got {0}")]
+    WrongType(&'static str),
+    #[error("{0} ms since the epoch is outside 1900..2300")]
+    OutOfYears(i64),
+    #[error("{0} is out of range for epoch seconds or milliseconds")]
+    OutOfRange(f64),
+}
+
 /// Parses `occurred_at`: RFC 3339 with any offset, or epoch seconds / milliseconds (as a number or a
-/// numeric string, fractions allowed). Returns UTC milliseconds, or a human reason.
-pub fn parse_event_time(value: &Value) -> Result<i64, String> {
+/// numeric string, fractions allowed). Returns UTC milliseconds.
+pub fn parse_event_time(value: &Value) -> Result<i64, EventTimeError> {
     parse_event_time_field(&FieldValue::of(value))
 }
 
 /// [`parse_event_time`] of a decoded event field.
-pub fn parse_event_time_field(value: &FieldValue<'_>) -> Result<i64, String> {
+pub fn parse_event_time_field(value: &FieldValue<'_>) -> Result<i64, EventTimeError> {
     let ms = match value {
         FieldValue::Number(n) => {
-            let f = n.as_f64().ok_or_else(|| format!("{n} is not a finite number"))?;
+            let f = n.as_f64().ok_or_else(|| EventTimeError::NotFinite(n.to_string()))?;
             epoch_number_to_millis(f)?
         }
         FieldValue::Str(s) => {
@@ -100,24 +115,24 @@ pub fn parse_event_time_field(value: &FieldValue<'_>) -> Result<i64, String> {
             } else if let Ok(f) = s.parse::<f64>() {
                 epoch_number_to_millis(f)?
             } else {
-                return Err(format!("{s:?} is neither RFC 3339 nor epoch seconds/milliseconds"));
+                return Err(EventTimeError::Unparsable(s.to_string()));
             }
         }
-        other => return Err(format!("expected a string or a number, got {}", other.kind())),
+        other => return Err(EventTimeError::WrongType(other.kind())),
     };
     if !(MIN_EVENT_TIME_MS..MAX_EVENT_TIME_MS).contains(&ms) {
-        return Err(format!("{ms} ms since the epoch is outside 1900..2300"));
+        return Err(EventTimeError::OutOfYears(ms));
     }
     Ok(ms)
 }
 
-fn epoch_number_to_millis(f: f64) -> Result<i64, String> {
+fn epoch_number_to_millis(f: f64) -> Result<i64, EventTimeError> {
     if !f.is_finite() {
-        return Err("timestamp is not a finite number".into());
+        return Err(EventTimeError::NotFinite("timestamp".into()));
     }
     let ms = if f.abs() < SECONDS_MILLIS_BOUNDARY { f * 1000.0 } else { f };
     if ms.abs() > 1e15 {
-        return Err(format!("{f} is out of range for epoch seconds or milliseconds"));
+        return Err(EventTimeError::OutOfRange(f));
     }
     Ok(ms.round() as i64)
 }
