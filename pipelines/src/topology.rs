@@ -1,25 +1,29 @@
 //! The whole dataflow of the pipeline, on one screen.
 //!
 //! ```text
-//!  marketing.events ─► EventSource ─► Normalize ─┬─ events ─► [by tenant+event_id] Dedupe ─► LateEvents ─┬─ late, `route` ─► LateEventsTopic
-//!   (this worker's      (epochs ≥ 1)  (decode,   │                                           (watermark)  │   (marketing.events.late)
-//!    partitions)                      validate)  ├─ rejects ─► DeadLetterTopic (marketing.events.dlq)  ▲  ├─ events ─────────┐
-//!                                                └─ clock readings ─► PartitionClocks ─► [broadcast] ───┘  └─ watermark ──┐   │
-//!                                                     (max event time, idle; partition reports)                           │   │
-//!  marketing.consent ─► ConsentSource ─► ParseConsent ─┬─ changes ─► [by subject key group] ────────────────────────► Guardrails
-//!   (replayed from      (restore at       (decode,     └─ rejects ─► DeadLetterTopic (marketing.consent.dlq)     (consent; journey timers;
-//!    the beginning)      epoch 0)          validate)                                                          rules; journeys; caps)
-//!                                                                                                               │ │ │ │ │
-//!          ClickHouseEvents (`events`) ◄── events an earlier run did not store ◄────────────────────────────────┘ │ │ │ │
-//!          ClickHouseDecisions (`decisions`) ◄── decisions ◄──────────────────────────────────────────────────────┘ │ │ │
-//!          ConnectorTopics (connector.<channel>) ◄── allowed ◄── decisions                                          │ │ │
-//!          ClickHouseTransitions (`journey_transitions`) ◄── journey movements ◄────────────────────────────────────┘ │ │
-//!          CapsChangelog (<group>.caps-changelog) ◄── AfterSends ◄── caps + send ledger ◄─────────────────────────────┘ │
-//!            (once the epoch's sends and decisions are durable)                                                         │
-//!          JourneysChangelog (<group>.journeys-changelog) ◄── AfterLedger (once the ledger is durable) ◄── journey state ┘
+//! marketing.events ─► EventSource ─► Normalize ─┬─ rejects ─► DeadLetterTopic (marketing.events.dlq)
+//! (this worker's      (epochs ≥ 1)  (decode,    ├─ clock readings ─► PartitionClocks ─► [broadcast] ┐
+//!  partitions)                       validate)  │   (max event time, idle; partition reports)    ▼
+//!                                                └─ events ─► [by tenant+event_id] Dedupe ─► LateEvents (watermark)
+//!                                                                                                │
+//!     ┌──────────────────────────────────────────────────────────────────────────────────────────┤
+//!     │  late, `route` ─► LateEventsTopic (marketing.events.late)                                │ events, watermark
+//! marketing.consent ─► ConsentSource ─► ParseConsent ─┬─ rejects ─► DeadLetterTopic              │
+//! (replayed from the   (restore at      (decode,      │              (marketing.consent.dlq)     │
+//!  beginning)           epoch 0)         validate)    └─ changes ─► [by subject key group] ──────┤
+//!                                                                                                ▼
+//!          Guardrails [events and changes by subject key group]: consent; journey timers; rules; journeys; caps
+//!           │ events an earlier run did not store ─► ClickHouseEvents (`events`)
+//!           │ decisions ─► ClickHouseDecisions (`decisions`)
+//!           │   └ allowed ─► ConnectorTopics (connector.<channel>)
+//!           │ journey movements ─► ClickHouseTransitions (`journey_transitions`)
+//!           │ caps + send ledger ─► AfterSends (once the epoch's sends and decisions are durable)
+//!           │                         ─► CapsChangelog (<group>.caps-changelog)
+//!           └ journey state ─► AfterLedger (once the ledger is durable)
+//!                                ─► JourneysChangelog (<group>.journeys-changelog)
 //!
-//!  every sink's progress ─► probe ─► commit the event offsets of durable epochs
-//!  per-worker tallies ─► [to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
+//! every sink's progress ─► probe ─► commit the event offsets of durable epochs
+//! per-worker tallies ─► [to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
 //! ```
 //!
 //! Under `processing.guarantee: exactly_once_v2` the Kafka sinks above are replaced by one transaction:
