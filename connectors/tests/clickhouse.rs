@@ -87,7 +87,10 @@ fn rows_round_trip_with_millisecond_times() {
         .block_on(
             store
                 .client()
-                .query("SELECT toUnixTimestamp64Milli(occurred_at) AS occurred_ms, event_type, attributes, kafka_offset FROM events")
+                .query(
+                    "SELECT toUnixTimestamp64Milli(occurred_at) AS occurred_ms, event_type, attributes, \
+                    kafka_offset FROM events",
+                )
                 .fetch_one(),
         )
         .unwrap();

@@ -479,7 +479,8 @@ fn an_open_breaker_holds_messages_back_until_the_cool_down_ends() {
         "connect_breaker",
         &[(
             "retry: {max_attempts: 8, initial_backoff: 100ms, max_backoff: 5s}",
-            "retry: {max_attempts: 10, initial_backoff: 10ms, max_backoff: 20ms}\n    breaker: {failures: 2, cool_down: 2s}",
+            "retry: {max_attempts: 10, initial_backoff: 10ms, max_backoff: 20ms}\n    breaker: \
+                {failures: 2, cool_down: 2s}",
         )],
     );
     runtime().block_on(h.peers.control(&h.bucket, json!({"secret": "whsec-local-demo", "fail_first": 4}))).unwrap();

@@ -58,7 +58,11 @@ fn start(tp: &TestPipeline, log: &PathBuf) -> Child {
         .arg(&tp.path)
         .args(["--workers", "2"])
         // Every epoch's verdicts and every sink write are in the log a failure prints.
-        .env("RUST_LOG", "info,rdkafka=warn,touchpoint::stages::event_time=debug,touchpoint::stages::epoch_sink=debug,touchpoint::stages::sinks=debug")
+        .env(
+            "RUST_LOG",
+            "info,rdkafka=warn,touchpoint::stages::event_time=debug,\
+             touchpoint::stages::epoch_sink=debug,touchpoint::stages::sinks=debug",
+        )
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()
@@ -187,7 +191,10 @@ fn late_events_are_routed_to_the_late_topic_and_nowhere_else() {
             .collect();
         let first: Vec<String> = routed.iter().map(|r| format!("{}@{}", r.partition, r.offset)).collect();
         let extra: Vec<String> = routed_ids.difference(&late).map(fate).collect();
-        panic!("exactly the late events are routed; missing {missing:?}, extra {extra:?}; read {first:?}, read again {again:?}\nstdout:\n{stdout}\nlog:\n{log}");
+        panic!(
+            "exactly the late events are routed; missing {missing:?}, extra {extra:?}; read {first:?}, read \
+            again {again:?}\nstdout:\n{stdout}\nlog:\n{log}"
+        );
     }
     assert_eq!(routed.len(), late.len(), "each once");
     for r in &routed {

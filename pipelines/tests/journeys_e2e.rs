@@ -187,7 +187,10 @@ fn journeys_wait_branch_split_and_exit_across_a_sigkill() {
             .block_on(
                 tp.store()
                     .client()
-                    .query("SELECT from_step, to_step, cause FROM journey_transitions FINAL WHERE subject_id = ? ORDER BY event_time, seq")
+                    .query(
+                        "SELECT from_step, to_step, cause FROM journey_transitions FINAL WHERE subject_id = ? \
+                        ORDER BY event_time, seq",
+                    )
                     .bind(subject)
                     .fetch_all::<Step>(),
             )
@@ -214,7 +217,11 @@ fn journeys_wait_branch_split_and_exit_across_a_sigkill() {
     assert!(c.contains(&"wait-for-order>variant:timeout".to_string()), "{c:?}");
 
     // Decisions carry the journey and step.
-    let journey_decisions = count(&tp, "SELECT count() FROM decisions FINAL WHERE journey != '' AND journey_step != '' AND journey_version LIKE 'v1-%'");
+    let journey_decisions = count(
+        &tp,
+        "SELECT count() FROM decisions FINAL WHERE journey != '' AND journey_step \
+        != '' AND journey_version LIKE 'v1-%'",
+    );
     assert_eq!(journey_decisions, expected.len() as u64);
     // `touchpoint explain` tells the story of one subject.
     let out = Command::new(env!("CARGO_BIN_EXE_touchpoint"))

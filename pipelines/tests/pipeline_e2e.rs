@@ -136,6 +136,7 @@ fn the_built_dataflow_is_the_one_docs_topology_describes() {
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         expected == described,
-        "the built dataflow differs from docs/topology.txt (regenerate it with TOUCHPOINT_BLESS_TOPOLOGY=1):\n{described}"
+        "the built dataflow differs from docs/topology.txt (regenerate it with \
+            TOUCHPOINT_BLESS_TOPOLOGY=1):\n{described}"
     );
 }

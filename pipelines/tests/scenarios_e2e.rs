@@ -149,7 +149,10 @@ fn run_on_services(name: &str) {
         .block_on(
             tp.store()
                 .client()
-                .query("SELECT subject_id, template, decision FROM decisions FINAL WHERE journey != '' AND decision != 'allowed'")
+                .query(
+                    "SELECT subject_id, template, decision FROM decisions FINAL WHERE journey != '' AND \
+                    decision != 'allowed'",
+                )
                 .fetch_all::<Suppressed>(),
         )
         .expect("decisions")
@@ -173,7 +176,10 @@ fn run_on_services(name: &str) {
             .block_on(
                 tp.store()
                     .client()
-                    .query("SELECT from_step, to_step, cause FROM journey_transitions FINAL WHERE subject_id = ? ORDER BY event_time, seq")
+                    .query(
+                        "SELECT from_step, to_step, cause FROM journey_transitions FINAL WHERE subject_id = ? \
+                        ORDER BY event_time, seq",
+                    )
                     .bind(subject)
                     .fetch_all::<Move>(),
             )
