@@ -237,9 +237,9 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                 let (input, source_positions) = scope.new_input::<Vec<TxnItem>>();
                 positions = Some(input);
                 let items = scope.concatenate([
-                    late.map(move |r| TxnItem::Record(r.to_record(&late_events_topic))),
-                    rejected.map(move |r| TxnItem::Record(r.to_record(&dead_letter_topic))),
-                    bad_consent.map(move |r| TxnItem::Record(r.to_record(&consent_dead_letter_topic))),
+                    late.map(move |r| TxnItem::Record(r.to_record(&late_events_topic).bounded())),
+                    rejected.map(move |r| TxnItem::Record(r.to_record(&dead_letter_topic).bounded())),
+                    bad_consent.map(move |r| TxnItem::Record(r.to_record(&consent_dead_letter_topic).bounded())),
                     allowed.map(move |d| TxnItem::encoded(send_record(&d, &connector_prefix))),
                     cap_states.map(move |s| TxnItem::encoded(changelog_record(&caps_changelog_topic, &s))),
                     journey_states.map(move |s| TxnItem::encoded(changelog_record(&journeys_changelog_topic, &s))),

@@ -105,6 +105,9 @@ pub mod headers {
     pub const DLQ_STATUS: &str = "tp.dlq.status";
     pub const DLQ_ATTEMPTS: &str = "tp.dlq.attempts";
     pub const DLQ_AT: &str = "tp.dlq.at";
+    /// On a record written as a reference (its key and value left out, too large to write): the size
+    /// in bytes the full record would have had. The source position headers say where the original is.
+    pub const ORIGINAL_BYTES: &str = "tp.original.bytes";
 }
 
 #[cfg(test)]

@@ -31,7 +31,9 @@ use super::ledger::{Ledger, LedgerEntry};
 use super::rate_limit::{RateLimitConfig, RateLimiter};
 use super::retry::RetryPolicy;
 use super::{now_ms, ChannelClient, DeliveryRef, ProviderStatus, SendError};
-use crate::kafka::{recv_batch, AckedProducer, KafkaConfig, OutgoingRecord, TopicSpec};
+use crate::kafka::{
+    bounded_text, recv_batch, AckedProducer, KafkaConfig, OutgoingRecord, ProduceError, TopicSpec, MAX_REASON_BYTES,
+};
 
 /// The longest a round works before it commits and polls Kafka again (well inside the default
 /// `max.poll.interval.ms` of 5 minutes).
@@ -673,6 +675,8 @@ impl<C: ChannelClient> ConnectorWorker<C> {
         delivery_record(&self.topics.deliveries, d)
     }
 
+    /// The dead letter of `r`: its original key and value, why, where it was read. Bounded: the reason
+    /// and key headers are cut, and a record too large to write goes as a reference.
     fn dead_letter_record(&self, r: &Incoming, key: &str, status: &str, reason: &str, attempts: u32) -> OutgoingRecord {
         OutgoingRecord {
             topic: self.topics.dead_letter.clone(),
@@ -680,21 +684,36 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             key: r.key.clone(),
             payload: r.payload.clone(),
             headers: vec![
-                (headers::DLQ_REASON.into(), reason.as_bytes().to_vec()),
+                (headers::DLQ_REASON.into(), bounded_text(reason, MAX_REASON_BYTES).into_bytes()),
                 (headers::DLQ_STATUS.into(), status.as_bytes().to_vec()),
                 (headers::DLQ_ATTEMPTS.into(), attempts.to_string().into_bytes()),
-                (headers::IDEMPOTENCY_KEY.into(), key.as_bytes().to_vec()),
+                (headers::IDEMPOTENCY_KEY.into(), bounded_text(key, MAX_REASON_BYTES).into_bytes()),
                 (headers::SOURCE_TOPIC.into(), self.topics.source.clone().into_bytes()),
                 (headers::SOURCE_PARTITION.into(), r.partition.to_string().into_bytes()),
                 (headers::SOURCE_OFFSET.into(), r.offset.to_string().into_bytes()),
                 (headers::DLQ_AT.into(), now_ms().to_string().into_bytes()),
             ],
         }
+        .bounded()
     }
 
-    /// Writes records and returns once the broker acknowledged all of them.
+    /// Writes records and returns once the broker acknowledged all of them. A dead letter the broker
+    /// refuses for good (its limit lower than ours) goes again as its reference: a worker that retried
+    /// it would stop on it forever. Any other refused record (ledger, delivery) fails the call: on those
+    /// compacted topics a reference would be a tombstone.
     async fn durable(&self, records: Vec<OutgoingRecord>) -> Result<()> {
-        self.producer.send_all(&records).await.map(|_| ())
+        match self.producer.send_all(&records).await {
+            Ok(_) => Ok(()),
+            Err(ProduceError::Refused { refused, .. })
+                if refused.iter().all(|(i, _)| records[*i].topic == self.topics.dead_letter) =>
+            {
+                let references: Vec<_> =
+                    refused.into_iter().map(|(i, _)| records[i].clone().into_reference()).collect();
+                self.producer.send_all(&references).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use futures::channel::oneshot;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -21,6 +21,38 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the broker said of one record: where it was stored, or why not.
 type Outcome = Result<(i32, i64), KafkaError>;
+
+/// Errors no resend can cure: the record itself is refused (too large, malformed). Sending it again
+/// would stall the caller forever on one record.
+pub fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+        )
+    )
+}
+
+/// Why [`AckedProducer::send_all`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The broker (or librdkafka, before sending) refuses these records for good; the others were
+    /// acknowledged. Not retried.
+    #[error("{} record(s) refused for good, the first (#{}) for {}: {}", .refused.len(), .refused[0].0, .topic, .refused[0].1)]
+    Refused {
+        topic: String,
+        /// (index in the call's records, error).
+        refused: Vec<(usize, KafkaError)>,
+        /// Per record: where it was stored, `None` for a refused one.
+        acked: Vec<Option<(i32, i64)>>,
+    },
+    #[error("{pending} of {total} records were not acknowledged after {DELIVERY_ATTEMPTS} attempts")]
+    NotAcknowledged { pending: usize, total: usize },
+}
 
 /// The acknowledgements of one round of [`AckedProducer::send_all`]. librdkafka's polling thread fills a
 /// record's slot as its delivery report comes in, and wakes the waiting task once, when the last one is
@@ -129,9 +161,11 @@ impl AckedProducer {
 
     /// Sends every record and returns their (partition, offset) once all are acknowledged. A record
     /// that fails is sent again on its own (the others are not repeated); after
-    /// [`DELIVERY_ATTEMPTS`] the whole call fails.
-    pub async fn send_all(&self, records: &[OutgoingRecord]) -> Result<Vec<(i32, i64)>> {
+    /// [`DELIVERY_ATTEMPTS`] the whole call fails. A record refused for good ([`is_permanent`]) is not
+    /// sent again: the call ends with [`ProduceError::Refused`], naming it.
+    pub async fn send_all(&self, records: &[OutgoingRecord]) -> Result<Vec<(i32, i64)>, ProduceError> {
         let mut acked: Vec<Option<(i32, i64)>> = vec![None; records.len()];
+        let mut refused: Vec<(usize, KafkaError)> = Vec::new();
         let mut pending: Vec<usize> = (0..records.len()).collect();
         for attempt in 1..=DELIVERY_ATTEMPTS {
             let producer = self.producer();
@@ -177,6 +211,10 @@ impl AckedProducer {
             for (i, outcome) in sent.into_iter().zip(outcomes) {
                 match outcome {
                     Some(Ok(position)) => acked[i] = Some(position),
+                    Some(Err(e)) if is_permanent(&e) => {
+                        tracing::error!(topic = %records[i].topic, error = %e, "record refused for good; not sent again");
+                        refused.push((i, e));
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(
                             topic = %records[i].topic,
@@ -202,12 +240,12 @@ impl AckedProducer {
             self.replace_if_fatal();
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
         }
+        if !refused.is_empty() {
+            let topic = records[refused[0].0].topic.clone();
+            return Err(ProduceError::Refused { topic, refused, acked });
+        }
         if !pending.is_empty() {
-            bail!(
-                "{} of {} records were not acknowledged after {DELIVERY_ATTEMPTS} attempts",
-                pending.len(),
-                records.len()
-            );
+            return Err(ProduceError::NotAcknowledged { pending: pending.len(), total: records.len() });
         }
         Ok(acked.into_iter().flatten().collect())
     }

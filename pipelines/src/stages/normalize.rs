@@ -8,7 +8,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Stream;
 use timely::progress::operate::FrontierInterest;
-use touchpoint_connectors::kafka::{OutgoingRecord, SourceRecord};
+use touchpoint_connectors::kafka::{bounded_text, OutgoingRecord, SourceRecord, MAX_REASON_BYTES};
 use touchpoint_connectors::Backoff;
 use touchpoint_operators::decode::{DecodeError, RecordDecoder, SchemaLookup};
 use touchpoint_operators::normalize::{Normalizer, Rejection};
@@ -108,7 +108,8 @@ impl DeadLetter {
             key: record.key,
             payload: record.payload,
             reason_code: rejection.reason.code().to_string(),
-            message: rejection.message,
+            // A producer chooses what a rejection quotes (an event type, a field): bounded.
+            message: bounded_text(&rejection.message, MAX_REASON_BYTES),
             rejected_at_ms,
         }
     }

@@ -6,7 +6,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use touchpoint_connectors::clickhouse::batch_token;
 use touchpoint_connectors::clickhouse::EventStore;
-use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord};
+use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord, ProduceError};
 use touchpoint_operators::decision::Decision;
 use touchpoint_schemas::SubjectRef;
 use touchpoint_schemas::{headers, ChannelMessageRef, NormalizedEvent};
@@ -53,12 +53,22 @@ impl<T: TopicRecord + Send + Sync + 'static> BatchWriter<T> for TopicSink {
         self.name
     }
 
+    /// Bounded: a record too large to write goes as a reference, and one the broker still refuses for
+    /// good (its limit lower than ours) goes again as its reference instead of stalling the epoch.
     fn write(&self, _epoch: Epoch, batch: Arc<Batch<T>>) -> BoxFuture<'static, anyhow::Result<()>> {
         let (producer, name) = (self.producer.clone(), self.name);
-        let records: Vec<_> = batch.iter().map(|r| r.to_record(&self.topic)).collect();
+        let records: Vec<_> = batch.iter().map(|r| r.to_record(&self.topic).bounded()).collect();
         async move {
-            let acked = producer.send_all(&records).await?;
-            tracing::debug!(sink = name, ?acked, "records acknowledged at (partition, offset)");
+            match producer.send_all(&records).await {
+                Ok(acked) => tracing::debug!(sink = name, ?acked, "records acknowledged at (partition, offset)"),
+                Err(ProduceError::Refused { refused, .. }) => {
+                    tracing::error!(sink = name, records = refused.len(), "records refused; writing their references");
+                    let references: Vec<_> =
+                        refused.into_iter().map(|(i, _)| records[i].clone().into_reference()).collect();
+                    producer.send_all(&references).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
             Ok(())
         }
         .boxed()
@@ -163,7 +173,11 @@ impl BatchWriter<Arc<Decision>> for ConnectorTopics {
     fn write(&self, _epoch: Epoch, batch: Arc<Batch<Arc<Decision>>>) -> BoxFuture<'static, anyhow::Result<()>> {
         let producer = self.producer.clone();
         let records: Result<Vec<_>, _> = batch.iter().map(|d| send_record(d, &self.prefix)).collect();
-        async move { producer.send_all(&records?).await.map(|_| ()) }.boxed()
+        async move {
+            producer.send_all(&records?).await?;
+            Ok(())
+        }
+        .boxed()
     }
 
     /// Sends do not need each other: every record carries its idempotency key, and the ledger is written
@@ -196,7 +210,11 @@ impl<T: serde::Serialize + Send + Sync + 'static> BatchWriter<touchpoint_operato
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         let producer = self.producer.clone();
         let records: Result<Vec<_>, _> = batch.iter().map(|s| changelog_record(&self.topic, s)).collect();
-        async move { producer.send_all(&records?).await.map(|_| ()) }.boxed()
+        async move {
+            producer.send_all(&records?).await?;
+            Ok(())
+        }
+        .boxed()
     }
 }
 
