@@ -398,6 +398,7 @@ fn malformed_record(
         RejectReason::InvalidSubjectId => d.subject = "   ".into(),
         RejectReason::InvalidEventType => d.raw_type = "!!!".into(),
         RejectReason::UnknownEventType => d.raw_type = "Mystery Event".into(),
+        RejectReason::InvalidId => d.tenant = Some("acme/eu"),
         consent_only @ (RejectReason::UnknownChannel
         | RejectReason::UnknownPurpose
         | RejectReason::UnknownConsentStatus

@@ -162,6 +162,7 @@ pub fn parse_tombstone_key(key: &[u8]) -> Result<ConsentChange, Rejection> {
         return Err(shape());
     };
     let Some((tenant, subject)) = rest.split_once('/') else { return Err(shape()) };
+    crate::normalize::check_tenant_id(tenant)?;
     let (Some(channel), Some(purpose)) = (Channel::parse(channel), Purpose::parse(purpose)) else {
         return Err(shape());
     };
@@ -268,6 +269,9 @@ pub fn parse_consent_fields(fields: &ConsentFields<'_>, default_tenant: &str) ->
         Some(FieldValue::Str(t)) if !t.trim().is_empty() => t.trim(),
         _ => default_tenant,
     };
+    // The consent key is `tenant/subject/channel/purpose`: a `/` in the tenant would let two entries
+    // share one key, and compaction keep only one of them.
+    crate::normalize::check_tenant_id(tenant_id)?;
     let raw_channel = text("channel", &fields.channel)?;
     let channel = Channel::parse(raw_channel)
         .ok_or_else(|| Rejection::new(RejectReason::UnknownChannel, format!("unknown channel {raw_channel:?}")))?;
@@ -616,6 +620,7 @@ mod tests {
         assert_eq!(bad("status", json!("maybe")), RejectReason::UnknownConsentStatus);
         assert_eq!(bad("updated_at", json!("soon")), RejectReason::InvalidTimestamp);
         assert_eq!(bad("subject_id", json!("  ")), RejectReason::InvalidSubjectId);
+        assert_eq!(bad("tenant_id", json!("acme/eu")), RejectReason::InvalidId);
         assert_eq!(bad("subject_id", Value::Null), RejectReason::MissingField);
         assert_eq!(bad("channel", json!(3)), RejectReason::InvalidFieldType);
     }

@@ -23,6 +23,10 @@ pub enum RejectReason {
     InvalidEventType,
     /// `event_type` is not in the known list and the pipeline rejects unknown types.
     UnknownEventType,
+    /// `tenant_id`, `event_id` or `source` is longer than allowed (128, 256, 128 bytes), or the tenant
+    /// contains `/` or a control character (state keys are `tenant/subject`: a `/` in the tenant would
+    /// make two subjects share one key).
+    InvalidId,
     /// A consent record names a channel the pipeline does not know.
     UnknownChannel,
     /// A consent record names a purpose other than marketing or transactional.
@@ -36,7 +40,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, events' and consent records'.
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::MalformedPayload,
         RejectReason::UnknownSchema,
         RejectReason::MissingField,
@@ -46,14 +50,15 @@ impl RejectReason {
         RejectReason::InvalidSubjectId,
         RejectReason::InvalidEventType,
         RejectReason::UnknownEventType,
+        RejectReason::InvalidId,
         RejectReason::UnknownChannel,
         RejectReason::UnknownPurpose,
         RejectReason::UnknownConsentStatus,
         RejectReason::InvalidKey,
     ];
 
-    /// The reasons a `marketing.events` record can be rejected for (the first nine of [`Self::ALL`]).
-    pub const EVENT: &'static [RejectReason] = Self::ALL.split_at(9).0;
+    /// The reasons a `marketing.events` record can be rejected for (the first ten of [`Self::ALL`]).
+    pub const EVENT: &'static [RejectReason] = Self::ALL.split_at(10).0;
 
     /// The stable code written to `tp.error.code`.
     pub fn code(self) -> &'static str {
@@ -67,6 +72,7 @@ impl RejectReason {
             RejectReason::InvalidSubjectId => "invalid_subject_id",
             RejectReason::InvalidEventType => "invalid_event_type",
             RejectReason::UnknownEventType => "unknown_event_type",
+            RejectReason::InvalidId => "invalid_id",
             RejectReason::UnknownChannel => "unknown_channel",
             RejectReason::UnknownPurpose => "unknown_purpose",
             RejectReason::UnknownConsentStatus => "unknown_consent_status",
@@ -126,7 +132,8 @@ mod tests {
 
     #[test]
     fn event_reasons_exclude_consent_only_ones() {
-        assert_eq!(RejectReason::EVENT.len(), 9);
+        assert_eq!(RejectReason::EVENT.len(), 10);
+        assert!(RejectReason::EVENT.contains(&RejectReason::InvalidId));
         for consent_only in
             [RejectReason::UnknownChannel, RejectReason::UnknownPurpose, RejectReason::UnknownConsentStatus]
         {

@@ -8,7 +8,8 @@
 //! - `subject_id` (required string or integer): trimmed, non-empty, at most `max_subject_id_len` chars;
 //! - `attributes` (required object): email-like string values lower-cased, keys sorted;
 //! - `event_id`, `tenant_id`, `source` (optional strings): a missing `event_id` is derived from the
-//!   content, so the same event sent twice gets the same id and is deduplicated.
+//!   content, so the same event sent twice gets the same id and is deduplicated; at most 256, 128 and
+//!   128 bytes, and no `/` or control character in a tenant id (`invalid_id`).
 //!
 //! Fields other than these are ignored: producers put payload data in `attributes`.
 
@@ -160,9 +161,14 @@ impl Normalizer {
 
         let tenant_id =
             optional_string(&fields.tenant_id, "tenant_id")?.unwrap_or_else(|| self.config.default_tenant.clone());
+        check_tenant_id(&tenant_id)?;
         let source = optional_string(&fields.source, "source")?.unwrap_or_else(|| self.config.default_source.clone());
+        check_length("source", &source, MAX_SOURCE_BYTES)?;
         let event_id = match optional_string(&fields.event_id, "event_id")? {
-            Some(id) => id,
+            Some(id) => {
+                check_length("event_id", &id, MAX_EVENT_ID_BYTES)?;
+                id
+            }
             None => derived_event_id(&tenant_id, &event_type, &subject_id, occurred_at_ms, &attributes_json),
         };
 
@@ -255,6 +261,34 @@ fn required_string<'f>(field: &'f Option<FieldValue<'_>>, name: &str) -> Result<
 }
 
 /// An optional string field: absent, null or blank → `None`; numbers are accepted as their text.
+/// Limits of the optional ids (bytes): they are part of every key, row and record of the event.
+pub const MAX_TENANT_ID_BYTES: usize = 128;
+pub const MAX_EVENT_ID_BYTES: usize = 256;
+pub const MAX_SOURCE_BYTES: usize = 128;
+
+fn check_length(name: &str, value: &str, max: usize) -> Result<(), Rejection> {
+    if value.len() > max {
+        return Err(Rejection::new(
+            RejectReason::InvalidId,
+            format!("`{name}` has {} bytes, more than the limit of {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// A tenant id is bounded and has no `/` or control character: state keys are `tenant/subject`,
+/// split at the first `/`.
+pub fn check_tenant_id(tenant_id: &str) -> Result<(), Rejection> {
+    check_length("tenant_id", tenant_id, MAX_TENANT_ID_BYTES)?;
+    if tenant_id.contains('/') || tenant_id.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            RejectReason::InvalidId,
+            format!("`tenant_id` {tenant_id:?} contains `/` or a control character"),
+        ));
+    }
+    Ok(())
+}
+
 fn optional_string(field: &Option<FieldValue<'_>>, name: &str) -> Result<Option<String>, Rejection> {
     match field {
         None | Some(FieldValue::Null) => Ok(None),

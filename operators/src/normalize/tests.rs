@@ -195,6 +195,39 @@ fn subject_id_is_trimmed_non_empty_and_bounded() {
     assert_eq!(n.normalize_json(with(valid(), "subject_id", json!(12345)), pos(), NOW).unwrap().subject_id, "12345");
 }
 
+/// Ids are part of every key, row and record: bounded, and a tenant cannot contain the `/` that state
+/// keys (`tenant/subject`) are split at. Before: tenant `a/b` with subject `c` and tenant `a` with subject
+/// `b/c` shared the changelog key `a/b/c`.
+#[test]
+fn tenant_event_and_source_ids_are_bounded_and_tenants_have_no_slash() {
+    let n = normalizer();
+    for (field, value) in [
+        ("tenant_id", json!("acme/eu")),
+        ("tenant_id", json!("acme\u{0}")),
+        ("tenant_id", json!("t".repeat(129))),
+        ("event_id", json!("e".repeat(257))),
+        ("source", json!("s".repeat(129))),
+    ] {
+        assert_eq!(
+            reason(n.normalize_json(with(valid(), field, value.clone()), pos(), NOW)),
+            RejectReason::InvalidId,
+            "{field}={value}"
+        );
+    }
+    let ok = n
+        .normalize_json(
+            with(
+                with(with(valid(), "tenant_id", json!("t".repeat(128))), "event_id", json!("e".repeat(256))),
+                "source",
+                json!("s".repeat(128)),
+            ),
+            pos(),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!((ok.tenant_id.len(), ok.event_id.len(), ok.source.len()), (128, 256, 128));
+}
+
 #[test]
 fn event_types_go_through_aliases_then_snake_case() {
     let n = normalizer();
