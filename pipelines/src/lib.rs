@@ -7,6 +7,7 @@ pub mod connect;
 pub mod describe;
 pub mod explain;
 pub mod metrics;
+pub mod produce;
 pub mod replay;
 mod runtime;
 pub mod scenario;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use touchpoint::{PipelineConfig, RunOptions};
 use touchpoint_connectors::clickhouse::migrate;
-use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, OutgoingRecord};
+use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer};
 use touchpoint_generate::{produce_generated, Expected, GeneratorConfig, Target};
 use touchpoint_operators::watermark::LatePolicy;
 
@@ -322,26 +322,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::Produce { config, topic } => {
             let c = load(&config)?;
             let topic = topic.unwrap_or(c.topics.events.name.clone());
-            let mut records = Vec::new();
-            for line in std::io::stdin().lines() {
-                let line = line?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let key = serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("subject_id").and_then(|s| s.as_str()).map(|s| s.trim().as_bytes().to_vec()));
-                records.push(OutgoingRecord {
-                    partition: None,
-                    topic: topic.clone(),
-                    key,
-                    payload: Some(line.into_bytes()),
-                    headers: vec![],
-                });
-            }
+            let mut input = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut input).context("reading standard input")?;
+            let (lines, records): (Vec<usize>, Vec<_>) =
+                touchpoint::produce::records_from_lines(&input, &topic).into_iter().unzip();
             let rt = runtime()?;
             rt.block_on(ensure_topics(&c.kafka, &c.topics.all()))?;
-            let acks = rt.block_on(AckedProducer::new(&c.kafka)?.send_all(&records))?;
+            let acks = match rt.block_on(AckedProducer::new(&c.kafka)?.send_all(&records)) {
+                Ok(acks) => acks,
+                Err(touchpoint_connectors::kafka::ProduceError::Refused { refused, .. }) => {
+                    let named: Vec<String> = refused.iter().map(|(i, e)| format!("line {}: {e}", lines[*i])).collect();
+                    anyhow::bail!(
+                        "the broker refused {} line(s) (the others were produced):\n{}",
+                        named.len(),
+                        named.join("\n")
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            };
             for (partition, offset) in &acks {
                 println!("{topic}/{partition}@{offset}");
             }
