@@ -69,7 +69,7 @@ fn plain(schema: &Schema) -> bool {
 /// Decodes one datum of `schema` (a record) into the event fields; `None` when the generic path must
 /// decide. The whole body must be consumed (trailing bytes are the generic path's to report).
 pub fn read_event<'p>(schema: &'p RecordSchema, body: &'p [u8]) -> Option<EventFields<'p>> {
-    let mut cursor = Cursor(body);
+    let mut cursor = Cursor(body, body.len() + ZERO_WIDTH_ITEMS);
     let mut fields = EventFields::default();
     for field in &schema.fields {
         if !is_event_field(&field.name) {
@@ -91,8 +91,14 @@ pub fn read_event<'p>(schema: &'p RecordSchema, body: &'p [u8]) -> Option<EventF
     cursor.0.is_empty().then_some(fields)
 }
 
-/// The unread rest of a datum.
-struct Cursor<'p>(&'p [u8]);
+/// Items of arrays and maps a datum may hold beyond one per byte: an item of any type but `null` (or a
+/// record of nulls) takes at least a byte, so a datum of `n` bytes holds at most `n` such items; the
+/// allowance covers arrays of zero-width items. A block count beyond the budget (a few bytes claiming
+/// 2^60 nulls) is not believed: the reader gives up before looping or writing for each claimed item.
+const ZERO_WIDTH_ITEMS: usize = 4_096;
+
+/// The unread rest of a datum, and how many more array or map items it may claim.
+struct Cursor<'p>(&'p [u8], usize);
 
 impl<'p> Cursor<'p> {
     fn byte(&mut self) -> Option<u8> {
@@ -157,7 +163,9 @@ impl<'p> Cursor<'p> {
         if count < 0 {
             self.long()?;
         }
-        usize::try_from(count.checked_abs()?).ok()
+        let count = usize::try_from(count.checked_abs()?).ok()?;
+        self.1 = self.1.checked_sub(count)?;
+        Some(count)
     }
 
     fn branch<'s>(&mut self, variants: &'s [Schema]) -> Option<&'s Schema> {
@@ -414,6 +422,42 @@ mod tests {
     /// Both paths on one payload, as comparable text (fields, or the rejection).
     fn both(decoder: &RecordDecoder<One>, payload: &[u8]) -> (String, String) {
         (format!("{:?}", decoder.decode_event(payload)), format!("{:?}", decoder.decode_event_generic(payload)))
+    }
+
+    /// A few bytes claiming 2^40 `null` items: neither path loops over the claim or allocates for it.
+    /// Before, the direct reader wrote "null," 2^40 times (hours, and memory without bound), and the
+    /// generic path reserved up to apache_avro's default allocation limit (512 MB) per record.
+    #[test]
+    fn block_counts_beyond_the_datum_are_not_believed() {
+        let schema = Arc::new(
+            Schema::parse_str(
+                r#"{"type": "record", "name": "E", "fields": [
+                    {"name": "junk", "type": {"type": "array", "items": "null"}},
+                    {"name": "event_type", "type": "string"}]}"#,
+            )
+            .expect("schema"),
+        );
+        let Schema::Record(record) = &*schema else { panic!("a record") };
+        // Block count 2^40 (zig-zag varint), end of array, then "x".
+        let mut body = Vec::new();
+        let mut n = (1u64 << 40) << 1;
+        while n >= 0x80 {
+            body.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        body.push(n as u8);
+        body.extend_from_slice(&[0, 2, b'x']);
+        let started = std::time::Instant::now();
+        assert!(read_event(record, &body).is_none());
+        let decoder = RecordDecoder::new(One(schema.clone()));
+        let payload = confluent_encode(1, &body);
+        let verdict = decoder.decode_event(&payload);
+        assert!(matches!(verdict, Err(crate::decode::DecodeError::Reject(_))), "{verdict:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        // A legitimate array of nulls within the allowance still reads.
+        let mut ok = vec![0x80, 0x40]; // 4096 items (zig-zag 8192)
+        ok.extend_from_slice(&[0, 2, b'x']);
+        assert!(read_event(record, &ok).is_some());
     }
 
     #[test]

@@ -66,6 +66,9 @@ impl From<Rejection> for DecodeError {
 }
 
 /// Decodes payloads of either wire format.
+/// The most apache_avro may allocate for one collection of a datum (see [`RecordDecoder::new`]).
+pub const AVRO_MAX_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
+
 pub struct RecordDecoder<L> {
     lookup: L,
     /// Avro datum readers by schema id. Building a reader resolves the schema's names (a walk over the
@@ -77,6 +80,9 @@ pub struct RecordDecoder<L> {
 
 impl<L: SchemaLookup> RecordDecoder<L> {
     pub fn new(lookup: L) -> Self {
+        // apache_avro reserves up to this much for one array or map a datum claims (default 512 MB, per
+        // record). A record is at most a few MB on the wire; the limit is process-wide, set once.
+        apache_avro::util::max_allocation_bytes(AVRO_MAX_ALLOCATION_BYTES);
         RecordDecoder { lookup, readers: RwLock::default() }
     }
 
