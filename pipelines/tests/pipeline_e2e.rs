@@ -140,3 +140,16 @@ fn the_built_dataflow_is_the_one_docs_topology_describes() {
             TOUCHPOINT_BLESS_TOPOLOGY=1):\n{described}"
     );
 }
+
+/// ClickHouse down at start-up is said as such, not taken for a database that needs `migrate`.
+#[test]
+fn an_unreachable_clickhouse_is_named_at_start() {
+    let tp = TestPipeline::new("it_ch_down", &[]);
+    tp.prepare();
+    let mut config = tp.config.clone();
+    config.clickhouse.url = format!("http://127.0.0.1:{}", common::free_port());
+    let error = touchpoint::run(config, RunOptions { until_drained: true, ..Default::default() })
+        .expect_err("no ClickHouse, no run");
+    let message = format!("{error:#}");
+    assert!(message.contains("is unreachable") && !message.contains("migrate"), "{message}");
+}

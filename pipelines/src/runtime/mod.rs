@@ -107,7 +107,12 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         )?)),
         _ => None,
     };
+    // Reachable first: an unreachable server is not a database that needs `migrate`.
+    runtime
+        .block_on(config.clickhouse.server_client().query("SELECT 1").fetch_one::<u8>())
+        .with_context(|| format!("ClickHouse at {} is unreachable", config.clickhouse.url))?;
     let latest = touchpoint_schemas::clickhouse::MIGRATIONS.last().map_or(0, |m| m.version);
+    // No schema_migrations table yet: nothing applied.
     let applied: u32 = runtime
         .block_on(config.clickhouse.client().query("SELECT max(version) FROM schema_migrations").fetch_one())
         .unwrap_or(0);
