@@ -27,6 +27,22 @@ fn an_unknown_id_is_not_found() {
     }
 }
 
+/// Records with random schema ids cost one registry request per id (for a minute), not one each.
+#[test]
+fn unknown_ids_are_remembered_and_known_ones_cached() {
+    let c = client();
+    for _ in 0..3 {
+        assert!(matches!(c.schema(2_000_000_001), Err(SchemaLookupError::NotFound(_))));
+    }
+    assert_eq!(c.requests(), 1, "one request for three lookups of the same unknown id");
+    let subject = format!("{}-value", unique_name("it_sr_cache"));
+    let id = c.register_avro(&subject, touchpoint_schemas::avro::MARKETING_EVENT).unwrap();
+    for _ in 0..3 {
+        c.schema(id).unwrap();
+    }
+    assert_eq!(c.requests(), 2);
+}
+
 #[test]
 fn an_unreachable_registry_is_unavailable_not_unknown() {
     // Port 9 (discard) on loopback: nothing listens there in the test environment.

@@ -26,7 +26,7 @@ use event::{json_event_fields, EventFields};
 pub const CONFLUENT_MAGIC: u8 = 0;
 
 /// Why a schema could not be produced for an id.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SchemaLookupError {
     /// The registry answered and does not know this id: the record is at fault.
     #[error("schema id {0} is not registered")]
