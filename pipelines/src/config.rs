@@ -273,12 +273,24 @@ pub struct SourceConfig {
     /// high watermark of every partition.
     #[serde(default = "default_drain_idle", with = "humantime_serde")]
     pub drain_idle: Duration,
+    /// How long start-up may take to read a state changelog or the journey versions to their end; a
+    /// restore that does not finish in time stops the start (see `RunOptions::accept_partial_restore`).
+    #[serde(default = "default_restore_timeout", with = "humantime_serde")]
+    pub restore_timeout: Duration,
 }
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        SourceConfig { verify_resume_offsets: true, drain_idle: default_drain_idle() }
+        SourceConfig {
+            verify_resume_offsets: true,
+            drain_idle: default_drain_idle(),
+            restore_timeout: default_restore_timeout(),
+        }
     }
+}
+
+fn default_restore_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn yes() -> bool {

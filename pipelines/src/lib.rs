@@ -15,4 +15,4 @@ pub mod stages;
 pub mod topology;
 
 pub use config::{BuiltRules, ConfigError, PipelineConfig};
-pub use runtime::{restore_caps, restore_changelog, run, RunOptions, RunReport};
+pub use runtime::{restore_caps, restore_changelog, run, PartialRestore, RunOptions, RunReport};

@@ -46,6 +46,11 @@ enum Command {
         /// Stop when the source topic is drained.
         #[arg(long)]
         until_drained: bool,
+        /// Start even when a state changelog or the journey versions cannot be read completely (deadline,
+        /// unreadable record): the subjects whose state is missing start afresh. Without it, such a
+        /// restore stops the start and names the topic, partition and offset.
+        #[arg(long)]
+        accept_partial_restore: bool,
     },
     /// Re-process a range of the source topic with the pipeline's state: the same idempotency keys, so
     /// no send already emitted goes out again (needs `processing.guarantee: exactly_once_keys`). Commits
@@ -201,13 +206,21 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { config, workers, processes, process, hostfile, until_drained } => {
+        Command::Run { config, workers, processes, process, hostfile, until_drained, accept_partial_restore } => {
             let config = load(&config)?;
             let late_policy = match config.event_time.late_events {
                 LatePolicy::Flag => "processed, flagged",
                 LatePolicy::Route => "routed to the late-events topic",
             };
-            let options = RunOptions { workers, processes, process, hostfile, until_drained, ..RunOptions::default() };
+            let options = RunOptions {
+                workers,
+                processes,
+                process,
+                hostfile,
+                until_drained,
+                accept_partial_restore,
+                ..RunOptions::default()
+            };
             let report = touchpoint::run(config, options)?;
             print_report(&report, late_policy)?;
         }

@@ -189,7 +189,7 @@ fn restored(tp: &TestPipeline) -> Restored {
     }
     let group = &tp.config.pipeline.group_id;
     let changelog = |topic: String| -> BTreeMap<String, Value> {
-        touchpoint::restore_changelog::<Value>(&tp.config, &topic, "test", 1, 0..1)
+        touchpoint::restore_changelog::<Value>(&tp.config, &topic, "test", 1, 0..1, touchpoint::PartialRestore::Refuse)
             .unwrap()
             .into_values()
             .flatten()

@@ -114,7 +114,7 @@ fn restore(states: &std::collections::HashMap<SubjectRef, SubjectCaps>) -> Resul
     }
     drop(records);
     let started = Instant::now();
-    let restored = touchpoint::restore_caps(&config, 1, 0..1)?;
+    let restored = touchpoint::restore_caps(&config, 1, 0..1, touchpoint::PartialRestore::Refuse)?;
     let elapsed = started.elapsed();
     let subjects: usize = restored.values().map(|m| m.len()).sum();
     println!(

@@ -13,6 +13,6 @@ pub use admin::{delete_topics_with_prefix, ensure_topics, wait_for_brokers};
 pub use config::{KafkaConfig, TopicSpec};
 pub use encoding::{bounded_text, OutgoingRecord, MAX_REASON_BYTES, MAX_RECORD_BYTES};
 pub use producer::{is_permanent, AckedProducer, ProduceError};
-pub use reader::{read_all, read_partitions, recv_batch, ReadRecord};
+pub use reader::{read_all, read_all_strict, read_partitions, recv_batch, ReadRecord};
 pub use source::{log_bounds, owned_partitions, partition_count, PartitionSource, SourceError, SourceRecord};
 pub use transactional::{TransactionalProducer, TxnError};

@@ -97,9 +97,12 @@ impl SchemaLookup for RegistryClient {
         if let Some(s) = self.cache.lock().ok().and_then(|c| c.get(&id).cloned()) {
             return Ok(s);
         }
-        if let Some(e) = self.unknown.lock().ok().and_then(|u| {
-            u.get(&id).filter(|(at, _)| at.elapsed() < UNKNOWN_TTL).map(|(_, e)| e.clone())
-        }) {
+        if let Some(e) = self
+            .unknown
+            .lock()
+            .ok()
+            .and_then(|u| u.get(&id).filter(|(at, _)| at.elapsed() < UNKNOWN_TTL).map(|(_, e)| e.clone()))
+        {
             return Err(e);
         }
         match self.fetch(id) {

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
-use touchpoint_connectors::kafka::{read_all, AckedProducer};
+use anyhow::{bail, Context, Result};
+use touchpoint_connectors::kafka::{read_all, read_all_strict, AckedProducer};
+
+use super::PartialRestore;
 use touchpoint_operators::journey::{Journey, Journeys};
 
 use crate::config::PipelineConfig;
@@ -17,13 +19,19 @@ pub fn load_journeys(
     config: &PipelineConfig,
     current: Vec<Journey>,
     runtime: &tokio::runtime::Runtime,
+    partial: PartialRestore,
 ) -> Result<Journeys> {
     let mut journeys = Journeys::new(current.clone(), &config.intents.time_zone_attribute);
     if current.is_empty() {
         return Ok(journeys);
     }
     let topic = config.topics.journey_versions(&config.pipeline.group_id).name;
-    let archived = read_all(&config.kafka, &topic, Duration::from_millis(500), Duration::from_secs(120))?;
+    let timeout = config.source.restore_timeout;
+    let archived = match partial {
+        PartialRestore::Refuse => read_all_strict(&config.kafka, &topic, Duration::from_millis(500), timeout)
+            .context("restoring the journey versions (start with --accept-partial-restore to run with less)")?,
+        PartialRestore::Accept => read_all(&config.kafka, &topic, Duration::from_millis(500), timeout)?,
+    };
     let mut known = std::collections::HashSet::new();
     for r in &archived {
         let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).to_string();
@@ -33,6 +41,12 @@ pub fn load_journeys(
                 known.insert(key);
                 journeys.archive(j);
             }
+            Err(e) if partial == PartialRestore::Refuse => bail!(
+                "restoring the journey versions: {topic} partition {} offset {} does not validate: {e} \
+                 (start with --accept-partial-restore to run without it; subjects on it leave the journey)",
+                r.partition,
+                r.offset
+            ),
             Err(e) => tracing::error!(%e, "an archived journey version no longer validates; subjects on it will leave"),
         }
     }

@@ -36,7 +36,7 @@ use crate::stages::tally::RunTotals;
 use crate::stages::transaction::FatalSlot;
 
 pub use journeys::load_journeys;
-pub use restore::{restore_caps, restore_changelog};
+pub use restore::{restore_caps, restore_changelog, PartialRestore};
 pub use signals::spawn_signal_handler;
 
 /// How to run: parallelism (timely's threads/processes) and when to stop.
@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub replay: Option<crate::replay::ReplayRange>,
     /// Describe the dataflow worker 0 builds ([`RunReport::topology`], `crate::describe`).
     pub describe: bool,
+    /// Run with what a restore could read when it cannot read everything (`--accept-partial-restore`).
+    pub accept_partial_restore: bool,
 }
 
 impl Default for RunOptions {
@@ -69,6 +71,7 @@ impl Default for RunOptions {
             until_drained: false,
             replay: None,
             describe: false,
+            accept_partial_restore: false,
         }
     }
 }
@@ -135,15 +138,16 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     // The restores are independent and mostly wait on the broker and ClickHouse: side by side.
     let current_journeys = config.journeys()?;
     let has_journeys = !current_journeys.is_empty();
+    let partial = if options.accept_partial_restore { PartialRestore::Accept } else { PartialRestore::Refuse };
     let (restored_caps, journeys, restored_journeys, restored_ids) = std::thread::scope(|s| {
-        let caps = s.spawn(|| restore_caps(&config, peers, local_workers.clone()));
-        let journeys = s.spawn(|| load_journeys(&config, current_journeys, &runtime));
+        let caps = s.spawn(|| restore_caps(&config, peers, local_workers.clone(), partial));
+        let journeys = s.spawn(|| load_journeys(&config, current_journeys, &runtime, partial));
         let journey_state = s.spawn(|| {
             if !has_journeys {
                 return Ok(HashMap::new());
             }
             let topic = config.topics.journeys_changelog(&config.pipeline.group_id).name;
-            restore_changelog::<SubjectJourneys>(&config, &topic, "journey", peers, local_workers.clone())
+            restore_changelog::<SubjectJourneys>(&config, &topic, "journey", peers, local_workers.clone(), partial)
         });
         let ids = runtime.block_on(restore::restore_event_ids(&config, peers, local_workers.clone()));
         let joined = |what: &str| anyhow!("restoring {what} panicked");

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use touchpoint_connectors::clickhouse::EventStore;
-use touchpoint_connectors::kafka::read_all;
+use touchpoint_connectors::kafka::{read_all, read_all_strict};
 use touchpoint_operators::dedupe::dedupe_key;
 use touchpoint_operators::fast_hash::FastHashMap;
 use touchpoint_operators::guardrails::SubjectSendState;
@@ -41,9 +41,21 @@ pub fn restore_caps(
     config: &PipelineConfig,
     peers: usize,
     local_workers: std::ops::Range<usize>,
+    partial: PartialRestore,
 ) -> Result<HashMap<usize, FastHashMap<SubjectRef, SubjectSendState>>> {
     let topic = config.topics.caps_changelog(&config.pipeline.group_id).name;
-    restore_changelog(config, &topic, "frequency-cap", peers, local_workers)
+    restore_changelog(config, &topic, "frequency-cap", peers, local_workers, partial)
+}
+
+/// What a restore does when it cannot read everything (its deadline passed, or a record it cannot
+/// parse): by default the start fails, naming the topic, partition and offset, since subjects whose
+/// state is missing would start afresh (caps reset, sends repeated). An operator may accept that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PartialRestore {
+    #[default]
+    Refuse,
+    /// `--accept-partial-restore`: log what is missing and run with what was read.
+    Accept,
 }
 
 /// Reads a subject-keyed changelog (latest value per subject wins; a tombstone forgets) and groups the
@@ -54,9 +66,17 @@ pub fn restore_changelog<T: serde::de::DeserializeOwned>(
     what: &str,
     peers: usize,
     local_workers: std::ops::Range<usize>,
+    partial: PartialRestore,
 ) -> Result<HashMap<usize, FastHashMap<SubjectRef, T>>> {
     let started = std::time::Instant::now();
-    let records = read_all(&config.kafka, topic, Duration::from_millis(500), Duration::from_secs(600))?;
+    let timeout = config.source.restore_timeout;
+    let records = match partial {
+        PartialRestore::Refuse => read_all_strict(&config.kafka, topic, Duration::from_millis(500), timeout)
+            .with_context(|| {
+                format!("restoring {what} state (start with --accept-partial-restore to run with less)")
+            })?,
+        PartialRestore::Accept => read_all(&config.kafka, topic, Duration::from_millis(500), timeout)?,
+    };
     let mut latest: HashMap<SubjectRef, Option<T>> = HashMap::new();
     let count = records.len();
     let mut unreadable = 0usize;
@@ -68,10 +88,23 @@ pub fn restore_changelog<T: serde::de::DeserializeOwned>(
             None => None,
             Some(p) => match serde_json::from_slice::<T>(p) {
                 Ok(v) => Some(v),
+                Err(e) if partial == PartialRestore::Refuse => bail!(
+                    "restoring {what} state: {topic} partition {} offset {} (key {key:?}) is unreadable: {e} \
+                     (start with --accept-partial-restore to run without it; the subject then starts afresh)",
+                    r.partition,
+                    r.offset
+                ),
                 Err(e) => {
                     // Never silently: a state record this version cannot read is reported.
                     unreadable += 1;
-                    tracing::error!(topic, key, error = %e, "unreadable state record; the subject starts afresh");
+                    tracing::error!(
+                        topic,
+                        partition = r.partition,
+                        offset = r.offset,
+                        key,
+                        error = %e,
+                        "unreadable state record; the subject starts afresh (partial restore accepted)",
+                    );
                     None
                 }
             },
