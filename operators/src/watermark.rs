@@ -37,6 +37,16 @@ pub struct EventTimeConfig {
     /// What happens to an event older than the watermark.
     #[serde(default)]
     pub late_events: LatePolicy,
+    /// How far ahead of the processing clock an event may move its partition's clock. Normalization
+    /// accepts events up to `max_future_skew` (24 h) ahead; without this bound one such event per
+    /// partition moved the watermark a day ahead (journey waits fired early, rolling caps expired, real
+    /// traffic turned late). Such events are processed; they just do not move time further than this.
+    #[serde(default = "default_max_clock_lead", with = "humantime_serde")]
+    pub max_clock_lead: Duration,
+}
+
+fn default_max_clock_lead() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_allowed_lateness() -> Duration {
@@ -53,6 +63,7 @@ impl Default for EventTimeConfig {
             allowed_lateness: default_allowed_lateness(),
             idle_timeout: default_idle_timeout(),
             late_events: LatePolicy::default(),
+            max_clock_lead: default_max_clock_lead(),
         }
     }
 }
@@ -105,6 +116,8 @@ struct ReadClock {
 #[derive(Debug, Clone)]
 pub struct PartitionClocks {
     idle_timeout_ms: i64,
+    /// An event moves its partition's clock at most this far past the processing time it is read at.
+    max_lead_ms: i64,
     clocks: BTreeMap<i32, ReadClock>,
 }
 
@@ -114,11 +127,20 @@ impl PartitionClocks {
     pub fn new(partitions: &[i32], idle_timeout: Duration, now_ms: i64) -> Self {
         let clocks =
             partitions.iter().map(|&p| (p, ReadClock { max_event_ms: None, last_event_at_ms: now_ms })).collect();
-        PartitionClocks { idle_timeout_ms: duration_ms(idle_timeout), clocks }
+        PartitionClocks { idle_timeout_ms: duration_ms(idle_timeout), max_lead_ms: i64::MAX, clocks }
     }
 
-    /// An event of `partition` with event time `event_ms`, read at processing time `now_ms`.
+    /// Events move their partition's clock at most `lead` past the processing time they are read at
+    /// (unbounded by default: replays and tests pass their own clock).
+    pub fn with_max_lead(mut self, lead: Duration) -> Self {
+        self.max_lead_ms = duration_ms(lead);
+        self
+    }
+
+    /// An event of `partition` with event time `event_ms`, read at processing time `now_ms`. A producer
+    /// cannot push the clock further than `max_lead` past `now_ms`, whatever time it writes.
     pub fn observe(&mut self, partition: i32, event_ms: i64, now_ms: i64) {
+        let event_ms = event_ms.min(now_ms.saturating_add(self.max_lead_ms));
         let clock = self.clocks.entry(partition).or_insert(ReadClock { max_event_ms: None, last_event_at_ms: now_ms });
         clock.max_event_ms = Some(clock.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
         clock.last_event_at_ms = clock.last_event_at_ms.max(now_ms);
@@ -353,5 +375,28 @@ mod tests {
         let d: EventTimeConfig = serde_json::from_str("{}").expect("defaults");
         assert_eq!(d.late_events, LatePolicy::Flag);
         assert!(serde_json::from_str::<EventTimeConfig>(r#"{"late_events":"drop"}"#).is_err(), "no silent drops");
+    }
+
+    /// One event a day ahead on every partition does not move the watermark a day ahead: the clocks
+    /// stop at the processing time plus the allowed lead, so waits do not fire and caps do not expire.
+    #[test]
+    fn a_future_dated_event_moves_a_clock_no_further_than_the_lead() {
+        let now = 100 * HOUR;
+        let mut clocks =
+            PartitionClocks::new(&[0, 1], Duration::from_secs(30), now).with_max_lead(Duration::from_secs(300));
+        for p in [0, 1] {
+            clocks.observe(p, now - 10_000, now);
+            clocks.observe(p, now + 24 * HOUR, now);
+        }
+        let mut w = Watermark::new(Duration::ZERO);
+        for r in clocks.reports(now, |_| false) {
+            assert_eq!(r.max_event_ms, Some(now + 300_000), "{r:?}");
+            w.apply(r);
+        }
+        assert_eq!(w.advance(), Some(now + 300_000));
+        // Unbounded clocks (the default) take event times as they come.
+        let mut free = PartitionClocks::new(&[0], Duration::from_secs(30), now);
+        free.observe(0, now + 24 * HOUR, now);
+        assert_eq!(free.reports(now, |_| false)[0].max_event_ms, Some(now + 24 * HOUR));
     }
 }

@@ -60,7 +60,8 @@ pub fn partition_clocks<'s>(
     // partitions to the end long before its clocks see those events (found by the chaos test of issue 6:
     // a partition declared idle with 1,600 records in flight, which were then judged late).
     let mut observed_next: BTreeMap<i32, i64> = source.borrow().source.positions().into_iter().collect();
-    let mut clocks = PartitionClocks::new(&partitions, config.idle_timeout, now_ms());
+    let mut clocks =
+        PartitionClocks::new(&partitions, config.idle_timeout, now_ms()).with_max_lead(config.max_clock_lead);
     readings.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<PartitionReport>>, _, _, _>(
         Pipeline,
         "PartitionClocks",
