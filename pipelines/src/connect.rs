@@ -148,6 +148,11 @@ async fn load_deliveries(config: &PipelineConfig, store: DeliveryStore, stop: Ar
         const INSERT_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut attempt = 0;
         while let Err(e) = store.insert(&batch, &token).await {
+            // Stopping: the batch is not committed, so it is loaded again at the next start.
+            if stop.load(Ordering::Relaxed) {
+                tracing::warn!(error = %e, "stop requested while ClickHouse is unavailable; the batch is loaded again at the next start");
+                return Ok(());
+            }
             tracing::warn!(error = %e, "inserting deliveries failed; retrying");
             tokio::time::sleep(INSERT_RETRY.delay(attempt)).await;
             attempt += 1;
