@@ -5,17 +5,18 @@
 //!   subject's time zone (IANA), so "2 per day" means per local day, DST included.
 //! - Exempt categories (e.g. transactional) are neither counted nor capped.
 //! - Only sends that were allowed are counted, at the decision's event time.
-//! - Memory per subject is bounded: rolling windows keep bucketed counters (about 60 buckets per window,
-//!   see [`ROLLING_BUCKETS`]), calendar windows one counter per period, and both drop what lies beyond
-//!   twice the window before the time [`FrequencyCaps::expire`] is given (the pipeline passes the
-//!   watermark).
+//! - Memory per subject is bounded: rolling windows keep the counted sends' own times (no window holds
+//!   more than `limit` of them, so about twice the limit per rule survive expiry), calendar windows one
+//!   counter per period, and both drop what lies beyond twice the window before the time
+//!   [`FrequencyCaps::expire`] is given (the pipeline passes the watermark).
 //!
-//! Correctness under out-of-order event times: a send at `t` lies in every window `[a, a + w)` with
-//! `t - w < a <= t`, i.e. its window-mates lie in `(t - w, t + w)`. The check counts the buckets that
-//! cover that whole interval (a bucket straddling an edge counts fully), so after the send no window of
-//! length `w` holds more than `limit` sends: a cap is never exceeded, at the price of suppressing a
-//! little early near bucket edges (at most one bucket, 1/60 of the window). For in-order streams the
-//! interval after `t` is empty.
+//! Exact, and safe under out-of-order event times: a send at `t` lies in every window `[a, a + w)` with
+//! `t - w < a <= t`. It is allowed when each of those windows holds fewer than `limit` counted sends, so
+//! after it no window of length `w` holds more than `limit`, whatever the order. For in-order streams
+//! that is the count in `(t - w, t]`: a weekly message sent exactly a week after the last one is allowed.
+//! (Until 2026-12 rolling windows were 60 buckets, and a bucket straddling the edge suppressed up to
+//! 1/60 of the window early: "1 per rolling 7d" capped every other week of a weekly send. State written
+//! then is read as bucket-end times, which can only suppress, never over-send.)
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::fast_hash::FastHashSet;
 use touchpoint_schemas::Channel;
 
-/// Buckets per rolling window.
+/// Buckets per rolling window in state written before windows were exact (read by [`FrequencyCaps::upgrade`]).
 pub const ROLLING_BUCKETS: i64 = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,14 +170,30 @@ pub enum CapVerdict {
 /// Per-subject counters: per rule (keyed by a hash of rule id and window, so that counters survive
 /// edits of other rules and a rule whose window changes starts afresh), slot → sends. Small sorted
 /// vectors rather than maps: a subject holds a handful of slots, and this is kept for millions of them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectCaps {
+    /// Per rule: slot → sends. A rolling rule's slot is the send's event time (ms); a calendar rule's the
+    /// local period.
     counters: Vec<(u64, Vec<(i64, u32)>)>,
     /// Hashes of the idempotency keys of counted sends still inside some window, with their event
     /// time. A decision made again after a restart (its input re-read past the last committed offset)
     /// finds its key here and is not counted twice.
     #[serde(default)]
     sent: Vec<(u64, i64)>,
+    /// Rolling slots are event times. `false` in state written before (bucket numbers): converted on
+    /// first use ([`FrequencyCaps::upgrade`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    exact: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Default for SubjectCaps {
+    fn default() -> Self {
+        SubjectCaps { counters: Vec::new(), sent: Vec::new(), exact: true }
+    }
 }
 
 fn key_hash(idempotency_key: &str) -> u64 {
@@ -269,6 +286,7 @@ impl FrequencyCaps {
 
     /// Decides and, when allowed, counts the send.
     pub fn decide(&self, state: &mut SubjectCaps, q: &CapQuery<'_>) -> CapVerdict {
+        self.upgrade(state);
         let verdict = self.check(state, q);
         if verdict == CapVerdict::Allowed {
             self.record(state, q);
@@ -295,11 +313,12 @@ impl FrequencyCaps {
             if !applies(rule, q) {
                 continue;
             }
-            let count: u32 = match state.slots(self.state_keys[i]) {
-                None => 0,
-                Some(c) => {
-                    let (lo, hi) = span(&rule.window, q.at_ms, tz);
-                    c.iter().filter(|(s, _)| (lo..=hi).contains(s)).map(|(_, n)| *n).sum()
+            let count: u32 = match (state.slots(self.state_keys[i]), &rule.window) {
+                (None, _) => 0,
+                (Some(c), CapWindow::Rolling(w)) => busiest_window(c, q.at_ms, window_ms(*w)),
+                (Some(c), CapWindow::Calendar(unit)) => {
+                    let p = local_period(*unit, q.at_ms, tz);
+                    c.iter().filter(|(s, _)| *s == p).map(|(_, n)| *n).sum()
                 }
             };
             if count >= rule.limit {
@@ -326,15 +345,13 @@ impl FrequencyCaps {
     /// Drops counters that no window reaching `now_ms` or later can see. Returns true when the subject
     /// holds nothing any more (its state can be removed).
     pub fn expire(&self, state: &mut SubjectCaps, now_ms: i64) -> bool {
+        self.upgrade(state);
         // Counters of rules that no longer exist are dropped.
         state.counters.retain(|(k, _)| self.state_keys.contains(k));
         for (rule, key) in self.rules.iter().zip(&self.state_keys) {
             let Some((_, counters)) = state.counters.iter_mut().find(|(k, _)| k == key) else { continue };
             let keep_from = match rule.window {
-                CapWindow::Rolling(w) => {
-                    let (w, b) = rolling(w);
-                    now_ms.saturating_sub(2 * w).div_euclid(b)
-                }
+                CapWindow::Rolling(w) => now_ms.saturating_sub(2 * window_ms(w)),
                 // Periods are local days or week-start days: keep two weeks back of day numbers.
                 CapWindow::Calendar(_) => now_ms.saturating_sub(15 * 86_400_000).div_euclid(86_400_000),
             };
@@ -351,11 +368,30 @@ impl FrequencyCaps {
         self.rules
             .iter()
             .map(|r| match r.window {
-                CapWindow::Rolling(w) => 2 * rolling(w).0,
+                CapWindow::Rolling(w) => 2 * window_ms(w),
                 CapWindow::Calendar(_) => 15 * 86_400_000,
             })
             .max()
             .unwrap_or(0)
+    }
+
+    /// State written with bucketed rolling counters: each bucket's sends moved to the bucket's last
+    /// millisecond, the latest they can have happened, so a window counts them at least as long as
+    /// before (nothing is allowed that the buckets capped).
+    pub fn upgrade(&self, state: &mut SubjectCaps) {
+        if state.exact {
+            return;
+        }
+        for (rule, key) in self.rules.iter().zip(&self.state_keys) {
+            let CapWindow::Rolling(w) = rule.window else { continue };
+            let bucket = legacy_bucket_ms(w);
+            if let Some((_, slots)) = state.counters.iter_mut().find(|(k, _)| k == key) {
+                for (slot, _) in slots.iter_mut() {
+                    *slot = slot.saturating_add(1).saturating_mul(bucket).saturating_sub(1);
+                }
+            }
+        }
+        state.exact = true;
     }
 
     fn time_zone(&self, name: Option<&str>) -> Tz {
@@ -369,32 +405,38 @@ fn applies(rule: &CapRule, q: &CapQuery<'_>) -> bool {
         && rule.tag.as_ref().is_none_or(|t| q.tags.contains(t))
 }
 
-/// Window length and bucket width, ms.
-fn rolling(w: Duration) -> (i64, i64) {
-    let w = i64::try_from(w.as_millis()).unwrap_or(i64::MAX / 4);
-    (w, (w / ROLLING_BUCKETS).max(1000))
+/// Window length, ms.
+fn window_ms(w: Duration) -> i64 {
+    i64::try_from(w.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-/// The counter slot a send at `at_ms` goes to.
+/// The bucket width of state written before rolling windows were exact (60 buckets per window).
+fn legacy_bucket_ms(w: Duration) -> i64 {
+    (window_ms(w) / ROLLING_BUCKETS).max(1000)
+}
+
+/// The counter slot a send at `at_ms` goes to: its time for a rolling window, its local period for a
+/// calendar one.
 fn slot(window: &CapWindow, at_ms: i64, tz: Tz) -> i64 {
     match window {
-        CapWindow::Rolling(w) => at_ms.div_euclid(rolling(*w).1),
+        CapWindow::Rolling(_) => at_ms,
         CapWindow::Calendar(unit) => local_period(*unit, at_ms, tz),
     }
 }
 
-/// The slots whose sends share a window with a send at `at_ms` (inclusive).
-fn span(window: &CapWindow, at_ms: i64, tz: Tz) -> (i64, i64) {
-    match window {
-        CapWindow::Rolling(w) => {
-            let (w, b) = rolling(*w);
-            ((at_ms - w + 1).div_euclid(b), (at_ms + w - 1).div_euclid(b))
-        }
-        CapWindow::Calendar(unit) => {
-            let p = local_period(*unit, at_ms, tz);
-            (p, p)
-        }
-    }
+/// The most counted sends any window `[a, a + w)` holding `t` contains (`t - w < a <= t`); `times` is
+/// sorted, each with its count. A send at `t` is allowed while this stays below the limit.
+fn busiest_window(times: &[(i64, u32)], t: i64, w: i64) -> u32 {
+    let lo = t.saturating_sub(w).saturating_add(1);
+    let hi = t.saturating_add(w).saturating_sub(1);
+    let near: Vec<(i64, u32)> = times.iter().copied().filter(|(s, _)| (lo..=hi).contains(s)).collect();
+    // Moving the start right, a window gains a send `s` when its end passes it (at `a = s - w + 1`) and
+    // loses sends at its start: the busiest windows start at `lo` or where one gains a send.
+    let starts = std::iter::once(lo).chain(near.iter().map(|(s, _)| s - w + 1).filter(|a| *a > lo && *a <= t));
+    starts
+        .map(|a| near.iter().filter(|(s, _)| *s >= a && *s < a.saturating_add(w)).map(|(_, n)| *n).sum::<u32>())
+        .max()
+        .unwrap_or(0)
 }
 
 /// The local calendar period of an instant: the local date (as days since 1970-01-01), or for weeks the

@@ -54,6 +54,45 @@ fn a_late_send_cannot_overfill_a_later_window() {
     assert!(!allowed(&c.decide(&mut s, &at(t0 + 10 * M))));
 }
 
+/// A weekly message at the same hour every week under "1 per rolling 7d": each is allowed. With
+/// bucketed windows the send exactly a week after the last one was capped (its bucket straddled the
+/// window's edge), so every other week was suppressed.
+#[test]
+fn a_send_exactly_one_window_after_the_last_is_allowed() {
+    let c = caps(vec![rule("weekly", None, 1, CapWindow::Rolling(Duration::from_secs(7 * 86_400)))]);
+    let mut s = SubjectCaps::default();
+    let t0 = 1_795_600_800_000 + 17 * M; // not on a bucket edge
+    for week in 0..6 {
+        let t = t0 + week * 7 * 24 * H;
+        assert!(allowed(&c.decide(&mut s, &at(t))), "week {week}");
+        assert!(!allowed(&c.decide(&mut s, &at(t + 1))), "a second send the same week, week {week}");
+        c.expire(&mut s, t);
+    }
+    // One millisecond short of a week is still inside the window.
+    let mut s = SubjectCaps::default();
+    assert!(allowed(&c.decide(&mut s, &at(t0))));
+    assert!(!allowed(&c.decide(&mut s, &at(t0 + 7 * 24 * H - 1))));
+}
+
+/// State written with bucketed rolling counters (before windows were exact) is read conservatively:
+/// each bucket's sends count from the bucket's last millisecond, so nothing the buckets capped is
+/// allowed, and the state is exact from then on.
+#[test]
+fn bucketed_state_from_before_is_read_as_bucket_end_times() {
+    let c = caps(vec![rule("hourly", None, 1, CapWindow::Rolling(Duration::from_secs(3600)))]);
+    let key = key_hash("hourly@rolling 1h");
+    let t0: i64 = 1_795_600_800_000;
+    let bucket = t0.div_euclid(60_000); // 1h / 60 buckets
+    let old = serde_json::json!({"counters": [[key, [[bucket, 1]]]], "sent": []});
+    let mut s: SubjectCaps = serde_json::from_value(old).unwrap();
+    assert!(!s.exact);
+    // The old send counts until an hour after its bucket's end, not only after its bucket's start.
+    assert!(!allowed(&c.decide(&mut s, &at(bucket * 60_000 + H - 1))));
+    assert!(s.exact);
+    assert!(allowed(&c.decide(&mut s, &at(bucket * 60_000 + 60_000 - 1 + H))));
+    assert_eq!(serde_json::to_value(SubjectCaps::default()).unwrap()["exact"], serde_json::json!(true));
+}
+
 /// 2026-11-01 is the day US clocks fall back (a 25-hour day in New York); Berlin fell back on
 /// 2026-10-25. "1 per calendar day" follows each subject's local days.
 #[test]
@@ -219,6 +258,38 @@ fn bad_rule_sets_are_refused_and_versions_follow_content() {
 }
 
 proptest! {
+    /// The check against a brute-force reference: a send at `t` is allowed exactly when every window
+    /// `[a, a + w)` with `t - w < a <= t` holds fewer than `limit` sends, tried for every start `a` (time in
+    /// minutes, so every start can be tried), in random order, with sends exactly `w` apart included.
+    #[test]
+    fn the_rolling_check_is_exact(
+        times in proptest::collection::vec(0i64..600, 1..60),
+        spaced in proptest::collection::vec(0i64..5, 0..10),
+        limit in 1u32..4,
+        window_min in 1i64..120,
+    ) {
+        let w = window_min * M;
+        let c = caps(vec![rule("r", None, limit, CapWindow::Rolling(Duration::from_millis(w as u64)))]);
+        let base = utc_ms("2026-10-31T00:00:00Z");
+        // Random minutes, plus sends exactly a window apart.
+        let mut minutes = times;
+        minutes.extend(spaced.iter().map(|k| 100 + k * window_min));
+        let mut s = SubjectCaps::default();
+        let mut sent: Vec<i64> = Vec::new();
+        for m in minutes {
+            let t = base + m * M;
+            let reference = ((m - window_min + 1)..=m).all(|a_min| {
+                let (a, end) = (base + a_min * M, base + (a_min + window_min) * M);
+                (sent.iter().filter(|x| **x >= a && **x < end).count() as u32) < limit
+            });
+            let verdict = allowed(&c.decide(&mut s, &at(t)));
+            prop_assert_eq!(verdict, reference, "send at minute {} after {:?}", m, sent);
+            if verdict {
+                sent.push(t);
+            }
+        }
+    }
+
     /// Whatever the order and spacing of intents, no window of the rule's length ever holds more than
     /// `limit` allowed sends (rolling), and no local day more than `limit` (calendar).
     #[test]
