@@ -44,8 +44,8 @@ pub fn dedupe_key(tenant_id: &str, event_id: &str) -> u128 {
 #[derive(Debug)]
 pub struct EventDeduplicator {
     ttl_ms: i64,
-    /// key → expiry (processing time, ms).
-    seen: FastHashMap<u128, i64>,
+    /// key → (expiry (processing time, ms), an event of this id went on in this run).
+    seen: FastHashMap<u128, (i64, bool)>,
     /// (expiry, key) in insertion order; processing time only moves forward, so this is sorted.
     expiries: VecDeque<(i64, u128)>,
 }
@@ -65,17 +65,41 @@ impl EventDeduplicator {
         if self.seen.contains_key(&key) {
             return false;
         }
-        self.remember(key, now_ms);
+        self.insert(key, now_ms, true);
         true
+    }
+
+    /// For an event a previous run already stored (re-read after a restart): it goes on to drive
+    /// decisions again (their effects may not have been durable), unless an event of the same id already
+    /// went on in this run. Its id may be in the restored state (stored ids are restored), which does
+    /// not count: only this run's. Without this, a duplicate of a stored event read earlier in this run
+    /// (another partition, or stored after the restore read the ids) decided the same intents twice.
+    pub fn first_in_run(&mut self, key: u128, now_ms: i64) -> bool {
+        self.expire(now_ms);
+        match self.seen.get_mut(&key) {
+            Some((_, this_run)) if *this_run => false,
+            Some((_, this_run)) => {
+                *this_run = true;
+                true
+            }
+            None => {
+                self.insert(key, now_ms, true);
+                true
+            }
+        }
     }
 
     /// Records an id as seen at `seen_at_ms` without testing it (restoring state after a restart).
     pub fn remember(&mut self, key: u128, seen_at_ms: i64) {
+        self.insert(key, seen_at_ms, false);
+    }
+
+    fn insert(&mut self, key: u128, seen_at_ms: i64, this_run: bool) {
         let expiry = seen_at_ms.saturating_add(self.ttl_ms);
         // Restored ids may arrive out of order; keep the deque sorted by clamping to its tail, which
         // can only make an id live longer, never shorter.
         let expiry = self.expiries.back().map_or(expiry, |&(last, _)| expiry.max(last));
-        self.seen.insert(key, expiry);
+        self.seen.insert(key, (expiry, this_run));
         self.expiries.push_back((expiry, key));
     }
 
@@ -85,7 +109,7 @@ impl EventDeduplicator {
                 break;
             }
             self.expiries.pop_front();
-            if self.seen.get(&key) == Some(&expiry) {
+            if self.seen.get(&key).is_some_and(|(e, _)| *e == expiry) {
                 self.seen.remove(&key);
             }
         }
@@ -104,6 +128,21 @@ impl EventDeduplicator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a restart: a stored event re-read goes on once (even with its id restored), and a duplicate
+    /// of it, before or after it in this run, does not go on as well.
+    #[test]
+    fn a_stored_event_and_its_duplicate_go_on_once_in_a_run() {
+        let mut d = dedup(3600);
+        let (x, y) = (dedupe_key("t", "x"), dedupe_key("t", "y"));
+        d.remember(x, 0); // restored: stored by the previous run
+        assert!(d.first_in_run(x, 1), "the stored event drives decisions again");
+        assert!(!d.first_in_run(x, 2), "not twice");
+        assert!(!d.first_seen(x, 3), "its duplicate is dropped");
+        // The duplicate first, the stored one after (another partition): only one goes on.
+        assert!(d.first_seen(y, 4));
+        assert!(!d.first_in_run(y, 5));
+    }
 
     fn dedup(ttl_secs: u64) -> EventDeduplicator {
         EventDeduplicator::new(&DedupeConfig { ttl: Duration::from_secs(ttl_secs) })

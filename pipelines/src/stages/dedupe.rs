@@ -21,8 +21,8 @@ pub fn owner(tenant_id: &str, event_id: &str, peers: usize) -> usize {
 }
 
 /// Input and output: events with their "already stored by a previous run" flag. Flagged events were
-/// unique when first stored (their ids are in the restored state), so they pass without a check and
-/// without being counted again: they only feed the decisions downstream, not the events table.
+/// unique when first stored (their ids are in the restored state), so they pass without being counted
+/// again, once per run (`first_in_run`): they only feed the decisions downstream, not the events table.
 pub fn dedupe<'s>(
     events: Stream<'s, Epoch, Vec<ReadEvent>>,
     mut deduplicator: EventDeduplicator,
@@ -40,11 +40,13 @@ pub fn dedupe<'s>(
                     let (mut unique, mut duplicates) = (0u64, 0u64);
                     for batch in data {
                         for read in batch.drain(..) {
+                            let key = dedupe_key(&read.event.tenant_id, &read.event.event_id);
                             if read.already_stored {
-                                session.give(read);
-                            } else if deduplicator
-                                .first_seen(dedupe_key(&read.event.tenant_id, &read.event.event_id), now_ms)
-                            {
+                                // Counted as already stored at the source; goes on once per run.
+                                if deduplicator.first_in_run(key, now_ms) {
+                                    session.give(read);
+                                }
+                            } else if deduplicator.first_seen(key, now_ms) {
                                 unique += 1;
                                 session.give(read);
                             } else {
