@@ -43,13 +43,24 @@ fn an_unreadable_state_record_stops_the_start_unless_a_partial_restore_is_accept
 
 #[test]
 fn a_restore_that_cannot_finish_in_time_stops_the_start() {
-    let tp =
-        TestPipeline::new("it_restore_slow", &[("drain_idle: 1500ms", "drain_idle: 1500ms\n  restore_timeout: 1ms")]);
+    let tp = TestPipeline::new("it_restore_slow", &[("restore_timeout: 10m", "restore_timeout: 0s")]);
     tp.prepare();
     tp.produce(300, 6);
     // Empty changelogs are complete at once, however short the time.
     run(&tp, false).expect("a first run over empty changelogs");
-    let error = format!("{:#}", run(&tp, false).expect_err("the changelog cannot be read in 1 ms"));
+    // State to restore: more records than one poll returns.
+    let topic = tp.config.topics.caps_changelog(&tp.config.pipeline.group_id).name;
+    let records: Vec<OutgoingRecord> = (0..50)
+        .map(|i| OutgoingRecord {
+            topic: topic.clone(),
+            partition: None,
+            key: Some(format!("acme/u-{i}").into_bytes()),
+            payload: Some(b"{}".to_vec()),
+            headers: vec![],
+        })
+        .collect();
+    common::runtime().block_on(AckedProducer::new(&tp.config.kafka).unwrap().send_all(&records)).unwrap();
+    let error = format!("{:#}", run(&tp, false).expect_err("the changelog cannot be read in no time"));
     assert!(error.contains("not read to its end") && error.contains("partition"), "{error}");
     run(&tp, true).expect("with --accept-partial-restore the run goes on");
 }

@@ -106,7 +106,7 @@ pub fn read_partitions(
                 let mut behind = Vec::new();
                 for &p in partitions {
                     let at = next.get(&p).copied().unwrap_or(0);
-                    let end = high_watermark(&consumer, topic, p).unwrap_or(-1);
+                    let end = high_watermark(&consumer, topic, p)?;
                     if at < end {
                         behind.push(format!("partition {p} at offset {at} of {end}"));
                     }
