@@ -1,11 +1,10 @@
 //! The journey versions a run executes: the current files, plus every older version recorded in the
 //! versions topic (subjects continue on the version they entered with).
 
-use std::time::Duration;
+use anyhow::{bail, Result};
+use touchpoint_connectors::kafka::AckedProducer;
 
-use anyhow::{bail, Context, Result};
-use touchpoint_connectors::kafka::{read_all, read_all_strict, AckedProducer};
-
+use super::restore::read_for_restore;
 use super::PartialRestore;
 use touchpoint_operators::journey::{Journey, Journeys};
 
@@ -26,12 +25,7 @@ pub fn load_journeys(
         return Ok(journeys);
     }
     let topic = config.topics.journey_versions(&config.pipeline.group_id).name;
-    let timeout = config.source.restore_timeout;
-    let archived = match partial {
-        PartialRestore::Refuse => read_all_strict(&config.kafka, &topic, Duration::from_millis(500), timeout)
-            .context("restoring the journey versions (start with --accept-partial-restore to run with less)")?,
-        PartialRestore::Accept => read_all(&config.kafka, &topic, Duration::from_millis(500), timeout)?,
-    };
+    let archived = read_for_restore(config, &topic, "the journey versions", partial)?;
     let mut known = std::collections::HashSet::new();
     for r in &archived {
         let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).to_string();

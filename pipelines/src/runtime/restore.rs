@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use touchpoint_connectors::clickhouse::EventStore;
-use touchpoint_connectors::kafka::{read_all, read_all_strict};
+use touchpoint_connectors::kafka::{read_all, read_all_strict, ReadRecord};
 use touchpoint_operators::dedupe::dedupe_key;
 use touchpoint_operators::fast_hash::FastHashMap;
 use touchpoint_operators::guardrails::SubjectSendState;
@@ -47,6 +47,22 @@ pub fn restore_caps(
     restore_changelog(config, &topic, "frequency-cap", peers, local_workers, partial)
 }
 
+/// Reads `topic` to its end for a restore of `what`, within `source.restore_timeout`: not reaching the
+/// end is an error unless a partial restore is accepted.
+pub(super) fn read_for_restore(
+    config: &PipelineConfig,
+    topic: &str,
+    what: &str,
+    partial: PartialRestore,
+) -> Result<Vec<ReadRecord>> {
+    let (idle, timeout) = (Duration::from_millis(500), config.source.restore_timeout);
+    Ok(match partial {
+        PartialRestore::Refuse => read_all_strict(&config.kafka, topic, idle, timeout)
+            .with_context(|| format!("restoring {what} (start with --accept-partial-restore to run with less)"))?,
+        PartialRestore::Accept => read_all(&config.kafka, topic, idle, timeout)?,
+    })
+}
+
 /// What a restore does when it cannot read everything (its deadline passed, or a record it cannot
 /// parse): by default the start fails, naming the topic, partition and offset, since subjects whose
 /// state is missing would start afresh (caps reset, sends repeated). An operator may accept that.
@@ -69,14 +85,7 @@ pub fn restore_changelog<T: serde::de::DeserializeOwned>(
     partial: PartialRestore,
 ) -> Result<HashMap<usize, FastHashMap<SubjectRef, T>>> {
     let started = std::time::Instant::now();
-    let timeout = config.source.restore_timeout;
-    let records = match partial {
-        PartialRestore::Refuse => read_all_strict(&config.kafka, topic, Duration::from_millis(500), timeout)
-            .with_context(|| {
-                format!("restoring {what} state (start with --accept-partial-restore to run with less)")
-            })?,
-        PartialRestore::Accept => read_all(&config.kafka, topic, Duration::from_millis(500), timeout)?,
-    };
+    let records = read_for_restore(config, topic, &format!("{what} state"), partial)?;
     let mut latest: HashMap<SubjectRef, Option<T>> = HashMap::new();
     let count = records.len();
     let mut unreadable = 0usize;
