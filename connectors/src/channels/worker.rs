@@ -31,9 +31,7 @@ use super::ledger::{Ledger, LedgerEntry};
 use super::rate_limit::{RateLimitConfig, RateLimiter};
 use super::retry::RetryPolicy;
 use super::{now_ms, ChannelClient, DeliveryRef, ProviderStatus, SendError};
-use crate::kafka::{
-    bounded_text, recv_batch, AckedProducer, KafkaConfig, OutgoingRecord, ProduceError, TopicSpec, MAX_REASON_BYTES,
-};
+use crate::kafka::{bounded_text, recv_batch, AckedProducer, KafkaConfig, OutgoingRecord, TopicSpec, MAX_REASON_BYTES};
 
 /// The longest a round works before it commits and polls Kafka again (well inside the default
 /// `max.poll.interval.ms` of 5 minutes).
@@ -702,18 +700,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
     /// it would stop on it forever. Any other refused record (ledger, delivery) fails the call: on those
     /// compacted topics a reference would be a tombstone.
     async fn durable(&self, records: Vec<OutgoingRecord>) -> Result<()> {
-        match self.producer.send_all(&records).await {
-            Ok(_) => Ok(()),
-            Err(ProduceError::Refused { refused, .. })
-                if refused.iter().all(|(i, _)| records[*i].topic == self.topics.dead_letter) =>
-            {
-                let references: Vec<_> =
-                    refused.into_iter().map(|(i, _)| records[i].clone().into_reference()).collect();
-                self.producer.send_all(&references).await?;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.producer.send_all_or_references(&records, |r| r.topic == self.topics.dead_letter).await?)
     }
 }
 

@@ -250,6 +250,27 @@ impl AckedProducer {
         Ok(acked.into_iter().flatten().collect())
     }
 
+    /// [`Self::send_all`] where a reference may stand for a record: records refused for good, if
+    /// `may_reference` accepts each of them, go again as their references
+    /// ([`OutgoingRecord::into_reference`]) instead of failing the call. Only for topics that are not
+    /// compacted: there a record without a value is a tombstone.
+    pub async fn send_all_or_references(
+        &self,
+        records: &[OutgoingRecord],
+        may_reference: impl Fn(&OutgoingRecord) -> bool,
+    ) -> Result<(), ProduceError> {
+        match self.send_all(records).await {
+            Ok(_) => Ok(()),
+            Err(ProduceError::Refused { refused, .. }) if refused.iter().all(|(i, _)| may_reference(&records[*i])) => {
+                tracing::error!(records = refused.len(), "records refused for good; writing their references");
+                let references: Vec<_> =
+                    refused.into_iter().map(|(i, _)| records[i].clone().into_reference()).collect();
+                self.send_all(&references).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         self.producer().flush(timeout).context("flushing the Kafka producer")
     }

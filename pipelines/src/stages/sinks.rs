@@ -6,7 +6,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use touchpoint_connectors::clickhouse::batch_token;
 use touchpoint_connectors::clickhouse::EventStore;
-use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord, ProduceError};
+use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord};
 use touchpoint_operators::decision::Decision;
 use touchpoint_schemas::SubjectRef;
 use touchpoint_schemas::{headers, ChannelMessageRef, NormalizedEvent};
@@ -56,22 +56,10 @@ impl<T: TopicRecord + Send + Sync + 'static> BatchWriter<T> for TopicSink {
     /// Bounded: a record too large to write goes as a reference, and one the broker still refuses for
     /// good (its limit lower than ours) goes again as its reference instead of stalling the epoch.
     fn write(&self, _epoch: Epoch, batch: Arc<Batch<T>>) -> BoxFuture<'static, anyhow::Result<()>> {
-        let (producer, name) = (self.producer.clone(), self.name);
+        let producer = self.producer.clone();
         let records: Vec<_> = batch.iter().map(|r| r.to_record(&self.topic).bounded()).collect();
-        async move {
-            match producer.send_all(&records).await {
-                Ok(acked) => tracing::debug!(sink = name, ?acked, "records acknowledged at (partition, offset)"),
-                Err(ProduceError::Refused { refused, .. }) => {
-                    tracing::error!(sink = name, records = refused.len(), "records refused; writing their references");
-                    let references: Vec<_> =
-                        refused.into_iter().map(|(i, _)| records[i].clone().into_reference()).collect();
-                    producer.send_all(&references).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-            Ok(())
-        }
-        .boxed()
+        // Dead letters and late events: not compacted, so every refused record may go as a reference.
+        async move { Ok(producer.send_all_or_references(&records, |_| true).await?) }.boxed()
     }
 }
 
