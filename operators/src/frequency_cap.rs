@@ -429,7 +429,8 @@ fn slot(window: &CapWindow, at_ms: i64, tz: Tz) -> i64 {
 fn busiest_window(times: &[(i64, u32)], t: i64, w: i64) -> u32 {
     let lo = t.saturating_sub(w).saturating_add(1);
     let hi = t.saturating_add(w).saturating_sub(1);
-    let near: Vec<(i64, u32)> = times.iter().copied().filter(|(s, _)| (lo..=hi).contains(s)).collect();
+    // Sorted: the sends that share a window with `t` are one slice, no copy per decision.
+    let near = &times[times.partition_point(|(s, _)| *s < lo)..times.partition_point(|(s, _)| *s <= hi)];
     // Moving the start right, a window gains a send `s` when its end passes it (at `a = s - w + 1`) and
     // loses sends at its start: the busiest windows start at `lo` or where one gains a send.
     let starts = std::iter::once(lo).chain(near.iter().map(|(s, _)| s - w + 1).filter(|a| *a > lo && *a <= t));
