@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{connector_keys, end_offsets, query_lines, runtime, TestPipeline};
@@ -53,14 +53,7 @@ fn clickhouse_down_for_thirty_seconds_then_catch_up_with_nothing_lost_or_doubled
     let valid = touchpoint_generate::valid_event_ids(&produced);
 
     let log_path = std::env::temp_dir().join(format!("{}.log", tp.name));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_touchpoint"))
-        .args(["run", "--config"])
-        .arg(&tp.path)
-        .args(["--workers", "2"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn_run(&tp, &log_path);
     let rt = runtime();
     let store = tp.store();
     let deadline = Instant::now() + Duration::from_secs(120);

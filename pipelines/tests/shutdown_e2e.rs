@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{end_offsets, runtime, TestPipeline};
@@ -20,17 +20,6 @@ fn stack(args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/stack.sh");
     let status = Command::new("bash").arg(script).args(args).status().expect("running stack.sh");
     assert!(status.success(), "stack.sh {args:?} failed");
-}
-
-fn start(tp: &TestPipeline, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_touchpoint"))
-        .args(["run", "--config"])
-        .arg(&tp.path)
-        .args(["--workers", "2"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
 }
 
 fn sigterm(child: &Child) {
@@ -70,7 +59,7 @@ fn a_stop_during_a_clickhouse_outage_ends_in_bounded_time_and_loses_nothing() {
     let log = std::env::temp_dir().join(format!("{}.log", tp.name));
 
     // One SIGTERM during the outage: the process exits after the grace period, not never.
-    let mut first = start(&tp, &log);
+    let mut first = common::spawn_run(&tp, &log);
     wait_for_rows(&tp, 2_000);
     stack(&["stop", "clickhouse"]);
     std::thread::sleep(Duration::from_secs(2));
@@ -82,7 +71,7 @@ fn a_stop_during_a_clickhouse_outage_ends_in_bounded_time_and_loses_nothing() {
     assert!(text.contains("stop did not finish in time"), "the log says why");
 
     // Two SIGTERMs during the outage: the second exits at once.
-    let mut second = start(&tp, &log);
+    let mut second = common::spawn_run(&tp, &log);
     wait_for_rows(&tp, runtime().block_on(tp.store().count()).unwrap_or(0) + 1_000);
     stack(&["stop", "clickhouse"]);
     std::thread::sleep(Duration::from_secs(2));

@@ -5,20 +5,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{assert_allowed_sent_once, end_offsets, KillOnDrop, TestPipeline};
 
 fn start(tp: &TestPipeline, log: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_touchpoint"))
-        .args(["run", "--config"])
-        .arg(&tp.path)
-        .args(["--workers", "2"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(std::env::temp_dir().join(format!("{}-{log}.log", tp.name))).expect("log"))
-        .spawn()
-        .expect("starting touchpoint")
+    common::spawn_run(tp, &std::env::temp_dir().join(format!("{}-{log}.log", tp.name)))
 }
 
 fn log_of(tp: &TestPipeline, log: &str) -> String {

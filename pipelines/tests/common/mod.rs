@@ -268,3 +268,16 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// `touchpoint run` of `tp`'s pipeline file with 2 workers, as its own process: stdout discarded, the
+/// log (stderr) to `log`.
+pub fn spawn_run(tp: &TestPipeline, log: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_touchpoint"))
+        .args(["run", "--config"])
+        .arg(&tp.path)
+        .args(["--workers", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("starting touchpoint")
+}
