@@ -13,6 +13,9 @@ pub enum DecisionKind {
     Allowed,
     SuppressedConsent,
     SuppressedCap,
+    /// The subject's send ledger is full ([`crate::send_ledger::MAX_LEDGER_KEYS`] keys within its TTL):
+    /// a flood of intents for one subject; none is sent until old keys expire.
+    SuppressedLedgerFull,
 }
 
 impl DecisionKind {
@@ -21,6 +24,7 @@ impl DecisionKind {
             DecisionKind::Allowed => "allowed",
             DecisionKind::SuppressedConsent => "suppressed_consent",
             DecisionKind::SuppressedCap => "suppressed_cap",
+            DecisionKind::SuppressedLedgerFull => "suppressed_ledger_full",
         }
     }
 }
@@ -47,6 +51,10 @@ impl Decision {
             return "already allowed and counted before a restart; not counted again".into();
         }
         match (&self.kind, &self.cap) {
+            (DecisionKind::SuppressedLedgerFull, _) => format!(
+                "send ledger full: {} decisions for this subject within the ledger TTL; none until older ones expire",
+                crate::send_ledger::MAX_LEDGER_KEYS
+            ),
             (DecisionKind::SuppressedConsent, _) => format!("consent {}", self.consent.describe()),
             (_, Some(CapVerdict::Capped { rule_id, count, limit, window })) => {
                 format!("cap {rule_id}: {count} of {limit} per {window}")
@@ -54,6 +62,26 @@ impl Decision {
             (_, Some(CapVerdict::Exempt)) => format!("consent {}; category exempt from caps", self.consent.describe()),
             _ => format!("consent {}; within caps", self.consent.describe()),
         }
+    }
+}
+
+/// The decision for an intent of a subject whose send ledger is full: suppressed, neither counted nor
+/// consulted against the caps.
+pub fn suppress_ledger_full(
+    intent: SendIntent,
+    consent: &ConsentTable,
+    consent_config: &ConsentConfig,
+    caps: &FrequencyCaps,
+) -> Decision {
+    let verdict = consent.verdict(&intent.subject, intent.channel, intent.purpose, consent_config);
+    let caps_version = caps.version().to_string();
+    Decision {
+        intent,
+        kind: DecisionKind::SuppressedLedgerFull,
+        consent: verdict,
+        cap: None,
+        caps_version,
+        replayed: false,
     }
 }
 

@@ -31,7 +31,7 @@ use touchpoint_schemas::NormalizedEvent;
 
 use crate::consent::{Applied, ConsentChange, ConsentConfig, ConsentTable};
 
-use crate::decision::{decide, Decision, DecisionKind};
+use crate::decision::{decide, suppress_ledger_full, Decision, DecisionKind};
 use crate::fast_hash::FastHashMap;
 use crate::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
 use crate::intent::{IntentRules, SendIntent};
@@ -161,6 +161,13 @@ impl Guardrails for SubjectGuardrails<'_> {
                 }
                 None => {}
             }
+        }
+        if ledger && self.state.sends.is_full() {
+            // Not recorded (there is no room): a re-run decides the same while the ledger stays full.
+            let decision = suppress_ledger_full(intent, self.consent, &self.rules.consent, &self.rules.caps);
+            let outcome = SendOutcome::Suppressed(decision.reason());
+            self.decisions.push(Arc::new(decision));
+            return outcome;
         }
         let decision = decide(intent, self.consent, &self.rules.consent, &self.rules.caps, &mut self.state.caps);
         let allowed = decision.kind == DecisionKind::Allowed;

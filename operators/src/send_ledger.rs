@@ -15,6 +15,11 @@
 //!
 //! Entries expire by processing (wall-clock) time after `send_ledger_ttl`, which must be longer than any
 //! replay window: `touchpoint replay` refuses a range older than the TTL.
+//!
+//! A subject's ledger holds at most [`MAX_LEDGER_KEYS`] keys, so that one subject flooded with events
+//! (a hostile or broken producer) cannot grow its changelog record without bound. A full ledger never
+//! forgets a key early (a forgotten key could be sent twice); instead the subject's further intents are
+//! suppressed as `suppressed_ledger_full` until old keys expire: failing closed, not open.
 
 use std::time::Duration;
 
@@ -63,6 +68,11 @@ pub struct SubjectSends {
     reasons: Vec<(u64, String)>,
 }
 
+/// Most keys one subject's ledger holds (sent and suppressed): 16 bytes each in memory, about 36 in the
+/// changelog record, so at most ~74 KB per subject. Thousands of decisions for one person within the
+/// TTL is a flood, not marketing.
+pub const MAX_LEDGER_KEYS: usize = 2048;
+
 /// What the ledger knows about a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decided<'a> {
@@ -85,6 +95,11 @@ impl SubjectSends {
         self.keys.len() + self.suppressed.len()
     }
 
+    /// No room for another key: new intents of this subject are suppressed until keys expire.
+    pub fn is_full(&self) -> bool {
+        self.len() >= MAX_LEDGER_KEYS
+    }
+
     /// How was this key decided, if it was?
     pub fn lookup(&self, idempotency_key: &str) -> Option<Decided<'_>> {
         let h = key_hash(idempotency_key);
@@ -98,9 +113,10 @@ impl SubjectSends {
         None
     }
 
-    /// Remembers that the send with this key was emitted at `now_ms` (wall clock).
+    /// Remembers that the send with this key was emitted at `now_ms` (wall clock). The caller checks
+    /// [`is_full`](Self::is_full) first; a full ledger takes no key.
     pub fn record_sent(&mut self, idempotency_key: &str, now_ms: i64) {
-        if self.lookup(idempotency_key).is_none() {
+        if !self.is_full() && self.lookup(idempotency_key).is_none() {
             self.keys.push((key_hash(idempotency_key), now_ms));
         }
     }
@@ -108,7 +124,7 @@ impl SubjectSends {
     /// Remembers that the intent with this key was suppressed at `now_ms`, with the reason a journey
     /// followed (none for rule-driven intents).
     pub fn record_suppressed(&mut self, idempotency_key: &str, now_ms: i64, reason: Option<String>) {
-        if self.lookup(idempotency_key).is_none() {
+        if !self.is_full() && self.lookup(idempotency_key).is_none() {
             let h = key_hash(idempotency_key);
             self.suppressed.push((h, now_ms));
             if let Some(r) = reason {
@@ -162,6 +178,26 @@ mod tests {
         assert!(s.reasons.is_empty(), "a reason goes with its key");
         assert_eq!(s.lookup("new"), Some(Decided::Sent));
         assert!(s.expire(20_000, Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn a_full_ledger_takes_no_key_and_frees_room_as_keys_expire() {
+        let mut s = SubjectSends::default();
+        for i in 0..MAX_LEDGER_KEYS {
+            s.record_suppressed(&format!("k{i}"), i as i64, None);
+        }
+        assert!(s.is_full());
+        s.record_sent("one-more", 10_000);
+        assert_eq!(s.lookup("one-more"), None);
+        assert_eq!(s.len(), MAX_LEDGER_KEYS);
+        assert_eq!(s.lookup("k0"), Some(Decided::Suppressed(None)), "no key is forgotten to make room");
+        let bytes = serde_json::to_vec(&s).unwrap().len();
+        assert!(bytes < 100_000, "a full ledger is {bytes} bytes");
+        // Keys decided at 0..=99 expire: room for new ones.
+        s.expire(100 + 1_000, Duration::from_secs(1));
+        assert!(!s.is_full());
+        s.record_sent("one-more", 10_000);
+        assert_eq!(s.lookup("one-more"), Some(Decided::Sent));
     }
 
     #[test]

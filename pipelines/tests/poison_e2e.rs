@@ -72,3 +72,46 @@ fn an_oversized_rejection_is_dead_lettered_bounded_and_the_next_event_is_process
     assert_eq!(tp.stored_ids().into_keys().collect::<Vec<_>>(), ["valid-after"]);
     assert_eq!(tp.committed_offsets().values().sum::<i64>(), 3);
 }
+
+/// One very hot subject: 30,000 `app_opened` events, each an intent of the daily-deal rule. Its send
+/// ledger used to grow by one key per intent, until its changelog record passed 1 MB; now the ledger
+/// stops at `MAX_LEDGER_KEYS` and the rest are suppressed as `suppressed_ledger_full`.
+#[test]
+fn one_very_hot_subject_keeps_a_bounded_changelog_record() {
+    use touchpoint_operators::send_ledger::MAX_LEDGER_KEYS;
+    const EVENTS: usize = 30_000;
+    let tp = TestPipeline::new("it_hot_subject", &[]);
+    tp.prepare();
+    let events = (0..EVENTS)
+        .map(|i| {
+            let event = json!({"event_id": format!("hot-{i}"), "event_type": "app_opened",
+                "occurred_at": 1_764_000_000_000i64 + i as i64 * 1_000, "subject_id": "hot", "tenant_id": "acme",
+                "attributes": {}});
+            ("hot".to_string(), event)
+        })
+        .collect();
+    produce_json(&tp, &tp.config.topics.events.name, events);
+
+    let config = tp.config.clone();
+    let report = touchpoint::run(config, RunOptions { until_drained: true, ..Default::default() }).expect("the run");
+    assert_eq!(report.totals.tally.received, EVENTS as u64);
+
+    let changelog = tp.config.topics.caps_changelog(&tp.config.pipeline.group_id).name;
+    let records = read_all(&tp.config.kafka, &changelog, Duration::from_secs(2), Duration::from_secs(60))
+        .expect("reading the caps changelog");
+    let largest = records.iter().filter_map(|r| r.payload.as_ref().map(Vec::len)).max().expect("a changelog record");
+    assert!(largest < 100_000, "the hot subject's changelog record weighs {largest} bytes");
+
+    let kinds = common::query_lines(
+        &tp,
+        "SELECT concat(decision, '|', toString(count())) AS line FROM decisions FINAL GROUP BY decision ORDER BY decision",
+    );
+    assert_eq!(
+        kinds,
+        [
+            format!("suppressed_consent|{MAX_LEDGER_KEYS}"),
+            format!("suppressed_ledger_full|{}", EVENTS - MAX_LEDGER_KEYS)
+        ],
+        "every intent has a decision; once the ledger is full, none is sent"
+    );
+}

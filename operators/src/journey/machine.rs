@@ -34,6 +34,11 @@ use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 /// type, so a frequent type never pushes a rare one out; the history is bounded by this times the
 /// number of types the loaded journeys ask about.
 pub const HISTORY_PER_TYPE: usize = 8;
+/// Most bytes an enrollment keeps of its trigger event and variables (compact JSON): a subject's
+/// journey state is written whole to the journey changelog, so one event with a huge attribute must not
+/// make it a record the broker refuses. A trigger over it does not enter (transition `context too
+/// large`), with the size in the cause.
+pub const MAX_ENROLLMENT_CONTEXT_BYTES: usize = 16 * 1024;
 /// Most steps one movement may run through (validation refuses waitless cycles; this is a backstop).
 const STEP_BUDGET: usize = 256;
 
@@ -143,6 +148,9 @@ pub enum Cause {
     StepUnavailable,
     /// `step budget exhausted`: too many steps in one movement.
     StepBudgetExhausted,
+    /// `context too large (<n> bytes > <max>); not entered`: the trigger's attributes and variables the
+    /// journey keeps exceed [`MAX_ENROLLMENT_CONTEXT_BYTES`].
+    ContextTooLarge { bytes: usize },
 }
 
 impl std::fmt::Display for Cause {
@@ -163,6 +171,9 @@ impl std::fmt::Display for Cause {
             Cause::VersionUnavailable => f.write_str("version unavailable"),
             Cause::StepUnavailable => f.write_str("step unavailable"),
             Cause::StepBudgetExhausted => f.write_str("step budget exhausted"),
+            Cause::ContextTooLarge { bytes } => {
+                write!(f, "context too large ({bytes} bytes > {MAX_ENROLLMENT_CONTEXT_BYTES}); not entered")
+            }
         }
     }
 }
@@ -376,6 +387,23 @@ impl Journeys {
             if !allowed || !matches(&journey.trigger, event, &ctx) {
                 continue;
             }
+            let trigger = compact_json(&self.snapshot(journey, moving.value()));
+            let vars = capture_vars(journey, subject, moving.value());
+            let context_bytes = trigger.len() + vars.len();
+            if context_bytes > MAX_ENROLLMENT_CONTEXT_BYTES {
+                out.push(Transition {
+                    subject: subject.clone(),
+                    journey: journey.id.clone(),
+                    version: journey.version.clone(),
+                    from_step: None,
+                    to_step: None,
+                    cause: Cause::ContextTooLarge { bytes: context_bytes },
+                    event_time_ms: now,
+                    event_id: Some(event.event_id.clone()),
+                    seq: 0,
+                });
+                continue;
+            }
             match state.entries.iter_mut().find(|(id, _)| *id == journey.id) {
                 Some(entry) => entry.1 = now,
                 None => state.entries.push((journey.id.clone(), now)),
@@ -386,10 +414,10 @@ impl Journeys {
                 step: journey.steps[0].id.clone(),
                 entered_at_ms: now,
                 entry_event_id: event.event_id.clone(),
-                trigger: compact_json(&self.snapshot(journey, moving.value())),
+                trigger,
                 due_ms: None,
                 steps_run: 0,
-                vars: capture_vars(journey, subject, moving.value()),
+                vars,
             });
             let i = state.active.len() - 1;
             out.push(Transition {

@@ -443,3 +443,23 @@ steps:
     journeys.on_time(&s, &mut state, T0 + DAY, &mut g);
     assert_eq!(templates(&g.sent), vec!["loyal"], "the order 10 days ago is still remembered");
 }
+
+#[test]
+fn a_trigger_too_large_to_keep_does_not_enter_and_says_so() {
+    // WELCOME reads `event.attributes.plan` after its first step: the plan is kept with the enrollment.
+    let journeys = Journeys::new(vec![journey(WELCOME)], "time_zone");
+    let (s, mut state, mut g) = (subject("huge"), SubjectJourneys::default(), Recorder::default());
+    let plan = "p".repeat(MAX_ENROLLMENT_CONTEXT_BYTES);
+    let t =
+        journeys.on_event(&s, &mut state, &event("e1", "signed_up", T0, &format!(r#"{{"plan":"{plan}"}}"#)), &mut g);
+    assert_eq!(t.len(), 1);
+    let cause = t[0].cause.to_string();
+    assert!(cause.starts_with("context too large (") && cause.ends_with("bytes > 16384); not entered"), "{cause}");
+    assert_eq!((t[0].from_step.as_deref(), t[0].to_step.as_deref()), (None, None));
+    assert!(state.is_empty(), "nothing is kept: no enrollment, no entry time");
+    assert!(g.sent.is_empty());
+
+    // A trigger that fits enters as before.
+    let t = journeys.on_event(&s, &mut state, &event("e2", "signed_up", T0, r#"{"plan":"pro"}"#), &mut g);
+    assert_eq!(causes(&t), vec!["->hello:trigger:signed_up", "hello>wait-2d:sent"]);
+}
