@@ -242,3 +242,75 @@ fn late_events_are_processed_and_flagged_with_the_flag_policy() {
     assert!(routed.is_empty(), "nothing is routed under `flag`");
     assert!(stdout.contains(&format!("late            {} (processed", late.len())), "{stdout}");
 }
+
+/// A producer cannot push time forward (issue 21). Events dated 23 h ahead (inside `max_future_skew`)
+/// on every partition used to move the watermark a day ahead: the push cap's counter of the subject
+/// below expired (the cap was bypassed) and its next, real-time event was late. Each partition's clock
+/// now leads the broker's time by at most `max_clock_lead`, so neither happens.
+#[test]
+fn future_dated_events_on_every_partition_neither_free_a_cap_nor_make_real_traffic_late() {
+    let tp = TestPipeline::new("it_future", &[("idle_timeout: 5s", "idle_timeout: 1s")]);
+    tp.prepare();
+    let now = chrono::Utc::now().timestamp_millis();
+    let producer: FutureProducer = tp.config.kafka.producer_config().create().expect("producer");
+    let rt = runtime();
+    let send = |topic: &str, partition: Option<i32>, key: &str, payload: serde_json::Value| {
+        let payload = payload.to_string();
+        let mut record = FutureRecord::to(topic).key(key).payload(&payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        rt.block_on(producer.send(record, Duration::from_secs(30))).expect("producing");
+    };
+    let opened = |id: &str, subject: &str, at_ms: i64| {
+        json!({"event_id": id, "event_type": "app_opened", "subject_id": subject, "tenant_id": "acme",
+            "occurred_at": chrono::DateTime::from_timestamp_millis(at_ms).expect("time").to_rfc3339(),
+            "attributes": {}})
+    };
+    // The subject may get marketing pushes: its first app open is sent, the second is capped (1 per
+    // rolling hour).
+    send(
+        &tp.config.topics.consent.name,
+        None,
+        "acme/hot/push/marketing",
+        json!({"subject_id": "hot", "tenant_id": "acme", "channel": "push", "purpose": "marketing",
+            "status": "granted", "updated_at": "2026-01-01T00:00:00Z", "source": "test"}),
+    );
+    send(&tp.config.topics.events.name, Some(0), "hot", opened("first", "hot", now - 20 * MINUTE));
+    for p in 0..tp.config.topics.events.partitions {
+        send(
+            &tp.config.topics.events.name,
+            Some(p),
+            "f",
+            opened(&format!("future-{p}"), &format!("f{p}"), now + 23 * 60 * MINUTE),
+        );
+    }
+
+    let log = std::env::temp_dir().join(format!("{}.log", tp.name));
+    let child = start(&tp, &log);
+    let stored = |n: u64| move || rt_count(&tp) >= n;
+    wait_for("the first events stored", Duration::from_secs(120), stored(5));
+    // The future-dated events' epochs are done: whatever watermark they make is in force now.
+    std::thread::sleep(Duration::from_secs(3));
+    send(&tp.config.topics.events.name, Some(0), "hot", opened("second", "hot", now - 10 * MINUTE));
+    wait_for("the second event stored", Duration::from_secs(120), stored(6));
+    std::thread::sleep(Duration::from_secs(1));
+    stop(child);
+
+    let decisions = query_strings(
+        &tp,
+        "SELECT concat(event_id, ':', decision, if(late, ':late', '')) FROM decisions FINAL WHERE subject_id = 'hot'",
+    );
+    assert_eq!(
+        decisions,
+        BTreeSet::from(["first:allowed".to_string(), "second:suppressed_cap".to_string()]),
+        "the cap holds and the real-time event is on time\n{}",
+        log_text(&log)
+    );
+    let late = query_strings(&tp, "SELECT event_id FROM events WHERE late");
+    assert!(late.is_empty(), "no event is late: {late:?}");
+}
+
+fn rt_count(tp: &TestPipeline) -> u64 {
+    runtime().block_on(tp.store().count()).unwrap_or(0)
+}

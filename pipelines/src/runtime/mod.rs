@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use touchpoint_connectors::kafka::partition_count;
-use touchpoint_connectors::kafka::{ensure_topics, TransactionalProducer};
+use touchpoint_connectors::kafka::{ensure_topics, lease_topic, Lease, LeaseHeld, LeaseWait, TransactionalProducer};
 use touchpoint_operators::fast_hash::FastHashMap;
 use touchpoint_operators::guardrails::SubjectSendState;
 use touchpoint_operators::journey::{Journeys, SubjectJourneys};
@@ -95,7 +95,25 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     topics.push(config.topics.caps_changelog(&config.pipeline.group_id));
     topics.push(config.topics.journeys_changelog(&config.pipeline.group_id));
     topics.push(config.topics.journey_versions(&config.pipeline.group_id));
+    topics.push(lease_topic(&config.pipeline.group_id));
     runtime.block_on(ensure_topics(&config.kafka, &topics))?;
+
+    // One instance at a time: the lease comes before the transactional id and every restore, so a
+    // second instance neither fences nor reads the state of one still running (a replay fails at once).
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_signal_handler(&runtime, stop.clone());
+    let fatal = FatalSlot::default();
+    let wait = if options.replay.is_some() { LeaseWait::Fail } else { LeaseWait::UntilFree };
+    let lease = {
+        let (fatal, stop) = (fatal.clone(), stop.clone());
+        Lease::acquire(&config.kafka, &config.pipeline.group_id, options.process, wait, &stop.clone(), move |why| {
+            tracing::error!("{why}");
+            if let Ok(mut slot) = fatal.lock() {
+                slot.get_or_insert(why);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        })?
+    };
     // exactly_once_v2: register the job's transactional id before anything reads committed offsets or
     // state, so that an earlier instance still running is fenced (its open transaction aborted) first.
     let eos = config.processing.guarantee == ProcessingGuarantee::ExactlyOnceV2;
@@ -163,8 +181,6 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     let restored_journeys = restored_journeys??;
     let restored_ids = restored_ids?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    spawn_signal_handler(&runtime, stop.clone());
     if let Some(listen) = config.pipeline.metrics_listen.clone() {
         runtime.spawn(async move {
             if let Err(e) = crate::metrics::serve(listen).await {
@@ -194,7 +210,8 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         started,
         start_up: std::sync::OnceLock::new(),
         transaction,
-        fatal: FatalSlot::default(),
+        fatal,
+        lease: Some(lease.held_flag()),
     });
     let start_up = shared.clone();
     let guards = timely::execute(timely_config, move |worker| worker::run_worker(worker, &shared))
@@ -207,6 +224,8 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
             Err(panic) => errors.push(format!("worker {i} panicked: {panic}")),
         }
     }
+    // Held until every worker is done: the next instance starts only after this one's last commit.
+    drop(lease);
     if !errors.is_empty() {
         bail!("pipeline failed: {}", errors.join("; "));
     }
@@ -239,8 +258,10 @@ struct Shared {
     start_up: std::sync::OnceLock<Duration>,
     /// `exactly_once_v2`, in process 0: the job's transactional producer (used by worker 0).
     transaction: Option<Arc<TransactionalProducer>>,
-    /// A fatal transaction error (fenced): every worker loop stops the run with it.
+    /// A fatal error (fenced, lease lost): every worker loop stops the run with it.
     fatal: FatalSlot,
+    /// Whether this instance holds the pipeline's lease (the sources read nothing while it does not).
+    lease: Option<LeaseHeld>,
 }
 
 impl Shared {

@@ -134,6 +134,7 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
                 until_drained: shared.until_drained,
                 drain_idle: config.source.drain_idle,
                 stop: shared.stop.clone(),
+                lease: shared.lease.clone(),
             },
             runtime: shared.runtime.clone(),
             tally: tally.clone(),

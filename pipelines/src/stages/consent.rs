@@ -1,5 +1,7 @@
 //! Parsing the consent topic: decode (JSON or Avro, like events), validate, or dead-letter.
 
+use std::collections::VecDeque;
+
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Stream;
@@ -11,18 +13,19 @@ use touchpoint_operators::consent::{
 use touchpoint_operators::decode::{RecordDecoder, SchemaLookup};
 use touchpoint_schemas::SourcePosition;
 
-use super::normalize::{decode_with_retry, DeadLetter};
+use super::normalize::{decode_or_wait, DeadLetter, RegistryUnavailable};
+use super::registry_wait::RegistryWait;
 use super::{vec_output, Epoch};
 
 /// A consent record: the change it makes, or its dead letter (bad payload, or a key that does not name
-/// the entry it sets).
-#[allow(clippy::result_large_err, reason = "the dead letter is an outcome that carries the record, not an error path")]
+/// the entry it sets); or the record back when its schema cannot be fetched now.
+#[allow(clippy::result_large_err, reason = "both sides carry the record: an outcome, or the record to retry")]
 pub fn parse_consent_record<L: SchemaLookup>(
     decoder: &RecordDecoder<L>,
     topic: &str,
     default_tenant: &str,
     record: SourceRecord,
-) -> Result<ConsentChange, DeadLetter> {
+) -> Result<Result<ConsentChange, DeadLetter>, RegistryUnavailable> {
     let position = SourcePosition { topic: topic.to_string(), partition: record.partition, offset: record.offset };
     let parsed = match record.payload.as_deref() {
         // A tombstone: clear the entry named by the key.
@@ -37,12 +40,14 @@ pub fn parse_consent_record<L: SchemaLookup>(
         // reader does not take go through the decoder (same verdicts: tested in `consent`).
         Some(payload) => match ConsentFields::from_json(payload) {
             Some(fields) => parse_consent_fields(&fields, default_tenant),
-            None => decode_with_retry(&position, || decoder.decode(payload))
-                .and_then(|fields| parse_consent(&fields, default_tenant)),
+            None => match decode_or_wait(|| decoder.decode(payload)) {
+                Ok(decoded) => decoded.and_then(|fields| parse_consent(&fields, default_tenant)),
+                Err(why) => return Err(RegistryUnavailable { record, position, why }),
+            },
         }
         .and_then(|change| check_record_key(&change, record.key.as_deref()).map(|()| change)),
     };
-    parsed.map_err(|rejection| DeadLetter::of(record, position, rejection, chrono::Utc::now().timestamp_millis()))
+    Ok(parsed.map_err(|rejection| DeadLetter::of(record, position, rejection, chrono::Utc::now().timestamp_millis())))
 }
 
 /// Changes go to the guardrails, dead letters to the consent dead-letter topic.
@@ -52,25 +57,50 @@ pub fn parse_consent_stream<'s, L: SchemaLookup + 'static>(
     topic: String,
     default_tenant: String,
 ) -> (Stream<'s, Epoch, Vec<ConsentChange>>, Stream<'s, Epoch, Vec<DeadLetter>>) {
+    let scope = records.scope();
     let mut builder = OperatorBuilder::new("ParseConsent".to_owned(), records.scope());
     let mut input = builder.new_input(records, Pipeline);
     // Stateless: it works on what arrives and never waits for a frontier.
     builder.set_notify_for(0, FrontierInterest::Never);
     let (mut changes_out, changes) = vec_output::<ConsentChange>(&mut builder);
     let (mut rejected_out, rejected) = vec_output::<DeadLetter>(&mut builder);
+    let activator = scope.activator_for(builder.operator_info().address);
     builder.build(move |_| {
+        // Records behind one whose schema the registry cannot serve now (in order: a later change of an
+        // entry must not overtake an earlier one).
+        let mut wait = RegistryWait::default();
         move |_frontiers| {
             let (mut changes_out, mut rejected_out) = (changes_out.activate(), rejected_out.activate());
             input.for_each_stamp(|cap, data| {
-                let mut changes = changes_out.session(&cap);
-                let mut rejected = rejected_out.session(&cap);
-                for record in data.flat_map(|batch| batch.drain(..)) {
-                    match parse_consent_record(&decoder, &topic, &default_tenant, record) {
-                        Ok(change) => changes.give(change),
-                        Err(dead) => rejected.give(dead),
-                    }
+                for batch in data {
+                    wait.hold(&cap, 2, VecDeque::from(std::mem::take(batch)));
                 }
             });
+            while let Some((caps, mut records)) = wait.take_due() {
+                let mut changes = changes_out.session(&caps[0]);
+                let mut rejected = rejected_out.session(&caps[1]);
+                let mut blocked = false;
+                while let Some(record) = records.pop_front() {
+                    match parse_consent_record(&decoder, &topic, &default_tenant, record) {
+                        Ok(Ok(change)) => changes.give(change),
+                        Ok(Err(dead)) => rejected.give(dead),
+                        Err(b) => {
+                            wait.failed(&b.position, &b.why);
+                            records.push_front(b.record);
+                            blocked = true;
+                            break;
+                        }
+                    }
+                }
+                drop((changes, rejected));
+                wait.put_back(caps, records);
+                if blocked {
+                    break;
+                }
+            }
+            if let Some(delay) = wait.retry_in() {
+                activator.activate_after(delay);
+            }
         }
     });
     (changes, rejected)

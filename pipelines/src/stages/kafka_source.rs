@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
-use touchpoint_connectors::kafka::{PartitionSource, SourceError, SourceRecord};
+use touchpoint_connectors::kafka::{LeaseHeld, PartitionSource, SourceError, SourceRecord};
 
 use super::tally::TallyBook;
 use super::{epoch_of_tick, tick_of, Epoch, SUB_EPOCH_BITS};
@@ -86,6 +86,14 @@ pub struct StopPolicy {
     pub drain_idle: Duration,
     /// Set by a signal handler: stop now (close the current epoch cleanly).
     pub stop: Arc<AtomicBool>,
+    /// The pipeline's lease: nothing new is read while another instance may hold it.
+    pub lease: Option<LeaseHeld>,
+}
+
+impl StopPolicy {
+    fn may_read(&self) -> bool {
+        self.lease.as_ref().is_none_or(LeaseHeld::get)
+    }
 }
 
 pub fn kafka_source<'s>(
@@ -154,6 +162,7 @@ pub fn kafka_source<'s>(
                     }
                     while read < READ_BUDGET
                         && in_flight < epochs.max_in_flight
+                        && policy.may_read()
                         && (restoring || in_epoch < epochs.max_records)
                     {
                         match st.source.poll(Duration::ZERO) {
