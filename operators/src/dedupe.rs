@@ -21,12 +21,21 @@ pub struct DedupeConfig {
     /// How long an id is remembered after it was first seen.
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub ttl: Duration,
+    /// Most ids one worker remembers (about 70 bytes each): beyond it the oldest are forgotten before
+    /// their TTL, so the window shrinks under a flood instead of memory growing without bound. Counted
+    /// and logged when it happens.
+    #[serde(default = "default_max_ids")]
+    pub max_ids: usize,
 }
 
 impl Default for DedupeConfig {
     fn default() -> Self {
-        DedupeConfig { ttl: default_ttl() }
+        DedupeConfig { ttl: default_ttl(), max_ids: default_max_ids() }
     }
+}
+
+fn default_max_ids() -> usize {
+    5_000_000
 }
 
 fn default_ttl() -> Duration {
@@ -44,6 +53,9 @@ pub fn dedupe_key(tenant_id: &str, event_id: &str) -> u128 {
 #[derive(Debug)]
 pub struct EventDeduplicator {
     ttl_ms: i64,
+    max_ids: usize,
+    /// Ids forgotten before their TTL because `max_ids` was reached.
+    evicted: u64,
     /// key → (expiry (processing time, ms), an event of this id went on in this run).
     seen: FastHashMap<u128, (i64, bool)>,
     /// (expiry, key) in insertion order; processing time only moves forward, so this is sorted.
@@ -54,6 +66,8 @@ impl EventDeduplicator {
     pub fn new(config: &DedupeConfig) -> Self {
         EventDeduplicator {
             ttl_ms: i64::try_from(config.ttl.as_millis()).unwrap_or(i64::MAX),
+            max_ids: config.max_ids.max(1),
+            evicted: 0,
             seen: FastHashMap::default(),
             expiries: VecDeque::new(),
         }
@@ -99,8 +113,21 @@ impl EventDeduplicator {
         // Restored ids may arrive out of order; keep the deque sorted by clamping to its tail, which
         // can only make an id live longer, never shorter.
         let expiry = self.expiries.back().map_or(expiry, |&(last, _)| expiry.max(last));
+        // Full: the oldest id goes first, early (the window shrinks; memory does not grow).
+        while self.seen.len() >= self.max_ids {
+            let Some((old_expiry, old)) = self.expiries.pop_front() else { break };
+            if self.seen.get(&old).is_some_and(|(e, _)| *e == old_expiry) {
+                self.seen.remove(&old);
+                self.evicted += 1;
+            }
+        }
         self.seen.insert(key, (expiry, this_run));
         self.expiries.push_back((expiry, key));
+    }
+
+    /// Ids forgotten before their TTL because the window was full (`max_ids`).
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     fn expire(&mut self, now_ms: i64) {
@@ -145,7 +172,20 @@ mod tests {
     }
 
     fn dedup(ttl_secs: u64) -> EventDeduplicator {
-        EventDeduplicator::new(&DedupeConfig { ttl: Duration::from_secs(ttl_secs) })
+        EventDeduplicator::new(&DedupeConfig { ttl: Duration::from_secs(ttl_secs), ..Default::default() })
+    }
+
+    #[test]
+    fn a_full_window_forgets_its_oldest_ids_first() {
+        let mut d = EventDeduplicator::new(&DedupeConfig { ttl: Duration::from_secs(3600), max_ids: 3 });
+        let k = |i: u32| dedupe_key("t", &i.to_string());
+        for i in 0..5 {
+            assert!(d.first_seen(k(i), i64::from(i)));
+        }
+        assert_eq!((d.len(), d.evicted()), (3, 2));
+        assert!(d.first_seen(k(0), 10), "the oldest was forgotten early");
+        assert!(!d.first_seen(k(4), 11), "the newest is still remembered");
+        assert_eq!(d.len(), 3);
     }
 
     #[test]

@@ -237,6 +237,10 @@ pub struct EpochConfig {
     /// ... or as soon as a worker has read this many records in the current one.
     #[serde(default = "default_epoch_max_records")]
     pub max_records: usize,
+    /// ... or this many bytes (keys and values): with `max_in_flight`, a bound on the memory the epochs
+    /// in flight hold, whatever the records weigh.
+    #[serde(default = "default_epoch_max_bytes")]
+    pub max_bytes: usize,
     /// Backpressure: a source stops reading while this many of its epochs are not yet durable in every
     /// sink (bounds memory and the work a crash repeats).
     #[serde(default = "default_max_in_flight")]
@@ -248,6 +252,7 @@ impl Default for EpochConfig {
         EpochConfig {
             interval: default_epoch_interval(),
             max_records: default_epoch_max_records(),
+            max_bytes: default_epoch_max_bytes(),
             max_in_flight: default_max_in_flight(),
         }
     }
@@ -258,6 +263,9 @@ fn default_epoch_interval() -> Duration {
 }
 fn default_epoch_max_records() -> usize {
     50_000
+}
+fn default_epoch_max_bytes() -> usize {
+    64 * 1024 * 1024
 }
 fn default_max_in_flight() -> usize {
     8

@@ -27,7 +27,7 @@ use touchpoint_schemas::{headers, ChannelMessage, Delivery, DeliveryStatus};
 
 use super::breaker::{BreakerConfig, SharedBreaker};
 use super::envelope;
-use super::ledger::{Ledger, LedgerEntry};
+use super::ledger::{Ledger, LedgerEntry, LEDGER_TTL};
 use super::rate_limit::{RateLimitConfig, RateLimiter};
 use super::retry::RetryPolicy;
 use super::{now_ms, ChannelClient, DeliveryRef, ProviderStatus, SendError};
@@ -81,7 +81,8 @@ impl WorkerTopics {
     pub fn specs(&self, partitions: i32) -> Vec<TopicSpec> {
         vec![
             TopicSpec::new(&self.dead_letter, partitions),
-            TopicSpec { name: self.ledger.clone(), partitions, retention: None, compacted: true },
+            // Compacted, and trimmed after the ledger's TTL (see `ledger`).
+            TopicSpec { name: self.ledger.clone(), partitions, retention: Some(LEDGER_TTL), compacted: true },
         ]
     }
 }
@@ -243,7 +244,17 @@ impl<C: ChannelClient> ConnectorWorker<C> {
     /// Rounds on one consumer until `stop` is set or the consumer has failed fatally.
     async fn consume(&self, consumer: &StreamConsumer<RevokeTracker>, stop: &Arc<AtomicBool>) -> Result<()> {
         let mut ledgers: HashMap<i32, Ledger> = HashMap::new();
+        let mut last_expiry = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            // Entries past the TTL go, about once a minute (a pass over every entry).
+            if last_expiry.elapsed() >= Duration::from_secs(60) {
+                last_expiry = Instant::now();
+                let now_ms = crate::now_ms();
+                let expired: usize = ledgers.values_mut().map(|l| l.expire(now_ms, LEDGER_TTL)).sum();
+                if expired > 0 {
+                    tracing::info!(topic = %self.topics.ledger, expired, "ledger entries past their TTL forgotten");
+                }
+            }
             if consumer.client().fatal_error().is_some() {
                 return Ok(());
             }
@@ -347,7 +358,8 @@ impl<C: ChannelClient> ConnectorWorker<C> {
         let kafka = self.kafka.clone();
         let topic = self.topics.ledger.clone();
         let started = std::time::Instant::now();
-        let ledgers = tokio::task::spawn_blocking(move || Ledger::restore(&kafka, &topic, &partitions))
+        let now_ms = crate::now_ms();
+        let ledgers = tokio::task::spawn_blocking(move || Ledger::restore(&kafka, &topic, &partitions, now_ms))
             .await
             .context("restoring the ledger")??;
         for (p, l) in &ledgers {
@@ -509,7 +521,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             self.limiter.acquire().await;
             let entry = LedgerEntry::Attempting { attempt };
             self.durable(vec![Ledger::record(&self.topics.ledger, partition, key, &entry)?]).await?;
-            ledger.apply(key, entry);
+            ledger.apply(key, entry, crate::now_ms());
             match self.client.send(message).await {
                 Ok(receipt) => {
                     self.breaker.on_success();
@@ -560,7 +572,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
                         self.delivery_record(&d)?,
                     ])
                     .await?;
-                    ledger.apply(key, entry);
+                    ledger.apply(key, entry, crate::now_ms());
                     if Instant::now() + wait > deadline {
                         return Ok(Handled::Deferred);
                     }
@@ -598,7 +610,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             self.delivery_record(&d)?,
         ])
         .await?;
-        ledger.apply(&message.idempotency_key, entry);
+        ledger.apply(&message.idempotency_key, entry, crate::now_ms());
         WorkerStats::bump(&self.stats.sent);
         Ok(())
     }
@@ -640,7 +652,7 @@ impl<C: ChannelClient> ConnectorWorker<C> {
             reason: Some(reason.to_string()),
         };
         self.durable(vec![Ledger::record(&self.topics.ledger, partition, key, &entry)?]).await?;
-        ledger.apply(key, entry);
+        ledger.apply(key, entry, crate::now_ms());
         WorkerStats::bump(&self.stats.dead_lettered);
         Ok(())
     }

@@ -101,16 +101,28 @@ impl EventStore {
 
     /// Event ids ingested at or after `since_ms` (UTC ms).
     pub async fn event_ids_since(&self, since_ms: i64) -> Result<Vec<StoredEventId>> {
-        self.client
+        let mut out = Vec::new();
+        self.visit_event_ids_since(since_ms, |id| out.push(id)).await?;
+        Ok(out)
+    }
+
+    /// [`event_ids_since`](Self::event_ids_since), one row at a time as the response streams in: the
+    /// caller keeps a 16-byte hash per id, not the ids' strings (a day of ids can be many GB of text).
+    pub async fn visit_event_ids_since(&self, since_ms: i64, mut visit: impl FnMut(StoredEventId)) -> Result<()> {
+        let mut cursor = self
+            .client
             // (An alias named like the column would shadow it in WHERE: hence `ingested_at_ms`.)
             .query(
                 "SELECT tenant_id, event_id, toUnixTimestamp64Milli(ingested_at) AS ingested_at_ms FROM events \
                  WHERE ingested_at >= fromUnixTimestamp64Milli(?)",
             )
             .bind(since_ms)
-            .fetch_all()
-            .await
-            .context("reading recent event ids")
+            .fetch::<StoredEventId>()
+            .context("reading recent event ids")?;
+        while let Some(id) = cursor.next().await.context("reading recent event ids")? {
+            visit(id);
+        }
+        Ok(())
     }
 
     /// Number of rows in `events`.

@@ -117,7 +117,13 @@ impl TopicSpec {
 
     /// The topic-level configs sent at creation.
     pub fn configs(&self) -> Vec<(&'static str, String)> {
-        let mut out = vec![("cleanup.policy", if self.compacted { "compact" } else { "delete" }.to_string())];
+        // Compacted with a retention: the latest value per key, and no key older than the retention.
+        let policy = match (self.compacted, self.retention.is_some()) {
+            (true, true) => "compact,delete",
+            (true, false) => "compact",
+            (false, _) => "delete",
+        };
+        let mut out = vec![("cleanup.policy", policy.to_string())];
         if let Some(r) = self.retention {
             out.push(("retention.ms", r.as_millis().to_string()));
         }

@@ -18,6 +18,8 @@ pub struct ReadRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, String)>,
+    /// The record's timestamp (create or log-append time), when it has one.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl ReadRecord {
@@ -56,6 +58,26 @@ pub fn read_partitions(
     deadline: Duration,
     strict: bool,
 ) -> Result<Vec<ReadRecord>> {
+    let mut out = Vec::new();
+    visit_partitions(config, topic, partitions, idle, deadline, strict, |r| {
+        out.push(r);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`read_partitions`], handing each record to `visit` as it is read instead of collecting them: a
+/// restore folds a changelog into its state and holds the state, not the log (an uncompacted changelog
+/// holds every version of every subject). An error from `visit` ends the read with it.
+pub fn visit_partitions(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: &[i32],
+    idle: Duration,
+    deadline: Duration,
+    strict: bool,
+    mut visit: impl FnMut(ReadRecord) -> Result<()>,
+) -> Result<()> {
     let group = format!("touchpoint-reader-{}", std::process::id());
     let consumer: BaseConsumer = config.consumer_config(&group).create().context("creating reader")?;
     let mut next: std::collections::HashMap<i32, i64> =
@@ -70,7 +92,6 @@ pub fn read_partitions(
     consumer.assign(&tpl)?;
     let started = Instant::now();
     let mut last_record = Instant::now();
-    let mut out = Vec::new();
     loop {
         let mut got_record = false;
         match consumer.poll(Duration::from_millis(100)) {
@@ -90,13 +111,14 @@ pub fn read_partitions(
                 if let Some(n) = next.get_mut(&m.partition()) {
                     *n = m.offset() + 1;
                 }
-                out.push(ReadRecord {
+                visit(ReadRecord {
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
                     headers,
-                });
+                    timestamp_ms: m.timestamp().to_millis(),
+                })?;
             }
             Some(Err(e)) => return Err(e).context("reading topic"),
             None => {}
@@ -135,7 +157,7 @@ pub fn read_partitions(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One batch off a subscribed consumer: waits up to 500 ms for a first record, then takes records as

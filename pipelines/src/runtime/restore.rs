@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use touchpoint_connectors::clickhouse::EventStore;
-use touchpoint_connectors::kafka::{read_all, read_all_strict, ReadRecord};
+use touchpoint_connectors::kafka::{partition_count, visit_partitions, ReadRecord};
 use touchpoint_operators::dedupe::dedupe_key;
 use touchpoint_operators::fast_hash::FastHashMap;
 use touchpoint_operators::guardrails::SubjectSendState;
@@ -26,12 +26,16 @@ pub(super) async fn restore_event_ids(
     let ttl_ms = i64::try_from(config.dedupe.ttl.as_millis()).unwrap_or(i64::MAX);
     let since = chrono::Utc::now().timestamp_millis().saturating_sub(ttl_ms);
     let mut by_worker: HashMap<usize, Vec<(u128, i64)>> = HashMap::new();
-    for id in EventStore::new(&config.clickhouse).event_ids_since(since).await? {
-        let worker = owner(&id.tenant_id, &id.event_id, peers);
-        if local_workers.contains(&worker) {
-            by_worker.entry(worker).or_default().push((dedupe_key(&id.tenant_id, &id.event_id), id.ingested_at_ms));
-        }
-    }
+    // Streamed: a hash per id is kept, never the ids' text; the deduplicators then keep at most
+    // `dedupe.max_ids` each.
+    EventStore::new(&config.clickhouse)
+        .visit_event_ids_since(since, |id| {
+            let worker = owner(&id.tenant_id, &id.event_id, peers);
+            if local_workers.contains(&worker) {
+                by_worker.entry(worker).or_default().push((dedupe_key(&id.tenant_id, &id.event_id), id.ingested_at_ms));
+            }
+        })
+        .await?;
     Ok(by_worker)
 }
 
@@ -48,19 +52,40 @@ pub fn restore_caps(
 }
 
 /// Reads `topic` to its end for a restore of `what`, within `source.restore_timeout`: not reaching the
-/// end is an error unless a partial restore is accepted.
+/// end is an error unless a partial restore is accepted. Small topics only (journey versions): a
+/// changelog is folded as it is read ([`visit_for_restore`]).
 pub(super) fn read_for_restore(
     config: &PipelineConfig,
     topic: &str,
     what: &str,
     partial: PartialRestore,
 ) -> Result<Vec<ReadRecord>> {
+    let mut out = Vec::new();
+    visit_for_restore(config, topic, what, partial, |r| {
+        out.push(r);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`read_for_restore`], handing each record to `visit` as it is read: memory holds what `visit` keeps,
+/// not the whole log.
+pub(super) fn visit_for_restore(
+    config: &PipelineConfig,
+    topic: &str,
+    what: &str,
+    partial: PartialRestore,
+    visit: impl FnMut(ReadRecord) -> Result<()>,
+) -> Result<()> {
     let (idle, timeout) = (Duration::from_millis(500), config.source.restore_timeout);
-    Ok(match partial {
-        PartialRestore::Refuse => read_all_strict(&config.kafka, topic, idle, timeout)
-            .with_context(|| format!("restoring {what} (start with --accept-partial-restore to run with less)"))?,
-        PartialRestore::Accept => read_all(&config.kafka, topic, idle, timeout)?,
-    })
+    let partitions: Vec<i32> = (0..partition_count(&config.kafka, topic)?).collect();
+    let strict = partial == PartialRestore::Refuse;
+    let read = visit_partitions(&config.kafka, topic, &partitions, idle, timeout, strict, visit);
+    if strict {
+        read.with_context(|| format!("restoring {what} (start with --accept-partial-restore to run with less)"))
+    } else {
+        read
+    }
 }
 
 /// What a restore does when it cannot read everything (its deadline passed, or a record it cannot
@@ -85,13 +110,14 @@ pub fn restore_changelog<T: serde::de::DeserializeOwned>(
     partial: PartialRestore,
 ) -> Result<HashMap<usize, FastHashMap<SubjectRef, T>>> {
     let started = std::time::Instant::now();
-    let records = read_for_restore(config, topic, &format!("{what} state"), partial)?;
+    // Folded as read: the latest value per subject, never the log itself.
     let mut latest: HashMap<SubjectRef, Option<T>> = HashMap::new();
-    let count = records.len();
+    let mut count = 0usize;
     let mut unreadable = 0usize;
-    for r in records {
-        let Some(key) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
-        let Some((tenant, subject)) = key.split_once('/') else { continue };
+    visit_for_restore(config, topic, &format!("{what} state"), partial, |r| {
+        count += 1;
+        let Some(key) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else { return Ok(()) };
+        let Some((tenant, subject)) = key.split_once('/') else { return Ok(()) };
         let subject = SubjectRef::new(tenant, subject);
         let value = match r.payload.as_deref() {
             None => None,
@@ -119,7 +145,8 @@ pub fn restore_changelog<T: serde::de::DeserializeOwned>(
             },
         };
         latest.insert(subject, value);
-    }
+        Ok(())
+    })?;
     let mut by_worker: HashMap<usize, FastHashMap<SubjectRef, T>> = HashMap::new();
     let mut subjects = 0usize;
     for (subject, state) in latest {

@@ -32,6 +32,7 @@ pub fn dedupe<'s>(
         Exchange::new(|r: &ReadEvent| route(&r.event.tenant_id, &r.event.event_id)),
         "Dedupe",
         move |_, _| {
+            let mut evicted_logged = 0u64;
             move |input, output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
@@ -59,6 +60,16 @@ pub fn dedupe<'s>(
                         t.duplicates += duplicates;
                     });
                 });
+                // Said loudly, once per million: duplicates older than the shrunk window now pass.
+                let evicted = deduplicator.evicted();
+                if evicted >= evicted_logged + 1_000_000 || (evicted > 0 && evicted_logged == 0) {
+                    evicted_logged = evicted;
+                    tracing::warn!(
+                        evicted,
+                        remembered = deduplicator.len(),
+                        "dedupe window full (dedupe.max_ids): the oldest ids were forgotten before their TTL",
+                    );
+                }
             }
         },
     )

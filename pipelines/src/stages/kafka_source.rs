@@ -123,6 +123,8 @@ pub fn kafka_source<'s>(
             let tick_now = move || u64::try_from(started.elapsed().as_millis() / interval_ms).unwrap_or(u64::MAX);
             let mut cap = Some(capability);
             let mut in_epoch = 0usize;
+            // Bytes read into the current epoch (keys and values): a few huge records close it early.
+            let mut in_epoch_bytes = 0usize;
             let mut last_record = Instant::now();
             // A table source stays at epoch 0 until it has caught up with the topic as of start-up.
             let mut restoring = role == SourceRole::Table;
@@ -144,6 +146,7 @@ pub fn kafka_source<'s>(
                     }
                     c.downgrade(&epoch_of_tick(tick));
                     in_epoch = 0;
+                    in_epoch_bytes = 0;
                 }
 
                 let epoch = *c.time();
@@ -163,12 +166,14 @@ pub fn kafka_source<'s>(
                     while read < READ_BUDGET
                         && in_flight < epochs.max_in_flight
                         && policy.may_read()
-                        && (restoring || in_epoch < epochs.max_records)
+                        && (restoring || (in_epoch < epochs.max_records && in_epoch_bytes < epochs.max_bytes))
                     {
                         match st.source.poll(Duration::ZERO) {
                             Ok(Some(mut record)) => {
                                 read += 1;
                                 in_epoch += 1;
+                                in_epoch_bytes += record.payload.as_ref().map_or(0, Vec::len)
+                                    + record.key.as_ref().map_or(0, Vec::len);
                                 last_record = Instant::now();
                                 let skip = st.already_stored.remove(&(record.partition, record.offset));
                                 if let Some(tally) = &tally {
@@ -212,12 +217,13 @@ pub fn kafka_source<'s>(
                         tracing::info!(source = name_owned.as_str(), records = restored, "table restored");
                         c.downgrade(&epoch_of_tick(tick_now().max(1)));
                         in_epoch = 0;
+                        in_epoch_bytes = 0;
                     }
                 }
 
                 // A full epoch moves this worker to the next sub-epoch of the same tick.
                 if !restoring
-                    && in_epoch >= epochs.max_records
+                    && (in_epoch >= epochs.max_records || in_epoch_bytes >= epochs.max_bytes)
                     && (epoch & ((1 << SUB_EPOCH_BITS) - 1)) < (1 << SUB_EPOCH_BITS) - 1
                 {
                     if role == SourceRole::Stream {
@@ -225,6 +231,7 @@ pub fn kafka_source<'s>(
                     }
                     c.downgrade(&(epoch + 1));
                     in_epoch = 0;
+                    in_epoch_bytes = 0;
                 }
 
                 let stop_now = st.error.is_some() || policy.stop.load(Ordering::Relaxed);
