@@ -289,6 +289,36 @@ fn permanent_failures_and_exhausted_retries_end_in_the_dead_letter_topic_with_th
     assert_eq!(s.get(&DeliveryStatus::Sent), Some(&2), "{s:?}");
 }
 
+/// A poison message on a connector topic (issue 21): 950 KB that is no channel message. Its dead letter
+/// (the original bytes and the headers) is over `MAX_RECORD_BYTES`, at the edge of what a broker takes
+/// (a dead letter the broker refused used to fail the worker, which restarted, read the same message and
+/// failed again). Now it is a reference (no value, the original size in `tp.original.bytes`), and the
+/// message after it, on the same partition, is sent. A refusal by a broker with a lower limit takes the
+/// same way (`AckedProducer::send_all_or_references`).
+#[test]
+fn an_oversized_poison_message_is_dead_lettered_as_a_reference_and_the_next_one_is_sent() {
+    let h = harness("connect_poison", &[]);
+    let d = h.domain();
+    let (key, valid) = h.message("email", 1, &format!("ok-1@{d}"), json!({"first_name": "Bo"}));
+    // One key: both on one partition, the poison first.
+    h.produce("email", vec![(key.clone(), json!({"not": "x".repeat(950_000)})), (key, valid)]);
+    let mut worker = h.start("connect", Some("email"), "poison");
+    wait_until("the message after the poison sent", 120, || !h.mail().is_empty());
+    assert!(worker.try_wait().expect("worker status").is_none(), "the worker keeps running");
+    stop(worker);
+
+    let dlq = h.dead_letters("email");
+    assert_eq!(dlq.len(), 1, "the poison is dead-lettered once");
+    let reference = &dlq[0];
+    assert_eq!(reference.payload, None, "a reference carries no value");
+    let bytes: usize = reference.header("tp.original.bytes").expect("the original size").parse().expect("a number");
+    assert!(bytes > touchpoint_connectors::kafka::MAX_RECORD_BYTES, "{bytes}");
+    assert_eq!(reference.header("tp.dlq.status"), Some("invalid"));
+    let mail = h.mail();
+    assert_eq!(mail.len(), 1, "{mail:?}");
+    assert_eq!(mail[0]["rcpt_tos"][0].as_str(), Some(format!("ok-1@{d}").as_str()));
+}
+
 #[test]
 fn sms_status_callbacks_are_reconciled_into_clickhouse_deliveries() {
     let h = harness("connect_sms", &[]);
