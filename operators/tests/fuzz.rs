@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use apache_avro::Schema;
 use proptest::prelude::*;
-use touchpoint_operators::consent::{parse_consent_fields, parse_tombstone_key, ConsentFields};
+use touchpoint_operators::consent::{
+    check_record_key, parse_consent_fields, parse_tombstone_key, ConsentConfig, ConsentFields, ConsentTable,
+};
 use touchpoint_operators::decode::{decode_json_event, RecordDecoder, SchemaLookup, SchemaLookupError};
 use touchpoint_operators::journey::Expr;
 use touchpoint_operators::normalize::{NormalizeConfig, Normalizer};
-use touchpoint_schemas::SourcePosition;
+use touchpoint_schemas::{Channel, Purpose, SourcePosition};
 
 fn cases() -> u32 {
     std::env::var("TOUCHPOINT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
@@ -25,8 +27,32 @@ fn config() -> ProptestConfig {
 const EVENT: &str = r#"{"event_id": "e-1", "event_type": "Order Completed", "occurred_at": "2026-11-25T10:00:00Z",
   "subject_id": "u-1", "tenant_id": "acme", "source": "web", "attributes": {"email": "A@B.co", "n": [1, 2.5, {"x": null}]}}"#;
 
+/// The pipeline's clock for the JSON seeds: a few hours after their times.
+const SEEDS_NOW: i64 = 1_795_650_000_000;
+
+/// Valid events of several shapes: the mutations' starting points.
+const EVENTS: &[&str] = &[
+    EVENT,
+    r#"{"event_id": "e-2", "event_type": "Email Opened", "occurred_at": 1795600000, "subject_id": "u-2", "attributes": {}}"#,
+    r#"{"event_id": "e-3", "event_type": "signed up", "occurred_at": "2026-11-25 10:00:00+01:00", "subject_id": "u-3",
+      "tenant_id": "acme", "attributes": {"plan": "pro", "tags": ["a", "b"], "nested": {"deep": {"x": 1e300}}}}"#,
+    r#"{"event_id": "e-4", "event_type": "app_opened", "occurred_at": 1795600000000.5, "subject_id": "u/4",
+      "attributes": {}, "source": ""}"#,
+    r#"{"event_type": "x", "occurred_at": "2026-11-25T10:00:00.123456789Z", "subject_id": "u5", "attributes": {}}"#,
+];
+
 const CONSENT: &str = r#"{"subject_id": "u-1", "tenant_id": "acme", "channel": "email", "purpose": "marketing",
   "status": "granted", "updated_at": 1764000000000, "source": "crm"}"#;
+
+const CONSENTS: &[&str] = &[
+    CONSENT,
+    r#"{"subject_id": "u-2", "channel": "SMS", "purpose": "transactional", "status": "denied",
+      "updated_at": "2026-11-25T10:00:00Z"}"#,
+    r#"{"subject_id": "u-3", "tenant_id": "acme", "channel": "push", "purpose": "marketing", "status": "revoked",
+      "updated_at": 1764000000}"#,
+    "acme/u-1/email/marketing",
+    "acme/u-1/Email/marketing",
+];
 
 /// `text` with `edits` applied: each replaces one byte, inserts one, or cuts the rest.
 fn mutate(text: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
@@ -60,6 +86,17 @@ fn normalizer() -> Normalizer {
     Normalizer::new(NormalizeConfig::default()).expect("default normalize config")
 }
 
+/// Aliases, known types only, a short subject id: the rejecting branches of normalization.
+fn strict_normalizer() -> Normalizer {
+    let mut cfg = NormalizeConfig::default();
+    cfg.event_types.known = vec!["email_opened".into(), "signed_up".into(), "app_opened".into()];
+    cfg.event_types.unknown = touchpoint_operators::normalize::UnknownEventTypes::Reject;
+    cfg.event_types.aliases.insert("Email Opened".into(), "email_opened".into());
+    cfg.event_types.aliases.insert("signed up".into(), "signed_up".into());
+    cfg.max_subject_id_len = 4;
+    Normalizer::new(cfg).expect("strict normalize config")
+}
+
 fn position() -> SourcePosition {
     SourcePosition { topic: "t".into(), partition: 0, offset: 0 }
 }
@@ -67,13 +104,17 @@ fn position() -> SourcePosition {
 proptest! {
     #![proptest_config(config())]
 
-    /// The JSON event decoder and normalization, on bytes and on mutated events.
+    /// The JSON event decoder and normalization, on bytes and on mutated events (several shapes of
+    /// valid event), with the default normalizer and a strict one (aliases, known types only).
     #[test]
-    fn json_events(bytes in prop::collection::vec(any::<u8>(), 0..256), edits in edits()) {
-        let n = normalizer();
-        for input in [bytes, mutate(EVENT.as_bytes(), &edits)] {
+    fn json_events(bytes in prop::collection::vec(any::<u8>(), 0..256), seed in any::<prop::sample::Index>(), edits in edits()) {
+        let seed = EVENTS[seed.index(EVENTS.len())];
+        for input in [bytes, mutate(seed.as_bytes(), &edits)] {
             if let Ok(fields) = decode_json_event(&input) {
-                let _ = n.normalize(fields, position(), 1_764_000_000_000);
+                let _ = normalizer().normalize(fields, position(), SEEDS_NOW);
+            }
+            if let Ok(fields) = decode_json_event(&input) {
+                let _ = strict_normalizer().normalize(fields, position(), SEEDS_NOW);
             }
         }
     }
@@ -92,14 +133,29 @@ proptest! {
         }
     }
 
-    /// Consent records (JSON fields, then the table's checks) and tombstone keys.
+    /// Consent records (JSON fields, then the table's checks), tombstone keys, and what a parsed change
+    /// does to a consent table and its verdicts.
     #[test]
-    fn consent_records(bytes in prop::collection::vec(any::<u8>(), 0..256), edits in edits()) {
-        for input in [bytes, mutate(CONSENT.as_bytes(), &edits)] {
+    fn consent_records(bytes in prop::collection::vec(any::<u8>(), 0..256), seed in any::<prop::sample::Index>(), edits in edits()) {
+        let seed = CONSENTS[seed.index(CONSENTS.len())];
+        let mut table = ConsentTable::new();
+        let config = ConsentConfig::default();
+        for input in [bytes, mutate(seed.as_bytes(), &edits)] {
+            let mut changes = Vec::new();
             if let Some(fields) = ConsentFields::from_json(&input) {
-                let _ = parse_consent_fields(&fields, "default");
+                changes.extend(parse_consent_fields(&fields, "default"));
             }
-            let _ = parse_tombstone_key(&input);
+            changes.extend(parse_tombstone_key(&input));
+            for change in changes {
+                let _ = check_record_key(&change, Some(change.key().as_bytes()));
+                let _ = check_record_key(&change, Some(&input));
+                table.apply(&change);
+                for channel in Channel::ALL {
+                    for purpose in [Purpose::Marketing, Purpose::Transactional] {
+                        let _ = table.verdict(change.subject(), channel, purpose, &config).describe();
+                    }
+                }
+            }
         }
     }
 
@@ -312,4 +368,12 @@ proptest! {
 
 fn decoder_schema_text(choices: &[(u8, u8)]) -> String {
     writer_schema(choices).map(|s| s.canonical_form()).unwrap_or_default()
+}
+
+#[test]
+fn the_json_seeds_are_valid_events() {
+    for seed in EVENTS {
+        let fields = decode_json_event(seed.as_bytes()).expect("decodes");
+        assert!(normalizer().normalize(fields, position(), SEEDS_NOW).is_ok(), "{seed}");
+    }
 }

@@ -115,3 +115,31 @@ fn one_very_hot_subject_keeps_a_bounded_changelog_record() {
         "every intent has a decision; once the ledger is full, none is sent"
     );
 }
+
+/// Epochs are bounded in bytes, not only in records (issue 21): 60 events of 20 KB each, with ticks too
+/// slow to cut them (10 s) and `epochs.max_bytes` at 100 KB, make at least 10 epochs. A full epoch used
+/// to be 50,000 records, whatever they weighed (50 GB of 1 MB records, times the epochs in flight).
+/// Checked: with `max_bytes` at 1 GB this test fails.
+#[test]
+fn epochs_close_at_their_byte_bound() {
+    let tp = TestPipeline::new(
+        "it_epoch_bytes",
+        &[("interval: 200ms", "interval: 10s"), ("max_bytes: 67108864", "max_bytes: 100000")],
+    );
+    tp.prepare();
+    let blob = "x".repeat(20_000);
+    let events = (0..60)
+        .map(|i| {
+            let event = json!({"event_id": format!("big-{i}"), "event_type": "page_viewed",
+                "occurred_at": 1_764_000_000_000i64 + i * 1_000, "subject_id": "s", "tenant_id": "acme",
+                "attributes": {"blob": blob}});
+            ("s".to_string(), event)
+        })
+        .collect();
+    produce_json(&tp, &tp.config.topics.events.name, events);
+    let report =
+        touchpoint::run(tp.config.clone(), RunOptions { until_drained: true, ..Default::default() }).expect("the run");
+    assert_eq!(report.totals.tally.received, 60);
+    assert!(report.totals.epochs >= 10, "{} epochs for 1.2 MB at 100 KB per epoch", report.totals.epochs);
+    assert_eq!(tp.stored_ids().len(), 60);
+}
