@@ -26,16 +26,36 @@ pub(super) async fn restore_event_ids(
     let ttl_ms = i64::try_from(config.dedupe.ttl.as_millis()).unwrap_or(i64::MAX);
     let since = chrono::Utc::now().timestamp_millis().saturating_sub(ttl_ms);
     let mut by_worker: HashMap<usize, Vec<(u128, i64)>> = HashMap::new();
-    // Streamed: a hash per id is kept, never the ids' text; the deduplicators then keep at most
-    // `dedupe.max_ids` each.
+    // Streamed: a hash per id is kept, never the ids' text, and at most `dedupe.max_ids` per worker
+    // (the newest: what its deduplicator would keep), trimmed whenever a worker's list doubles.
+    let max_ids = config.dedupe.max_ids.max(1);
+    let keep_newest = |ids: &mut Vec<(u128, i64)>| {
+        ids.sort_unstable_by_key(|&(_, seen_at)| std::cmp::Reverse(seen_at));
+        ids.truncate(max_ids);
+    };
     EventStore::new(&config.clickhouse)
         .visit_event_ids_since(since, |id| {
             let worker = owner(&id.tenant_id, &id.event_id, peers);
             if local_workers.contains(&worker) {
-                by_worker.entry(worker).or_default().push((dedupe_key(&id.tenant_id, &id.event_id), id.ingested_at_ms));
+                let ids = by_worker.entry(worker).or_default();
+                ids.push((dedupe_key(&id.tenant_id, &id.event_id), id.ingested_at_ms));
+                if ids.len() >= 2 * max_ids {
+                    keep_newest(ids);
+                }
             }
         })
         .await?;
+    for ids in by_worker.values_mut() {
+        if ids.len() > max_ids {
+            keep_newest(ids);
+            tracing::warn!(
+                max_ids,
+                "more stored event ids within the dedupe TTL than dedupe.max_ids: the oldest are not restored"
+            );
+        }
+        // Oldest first: the deduplicator's expiry queue is in time order (an id out of order lives longer).
+        ids.sort_unstable_by_key(|&(_, seen_at)| seen_at);
+    }
     Ok(by_worker)
 }
 
