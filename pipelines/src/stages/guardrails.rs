@@ -114,11 +114,30 @@ pub fn guardrails<'s>(
                 let entry = pending.entry(epoch).or_insert_with(|| EpochInputs::new(&cap, epoch));
                 entry.events.extend(data.map(std::mem::take));
             });
+            // Consent changes no pending or future event precedes are applied as they come: the consent
+            // restore (epoch 0, before any event) would otherwise hold every record of the consent
+            // topic, every version of every entry, until the restore is complete. Their order relative
+            // to the events stays the same: consent first within an epoch, and no earlier event can
+            // still arrive.
+            let events_frontier = &frontiers[0];
             side_in.for_each_stamp(|cap, data| {
                 let Some(&epoch) = cap.least() else { return };
+                let nothing_before =
+                    pending.range(..epoch).next().is_none() && events_frontier.frontier().iter().all(|t| *t >= epoch);
                 let entry = pending.entry(epoch).or_insert_with(|| EpochInputs::new(&cap, epoch));
                 for batch in data {
-                    entry.sides.append(batch);
+                    // Not past a change this epoch already holds back: the log order is kept.
+                    let holds_consent = entry.sides.iter().any(|s| matches!(s, Side::Consent(_)));
+                    if nothing_before && !holds_consent {
+                        for side in batch.drain(..) {
+                            match side {
+                                Side::Consent(change) => worker.apply_consent(&change),
+                                watermark => entry.sides.push(watermark),
+                            }
+                        }
+                    } else {
+                        entry.sides.append(batch);
+                    }
                 }
             });
             while let Some(&epoch) = pending.keys().next() {
