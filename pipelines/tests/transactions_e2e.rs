@@ -46,7 +46,7 @@ fn an_instance_paused_past_its_lease_stops_on_waking_and_no_send_is_doubled() {
     // A freezes mid-stream; B starts, gets the lease once A's session expires, and registers the
     // transactional id (A's open transaction is aborted).
     signal(&a, "-STOP");
-    let mut b = start(&tp, "b");
+    let b = start(&tp, "b");
     guard.watch(&b);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !log_of(&tp, "b").contains("transactions initialized") {
