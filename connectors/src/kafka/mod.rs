@@ -15,6 +15,6 @@ pub use config::{KafkaConfig, TopicSpec};
 pub use encoding::{bounded_text, OutgoingRecord, MAX_REASON_BYTES, MAX_RECORD_BYTES};
 pub use lease::{lease_topic, Lease, LeaseError, LeaseHeld, LeaseWait, LOST_GRACE, SESSION_TIMEOUT};
 pub use producer::{is_permanent, AckedProducer, ProduceError};
-pub use reader::{read_all, read_all_strict, read_partitions, recv_batch, visit_partitions, ReadRecord};
+pub use reader::{read_all, read_partitions, recv_batch, visit_partitions, ReadRecord};
 pub use source::{log_bounds, owned_partitions, partition_count, PartitionSource, SourceError, SourceRecord};
 pub use transactional::{TransactionalProducer, TxnError};

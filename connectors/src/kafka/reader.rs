@@ -35,18 +35,6 @@ pub fn read_all(config: &KafkaConfig, topic: &str, idle: Duration, deadline: Dur
     read_partitions(config, topic, &partitions, idle, deadline, false)
 }
 
-/// [`read_all`], where not reaching the end of every partition before `deadline` is an error that names
-/// each partition's position and end (a restore that stops early would start subjects afresh).
-pub fn read_all_strict(
-    config: &KafkaConfig,
-    topic: &str,
-    idle: Duration,
-    deadline: Duration,
-) -> Result<Vec<ReadRecord>> {
-    let partitions: Vec<i32> = (0..partition_count(config, topic)?).collect();
-    read_partitions(config, topic, &partitions, idle, deadline, true)
-}
-
 /// [`read_all`] of some partitions only (a connector restores its ledger). `strict`: not reaching the
 /// end before `deadline` is an error (a partial ledger would let done messages be sent again), instead
 /// of a warning.

@@ -127,10 +127,16 @@ impl TransactionalProducer {
     }
 
     fn classify(&self, e: KafkaError) -> TxnError {
-        let fenced = matches!(
-            e.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-        );
+        let is_fence = |code| {
+            matches!(
+                code,
+                RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        };
+        // A fence met while producing (adding a partition to the transaction) surfaces as a generic
+        // fatal production error; the client's fatal error says what it was.
+        let fenced = e.rdkafka_error_code().is_some_and(is_fence)
+            || self.producer.client().fatal_error().is_some_and(|(code, _)| is_fence(code));
         let fatal = match &e {
             KafkaError::Transaction(t) => t.is_fatal(),
             _ => self.producer.client().fatal_error().is_some(),
