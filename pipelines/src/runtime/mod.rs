@@ -105,13 +105,13 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     let fatal = FatalSlot::default();
     let wait = if options.replay.is_some() { LeaseWait::Fail } else { LeaseWait::UntilFree };
     let lease = {
-        let (fatal, stop) = (fatal.clone(), stop.clone());
-        Lease::acquire(&config.kafka, &config.pipeline.group_id, options.process, wait, &stop.clone(), move |why| {
+        let (fatal, stop_run) = (fatal.clone(), stop.clone());
+        Lease::acquire(&config.kafka, &config.pipeline.group_id, options.process, wait, &stop, move |why| {
             tracing::error!("{why}");
             if let Ok(mut slot) = fatal.lock() {
                 slot.get_or_insert(why);
             }
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop_run.store(true, std::sync::atomic::Ordering::Relaxed);
         })?
     };
     // exactly_once_v2: register the job's transactional id before anything reads committed offsets or
@@ -211,7 +211,7 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         start_up: std::sync::OnceLock::new(),
         transaction,
         fatal,
-        lease: Some(lease.held_flag()),
+        lease: lease.held_flag(),
     });
     let start_up = shared.clone();
     let guards = timely::execute(timely_config, move |worker| worker::run_worker(worker, &shared))
@@ -261,7 +261,7 @@ struct Shared {
     /// A fatal error (fenced, lease lost): every worker loop stops the run with it.
     fatal: FatalSlot,
     /// Whether this instance holds the pipeline's lease (the sources read nothing while it does not).
-    lease: Option<LeaseHeld>,
+    lease: LeaseHeld,
 }
 
 impl Shared {

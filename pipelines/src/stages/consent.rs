@@ -76,31 +76,18 @@ pub fn parse_consent_stream<'s, L: SchemaLookup + 'static>(
                     wait.hold(&cap, 2, VecDeque::from(std::mem::take(batch)));
                 }
             });
-            while let Some((caps, mut records)) = wait.take_due() {
+            wait.run_due(&activator, |caps, records| {
                 let mut changes = changes_out.session(&caps[0]);
                 let mut rejected = rejected_out.session(&caps[1]);
-                let mut blocked = false;
                 while let Some(record) = records.pop_front() {
                     match parse_consent_record(&decoder, &topic, &default_tenant, record) {
                         Ok(Ok(change)) => changes.give(change),
                         Ok(Err(dead)) => rejected.give(dead),
-                        Err(b) => {
-                            wait.failed(&b.position, &b.why);
-                            records.push_front(b.record);
-                            blocked = true;
-                            break;
-                        }
+                        Err(blocked) => return Some(blocked),
                     }
                 }
-                drop((changes, rejected));
-                wait.put_back(caps, records);
-                if blocked {
-                    break;
-                }
-            }
-            if let Some(delay) = wait.retry_in() {
-                activator.activate_after(delay);
-            }
+                None
+            });
         }
     });
     (changes, rejected)

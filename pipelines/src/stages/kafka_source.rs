@@ -87,13 +87,7 @@ pub struct StopPolicy {
     /// Set by a signal handler: stop now (close the current epoch cleanly).
     pub stop: Arc<AtomicBool>,
     /// The pipeline's lease: nothing new is read while another instance may hold it.
-    pub lease: Option<LeaseHeld>,
-}
-
-impl StopPolicy {
-    fn may_read(&self) -> bool {
-        self.lease.as_ref().is_none_or(LeaseHeld::get)
-    }
+    pub lease: LeaseHeld,
 }
 
 pub fn kafka_source<'s>(
@@ -165,7 +159,7 @@ pub fn kafka_source<'s>(
                     }
                     while read < READ_BUDGET
                         && in_flight < epochs.max_in_flight
-                        && policy.may_read()
+                        && policy.lease.get()
                         && (restoring || (in_epoch < epochs.max_records && in_epoch_bytes < epochs.max_bytes))
                     {
                         match st.source.poll(Duration::ZERO) {

@@ -153,7 +153,7 @@ pub fn normalize<'s, L: SchemaLookup + 'static>(
     topic: String,
     tally: TallyBook,
 ) -> NormalizedStreams<'s> {
-    let records_scope = records.scope();
+    let scope = records.scope();
     let mut builder = OperatorBuilder::new("Normalize".to_owned(), records.scope());
     let mut input = builder.new_input(records, Pipeline);
     // Stateless: it works on what arrives and never waits for a frontier.
@@ -161,7 +161,6 @@ pub fn normalize<'s, L: SchemaLookup + 'static>(
     let (mut events_out, events) = vec_output::<ReadEvent>(&mut builder);
     let (mut rejected_out, rejected) = vec_output::<DeadLetter>(&mut builder);
     let (mut clocks_out, clocks) = vec_output::<ClockReading>(&mut builder);
-    let scope = records_scope;
     let activator = scope.activator_for(builder.operator_info().address);
     builder.build(move |_| {
         // Records behind one whose schema the registry cannot serve now.
@@ -176,7 +175,7 @@ pub fn normalize<'s, L: SchemaLookup + 'static>(
                     wait.hold(&cap, 3, VecDeque::from(std::mem::take(batch)));
                 }
             });
-            while let Some((caps, mut records)) = wait.take_due() {
+            wait.run_due(&activator, |caps, records| {
                 let epoch = *caps[0].time();
                 let mut events = events_out.session(&caps[0]);
                 let mut rejected = rejected_out.session(&caps[1]);
@@ -184,16 +183,10 @@ pub fn normalize<'s, L: SchemaLookup + 'static>(
                 // One clock reading per container: `ingested_at` and the future-skew check need
                 // milliseconds, not a system call per record.
                 let now_ms = chrono::Utc::now().timestamp_millis();
-                let mut blocked = false;
                 while let Some(record) = records.pop_front() {
                     let outcome = match normalize_record(&decoder, &normalizer, &topic, record, now_ms) {
                         Ok(outcome) => outcome,
-                        Err(b) => {
-                            wait.failed(&b.position, &b.why);
-                            records.push_front(b.record);
-                            blocked = true;
-                            break;
-                        }
+                        Err(blocked) => return Some(blocked),
                     };
                     clocks.give(ClockReading::of(&outcome));
                     match outcome {
@@ -206,15 +199,8 @@ pub fn normalize<'s, L: SchemaLookup + 'static>(
                         }
                     }
                 }
-                drop((events, rejected, clocks));
-                wait.put_back(caps, records);
-                if blocked {
-                    break;
-                }
-            }
-            if let Some(delay) = wait.retry_in() {
-                activator.activate_after(delay);
-            }
+                None
+            });
         }
     });
     NormalizedStreams { events, rejected, clocks }

@@ -11,10 +11,12 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use timely::dataflow::operators::{Capability, InputCapability};
+use timely::scheduling::Activator;
 use touchpoint_connectors::kafka::SourceRecord;
 use touchpoint_connectors::Backoff;
 use touchpoint_schemas::SourcePosition;
 
+use super::normalize::RegistryUnavailable;
 use super::Epoch;
 
 const REGISTRY_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -41,8 +43,34 @@ impl RegistryWait {
         self.queue.push_back((caps, records));
     }
 
+    /// Runs `container` on each waiting container whose try is due, oldest first, with its capabilities
+    /// (one per output, for the sessions). `container` takes records from the front and hands back the
+    /// one the registry could not serve, if any: it goes back in front of the rest, and they all wait for
+    /// the backoff. Then asks for an activation when records still wait.
+    pub fn run_due(
+        &mut self,
+        activator: &Activator,
+        mut container: impl FnMut(&[Capability<Epoch>], &mut VecDeque<SourceRecord>) -> Option<RegistryUnavailable>,
+    ) {
+        while let Some((caps, mut records)) = self.take_due() {
+            let blocked = container(&caps, &mut records);
+            let stop = blocked.is_some();
+            if let Some(b) = blocked {
+                self.failed(&b.position, &b.why);
+                records.push_front(b.record);
+            }
+            self.put_back(caps, records);
+            if stop {
+                break;
+            }
+        }
+        if let Some(delay) = self.retry_in() {
+            activator.activate_after(delay);
+        }
+    }
+
     /// The registry failed for the record at `position`: the next try waits for the backoff.
-    pub fn failed(&mut self, position: &SourcePosition, why: &str) {
+    fn failed(&mut self, position: &SourcePosition, why: &str) {
         let delay = REGISTRY_RETRY.delay(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
         self.not_before = Some(Instant::now() + delay);
@@ -51,7 +79,7 @@ impl RegistryWait {
     }
 
     /// How long until the next try, if records wait (for an activation after it).
-    pub fn retry_in(&self) -> Option<Duration> {
+    fn retry_in(&self) -> Option<Duration> {
         if self.queue.is_empty() {
             return None;
         }
@@ -59,7 +87,7 @@ impl RegistryWait {
     }
 
     /// The oldest waiting container, when its next try is due.
-    pub fn take_due(&mut self) -> Option<(Vec<Capability<Epoch>>, VecDeque<SourceRecord>)> {
+    fn take_due(&mut self) -> Option<(Vec<Capability<Epoch>>, VecDeque<SourceRecord>)> {
         if self.not_before.is_some_and(|t| Instant::now() < t) {
             return None;
         }
@@ -68,7 +96,7 @@ impl RegistryWait {
 
     /// Puts back what is left of a container [`take_due`](Self::take_due) gave (at the front), or
     /// notes that it went through.
-    pub fn put_back(&mut self, caps: Vec<Capability<Epoch>>, rest: VecDeque<SourceRecord>) {
+    fn put_back(&mut self, caps: Vec<Capability<Epoch>>, rest: VecDeque<SourceRecord>) {
         if rest.is_empty() {
             self.attempt = 0;
         } else {
