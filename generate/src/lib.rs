@@ -402,8 +402,9 @@ fn malformed_record(
         consent_only @ (RejectReason::UnknownChannel
         | RejectReason::UnknownPurpose
         | RejectReason::UnknownConsentStatus
-        | RejectReason::InvalidKey) => {
-            unreachable!("{consent_only} is not a reason to reject an event")
+        | RejectReason::InvalidKey
+        | RejectReason::InvalidProfileField) => {
+            unreachable!("{consent_only} is not a reason to reject an event (consent and profile records only)")
         }
     }
     let payload = match avro {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::consent::{ConsentConfig, ConsentTable, ConsentVerdict};
 use crate::frequency_cap::{CapQuery, CapVerdict, FrequencyCaps, SubjectCaps};
 use crate::intent::SendIntent;
+use crate::profile::{Recipient, RecipientSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -16,6 +17,9 @@ pub enum DecisionKind {
     /// The subject's send ledger is full ([`crate::send_ledger::MAX_LEDGER_KEYS`] keys within its TTL):
     /// a flood of intents for one subject; none is sent until old keys expire.
     SuppressedLedgerFull,
+    /// Nowhere to send: the subject's profile has no address for the channel, and the pipeline file
+    /// does not let the event name one ([`crate::profile::RecipientPolicy`]).
+    SuppressedNoRecipient,
 }
 
 impl DecisionKind {
@@ -25,6 +29,7 @@ impl DecisionKind {
             DecisionKind::SuppressedConsent => "suppressed_consent",
             DecisionKind::SuppressedCap => "suppressed_cap",
             DecisionKind::SuppressedLedgerFull => "suppressed_ledger_full",
+            DecisionKind::SuppressedNoRecipient => "suppressed_no_recipient",
         }
     }
 }
@@ -42,11 +47,25 @@ pub struct Decision {
     /// again, not counted again.
     #[serde(default)]
     pub replayed: bool,
+    /// Where the intent's recipient came from.
+    #[serde(default)]
+    pub recipient: RecipientSource,
+    /// The event named a recipient the policy did not let it choose (`profile_only`).
+    #[serde(default)]
+    pub event_recipient_ignored: bool,
 }
 
 impl Decision {
     /// A human explanation: which consent state, or which cap rule with its count and window.
     pub fn reason(&self) -> String {
+        let mut reason = self.base_reason();
+        if self.event_recipient_ignored {
+            reason.push_str("; the event's recipient is not used (recipients: profile_only)");
+        }
+        reason
+    }
+
+    fn base_reason(&self) -> String {
         if self.replayed {
             return "already allowed and counted before a restart; not counted again".into();
         }
@@ -56,6 +75,11 @@ impl Decision {
                 crate::send_ledger::MAX_LEDGER_KEYS
             ),
             (DecisionKind::SuppressedConsent, _) => format!("consent {}", self.consent.describe()),
+            (DecisionKind::SuppressedNoRecipient, _) => format!(
+                "consent {}; no {} in the profile",
+                self.consent.describe(),
+                crate::profile::recipient_noun(self.intent.channel)
+            ),
             (_, Some(CapVerdict::Capped { rule_id, count, limit, window })) => {
                 format!("cap {rule_id}: {count} of {limit} per {window}")
             }
@@ -68,13 +92,15 @@ impl Decision {
 /// The decision for an intent of a subject whose send ledger is full: suppressed, neither counted nor
 /// consulted against the caps.
 pub fn suppress_ledger_full(
-    intent: SendIntent,
+    mut intent: SendIntent,
+    recipient: Recipient,
     consent: &ConsentTable,
     consent_config: &ConsentConfig,
     caps: &FrequencyCaps,
 ) -> Decision {
     let verdict = consent.verdict(&intent.subject, intent.channel, intent.purpose, consent_config);
     let caps_version = caps.version().to_string();
+    intent.recipient = recipient.address;
     Decision {
         intent,
         kind: DecisionKind::SuppressedLedgerFull,
@@ -82,12 +108,16 @@ pub fn suppress_ledger_full(
         cap: None,
         caps_version,
         replayed: false,
+        recipient: recipient.source,
+        event_recipient_ignored: recipient.event_ignored,
     }
 }
 
-/// Consent then caps, for one intent. The caller passes the subject's keyed state.
+/// Consent, then a recipient, then caps, for one intent whose recipient the caller resolved (from the
+/// subject's profile, [`crate::profile::resolve_recipient`]). The caller passes the subject's keyed state.
 pub fn decide(
-    intent: SendIntent,
+    mut intent: SendIntent,
+    recipient: Recipient,
     consent: &ConsentTable,
     consent_config: &ConsentConfig,
     caps: &FrequencyCaps,
@@ -95,13 +125,27 @@ pub fn decide(
 ) -> Decision {
     let verdict = consent.verdict(&intent.subject, intent.channel, intent.purpose, consent_config);
     let caps_version = caps.version().to_string();
+    let (source, event_recipient_ignored) = (recipient.source, recipient.event_ignored);
+    intent.recipient = recipient.address;
+    let decision = |intent, kind, cap, replayed| Decision {
+        intent,
+        kind,
+        consent: verdict,
+        cap,
+        caps_version: caps_version.clone(),
+        replayed,
+        recipient: source,
+        event_recipient_ignored,
+    };
     if cap_state.already_counted(&intent.idempotency_key) {
-        let cap = Some(CapVerdict::Allowed);
-        return Decision { intent, kind: DecisionKind::Allowed, consent: verdict, cap, caps_version, replayed: true };
+        return decision(intent, DecisionKind::Allowed, Some(CapVerdict::Allowed), true);
     }
     if !verdict.allowed {
-        let kind = DecisionKind::SuppressedConsent;
-        return Decision { intent, kind, consent: verdict, cap: None, caps_version, replayed: false };
+        return decision(intent, DecisionKind::SuppressedConsent, None, false);
+    }
+    // Not counted by the caps: a message that cannot go anywhere uses no budget.
+    if source == RecipientSource::Missing {
+        return decision(intent, DecisionKind::SuppressedNoRecipient, None, false);
     }
     let cap = caps.decide_keyed(
         cap_state,
@@ -116,7 +160,7 @@ pub fn decide(
     );
     let kind =
         if matches!(cap, CapVerdict::Capped { .. }) { DecisionKind::SuppressedCap } else { DecisionKind::Allowed };
-    Decision { intent, kind, consent: verdict, cap: Some(cap), caps_version, replayed: false }
+    decision(intent, kind, Some(cap), false)
 }
 
 #[cfg(test)]
@@ -151,6 +195,27 @@ mod tests {
         }
     }
 
+    fn to() -> Recipient {
+        Recipient { address: Some("ann@example.com".into()), source: RecipientSource::Profile, event_ignored: false }
+    }
+
+    #[test]
+    fn a_send_without_recipient_is_suppressed_uncounted_with_a_reason() {
+        let caps = FrequencyCaps::new(&CapsConfig::default()).unwrap();
+        let (table, cfg, mut state) = (ConsentTable::new(), ConsentConfig::default(), SubjectCaps::default());
+        let nowhere = Recipient { address: None, source: RecipientSource::Missing, event_ignored: true };
+        let d = decide(intent("1", Purpose::Transactional, "transactional"), nowhere, &table, &cfg, &caps, &mut state);
+        assert_eq!(d.kind, DecisionKind::SuppressedNoRecipient);
+        assert_eq!(
+            d.reason(),
+            "consent missing(default allow); no email address in the profile; the event's recipient is not used \
+             (recipients: profile_only)"
+        );
+        assert!(state.is_empty());
+        let d = decide(intent("2", Purpose::Transactional, "transactional"), to(), &table, &cfg, &caps, &mut state);
+        assert_eq!((d.kind, d.intent.recipient.as_deref()), (DecisionKind::Allowed, Some("ann@example.com")));
+    }
+
     #[test]
     fn consent_then_caps_with_reasons() {
         let caps = FrequencyCaps::new(&CapsConfig {
@@ -169,7 +234,7 @@ mod tests {
         let mut table = ConsentTable::new();
         let mut state = SubjectCaps::default();
 
-        let d = decide(intent("1", Purpose::Marketing, "promo"), &table, &cfg, &caps, &mut state);
+        let d = decide(intent("1", Purpose::Marketing, "promo"), to(), &table, &cfg, &caps, &mut state);
         assert_eq!(d.kind, DecisionKind::SuppressedConsent);
         assert_eq!(d.reason(), "consent missing(default deny)");
         assert!(state.is_empty(), "suppressed intents are not counted");
@@ -182,19 +247,19 @@ mod tests {
             updated_at_ms: 1,
             source: String::new(),
         });
-        let d = decide(intent("2", Purpose::Marketing, "promo"), &table, &cfg, &caps, &mut state);
+        let d = decide(intent("2", Purpose::Marketing, "promo"), to(), &table, &cfg, &caps, &mut state);
         assert_eq!(d.kind, DecisionKind::Allowed);
-        let d = decide(intent("3", Purpose::Marketing, "promo"), &table, &cfg, &caps, &mut state);
+        let d = decide(intent("3", Purpose::Marketing, "promo"), to(), &table, &cfg, &caps, &mut state);
         assert_eq!(d.kind, DecisionKind::SuppressedCap);
         assert_eq!(d.reason(), "cap daily: 1 of 1 per calendar day");
         assert_eq!(d.caps_version, caps.version());
 
-        let d = decide(intent("4", Purpose::Transactional, "transactional"), &table, &cfg, &caps, &mut state);
+        let d = decide(intent("4", Purpose::Transactional, "transactional"), to(), &table, &cfg, &caps, &mut state);
         assert_eq!(d.kind, DecisionKind::Allowed, "transactional: default allow, category exempt");
 
         // The allowed intent "2", decided again after a restart, is allowed again and not counted twice.
         let before = state.clone();
-        let d = decide(intent("2", Purpose::Marketing, "promo"), &table, &cfg, &caps, &mut state);
+        let d = decide(intent("2", Purpose::Marketing, "promo"), to(), &table, &cfg, &caps, &mut state);
         assert_eq!((d.kind, d.replayed), (DecisionKind::Allowed, true));
         assert_eq!(state, before);
         assert!(d.reason().starts_with("already allowed"));

@@ -36,6 +36,7 @@ use crate::fast_hash::FastHashMap;
 use crate::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
 use crate::intent::{IntentRules, SendIntent};
 use crate::journey::{Guardrails, Journeys, SendOutcome, SubjectJourneys, Transition};
+use crate::profile::{resolve_recipient, ProfileChange, ProfileTable, ProfilesConfig, SubjectProfile};
 use crate::read_event::ReadEvent;
 use crate::send_ledger::{Decided, ProcessingGuarantee, SubjectSends};
 use touchpoint_schemas::{Channel, Purpose, SubjectRef};
@@ -74,11 +75,13 @@ impl SubjectSendState {
 
 pub type CapSnapshot = SubjectSnapshot<SubjectSendState>;
 pub type JourneySnapshot = SubjectSnapshot<SubjectJourneys>;
+pub type ProfileSnapshot = SubjectSnapshot<SubjectProfile>;
 
 /// The keyed state one worker holds.
 #[derive(Default)]
 pub struct GuardrailState {
     pub consent: ConsentTable,
+    pub profiles: ProfileTable,
     /// Cap counters and send ledger.
     pub caps: FastHashMap<SubjectRef, SubjectSendState>,
     pub journeys: FastHashMap<SubjectRef, SubjectJourneys>,
@@ -90,6 +93,8 @@ pub struct GuardrailRules {
     pub consent: ConsentConfig,
     pub caps: FrequencyCaps,
     pub journeys: Journeys,
+    /// Which events update profiles (canonical type), and who may choose a recipient.
+    pub profiles: ProfilesConfig,
     pub guarantee: ProcessingGuarantee,
     /// How long the send ledger remembers a key (wall clock); longer than any replay window.
     pub send_ledger_ttl: Duration,
@@ -108,6 +113,8 @@ pub struct EpochOutput {
     pub caps: Vec<CapSnapshot>,
     /// The changed subjects' journey state.
     pub journeys: Vec<JourneySnapshot>,
+    /// The changed subjects' profiles (`None`: forgotten).
+    pub profiles: Vec<ProfileSnapshot>,
     /// The epoch's events to store (those a previous run stored are left out).
     pub events: Vec<NormalizedEvent>,
     pub counts: EpochCounts,
@@ -127,6 +134,7 @@ pub struct EpochCounts {
 struct SubjectGuardrails<'a> {
     subject: &'a SubjectRef,
     consent: &'a ConsentTable,
+    profile: Option<&'a SubjectProfile>,
     rules: &'a GuardrailRules,
     state: &'a mut SubjectSendState,
     /// Shared from the start (the sinks receive them as `Arc`s): a growing vector of pointers moves
@@ -146,7 +154,19 @@ impl Guardrails for SubjectGuardrails<'_> {
         self.consent.verdict(self.subject, channel, purpose, &self.rules.consent).allowed
     }
 
-    fn send(&mut self, intent: SendIntent) -> SendOutcome {
+    fn send(&mut self, mut intent: SendIntent) -> SendOutcome {
+        // Where it goes, in which zone its calendar caps count, and the profile fields templates merge.
+        let policy = self.rules.profiles.recipients.policy(intent.purpose);
+        let recipient = resolve_recipient(self.profile, intent.channel, policy, intent.recipient.as_deref());
+        if let Some(profile) = self.profile {
+            if let Some(zone) = profile.time_zone() {
+                intent.time_zone = Some(zone.to_string());
+            }
+            let fields = profile.merge_fields();
+            if !fields.is_empty() {
+                intent.payload.insert("profile".into(), serde_json::Value::Object(fields));
+            }
+        }
         let ledger = self.rules.guarantee == ProcessingGuarantee::ExactlyOnceKeys;
         if ledger {
             // Decided before (and its decision row stored): re-processing; the outcome stands.
@@ -164,12 +184,14 @@ impl Guardrails for SubjectGuardrails<'_> {
         }
         if ledger && self.state.sends.is_full() {
             // Not recorded (there is no room): a re-run decides the same while the ledger stays full.
-            let decision = suppress_ledger_full(intent, self.consent, &self.rules.consent, &self.rules.caps);
+            let decision =
+                suppress_ledger_full(intent, recipient, self.consent, &self.rules.consent, &self.rules.caps);
             let outcome = SendOutcome::Suppressed(decision.reason());
             self.decisions.push(Arc::new(decision));
             return outcome;
         }
-        let decision = decide(intent, self.consent, &self.rules.consent, &self.rules.caps, &mut self.state.caps);
+        let decision =
+            decide(intent, recipient, self.consent, &self.rules.consent, &self.rules.caps, &mut self.state.caps);
         let allowed = decision.kind == DecisionKind::Allowed;
         self.changed |= allowed && decision.cap == Some(CapVerdict::Allowed);
         if ledger {
@@ -205,6 +227,7 @@ struct EpochDecisions {
 fn with_guardrails<R>(
     caps: &mut FastHashMap<SubjectRef, SubjectSendState>,
     consent: &ConsentTable,
+    profiles: &ProfileTable,
     rules: &GuardrailRules,
     subject: &SubjectRef,
     epoch: &mut EpochDecisions,
@@ -218,6 +241,7 @@ fn with_guardrails<R>(
     let mut g = SubjectGuardrails {
         subject,
         consent,
+        profile: profiles.get(subject),
         rules,
         state,
         decisions: &mut epoch.decisions,
@@ -263,6 +287,8 @@ pub struct GuardrailWorker {
     timers: Timers,
     watermark: i64,
     epochs_since_sweep: u32,
+    /// Subjects whose profile changed since the last epoch's output (their changelog records are due).
+    profiles_touched: BTreeSet<SubjectRef>,
 }
 
 impl GuardrailWorker {
@@ -271,7 +297,14 @@ impl GuardrailWorker {
         for (subject, j) in &state.journeys {
             timers.update(subject, None, j.next_due());
         }
-        GuardrailWorker { state, rules, timers, watermark: i64::MIN, epochs_since_sweep: 0 }
+        GuardrailWorker {
+            state,
+            rules,
+            timers,
+            watermark: i64::MIN,
+            epochs_since_sweep: 0,
+            profiles_touched: BTreeSet::new(),
+        }
     }
 
     pub fn state(&self) -> &GuardrailState {
@@ -290,6 +323,12 @@ impl GuardrailWorker {
         }
     }
 
+    /// A profile change for one of this worker's subjects (from `marketing.profiles`): applies to every
+    /// later decision; the changed profile leaves with the next epoch's output.
+    pub fn apply_profile(&mut self, change: &ProfileChange) {
+        apply_profile(&mut self.state.profiles, &mut self.profiles_touched, change);
+    }
+
     /// The watermark only moves forward.
     pub fn advance_watermark(&mut self, watermark: i64) {
         self.watermark = self.watermark.max(watermark);
@@ -302,13 +341,20 @@ impl GuardrailWorker {
     /// not passed on to be stored again). The events come as the containers that brought them. `now_ms`
     /// is the wall clock of the epoch (send ledger).
     pub fn process_epoch(&mut self, epoch_events: Vec<Vec<ReadEvent>>, now_ms: i64) -> EpochOutput {
-        let GuardrailWorker { state, rules, timers, watermark, epochs_since_sweep } = self;
+        let GuardrailWorker { state, rules, timers, watermark, epochs_since_sweep, profiles_touched } = self;
         let watermark = *watermark;
         let mut decided = EpochDecisions { decisions: Vec::new(), already_sent: 0, already_suppressed: 0, now_ms };
         let mut transitions = Vec::new();
         // Ordered sets: the snapshot records come out in the same order in every run.
         let mut caps_touched = BTreeSet::new();
         let mut journeys_touched = BTreeSet::new();
+
+        // 0. Profile updates carried by events (newest wins per field: their order does not matter), so
+        //    that the epoch's sends already go where they say.
+        let update_event = rules.profiles.update_event.as_str();
+        for r in epoch_events.iter().flatten().filter(|r| r.event.event_type == update_event) {
+            profile_update_of(&r.event, &mut state.profiles, profiles_touched);
+        }
 
         // 1. Journey timers due by the watermark.
         while let Some((due, subject)) = timers.0.first().cloned() {
@@ -318,7 +364,7 @@ impl GuardrailWorker {
             timers.0.remove(&(due, subject.clone()));
             let Some(journey_state) = state.journeys.get_mut(&subject) else { continue };
             let (moved, counted) =
-                with_guardrails(&mut state.caps, &state.consent, rules, &subject, &mut decided, |g| {
+                with_guardrails(&mut state.caps, &state.consent, &state.profiles, rules, &subject, &mut decided, |g| {
                     rules.journeys.on_time(&subject, journey_state, watermark, g)
                 });
             transitions.extend(moved);
@@ -339,7 +385,7 @@ impl GuardrailWorker {
         intents.sort_by(SendIntent::compete_order);
         for intent in intents {
             let subject = intent.subject.clone();
-            let ((), counted) = with_guardrails(&mut state.caps, &state.consent, rules, &subject, &mut decided, |g| {
+            let ((), counted) = with_guardrails(&mut state.caps, &state.consent, &state.profiles, rules, &subject, &mut decided, |g| {
                 // The outcome is in the decision; a rule has nothing to follow up.
                 let _ = g.send(intent);
             });
@@ -368,7 +414,7 @@ impl GuardrailWorker {
                 let journey_state = state.journeys.entry(subject.clone()).or_default();
                 let before = journey_state.next_due();
                 let (moved, counted) =
-                    with_guardrails(&mut state.caps, &state.consent, rules, &subject, &mut decided, |g| {
+                    with_guardrails(&mut state.caps, &state.consent, &state.profiles, rules, &subject, &mut decided, |g| {
                         rules.journeys.on_event(&subject, journey_state, event, g)
                     });
                 if counted {
@@ -414,6 +460,10 @@ impl GuardrailWorker {
                 SubjectSnapshot { subject, state: snapshot }
             })
             .collect();
+        out.profiles = std::mem::take(profiles_touched)
+            .into_iter()
+            .map(|subject| SubjectSnapshot { state: state.profiles.get(&subject).cloned(), subject })
+            .collect();
         // Now and then, drop the counters of subjects that went quiet (and tell the changelog).
         *epochs_since_sweep += 1;
         if *epochs_since_sweep >= 1_000 {
@@ -435,4 +485,39 @@ impl GuardrailWorker {
         out.events.extend(epoch_events.into_iter().flatten().filter(|r| !r.already_stored).map(|r| r.event));
         out
     }
+}
+
+/// Applies a profile change and notes the subject when its profile changed; says what was not taken.
+fn apply_profile(profiles: &mut ProfileTable, touched: &mut BTreeSet<SubjectRef>, change: &ProfileChange) {
+    let applied = profiles.apply(change);
+    if applied.changed {
+        touched.insert(change.subject().clone());
+    }
+    if !applied.cut.is_empty() {
+        tracing::warn!(
+            subject = ?change.subject(),
+            attributes = ?applied.cut,
+            max_bytes = crate::profile::MAX_PROFILE_BYTES,
+            "profile attributes not taken: the profile would grow past its bound",
+        );
+    }
+    if applied.ignored_as_forgotten {
+        tracing::info!(subject = ?change.subject(), "profile update dated before the subject was forgotten: ignored");
+    }
+}
+
+/// The profile update a `profile_updated` event makes (its attributes, at its event time).
+fn profile_update_of(event: &NormalizedEvent, profiles: &mut ProfileTable, touched: &mut BTreeSet<SubjectRef>) {
+    let attributes = match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&event.attributes_json) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(event_id = %event.event_id, error = %e, "profile update event: attributes unreadable");
+            return;
+        }
+    };
+    let (update, problems) = crate::profile::update_from_event(subject_of(event), event.occurred_at_ms, &attributes);
+    if !problems.is_empty() {
+        tracing::warn!(event_id = %event.event_id, ?problems, "profile update event: fields left out");
+    }
+    apply_profile(profiles, touched, &ProfileChange::Update(update));
 }

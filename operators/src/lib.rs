@@ -12,6 +12,7 @@
 //! - [`tally`]: the per-epoch accounting that proves nothing is silently dropped;
 //! - [`intent`]: send intents from rules in the pipeline file;
 //! - [`consent`]: the consent table (latest consent per subject × channel × purpose);
+//! - [`profile`]: subject profiles (recipients, time zone, locale, attributes), newest wins per field;
 //! - [`frequency_cap`]: caps per subject over rolling and calendar windows;
 //! - [`decision`]: consent then caps, one decision per intent;
 //! - [`send_ledger`]: the idempotency keys already emitted per subject (`exactly_once_keys`);
@@ -33,6 +34,7 @@ pub mod intent;
 pub mod journey;
 pub mod key_groups;
 pub mod normalize;
+pub mod profile;
 pub mod read_event;
 pub mod send_ledger;
 pub mod tally;

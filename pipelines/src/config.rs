@@ -13,6 +13,7 @@ use touchpoint_connectors::clickhouse::ClickHouseConfig;
 use touchpoint_connectors::kafka::{KafkaConfig, TopicSpec};
 use touchpoint_connectors::schema_registry::SchemaRegistryConfig;
 use touchpoint_operators::consent::ConsentConfig;
+use touchpoint_operators::profile::ProfilesConfig;
 use touchpoint_operators::dedupe::DedupeConfig;
 use touchpoint_operators::frequency_cap::{CapsConfig, FrequencyCaps};
 use touchpoint_operators::intent::{IntentRules, IntentsConfig};
@@ -46,6 +47,9 @@ pub struct PipelineConfig {
     /// Defaults for subjects without a consent record.
     #[serde(default)]
     pub consent: ConsentConfig,
+    /// Which events update profiles, and whether an event may choose a send's recipient.
+    #[serde(default)]
+    pub profiles: ProfilesConfig,
     #[serde(default)]
     pub caps: CapsConfig,
     /// Watermarks and the late-event policy.
@@ -127,6 +131,12 @@ pub struct TopicsConfig {
     /// Rejected consent records, `marketing.consent.dlq`.
     #[serde(default = "default_consent_dead_letter_topic")]
     pub consent_dead_letter: TopicSpec,
+    /// Subject profiles, `marketing.profiles` (compacted; key `tenant/subject`).
+    #[serde(default = "default_profiles_topic")]
+    pub profiles: TopicSpec,
+    /// Rejected profile records, `marketing.profiles.dlq`.
+    #[serde(default = "default_profiles_dead_letter_topic")]
+    pub profiles_dead_letter: TopicSpec,
     /// Allowed sends, one topic per channel: `<prefix>email`, `<prefix>sms`, ...
     #[serde(default)]
     pub connectors: ConnectorTopicsConfig,
@@ -168,6 +178,12 @@ fn default_changelog_partitions() -> i32 {
 fn default_consent_topic() -> TopicSpec {
     TopicSpec { name: "marketing.consent".into(), partitions: 2, retention: None, compacted: true }
 }
+fn default_profiles_topic() -> TopicSpec {
+    TopicSpec { name: "marketing.profiles".into(), partitions: 2, retention: None, compacted: true }
+}
+fn default_profiles_dead_letter_topic() -> TopicSpec {
+    TopicSpec::new("marketing.profiles.dlq", 2)
+}
 fn default_late_events_topic() -> TopicSpec {
     TopicSpec::new("marketing.events.late", 4)
 }
@@ -186,6 +202,8 @@ impl TopicsConfig {
             self.late_events.clone(),
             self.consent.clone(),
             self.consent_dead_letter.clone(),
+            self.profiles.clone(),
+            self.profiles_dead_letter.clone(),
             self.deliveries.clone(),
         ];
         for channel in Channel::ALL {
@@ -218,6 +236,12 @@ impl TopicsConfig {
     /// The changelog of the journey state (enrollments, timers, history).
     pub fn journeys_changelog(&self, group_id: &str) -> TopicSpec {
         TopicSpec { name: format!("{group_id}.journeys-changelog"), ..self.caps_changelog(group_id) }
+    }
+
+    /// The profiles as the pipeline merged them (from `marketing.profiles` and profile update events),
+    /// one record per subject: what a restart restores.
+    pub fn profiles_changelog(&self, group_id: &str) -> TopicSpec {
+        TopicSpec { name: format!("{group_id}.profiles-changelog"), ..self.caps_changelog(group_id) }
     }
 
     /// Every journey version the pipeline ever ran (compacted; key `journey/version`, value the file):
@@ -348,6 +372,10 @@ impl PipelineConfig {
             consent: self.consent.clone(),
             caps: built.caps.clone(),
             journeys,
+            profiles: ProfilesConfig {
+                update_event: touchpoint_operators::normalize::snake_case(&self.profiles.update_event),
+                recipients: self.profiles.recipients.clone(),
+            },
             guarantee: self.processing.guarantee,
             send_ledger_ttl: self.processing.send_ledger_ttl,
         })
@@ -425,6 +453,12 @@ impl PipelineConfig {
         }
         if !self.topics.consent.compacted {
             return Err(format!("topics.consent ({}) must be compacted: it is a table", self.topics.consent.name));
+        }
+        if !self.topics.profiles.compacted {
+            return Err(format!("topics.profiles ({}) must be compacted: it is a table", self.topics.profiles.name));
+        }
+        if touchpoint_operators::normalize::snake_case(&self.profiles.update_event).is_empty() {
+            return Err("profiles.update_event names no event type".into());
         }
         if self.topics.events.name == self.topics.dead_letter.name {
             return Err("topics.events and topics.dead_letter must be different topics".into());

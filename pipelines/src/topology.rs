@@ -11,16 +11,22 @@
 //! marketing.consent ─► ConsentSource ─► ParseConsent ─┬─ rejects ─► DeadLetterTopic              │
 //! (replayed from the   (restore at      (decode,      │              (marketing.consent.dlq)     │
 //!  beginning)           epoch 0)         validate)    └─ changes ─► [by subject key group] ──────┤
+//! marketing.profiles ─► ProfileSource ─► ParseProfiles ─┬─ rejects ─► DeadLetterTopic            │
+//! (replayed from the    (restore at      (decode, key   │              (marketing.profiles.dlq)  │
+//!  beginning)            epoch 0)         checked)      └─ changes ─► [by subject key group] ────┤
 //!                                                                                                ▼
-//!          Guardrails [events and changes by subject key group]: consent; journey timers; rules; journeys; caps
+//!          Guardrails [events and changes by subject key group]: consent; profiles (also from profile
+//!          update events); journey timers; rules; journeys; recipients from profiles; caps
 //!           │ events an earlier run did not store ─► ClickHouseEvents (`events`)
 //!           │ decisions ─► ClickHouseDecisions (`decisions`)
 //!           │   └ allowed ─► ConnectorTopics (connector.<channel>)
 //!           │ journey movements ─► ClickHouseTransitions (`journey_transitions`)
 //!           │ caps + send ledger ─► AfterSends (once the epoch's sends and decisions are durable)
 //!           │                         ─► CapsChangelog (<group>.caps-changelog)
-//!           └ journey state ─► AfterLedger (once the ledger is durable)
-//!                                ─► JourneysChangelog (<group>.journeys-changelog)
+//!           │ journey state ─► AfterLedger (once the ledger is durable)
+//!           │                    ─► JourneysChangelog (<group>.journeys-changelog)
+//!           └ changed profiles ─► ClickHouseProfiles (`profiles`)
+//!                              ─► ProfilesChangelog (<group>.profiles-changelog)
 //!
 //! every sink's progress ─► probe ─► commit the event offsets of durable epochs
 //! per-worker tallies ─► [to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
@@ -29,7 +35,8 @@
 //! Under `processing.guarantee: exactly_once_v2` the Kafka sinks above are replaced by one transaction:
 //!
 //! ```text
-//!  late events, dead letters, consent dead letters, allowed sends, caps and journey state (as records)
+//!  late events, dead letters (events, consent, profiles), allowed sends, caps, journey state and
+//!  profiles (as records)
 //!  + source positions (from the worker loop, at the epoch they closed)
 //!      ─► AfterClickHouse (the epoch's ClickHouse rows durable) ─► [to worker 0] KafkaTransaction
 //!         (begin; produce; send_offsets_to_transaction; commit — complete epochs, in order)
@@ -54,7 +61,7 @@ use timely::dataflow::operators::vec::{Broadcast, Filter, Map};
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
-use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, TransitionStore};
+use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, ProfileStore, TransitionStore};
 use touchpoint_connectors::kafka::AckedProducer;
 use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_operators::decision::{Decision, DecisionKind};
@@ -73,9 +80,10 @@ use crate::stages::event_time::{late_events, partition_clocks};
 use crate::stages::guardrails::guardrails;
 use crate::stages::kafka_source::{kafka_source, SharedSource, SourceRole, StopPolicy};
 use crate::stages::normalize::normalize;
+use crate::stages::profiles::parse_profile_stream;
 use crate::stages::sinks::{
-    changelog_record, send_record, ClickHouseDecisions, ClickHouseEvents, ClickHouseTransitions, ConnectorTopics,
-    StateChangelog, TopicRecord, TopicSink,
+    changelog_record, send_record, ClickHouseDecisions, ClickHouseEvents, ClickHouseProfiles, ClickHouseTransitions,
+    ConnectorTopics, StateChangelog, TopicRecord, TopicSink,
 };
 use crate::stages::tally::{log_epoch_tallies, RunTotals, TallyBook};
 use crate::stages::transaction::{TransactionalCommit, TxnItem};
@@ -84,7 +92,8 @@ use crate::stages::Epoch;
 /// Everything one worker needs to build its copy of the dataflow, by part of the dataflow.
 pub struct WorkerParts {
     pub events: EventInput,
-    pub consent: ConsentInput,
+    pub consent: TableInput,
+    pub profiles: TableInput,
     /// The subject-keyed operator's rules and the state this worker owns.
     pub rules: GuardrailRules,
     pub guardrail_state: GuardrailState,
@@ -109,8 +118,8 @@ pub struct EventInput {
     pub event_time: EventTimeConfig,
 }
 
-/// The consent table's topic, replayed from the beginning.
-pub struct ConsentInput {
+/// A table's topic (consent, profiles), replayed from the beginning.
+pub struct TableInput {
     pub source: SharedSource,
     pub topic: String,
     /// The tenant of records that name none.
@@ -122,17 +131,20 @@ pub struct ClickHouseSinks {
     pub events: EventStore,
     pub decisions: DecisionStore,
     pub transitions: TransitionStore,
+    pub profiles: ProfileStore,
 }
 
 /// The Kafka topics the dataflow writes.
 pub struct OutputTopics {
     pub dead_letter: String,
     pub consent_dead_letter: String,
+    pub profiles_dead_letter: String,
     pub late_events: String,
     /// `connector.` + channel.
     pub connector_prefix: String,
     pub caps_changelog: String,
     pub journeys_changelog: String,
+    pub profiles_changelog: String,
 }
 
 /// How the Kafka outputs are written.
@@ -148,10 +160,12 @@ pub enum KafkaWriters {
 pub struct AckedWriters {
     pub dead_letters: AckedProducer,
     pub consent_dead_letters: AckedProducer,
+    pub profile_dead_letters: AckedProducer,
     pub late_events: AckedProducer,
     pub sends: AckedProducer,
     pub caps_changelog: AckedProducer,
     pub journeys_changelog: AckedProducer,
+    pub profiles_changelog: AckedProducer,
 }
 
 /// Handles the worker loop drives the dataflow with.
@@ -170,6 +184,7 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
     let WorkerParts {
         events: input,
         consent,
+        profiles,
         rules,
         guardrail_state,
         clickhouse,
@@ -203,29 +218,46 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         let late = judged.routed;
         // Consent: the table, replayed at start (epoch 0), then live.
         let consent_records =
-            kafka_source(scope, "ConsentSource", SourceRole::Table, consent.source, epochs, stop, None);
-        let (changes, bad_consent) =
-            parse_consent_stream(consent_records, RecordDecoder::new(registry), consent.topic, consent.default_tenant);
+            kafka_source(scope, "ConsentSource", SourceRole::Table, consent.source, epochs.clone(), stop.clone(), None);
+        let (changes, bad_consent) = parse_consent_stream(
+            consent_records,
+            RecordDecoder::new(registry.clone()),
+            consent.topic,
+            consent.default_tenant,
+        );
+        // Profiles: the table, replayed at start (epoch 0) on top of the restored changelog, then live.
+        let profile_records =
+            kafka_source(scope, "ProfileSource", SourceRole::Table, profiles.source, epochs, stop, None);
+        let (profile_changes, bad_profiles) = parse_profile_stream(
+            profile_records,
+            RecordDecoder::new(registry),
+            profiles.topic,
+            profiles.default_tenant,
+        );
         let OutputTopics {
             dead_letter: dead_letter_topic,
             consent_dead_letter: consent_dead_letter_topic,
+            profiles_dead_letter: profiles_dead_letter_topic,
             late_events: late_events_topic,
             connector_prefix,
             caps_changelog: caps_changelog_topic,
             journeys_changelog: journeys_changelog_topic,
+            profiles_changelog: profiles_changelog_topic,
         } = topics;
         // The subject-keyed operator: consent join, journeys (timers on the watermark), intents from
         // rules, frequency caps; decisions, transitions, sends, state changelogs. Events a previous run
         // stored still drive decisions (their effects may not have been durable when it died; the decision
         // path is idempotent by key), and the keyed operator passes on only the others to be stored.
-        let keyed = guardrails(judged.events, changes, judged.watermarks, guardrail_state, rules);
-        let (cap_states, journey_states) = (keyed.caps, keyed.journeys);
+        let keyed = guardrails(judged.events, changes, profile_changes, judged.watermarks, guardrail_state, rules);
+        let (cap_states, journey_states, profile_states) = (keyed.caps, keyed.journeys, keyed.profiles);
         let stored = epoch_sink(keyed.events, ClickHouseEvents { store: clickhouse.events }, runtime.clone());
         let recorded =
             epoch_sink(keyed.decisions.clone(), ClickHouseDecisions { store: clickhouse.decisions }, runtime.clone());
         let allowed = keyed.decisions.filter(|d: &Arc<Decision>| d.kind == DecisionKind::Allowed);
         let transitioned =
             epoch_sink(keyed.transitions, ClickHouseTransitions { store: clickhouse.transitions }, runtime.clone());
+        let profiled =
+            epoch_sink(profile_states.clone(), ClickHouseProfiles { store: clickhouse.profiles }, runtime.clone());
 
         let sinks = ProbeHandle::new();
         let mut positions = None;
@@ -240,12 +272,15 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                     late.map(move |r| TxnItem::Record(r.to_record(&late_events_topic).bounded())),
                     rejected.map(move |r| TxnItem::Record(r.to_record(&dead_letter_topic).bounded())),
                     bad_consent.map(move |r| TxnItem::Record(r.to_record(&consent_dead_letter_topic).bounded())),
+                    bad_profiles.map(move |r| TxnItem::Record(r.to_record(&profiles_dead_letter_topic).bounded())),
                     allowed.map(move |d| TxnItem::encoded(send_record(&d, &connector_prefix))),
                     cap_states.map(move |s| TxnItem::encoded(changelog_record(&caps_changelog_topic, &s))),
                     journey_states.map(move |s| TxnItem::encoded(changelog_record(&journeys_changelog_topic, &s))),
+                    profile_states.map(move |s| TxnItem::encoded(changelog_record(&profiles_changelog_topic, &s))),
                     source_positions,
                 ]);
-                let clickhouse = scope.concatenate([stored.clone(), recorded.clone(), transitioned.clone()]);
+                let clickhouse =
+                    scope.concatenate([stored.clone(), recorded.clone(), transitioned.clone(), profiled.clone()]);
                 let gated = after_durable(items, clickhouse, "AfterClickHouse").exchange(|_| 0);
                 vec![epoch_sink(gated, commit, runtime)]
             }
@@ -266,6 +301,25 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                         name: "DeadLetterTopic",
                         producer: w.consent_dead_letters,
                         topic: consent_dead_letter_topic,
+                    },
+                    runtime.clone(),
+                );
+                let profile_dead_lettered = epoch_sink(
+                    bad_profiles,
+                    TopicSink {
+                        name: "DeadLetterTopic",
+                        producer: w.profile_dead_letters,
+                        topic: profiles_dead_letter_topic,
+                    },
+                    runtime.clone(),
+                );
+                // Independent of the sends: a profile names no send, and a restore merges it either way.
+                let profiles_persisted = epoch_sink(
+                    profile_states,
+                    StateChangelog {
+                        name: "ProfilesChangelog",
+                        producer: w.profiles_changelog,
+                        topic: profiles_changelog_topic,
                     },
                     runtime.clone(),
                 );
@@ -292,10 +346,19 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                     },
                     runtime,
                 );
-                vec![late_routed, dead_lettered, consent_dead_lettered, sent, caps_persisted, journeys_persisted]
+                vec![
+                    late_routed,
+                    dead_lettered,
+                    consent_dead_lettered,
+                    profile_dead_lettered,
+                    sent,
+                    caps_persisted,
+                    journeys_persisted,
+                    profiles_persisted,
+                ]
             }
         };
-        scope.concatenate([stored, recorded, transitioned].into_iter().chain(kafka_durable)).probe_with(&sinks);
+        scope.concatenate([stored, recorded, transitioned, profiled].into_iter().chain(kafka_durable)).probe_with(&sinks);
 
         let (tallies, partials) = scope.new_input::<Vec<EpochTally>>();
         let tallies_logged = ProbeHandle::new();

@@ -28,6 +28,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../clickhouse/0006_journey_transitions.sql"),
     },
     Migration { version: 7, name: "0007_deliveries", sql: include_str!("../clickhouse/0007_deliveries.sql") },
+    Migration { version: 8, name: "0008_profiles", sql: include_str!("../clickhouse/0008_profiles.sql") },
+    Migration {
+        version: 9,
+        name: "0009_decisions_recipient",
+        sql: include_str!("../clickhouse/0009_decisions_recipient.sql"),
+    },
 ];
 
 /// Table that records which migrations were applied (created by the migrator itself).

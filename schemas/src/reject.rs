@@ -36,11 +36,13 @@ pub enum RejectReason {
     /// A consent record's key is not `tenant/subject/channel/purpose` of the entry it sets or clears
     /// (compaction keeps the last record per key, so the key must name exactly one table entry).
     InvalidKey,
+    /// A profile record's email, phone, time zone, locale, device or attribute does not check out.
+    InvalidProfileField,
 }
 
 impl RejectReason {
-    /// Every reason, events' and consent records'.
-    pub const ALL: [RejectReason; 14] = [
+    /// Every reason, events', consent records' and profile records'.
+    pub const ALL: [RejectReason; 15] = [
         RejectReason::MalformedPayload,
         RejectReason::UnknownSchema,
         RejectReason::MissingField,
@@ -55,6 +57,7 @@ impl RejectReason {
         RejectReason::UnknownPurpose,
         RejectReason::UnknownConsentStatus,
         RejectReason::InvalidKey,
+        RejectReason::InvalidProfileField,
     ];
 
     /// The reasons a `marketing.events` record can be rejected for (the first ten of [`Self::ALL`]).
@@ -77,6 +80,7 @@ impl RejectReason {
             RejectReason::UnknownPurpose => "unknown_purpose",
             RejectReason::UnknownConsentStatus => "unknown_consent_status",
             RejectReason::InvalidKey => "invalid_key",
+            RejectReason::InvalidProfileField => "invalid_profile_field",
         }
     }
 

@@ -70,7 +70,7 @@ impl std::fmt::Display for Purpose {
 /// Shared strings, because the keyed operator hands a subject to every map, set, timer, decision and
 /// transition it touches (up to ten copies per event): a clone is two reference counts, not two
 /// allocations. Serialized as two plain strings.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SubjectRef {
     pub tenant_id: Arc<str>,
     pub subject_id: Arc<str>,

@@ -20,6 +20,7 @@ use touchpoint_operators::decision::{decide, DecisionKind};
 use touchpoint_operators::frequency_cap::{CapQuery, FrequencyCaps, SubjectCaps};
 use touchpoint_operators::intent::SendIntent;
 use touchpoint_operators::journey::{load_dir, Guardrails, Journeys, SendOutcome, SubjectJourneys};
+use touchpoint_operators::profile::{Recipient, RecipientSource};
 use touchpoint_schemas::NormalizedEvent;
 use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
@@ -48,7 +49,9 @@ impl Guardrails for Real<'_> {
         self.consent.verdict(self.subject, channel, purpose, self.config).allowed
     }
     fn send(&mut self, intent: SendIntent) -> SendOutcome {
-        let d = decide(intent, self.consent, self.config, self.caps, self.state);
+        // The journey machine's cost, not the profile's: every intent has a recipient.
+        let to = Recipient { address: intent.recipient.clone(), source: RecipientSource::Event, event_ignored: false };
+        let d = decide(intent, to, self.consent, self.config, self.caps, self.state);
         let allowed = d.kind == DecisionKind::Allowed;
         *self.sent += u64::from(allowed);
         if allowed {

@@ -201,6 +201,31 @@ impl TransitionStore {
     }
 }
 
+/// Subject profiles after each change → `profiles`.
+#[derive(Clone)]
+pub struct ProfileStore {
+    client: clickhouse::Client,
+}
+
+impl ProfileStore {
+    pub fn new(config: &ClickHouseConfig) -> Self {
+        ProfileStore { client: config.client() }
+    }
+
+    /// One INSERT per batch (ReplacingMergeTree on the profile's newest field time: a batch written
+    /// again replaces its rows).
+    pub async fn insert<'a>(
+        &self,
+        profiles: impl IntoIterator<Item = &'a touchpoint_operators::guardrails::ProfileSnapshot, IntoIter: Send>,
+    ) -> Result<()> {
+        let recorded_at = crate::now_ms();
+        insert_rows::<super::encoding::ProfileRow<'_>, _>(&self.client, "profiles", None, profiles, |p| {
+            super::encoding::ProfileRow::new(p, recorded_at)
+        })
+        .await
+    }
+}
+
 /// Delivery outcomes → `deliveries`; and the lookup provider callbacks need.
 #[derive(Clone)]
 pub struct DeliveryStore {

@@ -85,6 +85,7 @@ pub struct DecisionRow<'a> {
     pub journey: &'a str,
     pub journey_version: &'a str,
     pub journey_step: &'a str,
+    pub recipient_source: &'static str,
 }
 
 impl<'a> DecisionRow<'a> {
@@ -126,6 +127,7 @@ impl<'a> DecisionRow<'a> {
             journey: i.journey.as_ref().map_or("", |j| j.journey.as_str()),
             journey_version: i.journey.as_ref().map_or("", |j| j.version.as_str()),
             journey_step: i.journey.as_ref().map_or("", |j| j.step.as_str()),
+            recipient_source: d.recipient.as_str(),
         }
     }
 }
@@ -161,6 +163,57 @@ impl<'a> TransitionRow<'a> {
             cause: t.cause.to_string(),
             event_id: t.event_id.as_deref().unwrap_or_default(),
             seq: t.seq,
+        }
+    }
+}
+
+/// One row of `profiles`: a subject's profile after a change.
+#[derive(Debug, Row, Serialize)]
+pub struct ProfileRow<'a> {
+    pub recorded_at: i64,
+    pub updated_at: i64,
+    pub tenant_id: &'a str,
+    pub subject_id: &'a str,
+    pub email: &'a str,
+    pub phone: &'a str,
+    pub devices: Vec<&'a str>,
+    pub time_zone: &'a str,
+    pub locale: &'a str,
+    /// The custom attributes, a JSON object.
+    pub attributes: String,
+    pub deleted: u8,
+}
+
+impl<'a> ProfileRow<'a> {
+    pub fn new(s: &'a touchpoint_operators::guardrails::ProfileSnapshot, recorded_at: i64) -> Self {
+        let p = s.state.as_ref();
+        let text = |f: fn(&'a touchpoint_operators::profile::SubjectProfile) -> Option<&'a str>| {
+            p.and_then(f).unwrap_or_default()
+        };
+        let attributes: serde_json::Map<String, serde_json::Value> = p
+            .map(|p| p.attributes.iter().filter(|(_, v)| !v.value.is_null()).map(|(k, v)| (k.clone(), v.value.clone())))
+            .into_iter()
+            .flatten()
+            .collect();
+        let devices = p.map(|p| p.device_tokens()).unwrap_or_default();
+        let has_fields = !(text(|p| p.email()).is_empty()
+            && text(|p| p.phone()).is_empty()
+            && devices.is_empty()
+            && attributes.is_empty()
+            && text(|p| p.time_zone()).is_empty()
+            && text(|p| p.locale()).is_empty());
+        ProfileRow {
+            recorded_at,
+            updated_at: p.map_or(recorded_at, |p| p.updated_at_ms()),
+            tenant_id: &s.subject.tenant_id,
+            subject_id: &s.subject.subject_id,
+            email: text(|p| p.email()),
+            phone: text(|p| p.phone()),
+            devices,
+            time_zone: text(|p| p.time_zone()),
+            locale: text(|p| p.locale()),
+            attributes: serde_json::Value::Object(attributes).to_string(),
+            deleted: u8::from(!has_fields),
         }
     }
 }

@@ -6,7 +6,7 @@ mod config;
 mod encoding;
 mod migrate;
 
-pub use client::{DecisionStore, DeliveryStore, EventStore, KnownDelivery, TransitionStore};
+pub use client::{DecisionStore, DeliveryStore, EventStore, KnownDelivery, ProfileStore, TransitionStore};
 pub use config::ClickHouseConfig;
 pub use encoding::{batch_token, EventRow};
 pub use migrate::{drop_databases_with_prefix, migrate};

@@ -28,6 +28,7 @@ use touchpoint_connectors::kafka::{ensure_topics, lease_topic, Lease, LeaseHeld,
 use touchpoint_operators::fast_hash::FastHashMap;
 use touchpoint_operators::guardrails::SubjectSendState;
 use touchpoint_operators::journey::{Journeys, SubjectJourneys};
+use touchpoint_operators::profile::SubjectProfile;
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
 use touchpoint_schemas::SubjectRef;
 
@@ -94,6 +95,7 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     let mut topics = config.topics.all();
     topics.push(config.topics.caps_changelog(&config.pipeline.group_id));
     topics.push(config.topics.journeys_changelog(&config.pipeline.group_id));
+    topics.push(config.topics.profiles_changelog(&config.pipeline.group_id));
     topics.push(config.topics.journey_versions(&config.pipeline.group_id));
     topics.push(lease_topic(&config.pipeline.group_id));
     runtime.block_on(ensure_topics(&config.kafka, &topics))?;
@@ -149,6 +151,7 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         None => None,
     };
     let consent_partitions = partition_count(&config.kafka, &config.topics.consent.name)?;
+    let profile_partitions = partition_count(&config.kafka, &config.topics.profiles.name)?;
 
     // Frequency-cap state from its changelog, read once per process and handed to the owning workers.
     let peers = options.workers * options.processes;
@@ -157,8 +160,13 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     let current_journeys = config.journeys()?;
     let has_journeys = !current_journeys.is_empty();
     let partial = if options.accept_partial_restore { PartialRestore::Accept } else { PartialRestore::Refuse };
-    let (restored_caps, journeys, restored_journeys, restored_ids) = std::thread::scope(|s| {
+    let (restored_caps, journeys, restored_journeys, restored_profiles, restored_ids) = std::thread::scope(|s| {
         let caps = s.spawn(|| restore_caps(&config, peers, local_workers.clone(), partial));
+        // The merged profiles; `marketing.profiles` is replayed on top (newest wins per field).
+        let profiles = s.spawn(|| {
+            let topic = config.topics.profiles_changelog(&config.pipeline.group_id).name;
+            restore_changelog::<SubjectProfile>(&config, &topic, "profile", peers, local_workers.clone(), partial)
+        });
         let journeys = s.spawn(|| load_journeys(&config, current_journeys, &runtime, partial));
         let journey_state = s.spawn(|| {
             if !has_journeys {
@@ -173,12 +181,14 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
             caps.join().map_err(|_| joined("cap state")),
             journeys.join().map_err(|_| joined("journeys")),
             journey_state.join().map_err(|_| joined("journey state")),
+            profiles.join().map_err(|_| joined("profiles")),
             ids,
         )
     });
     let restored_caps = restored_caps??;
     let journeys = journeys??;
     let restored_journeys = restored_journeys??;
+    let restored_profiles = restored_profiles??;
     let restored_ids = restored_ids?;
 
     if let Some(listen) = config.pipeline.metrics_listen.clone() {
@@ -197,8 +207,10 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         runtime: runtime.handle().clone(),
         partitions,
         consent_partitions,
+        profile_partitions,
         restored_caps: Mutex::new(restored_caps),
         restored_journeys: Mutex::new(restored_journeys),
+        restored_profiles: Mutex::new(restored_profiles),
         journeys,
         restored_ids: Mutex::new(restored_ids),
         stop,
@@ -238,10 +250,13 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     partitions: i32,
     consent_partitions: i32,
+    profile_partitions: i32,
     /// Worker index → the cap state it owns, restored from the changelog.
     restored_caps: Mutex<HashMap<usize, FastHashMap<SubjectRef, SubjectSendState>>>,
     /// Worker index → the journey state it owns, restored from the changelog.
     restored_journeys: Mutex<HashMap<usize, FastHashMap<SubjectRef, SubjectJourneys>>>,
+    /// Worker index → the profiles it owns, restored from the changelog.
+    restored_profiles: Mutex<HashMap<usize, FastHashMap<SubjectRef, SubjectProfile>>>,
     journeys: Journeys,
     /// Worker index → the deduplication keys it owns (with first-seen time), from ClickHouse.
     restored_ids: Mutex<HashMap<usize, Vec<(u128, i64)>>>,

@@ -10,12 +10,13 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use rdkafka::consumer::CommitMode;
 use timely::worker::Worker;
-use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, TransitionStore};
+use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, ProfileStore, TransitionStore};
 use touchpoint_connectors::kafka::owned_partitions;
 use touchpoint_connectors::kafka::{AckedProducer, PartitionSource};
 use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_operators::dedupe::EventDeduplicator;
 use touchpoint_operators::guardrails::GuardrailState;
+use touchpoint_operators::profile::ProfileTable;
 
 use super::Shared;
 use crate::stages::kafka_source::{SourceState, StopPolicy};
@@ -23,7 +24,7 @@ use crate::stages::tally::TallyBook;
 use crate::stages::transaction::{TransactionalCommit, TxnItem};
 use crate::stages::Epoch;
 use crate::topology::{
-    self, AckedWriters, ClickHouseSinks, ConsentInput, EventInput, KafkaWriters, OutputTopics, WorkerParts,
+    self, AckedWriters, ClickHouseSinks, EventInput, KafkaWriters, OutputTopics, TableInput, WorkerParts,
 };
 
 pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
@@ -76,6 +77,13 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
         &config.topics.consent.name,
         owned_partitions(shared.consent_partitions, index, peers),
     )?;
+    let profile_source = PartitionSource::open_from_beginning(
+        &config.kafka,
+        &format!("{}.profiles", config.pipeline.group_id),
+        &config.topics.profiles.name,
+        owned_partitions(shared.profile_partitions, index, peers),
+    )?;
+    let profiles = shared.restored_profiles.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
     let caps_state = shared.restored_caps.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
     let journey_state = shared.restored_journeys.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
     let kafka = if shared.eos() {
@@ -89,10 +97,12 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
         KafkaWriters::Acked(AckedWriters {
             dead_letters: AckedProducer::new(&config.kafka)?,
             consent_dead_letters: AckedProducer::new(&config.kafka)?,
+            profile_dead_letters: AckedProducer::new(&config.kafka)?,
             late_events: AckedProducer::new(&config.kafka)?,
             sends: AckedProducer::new(&config.kafka)?,
             caps_changelog: AckedProducer::new(&config.kafka)?,
             journeys_changelog: AckedProducer::new(&config.kafka)?,
+            profiles_changelog: AckedProducer::new(&config.kafka)?,
         })
     };
     let group = &config.pipeline.group_id;
@@ -108,25 +118,38 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
                 deduplicator,
                 event_time: config.event_time.clone(),
             },
-            consent: ConsentInput {
+            consent: TableInput {
                 source: SourceState::new(consent_source, HashSet::new()),
                 topic: config.topics.consent.name.clone(),
                 default_tenant: config.normalize.default_tenant.clone(),
             },
+            profiles: TableInput {
+                source: SourceState::new(profile_source, HashSet::new()),
+                topic: config.topics.profiles.name.clone(),
+                default_tenant: config.normalize.default_tenant.clone(),
+            },
             rules: config.guardrail_rules(shared.journeys.clone())?,
-            guardrail_state: GuardrailState { consent: Default::default(), caps: caps_state, journeys: journey_state },
+            guardrail_state: GuardrailState {
+                consent: Default::default(),
+                profiles: ProfileTable::new(profiles),
+                caps: caps_state,
+                journeys: journey_state,
+            },
             clickhouse: ClickHouseSinks {
                 events: store,
                 decisions: DecisionStore::new(&config.clickhouse),
                 transitions: TransitionStore::new(&config.clickhouse),
+                profiles: ProfileStore::new(&config.clickhouse),
             },
             topics: OutputTopics {
                 dead_letter: config.topics.dead_letter.name.clone(),
                 consent_dead_letter: config.topics.consent_dead_letter.name.clone(),
+                profiles_dead_letter: config.topics.profiles_dead_letter.name.clone(),
                 late_events: config.topics.late_events.name.clone(),
                 connector_prefix: config.topics.connectors.prefix.clone(),
                 caps_changelog: config.topics.caps_changelog(group).name,
                 journeys_changelog: config.topics.journeys_changelog(group).name,
+                profiles_changelog: config.topics.profiles_changelog(group).name,
             },
             kafka,
             epochs: config.epochs.clone(),

@@ -1,4 +1,5 @@
-//! Parsing the consent topic: decode (JSON or Avro, like events), validate, or dead-letter.
+//! Parsing the consent topic: decode (JSON or Avro, like events), validate, or dead-letter; and the
+//! operator every table topic (consent, profiles) is parsed by.
 
 use std::collections::VecDeque;
 
@@ -57,12 +58,23 @@ pub fn parse_consent_stream<'s, L: SchemaLookup + 'static>(
     topic: String,
     default_tenant: String,
 ) -> (Stream<'s, Epoch, Vec<ConsentChange>>, Stream<'s, Epoch, Vec<DeadLetter>>) {
+    parse_table("ParseConsent", records, move |record| parse_consent_record(&decoder, &topic, &default_tenant, record))
+}
+
+/// A table topic's records (consent, profiles) parsed by `parse` into changes and dead letters, in
+/// order; a record whose schema the registry cannot serve now waits, with everything after it.
+#[allow(clippy::type_complexity, reason = "two typed output streams")]
+pub fn parse_table<'s, T: Clone + 'static>(
+    name: &str,
+    records: Stream<'s, Epoch, Vec<SourceRecord>>,
+    mut parse: impl FnMut(SourceRecord) -> Result<Result<T, DeadLetter>, RegistryUnavailable> + 'static,
+) -> (Stream<'s, Epoch, Vec<T>>, Stream<'s, Epoch, Vec<DeadLetter>>) {
     let scope = records.scope();
-    let mut builder = OperatorBuilder::new("ParseConsent".to_owned(), records.scope());
+    let mut builder = OperatorBuilder::new(name.to_owned(), records.scope());
     let mut input = builder.new_input(records, Pipeline);
     // Stateless: it works on what arrives and never waits for a frontier.
     builder.set_notify_for(0, FrontierInterest::Never);
-    let (mut changes_out, changes) = vec_output::<ConsentChange>(&mut builder);
+    let (mut changes_out, changes) = vec_output::<T>(&mut builder);
     let (mut rejected_out, rejected) = vec_output::<DeadLetter>(&mut builder);
     let activator = scope.activator_for(builder.operator_info().address);
     builder.build(move |_| {
@@ -80,7 +92,7 @@ pub fn parse_consent_stream<'s, L: SchemaLookup + 'static>(
                 let mut changes = changes_out.session(&caps[0]);
                 let mut rejected = rejected_out.session(&caps[1]);
                 while let Some(record) = records.pop_front() {
-                    match parse_consent_record(&decoder, &topic, &default_tenant, record) {
+                    match parse(record) {
                         Ok(Ok(change)) => changes.give(change),
                         Ok(Err(dead)) => rejected.give(dead),
                         Err(blocked) => return Some(blocked),

@@ -2,9 +2,9 @@
 //!
 //! Events are exchanged to the worker that owns their subject's key group
 //! ([`touchpoint_operators::key_groups`]), consent changes likewise; the watermark stays on this worker
-//! (every worker holds it). Once an epoch is complete on both inputs, its consent changes and watermark
-//! are applied and the epoch is handed to the worker's [`GuardrailWorker`]; what it returns leaves on
-//! five typed outputs.
+//! (every worker holds it). Once an epoch is complete on both inputs, its consent and profile changes
+//! and watermark are applied and the epoch is handed to the worker's [`GuardrailWorker`]; what it returns leaves on
+//! six typed outputs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,8 +18,9 @@ use timely::dataflow::Stream;
 use touchpoint_operators::consent::ConsentChange;
 use touchpoint_operators::decision::Decision;
 use touchpoint_operators::guardrails::{
-    CapSnapshot, EpochCounts, GuardrailRules, GuardrailState, GuardrailWorker, JourneySnapshot,
+    CapSnapshot, EpochCounts, GuardrailRules, GuardrailState, GuardrailWorker, JourneySnapshot, ProfileSnapshot,
 };
+use touchpoint_operators::profile::ProfileChange;
 use touchpoint_operators::journey::Transition;
 use touchpoint_operators::key_groups::{key_group, key_group_of};
 use touchpoint_operators::read_event::ReadEvent;
@@ -27,11 +28,20 @@ use touchpoint_schemas::NormalizedEvent;
 
 use super::{vec_output, Epoch};
 
-/// The non-keyed side input: consent changes (exchanged by subject) and the watermark (local).
+/// The non-keyed side input: consent and profile changes (exchanged by subject) and the watermark
+/// (local).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Side {
     Consent(ConsentChange),
+    Profile(ProfileChange),
     Watermark(i64),
+}
+
+impl Side {
+    /// A table change (as opposed to the watermark): applied in log order.
+    fn is_change(&self) -> bool {
+        !matches!(self, Side::Watermark(_))
+    }
 }
 
 /// The stage's outputs, one stream per kind.
@@ -43,10 +53,12 @@ pub struct GuardrailStreams<'s> {
     pub journeys: Stream<'s, Epoch, Vec<JourneySnapshot>>,
     /// Events to store (not those a previous run stored).
     pub events: Stream<'s, Epoch, Vec<NormalizedEvent>>,
+    /// The changed subjects' profiles.
+    pub profiles: Stream<'s, Epoch, Vec<ProfileSnapshot>>,
 }
 
 /// The stage's outputs number.
-const OUTPUTS: usize = 5;
+const OUTPUTS: usize = 6;
 
 /// What arrived for one epoch: a capability per output, the events as the containers that brought them
 /// (never copied into one vector), and the side records.
@@ -84,6 +96,7 @@ fn report(counts: EpochCounts) {
 pub fn guardrails<'s>(
     events: Stream<'s, Epoch, Vec<ReadEvent>>,
     consent: Stream<'s, Epoch, Vec<ConsentChange>>,
+    profiles: Stream<'s, Epoch, Vec<ProfileChange>>,
     watermarks: Stream<'s, Epoch, Vec<i64>>,
     state: GuardrailState,
     rules: GuardrailRules,
@@ -92,6 +105,7 @@ pub fn guardrails<'s>(
     let side = consent
         .exchange(|c: &ConsentChange| key_group(c.subject()))
         .map(Side::Consent)
+        .concat(profiles.exchange(|c: &ProfileChange| key_group(c.subject())).map(Side::Profile))
         .concat(watermarks.map(Side::Watermark));
     let mut worker = GuardrailWorker::new(state, rules);
 
@@ -99,12 +113,13 @@ pub fn guardrails<'s>(
     let mut events_in =
         builder.new_input(events, Exchange::new(|r: &ReadEvent| key_group_of(&r.event.tenant_id, &r.event.subject_id)));
     let mut side_in = builder.new_input(side, Pipeline);
-    // Output ports 0..5, in the order of `EpochInputs::caps`.
+    // Output ports 0..6, in the order of `EpochInputs::caps`.
     let (mut decisions_out, decisions) = vec_output::<Arc<Decision>>(&mut builder);
     let (mut transitions_out, transitions) = vec_output::<Transition>(&mut builder);
     let (mut caps_out, caps) = vec_output::<CapSnapshot>(&mut builder);
     let (mut journeys_out, journeys) = vec_output::<JourneySnapshot>(&mut builder);
     let (mut events_out, to_store) = vec_output::<NormalizedEvent>(&mut builder);
+    let (mut profiles_out, profile_states) = vec_output::<ProfileSnapshot>(&mut builder);
 
     builder.build(move |_| {
         let mut pending: BTreeMap<Epoch, EpochInputs> = BTreeMap::new();
@@ -114,11 +129,11 @@ pub fn guardrails<'s>(
                 let entry = pending.entry(epoch).or_insert_with(|| EpochInputs::new(&cap, epoch));
                 entry.events.extend(data.map(std::mem::take));
             });
-            // Consent changes no pending or future event precedes are applied as they come: the consent
-            // restore (epoch 0, before any event) would otherwise hold every record of the consent
-            // topic, every version of every entry, until the restore is complete. Their order relative
-            // to the events stays the same: consent first within an epoch, and no earlier event can
-            // still arrive.
+            // Table changes (consent, profiles) no pending or future event precedes are applied as they
+            // come: the restores (epoch 0, before any event) would otherwise hold every record of the
+            // tables' topics, every version of every entry, until they are complete. Their order
+            // relative to the events stays the same: changes first within an epoch, and no earlier
+            // event can still arrive.
             let events_frontier = &frontiers[0];
             side_in.for_each_stamp(|cap, data| {
                 let Some(&epoch) = cap.least() else { return };
@@ -127,11 +142,12 @@ pub fn guardrails<'s>(
                 let entry = pending.entry(epoch).or_insert_with(|| EpochInputs::new(&cap, epoch));
                 for batch in data {
                     // Not past a change this epoch already holds back: the log order is kept.
-                    let holds_consent = entry.sides.iter().any(|s| matches!(s, Side::Consent(_)));
-                    if nothing_before && !holds_consent {
+                    let holds_changes = entry.sides.iter().any(Side::is_change);
+                    if nothing_before && !holds_changes {
                         for side in batch.drain(..) {
                             match side {
                                 Side::Consent(change) => worker.apply_consent(&change),
+                                Side::Profile(change) => worker.apply_profile(&change),
                                 watermark => entry.sides.push(watermark),
                             }
                         }
@@ -149,19 +165,21 @@ pub fn guardrails<'s>(
                 for side in inputs.sides {
                     match side {
                         Side::Consent(change) => worker.apply_consent(&change),
+                        Side::Profile(change) => worker.apply_profile(&change),
                         Side::Watermark(w) => worker.advance_watermark(w),
                     }
                 }
                 let out = worker.process_epoch(inputs.events, chrono::Utc::now().timestamp_millis());
                 report(out.counts);
-                let [c0, c1, c2, c3, c4] = &inputs.caps;
+                let [c0, c1, c2, c3, c4, c5] = &inputs.caps;
                 decisions_out.activate().session(c0).give_iterator(out.decisions.into_iter());
                 transitions_out.activate().session(c1).give_iterator(out.transitions.into_iter());
                 caps_out.activate().session(c2).give_iterator(out.caps.into_iter());
                 journeys_out.activate().session(c3).give_iterator(out.journeys.into_iter());
                 events_out.activate().session(c4).give_iterator(out.events.into_iter());
+                profiles_out.activate().session(c5).give_iterator(out.profiles.into_iter());
             }
         }
     });
-    GuardrailStreams { decisions, transitions, caps, journeys, events: to_store }
+    GuardrailStreams { decisions, transitions, caps, journeys, events: to_store, profiles: profile_states }
 }

@@ -8,6 +8,7 @@ pub mod event_time;
 pub mod guardrails;
 pub mod kafka_source;
 pub mod normalize;
+pub mod profiles;
 pub mod registry_wait;
 pub mod sinks;
 pub mod tally;

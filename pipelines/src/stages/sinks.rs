@@ -246,3 +246,23 @@ impl BatchWriter<touchpoint_operators::journey::Transition> for ClickHouseTransi
         async move { store.insert(batch.iter()).await }.boxed()
     }
 }
+
+/// Changed profiles → ClickHouse `profiles`, one INSERT per epoch and worker.
+pub struct ClickHouseProfiles {
+    pub store: touchpoint_connectors::clickhouse::ProfileStore,
+}
+
+impl BatchWriter<touchpoint_operators::guardrails::ProfileSnapshot> for ClickHouseProfiles {
+    fn name(&self) -> &'static str {
+        "ClickHouseProfiles"
+    }
+
+    fn write(
+        &self,
+        _epoch: Epoch,
+        batch: Arc<Batch<touchpoint_operators::guardrails::ProfileSnapshot>>,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        let store = self.store.clone();
+        async move { store.insert(batch.iter()).await }.boxed()
+    }
+}
