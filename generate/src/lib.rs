@@ -446,6 +446,35 @@ pub fn consent_grants(
     out
 }
 
+/// A profile for each of the generator's subjects, in each tenant the generator uses, as records for
+/// the profiles topic (key `tenant/subject`): the email address the events carry (lower-cased, as
+/// normalization writes it), the push token most subjects' events carry, a plan and a first name. No
+/// time zone: calendar caps count in the pipeline's default zone, as they did when events carried none.
+pub fn subject_profiles(subjects: usize, topic: &str) -> Vec<touchpoint_connectors::kafka::OutgoingRecord> {
+    const PLANS: [&str; 3] = ["free", "pro", "enterprise"];
+    let mut out = Vec::with_capacity(subjects * 3);
+    for n in 0..subjects {
+        for tenant in ["acme", "globex", "default"] {
+            let mut value = json!({"subject_id": format!("user-{n}"), "tenant_id": tenant,
+                                   "updated_at": "2026-01-01T00:00:00Z", "email": format!("user{n}@example.com"),
+                                   "locale": "en-US", "source": "generator",
+                                   "attributes": {"plan": PLANS[n % 3], "first_name": format!("User {n}")}});
+            if !n.is_multiple_of(10) {
+                let prefix = if n.is_multiple_of(97) { "invalid" } else { "fcm" };
+                value["devices"] = json!([{"token": format!("{prefix}-{n:08x}"), "platform": "android"}]);
+            }
+            out.push(touchpoint_connectors::kafka::OutgoingRecord {
+                partition: None,
+                topic: topic.to_string(),
+                key: Some(format!("{tenant}/user-{n}").into_bytes()),
+                payload: Some(value.to_string().into_bytes()),
+                headers: vec![],
+            });
+        }
+    }
+    out
+}
+
 /// Where generated events go: the pipeline's source topic, the topics to create first, the registry
 /// that gets the event schema.
 pub struct Target<'a> {

@@ -184,8 +184,7 @@ impl Guardrails for SubjectGuardrails<'_> {
         }
         if ledger && self.state.sends.is_full() {
             // Not recorded (there is no room): a re-run decides the same while the ledger stays full.
-            let decision =
-                suppress_ledger_full(intent, recipient, self.consent, &self.rules.consent, &self.rules.caps);
+            let decision = suppress_ledger_full(intent, recipient, self.consent, &self.rules.consent, &self.rules.caps);
             let outcome = SendOutcome::Suppressed(decision.reason());
             self.decisions.push(Arc::new(decision));
             return outcome;
@@ -385,10 +384,11 @@ impl GuardrailWorker {
         intents.sort_by(SendIntent::compete_order);
         for intent in intents {
             let subject = intent.subject.clone();
-            let ((), counted) = with_guardrails(&mut state.caps, &state.consent, &state.profiles, rules, &subject, &mut decided, |g| {
-                // The outcome is in the decision; a rule has nothing to follow up.
-                let _ = g.send(intent);
-            });
+            let ((), counted) =
+                with_guardrails(&mut state.caps, &state.consent, &state.profiles, rules, &subject, &mut decided, |g| {
+                    // The outcome is in the decision; a rule has nothing to follow up.
+                    let _ = g.send(intent);
+                });
             // Only counted sends change the state (and need a changelog record).
             if counted {
                 caps_touched.insert(subject);
@@ -413,10 +413,15 @@ impl GuardrailWorker {
                 let subject = subject_of(event);
                 let journey_state = state.journeys.entry(subject.clone()).or_default();
                 let before = journey_state.next_due();
-                let (moved, counted) =
-                    with_guardrails(&mut state.caps, &state.consent, &state.profiles, rules, &subject, &mut decided, |g| {
-                        rules.journeys.on_event(&subject, journey_state, event, g)
-                    });
+                let (moved, counted) = with_guardrails(
+                    &mut state.caps,
+                    &state.consent,
+                    &state.profiles,
+                    rules,
+                    &subject,
+                    &mut decided,
+                    |g| rules.journeys.on_event(&subject, journey_state, event, g),
+                );
                 if counted {
                     caps_touched.insert(subject.clone());
                 }

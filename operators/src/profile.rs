@@ -141,11 +141,18 @@ impl SubjectProfile {
     /// The fields templates merge (`profile.<name>`): custom attributes, then email, phone, locale and
     /// time zone (which win over an attribute of the same name).
     pub fn merge_fields(&self) -> Map<String, Value> {
-        let mut out: Map<String, Value> =
-            self.attributes.iter().filter(|(_, v)| !v.value.is_null()).map(|(k, v)| (k.clone(), v.value.clone())).collect();
-        for (name, value) in
-            [("email", self.email()), ("phone", self.phone()), ("locale", self.locale()), ("time_zone", self.time_zone())]
-        {
+        let mut out: Map<String, Value> = self
+            .attributes
+            .iter()
+            .filter(|(_, v)| !v.value.is_null())
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        for (name, value) in [
+            ("email", self.email()),
+            ("phone", self.phone()),
+            ("locale", self.locale()),
+            ("time_zone", self.time_zone()),
+        ] {
             if let Some(v) = value {
                 out.insert(name.into(), Value::String(v.into()));
             }
@@ -172,7 +179,9 @@ impl SubjectProfile {
     /// The bytes the profile's content takes, roughly as held: its text plus a stamp per field.
     pub fn approx_bytes(&self) -> usize {
         const STAMP: usize = 16;
-        let text = |s: &Option<Stamped<Option<String>>>| s.as_ref().map_or(0, |s| STAMP + s.value.as_ref().map_or(0, String::len));
+        let text = |s: &Option<Stamped<Option<String>>>| {
+            s.as_ref().map_or(0, |s| STAMP + s.value.as_ref().map_or(0, String::len))
+        };
         let devices: usize = self
             .devices
             .iter()
@@ -210,7 +219,7 @@ impl SubjectProfile {
         self.bound_devices();
         for (name, value) in &update.attributes {
             let old = self.attributes.get(name);
-            if !replaces(at, value, old, |a, b| a.to_string() > b.to_string()) {
+            if !replaces(at, value, old, larger_json) {
                 continue;
             }
             let previous = self.attributes.insert(name.clone(), Stamped { value: value.clone(), at_ms: at });
@@ -259,6 +268,12 @@ impl SubjectProfile {
     }
 }
 
+/// A total order on JSON values for ties (equal times): by their text.
+fn larger_json(a: &Value, b: &Value) -> bool {
+    let (a, b) = (a.to_string(), b.to_string());
+    a > b
+}
+
 fn json_bytes(v: &Value) -> usize {
     match v {
         Value::Null | Value::Bool(_) => 5,
@@ -299,7 +314,10 @@ pub struct ProfileUpdate {
 pub enum ProfileChange {
     Update(ProfileUpdate),
     /// A tombstone: forget the subject (as of `at_ms`, the record's timestamp).
-    Forget { subject: SubjectRef, at_ms: i64 },
+    Forget {
+        subject: SubjectRef,
+        at_ms: i64,
+    },
 }
 
 impl ProfileChange {
@@ -486,7 +504,8 @@ fn check_email(s: &str) -> Result<String, String> {
     let s = s.trim();
     let ok = s.len() <= MAX_EMAIL_BYTES
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
-        && s.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.contains('@'));
+        && s.split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.contains('@'));
     if ok {
         Ok(s.to_string())
     } else {
@@ -517,7 +536,9 @@ fn check_time_zone(s: &str) -> Result<String, String> {
 
 fn check_locale(s: &str) -> Result<String, String> {
     let s = s.trim();
-    if !s.is_empty() && s.len() <= MAX_LOCALE_BYTES && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    if !s.is_empty()
+        && s.len() <= MAX_LOCALE_BYTES
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
         Ok(s.to_string())
     } else {
@@ -565,7 +586,9 @@ fn devices_field(value: &Value) -> Result<Vec<(String, Option<Device>)>, String>
     items
         .iter()
         .map(|item| {
-            let Value::Object(d) = item else { return Err("each of `devices` must be an object with a `token`".into()) };
+            let Value::Object(d) = item else {
+                return Err("each of `devices` must be an object with a `token`".into());
+            };
             let token = match d.get("token") {
                 Some(Value::String(t)) => check_token(t)?,
                 _ => return Err("each of `devices` needs a string `token`".into()),
@@ -600,8 +623,18 @@ fn attributes_field(value: &Value) -> Result<Vec<(String, Value)>, String> {
 }
 
 /// The fields of a `marketing.profiles` record besides those an update sets.
-const RECORD_FIELDS: [&str; 10] =
-    ["subject_id", "tenant_id", "updated_at", "email", "phone", "time_zone", "locale", "devices", "attributes", "source"];
+const RECORD_FIELDS: [&str; 10] = [
+    "subject_id",
+    "tenant_id",
+    "updated_at",
+    "email",
+    "phone",
+    "time_zone",
+    "locale",
+    "devices",
+    "attributes",
+    "source",
+];
 
 /// The record key of a subject's profile: `tenant/subject` (the tenant always written).
 pub fn profile_key(subject: &SubjectRef) -> String {
@@ -675,10 +708,17 @@ pub fn parse_profile_record(
     Ok(ProfileChange::Update(update))
 }
 
+/// An Avro record's fields as an update reads them: every field of the schema is there, so a null means
+/// "not set" (Avro cannot tell an absent field from a null one); a field is cleared with a JSON record.
+pub fn avro_nulls_unset(mut fields: Map<String, Value>) -> Map<String, Value> {
+    fields.retain(|_, v| !v.is_null());
+    fields
+}
+
 /// A tombstone of `marketing.profiles`: its key names the subject to forget, as of `at_ms`.
 pub fn parse_profile_tombstone(key: &[u8], at_ms: i64) -> Result<ProfileChange, Rejection> {
-    let text = std::str::from_utf8(key)
-        .map_err(|_| Rejection::new(RejectReason::InvalidKey, "tombstone key is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(key).map_err(|_| Rejection::new(RejectReason::InvalidKey, "tombstone key is not UTF-8"))?;
     let Some((tenant, subject)) = text.split_once('/').filter(|(t, s)| !t.is_empty() && !s.trim().is_empty()) else {
         return Err(Rejection::new(
             RejectReason::InvalidKey,
@@ -703,10 +743,12 @@ pub fn update_from_event(
     attributes: &Map<String, Value>,
 ) -> (ProfileUpdate, Vec<String>) {
     let mut problems = Vec::new();
-    let mut keep = |r: Result<Option<Option<String>>, String>| r.unwrap_or_else(|e| {
-        problems.push(e);
-        None
-    });
+    let mut keep = |r: Result<Option<Option<String>>, String>| {
+        r.unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        })
+    };
     let mut update = ProfileUpdate {
         subject,
         updated_at_ms: occurred_at_ms,
@@ -724,7 +766,10 @@ pub fn update_from_event(
     if let Some(Value::String(token)) = attributes.get("device_token") {
         match check_token(token) {
             Ok(token) => {
-                let platform = attributes.get("platform").and_then(Value::as_str).map(|p| p.chars().take(MAX_PLATFORM_BYTES).collect());
+                let platform = attributes
+                    .get("platform")
+                    .and_then(Value::as_str)
+                    .map(|p| p.chars().take(MAX_PLATFORM_BYTES).collect());
                 update.devices.push((token, Some(Device { platform })));
             }
             Err(e) => problems.push(e),
@@ -772,9 +817,14 @@ mod tests {
 
     #[test]
     fn newest_wins_per_field_whatever_the_order() {
-        let a = update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 2000, "email": "new@example.com"}));
-        let b = update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 1000, "email": "old@example.com", "phone": "+49 151 1234567"}));
-        let c = update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 3000, "attributes": {"plan": "pro"}}));
+        let a =
+            update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 2000, "email": "new@example.com"}));
+        let b = update(
+            json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 1000, "email": "old@example.com", "phone": "+49 151 1234567"}),
+        );
+        let c = update(
+            json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 3000, "attributes": {"plan": "pro"}}),
+        );
         let mut results = Vec::new();
         for order in [[&a, &b, &c], [&c, &b, &a], [&b, &c, &a], [&b, &a, &c]] {
             let mut p = SubjectProfile::default();
@@ -796,8 +846,12 @@ mod tests {
 
     #[test]
     fn equal_times_settle_on_the_same_value_in_any_order() {
-        let a = update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 5, "email": "a@example.com", "attributes": {"n": 1}}));
-        let b = update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 5, "email": "b@example.com", "attributes": {"n": 2}}));
+        let a = update(
+            json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 5, "email": "a@example.com", "attributes": {"n": 1}}),
+        );
+        let b = update(
+            json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 5, "email": "b@example.com", "attributes": {"n": 2}}),
+        );
         let (mut x, mut y) = (SubjectProfile::default(), SubjectProfile::default());
         x.apply(&a);
         x.apply(&b);
@@ -810,9 +864,13 @@ mod tests {
     fn a_cleared_field_stays_cleared_against_older_writes() {
         let mut p = SubjectProfile::default();
         p.apply(&update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 10, "email": null})));
-        p.apply(&update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 5, "email": "late@example.com"})));
+        p.apply(&update(
+            json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 5, "email": "late@example.com"}),
+        ));
         assert_eq!(p.email(), None);
-        p.apply(&update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 11, "email": "back@example.com"})));
+        p.apply(&update(
+            json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 11, "email": "back@example.com"}),
+        ));
         assert_eq!(p.email(), Some("back@example.com"));
     }
 
@@ -829,7 +887,9 @@ mod tests {
         p.apply(&update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 200, "devices": [{"token": "tok-14", "active": false}]})));
         assert_eq!(p.recipient(Channel::Push), Some("tok-13"));
         // An older registration of the removed device does not revive it.
-        p.apply(&update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 150, "devices": [{"token": "tok-14"}]})));
+        p.apply(&update(
+            json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 150, "devices": [{"token": "tok-14"}]}),
+        ));
         assert_eq!(p.recipient(Channel::Push), Some("tok-13"));
     }
 
@@ -849,7 +909,9 @@ mod tests {
         let mut t = ProfileTable::default();
         // Small `updated_at` numbers are epoch seconds: 10 is 10,000 ms.
         let set = |at: i64, email: &str| {
-            ProfileChange::Update(update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": at, "email": email})))
+            ProfileChange::Update(update(
+                json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": at, "email": email}),
+            ))
         };
         t.apply(&set(10, "a@example.com"));
         assert!(t.apply(&parse_profile_tombstone(b"acme/u-1", 20_000).unwrap()).changed);
@@ -874,7 +936,9 @@ mod tests {
         let r = reason(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 1, "plan": "pro"}));
         assert!(r.message.contains("under `attributes`"), "{}", r.message);
         assert_eq!(reason(json!({"subject_id": "u-1", "tenant_id": "acme"})).reason, RejectReason::MissingField);
-        let Value::Object(m) = json!({"subject_id": "u-2", "tenant_id": "acme", "updated_at": 1}) else { unreachable!() };
+        let Value::Object(m) = json!({"subject_id": "u-2", "tenant_id": "acme", "updated_at": 1}) else {
+            unreachable!()
+        };
         let r = parse_profile_record(&m, Some(b"acme/u-1"), "default").unwrap_err();
         assert_eq!(r.reason, RejectReason::InvalidKey);
         assert!(parse_profile_tombstone(b"no-slash", 1).is_err());
@@ -900,19 +964,75 @@ mod tests {
     #[test]
     fn recipients_follow_the_policy() {
         let mut p = SubjectProfile::default();
-        p.apply(&update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 1, "email": "ann@example.com"})));
+        p.apply(&update(
+            json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 1, "email": "ann@example.com"}),
+        ));
         let only = RecipientPolicy::ProfileOnly;
         let r = resolve_recipient(Some(&p), Channel::Email, only, Some("attacker@example.com"));
-        assert_eq!((r.address.as_deref(), r.source, r.event_ignored), (Some("ann@example.com"), RecipientSource::Profile, true));
+        assert_eq!(
+            (r.address.as_deref(), r.source, r.event_ignored),
+            (Some("ann@example.com"), RecipientSource::Profile, true)
+        );
         let r = resolve_recipient(Some(&p), Channel::Sms, only, Some("+15550100"));
         assert_eq!((r.address, r.source, r.event_ignored), (None, RecipientSource::Missing, true));
         let r = resolve_recipient(None, Channel::Email, RecipientPolicy::EventMayOverride, Some("x@example.com"));
         assert_eq!((r.address.as_deref(), r.source), (Some("x@example.com"), RecipientSource::Event));
         let r = resolve_recipient(None, Channel::Webhook, only, None);
         assert_eq!(r.source, RecipientSource::NotNeeded);
-        let cfg: RecipientsConfig = serde_json::from_value(json!({"by_purpose": {"transactional": "event_may_override"}})).unwrap();
+        let cfg: RecipientsConfig =
+            serde_json::from_value(json!({"by_purpose": {"transactional": "event_may_override"}})).unwrap();
         assert_eq!(cfg.policy(Purpose::Marketing), RecipientPolicy::ProfileOnly);
         assert_eq!(cfg.policy(Purpose::Transactional), RecipientPolicy::EventMayOverride);
+    }
+
+    /// An Avro record of `schemas/avro/profile.avsc`, decoded as the pipeline decodes it, gives the same
+    /// update as its JSON twin.
+    #[test]
+    fn avro_records_read_like_json() {
+        use crate::decode::{confluent_encode, RecordDecoder, SchemaLookup, SchemaLookupError};
+        use apache_avro::types::{Record, Value as Avro};
+        use apache_avro::Schema;
+        use std::sync::Arc;
+        struct One(Arc<Schema>);
+        impl SchemaLookup for One {
+            fn schema(&self, _id: u32) -> Result<Arc<Schema>, SchemaLookupError> {
+                Ok(self.0.clone())
+            }
+        }
+        let schema = Arc::new(Schema::parse_str(touchpoint_schemas::avro::PROFILE).unwrap());
+        let some = |i: u32, v: Avro| Avro::Union(i, Box::new(v));
+        let none = || Avro::Union(0, Box::new(Avro::Null));
+        let mut rec = Record::new(&schema).unwrap();
+        rec.put("subject_id", "u-1");
+        rec.put("tenant_id", some(1, "acme".into()));
+        rec.put("updated_at", some(1, 1_795_600_800_000i64.into()));
+        rec.put("email", some(1, "ann@example.com".into()));
+        rec.put("phone", none());
+        rec.put("time_zone", some(1, "Europe/Berlin".into()));
+        rec.put("locale", none());
+        let device = Avro::Record(vec![
+            ("token".into(), "fcm-1".into()),
+            ("platform".into(), some(1, "android".into())),
+            ("active".into(), none()),
+        ]);
+        rec.put("devices", some(1, Avro::Array(vec![device])));
+        rec.put("attributes", some(1, Avro::Map([("plan".to_string(), some(1, "pro".into()))].into_iter().collect())));
+        rec.put("source", none());
+        let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(rec)
+            .unwrap();
+        let fields = RecordDecoder::new(One(schema)).decode(&confluent_encode(3, &body)).unwrap();
+        let from_avro = parse_profile_record(&avro_nulls_unset(fields), Some(b"acme/u-1"), "default").unwrap();
+        // Avro's nulls leave the phone and locale alone (JSON's would clear them).
+        let Value::Object(json) = json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 1_795_600_800_000i64,
+            "email": "ann@example.com", "time_zone": "Europe/Berlin",
+            "devices": [{"token": "fcm-1", "platform": "android", "active": null}], "attributes": {"plan": "pro"}})
+        else {
+            unreachable!()
+        };
+        assert_eq!(from_avro, parse_profile_record(&json, Some(b"acme/u-1"), "default").unwrap());
     }
 
     #[test]

@@ -13,12 +13,12 @@ use touchpoint_connectors::clickhouse::ClickHouseConfig;
 use touchpoint_connectors::kafka::{KafkaConfig, TopicSpec};
 use touchpoint_connectors::schema_registry::SchemaRegistryConfig;
 use touchpoint_operators::consent::ConsentConfig;
-use touchpoint_operators::profile::ProfilesConfig;
 use touchpoint_operators::dedupe::DedupeConfig;
 use touchpoint_operators::frequency_cap::{CapsConfig, FrequencyCaps};
 use touchpoint_operators::intent::{IntentRules, IntentsConfig};
 use touchpoint_operators::journey::{load_dir, Journey, JourneyError};
 use touchpoint_operators::normalize::{NormalizeConfig, Normalizer};
+use touchpoint_operators::profile::ProfilesConfig;
 use touchpoint_operators::watermark::EventTimeConfig;
 use touchpoint_schemas::Channel;
 

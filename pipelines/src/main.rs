@@ -312,6 +312,9 @@ fn run(cli: Cli) -> Result<()> {
             rt.block_on(ensure_topics(&c.kafka, &c.topics.all()))?;
             rt.block_on(AckedProducer::new(&c.kafka)?.send_all(&consent))?;
             println!("produced {} consent records to {}", consent.len(), c.topics.consent.name);
+            let profiles = touchpoint_generate::subject_profiles(subjects, &c.topics.profiles.name);
+            rt.block_on(AckedProducer::new(&c.kafka)?.send_all(&profiles))?;
+            println!("produced {} profiles to {}", profiles.len(), c.topics.profiles.name);
             let target = Target::new(&c.schema_registry, &c.topics.events.name, c.topics.all());
             let (schema_id, produced) = produce_generated(&target, &c.kafka, &gen_config, rt.handle())?;
             if let Some(path) = manifest {

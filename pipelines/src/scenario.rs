@@ -294,7 +294,7 @@ fn consent_change(c: &ConsentEntry, start_ms: i64) -> Result<ConsentChange> {
 /// A profile entry as the change the pipeline would read from `marketing.profiles` (checked by the
 /// pipeline's own parser).
 fn profile_change(p: &ProfileEntry, start_ms: i64) -> Result<ProfileChange> {
-    let (key, value, at_ms) = profile_record(p, start_ms)?;
+    let ProfileRecord { key, value, at_ms } = profile_record(p, start_ms)?;
     let parsed = match value {
         None => parse_profile_tombstone(key.as_bytes(), at_ms),
         Some(record) => parse_profile_record(&record, Some(key.as_bytes()), TENANT),
@@ -302,21 +302,28 @@ fn profile_change(p: &ProfileEntry, start_ms: i64) -> Result<ProfileChange> {
     parsed.map_err(|r| anyhow!("profile of {}: {}", p.subject, r.message))
 }
 
-/// A profile entry as the record of `marketing.profiles`: key, JSON value (`None`: a tombstone) and time.
-pub fn profile_record(
-    p: &ProfileEntry,
-    start_ms: i64,
-) -> Result<(String, Option<serde_json::Map<String, Value>>, i64)> {
+/// A record of `marketing.profiles`.
+pub struct ProfileRecord {
+    pub key: String,
+    /// `None`: a tombstone.
+    pub value: Option<serde_json::Map<String, Value>>,
+    /// `updated_at`, or the tombstone's record time.
+    pub at_ms: i64,
+}
+
+/// A profile entry as the record of `marketing.profiles`.
+pub fn profile_record(p: &ProfileEntry, start_ms: i64) -> Result<ProfileRecord> {
     let at_ms = p.at.as_deref().map(|a| time(start_ms, a)).transpose()?.unwrap_or(start_ms);
     let key = touchpoint_operators::profile::profile_key(&SubjectRef::new(TENANT, &p.subject));
     if p.forget {
-        return Ok((key, None, at_ms));
+        return Ok(ProfileRecord { key, value: None, at_ms });
     }
     let mut record = serde_json::Map::new();
     record.insert("subject_id".into(), p.subject.clone().into());
     record.insert("tenant_id".into(), TENANT.into());
     record.insert("updated_at".into(), at_ms.into());
-    for (name, value) in [("email", &p.email), ("phone", &p.phone), ("time_zone", &p.time_zone), ("locale", &p.locale)] {
+    for (name, value) in [("email", &p.email), ("phone", &p.phone), ("time_zone", &p.time_zone), ("locale", &p.locale)]
+    {
         if let Some(v) = value {
             record.insert(name.into(), v.clone());
         }
@@ -335,7 +342,7 @@ pub fn profile_record(
     if let Some(a) = &p.attributes {
         record.insert("attributes".into(), Value::Object(a.clone()));
     }
-    Ok((key, Some(record), at_ms))
+    Ok(ProfileRecord { key, value: Some(record), at_ms })
 }
 
 /// A scenario step, ready to feed.
@@ -383,7 +390,9 @@ pub fn parse_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Vec
             (None, Some(w), None, None) => ScenarioInput::Watermark(time(start_ms, w)?),
             (None, None, Some(c), None) => ScenarioInput::Consent(consent_change(c, start_ms)?),
             (None, None, None, Some(r)) => ScenarioInput::Restart(load_journeys(&r.journeys, journeys_dir, path)?),
-            _ => bail!("{}: steps[{n}] needs exactly one of event, watermark, consent, profile, restart", path.display()),
+            _ => {
+                bail!("{}: steps[{n}] needs exactly one of event, watermark, consent, profile, restart", path.display())
+            }
         });
     }
     Ok((file, inputs))

@@ -358,7 +358,9 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                 ]
             }
         };
-        scope.concatenate([stored, recorded, transitioned, profiled].into_iter().chain(kafka_durable)).probe_with(&sinks);
+        scope
+            .concatenate([stored, recorded, transitioned, profiled].into_iter().chain(kafka_durable))
+            .probe_with(&sinks);
 
         let (tallies, partials) = scope.new_input::<Vec<EpochTally>>();
         let tallies_logged = ProbeHandle::new();

@@ -118,6 +118,7 @@ fn a_broker_killed_mid_run_and_restarted_loses_and_doubles_nothing() {
         })
         .collect();
     produce_json(&tp, &tp.config.topics.consent.name, consent);
+    common::produce_profiles_of(&tp, "acme", (0..SUBJECTS).map(|i| format!("b-{i}")));
     produce_json(&tp, &tp.config.topics.events.name, events(0));
 
     let mut guard = KillOnDrop::default();

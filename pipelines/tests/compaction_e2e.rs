@@ -277,6 +277,7 @@ fn compaction_keeps_consent_and_state_and_a_restart_decides_the_same() {
     for tp in [&control, &compacted] {
         tp.prepare();
         produce(tp, &tp.config.topics.consent.name, consent_before());
+        common::produce_profiles_of(tp, "acme", (0..SUBJECTS).map(subject));
         for run_no in [1, 2] {
             produce(tp, &tp.config.topics.events.name, events(run_no));
             run(tp);

@@ -40,6 +40,7 @@ fn event(id: &str, event_type: &'static str, at_ms: i64, partition: i32) -> Even
 fn produce(tp: &TestPipeline, events: &[Event]) {
     let producer: FutureProducer = tp.config.kafka.producer_config().create().expect("producer");
     let rt = runtime();
+    common::produce_profiles_of(tp, "acme", events.iter().map(|e| format!("s-{}", e.id)));
     for e in events {
         let subject = format!("s-{}", e.id);
         let payload = json!({"event_id": e.id, "event_type": e.event_type,
@@ -277,6 +278,7 @@ fn future_dated_events_on_every_partition_neither_free_a_cap_nor_make_real_traff
         json!({"subject_id": "hot", "tenant_id": "acme", "channel": "push", "purpose": "marketing",
             "status": "granted", "updated_at": "2026-01-01T00:00:00Z", "source": "test"}),
     );
+    common::produce_profiles_of(&tp, "acme", ["hot".to_string()]);
     send(&tp.config.topics.events.name, Some(0), "hot", opened("first", "hot", now - 20 * MINUTE));
     for p in 0..tp.config.topics.events.partitions {
         send(

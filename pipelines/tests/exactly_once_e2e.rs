@@ -209,6 +209,9 @@ fn chaos_against_clean(guarantee: &str) {
     let consent = consent();
     produce(&chaos, &chaos.config.topics.consent.name, consent.clone());
     produce(&clean, &clean.config.topics.consent.name, consent);
+    for tp in [&chaos, &clean] {
+        common::produce_profiles_of(tp, "acme", (0..SUBJECTS).map(subject));
+    }
     produce(&chaos, &chaos.config.topics.events.name, events);
 
     // The clean run: start to end without interruption.

@@ -157,6 +157,7 @@ fn consent_and_caps_hold_across_topics_partitions_and_a_restart() {
     records.push(consent(1, "pigeon", "granted", "2026-11-01T00:00:00Z"));
     records.push(consent(1, "email", "maybe", "2026-11-01T00:00:00Z"));
     produce(&tp, &consent_topic, records);
+    common::produce_profiles_of(&tp, "acme", (0..ACTIVE).map(subject));
     produce(&tp, &tp.config.topics.events.name, (0..ACTIVE).flat_map(|i| events(i, 0)).collect());
 
     let first =
@@ -283,6 +284,7 @@ fn caps_and_consent_survive_a_sigkill() {
         }
     }
     produce(&tp, &tp.config.topics.consent.name, records);
+    common::produce_profiles_of(&tp, "acme", (0..subjects).map(subject));
     // Events are resumed after the kill: one record per producer batch (the local profile).
     let events: Vec<OutgoingRecord> = (0..subjects)
         .flat_map(|i| events(i, 0))

@@ -103,6 +103,8 @@ fn journeys_wait_branch_split_and_exit_across_a_sigkill() {
         }
     }
     produce_json(&tp, &tp.config.topics.consent.name, consent);
+    let everyone = (0..N).flat_map(|i| [opened(i), silent(i), cart(i), buyer(i), small(i)]);
+    common::produce_profiles_of(&tp, "acme", everyone);
 
     let mut first = Vec::new();
     for i in 0..N {

@@ -61,8 +61,8 @@ fn run_on_services(name: &str) {
     produce_json(&tp, &tp.config.topics.consent.name, consent);
     let start_ms = scenario.start_ms().expect("start");
     let profile = |p: &ProfileEntry| {
-        let (key, value, _) = profile_record(p, start_ms).expect("profile");
-        (key, Value::Object(value.expect("not a tombstone")))
+        let record = profile_record(p, start_ms).expect("profile");
+        (record.key, Value::Object(record.value.expect("not a tombstone")))
     };
     produce_json(&tp, &tp.config.topics.profiles.name, scenario.profiles.iter().map(profile).collect());
     let mut child = Command::new(env!("CARGO_BIN_EXE_touchpoint"))
@@ -171,7 +171,12 @@ fn run_on_services(name: &str) {
         )
         .expect("decisions")
         .into_iter()
-        .map(|s| ExpectedSend { subject: s.subject_id, template: s.template, decision: Some(s.decision), recipient: None })
+        .map(|s| ExpectedSend {
+            subject: s.subject_id,
+            template: s.template,
+            decision: Some(s.decision),
+            recipient: None,
+        })
         .collect();
     let mut expected_suppressed = scenario.expect.suppressed.clone();
     suppressed.sort_by_key(key);

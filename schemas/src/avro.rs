@@ -10,6 +10,9 @@ pub const DEAD_LETTER: &str = include_str!("../avro/dead_letter.avsc");
 /// Value schema of `marketing.consent`.
 pub const CONSENT: &str = include_str!("../avro/consent.avsc");
 
+/// Value schema of `marketing.profiles`.
+pub const PROFILE: &str = include_str!("../avro/profile.avsc");
+
 /// Value schema of `connector.<channel>`: the message a channel connector delivers.
 pub const CHANNEL_MESSAGE: &str = include_str!("../avro/channel_message.avsc");
 /// Value schema of `marketing.deliveries`: a delivery outcome.
@@ -21,6 +24,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("normalized_event.avsc", NORMALIZED_EVENT),
     ("dead_letter.avsc", DEAD_LETTER),
     ("consent.avsc", CONSENT),
+    ("profile.avsc", PROFILE),
     ("channel_message.avsc", CHANNEL_MESSAGE),
     ("delivery.avsc", DELIVERY),
 ];

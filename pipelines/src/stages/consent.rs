@@ -52,6 +52,7 @@ pub fn parse_consent_record<L: SchemaLookup>(
 }
 
 /// Changes go to the guardrails, dead letters to the consent dead-letter topic.
+#[allow(clippy::result_large_err, reason = "both sides carry the record: an outcome, or the record to retry")]
 pub fn parse_consent_stream<'s, L: SchemaLookup + 'static>(
     records: Stream<'s, Epoch, Vec<SourceRecord>>,
     decoder: RecordDecoder<L>,

@@ -20,9 +20,9 @@ use touchpoint_operators::decision::Decision;
 use touchpoint_operators::guardrails::{
     CapSnapshot, EpochCounts, GuardrailRules, GuardrailState, GuardrailWorker, JourneySnapshot, ProfileSnapshot,
 };
-use touchpoint_operators::profile::ProfileChange;
 use touchpoint_operators::journey::Transition;
 use touchpoint_operators::key_groups::{key_group, key_group_of};
+use touchpoint_operators::profile::ProfileChange;
 use touchpoint_operators::read_event::ReadEvent;
 use touchpoint_schemas::NormalizedEvent;
 

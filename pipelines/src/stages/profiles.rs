@@ -3,9 +3,9 @@
 
 use timely::dataflow::Stream;
 use touchpoint_connectors::kafka::SourceRecord;
-use touchpoint_operators::decode::{RecordDecoder, SchemaLookup};
+use touchpoint_operators::decode::{RecordDecoder, SchemaLookup, CONFLUENT_MAGIC};
 use touchpoint_operators::normalize::Rejection;
-use touchpoint_operators::profile::{parse_profile_record, parse_profile_tombstone, ProfileChange};
+use touchpoint_operators::profile::{avro_nulls_unset, parse_profile_record, parse_profile_tombstone, ProfileChange};
 use touchpoint_schemas::{RejectReason, SourcePosition};
 
 use super::consent::parse_table;
@@ -27,7 +27,10 @@ pub fn parse_profile<L: SchemaLookup>(
         (None, Some(key)) => parse_profile_tombstone(key, record.timestamp_ms.unwrap_or(now)),
         (None, None) => Err(Rejection::new(RejectReason::InvalidKey, "tombstone without a key")),
         (Some(payload), key) => match decode_or_wait(|| decoder.decode(payload)) {
-            Ok(decoded) => decoded.and_then(|fields| parse_profile_record(&fields, key, default_tenant)),
+            Ok(decoded) => decoded.and_then(|fields| {
+                let fields = if payload.first() == Some(&CONFLUENT_MAGIC) { avro_nulls_unset(fields) } else { fields };
+                parse_profile_record(&fields, key, default_tenant)
+            }),
             Err(why) => return Err(RegistryUnavailable { record, position, why }),
         },
     };
@@ -35,6 +38,7 @@ pub fn parse_profile<L: SchemaLookup>(
 }
 
 /// Changes go to the guardrails, dead letters to the profiles dead-letter topic.
+#[allow(clippy::result_large_err, reason = "both sides carry the record: an outcome, or the record to retry")]
 pub fn parse_profile_stream<'s, L: SchemaLookup + 'static>(
     records: Stream<'s, Epoch, Vec<SourceRecord>>,
     decoder: RecordDecoder<L>,

@@ -56,6 +56,8 @@ impl TestPipeline {
                 "templates: ../../schemas/templates",
                 &format!("templates: {}", Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/templates").display()),
             )
+            .replace("name: marketing.profiles.dlq", &format!("name: {name}.profiles.dlq"))
+            .replace("name: marketing.profiles", &format!("name: {name}.profiles"))
             .replace("name: marketing.consent.dlq", &format!("name: {name}.consent.dlq"))
             .replace("name: marketing.consent", &format!("name: {name}.consent"))
             .replace("prefix: connector.", &format!("prefix: {name}.connector."))
@@ -93,7 +95,21 @@ impl TestPipeline {
         let rt = runtime();
         let c = &self.config;
         let target = Target::new(&c.schema_registry, &c.topics.events.name, c.topics.all());
+        self.produce_profiles(config.subjects);
         produce_generated(&target, &c.kafka, &config, rt.handle()).expect("producing generated events").1
+    }
+
+    /// A profile (email, push device) for each of the generator's first `subjects` subjects: recipients
+    /// come from profiles only, so without them every send would be `suppressed_no_recipient`.
+    pub fn produce_profiles(&self, subjects: usize) {
+        let profiles = touchpoint_generate::subject_profiles(subjects, &self.config.topics.profiles.name);
+        runtime()
+            .block_on(
+                touchpoint_connectors::kafka::AckedProducer::new(&self.config.kafka)
+                    .expect("producer")
+                    .send_all(&profiles),
+            )
+            .expect("producing profiles");
     }
 
     pub fn store(&self) -> EventStore {
@@ -280,4 +296,21 @@ pub fn spawn_run(tp: &TestPipeline, log: &Path) -> std::process::Child {
         .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()
         .expect("starting touchpoint")
+}
+
+/// A profile for each of `subjects` of `tenant`: `<subject>@example.com` and the push device
+/// `tok-<subject>` (recipients come from profiles only). Produced before the events that need them.
+#[allow(dead_code, reason = "not every test binary makes its own subjects")]
+pub fn produce_profiles_of(tp: &TestPipeline, tenant: &str, subjects: impl IntoIterator<Item = String>) {
+    let records = subjects
+        .into_iter()
+        .map(|s| {
+            (
+                format!("{tenant}/{s}"),
+                serde_json::json!({"subject_id": s, "tenant_id": tenant, "updated_at": "2026-01-01T00:00:00Z",
+                                   "email": format!("{s}@example.com"), "devices": [{"token": format!("tok-{s}")}]}),
+            )
+        })
+        .collect();
+    produce_json(tp, &tp.config.topics.profiles.name, records);
 }
