@@ -71,6 +71,11 @@ echo
 echo "== Why were sends suppressed? (top reasons)"
 q "SELECT reason, count() AS intents FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL WHERE decision != 'allowed' GROUP BY reason ORDER BY intents DESC LIMIT 5"
 echo
+echo "== Profiles: recipients come from them (${TOUCHPOINT_CLICKHOUSE_DATABASE}.profiles; docs/profiles.md)"
+q "SELECT count() AS profiles, countIf(email != '') AS with_email, countIf(notEmpty(devices)) AS with_push_device FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.profiles FINAL"
+echo "Sends with nowhere to go (the profile has no address for the channel; the event's is not used):"
+q "SELECT channel, count() AS intents, any(reason) AS reason FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL WHERE decision = 'suppressed_no_recipient' GROUP BY channel ORDER BY channel"
+echo
 echo "== Journeys: subjects reaching each step (${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions)"
 q "SELECT journey, to_step AS step, uniqExact(tenant_id, subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions FINAL WHERE to_step != '' GROUP BY journey, step ORDER BY journey, subjects DESC"
 echo

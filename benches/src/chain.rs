@@ -17,7 +17,8 @@ use touchpoint::stages::sinks::{send_record, TopicRecord};
 use touchpoint::PipelineConfig;
 use touchpoint_connectors::clickhouse::batch_token;
 use touchpoint_connectors::kafka::SourceRecord;
-use touchpoint_generate::{consent_grants, generate, AvroWriter, GeneratorConfig};
+use touchpoint_generate::{consent_grants, generate, subject_profiles, AvroWriter, GeneratorConfig};
+use touchpoint_operators::profile::{parse_profile_record, ProfileTable};
 use touchpoint_operators::consent::{parse_consent, ConsentTable};
 use touchpoint_operators::decision::{Decision, DecisionKind};
 use touchpoint_operators::decode::{RecordDecoder, SchemaLookup, SchemaLookupError};
@@ -125,7 +126,15 @@ impl Chain {
                 serde_json::from_slice(record.payload.as_deref().unwrap_or_default()).expect("generated consent");
             consent.apply(&parse_consent(&fields, "default").expect("generated consent is valid"));
         }
-        let state = GuardrailState { consent, ..Default::default() };
+        // And every subject's profile (recipients come from profiles), as the profiles stage parses them.
+        let mut profiles = ProfileTable::default();
+        for record in subject_profiles(subjects, "marketing.profiles") {
+            let fields: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(record.payload.as_deref().unwrap_or_default()).expect("generated profile");
+            let change = parse_profile_record(&fields, record.key.as_deref(), "default").expect("generated profile");
+            profiles.apply(&change);
+        }
+        let state = GuardrailState { consent, profiles, ..Default::default() };
         Chain {
             decoder: RecordDecoder::new(CachedSchema(schema)),
             normalizer: config.built().expect("a parsed pipeline file").normalizer.clone(),

@@ -36,7 +36,9 @@ use touchpoint_benches::writes::{write_all, SinkBatches};
 use touchpoint_connectors::clickhouse::{drop_databases_with_prefix, migrate, ClickHouseConfig};
 use touchpoint_connectors::kafka::{delete_topics_with_prefix, ensure_topics, read_all, AckedProducer, KafkaConfig};
 use touchpoint_connectors::testing::unique_name;
-use touchpoint_generate::{consent_grants, generate_registered, produce_generated, Expected, GeneratorConfig, Target};
+use touchpoint_generate::{
+    consent_grants, generate_registered, produce_generated, subject_profiles, Expected, GeneratorConfig, Target,
+};
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
 
 // The `touchpoint` binary's allocator (mimalloc), as in the pipeline.
@@ -316,6 +318,8 @@ fn bench_config(path: &Path, name: &str, partitions: i32) -> Result<PipelineConf
         .replace("name: marketing.events.dlq", &format!("name: {name}.dlq"))
         .replace("name: marketing.events.late", &format!("name: {name}.late"))
         .replace("  dir: ../journeys", &format!("  dir: {}", journeys.display()))
+        .replace("name: marketing.profiles.dlq", &format!("name: {name}.profiles.dlq"))
+        .replace("name: marketing.profiles", &format!("name: {name}.profiles"))
         .replace("name: marketing.consent.dlq", &format!("name: {name}.consent.dlq"))
         .replace("name: marketing.consent", &format!("name: {name}.consent"))
         .replace("name: marketing.deliveries", &format!("name: {name}.deliveries"))
@@ -330,10 +334,13 @@ fn bench_config(path: &Path, name: &str, partitions: i32) -> Result<PipelineConf
 }
 
 /// Consent for 60% of `subjects` (email and push granted, the records `touchpoint generate` produces) to
-/// the pipeline's consent topic; returns how many records.
+/// the pipeline's consent topic, and every subject's profile (recipients come from profiles); returns
+/// how many consent records.
 fn produce_consent(config: &PipelineConfig, subjects: usize, rt: &tokio::runtime::Runtime) -> Result<usize> {
     let consent = consent_grants(subjects, 0.6, GeneratorConfig::default().seed, &config.topics.consent.name);
-    rt.block_on(AckedProducer::new(&batching(&config.kafka))?.send_all(&consent))?;
+    let producer = AckedProducer::new(&batching(&config.kafka))?;
+    rt.block_on(producer.send_all(&consent))?;
+    rt.block_on(producer.send_all(&subject_profiles(subjects, &config.topics.profiles.name)))?;
     Ok(consent.len())
 }
 
