@@ -18,7 +18,6 @@ use touchpoint::PipelineConfig;
 use touchpoint_connectors::clickhouse::batch_token;
 use touchpoint_connectors::kafka::SourceRecord;
 use touchpoint_generate::{consent_grants, generate, subject_profiles, AvroWriter, GeneratorConfig};
-use touchpoint_operators::profile::{parse_profile_record, ProfileTable};
 use touchpoint_operators::consent::{parse_consent, ConsentTable};
 use touchpoint_operators::decision::{Decision, DecisionKind};
 use touchpoint_operators::decode::{RecordDecoder, SchemaLookup, SchemaLookupError};
@@ -26,6 +25,7 @@ use touchpoint_operators::dedupe::EventDeduplicator;
 use touchpoint_operators::guardrails::{CapSnapshot, GuardrailState, GuardrailWorker, JourneySnapshot};
 use touchpoint_operators::journey::{Journeys, Transition};
 use touchpoint_operators::normalize::Normalizer;
+use touchpoint_operators::profile::{parse_profile_record, ProfileTable};
 use touchpoint_operators::read_event::ReadEvent;
 use touchpoint_schemas::NormalizedEvent;
 
