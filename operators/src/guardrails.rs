@@ -31,12 +31,13 @@ use touchpoint_schemas::NormalizedEvent;
 
 use crate::consent::{Applied, ConsentChange, ConsentConfig, ConsentTable};
 
-use crate::decision::{decide, suppress_ledger_full, Decision, DecisionKind};
+use crate::decision::{decide, suppress_ledger_full, Decision, DecisionKind, DecisionRules, MAX_HELD_SENDS};
 use crate::fast_hash::FastHashMap;
 use crate::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
 use crate::intent::{IntentRules, SendIntent};
 use crate::journey::{Guardrails, Journeys, SendOutcome, SubjectJourneys, Transition};
 use crate::profile::{resolve_recipient, ProfileChange, ProfileTable, ProfilesConfig, SubjectProfile};
+use crate::quiet_hours::QuietHours;
 use crate::read_event::ReadEvent;
 use crate::send_ledger::{Decided, ProcessingGuarantee, SubjectSends};
 use touchpoint_schemas::{Channel, Purpose, SubjectRef};
@@ -61,6 +62,19 @@ pub struct SubjectSendState {
     pub caps: SubjectCaps,
     #[serde(default, skip_serializing_if = "SubjectSends::is_empty")]
     pub sends: SubjectSends,
+    /// Sends held by quiet hours, each with the instant it is decided again (at most
+    /// [`MAX_HELD_SENDS`]). In the same record as the ledger, so a restore finds a held send either
+    /// held or decided, never both or neither.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldSend>,
+}
+
+/// A send held until the end of a quiet-hours window: the intent as it was first decided (before its
+/// recipient was resolved, so the release resolves it again from the profile of that moment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldSend {
+    pub until_ms: i64,
+    pub intent: SendIntent,
 }
 
 impl SubjectSendState {
@@ -69,7 +83,7 @@ impl SubjectSendState {
     fn expire(&mut self, rules: &GuardrailRules, event_now_ms: i64, wall_now_ms: i64) -> bool {
         let caps_empty = rules.caps.expire(&mut self.caps, event_now_ms);
         let sends_empty = self.sends.expire(wall_now_ms, rules.send_ledger_ttl);
-        caps_empty && sends_empty
+        caps_empty && sends_empty && self.held.is_empty()
     }
 }
 
@@ -95,9 +109,17 @@ pub struct GuardrailRules {
     pub journeys: Journeys,
     /// Which events update profiles (canonical type), and who may choose a recipient.
     pub profiles: ProfilesConfig,
+    /// Windows in which sends are held or dropped.
+    pub quiet: QuietHours,
     pub guarantee: ProcessingGuarantee,
     /// How long the send ledger remembers a key (wall clock); longer than any replay window.
     pub send_ledger_ttl: Duration,
+}
+
+impl GuardrailRules {
+    fn decision_rules(&self) -> DecisionRules<'_> {
+        DecisionRules { consent: &self.consent, caps: &self.caps, quiet: &self.quiet }
+    }
 }
 
 /// The send ledger's default memory: longer than any replay a team would run after an incident.
@@ -140,6 +162,8 @@ struct SubjectGuardrails<'a> {
     /// Shared from the start (the sinks receive them as `Arc`s): a growing vector of pointers moves
     /// 8 bytes per decision when it doubles, not the whole decision.
     decisions: &'a mut Vec<Arc<Decision>>,
+    /// Sends held in this epoch: (release instant, subject), for the release timers.
+    held: &'a mut Vec<(i64, SubjectRef)>,
     /// A send was counted or entered in the ledger: the subject's record must be written.
     changed: bool,
     /// Sends skipped because the ledger had their key (allowed, suppressed).
@@ -155,6 +179,12 @@ impl Guardrails for SubjectGuardrails<'_> {
     }
 
     fn send(&mut self, mut intent: SendIntent) -> SendOutcome {
+        // Held already (the triggering event processed again): it waits for its release.
+        if let Some(h) = self.state.held.iter().find(|h| h.intent.idempotency_key == intent.idempotency_key) {
+            return SendOutcome::Held(format!("held before, until {}", rfc3339(h.until_ms)));
+        }
+        // Kept as it came, should quiet hours hold it.
+        let original = (!self.rules.quiet.is_empty()).then(|| intent.clone());
         // Where it goes, in which zone its calendar caps count, and the profile fields templates merge.
         let policy = self.rules.profiles.recipients.policy(intent.purpose);
         let recipient = resolve_recipient(self.profile, intent.channel, policy, intent.recipient.as_deref());
@@ -184,13 +214,25 @@ impl Guardrails for SubjectGuardrails<'_> {
         }
         if ledger && self.state.sends.is_full() {
             // Not recorded (there is no room): a re-run decides the same while the ledger stays full.
-            let decision = suppress_ledger_full(intent, recipient, self.consent, &self.rules.consent, &self.rules.caps);
+            let decision = suppress_ledger_full(intent, recipient, self.consent, &self.rules.decision_rules());
             let outcome = SendOutcome::Suppressed(decision.reason());
             self.decisions.push(Arc::new(decision));
             return outcome;
         }
-        let decision =
-            decide(intent, recipient, self.consent, &self.rules.consent, &self.rules.caps, &mut self.state.caps);
+        let can_hold = self.state.held.len() < MAX_HELD_SENDS;
+        let rules = self.rules.decision_rules();
+        let decision = decide(intent, recipient, self.consent, &rules, &mut self.state.caps, can_hold);
+        if decision.kind == DecisionKind::HeldQuietHours {
+            // Not in the ledger: the held list is its record until the release decides it.
+            if let (Some(intent), Some(quiet)) = (original, &decision.quiet) {
+                self.state.held.push(HeldSend { until_ms: quiet.until_ms, intent });
+                self.held.push((quiet.until_ms, self.subject.clone()));
+            }
+            self.changed = true;
+            let outcome = SendOutcome::Held(decision.reason());
+            self.decisions.push(Arc::new(decision));
+            return outcome;
+        }
         let allowed = decision.kind == DecisionKind::Allowed;
         self.changed |= allowed && decision.cap == Some(CapVerdict::Allowed);
         if ledger {
@@ -213,6 +255,7 @@ impl Guardrails for SubjectGuardrails<'_> {
 /// What one epoch's decisions collect, for every subject the operator lends its state to.
 struct EpochDecisions {
     decisions: Vec<Arc<Decision>>,
+    held: Vec<(i64, SubjectRef)>,
     already_sent: u64,
     already_suppressed: u64,
     /// Wall clock at the start of the epoch (ledger entries, ledger expiry).
@@ -244,6 +287,7 @@ fn with_guardrails<R>(
         rules,
         state,
         decisions: &mut epoch.decisions,
+        held: &mut epoch.held,
         changed: false,
         already_sent: 0,
         already_suppressed: 0,
@@ -284,6 +328,8 @@ pub struct GuardrailWorker {
     state: GuardrailState,
     rules: GuardrailRules,
     timers: Timers,
+    /// Releases of sends held by quiet hours: (instant, subject), one per distinct instant.
+    releases: BTreeSet<(i64, SubjectRef)>,
     watermark: i64,
     epochs_since_sweep: u32,
     /// Subjects whose profile changed since the last epoch's output (their changelog records are due).
@@ -296,10 +342,13 @@ impl GuardrailWorker {
         for (subject, j) in &state.journeys {
             timers.update(subject, None, j.next_due());
         }
+        // Held sends survive a restart with their state: their releases are timers again.
+        let releases = state.caps.iter().flat_map(|(s, c)| c.held.iter().map(|h| (h.until_ms, s.clone()))).collect();
         GuardrailWorker {
             state,
             rules,
             timers,
+            releases,
             watermark: i64::MIN,
             epochs_since_sweep: 0,
             profiles_touched: BTreeSet::new(),
@@ -340,9 +389,10 @@ impl GuardrailWorker {
     /// not passed on to be stored again). The events come as the containers that brought them. `now_ms`
     /// is the wall clock of the epoch (send ledger).
     pub fn process_epoch(&mut self, epoch_events: Vec<Vec<ReadEvent>>, now_ms: i64) -> EpochOutput {
-        let GuardrailWorker { state, rules, timers, watermark, epochs_since_sweep, profiles_touched } = self;
+        let GuardrailWorker { state, rules, timers, releases, watermark, epochs_since_sweep, profiles_touched } = self;
         let watermark = *watermark;
-        let mut decided = EpochDecisions { decisions: Vec::new(), already_sent: 0, already_suppressed: 0, now_ms };
+        let mut decided =
+            EpochDecisions { decisions: Vec::new(), held: Vec::new(), already_sent: 0, already_suppressed: 0, now_ms };
         let mut transitions = Vec::new();
         // Ordered sets: the snapshot records come out in the same order in every run.
         let mut caps_touched = BTreeSet::new();
@@ -376,6 +426,40 @@ impl GuardrailWorker {
                 state.journeys.remove(&subject);
             }
             journeys_touched.insert(subject);
+        }
+
+        // 1b. Sends held by quiet hours whose window ended by the watermark: decided again now (consent,
+        //     recipient, quiet hours, caps at the release instant), in release order.
+        while let Some((due, subject)) = releases.first().cloned() {
+            if due > watermark {
+                break;
+            }
+            releases.remove(&(due, subject.clone()));
+            let Some(send_state) = state.caps.get_mut(&subject) else { continue };
+            let mut due_sends: Vec<HeldSend> = Vec::new();
+            send_state.held.retain(|h| {
+                let keep = h.until_ms > watermark;
+                if !keep {
+                    due_sends.push(h.clone());
+                }
+                keep
+            });
+            if due_sends.is_empty() {
+                continue;
+            }
+            due_sends.sort_by(|a, b| {
+                a.until_ms.cmp(&b.until_ms).then_with(|| a.intent.idempotency_key.cmp(&b.intent.idempotency_key))
+            });
+            let ((), _) =
+                with_guardrails(&mut state.caps, &state.consent, &state.profiles, rules, &subject, &mut decided, |g| {
+                    for held in due_sends {
+                        let mut intent = held.intent;
+                        intent.released_at_ms = Some(held.until_ms);
+                        // The outcome is in the decision; the journey moved on when the send was held.
+                        let _ = g.send(intent);
+                    }
+                });
+            caps_touched.insert(subject);
         }
 
         // 2. Rule-driven intents, in competition order.
@@ -437,6 +521,8 @@ impl GuardrailWorker {
             }
         }
 
+        // Sends held in this epoch (a release held again too): their releases are due later.
+        releases.extend(std::mem::take(&mut decided.held));
         let counts = EpochCounts {
             allowed: decided.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed).count() as u64,
             already_sent: decided.already_sent,
@@ -525,4 +611,10 @@ fn profile_update_of(event: &NormalizedEvent, profiles: &mut ProfileTable, touch
         tracing::warn!(event_id = %event.event_id, ?problems, "profile update event: fields left out");
     }
     apply_profile(profiles, touched, &ProfileChange::Update(update));
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }

@@ -84,6 +84,10 @@ pub struct SendIntent {
     /// Message fields for the connector, from the send step's `payload` paths.
     #[serde(default)]
     pub payload: std::collections::BTreeMap<String, Value>,
+    /// A send held by quiet hours, decided again: the instant of that decision (the window's end).
+    /// Caps count and quiet hours look at this instant instead of the triggering event's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at_ms: Option<i64>,
 }
 
 /// Which journey, version and step made an intent.
@@ -95,6 +99,11 @@ pub struct JourneyStepRef {
 }
 
 impl SendIntent {
+    /// The event time the intent is decided at: its triggering event's, or its release from quiet hours.
+    pub fn decided_at_ms(&self) -> i64 {
+        self.released_at_ms.unwrap_or(self.occurred_at_ms)
+    }
+
     /// Competing intents of one subject are decided in this order: priority (high first), event time,
     /// then the idempotency key (so the order never depends on arrival).
     pub fn compete_order(a: &SendIntent, b: &SendIntent) -> std::cmp::Ordering {
@@ -198,6 +207,7 @@ impl IntentRules {
                 late: event.late,
                 journey: None,
                 payload: Default::default(),
+                released_at_ms: None,
             })
             .collect()
     }

@@ -13,6 +13,7 @@
 //! - [`intent`]: send intents from rules in the pipeline file;
 //! - [`consent`]: the consent table (latest consent per subject × channel × purpose);
 //! - [`profile`]: subject profiles (recipients, time zone, locale, attributes), newest wins per field;
+//! - [`quiet_hours`]: local-time windows in which sends are held or dropped;
 //! - [`frequency_cap`]: caps per subject over rolling and calendar windows;
 //! - [`decision`]: consent then caps, one decision per intent;
 //! - [`send_ledger`]: the idempotency keys already emitted per subject (`exactly_once_keys`);
@@ -35,6 +36,7 @@ pub mod journey;
 pub mod key_groups;
 pub mod normalize;
 pub mod profile;
+pub mod quiet_hours;
 pub mod read_event;
 pub mod send_ledger;
 pub mod tally;

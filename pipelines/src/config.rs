@@ -19,6 +19,7 @@ use touchpoint_operators::intent::{IntentRules, IntentsConfig};
 use touchpoint_operators::journey::{load_dir, Journey, JourneyError};
 use touchpoint_operators::normalize::{NormalizeConfig, Normalizer};
 use touchpoint_operators::profile::ProfilesConfig;
+use touchpoint_operators::quiet_hours::{QuietHours, QuietHoursConfig};
 use touchpoint_operators::watermark::EventTimeConfig;
 use touchpoint_schemas::Channel;
 
@@ -52,6 +53,9 @@ pub struct PipelineConfig {
     pub profiles: ProfilesConfig,
     #[serde(default)]
     pub caps: CapsConfig,
+    /// Local-time windows in which sends are held or dropped (docs/quiet-hours.md).
+    #[serde(default)]
+    pub quiet_hours: QuietHoursConfig,
     /// Watermarks and the late-event policy.
     #[serde(default)]
     pub event_time: EventTimeConfig,
@@ -73,6 +77,7 @@ pub struct BuiltRules {
     pub normalizer: Normalizer,
     pub intents: IntentRules,
     pub caps: FrequencyCaps,
+    pub quiet: QuietHours,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -371,6 +376,7 @@ impl PipelineConfig {
             intents: built.intents.clone(),
             consent: self.consent.clone(),
             caps: built.caps.clone(),
+            quiet: built.quiet.clone(),
             journeys,
             profiles: ProfilesConfig {
                 update_event: touchpoint_operators::normalize::snake_case(&self.profiles.update_event),
@@ -421,6 +427,7 @@ impl PipelineConfig {
         config.built = Some(Arc::new(BuiltRules {
             normalizer: Normalizer::new(config.normalize.clone()).map_err(|e| semantic(e.to_string()))?,
             caps: FrequencyCaps::new(&config.caps).map_err(|e| semantic(e.to_string()))?,
+            quiet: QuietHours::new(&config.quiet_hours).map_err(|e| semantic(e.to_string()))?,
             intents: IntentRules::new(&config.intents).map_err(|e| semantic(e.to_string()))?,
         }));
         config.validate().map_err(semantic)?;

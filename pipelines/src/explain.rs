@@ -21,7 +21,9 @@ struct TransitionLine {
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct DecisionLine {
-    occurred_at: i64,
+    /// The event time of the decision: its event's, or the end of the quiet hours that held it.
+    decided_at: i64,
+    released: bool,
     journey: String,
     journey_step: String,
     intent_rule: String,
@@ -70,10 +72,11 @@ pub async fn explain(config: &ClickHouseConfig, tenant: &str, subject: &str, jou
     let transitions: Vec<TransitionLine> = q.fetch_all().await.context("reading journey_transitions")?;
     let mut q = client
         .query(&format!(
-            "SELECT toUnixTimestamp64Milli(occurred_at) AS occurred_at, journey, journey_step, intent_rule, channel, \
+            "SELECT toUnixTimestamp64Milli(greatest(occurred_at, released_at)) AS decided_at, \
+             released_at > occurred_at AS released, journey, journey_step, intent_rule, channel, \
              template, decision, reason, caps_version, intents_version, event_id, late, idempotency_key \
              FROM decisions FINAL \
-             WHERE tenant_id = ? AND subject_id = ?{journey_filter} ORDER BY occurred_at, intent_rule"
+             WHERE tenant_id = ? AND subject_id = ?{journey_filter} ORDER BY decided_at, intent_rule"
         ))
         .bind(tenant)
         .bind(subject);
@@ -109,7 +112,7 @@ pub async fn explain(config: &ClickHouseConfig, tenant: &str, subject: &str, jou
     let mut d = decisions.iter().peekable();
     loop {
         let take_transition = match (t.peek(), d.peek()) {
-            (Some(a), Some(b)) => a.event_time <= b.occurred_at,
+            (Some(a), Some(b)) => a.event_time <= b.decided_at,
             (Some(_), None) => true,
             (None, Some(_)) => false,
             (None, None) => break,
@@ -135,10 +138,11 @@ pub async fn explain(config: &ClickHouseConfig, tenant: &str, subject: &str, jou
                 format!("{} step {}", x.journey, x.journey_step)
             };
             let late = if x.late { " [late event]" } else { "" };
+            let released = if x.released { " [released from quiet hours]" } else { "" };
             let _ = writeln!(
                 out,
-                "  {}  {source}: {} {} -> {}: {} (caps {}) [event {}]{late}",
-                time(x.occurred_at),
+                "  {}  {source}: {} {} -> {}: {} (caps {}) [event {}]{late}{released}",
+                time(x.decided_at),
                 x.channel,
                 x.template,
                 x.decision.to_uppercase(),

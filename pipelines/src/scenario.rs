@@ -52,6 +52,7 @@ use touchpoint_operators::profile::{
     parse_profile_record, parse_profile_tombstone, ProfileChange, ProfileTable, ProfilesConfig, RecipientsConfig,
     SubjectProfile,
 };
+use touchpoint_operators::quiet_hours::{QuietHours, QuietHoursConfig};
 
 use crate::stages::guardrails::guardrails;
 
@@ -75,6 +76,9 @@ pub struct ScenarioFile {
     pub recipients: RecipientsConfig,
     #[serde(default)]
     pub caps: CapsConfig,
+    /// `quiet_hours` of the pipeline file.
+    #[serde(default)]
+    pub quiet_hours: QuietHoursConfig,
     #[serde(default)]
     pub intents: IntentsConfig,
     /// `processing.guarantee` of the run (default `exactly_once_keys`).
@@ -174,6 +178,9 @@ pub struct ExpectedSend {
     /// Where it went (checked when the file names it).
     #[serde(default)]
     pub recipient: Option<String>,
+    /// The decision's reason (checked when the file names it).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl ExpectedSend {
@@ -183,6 +190,7 @@ impl ExpectedSend {
             && self.template == got.template
             && self.decision == got.decision
             && (self.recipient.is_none() || self.recipient == got.recipient)
+            && (self.reason.is_none() || self.reason == got.reason)
     }
 }
 
@@ -229,6 +237,7 @@ impl Outcome {
                 template: d.intent.template.clone(),
                 decision: with_kind.then(|| d.kind.as_str().to_string()),
                 recipient: d.intent.recipient.clone(),
+                reason: Some(d.reason()),
             })
             .collect()
     }
@@ -426,6 +435,7 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
     }
 
     let caps = FrequencyCaps::new(&file.caps).map_err(|e| anyhow!("caps: {e}"))?;
+    let quiet = QuietHours::new(&file.quiet_hours).map_err(|e| anyhow!("{e}"))?;
     let intents = IntentRules::new(&file.intents).map_err(|e| anyhow!("intents: {e}"))?;
     let mut outcome = Outcome::default();
     // State carried across restarts exactly as the changelogs carry it: latest snapshot per subject.
@@ -452,6 +462,7 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
             intents: intents.clone(),
             consent: ConsentConfig::default(),
             caps: caps.clone(),
+            quiet: quiet.clone(),
             journeys,
             profiles: ProfilesConfig { recipients: file.recipients.clone(), ..ProfilesConfig::default() },
             guarantee: file.guarantee,

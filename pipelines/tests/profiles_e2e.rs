@@ -14,7 +14,7 @@ use touchpoint::RunOptions;
 use touchpoint_connectors::kafka::{read_all, AckedProducer, OutgoingRecord};
 use touchpoint_schemas::headers;
 
-const T0: i64 = 1_795_600_800_000; // 2026-11-26T10:00:00Z
+const T0: i64 = 1_795_600_800_000; // 2026-11-25T10:00:00Z
 
 fn event(id: &str, subject: &str, event_type: &str, at_ms: i64, attributes: Value) -> (String, Value) {
     (

@@ -1,6 +1,7 @@
 -- One row per send intent: what the guardrails decided and why, with the rule-set versions that decided.
 --
--- decision: allowed | suppressed_consent | suppressed_cap | suppressed_ledger_full | suppressed_no_recipient
+-- decision: allowed | suppressed_consent | suppressed_cap | suppressed_ledger_full | suppressed_no_recipient |
+--           held_quiet_hours | suppressed_quiet_hours
 -- reason:   human text ("consent denied", "cap promo-daily: 2 of 2 per calendar day", ...)
 -- ORDER BY (tenant_id, subject_id, occurred_at): analysts mostly ask "what happened to subject X" and
 --   "why did X not get message Y"; per-decision aggregates scan the LowCardinality columns.

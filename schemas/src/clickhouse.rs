@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_decisions_recipient",
         sql: include_str!("../clickhouse/0009_decisions_recipient.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_decisions_quiet_hours",
+        sql: include_str!("../clickhouse/0010_decisions_quiet_hours.sql"),
+    },
 ];
 
 /// Table that records which migrations were applied (created by the migrator itself).

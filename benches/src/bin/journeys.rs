@@ -16,11 +16,12 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use clap::Parser;
 use touchpoint_operators::consent::{ConsentChange, ConsentConfig, ConsentStatus, ConsentTable};
-use touchpoint_operators::decision::{decide, DecisionKind};
+use touchpoint_operators::decision::{decide, DecisionKind, DecisionRules};
 use touchpoint_operators::frequency_cap::{CapQuery, FrequencyCaps, SubjectCaps};
 use touchpoint_operators::intent::SendIntent;
 use touchpoint_operators::journey::{load_dir, Guardrails, Journeys, SendOutcome, SubjectJourneys};
 use touchpoint_operators::profile::{Recipient, RecipientSource};
+use touchpoint_operators::quiet_hours::QuietHours;
 use touchpoint_schemas::NormalizedEvent;
 use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
@@ -40,6 +41,7 @@ struct Real<'a> {
     consent: &'a ConsentTable,
     config: &'a ConsentConfig,
     caps: &'a FrequencyCaps,
+    quiet: &'a QuietHours,
     state: &'a mut SubjectCaps,
     sent: &'a mut u64,
 }
@@ -51,7 +53,8 @@ impl Guardrails for Real<'_> {
     fn send(&mut self, intent: SendIntent) -> SendOutcome {
         // The journey machine's cost, not the profile's: every intent has a recipient.
         let to = Recipient { address: intent.recipient.clone(), source: RecipientSource::Event, event_ignored: false };
-        let d = decide(intent, to, self.consent, self.config, self.caps, self.state);
+        let rules = DecisionRules { consent: self.config, caps: self.caps, quiet: self.quiet };
+        let d = decide(intent, to, self.consent, &rules, self.state, true);
         let allowed = d.kind == DecisionKind::Allowed;
         *self.sent += u64::from(allowed);
         if allowed {
@@ -68,6 +71,7 @@ fn main() -> Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/journeys");
     let journeys = Journeys::new(load_dir(&dir).map_err(|e| anyhow!("{e:?}"))?, "time_zone");
     let caps = touchpoint_benches::sample_caps();
+    let quiet = QuietHours::new(&Default::default()).expect("no quiet hours");
     let config = ConsentConfig::default();
     let subjects: Vec<SubjectRef> = (0..n).map(|i| SubjectRef::new("acme", &format!("user-{i}"))).collect();
     let mut consent = ConsentTable::new();
@@ -111,6 +115,7 @@ fn main() -> Result<()> {
                 consent: &consent,
                 config: &config,
                 caps: &caps,
+                quiet: &quiet,
                 state: cap_states.entry(s.clone()).or_default(),
                 sent: &mut sent,
             };
@@ -133,6 +138,7 @@ fn main() -> Result<()> {
             consent: &consent,
             config: &config,
             caps: &caps,
+            quiet: &quiet,
             state: cap_states.entry(s.clone()).or_default(),
             sent: &mut sent,
         };

@@ -86,10 +86,15 @@ pub struct DecisionRow<'a> {
     pub journey_version: &'a str,
     pub journey_step: &'a str,
     pub recipient_source: &'static str,
+    /// The instant a held send was decided again (0: decided at its event).
+    pub released_at: i64,
+    /// When a held send is decided again (0: not held).
+    pub held_until: i64,
 }
 
 impl<'a> DecisionRow<'a> {
     pub fn new(d: &'a touchpoint_operators::decision::Decision, decided_at: i64) -> Self {
+        use touchpoint_operators::decision::DecisionKind;
         use touchpoint_operators::frequency_cap::CapVerdict;
         let i = &d.intent;
         let (cap_rule, cap_count, cap_limit, cap_window) = match &d.cap {
@@ -128,6 +133,8 @@ impl<'a> DecisionRow<'a> {
             journey_version: i.journey.as_ref().map_or("", |j| j.version.as_str()),
             journey_step: i.journey.as_ref().map_or("", |j| j.step.as_str()),
             recipient_source: d.recipient.as_str(),
+            released_at: i.released_at_ms.unwrap_or(0),
+            held_until: d.quiet.as_ref().filter(|_| d.kind == DecisionKind::HeldQuietHours).map_or(0, |q| q.until_ms),
         }
     }
 }

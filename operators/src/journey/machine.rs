@@ -136,6 +136,9 @@ pub enum Cause {
     Sent,
     /// `suppressed (<reason>)`: the decision's reason.
     Suppressed(String),
+    /// `held (<reason>)`: quiet hours hold the send until the window ends; the journey moves on (the
+    /// send goes out, or not, when it is decided again at the end of the window).
+    Held(String),
     /// `<cause>; end`: a send step without a next step: its outcome, and the journey ends.
     Ended(Box<Cause>),
     /// `exit`.
@@ -165,6 +168,7 @@ impl std::fmt::Display for Cause {
             Cause::Timeout => f.write_str("timeout"),
             Cause::Sent => f.write_str("sent"),
             Cause::Suppressed(why) => write!(f, "suppressed ({why})"),
+            Cause::Held(why) => write!(f, "held ({why})"),
             Cause::Ended(cause) => write!(f, "{cause}; end"),
             Cause::Exit => f.write_str("exit"),
             Cause::Migrated { from_version } => write!(f, "migrated from {from_version}"),
@@ -185,6 +189,9 @@ pub enum SendOutcome {
     /// Not sent, with the decision's reason (e.g. `consent denied`, `cap promo-daily: 2 of 2 per
     /// calendar day`).
     Suppressed(String),
+    /// Held by quiet hours until the window ends, with the decision's reason: the journey goes on as if
+    /// sent (the send is decided again at the end of the window, without the journey).
+    Held(String),
 }
 
 /// What a movement needs from the subject's other state, provided by the caller.
@@ -588,6 +595,7 @@ impl Journeys {
                     let intent = self.intent(journey, subject, &state.active[i], &step.id, send, now, moment, &trigger);
                     let (target, cause) = match guardrails.send(intent) {
                         SendOutcome::Sent => (*next, Cause::Sent),
+                        SendOutcome::Held(why) => (*next, Cause::Held(why)),
                         SendOutcome::Suppressed(why) => (on_suppressed.or(*next), Cause::Suppressed(why)),
                     };
                     match target {
@@ -659,6 +667,7 @@ impl Journeys {
             enrollment.steps_run,
         );
         SendIntent {
+            released_at_ms: None,
             subject: subject.clone(),
             channel: send.channel,
             purpose: send.purpose,
