@@ -178,6 +178,16 @@ impl Guardrails for SubjectGuardrails<'_> {
         self.consent.verdict(self.subject, channel, purpose, &self.rules.consent).allowed
     }
 
+    fn profile_value(&self, path: &[String]) -> Option<serde_json::Value> {
+        let (first, rest) = path.split_first()?;
+        let fields = self.profile?.merge_fields();
+        let mut value = fields.get(first)?;
+        for key in rest {
+            value = value.get(key)?;
+        }
+        Some(value.clone())
+    }
+
     fn send(&mut self, mut intent: SendIntent) -> SendOutcome {
         // Held already (the triggering event processed again): it waits for its release.
         if let Some(h) = self.state.held.iter().find(|h| h.intent.idempotency_key == intent.idempotency_key) {

@@ -13,6 +13,7 @@
 //! - [`intent`]: send intents from rules in the pipeline file;
 //! - [`consent`]: the consent table (latest consent per subject × channel × purpose);
 //! - [`profile`]: subject profiles (recipients, time zone, locale, attributes), newest wins per field;
+//! - [`segment`]: streaming segment definitions and per-subject membership (not wired in yet);
 //! - [`quiet_hours`]: local-time windows in which sends are held or dropped;
 //! - [`frequency_cap`]: caps per subject over rolling and calendar windows;
 //! - [`decision`]: consent then caps, one decision per intent;
@@ -38,6 +39,7 @@ pub mod normalize;
 pub mod profile;
 pub mod quiet_hours;
 pub mod read_event;
+pub mod segment;
 pub mod send_ledger;
 pub mod tally;
 pub mod version;

@@ -10,11 +10,14 @@
 //!           | "exists" "(" path ")"
 //!           | "happened" "(" name ["," duration] ")"   -- the subject had this event (within the duration)
 //!           | "consent" "(" channel ["," purpose] ")"  -- consent granted (or defaulted to allow)
+//!           | "in_segment" "(" name ")"                -- the subject is a member of the segment now
 //!           | operand [ cmp operand | "in" list | "not" "in" list | "between" operand "and" operand
 //!                     | "starts_with" operand ]
 //! cmp      := "==" | "!=" | "<" | "<=" | ">" | ">="
 //! operand  := path | string | number | "true" | "false" | "null"
-//! path     := name ("." name)*        -- event.type, event.attributes.plan, subject.country, vars.coupon
+//!           | "count" "(" name "," duration ")"      -- the subject's events of this type within the duration
+//! path     := name ("." name)*        -- event.type, event.attributes.plan, subject.country, vars.coupon,
+//!                                        profile.plan (the subject's profile: fields and attributes)
 //! list     := "[" [operand ("," operand)*] "]"
 //! ```
 //!
@@ -38,12 +41,23 @@ pub trait Context {
     fn happened(&self, event_type: &str, within: Option<Duration>) -> bool;
     /// Whether a send on `channel` for `purpose` would pass consent now.
     fn consent(&self, channel: Channel, purpose: Purpose) -> bool;
+    /// How many events of `event_type` the subject had within `within` before now (event time), as far
+    /// as the context keeps them.
+    fn count(&self, _event_type: &str, _within: Duration) -> u64 {
+        0
+    }
+    /// Whether the subject is a member of the segment `name` now.
+    fn in_segment(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operand {
     Path(Vec<String>),
     Literal(Value),
+    /// `count(type, duration)`: a number.
+    Count(String, Duration),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +82,8 @@ pub enum Expr {
     Exists(Vec<String>),
     Happened(String, Option<Duration>),
     Consent(Channel, Purpose),
+    /// `in_segment(name)`.
+    InSegment(String),
     /// A bare operand: true when it is `true`.
     Truthy(Operand),
 }
@@ -266,15 +282,36 @@ impl Parser {
         }
     }
 
+    fn event_type(&mut self, call: &str) -> Result<String, ParseError> {
+        match self.next() {
+            Some(Token::Name(n)) | Some(Token::Str(n)) => Ok(n),
+            _ => {
+                self.pos -= 1;
+                self.fail(format!("{call} needs an event type"))
+            }
+        }
+    }
+
+    fn duration(&mut self) -> Result<Duration, ParseError> {
+        let text = self.name("a duration such as 7d")?;
+        match humantime::parse_duration(&text) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            _ => {
+                self.pos -= 1;
+                self.fail(format!("`{text}` is not a duration (e.g. 30m, 12h, 7d)"))
+            }
+        }
+    }
+
     fn path(&mut self) -> Result<Vec<String>, ParseError> {
         let mut path = vec![self.name("a path such as event.attributes.plan")?];
         while self.peek() == Some(&Token::Dot) {
             self.pos += 1;
             path.push(self.name("a name after `.`")?);
         }
-        if !matches!(path[0].as_str(), "event" | "subject" | "vars") {
+        if !matches!(path[0].as_str(), "event" | "subject" | "vars" | "profile") {
             self.pos -= path.len() * 2 - 1;
-            return self.fail(format!("`{}`: paths start with event, subject or vars", path.join(".")));
+            return self.fail(format!("`{}`: paths start with event, subject, vars or profile", path.join(".")));
         }
         Ok(path)
     }
@@ -299,6 +336,14 @@ impl Parser {
                 };
                 self.pos += 1;
                 Ok(Operand::Literal(v))
+            }
+            Some(Token::Name(n)) if n == "count" && matches!(self.tokens.get(self.pos + 1), Some((_, Token::Open))) => {
+                self.pos += 2;
+                let event_type = self.event_type("count(event_type, duration)")?;
+                self.expect(Token::Comma, "`,` and a duration in count(event_type, duration)")?;
+                let within = self.duration()?;
+                self.expect(Token::Close, "`)` after count(...")?;
+                Ok(Operand::Count(event_type, within))
             }
             Some(Token::Name(_)) => Ok(Operand::Path(self.path()?)),
             _ => self.fail("expected a value or a path"),
@@ -344,28 +389,27 @@ impl Parser {
         }
         if call(self, "happened") {
             self.pos += 2;
-            let event_type = match self.next() {
-                Some(Token::Name(n)) | Some(Token::Str(n)) => n,
-                _ => {
-                    self.pos -= 1;
-                    return self.fail("happened(event_type[, duration]) needs an event type");
-                }
-            };
+            let event_type = self.event_type("happened(event_type[, duration])")?;
             let within = if self.peek() == Some(&Token::Comma) {
                 self.pos += 1;
-                let text = self.name("a duration such as 7d")?;
-                match humantime::parse_duration(&text) {
-                    Ok(d) if !d.is_zero() => Some(d),
-                    _ => {
-                        self.pos -= 1;
-                        return self.fail(format!("`{text}` is not a duration (e.g. 30m, 12h, 7d)"));
-                    }
-                }
+                Some(self.duration()?)
             } else {
                 None
             };
             self.expect(Token::Close, "`)` after happened(...")?;
             return Ok(Expr::Happened(event_type, within));
+        }
+        if call(self, "in_segment") {
+            self.pos += 2;
+            let name = match self.next() {
+                Some(Token::Name(n)) | Some(Token::Str(n)) => n,
+                _ => {
+                    self.pos -= 1;
+                    return self.fail("in_segment(name) needs a segment id");
+                }
+            };
+            self.expect(Token::Close, "`)` after in_segment(...")?;
+            return Ok(Expr::InSegment(name));
         }
         if call(self, "consent") {
             self.pos += 2;
@@ -465,6 +509,7 @@ impl Expr {
             Expr::Exists(path) => ctx.value(path).is_some_and(|v| !v.is_null()),
             Expr::Happened(event_type, within) => ctx.happened(event_type, *within),
             Expr::Consent(channel, purpose) => ctx.consent(*channel, *purpose),
+            Expr::InSegment(name) => ctx.in_segment(name),
             Expr::Truthy(a) => resolve(a, ctx) == Value::Bool(true),
         }
     }
@@ -494,16 +539,67 @@ impl Expr {
             }
             Expr::Truthy(a) => operand(a, out),
             Expr::Exists(p) => out.push(p.as_slice()),
-            Expr::Happened(..) | Expr::Consent(..) => {}
+            Expr::Happened(..) | Expr::Consent(..) | Expr::InSegment(..) => {}
         }
     }
 
-    /// Event types that `happened(...)` asks about (the journey keeps their history per subject).
+    /// Event types that `happened(...)` and `count(...)` ask about (the subject's history keeps them).
     pub fn happened_types(&self, out: &mut Vec<String>) {
+        let operand = |o: &Operand, out: &mut Vec<String>| {
+            if let Operand::Count(t, _) = o {
+                out.push(t.clone());
+            }
+        };
         match self {
             Expr::And(t) | Expr::Or(t) => t.iter().for_each(|e| e.happened_types(out)),
             Expr::Not(e) => e.happened_types(out),
             Expr::Happened(t, _) => out.push(t.clone()),
+            Expr::Compare(a, _, b) | Expr::StartsWith(a, b) => {
+                operand(a, out);
+                operand(b, out);
+            }
+            Expr::In(a, list) => {
+                operand(a, out);
+                list.iter().for_each(|o| operand(o, out));
+            }
+            Expr::Between(a, b, c) => [a, b, c].into_iter().for_each(|o| operand(o, out)),
+            Expr::Truthy(a) => operand(a, out),
+            _ => {}
+        }
+    }
+
+    /// Every window the expression counts or checks in: (event type, duration) of `happened(t, d)` and
+    /// `count(t, d)`.
+    pub fn windows(&self, out: &mut Vec<(String, Duration)>) {
+        let operand = |o: &Operand, out: &mut Vec<(String, Duration)>| {
+            if let Operand::Count(t, d) = o {
+                out.push((t.clone(), *d));
+            }
+        };
+        match self {
+            Expr::And(t) | Expr::Or(t) => t.iter().for_each(|e| e.windows(out)),
+            Expr::Not(e) => e.windows(out),
+            Expr::Happened(t, Some(d)) => out.push((t.clone(), *d)),
+            Expr::Compare(a, _, b) | Expr::StartsWith(a, b) => {
+                operand(a, out);
+                operand(b, out);
+            }
+            Expr::In(a, list) => {
+                operand(a, out);
+                list.iter().for_each(|o| operand(o, out));
+            }
+            Expr::Between(a, b, c) => [a, b, c].into_iter().for_each(|o| operand(o, out)),
+            Expr::Truthy(a) => operand(a, out),
+            _ => {}
+        }
+    }
+
+    /// Segments `in_segment(...)` asks about.
+    pub fn segments(&self, out: &mut Vec<String>) {
+        match self {
+            Expr::And(t) | Expr::Or(t) => t.iter().for_each(|e| e.segments(out)),
+            Expr::Not(e) => e.segments(out),
+            Expr::InSegment(s) => out.push(s.clone()),
             _ => {}
         }
     }
@@ -513,6 +609,7 @@ fn resolve(operand: &Operand, ctx: &dyn Context) -> Value {
     match operand {
         Operand::Literal(v) => v.clone(),
         Operand::Path(p) => ctx.value(p).unwrap_or(Value::Null),
+        Operand::Count(t, within) => Value::from(ctx.count(t, *within)),
     }
 }
 
@@ -635,11 +732,44 @@ mod tests {
     }
 
     #[test]
+    fn counts_and_segments_read_from_the_context() {
+        // The test context counts its `seen` list; `in_segment` is the default (no segments).
+        struct Counting(Ctx);
+        impl Context for Counting {
+            fn value(&self, path: &[String]) -> Option<Value> {
+                self.0.value(path)
+            }
+            fn happened(&self, t: &str, within: Option<Duration>) -> bool {
+                self.0.happened(t, within)
+            }
+            fn consent(&self, c: Channel, p: Purpose) -> bool {
+                self.0.consent(c, p)
+            }
+            fn count(&self, t: &str, within: Duration) -> u64 {
+                self.0.seen.iter().filter(|(s, ago)| *s == t && *ago <= within.as_secs()).count() as u64
+            }
+        }
+        let ctx = Counting(ctx());
+        let holds = |text: &str| Expr::parse(text).expect(text).eval(&ctx);
+        assert!(holds("count(order_completed, 30d) >= 1"));
+        assert!(!holds("count(order_completed, 7d) >= 1"));
+        assert!(holds("count(email_opened, 2h) == 1 and not in_segment(vip)"));
+        let mut windows = Vec::new();
+        Expr::parse("count(a, 1d) > 2 or happened(b, 2h) or happened(c)").unwrap().windows(&mut windows);
+        assert_eq!(
+            windows,
+            vec![("a".to_string(), Duration::from_secs(86_400)), ("b".into(), Duration::from_secs(7_200))]
+        );
+    }
+
+    #[test]
     fn errors_say_where_and_what() {
         let err = |text: &str| Expr::parse(text).expect_err(text);
         assert_eq!(err("event.attributes.plan = 'x'").column, 23);
         assert!(err("event.attributes.plan == 'x").message.contains("unterminated"));
-        assert!(err("plan == 'x'").message.contains("paths start with event, subject or vars"));
+        assert!(err("plan == 'x'").message.contains("paths start with event, subject, vars or profile"));
+        assert!(err("count(order_completed) > 1").message.contains("`,` and a duration"));
+        assert!(err("in_segment()").message.contains("needs a segment id"));
         assert!(err("happened(email_opened, soon)").message.contains("not a duration"));
         assert!(err("consent(pigeon)").message.contains("not a channel"));
         assert!(err("event.type == 'a' event.type == 'b'").message.contains("missing `and`/`or`"));

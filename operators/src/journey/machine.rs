@@ -200,6 +200,15 @@ pub trait Guardrails {
     fn consent(&self, channel: Channel, purpose: Purpose) -> bool;
     /// Decides a send (consent, then caps) and records the decision.
     fn send(&mut self, intent: SendIntent) -> SendOutcome;
+    /// A field of the subject's profile (`profile.<name>...` in conditions): email, phone, locale,
+    /// time_zone or a custom attribute.
+    fn profile_value(&self, _path: &[String]) -> Option<Value> {
+        None
+    }
+    /// Whether the subject is a member of the segment now (`in_segment(...)` in conditions).
+    fn in_segment(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -909,7 +918,19 @@ impl<'a> EvalCtx<'a> {
 
 impl Context for EvalCtx<'_> {
     fn value(&self, path: &[String]) -> Option<Value> {
+        if path.first().is_some_and(|p| p == "profile") {
+            return self.guardrails.profile_value(&path[1..]);
+        }
         lookup_with(self.subject, || self.event.value(), || self.vars(), path)
+    }
+
+    fn count(&self, event_type: &str, within: Duration) -> u64 {
+        let since = self.now.saturating_sub(i64::try_from(within.as_millis()).unwrap_or(i64::MAX));
+        self.history.iter().filter(|(t, at)| t == event_type && *at >= since && *at <= self.now).count() as u64
+    }
+
+    fn in_segment(&self, name: &str) -> bool {
+        self.guardrails.in_segment(name)
     }
 
     fn happened(&self, event_type: &str, within: Option<Duration>) -> bool {
