@@ -14,6 +14,10 @@ COUNT="${1:-50000}"
 CONFIG="$ROOT/pipelines/config/local.yaml"
 CLICKHOUSE="${TOUCHPOINT_CLICKHOUSE_URL:-http://127.0.0.1:18123}"
 export TOUCHPOINT_CLICKHOUSE_DATABASE="${TOUCHPOINT_CLICKHOUSE_DATABASE:-touchpoint_demo}"
+# Quiet hours for the demo: promotional pushes between 02:00 and 06:00 in the subject's zone are held
+# until 06:00 (docs/quiet-hours.md). The stream spans a week, so most nights' held pushes are released.
+DEMO_QUIET_HOURS='[{id: push-night, channel: push, window: "02:00-06:00"}]'
+export TOUCHPOINT_QUIET_HOURS_RULES="${TOUCHPOINT_QUIET_HOURS_RULES:-$DEMO_QUIET_HOURS}"
 
 # A fresh stack: `reset` deletes the broker's log (consent, changelogs, offsets), so every demo run
 # starts from the same state.
@@ -75,6 +79,14 @@ echo "== Profiles: recipients come from them (${TOUCHPOINT_CLICKHOUSE_DATABASE}.
 q "SELECT count() AS profiles, countIf(email != '') AS with_email, countIf(notEmpty(devices)) AS with_push_device FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.profiles FINAL"
 echo "Sends with nowhere to go (the profile has no address for the channel; the event's is not used):"
 q "SELECT channel, count() AS intents, any(reason) AS reason FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL WHERE decision = 'suppressed_no_recipient' GROUP BY channel ORDER BY channel"
+echo
+echo "== Quiet hours: pushes held 02:00-06:00 (subject's zone) and decided again at 06:00"
+q "SELECT countIf(decision = 'held_quiet_hours') AS held, countIf(released_at > occurred_at AND decision = 'allowed') AS released_sent, countIf(released_at > occurred_at AND decision != 'allowed') AS released_suppressed FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL"
+HELD=$(curl -fsS "$CLICKHOUSE" --data-binary "SELECT tenant_id, subject_id FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.decisions FINAL WHERE released_at > occurred_at AND decision = 'allowed' ORDER BY subject_id LIMIT 1 FORMAT TSV")
+if [ -n "$HELD" ]; then
+  echo "-- one held push and its release (touchpoint explain):"
+  "$TP" explain --config "$CONFIG" --tenant "$(echo "$HELD" | cut -f1)" --subject "$(echo "$HELD" | cut -f2)" | grep -E "held|released|subject " || true
+fi
 echo
 echo "== Journeys: subjects reaching each step (${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions)"
 q "SELECT journey, to_step AS step, uniqExact(tenant_id, subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions FINAL WHERE to_step != '' GROUP BY journey, step ORDER BY journey, subjects DESC"

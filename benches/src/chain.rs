@@ -116,8 +116,19 @@ impl Chain {
     /// The chain with the pipeline file's rules and the generator's consent (60% of subjects granted
     /// email and push marketing consent, as `touchpoint generate` produces).
     pub fn new(config: &PipelineConfig, schema: Arc<Schema>, subjects: usize) -> Self {
+        Chain::with_profiles(config, schema, subjects, true)
+    }
+
+    /// [`Chain::new`], or without profiles (`profiles: false`): the recipients then come from the
+    /// events (`event_may_override` for every purpose), as before profiles existed. The generator's
+    /// events carry the same addresses its profiles hold, so both send the same.
+    pub fn with_profiles(config: &PipelineConfig, schema: Arc<Schema>, subjects: usize, profiles: bool) -> Self {
         let journeys = Journeys::new(config.journeys().expect("journeys"), &config.intents.time_zone_attribute);
-        let rules = config.guardrail_rules(journeys).expect("guardrail rules");
+        let mut rules = config.guardrail_rules(journeys).expect("guardrail rules");
+        if !profiles {
+            rules.profiles.recipients.default = touchpoint_operators::profile::RecipientPolicy::EventMayOverride;
+            rules.profiles.recipients.by_purpose.clear();
+        }
         // The generator's consent records (`touchpoint generate` produces the same), parsed as the
         // pipeline's consent stage does.
         let mut consent = ConsentTable::new();
@@ -127,14 +138,14 @@ impl Chain {
             consent.apply(&parse_consent(&fields, "default").expect("generated consent is valid"));
         }
         // And every subject's profile (recipients come from profiles), as the profiles stage parses them.
-        let mut profiles = ProfileTable::default();
-        for record in subject_profiles(subjects, "marketing.profiles") {
+        let mut table = ProfileTable::default();
+        for record in subject_profiles(if profiles { subjects } else { 0 }, "marketing.profiles") {
             let fields: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_slice(record.payload.as_deref().unwrap_or_default()).expect("generated profile");
             let change = parse_profile_record(&fields, record.key.as_deref(), "default").expect("generated profile");
-            profiles.apply(&change);
+            table.apply(&change);
         }
-        let state = GuardrailState { consent, profiles, ..Default::default() };
+        let state = GuardrailState { consent, profiles: table, ..Default::default() };
         Chain {
             decoder: RecordDecoder::new(CachedSchema(schema)),
             normalizer: config.built().expect("a parsed pipeline file").normalizer.clone(),

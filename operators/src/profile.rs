@@ -50,7 +50,8 @@ pub struct Stamped<T> {
 /// A push device of a subject (its token is the key it is held under).
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Device {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Always written: profile changes cross timely processes in bincode, which needs every field.
+    #[serde(default)]
     pub platform: Option<String>,
 }
 
@@ -305,8 +306,27 @@ pub struct ProfileUpdate {
     pub locale: Option<Option<String>>,
     /// Token → the device (`None`: removed).
     pub devices: Vec<(String, Option<Device>)>,
-    /// Name → value (`null`: cleared).
+    /// Name → value (`null`: cleared). Carried as JSON text: changes cross timely processes in
+    /// bincode, which cannot read a self-describing `Value`.
+    #[serde(with = "json_text")]
     pub attributes: Vec<(String, Value)>,
+}
+
+/// `(name, value)` pairs with each value as its JSON text, for formats that are not self-describing.
+mod json_text {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(pairs: &[(String, Value)], s: S) -> Result<S::Ok, S::Error> {
+        let texts: Vec<(&str, String)> = pairs.iter().map(|(k, v)| (k.as_str(), v.to_string())).collect();
+        texts.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Value)>, D::Error> {
+        let texts: Vec<(String, String)> = Vec::deserialize(d)?;
+        texts.into_iter().map(|(k, t)| serde_json::from_str(&t).map(|v| (k, v)).map_err(D::Error::custom)).collect()
+    }
 }
 
 /// One record of `marketing.profiles`, or a `profile_updated` event, parsed.

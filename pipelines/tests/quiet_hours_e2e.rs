@@ -34,7 +34,10 @@ fn held_sends_survive_a_sigkill_and_go_out_once_at_the_end_of_the_window() {
     let tp = TestPipeline::new(
         "it_quiet",
         &[
-            ("  rules: []\n", "  rules:\n    - {id: push-night, channel: push, window: \"21:00-08:00\"}\n"),
+            (
+                "  rules: ${TOUCHPOINT_QUIET_HOURS_RULES:-[]}\n",
+                "  rules:\n    - {id: push-night, channel: push, window: \"21:00-08:00\"}\n",
+            ),
             ("idle_timeout: 5s", "idle_timeout: 1s"),
         ],
     );

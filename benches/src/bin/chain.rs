@@ -25,6 +25,10 @@ struct Args {
     /// Passes over fresh state (the best is reported).
     #[arg(long, default_value_t = 3)]
     passes: usize,
+    /// Also run the chain without profiles (recipients from the events), alternating with the chain
+    /// with them, and report the ratio: the cost of profiles.
+    #[arg(long)]
+    compare_profiles: bool,
 }
 
 fn main() {
@@ -38,18 +42,36 @@ fn main() {
     let decoded =
         records.iter().filter(|r| decoder.decode_event(r.payload.as_deref().unwrap_or_default()).is_ok()).count();
     let baseline = records.len() as f64 / started.elapsed().as_secs_f64();
-    let mut best = 0f64;
+    let (mut best, mut best_without) = (0f64, 0f64);
     let mut counts = Default::default();
     for _ in 0..args.passes {
-        let mut chain = Chain::new(&config, schema.clone(), args.subjects);
-        // The chain takes its records as the source hands them over (owned); the copy is not timed.
-        let input = records.clone();
-        let started = Instant::now();
-        counts = chain.run(input, args.per_epoch, now_ms);
-        best = best.max(records.len() as f64 / started.elapsed().as_secs_f64());
+        for profiles in [true, false] {
+            if !profiles && !args.compare_profiles {
+                continue;
+            }
+            let mut chain = Chain::with_profiles(&config, schema.clone(), args.subjects, profiles);
+            // The chain takes its records as the source hands them over (owned); the copy is not timed.
+            let input = records.clone();
+            let started = Instant::now();
+            let run = chain.run(input, args.per_epoch, now_ms);
+            let rate = records.len() as f64 / started.elapsed().as_secs_f64();
+            if profiles {
+                counts = run;
+                best = best.max(rate);
+            } else {
+                best_without = best_without.max(rate);
+                println!("without profiles: {run:?}");
+            }
+        }
     }
     println!("records {} ({decoded} decodable), subjects {}", records.len(), args.subjects);
     println!("baseline: decode only        {baseline:>12.0} records/s");
     println!("chain (best of {})            {best:>12.0} records/s   ratio {:.3}", args.passes, best / baseline);
     println!("{counts:?}");
+    if args.compare_profiles {
+        println!(
+            "chain without profiles (best) {best_without:>12.0} records/s   with / without {:.3}",
+            best / best_without
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //!   cargo run --release -p touchpoint-benches --bin subject_memory -- --subjects 100000,1000000,5000000
 //!
-//! Every subject has email and push consent (2 consent records), signs up and updates a cart (entering
+//! Every subject has email and push consent (2 consent records) and a profile (email, push device,
+//! locale, two attributes, as the generator writes them), signs up and updates a cart (entering
 //! the welcome series and the abandoned cart: a decided welcome email in the send ledger, counted sends
 //! in the cap state, two journeys waiting), and the dedupe state holds its two event ids. Live heap bytes
 //! are counted by a counting global allocator: the whole state after the events minus before, and each
@@ -20,6 +21,7 @@ use touchpoint_operators::dedupe::dedupe_key;
 use touchpoint_operators::dedupe::EventDeduplicator;
 use touchpoint_operators::guardrails::{GuardrailState, GuardrailWorker};
 use touchpoint_operators::journey::Journeys;
+use touchpoint_operators::profile::parse_profile_record;
 use touchpoint_operators::read_event::ReadEvent;
 use touchpoint_schemas::NormalizedEvent;
 use touchpoint_schemas::{Channel, Purpose, SubjectRef};
@@ -47,8 +49,8 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let config = local_config();
     println!(
-        "{:>10} {:>12} {:>12} {:>12} {:>12} {:>14} {:>12}",
-        "subjects", "consent B/s", "sends B/s", "journeys B/s", "rest* B/s", "total B/s", "total MiB"
+        "{:>10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>14} {:>12}",
+        "subjects", "consent B/s", "profile B/s", "sends B/s", "journeys B/s", "rest* B/s", "total B/s", "total MiB"
     );
     for &n in &args.subjects {
         let started = Instant::now();
@@ -70,6 +72,19 @@ fn main() -> Result<()> {
             }
         }
         let after_consent = live_bytes();
+        // A profile each, as the generator writes them (email, a push device, locale, two attributes):
+        // recipients come from profiles.
+        for record in touchpoint_generate::subject_profiles(n, "marketing.profiles") {
+            if record.key.as_deref().is_some_and(|k| k.starts_with(b"acme/")) {
+                let fields: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(record.payload.as_deref().unwrap_or_default())?;
+                worker.apply_profile(
+                    &parse_profile_record(&fields, record.key.as_deref(), "default")
+                        .map_err(|r| anyhow::anyhow!("{}", r.message))?,
+                );
+            }
+        }
+        let after_profiles = live_bytes();
         let mut sends = 0usize;
         const PER_EPOCH: usize = 50_000;
         for (kind, offset_ms) in [("signed_up", 0), ("cart_updated", 60_000)] {
@@ -85,6 +100,7 @@ fn main() -> Result<()> {
         }
         let total = live_bytes() - base;
         let consent = after_consent - base;
+        let profiles = after_profiles - after_consent;
         // A part's size: what a deep copy of it allocates.
         let size_of_copy = |copy: &dyn Fn() -> Box<dyn std::any::Any>| {
             let before = live_bytes();
@@ -101,13 +117,14 @@ fn main() -> Result<()> {
         } else {
             (0, 0)
         };
-        let rest = total.saturating_sub(consent + send_state + journeys);
+        let rest = total.saturating_sub(consent + profiles + send_state + journeys);
         let per = |b: usize| b as f64 / n as f64;
         if n > args.parts_up_to {
             println!(
-                "{:>10} {:>12.0} {:>12} {:>12} {:>12} {:>14.0} {:>12.1}",
+                "{:>10} {:>12.0} {:>12.0} {:>12} {:>12} {:>12} {:>14.0} {:>12.1}",
                 n,
                 per(consent),
+                per(profiles),
                 "-",
                 "-",
                 "-",
@@ -118,9 +135,10 @@ fn main() -> Result<()> {
             continue;
         }
         println!(
-            "{:>10} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>14.0} {:>12.1}",
+            "{:>10} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>14.0} {:>12.1}",
             n,
             per(consent),
+            per(profiles),
             per(send_state),
             per(journeys),
             per(rest),

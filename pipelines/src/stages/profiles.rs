@@ -47,3 +47,24 @@ pub fn parse_profile_stream<'s, L: SchemaLookup + 'static>(
 ) -> (Stream<'s, Epoch, Vec<ProfileChange>>, Stream<'s, Epoch, Vec<DeadLetter>>) {
     parse_table("ParseProfiles", records, move |record| parse_profile(&decoder, &topic, &default_tenant, record))
 }
+
+#[cfg(test)]
+mod tests {
+    use touchpoint_operators::profile::{parse_profile_record, ProfileChange};
+
+    /// Profile changes are exchanged between timely processes (by subject key group) in bincode, which
+    /// cannot read a self-describing `serde_json::Value`: found by the multi-process test.
+    #[test]
+    fn profile_changes_cross_processes_in_timelys_format() {
+        let serde_json::Value::Object(fields) = serde_json::json!({"subject_id": "u-1", "tenant_id": "acme",
+            "updated_at": 1_795_600_800_000i64, "email": "ann@example.com", "devices": [{"token": "t-1"}],
+            "attributes": {"plan": "pro", "score": 4.5, "tags": ["a", "b"], "gone": null}})
+        else {
+            unreachable!()
+        };
+        let change = parse_profile_record(&fields, Some(b"acme/u-1"), "default").expect("valid");
+        let bytes = bincode::serialize(&vec![change.clone()]).expect("serialize");
+        let back: Vec<ProfileChange> = bincode::deserialize(&bytes).expect("deserialize");
+        assert_eq!(back, vec![change]);
+    }
+}
