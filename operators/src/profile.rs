@@ -67,14 +67,84 @@ pub struct SubjectProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<Stamped<Option<String>>>,
     /// By token; `None`: removed (kept with its time so an older registration does not revive it).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub devices: BTreeMap<String, Stamped<Option<Device>>>,
+    #[serde(default, skip_serializing_if = "SmallMap::is_empty")]
+    pub devices: SmallMap<Stamped<Option<Device>>>,
     /// Custom attributes; `null`: cleared.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attributes: BTreeMap<String, Stamped<Value>>,
+    #[serde(default, skip_serializing_if = "SmallMap::is_empty")]
+    pub attributes: SmallMap<Stamped<Value>>,
     /// A tombstone's time: nothing dated at or before it is taken any more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forgotten_at_ms: Option<i64>,
+}
+
+/// A few named values, sorted by name in one vector: a profile has a handful of devices and attributes,
+/// and a `BTreeMap` node holds room for eleven (it tripled a profile's memory; benches/README.md).
+/// Serialized as a map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmallMap<V>(Vec<(String, V)>);
+
+impl<V> Default for SmallMap<V> {
+    fn default() -> Self {
+        SmallMap(Vec::new())
+    }
+}
+
+impl<V> SmallMap<V> {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&V> {
+        self.position(name).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Sets `name`; returns the value it had.
+    pub fn insert(&mut self, name: String, value: V) -> Option<V> {
+        match self.position(&name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (name, value));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<V> {
+        self.position(name).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&String, &V) -> bool) {
+        self.0.retain(|(k, v)| keep(k, v));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<V: Serialize> Serialize for SmallMap<V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for SmallMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, V>::deserialize(d)?;
+        Ok(SmallMap(map.into_iter().collect()))
+    }
 }
 
 /// Whether `(at, value)` replaces `old`: newer wins; on a tie, the larger value (order-independent).
@@ -235,6 +305,9 @@ impl SubjectProfile {
                 changed = true;
             }
         }
+        // Profiles change rarely and are held long: no spare room per subject.
+        self.devices.0.shrink_to_fit();
+        self.attributes.0.shrink_to_fit();
         applied.changed = changed;
         applied
     }
@@ -493,10 +566,12 @@ pub fn resolve_recipient(
         (RecipientPolicy::EventMayOverride, Some(e), _) => {
             Recipient { address: Some(e.to_string()), source: RecipientSource::Event, event_ignored: false }
         }
+        // Said only when the event named another address than the profile's (an override attempt).
         (_, event, Some(p)) => Recipient {
             address: Some(p.to_string()),
             source: RecipientSource::Profile,
-            event_ignored: event.is_some() && policy == RecipientPolicy::ProfileOnly,
+            event_ignored: event.is_some_and(|e| !e.trim().eq_ignore_ascii_case(p))
+                && policy == RecipientPolicy::ProfileOnly,
         },
         (_, event, None) => Recipient {
             address: None,
@@ -993,6 +1068,8 @@ mod tests {
             (r.address.as_deref(), r.source, r.event_ignored),
             (Some("ann@example.com"), RecipientSource::Profile, true)
         );
+        let same = resolve_recipient(Some(&p), Channel::Email, only, Some("Ann@Example.com"));
+        assert!(!same.event_ignored, "the event named the profile's own address: nothing to say");
         let r = resolve_recipient(Some(&p), Channel::Sms, only, Some("+15550100"));
         assert_eq!((r.address, r.source, r.event_ignored), (None, RecipientSource::Missing, true));
         let r = resolve_recipient(None, Channel::Email, RecipientPolicy::EventMayOverride, Some("x@example.com"));
