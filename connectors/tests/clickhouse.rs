@@ -42,7 +42,10 @@ fn migrate_is_idempotent() {
             "0004_decisions_late",
             "0005_decisions_journey",
             "0006_journey_transitions",
-            "0007_deliveries"
+            "0007_deliveries",
+            "0008_profiles",
+            "0009_decisions_recipient",
+            "0010_decisions_quiet_hours"
         ]
     );
     let second = rt.block_on(migrate(&c)).unwrap();
