@@ -243,6 +243,22 @@ mod tests {
         DecisionRules { consent, caps, quiet }
     }
 
+    /// One send a calendar day, any channel.
+    fn one_a_day() -> FrequencyCaps {
+        FrequencyCaps::new(&CapsConfig {
+            rules: vec![CapRule {
+                id: "daily".into(),
+                channel: None,
+                category: None,
+                tag: None,
+                limit: 1,
+                window: CapWindow::Calendar(CalendarUnit::Day),
+            }],
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
     fn to() -> Recipient {
         Recipient { address: Some("ann@example.com".into()), source: RecipientSource::Profile, event_ignored: false }
     }
@@ -281,18 +297,7 @@ mod tests {
 
     #[test]
     fn quiet_hours_hold_or_drop_before_the_caps_count() {
-        let caps = FrequencyCaps::new(&CapsConfig {
-            rules: vec![CapRule {
-                id: "daily".into(),
-                channel: None,
-                category: None,
-                tag: None,
-                limit: 1,
-                window: CapWindow::Calendar(CalendarUnit::Day),
-            }],
-            ..Default::default()
-        })
-        .unwrap();
+        let caps = one_a_day();
         let quiet = QuietHours::new(
             &serde_json::from_value(serde_json::json!({"rules": [{"id": "night", "window": "08:00-12:00"}]})).unwrap(),
         )
@@ -335,18 +340,7 @@ mod tests {
 
     #[test]
     fn consent_then_caps_with_reasons() {
-        let caps = FrequencyCaps::new(&CapsConfig {
-            rules: vec![CapRule {
-                id: "daily".into(),
-                channel: None,
-                category: None,
-                tag: None,
-                limit: 1,
-                window: CapWindow::Calendar(CalendarUnit::Day),
-            }],
-            ..Default::default()
-        })
-        .unwrap();
+        let caps = one_a_day();
         let cfg = ConsentConfig::default();
         let quiet = QuietHours::new(&Default::default()).unwrap();
         let mut table = ConsentTable::new();

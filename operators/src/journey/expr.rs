@@ -545,51 +545,40 @@ impl Expr {
 
     /// Event types that `happened(...)` and `count(...)` ask about (the subject's history keeps them).
     pub fn happened_types(&self, out: &mut Vec<String>) {
-        let operand = |o: &Operand, out: &mut Vec<String>| {
-            if let Operand::Count(t, _) = o {
-                out.push(t.clone());
-            }
-        };
-        match self {
-            Expr::And(t) | Expr::Or(t) => t.iter().for_each(|e| e.happened_types(out)),
-            Expr::Not(e) => e.happened_types(out),
-            Expr::Happened(t, _) => out.push(t.clone()),
-            Expr::Compare(a, _, b) | Expr::StartsWith(a, b) => {
-                operand(a, out);
-                operand(b, out);
-            }
-            Expr::In(a, list) => {
-                operand(a, out);
-                list.iter().for_each(|o| operand(o, out));
-            }
-            Expr::Between(a, b, c) => [a, b, c].into_iter().for_each(|o| operand(o, out)),
-            Expr::Truthy(a) => operand(a, out),
-            _ => {}
-        }
+        self.visit_history(&mut |t, _| out.push(t.to_string()));
     }
 
     /// Every window the expression counts or checks in: (event type, duration) of `happened(t, d)` and
     /// `count(t, d)`.
     pub fn windows(&self, out: &mut Vec<(String, Duration)>) {
-        let operand = |o: &Operand, out: &mut Vec<(String, Duration)>| {
+        self.visit_history(&mut |t, d| {
+            if let Some(d) = d {
+                out.push((t.to_string(), d));
+            }
+        });
+    }
+
+    /// Calls `f` with each `happened(type[, duration])` and `count(type, duration)`, in order.
+    fn visit_history(&self, f: &mut dyn FnMut(&str, Option<Duration>)) {
+        let operand = |o: &Operand, f: &mut dyn FnMut(&str, Option<Duration>)| {
             if let Operand::Count(t, d) = o {
-                out.push((t.clone(), *d));
+                f(t, Some(*d));
             }
         };
         match self {
-            Expr::And(t) | Expr::Or(t) => t.iter().for_each(|e| e.windows(out)),
-            Expr::Not(e) => e.windows(out),
-            Expr::Happened(t, Some(d)) => out.push((t.clone(), *d)),
+            Expr::And(t) | Expr::Or(t) => t.iter().for_each(|e| e.visit_history(f)),
+            Expr::Not(e) => e.visit_history(f),
+            Expr::Happened(t, d) => f(t, *d),
             Expr::Compare(a, _, b) | Expr::StartsWith(a, b) => {
-                operand(a, out);
-                operand(b, out);
+                operand(a, f);
+                operand(b, f);
             }
             Expr::In(a, list) => {
-                operand(a, out);
-                list.iter().for_each(|o| operand(o, out));
+                operand(a, f);
+                list.iter().for_each(|o| operand(o, f));
             }
-            Expr::Between(a, b, c) => [a, b, c].into_iter().for_each(|o| operand(o, out)),
-            Expr::Truthy(a) => operand(a, out),
+            Expr::Between(a, b, c) => [a, b, c].into_iter().for_each(|o| operand(o, f)),
+            Expr::Truthy(a) => operand(a, f),
             _ => {}
         }
     }
