@@ -37,7 +37,7 @@ use crate::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
 use crate::intent::{IntentRules, SendIntent};
 use crate::journey::{Guardrails, Journeys, SendOutcome, SubjectJourneys, Transition};
 use crate::profile::{resolve_recipient, ProfileChange, ProfileTable, ProfilesConfig, SubjectProfile};
-use crate::quiet_hours::QuietHours;
+use crate::quiet_hours::{utc_text, QuietHours};
 use crate::read_event::ReadEvent;
 use crate::send_ledger::{Decided, ProcessingGuarantee, SubjectSends};
 use touchpoint_schemas::{Channel, Purpose, SubjectRef};
@@ -179,19 +179,13 @@ impl Guardrails for SubjectGuardrails<'_> {
     }
 
     fn profile_value(&self, path: &[String]) -> Option<serde_json::Value> {
-        let (first, rest) = path.split_first()?;
-        let fields = self.profile?.merge_fields();
-        let mut value = fields.get(first)?;
-        for key in rest {
-            value = value.get(key)?;
-        }
-        Some(value.clone())
+        self.profile?.field(path)
     }
 
     fn send(&mut self, mut intent: SendIntent) -> SendOutcome {
         // Held already (the triggering event processed again): it waits for its release.
         if let Some(h) = self.state.held.iter().find(|h| h.intent.idempotency_key == intent.idempotency_key) {
-            return SendOutcome::Held(format!("held before, until {}", rfc3339(h.until_ms)));
+            return SendOutcome::Held(format!("held before, until {}", utc_text(h.until_ms)));
         }
         // Kept as it came, should quiet hours hold it.
         let original = (!self.rules.quiet.is_empty()).then(|| intent.clone());
@@ -446,14 +440,9 @@ impl GuardrailWorker {
             }
             releases.remove(&(due, subject.clone()));
             let Some(send_state) = state.caps.get_mut(&subject) else { continue };
-            let mut due_sends: Vec<HeldSend> = Vec::new();
-            send_state.held.retain(|h| {
-                let keep = h.until_ms > watermark;
-                if !keep {
-                    due_sends.push(h.clone());
-                }
-                keep
-            });
+            let (mut due_sends, waiting): (Vec<HeldSend>, Vec<HeldSend>) =
+                std::mem::take(&mut send_state.held).into_iter().partition(|h| h.until_ms <= watermark);
+            send_state.held = waiting;
             if due_sends.is_empty() {
                 continue;
             }
@@ -621,10 +610,4 @@ fn profile_update_of(event: &NormalizedEvent, profiles: &mut ProfileTable, touch
         tracing::warn!(event_id = %event.event_id, ?problems, "profile update event: fields left out");
     }
     apply_profile(profiles, touched, &ProfileChange::Update(update));
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }

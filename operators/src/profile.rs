@@ -212,12 +212,7 @@ impl SubjectProfile {
     /// The fields templates merge (`profile.<name>`): custom attributes, then email, phone, locale and
     /// time zone (which win over an attribute of the same name).
     pub fn merge_fields(&self) -> Map<String, Value> {
-        let mut out: Map<String, Value> = self
-            .attributes
-            .iter()
-            .filter(|(_, v)| !v.value.is_null())
-            .map(|(k, v)| (k.clone(), v.value.clone()))
-            .collect();
+        let mut out = self.custom_attributes();
         for (name, value) in [
             ("email", self.email()),
             ("phone", self.phone()),
@@ -229,6 +224,33 @@ impl SubjectProfile {
             }
         }
         out
+    }
+
+    /// The custom attributes that are set (cleared ones left out).
+    pub fn custom_attributes(&self) -> Map<String, Value> {
+        self.attributes.iter().filter(|(_, v)| !v.value.is_null()).map(|(k, v)| (k.clone(), v.value.clone())).collect()
+    }
+
+    /// One merge field by path (`profile.first_name`, `profile.address.city` in conditions), as
+    /// [`Self::merge_fields`] has it, without building them all.
+    pub fn field(&self, path: &[String]) -> Option<Value> {
+        let (name, rest) = path.split_first()?;
+        let standard = match name.as_str() {
+            "email" => self.email(),
+            "phone" => self.phone(),
+            "locale" => self.locale(),
+            "time_zone" => self.time_zone(),
+            _ => None,
+        };
+        if let Some(text) = standard {
+            // A text has no fields.
+            return rest.is_empty().then(|| Value::String(text.into()));
+        }
+        let mut value = self.attribute(name)?;
+        for key in rest {
+            value = value.get(key)?;
+        }
+        Some(value.clone())
     }
 
     /// Nothing known, nothing to remember.
@@ -1130,6 +1152,25 @@ mod tests {
             unreachable!()
         };
         assert_eq!(from_avro, parse_profile_record(&json, Some(b"acme/u-1"), "default").unwrap());
+    }
+
+    #[test]
+    fn one_field_reads_as_the_merge_fields_have_it() {
+        let mut p = SubjectProfile::default();
+        p.apply(&update(json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": 7, "email": "a@example.com",
+                               "attributes": {"email": "shadowed", "phone": "+49 30 123456", "address": {"city": "Kiel"}, "gone": null}})));
+        let merged = p.merge_fields();
+        for path in
+            [&["email"][..], &["phone"], &["address"], &["address", "city"], &["email", "x"], &["gone"], &["nope"], &[]]
+        {
+            let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+            let expected = path
+                .split_first()
+                .and_then(|(first, rest)| rest.iter().try_fold(merged.get(first)?, |v, k| v.get(k)).cloned());
+            assert_eq!(p.field(&path), expected, "{path:?}");
+        }
+        assert_eq!(p.field(&["email".into()]), Some(json!("a@example.com")), "the profile's own field wins");
+        assert_eq!(p.field(&["phone".into()]), Some(json!("+49 30 123456")), "no phone set: the attribute");
     }
 
     #[test]

@@ -141,14 +141,19 @@ pub struct Quiet {
 
 impl fmt::Display for Quiet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let until = chrono::DateTime::from_timestamp_millis(self.until_ms)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or_default();
+        let until = utc_text(self.until_ms);
         match self.action {
             QuietAction::Hold => write!(f, "quiet hours {} ({}): held until {until}", self.rule_id, self.window),
             QuietAction::Drop => write!(f, "quiet hours {} ({}): dropped", self.rule_id, self.window),
         }
     }
+}
+
+/// A release instant as reasons write it: RFC 3339, UTC, to the second.
+pub fn utc_text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 fn parse_time(s: &str) -> Option<NaiveTime> {

@@ -380,13 +380,7 @@ impl Context for SegmentCtx<'_> {
         if first != "profile" {
             return None;
         }
-        let (name, rest) = rest.split_first()?;
-        let fields = self.profile?.merge_fields();
-        let mut v = fields.get(name)?;
-        for key in rest {
-            v = v.get(key)?;
-        }
-        Some(v.clone())
+        self.profile?.field(rest)
     }
 
     fn happened(&self, event_type: &str, within: Option<Duration>) -> bool {

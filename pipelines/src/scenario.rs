@@ -184,8 +184,13 @@ pub struct ExpectedSend {
 }
 
 impl ExpectedSend {
+    /// `got` is what `expected` says, element by element, in order.
+    pub fn all_match(expected: &[ExpectedSend], got: &[ExpectedSend]) -> bool {
+        expected.len() == got.len() && expected.iter().zip(got).all(|(e, g)| e.matches(g))
+    }
+
     /// `got` is what this expects (a recipient the file does not name is not compared).
-    pub fn matches(&self, got: &ExpectedSend) -> bool {
+    fn matches(&self, got: &ExpectedSend) -> bool {
         self.subject == got.subject
             && self.template == got.template
             && self.decision == got.decision
@@ -590,15 +595,12 @@ fn run_dataflow(
 /// Compares an outcome with the file's expectations; every difference, or nothing.
 pub fn differences(file: &ScenarioFile, outcome: &Outcome) -> Vec<String> {
     let mut problems = Vec::new();
-    let same = |expected: &[ExpectedSend], got: &[ExpectedSend]| {
-        expected.len() == got.len() && expected.iter().zip(got).all(|(e, g)| e.matches(g))
-    };
     let sends = outcome.sends();
-    if !same(&file.expect.sends, &sends) {
+    if !ExpectedSend::all_match(&file.expect.sends, &sends) {
         problems.push(format!("sends: expected {:?}\n       got      {:?}", file.expect.sends, sends));
     }
     let suppressed = outcome.suppressed();
-    if !same(&file.expect.suppressed, &suppressed) {
+    if !ExpectedSend::all_match(&file.expect.suppressed, &suppressed) {
         problems
             .push(format!("suppressed: expected {:?}\n            got      {:?}", file.expect.suppressed, suppressed));
     }

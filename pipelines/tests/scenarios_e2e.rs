@@ -150,7 +150,7 @@ fn run_on_services(name: &str) {
     expected_sends.sort_by_key(key);
     expected_sends.dedup();
     assert!(
-        sends.len() == expected_sends.len() && expected_sends.iter().zip(&sends).all(|(e, g)| e.matches(g)),
+        ExpectedSend::all_match(&expected_sends, &sends),
         "{name}: sends: expected {expected_sends:?}, got {sends:?}"
     );
 
@@ -184,8 +184,7 @@ fn run_on_services(name: &str) {
     suppressed.sort_by_key(key);
     expected_suppressed.sort_by_key(key);
     assert!(
-        suppressed.len() == expected_suppressed.len()
-            && expected_suppressed.iter().zip(&suppressed).all(|(e, g)| e.matches(g)),
+        ExpectedSend::all_match(&expected_suppressed, &suppressed),
         "{name}: suppressions: expected {expected_suppressed:?}, got {suppressed:?}"
     );
 

@@ -197,31 +197,27 @@ impl<'a> ProfileRow<'a> {
         let text = |f: fn(&'a touchpoint_operators::profile::SubjectProfile) -> Option<&'a str>| {
             p.and_then(f).unwrap_or_default()
         };
-        let attributes: serde_json::Map<String, serde_json::Value> = p
-            .map(|p| p.attributes.iter().filter(|(_, v)| !v.value.is_null()).map(|(k, v)| (k.clone(), v.value.clone())))
-            .into_iter()
-            .flatten()
-            .collect();
-        let devices = p.map(|p| p.device_tokens()).unwrap_or_default();
-        let has_fields = !(text(|p| p.email()).is_empty()
-            && text(|p| p.phone()).is_empty()
-            && devices.is_empty()
-            && attributes.is_empty()
-            && text(|p| p.time_zone()).is_empty()
-            && text(|p| p.locale()).is_empty());
-        ProfileRow {
+        let attributes = p.map(|p| p.custom_attributes()).unwrap_or_default();
+        let mut row = ProfileRow {
             recorded_at,
             updated_at: p.map_or(recorded_at, |p| p.updated_at_ms()),
             tenant_id: &s.subject.tenant_id,
             subject_id: &s.subject.subject_id,
             email: text(|p| p.email()),
             phone: text(|p| p.phone()),
-            devices,
+            devices: p.map(|p| p.device_tokens()).unwrap_or_default(),
             time_zone: text(|p| p.time_zone()),
             locale: text(|p| p.locale()),
-            attributes: serde_json::Value::Object(attributes).to_string(),
-            deleted: u8::from(!has_fields),
-        }
+            attributes: String::new(),
+            deleted: 0,
+        };
+        // Forgotten: nothing set remains (a tombstone's time alone).
+        let empty = [row.email, row.phone, row.time_zone, row.locale].iter().all(|t| t.is_empty())
+            && row.devices.is_empty()
+            && attributes.is_empty();
+        row.deleted = u8::from(empty);
+        row.attributes = serde_json::Value::Object(attributes).to_string();
+        row
     }
 }
 
