@@ -38,13 +38,15 @@ impl SchemaLookup for CachedSchema {
     }
 }
 
-/// The shipped pipeline file (`pipelines/config/local.yaml`) with its journeys directory made absolute.
+/// The shipped pipeline file (`pipelines/config/local.yaml`) with its journeys and segments directories
+/// made absolute.
 pub fn local_config() -> PipelineConfig {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let path = root.join("pipelines/config/local.yaml");
     let text = std::fs::read_to_string(&path)
         .expect("pipelines/config/local.yaml")
-        .replace("  dir: ../journeys", &format!("  dir: {}", root.join("pipelines/journeys").display()));
+        .replace("  dir: ../journeys", &format!("  dir: {}", root.join("pipelines/journeys").display()))
+        .replace("  dir: ../segments", &format!("  dir: {}", root.join("pipelines/segments").display()));
     PipelineConfig::parse(&text, &path).expect("the shipped pipeline file is valid")
 }
 

@@ -7,13 +7,17 @@
 //!
 //! Per epoch, once every input is complete, the operator
 //! 1. applies the epoch's consent changes (a revocation processed in this or an earlier epoch blocks
-//!    every later decision);
-//! 2. fires the journey timers due at or before the watermark (in due-time order);
-//! 3. decides the intents of the rules in the pipeline file, in competition order (priority, event time,
+//!    every later decision), then the profile updates its events carry;
+//! 2. evaluates the segments of the subjects whose history (events of counted types, by event time),
+//!    profile or time (segment timers due by the watermark) moved them; each entry or exit becomes a
+//!    `segment_entered` / `segment_exited` event of the epoch for steps 4 and 5;
+//! 3. fires the journey timers due at or before the watermark (in due-time order), then the releases
+//!    of sends held by quiet hours;
+//! 4. decides the intents of the rules in the pipeline file, in competition order (priority, event time,
 //!    key);
-//! 4. moves subjects through journeys by the epoch's events, in event-time order; a journey's sends are
+//! 5. moves subjects through journeys by the epoch's events, in event-time order; a journey's sends are
 //!    decided on the spot, so the journey can follow the outcome;
-//! 5. emits the changed state of every touched subject for the changelogs.
+//! 6. emits the changed state of every touched subject for the changelogs, and the membership changes.
 //!
 //! Under `processing.guarantee: exactly_once_keys` every send intent is first looked up in the
 //! subject's send ledger ([`SubjectSends`]): a key already decided is skipped (no decision row, no send);
@@ -39,6 +43,7 @@ use crate::journey::{Guardrails, Journeys, SendOutcome, SubjectJourneys, Transit
 use crate::profile::{resolve_recipient, ProfileChange, ProfileTable, ProfilesConfig, SubjectProfile};
 use crate::quiet_hours::{utc_text, QuietHours};
 use crate::read_event::ReadEvent;
+use crate::segment::{SegmentChange, Segments, SubjectSegments};
 use crate::send_ledger::{Decided, ProcessingGuarantee, SubjectSends};
 use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 
@@ -90,6 +95,7 @@ impl SubjectSendState {
 pub type CapSnapshot = SubjectSnapshot<SubjectSendState>;
 pub type JourneySnapshot = SubjectSnapshot<SubjectJourneys>;
 pub type ProfileSnapshot = SubjectSnapshot<SubjectProfile>;
+pub type SegmentSnapshot = SubjectSnapshot<SubjectSegments>;
 
 /// The keyed state one worker holds.
 #[derive(Default)]
@@ -99,6 +105,8 @@ pub struct GuardrailState {
     /// Cap counters and send ledger.
     pub caps: FastHashMap<SubjectRef, SubjectSendState>,
     pub journeys: FastHashMap<SubjectRef, SubjectJourneys>,
+    /// Segment memberships and the event history their conditions count.
+    pub segments: FastHashMap<SubjectRef, SubjectSegments>,
 }
 
 /// The rules the operator applies.
@@ -111,6 +119,8 @@ pub struct GuardrailRules {
     pub profiles: ProfilesConfig,
     /// Windows in which sends are held or dropped.
     pub quiet: QuietHours,
+    /// Streaming segments (`segments.dir`).
+    pub segments: Segments,
     pub guarantee: ProcessingGuarantee,
     /// How long the send ledger remembers a key (wall clock); longer than any replay window.
     pub send_ledger_ttl: Duration,
@@ -137,6 +147,10 @@ pub struct EpochOutput {
     pub journeys: Vec<JourneySnapshot>,
     /// The changed subjects' profiles (`None`: forgotten).
     pub profiles: Vec<ProfileSnapshot>,
+    /// The changed subjects' segment state (`None`: nothing left).
+    pub segments: Vec<SegmentSnapshot>,
+    /// Segment entries and exits, in the order they were evaluated.
+    pub memberships: Vec<SegmentChange>,
     /// The epoch's events to store (those a previous run stored are left out).
     pub events: Vec<NormalizedEvent>,
     pub counts: EpochCounts,
@@ -157,6 +171,7 @@ struct SubjectGuardrails<'a> {
     subject: &'a SubjectRef,
     consent: &'a ConsentTable,
     profile: Option<&'a SubjectProfile>,
+    segments: Option<&'a SubjectSegments>,
     rules: &'a GuardrailRules,
     state: &'a mut SubjectSendState,
     /// Shared from the start (the sinks receive them as `Arc`s): a growing vector of pointers moves
@@ -180,6 +195,10 @@ impl Guardrails for SubjectGuardrails<'_> {
 
     fn profile_value(&self, path: &[String]) -> Option<serde_json::Value> {
         self.profile?.field(path)
+    }
+
+    fn in_segment(&self, name: &str) -> bool {
+        Segments::is_member(self.segments, name)
     }
 
     fn send(&mut self, mut intent: SendIntent) -> SendOutcome {
@@ -270,10 +289,12 @@ struct EpochDecisions {
 /// it lands in `epoch.decisions`) and returns its result and whether the subject's send state changed.
 /// A subject without state gets a fresh one, kept only if used, so subjects that never had a counted or
 /// ledgered send hold none.
+#[allow(clippy::too_many_arguments)]
 fn with_guardrails<R>(
     caps: &mut FastHashMap<SubjectRef, SubjectSendState>,
     consent: &ConsentTable,
     profiles: &ProfileTable,
+    segments: &FastHashMap<SubjectRef, SubjectSegments>,
     rules: &GuardrailRules,
     subject: &SubjectRef,
     epoch: &mut EpochDecisions,
@@ -288,6 +309,7 @@ fn with_guardrails<R>(
         subject,
         consent,
         profile: profiles.get(subject),
+        segments: segments.get(subject),
         rules,
         state,
         decisions: &mut epoch.decisions,
@@ -338,6 +360,14 @@ pub struct GuardrailWorker {
     epochs_since_sweep: u32,
     /// Subjects whose profile changed since the last epoch's output (their changelog records are due).
     profiles_touched: BTreeSet<SubjectRef>,
+    /// When a segment's window empties for a subject: (instant, subject), one per subject.
+    segment_timers: Timers,
+    /// Subjects whose profile changed while event time was still unknown: evaluated at the first
+    /// watermark.
+    segments_pending: BTreeSet<SubjectRef>,
+    /// Every subject is evaluated once at the first watermark after a start, so that a new or changed
+    /// segment file sees the members it has in the restored state (not only those an event touches).
+    segments_unchecked: bool,
 }
 
 impl GuardrailWorker {
@@ -348,6 +378,11 @@ impl GuardrailWorker {
         }
         // Held sends survive a restart with their state: their releases are timers again.
         let releases = state.caps.iter().flat_map(|(s, c)| c.held.iter().map(|h| (h.until_ms, s.clone()))).collect();
+        let mut segment_timers = Timers::default();
+        for (subject, s) in &state.segments {
+            segment_timers.update(subject, None, rules.segments.next_change(s, s.at_ms));
+        }
+        let segments_unchecked = !rules.segments.is_empty() || !state.segments.is_empty();
         GuardrailWorker {
             state,
             rules,
@@ -356,6 +391,9 @@ impl GuardrailWorker {
             watermark: i64::MIN,
             epochs_since_sweep: 0,
             profiles_touched: BTreeSet::new(),
+            segment_timers,
+            segments_pending: BTreeSet::new(),
+            segments_unchecked,
         }
     }
 
@@ -393,7 +431,18 @@ impl GuardrailWorker {
     /// not passed on to be stored again). The events come as the containers that brought them. `now_ms`
     /// is the wall clock of the epoch (send ledger).
     pub fn process_epoch(&mut self, epoch_events: Vec<Vec<ReadEvent>>, now_ms: i64) -> EpochOutput {
-        let GuardrailWorker { state, rules, timers, releases, watermark, epochs_since_sweep, profiles_touched } = self;
+        let GuardrailWorker {
+            state,
+            rules,
+            timers,
+            releases,
+            watermark,
+            epochs_since_sweep,
+            profiles_touched,
+            segment_timers,
+            segments_pending,
+            segments_unchecked,
+        } = self;
         let watermark = *watermark;
         let mut decided =
             EpochDecisions { decisions: Vec::new(), held: Vec::new(), already_sent: 0, already_suppressed: 0, now_ms };
@@ -409,6 +458,41 @@ impl GuardrailWorker {
             profile_update_of(&r.event, &mut state.profiles, profiles_touched);
         }
 
+        // 0b. Segments: memberships moved by the epoch's events, profile changes and time; each change
+        //     is an event of the epoch for the rules and journeys below.
+        let mut segments_touched = BTreeSet::new();
+        let mut memberships = Vec::new();
+        if !rules.segments.is_empty() || *segments_unchecked {
+            let mut pass = SegmentPass {
+                segments: &rules.segments,
+                states: &mut state.segments,
+                profiles: &state.profiles,
+                timers: segment_timers,
+                touched: &mut segments_touched,
+                changes: &mut memberships,
+            };
+            pass.on_events(&epoch_events);
+            pass.on_time(watermark);
+            if watermark == i64::MIN {
+                // Event time unknown yet (the restore epoch): profile changes are evaluated at the first
+                // watermark.
+                segments_pending.extend(profiles_touched.iter().cloned());
+            } else {
+                let mut due: BTreeSet<SubjectRef> = std::mem::take(segments_pending);
+                due.extend(profiles_touched.iter().cloned());
+                if std::mem::take(segments_unchecked) {
+                    due.extend(pass.profiles.subjects().cloned());
+                    due.extend(pass.states.keys().cloned());
+                }
+                for subject in due {
+                    pass.evaluate(&subject, watermark);
+                }
+            }
+        }
+        let synthetic: Vec<NormalizedEvent> = memberships.iter().map(|c| c.event(now_ms)).collect();
+        // The epoch's events and the membership changes, as the rules and journeys see them.
+        let all_events = || epoch_events.iter().flatten().map(|r| &r.event).chain(&synthetic);
+
         // 1. Journey timers due by the watermark.
         while let Some((due, subject)) = timers.0.first().cloned() {
             if due > watermark {
@@ -416,10 +500,16 @@ impl GuardrailWorker {
             }
             timers.0.remove(&(due, subject.clone()));
             let Some(journey_state) = state.journeys.get_mut(&subject) else { continue };
-            let (moved, counted) =
-                with_guardrails(&mut state.caps, &state.consent, &state.profiles, rules, &subject, &mut decided, |g| {
-                    rules.journeys.on_time(&subject, journey_state, watermark, g)
-                });
+            let (moved, counted) = with_guardrails(
+                &mut state.caps,
+                &state.consent,
+                &state.profiles,
+                &state.segments,
+                rules,
+                &subject,
+                &mut decided,
+                |g| rules.journeys.on_time(&subject, journey_state, watermark, g),
+            );
             transitions.extend(moved);
             if counted {
                 caps_touched.insert(subject.clone());
@@ -449,29 +539,48 @@ impl GuardrailWorker {
             due_sends.sort_by(|a, b| {
                 a.until_ms.cmp(&b.until_ms).then_with(|| a.intent.idempotency_key.cmp(&b.intent.idempotency_key))
             });
-            let ((), _) =
-                with_guardrails(&mut state.caps, &state.consent, &state.profiles, rules, &subject, &mut decided, |g| {
+            let ((), _) = with_guardrails(
+                &mut state.caps,
+                &state.consent,
+                &state.profiles,
+                &state.segments,
+                rules,
+                &subject,
+                &mut decided,
+                |g| {
                     for held in due_sends {
                         let mut intent = held.intent;
                         intent.released_at_ms = Some(held.until_ms);
                         // The outcome is in the decision; the journey moved on when the send was held.
                         let _ = g.send(intent);
                     }
-                });
+                },
+            );
             caps_touched.insert(subject);
         }
 
         // 2. Rule-driven intents, in competition order.
-        let mut intents: Vec<SendIntent> =
-            epoch_events.iter().flatten().flat_map(|r| rules.intents.intents_for(&r.event)).collect();
+        let mut intents: Vec<SendIntent> = all_events()
+            .flat_map(|e| {
+                rules.intents.intents_for(e, |segment| Segments::is_member(state.segments.get(&subject_of(e)), segment))
+            })
+            .collect();
         intents.sort_by(SendIntent::compete_order);
         for intent in intents {
             let subject = intent.subject.clone();
-            let ((), counted) =
-                with_guardrails(&mut state.caps, &state.consent, &state.profiles, rules, &subject, &mut decided, |g| {
+            let ((), counted) = with_guardrails(
+                &mut state.caps,
+                &state.consent,
+                &state.profiles,
+                &state.segments,
+                rules,
+                &subject,
+                &mut decided,
+                |g| {
                     // The outcome is in the decision; a rule has nothing to follow up.
                     let _ = g.send(intent);
-                });
+                },
+            );
             // Only counted sends change the state (and need a changelog record).
             if counted {
                 caps_touched.insert(subject);
@@ -483,12 +592,8 @@ impl GuardrailWorker {
             // Most events neither move a subject nor enter its history: only the others are ordered, by
             // reference (no event moves). Unstable: events of one subject share its tenant, so their ids
             // differ and the order is total where it matters.
-            let mut ordered: Vec<&NormalizedEvent> = epoch_events
-                .iter()
-                .flatten()
-                .map(|r| &r.event)
-                .filter(|e| rules.journeys.concerns(&e.event_type))
-                .collect();
+            let mut ordered: Vec<&NormalizedEvent> =
+                all_events().filter(|e| rules.journeys.concerns(&e.event_type)).collect();
             ordered.sort_unstable_by(|a, b| {
                 a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id))
             });
@@ -500,6 +605,7 @@ impl GuardrailWorker {
                     &mut state.caps,
                     &state.consent,
                     &state.profiles,
+                    &state.segments,
                     rules,
                     &subject,
                     &mut decided,
@@ -554,6 +660,11 @@ impl GuardrailWorker {
             .into_iter()
             .map(|subject| SubjectSnapshot { state: state.profiles.get(&subject).cloned(), subject })
             .collect();
+        out.segments = segments_touched
+            .into_iter()
+            .map(|subject| SubjectSnapshot { state: state.segments.get(&subject).cloned(), subject })
+            .collect();
+        out.memberships = memberships;
         // Now and then, drop the counters of subjects that went quiet (and tell the changelog).
         *epochs_since_sweep += 1;
         if *epochs_since_sweep >= 1_000 {
@@ -574,6 +685,68 @@ impl GuardrailWorker {
         out.events.reserve(epoch_events.iter().map(Vec::len).sum());
         out.events.extend(epoch_events.into_iter().flatten().filter(|r| !r.already_stored).map(|r| r.event));
         out
+    }
+}
+
+/// One epoch's segment evaluations over a worker's segment state.
+struct SegmentPass<'a> {
+    segments: &'a Segments,
+    states: &'a mut FastHashMap<SubjectRef, SubjectSegments>,
+    profiles: &'a ProfileTable,
+    timers: &'a mut Timers,
+    /// Subjects whose segment state changed (their changelog records are due).
+    touched: &'a mut BTreeSet<SubjectRef>,
+    changes: &'a mut Vec<SegmentChange>,
+}
+
+impl SegmentPass<'_> {
+    /// Events of counted types, by event time: each enters its subject's history and the subject is
+    /// evaluated at its time.
+    fn on_events(&mut self, epoch_events: &[Vec<ReadEvent>]) {
+        let mut counted: Vec<&NormalizedEvent> =
+            epoch_events.iter().flatten().map(|r| &r.event).filter(|e| self.segments.concerns(&e.event_type)).collect();
+        counted
+            .sort_unstable_by(|a, b| a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id)));
+        for e in counted {
+            let subject = subject_of(e);
+            let state = self.states.entry(subject.clone()).or_default();
+            let before = self.segments.next_change(state, state.at_ms);
+            let recorded = self.segments.record(state, &e.event_type, e.occurred_at_ms);
+            self.finish(&subject, before, e.occurred_at_ms, recorded);
+        }
+    }
+
+    /// Subjects whose windows changed by the watermark, at the instant they changed.
+    fn on_time(&mut self, watermark: i64) {
+        while let Some((due, subject)) = self.timers.0.first().cloned() {
+            if due > watermark {
+                break;
+            }
+            self.timers.0.remove(&(due, subject.clone()));
+            if self.states.contains_key(&subject) {
+                // The timer is gone: `before` is none, the evaluation sets the next one.
+                self.finish(&subject, None, due, false);
+            }
+        }
+    }
+
+    /// Evaluates a subject at `now` (a profile change, the check after a start).
+    fn evaluate(&mut self, subject: &SubjectRef, now: i64) {
+        let before = self.states.get(subject).and_then(|s| self.segments.next_change(s, s.at_ms));
+        self.finish(subject, before, now, false);
+    }
+
+    fn finish(&mut self, subject: &SubjectRef, before: Option<i64>, now: i64, recorded: bool) {
+        let state = self.states.entry(subject.clone()).or_default();
+        let evaluation = self.segments.evaluate(subject, state, self.profiles.get(subject), now);
+        self.timers.update(subject, before, self.segments.next_change(state, state.at_ms));
+        if recorded || evaluation.reversioned || !evaluation.changes.is_empty() {
+            self.touched.insert(subject.clone());
+        }
+        if state.is_empty() {
+            self.states.remove(subject);
+        }
+        self.changes.extend(evaluation.changes);
     }
 }
 

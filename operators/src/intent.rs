@@ -29,6 +29,10 @@ pub struct IntentRule {
     #[serde(default)]
     pub priority: i32,
     pub template: String,
+    /// A segment (`pipelines/segments/`): only its members at the moment of the event get the send;
+    /// for the others the rule does not fire (no intent, no decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 fn marketing() -> Purpose {
@@ -170,9 +174,18 @@ impl IntentRules {
         self.by_type.is_empty()
     }
 
-    /// The intents an event triggers (none for most events).
-    pub fn intents_for(&self, event: &NormalizedEvent) -> Vec<SendIntent> {
+    /// The segments the rules' `audience` names.
+    pub fn audiences(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.by_type.values().flatten().filter_map(|r| Some((r.id.as_str(), r.audience.as_deref()?)))
+    }
+
+    /// The intents an event triggers (none for most events); `in_segment` says whether the event's
+    /// subject is a member of a segment now (for rules with an `audience`).
+    pub fn intents_for(&self, event: &NormalizedEvent, in_segment: impl Fn(&str) -> bool) -> Vec<SendIntent> {
         let Some(rules) = self.by_type.get(&event.event_type) else { return Vec::new() };
+        if rules.iter().all(|r| r.audience.as_deref().is_some_and(|a| !in_segment(a))) {
+            return Vec::new();
+        }
         // Attributes are read only for triggering events, and only the ones an intent carries.
         let [time_zone, email, phone, device_token, webhook_url] = string_fields(
             &event.attributes_json,
@@ -182,6 +195,7 @@ impl IntentRules {
         let subject = SubjectRef::new(&event.tenant_id, &event.subject_id);
         rules
             .iter()
+            .filter(|r| r.audience.as_deref().is_none_or(&in_segment))
             .map(|r| SendIntent {
                 subject: subject.clone(),
                 channel: r.channel,
@@ -232,6 +246,28 @@ mod tests {
         }
     }
 
+    impl IntentRules {
+        fn intents_for_all(&self, event: &NormalizedEvent) -> Vec<SendIntent> {
+            self.intents_for(event, |_| true)
+        }
+    }
+
+    #[test]
+    fn an_audience_limits_a_rule_to_the_segments_members() {
+        let config: IntentsConfig = serde_json::from_value(serde_json::json!({"rules": [
+            {"id": "vip-offer", "on": "signed_up", "channel": "email", "category": "promo", "template": "offer", "audience": "vip"},
+            {"id": "welcome", "on": "signed_up", "channel": "email", "category": "onboarding", "template": "welcome"}
+        ]}))
+        .unwrap();
+        let r = IntentRules::new(&config).unwrap();
+        let rules_of = |member: bool| -> Vec<String> {
+            r.intents_for(&event("signed_up", "e1"), |s| member && s == "vip").into_iter().map(|i| i.rule_id).collect()
+        };
+        assert_eq!(rules_of(true), ["vip-offer", "welcome"]);
+        assert_eq!(rules_of(false), ["welcome"]);
+        assert_eq!(r.audiences().collect::<Vec<_>>(), [("vip-offer", "vip")]);
+    }
+
     fn rules() -> IntentRules {
         let yaml = serde_json::json!({"rules": [
             {"id": "welcome", "on": "Signed Up", "channel": "email", "category": "onboarding", "template": "welcome", "priority": 5},
@@ -244,7 +280,7 @@ mod tests {
     #[test]
     fn matching_events_trigger_one_intent_per_rule() {
         let r = rules();
-        let intents = r.intents_for(&event("signed_up", "e1"));
+        let intents = r.intents_for_all(&event("signed_up", "e1"));
         assert_eq!(intents.len(), 2);
         let email = &intents[0];
         assert_eq!(
@@ -254,16 +290,16 @@ mod tests {
         assert_eq!(email.recipient.as_deref(), Some("ann@example.com"));
         assert_eq!(email.time_zone.as_deref(), Some("Europe/Berlin"));
         assert_eq!(intents[1].recipient, None, "no device token attribute");
-        assert!(r.intents_for(&event("page_viewed", "e2")).is_empty());
-        assert_eq!(r.intents_for(&event("order_completed", "e3"))[0].purpose, Purpose::Transactional);
+        assert!(r.intents_for_all(&event("page_viewed", "e2")).is_empty());
+        assert_eq!(r.intents_for_all(&event("order_completed", "e3"))[0].purpose, Purpose::Transactional);
     }
 
     #[test]
     fn idempotency_keys_are_deterministic_and_distinct() {
         let r = rules();
-        let a = r.intents_for(&event("signed_up", "e1"));
-        let b = r.intents_for(&event("signed_up", "e1"));
-        let c = r.intents_for(&event("signed_up", "e2"));
+        let a = r.intents_for_all(&event("signed_up", "e1"));
+        let b = r.intents_for_all(&event("signed_up", "e1"));
+        let c = r.intents_for_all(&event("signed_up", "e2"));
         assert_eq!(a[0].idempotency_key, b[0].idempotency_key);
         assert_ne!(a[0].idempotency_key, a[1].idempotency_key, "per rule");
         assert_ne!(a[0].idempotency_key, c[0].idempotency_key, "per triggering event");
@@ -272,11 +308,11 @@ mod tests {
     #[test]
     fn competing_intents_are_ordered_by_priority_then_time_then_key() {
         let r = rules();
-        let mut intents = r.intents_for(&event("signed_up", "e1"));
+        let mut intents = r.intents_for_all(&event("signed_up", "e1"));
         intents.reverse();
         intents.sort_by(SendIntent::compete_order);
         assert_eq!(intents[0].rule_id, "welcome", "priority 5 first");
-        let mut later = r.intents_for(&event("signed_up", "e9"));
+        let mut later = r.intents_for_all(&event("signed_up", "e9"));
         later[0].occurred_at_ms += 1;
         let mut all = [later[0].clone(), intents[0].clone()];
         all.sort_by(SendIntent::compete_order);

@@ -467,6 +467,11 @@ impl ProfileTable {
         self.profiles.is_empty()
     }
 
+    /// The subjects with a profile.
+    pub fn subjects(&self) -> impl Iterator<Item = &SubjectRef> {
+        self.profiles.keys()
+    }
+
     /// Applies a change; a subject left with nothing (and no tombstone time) is dropped.
     pub fn apply(&mut self, change: &ProfileChange) -> Applied {
         let subject = change.subject();

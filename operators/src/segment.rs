@@ -19,8 +19,14 @@
 //! [`Segments::next_change`] says when, and the caller sets a timer on the watermark, so a subject
 //! joins `inactive-14d` without any event.
 //!
-//! Not wired into the pipeline yet (issue 22, part 3): the guardrails will hold [`SubjectSegments`] next to
-//! the journeys, evaluate on events and timers, and emit `segment_entered` / `segment_exited`.
+//! The guardrails (`crate::guardrails`) hold [`SubjectSegments`] next to the journeys, evaluate on events
+//! of counted types, profile changes and timers, and feed each [`SegmentChange`] to the journeys and the
+//! intent rules as a `segment_entered` / `segment_exited` event ([`SegmentChange::event`]).
+//!
+//! Replays are idempotent: two events of one type at the same millisecond count once (a re-processed
+//! event finds its time recorded), and the id of a change's event is its subject, segment and ordinal
+//! (the n-th entry or exit), never the instant it was evaluated at, so a send it triggers keeps its
+//! idempotency key when a restart evaluates it at another watermark.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -28,7 +34,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use touchpoint_schemas::{Channel, Purpose, SubjectRef};
+use touchpoint_schemas::{Channel, NormalizedEvent, Purpose, SourcePosition, SubjectRef};
 
 use crate::journey::expr::{Context, Expr};
 use crate::profile::SubjectProfile;
@@ -189,20 +195,45 @@ pub struct TypeHistory {
 pub struct Membership {
     pub version: String,
     pub entered_at_ms: i64,
+    /// Which of the subject's memberships of this segment this is (1 for the first).
+    #[serde(default = "first")]
+    pub ordinal: u32,
+}
+
+fn first() -> u32 {
+    1
 }
 
 /// What the segments keep of one subject.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectSegments {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub history: BTreeMap<String, TypeHistory>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub members: BTreeMap<String, Membership>,
+    /// Per segment, how many memberships of the subject ended (the next entry's ordinal is one more).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exits: BTreeMap<String, u32>,
+    /// The event time of the last evaluation: membership never moves back in time (a late event is
+    /// evaluated at this instant, not its own).
+    #[serde(default = "never")]
+    pub at_ms: i64,
+}
+
+fn never() -> i64 {
+    i64::MIN
 }
 
 impl SubjectSegments {
+    /// Nothing worth keeping (the evaluation instant alone is not).
     pub fn is_empty(&self) -> bool {
-        self.history.is_empty() && self.members.is_empty()
+        self.history.is_empty() && self.members.is_empty() && self.exits.is_empty()
+    }
+}
+
+impl Default for SubjectSegments {
+    fn default() -> Self {
+        SubjectSegments { history: BTreeMap::new(), members: BTreeMap::new(), exits: BTreeMap::new(), at_ms: never() }
     }
 }
 
@@ -215,6 +246,55 @@ pub struct SegmentChange {
     pub entered: bool,
     /// Event time of the change.
     pub at_ms: i64,
+    /// When the membership began (the change's own instant for an entry).
+    pub entered_at_ms: i64,
+    /// Which of the subject's memberships of the segment (1 for the first): with `entered`, what makes
+    /// the change's event id.
+    pub ordinal: u32,
+}
+
+/// Event types of membership changes, fed to journeys and intent rules.
+pub const SEGMENT_ENTERED: &str = "segment_entered";
+pub const SEGMENT_EXITED: &str = "segment_exited";
+
+impl SegmentChange {
+    pub fn event_type(&self) -> &'static str {
+        if self.entered {
+            SEGMENT_ENTERED
+        } else {
+            SEGMENT_EXITED
+        }
+    }
+
+    /// The change's event id: subject, segment, kind and ordinal (not the instant, see the module).
+    pub fn event_id(&self) -> String {
+        let key = crate::fast_hash::KeyBytes::with_capacity(64)
+            .part(&self.subject.tenant_id)
+            .part(&self.subject.subject_id)
+            .part(&self.segment)
+            .part(self.event_type())
+            .part(&self.ordinal.to_string());
+        crate::fast_hash::hex_id("seg-", key.hash128())
+    }
+
+    /// The change as an event of the subject (`segment_entered` / `segment_exited`, attributes
+    /// `segment` and `version`), for the journeys (`trigger`, `exit_on`) and the intent rules (`on`).
+    /// `ingested_at_ms` is the wall clock of the epoch that made it.
+    pub fn event(&self, ingested_at_ms: i64) -> NormalizedEvent {
+        let attributes = serde_json::json!({"segment": self.segment, "version": self.version});
+        NormalizedEvent {
+            event_id: self.event_id(),
+            event_type: self.event_type().to_string(),
+            occurred_at_ms: self.at_ms,
+            subject_id: self.subject.subject_id.to_string(),
+            tenant_id: self.subject.tenant_id.to_string(),
+            source: "touchpoint.segments".into(),
+            attributes_json: attributes.to_string(),
+            ingested_at_ms,
+            position: SourcePosition { topic: String::new(), partition: -1, offset: -1 },
+            late: false,
+        }
+    }
 }
 
 /// The loaded segments.
@@ -269,18 +349,35 @@ impl Segments {
         self.windows.contains_key(event_type)
     }
 
-    /// Records an event of a type some condition counts.
-    pub fn record(&self, state: &mut SubjectSegments, event_type: &str, at_ms: i64) {
-        let Some(window) = self.windows.get(event_type) else { return };
+    /// Records an event of a type some condition counts; returns whether the history changed. A time
+    /// already recorded is not recorded again: a re-processed event (after a restart) counts once, and
+    /// so do two events of one type at the same millisecond.
+    pub fn record(&self, state: &mut SubjectSegments, event_type: &str, at_ms: i64) -> bool {
+        let Some(window) = self.windows.get(event_type) else { return false };
         let h = state.history.entry(event_type.to_string()).or_default();
+        let mut changed = !h.ever;
         h.ever = true;
         if window.is_some() {
-            let at = h.times.partition_point(|&t| t <= at_ms);
-            h.times.insert(at, at_ms);
-            if h.times.len() > MAX_TIMES_PER_TYPE {
-                h.times.remove(0);
+            let at = h.times.partition_point(|&t| t < at_ms);
+            if h.times.get(at) != Some(&at_ms) {
+                h.times.insert(at, at_ms);
+                if h.times.len() > MAX_TIMES_PER_TYPE {
+                    h.times.remove(0);
+                }
+                changed = true;
             }
         }
+        changed
+    }
+
+    /// The segments' versions, `id=version` joined by `,` (for logs and `describe`).
+    pub fn versions(&self) -> String {
+        self.list.iter().map(|s| format!("{}={}", s.id, s.version)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Whether a segment of this id is loaded.
+    pub fn contains(&self, id: &str) -> bool {
+        self.list.iter().any(|s| s.id == id)
     }
 
     /// Drops event times no window can see any more at `now`.
@@ -293,56 +390,62 @@ impl Segments {
         }
     }
 
-    /// Evaluates every segment for the subject at event time `now`; returns the entries and exits, in
-    /// segment order, and updates the memberships. A member of an older version of a segment stays a
-    /// member under the new version if the new condition holds (no exit and entry), else it exits.
+    /// Evaluates every segment for the subject at event time `now` (or the subject's last evaluation,
+    /// if later); returns the entries and exits, in segment order, and updates the memberships. A
+    /// member of an older version of a segment stays a member under the new version if the new
+    /// condition holds (no exit and entry; `reversioned` says the state changed), else it exits.
     pub fn evaluate(
         &self,
         subject: &SubjectRef,
         state: &mut SubjectSegments,
         profile: Option<&SubjectProfile>,
         now: i64,
-    ) -> Vec<SegmentChange> {
+    ) -> Evaluation {
+        let now = now.max(state.at_ms);
+        state.at_ms = now;
         self.trim(state, now);
-        let mut changes = Vec::new();
+        let mut out = Evaluation::default();
         for s in &self.list {
             let holds = s.condition.eval(&SegmentCtx { state, profile, now });
-            let change = |entered| SegmentChange {
-                subject: subject.clone(),
-                segment: s.id.clone(),
-                version: s.version.clone(),
-                entered,
-                at_ms: now,
-            };
             match (state.members.get_mut(&s.id), holds) {
                 (None, true) => {
-                    state.members.insert(s.id.clone(), Membership { version: s.version.clone(), entered_at_ms: now });
-                    changes.push(change(true));
+                    let ordinal = state.exits.get(&s.id).copied().unwrap_or(0).saturating_add(1);
+                    state
+                        .members
+                        .insert(s.id.clone(), Membership { version: s.version.clone(), entered_at_ms: now, ordinal });
+                    out.changes.push(SegmentChange {
+                        subject: subject.clone(),
+                        segment: s.id.clone(),
+                        version: s.version.clone(),
+                        entered: true,
+                        at_ms: now,
+                        entered_at_ms: now,
+                        ordinal,
+                    });
+                }
+                (Some(m), true) if m.version != s.version => {
+                    m.version.clone_from(&s.version);
+                    out.reversioned = true;
                 }
                 (Some(_), false) => {
-                    state.members.remove(&s.id);
-                    changes.push(change(false));
+                    if let Some(m) = state.members.remove(&s.id) {
+                        out.changes.push(exit(subject, &mut state.exits, s.id.clone(), m, now));
+                    }
                 }
-                (Some(m), true) => m.version.clone_from(&s.version),
-                (None, false) => {}
+                _ => {}
             }
         }
         // Segments no longer loaded: their members leave.
-        let gone: Vec<String> =
-            state.members.keys().filter(|id| !self.list.iter().any(|s| &s.id == *id)).cloned().collect();
+        let gone: Vec<String> = state.members.keys().filter(|id| !self.contains(id)).cloned().collect();
         for id in gone {
             if let Some(m) = state.members.remove(&id) {
-                changes.push(SegmentChange {
-                    subject: subject.clone(),
-                    segment: id,
-                    version: m.version,
-                    entered: false,
-                    at_ms: now,
-                });
+                out.changes.push(exit(subject, &mut state.exits, id, m, now));
             }
         }
+        // The exit counts of segments no longer loaded are not needed either.
+        state.exits.retain(|id, _| self.contains(id));
         state.history.retain(|_, h| h.ever || !h.times.is_empty());
-        changes
+        out
     }
 
     /// The first instant after `now` at which a windowed count of the subject changes by time alone (an
@@ -364,6 +467,33 @@ impl Segments {
     /// Whether the subject is a member of `segment` (for `in_segment(...)`).
     pub fn is_member(state: Option<&SubjectSegments>, segment: &str) -> bool {
         state.is_some_and(|s| s.members.contains_key(segment))
+    }
+}
+
+/// What one evaluation of a subject changed.
+#[derive(Debug, Default)]
+pub struct Evaluation {
+    pub changes: Vec<SegmentChange>,
+    /// A membership moved to a new version of its segment (no change to announce, but state to keep).
+    pub reversioned: bool,
+}
+
+fn exit(
+    subject: &SubjectRef,
+    exits: &mut BTreeMap<String, u32>,
+    segment: String,
+    m: Membership,
+    now: i64,
+) -> SegmentChange {
+    exits.insert(segment.clone(), m.ordinal);
+    SegmentChange {
+        subject: subject.clone(),
+        segment,
+        version: m.version,
+        entered: false,
+        at_ms: now,
+        entered_at_ms: m.entered_at_ms,
+        ordinal: m.ordinal,
     }
 }
 
@@ -425,17 +555,17 @@ mod tests {
         )]);
         let mut s = SubjectSegments::default();
         segs.record(&mut s, "app_opened", T0);
-        assert!(segs.evaluate(&subject(), &mut s, None, T0).is_empty(), "active: not a member");
+        assert!(segs.evaluate(&subject(), &mut s, None, T0).changes.is_empty(), "active: not a member");
         let due = segs.next_change(&s, T0).unwrap();
         assert_eq!(due, T0 + 14 * DAY + 1, "the open leaves the 14-day window then");
-        assert!(segs.evaluate(&subject(), &mut s, None, due - 1).is_empty());
-        let changes = segs.evaluate(&subject(), &mut s, None, due);
+        assert!(segs.evaluate(&subject(), &mut s, None, due - 1).changes.is_empty());
+        let changes = segs.evaluate(&subject(), &mut s, None, due).changes;
         assert_eq!(changes.len(), 1);
         assert!(changes[0].entered && changes[0].segment == "inactive-14d");
         assert!(segs.next_change(&s, due).is_none(), "nothing left to leave a window");
         // Back in the app: out of the segment.
         segs.record(&mut s, "app_opened", due + DAY);
-        let changes = segs.evaluate(&subject(), &mut s, None, due + DAY);
+        let changes = segs.evaluate(&subject(), &mut s, None, due + DAY).changes;
         assert!(!changes[0].entered);
     }
 
@@ -449,7 +579,7 @@ mod tests {
         let mut s = SubjectSegments::default();
         segs.record(&mut s, "order_completed", T0);
         segs.record(&mut s, "order_completed", T0 + DAY);
-        assert!(segs.evaluate(&subject(), &mut s, Some(&profile), T0 + DAY).is_empty(), "no plan yet");
+        assert!(segs.evaluate(&subject(), &mut s, Some(&profile), T0 + DAY).changes.is_empty(), "no plan yet");
         let Value::Object(m) = serde_json::json!({"subject_id": "u-1", "tenant_id": "acme", "updated_at": T0, "attributes": {"plan": "pro"}})
         else {
             unreachable!()
@@ -460,12 +590,12 @@ mod tests {
             unreachable!()
         };
         profile.apply(&u);
-        let changes = segs.evaluate(&subject(), &mut s, Some(&profile), T0 + DAY);
+        let changes = segs.evaluate(&subject(), &mut s, Some(&profile), T0 + DAY).changes;
         assert_eq!(changes.len(), 1);
         // 30 days after the first order, one is left: the count drops below 2 and the subject leaves.
         let due = segs.next_change(&s, T0 + DAY).unwrap();
         assert_eq!(due, T0 + 30 * DAY + 1);
-        let changes = segs.evaluate(&subject(), &mut s, Some(&profile), due);
+        let changes = segs.evaluate(&subject(), &mut s, Some(&profile), due).changes;
         assert!(!changes[0].entered);
         assert_eq!(s.history["order_completed"].times, vec![T0 + DAY], "the old order is forgotten");
     }
@@ -478,7 +608,7 @@ mod tests {
             segs.record(&mut s, "page_viewed", T0 + i);
         }
         assert_eq!(s.history["page_viewed"].times.len(), MAX_TIMES_PER_TYPE);
-        assert!(segs.evaluate(&subject(), &mut s, None, T0 + 1_000).is_empty(), "count saturates at the bound");
+        assert!(segs.evaluate(&subject(), &mut s, None, T0 + 1_000).changes.is_empty(), "count saturates at the bound");
     }
 
     #[test]
@@ -503,8 +633,11 @@ mod tests {
         let v2 = Segments::new(vec![segment("id: s\nlabel: v2\ncondition: count(order_completed, 60d) >= 1\n")]);
         let mut s = SubjectSegments::default();
         v1.record(&mut s, "order_completed", T0);
-        assert_eq!(v1.evaluate(&subject(), &mut s, None, T0).len(), 1);
-        assert!(v2.evaluate(&subject(), &mut s, None, T0 + DAY).is_empty(), "still a member: no exit, no entry");
+        assert_eq!(v1.evaluate(&subject(), &mut s, None, T0).changes.len(), 1);
+        assert!(
+            v2.evaluate(&subject(), &mut s, None, T0 + DAY).changes.is_empty(),
+            "still a member: no exit, no entry"
+        );
         assert!(s.members["s"].version.starts_with("v2-"));
     }
 }

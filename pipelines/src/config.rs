@@ -20,6 +20,7 @@ use touchpoint_operators::journey::{load_dir, Journey, JourneyError};
 use touchpoint_operators::normalize::{NormalizeConfig, Normalizer};
 use touchpoint_operators::profile::ProfilesConfig;
 use touchpoint_operators::quiet_hours::{QuietHours, QuietHoursConfig};
+use touchpoint_operators::segment::{load_segments, Segments};
 use touchpoint_operators::watermark::EventTimeConfig;
 use touchpoint_schemas::Channel;
 
@@ -62,6 +63,9 @@ pub struct PipelineConfig {
     /// Journey definition files.
     #[serde(default)]
     pub journeys: JourneysConfig,
+    /// Segment definition files (docs/segments.md).
+    #[serde(default)]
+    pub segments: SegmentsConfig,
     /// Channel connectors (`touchpoint connect`) and provider callbacks (`touchpoint deliveries`).
     #[serde(default)]
     pub channels: touchpoint_connectors::channels::config::ChannelsConfig,
@@ -84,6 +88,14 @@ pub struct BuiltRules {
 #[serde(deny_unknown_fields)]
 pub struct JourneysConfig {
     /// Directory of journey files (`*.yaml`); relative to the pipeline file. None: no journeys.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentsConfig {
+    /// Directory of segment files (`*.yaml`); relative to the pipeline file. None: no segments.
     #[serde(default)]
     pub dir: Option<PathBuf>,
 }
@@ -249,6 +261,11 @@ impl TopicsConfig {
         TopicSpec { name: format!("{group_id}.profiles-changelog"), ..self.caps_changelog(group_id) }
     }
 
+    /// Segment memberships and the event history their conditions count, one record per subject.
+    pub fn segments_changelog(&self, group_id: &str) -> TopicSpec {
+        TopicSpec { name: format!("{group_id}.segments-changelog"), ..self.caps_changelog(group_id) }
+    }
+
     /// Every journey version the pipeline ever ran (compacted; key `journey/version`, value the file):
     /// subjects keep running on the version they entered with after the file changes.
     pub fn journey_versions(&self, group_id: &str) -> TopicSpec {
@@ -348,6 +365,9 @@ pub enum ConfigError {
     Semantic { path: PathBuf, message: String },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Journeys(Vec<JourneyError>),
+    /// Every problem of every segment file, one per line.
+    #[error("{0}")]
+    Segments(String),
 }
 
 impl PipelineConfig {
@@ -355,12 +375,33 @@ impl PipelineConfig {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut config = Self::parse(&text, path)?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        for dir in [config.journeys.dir.as_mut(), config.channels.templates.as_mut()].into_iter().flatten() {
+        for dir in [config.journeys.dir.as_mut(), config.segments.dir.as_mut(), config.channels.templates.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
             }
         }
-        config.journeys()?;
+        let journeys = config.journeys()?;
+        let segments = config.segments()?;
+        // Every segment a rule's audience or a journey's in_segment(...) names must exist: a typo would
+        // otherwise make an audience silently empty.
+        let named = config.built().map_err(|e| ConfigError::Semantic { path: path.into(), message: e.to_string() })?;
+        let mut unknown: Vec<String> = named
+            .intents
+            .audiences()
+            .filter(|(_, s)| !segments.contains(s))
+            .map(|(rule, s)| format!("intents.rules.{rule}: audience {s:?} is not a segment of segments.dir"))
+            .collect();
+        for j in &journeys {
+            for s in j.segments_named().into_iter().filter(|s| !segments.contains(s)) {
+                unknown.push(format!("journey {}: in_segment({s:?}) names no segment of segments.dir", j.id));
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(ConfigError::Semantic { path: path.into(), message: unknown.join("; ") });
+        }
         config.templates().map_err(|e| ConfigError::Semantic { path: path.into(), message: format!("{e:#}") })?;
         Ok(config)
     }
@@ -377,6 +418,7 @@ impl PipelineConfig {
             consent: self.consent.clone(),
             caps: built.caps.clone(),
             quiet: built.quiet.clone(),
+            segments: self.segments()?,
             journeys,
             profiles: ProfilesConfig {
                 update_event: touchpoint_operators::normalize::snake_case(&self.profiles.update_event),
@@ -397,6 +439,14 @@ impl PipelineConfig {
         match &self.journeys.dir {
             None => Ok(Vec::new()),
             Some(dir) => load_dir(dir).map_err(ConfigError::Journeys),
+        }
+    }
+
+    /// The segments of `segments.dir`, validated (every problem of every file at once).
+    pub fn segments(&self) -> Result<Segments, ConfigError> {
+        match &self.segments.dir {
+            None => Ok(Segments::default()),
+            Some(dir) => load_segments(dir).map(Segments::new).map_err(ConfigError::Segments),
         }
     }
 

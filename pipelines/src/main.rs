@@ -268,6 +268,9 @@ fn run(cli: Cli) -> Result<()> {
             for j in c.journeys()? {
                 println!("  journey {} version {} ({} steps)", j.id, j.version, j.steps.len());
             }
+            for s in c.segments()?.list() {
+                println!("  segment {} version {}: {}", s.id, s.version, s.source.condition);
+            }
         }
         Command::Migrate { config } => {
             let c = load(&config)?;

@@ -9,6 +9,7 @@
 //! name: welcome series, email opened
 //! start: 2026-11-20T10:00:00Z          # `+<duration>` / `-<duration>` times are relative to it
 //! journeys: [welcome-series]           # files of pipelines/journeys, or inline definitions
+//! segments: [inactive-14d]             # files of pipelines/segments, or inline definitions
 //! consent: [{subject: ann, channel: email}]   # granted (marketing) unless `status` says otherwise
 //! profiles: [{subject: ann, email: ann@example.com, devices: [ann-phone], time_zone: Europe/Berlin}]
 //! recipients: {default: profile_only}         # `profiles.recipients` of the pipeline file
@@ -17,11 +18,12 @@
 //!   - watermark: +2d                   # event time reaches this
 //!   - consent: {subject: ann, channel: email, status: denied, at: +3d}
 //!   - profile: {subject: ann, at: +1h, email: new@example.com}   # or {subject: ann, at: +2h, forget: true}
-//!   - restart: {journeys: [...]}       # state survives; new journey files (versions)
+//!   - restart: {journeys: [...]}       # state survives; new journey files (versions); `segments: [...]` too
 //! expect:
 //!   sends: [{subject: ann, template: welcome, recipient: ann@example.com}]  # allowed, in decision order
 //!   suppressed: [{subject: bob, template: x, decision: suppressed_cap}]
 //!   transitions: {ann: [">welcome:trigger:signed_up", ...]}   # from>to:cause, in order
+//!   memberships: {ann: ["entered inactive-14d at +14d1ms"]}     # segment entries and exits, in order
 //! ```
 
 use std::cell::RefCell;
@@ -45,7 +47,7 @@ use touchpoint_schemas::{Channel, Purpose, SubjectRef};
 use touchpoint_schemas::{NormalizedEvent, SourcePosition};
 
 use touchpoint_operators::guardrails::{
-    CapSnapshot, GuardrailRules, GuardrailState, JourneySnapshot, ProfileSnapshot, SubjectSendState,
+    CapSnapshot, GuardrailRules, GuardrailState, JourneySnapshot, ProfileSnapshot, SegmentSnapshot, SubjectSendState,
     DEFAULT_SEND_LEDGER_TTL,
 };
 use touchpoint_operators::profile::{
@@ -53,6 +55,7 @@ use touchpoint_operators::profile::{
     SubjectProfile,
 };
 use touchpoint_operators::quiet_hours::{QuietHours, QuietHoursConfig};
+use touchpoint_operators::segment::{Segment, SegmentChange, Segments, SubjectSegments};
 
 use crate::stages::guardrails::guardrails;
 
@@ -66,6 +69,9 @@ pub struct ScenarioFile {
     pub description: String,
     pub start: String,
     pub journeys: Vec<serde_yaml::Value>,
+    /// Segment files of `pipelines/segments` (by id) or inline definitions.
+    #[serde(default)]
+    pub segments: Vec<serde_yaml::Value>,
     #[serde(default)]
     pub consent: Vec<ConsentEntry>,
     /// The subjects' profiles at the start (`marketing.profiles`).
@@ -150,6 +156,9 @@ pub struct EventEntry {
 #[serde(deny_unknown_fields)]
 pub struct RestartEntry {
     pub journeys: Vec<serde_yaml::Value>,
+    /// The segments after the restart (new versions); absent: the same as before.
+    #[serde(default)]
+    pub segments: Option<Vec<serde_yaml::Value>>,
 }
 
 /// One step: exactly one of `event`, `watermark`, `consent`, `restart`.
@@ -208,6 +217,10 @@ pub struct Expect {
     pub suppressed: Vec<ExpectedSend>,
     #[serde(default)]
     pub transitions: BTreeMap<String, Vec<String>>,
+    /// Per subject, its segment entries and exits: `entered <segment> at <time>` / `exited ...`, the
+    /// time as the steps write it (`+14d1ms`) or RFC 3339.
+    #[serde(default)]
+    pub memberships: BTreeMap<String, Vec<String>>,
 }
 
 impl ScenarioFile {
@@ -222,6 +235,7 @@ impl ScenarioFile {
 pub struct Outcome {
     pub decisions: Vec<Decision>,
     pub transitions: Vec<Transition>,
+    pub memberships: Vec<SegmentChange>,
 }
 
 impl Outcome {
@@ -276,6 +290,26 @@ fn time(start_ms: i64, text: &str) -> Result<i64> {
             .with_context(|| format!("`{text}` is not RFC 3339"))?
             .timestamp_millis())
     }
+}
+
+fn load_segments(specs: &[serde_yaml::Value], segments_dir: &Path, origin: &Path) -> Result<Vec<Segment>> {
+    specs
+        .iter()
+        .map(|spec| match spec {
+            serde_yaml::Value::String(name) => {
+                Segment::load(&segments_dir.join(format!("{name}.yaml"))).map_err(|e| anyhow!("{e}"))
+            }
+            inline => {
+                let text = serde_yaml::to_string(inline)?;
+                Segment::parse(&text, origin).map_err(|e| anyhow!("inline segment: {e}"))
+            }
+        })
+        .collect()
+}
+
+/// `pipelines/segments`, beside the journeys' directory.
+fn segments_dir(journeys_dir: &Path) -> PathBuf {
+    journeys_dir.with_file_name("segments")
 }
 
 fn load_journeys(specs: &[serde_yaml::Value], journeys_dir: &Path, origin: &Path) -> Result<Vec<Journey>> {
@@ -365,8 +399,9 @@ pub enum ScenarioInput {
     Watermark(i64),
     Consent(ConsentChange),
     Profile(ProfileChange),
-    /// Restart the pipeline with these journeys (state restored from the changelog records).
-    Restart(Vec<Journey>),
+    /// Restart the pipeline with these journeys and, if given, segments (state restored from the
+    /// changelog records).
+    Restart(Vec<Journey>, Option<Vec<Segment>>),
 }
 
 /// The journeys a scenario starts with.
@@ -403,7 +438,10 @@ pub fn parse_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Vec
             }),
             (None, Some(w), None, None) => ScenarioInput::Watermark(time(start_ms, w)?),
             (None, None, Some(c), None) => ScenarioInput::Consent(consent_change(c, start_ms)?),
-            (None, None, None, Some(r)) => ScenarioInput::Restart(load_journeys(&r.journeys, journeys_dir, path)?),
+            (None, None, None, Some(r)) => ScenarioInput::Restart(
+                load_journeys(&r.journeys, journeys_dir, path)?,
+                r.segments.as_ref().map(|s| load_segments(s, &segments_dir(journeys_dir), path)).transpose()?,
+            ),
             _ => {
                 bail!("{}: steps[{n}] needs exactly one of event, watermark, consent, profile, restart", path.display())
             }
@@ -418,14 +456,18 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
     let (file, inputs) = parse_file(path, journeys_dir)?;
     let start_ms = time(0, &file.start)?;
     // Cut the steps into runs separated by restarts.
-    let mut runs: Vec<(Vec<Journey>, Vec<ScenarioInput>)> =
-        vec![(scenario_journeys(&file, journeys_dir, path)?, Vec::new())];
+    let first_segments = load_segments(&file.segments, &segments_dir(journeys_dir), path)?;
+    let mut runs: Vec<(Vec<Journey>, Vec<Segment>, Vec<ScenarioInput>)> =
+        vec![(scenario_journeys(&file, journeys_dir, path)?, first_segments, Vec::new())];
     for input in inputs {
         match input {
-            ScenarioInput::Restart(journeys) => runs.push((journeys, Vec::new())),
+            ScenarioInput::Restart(journeys, segments) => {
+                let segments = segments.or_else(|| runs.last().map(|r| r.1.clone())).unwrap_or_default();
+                runs.push((journeys, segments, Vec::new()));
+            }
             other => {
                 if let Some(run) = runs.last_mut() {
-                    run.1.push(other);
+                    run.2.push(other);
                 }
             }
         }
@@ -447,9 +489,10 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
     let mut cap_log: HashMap<SubjectRef, Option<SubjectSendState>> = HashMap::new();
     let mut journey_log: HashMap<SubjectRef, Option<SubjectJourneys>> = HashMap::new();
     let mut profile_log: HashMap<SubjectRef, Option<SubjectProfile>> = HashMap::new();
+    let mut segment_log: HashMap<SubjectRef, Option<SubjectSegments>> = HashMap::new();
     let mut archive: Vec<Journey> = Vec::new();
     let mut consent_log = initial_consent;
-    for (journey_files, inputs) in runs {
+    for (journey_files, segment_files, inputs) in runs {
         let mut journeys = Journeys::new(journey_files.clone(), "time_zone");
         for old in &archive {
             journeys.archive(old.clone());
@@ -462,12 +505,14 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
             ),
             caps: cap_log.iter().filter_map(|(s, c)| c.clone().map(|c| (s.clone(), c))).collect(),
             journeys: journey_log.iter().filter_map(|(s, j)| j.clone().map(|j| (s.clone(), j))).collect(),
+            segments: segment_log.iter().filter_map(|(s, g)| g.clone().map(|g| (s.clone(), g))).collect(),
         };
         let rules = GuardrailRules {
             intents: intents.clone(),
             consent: ConsentConfig::default(),
             caps: caps.clone(),
             quiet: quiet.clone(),
+            segments: Segments::new(segment_files),
             journeys,
             profiles: ProfilesConfig { recipients: file.recipients.clone(), ..ProfilesConfig::default() },
             guarantee: file.guarantee,
@@ -477,6 +522,8 @@ pub fn run_file(path: &Path, journeys_dir: &Path) -> Result<(ScenarioFile, Outco
         let outputs = run_dataflow(state, rules, tables, inputs.iter().map(clone_step).collect())?;
         outcome.decisions.extend(outputs.decisions.into_iter().map(Arc::unwrap_or_clone));
         outcome.transitions.extend(outputs.transitions);
+        outcome.memberships.extend(outputs.memberships);
+        segment_log.extend(outputs.segments.into_iter().map(|s| (s.subject, s.state)));
         cap_log.extend(outputs.caps.into_iter().map(|s| (s.subject, s.state)));
         journey_log.extend(outputs.journeys.into_iter().map(|s| (s.subject, s.state)));
         profile_log.extend(outputs.profiles.into_iter().map(|s| (s.subject, s.state)));
@@ -500,7 +547,7 @@ fn clone_step(i: &ScenarioInput) -> ScenarioInput {
         ScenarioInput::Watermark(w) => ScenarioInput::Watermark(*w),
         ScenarioInput::Consent(c) => ScenarioInput::Consent(c.clone()),
         ScenarioInput::Profile(p) => ScenarioInput::Profile(p.clone()),
-        ScenarioInput::Restart(j) => ScenarioInput::Restart(j.clone()),
+        ScenarioInput::Restart(j, s) => ScenarioInput::Restart(j.clone(), s.clone()),
     }
 }
 
@@ -513,6 +560,8 @@ struct RunOutputs {
     caps: Vec<CapSnapshot>,
     journeys: Vec<JourneySnapshot>,
     profiles: Vec<ProfileSnapshot>,
+    segments: Vec<SegmentSnapshot>,
+    memberships: Vec<SegmentChange>,
 }
 
 /// The table topics as a start replays them.
@@ -555,6 +604,10 @@ fn run_dataflow(
             out.journeys.inspect(move |j| s.borrow_mut().journeys.push(j.clone())).probe_with(&probe);
             let s = sink.clone();
             out.profiles.inspect(move |p| s.borrow_mut().profiles.push(p.clone())).probe_with(&probe);
+            let s = sink.clone();
+            out.segments.inspect(move |p| s.borrow_mut().segments.push(p.clone())).probe_with(&probe);
+            let s = sink.clone();
+            out.memberships.inspect(move |m| s.borrow_mut().memberships.push(m.clone())).probe_with(&probe);
             out.events.probe_with(&probe);
             (events_in, changes_in, profiles_in, watermarks_in)
         });
@@ -581,7 +634,7 @@ fn run_dataflow(
                 Some(ScenarioInput::Consent(c)) => changes.send(c),
                 Some(ScenarioInput::Profile(p)) => profiles.send(p),
                 // Restarts separate runs; a run never holds one.
-                Some(ScenarioInput::Restart(_)) => {}
+                Some(ScenarioInput::Restart(..)) => {}
                 None => break,
             }
         }
@@ -611,7 +664,40 @@ pub fn differences(file: &ScenarioFile, outcome: &Outcome) -> Vec<String> {
             problems.push(format!("transitions of {subject}: expected {expected:?}\n    got {got:?}"));
         }
     }
+    let start_ms = file.start_ms().unwrap_or_default();
+    for (subject, expected) in &file.expect.memberships {
+        let expected: Result<Vec<(bool, String, i64)>> =
+            expected.iter().map(|e| membership_line(e, start_ms)).collect();
+        let got: Vec<(bool, String, i64)> = outcome
+            .memberships
+            .iter()
+            .filter(|m| &*m.subject.subject_id == subject.as_str())
+            .map(|m| (m.entered, m.segment.clone(), m.at_ms))
+            .collect();
+        match expected {
+            Ok(expected) if expected == got => {}
+            Ok(expected) => problems.push(format!("memberships of {subject}: expected {expected:?}\n    got {got:?}")),
+            Err(e) => problems.push(format!("memberships of {subject}: {e:#}")),
+        }
+    }
     problems
+}
+
+/// `entered <segment> at <time>` / `exited <segment> at <time>`.
+fn membership_line(line: &str, start_ms: i64) -> Result<(bool, String, i64)> {
+    let bad = || anyhow!("`{line}` is not `entered|exited <segment> at <time>`");
+    let mut words = line.split_whitespace();
+    let entered = match words.next() {
+        Some("entered") => true,
+        Some("exited") => false,
+        _ => return Err(bad()),
+    };
+    let segment = words.next().ok_or_else(bad)?.to_string();
+    if words.next() != Some("at") {
+        return Err(bad());
+    }
+    let at = time(start_ms, words.next().ok_or_else(bad)?)?;
+    Ok((entered, segment, at))
 }
 
 /// Every scenario file of a directory, sorted.

@@ -16,7 +16,8 @@
 //!  beginning)            epoch 0)         checked)      └─ changes ─► [by subject key group] ────┤
 //!                                                                                                ▼
 //!          Guardrails [events and changes by subject key group]: consent; profiles (also from profile
-//!          update events); journey timers; rules; journeys; recipients from profiles; caps
+//!          update events); segments (segment_entered/exited events); journey timers; rules; journeys;
+//!          recipients from profiles; caps
 //!           │ events an earlier run did not store ─► ClickHouseEvents (`events`)
 //!           │ decisions ─► ClickHouseDecisions (`decisions`)
 //!           │   └ allowed ─► ConnectorTopics (connector.<channel>)
@@ -25,6 +26,9 @@
 //!           │                         ─► CapsChangelog (<group>.caps-changelog)
 //!           │ journey state ─► AfterLedger (once the ledger is durable)
 //!           │                    ─► JourneysChangelog (<group>.journeys-changelog)
+//!           │ segment state ─► AfterJourneys (once the journeys that followed its changes are durable)
+//!           │                    ─► SegmentsChangelog (<group>.segments-changelog)
+//!           │ segment entries and exits ─► ClickHouseSegmentMemberships (`segment_memberships`)
 //!           └ changed profiles ─► ClickHouseProfiles (`profiles`)
 //!                              ─► ProfilesChangelog (<group>.profiles-changelog)
 //!
@@ -35,8 +39,8 @@
 //! Under `processing.guarantee: exactly_once_v2` the Kafka sinks above are replaced by one transaction:
 //!
 //! ```text
-//!  late events, dead letters (events, consent, profiles), allowed sends, caps, journey state and
-//!  profiles (as records)
+//!  late events, dead letters (events, consent, profiles), allowed sends, caps, journey, segment and
+//!  profile state (as records)
 //!  + source positions (from the worker loop, at the epoch they closed)
 //!      ─► AfterClickHouse (the epoch's ClickHouse rows durable) ─► [to worker 0] KafkaTransaction
 //!         (begin; produce; send_offsets_to_transaction; commit — complete epochs, in order)
@@ -61,7 +65,9 @@ use timely::dataflow::operators::vec::{Broadcast, Filter, Map};
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
-use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, ProfileStore, TransitionStore};
+use touchpoint_connectors::clickhouse::{
+    DecisionStore, EventStore, ProfileStore, SegmentMembershipStore, TransitionStore,
+};
 use touchpoint_connectors::kafka::AckedProducer;
 use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_operators::decision::{Decision, DecisionKind};
@@ -82,8 +88,8 @@ use crate::stages::kafka_source::{kafka_source, SharedSource, SourceRole, StopPo
 use crate::stages::normalize::normalize;
 use crate::stages::profiles::parse_profile_stream;
 use crate::stages::sinks::{
-    changelog_record, send_record, ClickHouseDecisions, ClickHouseEvents, ClickHouseProfiles, ClickHouseTransitions,
-    ConnectorTopics, StateChangelog, TopicRecord, TopicSink,
+    changelog_record, send_record, ClickHouseDecisions, ClickHouseEvents, ClickHouseProfiles,
+    ClickHouseSegmentMemberships, ClickHouseTransitions, ConnectorTopics, StateChangelog, TopicRecord, TopicSink,
 };
 use crate::stages::tally::{log_epoch_tallies, RunTotals, TallyBook};
 use crate::stages::transaction::{TransactionalCommit, TxnItem};
@@ -132,6 +138,7 @@ pub struct ClickHouseSinks {
     pub decisions: DecisionStore,
     pub transitions: TransitionStore,
     pub profiles: ProfileStore,
+    pub memberships: SegmentMembershipStore,
 }
 
 /// The Kafka topics the dataflow writes.
@@ -145,6 +152,7 @@ pub struct OutputTopics {
     pub caps_changelog: String,
     pub journeys_changelog: String,
     pub profiles_changelog: String,
+    pub segments_changelog: String,
 }
 
 /// How the Kafka outputs are written.
@@ -166,6 +174,7 @@ pub struct AckedWriters {
     pub caps_changelog: AckedProducer,
     pub journeys_changelog: AckedProducer,
     pub profiles_changelog: AckedProducer,
+    pub segments_changelog: AckedProducer,
 }
 
 /// Handles the worker loop drives the dataflow with.
@@ -243,13 +252,15 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             caps_changelog: caps_changelog_topic,
             journeys_changelog: journeys_changelog_topic,
             profiles_changelog: profiles_changelog_topic,
+            segments_changelog: segments_changelog_topic,
         } = topics;
         // The subject-keyed operator: consent join, journeys (timers on the watermark), intents from
         // rules, frequency caps; decisions, transitions, sends, state changelogs. Events a previous run
         // stored still drive decisions (their effects may not have been durable when it died; the decision
         // path is idempotent by key), and the keyed operator passes on only the others to be stored.
         let keyed = guardrails(judged.events, changes, profile_changes, judged.watermarks, guardrail_state, rules);
-        let (cap_states, journey_states, profile_states) = (keyed.caps, keyed.journeys, keyed.profiles);
+        let (cap_states, journey_states, profile_states, segment_states) =
+            (keyed.caps, keyed.journeys, keyed.profiles, keyed.segments);
         let stored = epoch_sink(keyed.events, ClickHouseEvents { store: clickhouse.events }, runtime.clone());
         let recorded =
             epoch_sink(keyed.decisions.clone(), ClickHouseDecisions { store: clickhouse.decisions }, runtime.clone());
@@ -258,6 +269,11 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
             epoch_sink(keyed.transitions, ClickHouseTransitions { store: clickhouse.transitions }, runtime.clone());
         let profiled =
             epoch_sink(profile_states.clone(), ClickHouseProfiles { store: clickhouse.profiles }, runtime.clone());
+        let members = epoch_sink(
+            keyed.memberships,
+            ClickHouseSegmentMemberships { store: clickhouse.memberships },
+            runtime.clone(),
+        );
 
         let sinks = ProbeHandle::new();
         let mut positions = None;
@@ -277,10 +293,16 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                     cap_states.map(move |s| TxnItem::encoded(changelog_record(&caps_changelog_topic, &s))),
                     journey_states.map(move |s| TxnItem::encoded(changelog_record(&journeys_changelog_topic, &s))),
                     profile_states.map(move |s| TxnItem::encoded(changelog_record(&profiles_changelog_topic, &s))),
+                    segment_states.map(move |s| TxnItem::encoded(changelog_record(&segments_changelog_topic, &s))),
                     source_positions,
                 ]);
-                let clickhouse =
-                    scope.concatenate([stored.clone(), recorded.clone(), transitioned.clone(), profiled.clone()]);
+                let clickhouse = scope.concatenate([
+                    stored.clone(),
+                    recorded.clone(),
+                    transitioned.clone(),
+                    profiled.clone(),
+                    members.clone(),
+                ]);
                 let gated = after_durable(items, clickhouse, "AfterClickHouse").exchange(|_| 0);
                 vec![epoch_sink(gated, commit, runtime)]
             }
@@ -344,6 +366,18 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                         producer: w.journeys_changelog,
                         topic: journeys_changelog_topic,
                     },
+                    runtime.clone(),
+                );
+                // Segment state (a membership changed) only after the journeys that followed the change:
+                // a restore that finds the subject a member has the journey state its entry made, and one
+                // that does not evaluates the entry again (same event id, same send keys).
+                let segments_persisted = epoch_sink(
+                    after_durable(segment_states, journeys_persisted.clone(), "AfterJourneys"),
+                    StateChangelog {
+                        name: "SegmentsChangelog",
+                        producer: w.segments_changelog,
+                        topic: segments_changelog_topic,
+                    },
                     runtime,
                 );
                 vec![
@@ -354,12 +388,13 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
                     sent,
                     caps_persisted,
                     journeys_persisted,
+                    segments_persisted,
                     profiles_persisted,
                 ]
             }
         };
         scope
-            .concatenate([stored, recorded, transitioned, profiled].into_iter().chain(kafka_durable))
+            .concatenate([stored, recorded, transitioned, profiled, members].into_iter().chain(kafka_durable))
             .probe_with(&sinks);
 
         let (tallies, partials) = scope.new_input::<Vec<EpochTally>>();

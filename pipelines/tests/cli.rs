@@ -12,7 +12,11 @@ fn validate_path(path: &Path) -> (bool, String) {
 fn validate(yaml: &str, name: &str) -> (bool, String) {
     let path = std::env::temp_dir().join(format!("touchpoint-cli-{}-{name}.yaml", std::process::id()));
     let journeys = Path::new(env!("CARGO_MANIFEST_DIR")).join("journeys");
-    std::fs::write(&path, yaml.replace("dir: ../journeys", &format!("dir: {}", journeys.display()))).unwrap();
+    let segments = journeys.with_file_name("segments");
+    let yaml = yaml
+        .replace("dir: ../journeys", &format!("dir: {}", journeys.display()))
+        .replace("dir: ../segments", &format!("dir: {}", segments.display()));
+    std::fs::write(&path, yaml).unwrap();
     let result = validate_path(&path);
     std::fs::remove_file(&path).ok();
     result
@@ -30,6 +34,7 @@ fn the_shipped_file_validates() {
     assert!(ok, "{out}");
     assert!(out.contains("journey welcome-series version v1-"), "{out}");
     assert!(out.contains("journey abandoned-cart version v1-"), "{out}");
+    assert!(out.contains("segment inactive-14d version v1-"), "{out}");
 }
 
 #[test]
@@ -42,7 +47,10 @@ fn a_bad_journey_file_is_refused_with_file_line_and_problem() {
         .unwrap();
     let welcome = std::fs::read_to_string(shipped.join("welcome-series.yaml")).unwrap();
     std::fs::write(dir.join("welcome-series.yaml"), welcome.replace("wait: 1d", "wait: one day")).unwrap();
-    let yaml = LOCAL.replace("dir: ../journeys", &format!("dir: {}", dir.display()));
+    let segments = shipped.with_file_name("segments");
+    let yaml = LOCAL
+        .replace("dir: ../journeys", &format!("dir: {}", dir.display()))
+        .replace("dir: ../segments", &format!("dir: {}", segments.display()));
     let path = dir.join("pipeline.yaml");
     std::fs::write(&path, yaml).unwrap();
     let (ok, out) = validate_path(&path);

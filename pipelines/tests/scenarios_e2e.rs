@@ -24,7 +24,7 @@ fn run_on_services(name: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let path = root.join("scenarios").join(name);
     let (scenario, inputs) = parse_file(&path, &root.join("journeys")).expect("scenario");
-    assert!(!inputs.iter().any(|i| matches!(i, ScenarioInput::Restart(_))), "restarts are covered in-process");
+    assert!(!inputs.iter().any(|i| matches!(i, ScenarioInput::Restart(..))), "restarts are covered in-process");
 
     // The scenario's journeys and caps become the pipeline's.
     let dir = std::env::temp_dir().join(format!("touchpoint-scenario-{}-{}", std::process::id(), name));
@@ -100,7 +100,7 @@ fn run_on_services(name: &str) {
                     )],
                 );
             }
-            ScenarioInput::Consent(_) | ScenarioInput::Profile(_) | ScenarioInput::Restart(_) => {
+            ScenarioInput::Consent(_) | ScenarioInput::Profile(_) | ScenarioInput::Restart(..) => {
                 unreachable!("not in the end-to-end scenarios")
             }
         }

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_decisions_quiet_hours",
         sql: include_str!("../clickhouse/0010_decisions_quiet_hours.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_segment_memberships",
+        sql: include_str!("../clickhouse/0011_segment_memberships.sql"),
+    },
 ];
 
 /// Table that records which migrations were applied (created by the migrator itself).

@@ -318,6 +318,7 @@ fn bench_config(path: &Path, name: &str, partitions: i32) -> Result<PipelineConf
         .replace("name: marketing.events.dlq", &format!("name: {name}.dlq"))
         .replace("name: marketing.events.late", &format!("name: {name}.late"))
         .replace("  dir: ../journeys", &format!("  dir: {}", journeys.display()))
+        .replace("  dir: ../segments", &format!("  dir: {}", journeys.with_file_name("segments").display()))
         .replace("name: marketing.profiles.dlq", &format!("name: {name}.profiles.dlq"))
         .replace("name: marketing.profiles", &format!("name: {name}.profiles"))
         .replace("name: marketing.consent.dlq", &format!("name: {name}.consent.dlq"))

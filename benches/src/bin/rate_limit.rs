@@ -58,6 +58,7 @@ fn config_for(args: &Args, name: &str, bucket: &str, rate_limit: Option<(f64, f6
             &format!("templates: {}", base.join("../../schemas/templates").display()),
         )
         .replace("  dir: ../journeys", "  dir: null")
+        .replace("  dir: ../segments", "  dir: null")
         .replace("name: marketing.deliveries", &format!("name: {name}.deliveries"))
         .replace("prefix: connector.", &format!("prefix: {name}.connector."))
         .replace("group_id: touchpoint.normalization", &format!("group_id: {name}.group"));

@@ -226,6 +226,35 @@ impl ProfileStore {
     }
 }
 
+/// Segment entries and exits → `segment_memberships`.
+#[derive(Clone)]
+pub struct SegmentMembershipStore {
+    client: clickhouse::Client,
+}
+
+impl SegmentMembershipStore {
+    pub fn new(config: &ClickHouseConfig) -> Self {
+        SegmentMembershipStore { client: config.client() }
+    }
+
+    /// One INSERT per batch (a membership's row is identified by subject, segment and ordinal: a batch
+    /// written again replaces its rows).
+    pub async fn insert<'a>(
+        &self,
+        changes: impl IntoIterator<Item = &'a touchpoint_operators::segment::SegmentChange, IntoIter: Send>,
+    ) -> Result<()> {
+        let recorded_at = crate::now_ms();
+        insert_rows::<super::encoding::SegmentMembershipRow<'_>, _>(
+            &self.client,
+            "segment_memberships",
+            None,
+            changes,
+            |c| super::encoding::SegmentMembershipRow::new(c, recorded_at),
+        )
+        .await
+    }
+}
+
 /// Delivery outcomes → `deliveries`; and the lookup provider callbacks need.
 #[derive(Clone)]
 pub struct DeliveryStore {

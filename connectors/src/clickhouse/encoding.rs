@@ -221,6 +221,36 @@ impl<'a> ProfileRow<'a> {
     }
 }
 
+/// One row of `segment_memberships`: an entry (no exit time) or an exit.
+#[derive(Debug, Row, Serialize)]
+pub struct SegmentMembershipRow<'a> {
+    pub recorded_at: i64,
+    pub tenant_id: &'a str,
+    pub segment: &'a str,
+    pub subject_id: &'a str,
+    pub ordinal: u32,
+    pub version: &'a str,
+    pub entered_at: i64,
+    pub exited_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl<'a> SegmentMembershipRow<'a> {
+    pub fn new(c: &'a touchpoint_operators::segment::SegmentChange, recorded_at: i64) -> Self {
+        SegmentMembershipRow {
+            recorded_at,
+            tenant_id: &c.subject.tenant_id,
+            segment: &c.segment,
+            subject_id: &c.subject.subject_id,
+            ordinal: c.ordinal,
+            version: &c.version,
+            entered_at: c.entered_at_ms,
+            exited_at: (!c.entered).then_some(c.at_ms),
+            updated_at: c.at_ms,
+        }
+    }
+}
+
 /// One row of `deliveries`.
 #[derive(Debug, Row, Serialize)]
 pub struct DeliveryRow<'a> {

@@ -6,7 +6,9 @@ mod config;
 mod encoding;
 mod migrate;
 
-pub use client::{DecisionStore, DeliveryStore, EventStore, KnownDelivery, ProfileStore, TransitionStore};
+pub use client::{
+    DecisionStore, DeliveryStore, EventStore, KnownDelivery, ProfileStore, SegmentMembershipStore, TransitionStore,
+};
 pub use config::ClickHouseConfig;
 pub use encoding::{batch_token, EventRow};
 pub use migrate::{drop_databases_with_prefix, migrate};

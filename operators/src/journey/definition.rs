@@ -225,6 +225,29 @@ pub struct Journey {
     pub source: JourneyFile,
 }
 
+impl Journey {
+    /// The segments the journey's conditions name (`in_segment(...)`), for checking that they exist.
+    pub fn segments_named(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let matches = std::iter::once(&self.trigger).chain(&self.exit_on);
+        let waits = self.steps.iter().filter_map(|s| match &s.kind {
+            StepKind::WaitFor { event, .. } => Some(event),
+            _ => None,
+        });
+        for c in matches.chain(waits).filter_map(|m| m.condition.as_ref()) {
+            c.segments(&mut out);
+        }
+        for s in &self.steps {
+            if let StepKind::Condition { condition, .. } = &s.kind {
+                condition.segments(&mut out);
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 /// Problems found in one journey file, one line each: `path:line: problem`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.lines().join("\n"))]

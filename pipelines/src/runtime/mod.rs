@@ -29,6 +29,7 @@ use touchpoint_operators::fast_hash::FastHashMap;
 use touchpoint_operators::guardrails::SubjectSendState;
 use touchpoint_operators::journey::{Journeys, SubjectJourneys};
 use touchpoint_operators::profile::SubjectProfile;
+use touchpoint_operators::segment::SubjectSegments;
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
 use touchpoint_schemas::SubjectRef;
 
@@ -96,6 +97,7 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     topics.push(config.topics.caps_changelog(&config.pipeline.group_id));
     topics.push(config.topics.journeys_changelog(&config.pipeline.group_id));
     topics.push(config.topics.profiles_changelog(&config.pipeline.group_id));
+    topics.push(config.topics.segments_changelog(&config.pipeline.group_id));
     topics.push(config.topics.journey_versions(&config.pipeline.group_id));
     topics.push(lease_topic(&config.pipeline.group_id));
     runtime.block_on(ensure_topics(&config.kafka, &topics))?;
@@ -160,12 +162,17 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     let current_journeys = config.journeys()?;
     let has_journeys = !current_journeys.is_empty();
     let partial = if options.accept_partial_restore { PartialRestore::Accept } else { PartialRestore::Refuse };
-    let (restored_caps, journeys, restored_journeys, restored_profiles, restored_ids) = std::thread::scope(|s| {
+    let restored = std::thread::scope(|s| {
         let caps = s.spawn(|| restore_caps(&config, peers, local_workers.clone(), partial));
         // The merged profiles; `marketing.profiles` is replayed on top (newest wins per field).
         let profiles = s.spawn(|| {
             let topic = config.topics.profiles_changelog(&config.pipeline.group_id).name;
             restore_changelog::<SubjectProfile>(&config, &topic, "profile", peers, local_workers.clone(), partial)
+        });
+        // Segment state is restored even when no segment is configured any more: its members then leave.
+        let segments = s.spawn(|| {
+            let topic = config.topics.segments_changelog(&config.pipeline.group_id).name;
+            restore_changelog::<SubjectSegments>(&config, &topic, "segment", peers, local_workers.clone(), partial)
         });
         let journeys = s.spawn(|| load_journeys(&config, current_journeys, &runtime, partial));
         let journey_state = s.spawn(|| {
@@ -182,13 +189,16 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
             journeys.join().map_err(|_| joined("journeys")),
             journey_state.join().map_err(|_| joined("journey state")),
             profiles.join().map_err(|_| joined("profiles")),
+            segments.join().map_err(|_| joined("segments")),
             ids,
         )
     });
+    let (restored_caps, journeys, restored_journeys, restored_profiles, restored_segments, restored_ids) = restored;
     let restored_caps = restored_caps??;
     let journeys = journeys??;
     let restored_journeys = restored_journeys??;
     let restored_profiles = restored_profiles??;
+    let restored_segments = restored_segments??;
     let restored_ids = restored_ids?;
 
     if let Some(listen) = config.pipeline.metrics_listen.clone() {
@@ -211,6 +221,7 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         restored_caps: Mutex::new(restored_caps),
         restored_journeys: Mutex::new(restored_journeys),
         restored_profiles: Mutex::new(restored_profiles),
+        restored_segments: Mutex::new(restored_segments),
         journeys,
         restored_ids: Mutex::new(restored_ids),
         stop,
@@ -257,6 +268,8 @@ struct Shared {
     restored_journeys: Mutex<HashMap<usize, FastHashMap<SubjectRef, SubjectJourneys>>>,
     /// Worker index → the profiles it owns, restored from the changelog.
     restored_profiles: Mutex<HashMap<usize, FastHashMap<SubjectRef, SubjectProfile>>>,
+    /// Worker index → the segment state it owns, restored from the changelog.
+    restored_segments: Mutex<HashMap<usize, FastHashMap<SubjectRef, SubjectSegments>>>,
     journeys: Journeys,
     /// Worker index → the deduplication keys it owns (with first-seen time), from ClickHouse.
     restored_ids: Mutex<HashMap<usize, Vec<(u128, i64)>>>,

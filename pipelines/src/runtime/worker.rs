@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use rdkafka::consumer::CommitMode;
 use timely::worker::Worker;
-use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, ProfileStore, TransitionStore};
+use touchpoint_connectors::clickhouse::{
+    DecisionStore, EventStore, ProfileStore, SegmentMembershipStore, TransitionStore,
+};
 use touchpoint_connectors::kafka::owned_partitions;
 use touchpoint_connectors::kafka::{AckedProducer, PartitionSource};
 use touchpoint_connectors::schema_registry::RegistryClient;
@@ -84,6 +86,7 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
         owned_partitions(shared.profile_partitions, index, peers),
     )?;
     let profiles = shared.restored_profiles.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
+    let segment_state = shared.restored_segments.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
     let caps_state = shared.restored_caps.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
     let journey_state = shared.restored_journeys.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
     let kafka = if shared.eos() {
@@ -103,6 +106,7 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
             caps_changelog: AckedProducer::new(&config.kafka)?,
             journeys_changelog: AckedProducer::new(&config.kafka)?,
             profiles_changelog: AckedProducer::new(&config.kafka)?,
+            segments_changelog: AckedProducer::new(&config.kafka)?,
         })
     };
     let group = &config.pipeline.group_id;
@@ -134,12 +138,14 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
                 profiles: ProfileTable::new(profiles),
                 caps: caps_state,
                 journeys: journey_state,
+                segments: segment_state,
             },
             clickhouse: ClickHouseSinks {
                 events: store,
                 decisions: DecisionStore::new(&config.clickhouse),
                 transitions: TransitionStore::new(&config.clickhouse),
                 profiles: ProfileStore::new(&config.clickhouse),
+                memberships: SegmentMembershipStore::new(&config.clickhouse),
             },
             topics: OutputTopics {
                 dead_letter: config.topics.dead_letter.name.clone(),
@@ -150,6 +156,7 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
                 caps_changelog: config.topics.caps_changelog(group).name,
                 journeys_changelog: config.topics.journeys_changelog(group).name,
                 profiles_changelog: config.topics.profiles_changelog(group).name,
+                segments_changelog: config.topics.segments_changelog(group).name,
             },
             kafka,
             epochs: config.epochs.clone(),

@@ -4,7 +4,7 @@
 //! ([`touchpoint_operators::key_groups`]), consent changes likewise; the watermark stays on this worker
 //! (every worker holds it). Once an epoch is complete on both inputs, its consent and profile changes
 //! and watermark are applied and the epoch is handed to the worker's [`GuardrailWorker`]; what it returns leaves on
-//! six typed outputs.
+//! eight typed outputs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,11 +19,13 @@ use touchpoint_operators::consent::ConsentChange;
 use touchpoint_operators::decision::Decision;
 use touchpoint_operators::guardrails::{
     CapSnapshot, EpochCounts, GuardrailRules, GuardrailState, GuardrailWorker, JourneySnapshot, ProfileSnapshot,
+    SegmentSnapshot,
 };
 use touchpoint_operators::journey::Transition;
 use touchpoint_operators::key_groups::{key_group, key_group_of};
 use touchpoint_operators::profile::ProfileChange;
 use touchpoint_operators::read_event::ReadEvent;
+use touchpoint_operators::segment::SegmentChange;
 use touchpoint_schemas::NormalizedEvent;
 
 use super::{vec_output, Epoch};
@@ -55,10 +57,14 @@ pub struct GuardrailStreams<'s> {
     pub events: Stream<'s, Epoch, Vec<NormalizedEvent>>,
     /// The changed subjects' profiles.
     pub profiles: Stream<'s, Epoch, Vec<ProfileSnapshot>>,
+    /// The changed subjects' segment state.
+    pub segments: Stream<'s, Epoch, Vec<SegmentSnapshot>>,
+    /// Segment entries and exits.
+    pub memberships: Stream<'s, Epoch, Vec<SegmentChange>>,
 }
 
 /// The stage's outputs number.
-const OUTPUTS: usize = 6;
+const OUTPUTS: usize = 8;
 
 /// What arrived for one epoch: a capability per output, the events as the containers that brought them
 /// (never copied into one vector), and the side records.
@@ -113,13 +119,15 @@ pub fn guardrails<'s>(
     let mut events_in =
         builder.new_input(events, Exchange::new(|r: &ReadEvent| key_group_of(&r.event.tenant_id, &r.event.subject_id)));
     let mut side_in = builder.new_input(side, Pipeline);
-    // Output ports 0..6, in the order of `EpochInputs::caps`.
+    // Output ports 0..8, in the order of `EpochInputs::caps`.
     let (mut decisions_out, decisions) = vec_output::<Arc<Decision>>(&mut builder);
     let (mut transitions_out, transitions) = vec_output::<Transition>(&mut builder);
     let (mut caps_out, caps) = vec_output::<CapSnapshot>(&mut builder);
     let (mut journeys_out, journeys) = vec_output::<JourneySnapshot>(&mut builder);
     let (mut events_out, to_store) = vec_output::<NormalizedEvent>(&mut builder);
     let (mut profiles_out, profile_states) = vec_output::<ProfileSnapshot>(&mut builder);
+    let (mut segments_out, segment_states) = vec_output::<SegmentSnapshot>(&mut builder);
+    let (mut memberships_out, memberships) = vec_output::<SegmentChange>(&mut builder);
 
     builder.build(move |_| {
         let mut pending: BTreeMap<Epoch, EpochInputs> = BTreeMap::new();
@@ -171,15 +179,26 @@ pub fn guardrails<'s>(
                 }
                 let out = worker.process_epoch(inputs.events, chrono::Utc::now().timestamp_millis());
                 report(out.counts);
-                let [c0, c1, c2, c3, c4, c5] = &inputs.caps;
+                let [c0, c1, c2, c3, c4, c5, c6, c7] = &inputs.caps;
                 decisions_out.activate().session(c0).give_iterator(out.decisions.into_iter());
                 transitions_out.activate().session(c1).give_iterator(out.transitions.into_iter());
                 caps_out.activate().session(c2).give_iterator(out.caps.into_iter());
                 journeys_out.activate().session(c3).give_iterator(out.journeys.into_iter());
                 events_out.activate().session(c4).give_iterator(out.events.into_iter());
                 profiles_out.activate().session(c5).give_iterator(out.profiles.into_iter());
+                segments_out.activate().session(c6).give_iterator(out.segments.into_iter());
+                memberships_out.activate().session(c7).give_iterator(out.memberships.into_iter());
             }
         }
     });
-    GuardrailStreams { decisions, transitions, caps, journeys, events: to_store, profiles: profile_states }
+    GuardrailStreams {
+        decisions,
+        transitions,
+        caps,
+        journeys,
+        events: to_store,
+        profiles: profile_states,
+        segments: segment_states,
+        memberships,
+    }
 }

@@ -266,3 +266,23 @@ impl BatchWriter<touchpoint_operators::guardrails::ProfileSnapshot> for ClickHou
         async move { store.insert(batch.iter()).await }.boxed()
     }
 }
+
+/// Segment entries and exits → ClickHouse `segment_memberships`, one INSERT per epoch and worker.
+pub struct ClickHouseSegmentMemberships {
+    pub store: touchpoint_connectors::clickhouse::SegmentMembershipStore,
+}
+
+impl BatchWriter<touchpoint_operators::segment::SegmentChange> for ClickHouseSegmentMemberships {
+    fn name(&self) -> &'static str {
+        "ClickHouseSegmentMemberships"
+    }
+
+    fn write(
+        &self,
+        _epoch: Epoch,
+        batch: Arc<Batch<touchpoint_operators::segment::SegmentChange>>,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        let store = self.store.clone();
+        async move { store.insert(batch.iter()).await }.boxed()
+    }
+}

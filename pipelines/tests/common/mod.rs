@@ -21,6 +21,9 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// What the journeys directory of a test pipeline file reads by default: none.
 pub const JOURNEYS_OFF: &str = "  dir: null";
+/// The segments section's line in a test pipeline file: no segments unless a test asks for them.
+/// (Not `JOURNEYS_OFF`, which a test replaces to turn journeys on.)
+pub const SEGMENTS_OFF: &str = "  dir: ~";
 
 /// The override that runs the journeys of `dir` (relative to the `pipelines` crate).
 pub fn journeys_in(dir: &str) -> String {
@@ -68,6 +71,7 @@ impl TestPipeline {
             .replace("${TOUCHPOINT_METRICS_LISTEN:-127.0.0.1:19464}", &format!("127.0.0.1:{}", free_port()))
             // No journeys unless a test asks for them (`JOURNEYS_OFF` → a directory).
             .replace("  dir: ../journeys", JOURNEYS_OFF)
+            .replace("  dir: ../segments", SEGMENTS_OFF)
             .replace("${TOUCHPOINT_KAFKA_BROKERS:-127.0.0.1:19092}", &services.kafka_brokers)
             .replace("${TOUCHPOINT_CLICKHOUSE_URL:-http://127.0.0.1:18123}", &services.clickhouse_url)
             .replace("${TOUCHPOINT_SCHEMA_REGISTRY_URL:-http://127.0.0.1:18081}", &services.schema_registry_url);
