@@ -45,7 +45,8 @@ fn migrate_is_idempotent() {
             "0007_deliveries",
             "0008_profiles",
             "0009_decisions_recipient",
-            "0010_decisions_quiet_hours"
+            "0010_decisions_quiet_hours",
+            "0011_segment_memberships"
         ]
     );
     let second = rt.block_on(migrate(&c)).unwrap();

@@ -640,4 +640,42 @@ mod tests {
         );
         assert!(s.members["s"].version.starts_with("v2-"));
     }
+
+    #[test]
+    fn a_reprocessed_event_counts_once_and_ids_follow_the_ordinal() {
+        let segs = Segments::new(vec![segment("id: twice\ncondition: count(order_completed, 7d) >= 2\n")]);
+        let mut s = SubjectSegments::default();
+        assert!(segs.record(&mut s, "order_completed", T0));
+        assert!(!segs.record(&mut s, "order_completed", T0), "the same time again: a replay");
+        assert!(segs.evaluate(&subject(), &mut s, None, T0).changes.is_empty());
+        segs.record(&mut s, "order_completed", T0 + DAY);
+        let first = segs.evaluate(&subject(), &mut s, None, T0 + DAY).changes;
+        assert_eq!((first[0].ordinal, first[0].entered), (1, true));
+        let left = segs.evaluate(&subject(), &mut s, None, T0 + 8 * DAY).changes;
+        assert_eq!((left[0].ordinal, left[0].entered, left[0].entered_at_ms), (1, false, T0 + DAY));
+        segs.record(&mut s, "order_completed", T0 + 9 * DAY);
+        segs.record(&mut s, "order_completed", T0 + 10 * DAY);
+        let again = segs.evaluate(&subject(), &mut s, None, T0 + 10 * DAY).changes;
+        assert_eq!(again[0].ordinal, 2, "the second membership");
+        // The id depends on the ordinal, not on the instant it was evaluated at.
+        let mut later = again[0].clone();
+        later.at_ms += 60_000;
+        assert_eq!(later.event_id(), again[0].event_id());
+        assert_ne!(first[0].event_id(), again[0].event_id());
+        let event = again[0].event(0);
+        assert_eq!(event.event_type, SEGMENT_ENTERED);
+        assert!(event.attributes_json.contains("\"segment\":\"twice\""), "{}", event.attributes_json);
+    }
+
+    #[test]
+    fn membership_never_moves_back_in_time() {
+        let segs = Segments::new(vec![segment("id: any\ncondition: happened(app_opened, 1d)\n")]);
+        let mut s = SubjectSegments::default();
+        segs.record(&mut s, "app_opened", T0 + DAY);
+        assert_eq!(segs.evaluate(&subject(), &mut s, None, T0 + DAY).changes.len(), 1);
+        // A late event evaluated at its own time would see the open in the future and exit the subject.
+        segs.record(&mut s, "app_opened", T0);
+        assert!(segs.evaluate(&subject(), &mut s, None, T0).changes.is_empty());
+        assert_eq!(s.at_ms, T0 + DAY);
+    }
 }

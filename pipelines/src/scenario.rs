@@ -696,7 +696,11 @@ fn membership_line(line: &str, start_ms: i64) -> Result<(bool, String, i64)> {
     if words.next() != Some("at") {
         return Err(bad());
     }
-    let at = time(start_ms, words.next().ok_or_else(bad)?)?;
+    let at = words.collect::<Vec<_>>().join(" ");
+    if at.is_empty() {
+        return Err(bad());
+    }
+    let at = time(start_ms, &at)?;
     Ok((entered, segment, at))
 }
 
