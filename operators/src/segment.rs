@@ -17,7 +17,7 @@
 //! longest window any condition uses (at most [`MAX_TIMES_PER_TYPE`], the newest; `count` stops there)
 //! and whether the type was ever seen. A window that empties is a change in time alone:
 //! [`Segments::next_change`] says when, and the caller sets a timer on the watermark, so a subject
-//! joins `inactive-14d` without any event.
+//! joins `inactive-3d` without any event.
 //!
 //! The guardrails (`crate::guardrails`) hold [`SubjectSegments`] next to the journeys, evaluate on events
 //! of counted types, profile changes and timers, and feed each [`SegmentChange`] to the journeys and the

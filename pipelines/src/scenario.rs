@@ -9,7 +9,7 @@
 //! name: welcome series, email opened
 //! start: 2026-11-20T10:00:00Z          # `+<duration>` / `-<duration>` times are relative to it
 //! journeys: [welcome-series]           # files of pipelines/journeys, or inline definitions
-//! segments: [inactive-14d]             # files of pipelines/segments, or inline definitions
+//! segments: [inactive-3d]              # files of pipelines/segments, or inline definitions
 //! consent: [{subject: ann, channel: email}]   # granted (marketing) unless `status` says otherwise
 //! profiles: [{subject: ann, email: ann@example.com, devices: [ann-phone], time_zone: Europe/Berlin}]
 //! recipients: {default: profile_only}         # `profiles.recipients` of the pipeline file
@@ -23,7 +23,7 @@
 //!   sends: [{subject: ann, template: welcome, recipient: ann@example.com}]  # allowed, in decision order
 //!   suppressed: [{subject: bob, template: x, decision: suppressed_cap}]
 //!   transitions: {ann: [">welcome:trigger:signed_up", ...]}   # from>to:cause, in order
-//!   memberships: {ann: ["entered inactive-14d at +14d1ms"]}     # segment entries and exits, in order
+//!   memberships: {ann: ["entered inactive-3d at +3d 1ms"]}   # segment entries and exits, in order
 //! ```
 
 use std::cell::RefCell;

@@ -34,7 +34,7 @@ fn the_shipped_file_validates() {
     assert!(ok, "{out}");
     assert!(out.contains("journey welcome-series version v1-"), "{out}");
     assert!(out.contains("journey abandoned-cart version v1-"), "{out}");
-    assert!(out.contains("segment inactive-14d version v1-"), "{out}");
+    assert!(out.contains("segment inactive-3d version v1-"), "{out}");
 }
 
 #[test]

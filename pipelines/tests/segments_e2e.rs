@@ -1,5 +1,5 @@
 //! Streaming segments end to end on the real services, with the shipped segment files and journeys:
-//! subjects who stopped opening the app enter `inactive-14d` by event time alone (no event of theirs),
+//! subjects who stopped opening the app enter `inactive-3d` by event time alone (no event of theirs),
 //! the `segment_entered` event starts the win-back journey and its push goes out; profile attributes
 //! (`pro-customers`) and counts (`frequent-buyers`) make memberships too, all landing in ClickHouse
 //! `segment_memberships`. The pipeline is then killed with SIGKILL and restarted: the memberships come
@@ -89,15 +89,15 @@ fn segments_move_by_time_trigger_journeys_and_survive_a_sigkill() {
         .collect();
     produce_json(&tp, &tp.config.topics.consent.name, consent);
 
-    // Every subject opened the app 20 days ago; odd subjects again 10 days ago (still active when event
-    // time stops, 5 days ago); the first BUYERS ordered three times in three days.
+    // Every subject opened the app at `start`; odd subjects again 14 days later (still active when event
+    // time stops, two days after that); the first BUYERS ordered three times in three days.
     let now = chrono::Utc::now().timestamp_millis();
     let start = now - now.rem_euclid(DAY) - 20 * DAY;
     let mut events = Vec::new();
     for i in 0..SUBJECTS {
         events.push(event(&format!("o-{i}"), "app_opened", &subject(i), start + i as i64 * 1_000));
         if i % 2 == 1 {
-            events.push(event(&format!("p-{i}"), "app_opened", &subject(i), start + 10 * DAY));
+            events.push(event(&format!("p-{i}"), "app_opened", &subject(i), start + 14 * DAY));
         }
         if i < BUYERS {
             for n in 0..3 {
@@ -128,19 +128,19 @@ fn segments_move_by_time_trigger_journeys_and_survive_a_sigkill() {
         ),
         half * 2 + BUYERS as u64
     );
-    assert_eq!(members(&tp, "inactive-14d"), half, "the even subjects, by time alone");
+    assert_eq!(members(&tp, "inactive-3d"), half, "the even subjects, by time alone");
     assert_eq!(members(&tp, "pro-customers"), half, "from the profiles' plan");
     assert_eq!(members(&tp, "frequent-buyers"), BUYERS as u64);
-    // Entered when their open left the 14-day window, to the millisecond.
+    // Entered when their open left the 3-day window, to the millisecond.
     let entered = query_lines(
         &tp,
         "SELECT concat(subject_id, '|', toString(toUnixTimestamp64Milli(entered_at))) AS line \
-         FROM segment_memberships FINAL WHERE segment = 'inactive-14d' AND subject_id LIKE 's-%'",
+         FROM segment_memberships FINAL WHERE segment = 'inactive-3d' AND subject_id LIKE 's-%'",
     );
     for line in &entered {
         let (s, at) = line.split_once('|').unwrap_or_default();
         let i: i64 = s.trim_start_matches("s-").parse().expect("subject number");
-        assert_eq!(at.parse::<i64>().ok(), Some(start + i * 1_000 + 14 * DAY + 1), "{line}");
+        assert_eq!(at.parse::<i64>().ok(), Some(start + i * 1_000 + 3 * DAY + 1), "{line}");
     }
     first.kill().expect("SIGKILL");
     first.wait().expect("wait");
@@ -151,19 +151,20 @@ fn segments_move_by_time_trigger_journeys_and_survive_a_sigkill() {
     produce_json(
         &tp,
         &tp.config.topics.events.name,
+        // Still before the odd subjects' window ends (start + 17 days).
         vec![
-            event("back-0", "app_opened", &subject(0), start + 16 * DAY),
-            event("clock-2", "page_viewed", "clock", start + 17 * DAY),
+            event("back-0", "app_opened", &subject(0), start + 15 * DAY + 3_600_000),
+            event("clock-2", "page_viewed", "clock", start + 16 * DAY),
         ],
     );
-    let exited = "SELECT count() FROM segment_memberships FINAL WHERE segment = 'inactive-14d' \
+    let exited = "SELECT count() FROM segment_memberships FINAL WHERE segment = 'inactive-3d' \
                   AND exited_at IS NOT NULL AND subject_id LIKE 's-%'";
-    assert_eq!(wait_for(&tp, exited, 1, Duration::from_secs(120)), 1, "s-0 left inactive-14d");
+    assert_eq!(wait_for(&tp, exited, 1, Duration::from_secs(120)), 1, "s-0 left inactive-3d");
     std::thread::sleep(Duration::from_secs(2));
     let _ = std::process::Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
     assert!(second.wait().expect("wait").success(), "the restarted pipeline stops cleanly");
 
-    assert_eq!(members(&tp, "inactive-14d"), half - 1);
+    assert_eq!(members(&tp, "inactive-3d"), half - 1);
     assert_eq!(
         count(&tp, "SELECT count() FROM segment_memberships FINAL WHERE ordinal > 1"),
         0,
