@@ -88,6 +88,11 @@ if [ -n "$HELD" ]; then
   "$TP" explain --config "$CONFIG" --tenant "$(echo "$HELD" | cut -f1)" --subject "$(echo "$HELD" | cut -f2)" | grep -E "held|released|subject " || true
 fi
 echo
+echo "== Segments: members now, and memberships that ended (${DB}.segment_memberships; docs/segments.md)"
+q "SELECT segment, any(version) AS version, countIf(exited_at IS NULL) AS members, countIf(exited_at IS NOT NULL) AS left FROM $DB.segment_memberships FINAL GROUP BY segment ORDER BY segment"
+echo "-- entered inactive-3d by time alone (no event of theirs: a timer on the watermark), then the win-back journey:"
+q "SELECT to_step AS step, if(position(cause, ' (') > 0, substring(cause, 1, position(cause, ' (') - 1), cause) AS outcome, uniqExact(tenant_id, subject_id) AS subjects FROM $DB.journey_transitions FINAL WHERE journey = 'win-back' GROUP BY step, outcome ORDER BY subjects DESC"
+echo
 echo "== Journeys: subjects reaching each step (${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions)"
 q "SELECT journey, to_step AS step, uniqExact(tenant_id, subject_id) AS subjects FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.journey_transitions FINAL WHERE to_step != '' GROUP BY journey, step ORDER BY journey, subjects DESC"
 echo

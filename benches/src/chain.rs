@@ -22,11 +22,14 @@ use touchpoint_operators::consent::{parse_consent, ConsentTable};
 use touchpoint_operators::decision::{Decision, DecisionKind};
 use touchpoint_operators::decode::{RecordDecoder, SchemaLookup, SchemaLookupError};
 use touchpoint_operators::dedupe::EventDeduplicator;
-use touchpoint_operators::guardrails::{CapSnapshot, GuardrailState, GuardrailWorker, JourneySnapshot};
+use touchpoint_operators::guardrails::{
+    CapSnapshot, GuardrailState, GuardrailWorker, JourneySnapshot, SegmentSnapshot,
+};
 use touchpoint_operators::journey::{Journeys, Transition};
 use touchpoint_operators::normalize::Normalizer;
 use touchpoint_operators::profile::{parse_profile_record, ProfileTable};
 use touchpoint_operators::read_event::ReadEvent;
+use touchpoint_operators::segment::{SegmentChange, Segments};
 use touchpoint_schemas::NormalizedEvent;
 
 /// An in-memory schema lookup (the registry client caches the same way after the first lookup).
@@ -84,6 +87,8 @@ pub struct ChainCounts {
     pub changelog_records: usize,
     /// Bytes of every record the sinks would write (dead letters, sends, changelogs).
     pub bytes_out: usize,
+    /// Segment entries and exits.
+    pub memberships: usize,
 }
 
 /// What the pipeline's sinks are handed for one epoch, by sink (`crate::topology`'s names).
@@ -101,6 +106,19 @@ pub struct SinkInputs {
     pub caps: Vec<CapSnapshot>,
     /// `JourneysChangelog`.
     pub journeys: Vec<JourneySnapshot>,
+    /// `SegmentsChangelog`.
+    pub segments: Vec<SegmentSnapshot>,
+    /// `ClickHouseSegmentMemberships`.
+    pub memberships: Vec<SegmentChange>,
+}
+
+/// Which parts of the pipeline file a [`Chain`] runs with.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    /// Profiles (else recipients come from the events).
+    pub profiles: bool,
+    /// The segments of `segments.dir`.
+    pub segments: bool,
 }
 
 /// One worker's operators and state, built from a pipeline file, fed epochs of source records.
@@ -125,8 +143,17 @@ impl Chain {
     /// events (`event_may_override` for every purpose), as before profiles existed. The generator's
     /// events carry the same addresses its profiles hold, so both send the same.
     pub fn with_profiles(config: &PipelineConfig, schema: Arc<Schema>, subjects: usize, profiles: bool) -> Self {
+        Chain::with(config, schema, subjects, Parts { profiles, segments: true })
+    }
+
+    /// [`Chain::new`] with some parts left out (to measure what they cost).
+    pub fn with(config: &PipelineConfig, schema: Arc<Schema>, subjects: usize, parts: Parts) -> Self {
+        let Parts { profiles, segments } = parts;
         let journeys = Journeys::new(config.journeys().expect("journeys"), &config.intents.time_zone_attribute);
         let mut rules = config.guardrail_rules(journeys).expect("guardrail rules");
+        if !segments {
+            rules.segments = Segments::default();
+        }
         if !profiles {
             rules.profiles.recipients.default = touchpoint_operators::profile::RecipientPolicy::EventMayOverride;
             rules.profiles.recipients.by_purpose.clear();
@@ -176,6 +203,9 @@ impl Chain {
         for s in &out.journeys {
             bytes += s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()).map_or(0, |p| p.len());
         }
+        for s in &out.segments {
+            bytes += s.state.as_ref().and_then(|c| serde_json::to_vec(c).ok()).map_or(0, |p| p.len());
+        }
         bytes += batch_token("events", &out.events).len();
         counts.bytes_out += bytes;
     }
@@ -219,11 +249,14 @@ impl Chain {
         counts.decisions += keyed.decisions.len();
         counts.sends += keyed.counts.allowed as usize;
         counts.transitions += keyed.transitions.len();
-        counts.changelog_records += keyed.caps.len() + keyed.journeys.len();
+        counts.changelog_records += keyed.caps.len() + keyed.journeys.len() + keyed.segments.len();
+        counts.memberships += keyed.memberships.len();
         out.decisions = keyed.decisions;
         out.transitions = keyed.transitions;
         out.caps = keyed.caps;
         out.journeys = keyed.journeys;
+        out.segments = keyed.segments;
+        out.memberships = keyed.memberships;
         out.events = keyed.events;
         out
     }

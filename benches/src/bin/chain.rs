@@ -10,7 +10,7 @@ use std::time::Instant;
 touchpoint_benches::pipeline_allocator!();
 
 use clap::Parser;
-use touchpoint_benches::chain::{local_config, source_records, CachedSchema, Chain};
+use touchpoint_benches::chain::{local_config, source_records, CachedSchema, Chain, Parts};
 use touchpoint_operators::decode::RecordDecoder;
 
 #[derive(Parser)]
@@ -29,6 +29,10 @@ struct Args {
     /// with them, and report the ratio: the cost of profiles.
     #[arg(long)]
     compare_profiles: bool,
+    /// Also run the chain without segments, alternating with the chain with them, and report the
+    /// ratio: the cost of segments.
+    #[arg(long)]
+    compare_segments: bool,
 }
 
 fn main() {
@@ -42,36 +46,47 @@ fn main() {
     let decoded =
         records.iter().filter(|r| decoder.decode_event(r.payload.as_deref().unwrap_or_default()).is_ok()).count();
     let baseline = records.len() as f64 / started.elapsed().as_secs_f64();
-    let (mut best, mut best_without) = (0f64, 0f64);
+    // The whole chain first; each variant leaves one part out. Alternated within every pass, so a
+    // drifting clock affects all alike.
+    let mut variants = vec![("", Parts { profiles: true, segments: true })];
+    if args.compare_profiles {
+        variants.push(("profiles", Parts { profiles: false, segments: true }));
+    }
+    if args.compare_segments {
+        variants.push(("segments", Parts { profiles: true, segments: false }));
+    }
+    let mut best = vec![0f64; variants.len()];
     let mut counts = Default::default();
     for _ in 0..args.passes {
-        for profiles in [true, false] {
-            if !profiles && !args.compare_profiles {
-                continue;
-            }
-            let mut chain = Chain::with_profiles(&config, schema.clone(), args.subjects, profiles);
+        for (i, (without, parts)) in variants.iter().enumerate() {
+            let mut chain = Chain::with(&config, schema.clone(), args.subjects, *parts);
             // The chain takes its records as the source hands them over (owned); the copy is not timed.
             let input = records.clone();
             let started = Instant::now();
             let run = chain.run(input, args.per_epoch, now_ms);
             let rate = records.len() as f64 / started.elapsed().as_secs_f64();
-            if profiles {
+            best[i] = best[i].max(rate);
+            if i == 0 {
                 counts = run;
-                best = best.max(rate);
             } else {
-                best_without = best_without.max(rate);
-                println!("without profiles: {run:?}");
+                println!("without {without}: {run:?}");
             }
         }
     }
     println!("records {} ({decoded} decodable), subjects {}", records.len(), args.subjects);
     println!("baseline: decode only        {baseline:>12.0} records/s");
-    println!("chain (best of {})            {best:>12.0} records/s   ratio {:.3}", args.passes, best / baseline);
+    println!(
+        "chain (best of {})            {:>12.0} records/s   ratio {:.3}",
+        args.passes,
+        best[0],
+        best[0] / baseline
+    );
     println!("{counts:?}");
-    if args.compare_profiles {
+    for (i, (without, _)) in variants.iter().enumerate().skip(1) {
         println!(
-            "chain without profiles (best) {best_without:>12.0} records/s   with / without {:.3}",
-            best / best_without
+            "chain without {without:<9} (best) {:>12.0} records/s   with / without {:.3}",
+            best[i],
+            best[0] / best[i]
         );
     }
 }

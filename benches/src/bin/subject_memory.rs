@@ -4,9 +4,11 @@
 //!   cargo run --release -p touchpoint-benches --bin subject_memory -- --subjects 100000,1000000,5000000
 //!
 //! Every subject has email and push consent (2 consent records) and a profile (email, push device,
-//! locale, two attributes, as the generator writes them), signs up and updates a cart (entering
-//! the welcome series and the abandoned cart: a decided welcome email in the send ledger, counted sends
-//! in the cap state, two journeys waiting), and the dedupe state holds its two event ids. Live heap bytes
+//! locale, two attributes, as the generator writes them), signs up, updates a cart and opens the app
+//! (entering the welcome series and the abandoned cart: a decided welcome email and a daily-deal push in
+//! the send ledger, counted sends in the cap state, two journeys waiting; the shipped segments keep the
+//! app open for `inactive-3d` and a third of the subjects are `pro-customers`), and the dedupe state holds
+//! its three event ids. Live heap bytes
 //! are counted by a counting global allocator: the whole state after the events minus before, and each
 //! part by the bytes a deep copy of it allocates ("rest": the dedupe ids and the journey timers).
 
@@ -49,8 +51,16 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let config = local_config();
     println!(
-        "{:>10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>14} {:>12}",
-        "subjects", "consent B/s", "profile B/s", "sends B/s", "journeys B/s", "rest* B/s", "total B/s", "total MiB"
+        "{:>10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>14} {:>12}",
+        "subjects",
+        "consent B/s",
+        "profile B/s",
+        "sends B/s",
+        "journeys B/s",
+        "segments B/s",
+        "rest* B/s",
+        "total B/s",
+        "total MiB"
     );
     for &n in &args.subjects {
         let started = Instant::now();
@@ -87,7 +97,7 @@ fn main() -> Result<()> {
         let after_profiles = live_bytes();
         let mut sends = 0usize;
         const PER_EPOCH: usize = 50_000;
-        for (kind, offset_ms) in [("signed_up", 0), ("cart_updated", 60_000)] {
+        for (kind, offset_ms) in [("signed_up", 0), ("cart_updated", 60_000), ("app_opened", 120_000)] {
             for start in (0..n).step_by(PER_EPOCH) {
                 let events: Vec<NormalizedEvent> = (start..(start + PER_EPOCH).min(n))
                     .map(|i| touchpoint_benches::subject_event(i, kind, T0 + offset_ms + i as i64))
@@ -109,22 +119,24 @@ fn main() -> Result<()> {
             drop(copy);
             bytes
         };
-        let (send_state, journeys) = if n <= args.parts_up_to {
+        let (send_state, journeys, segments) = if n <= args.parts_up_to {
             (
                 size_of_copy(&|| Box::new(worker.state().caps.clone())),
                 size_of_copy(&|| Box::new(worker.state().journeys.clone())),
+                size_of_copy(&|| Box::new(worker.state().segments.clone())),
             )
         } else {
-            (0, 0)
+            (0, 0, 0)
         };
-        let rest = total.saturating_sub(consent + profiles + send_state + journeys);
+        let rest = total.saturating_sub(consent + profiles + send_state + journeys + segments);
         let per = |b: usize| b as f64 / n as f64;
         if n > args.parts_up_to {
             println!(
-                "{:>10} {:>12.0} {:>12.0} {:>12} {:>12} {:>12} {:>14.0} {:>12.1}",
+                "{:>10} {:>12.0} {:>12.0} {:>12} {:>12} {:>12} {:>12} {:>14.0} {:>12.1}",
                 n,
                 per(consent),
                 per(profiles),
+                "-",
                 "-",
                 "-",
                 "-",
@@ -135,20 +147,22 @@ fn main() -> Result<()> {
             continue;
         }
         println!(
-            "{:>10} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>14.0} {:>12.1}",
+            "{:>10} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>14.0} {:>12.1}",
             n,
             per(consent),
             per(profiles),
             per(send_state),
             per(journeys),
+            per(segments),
             per(rest),
             per(total),
             mib(total)
         );
         eprintln!(
-            "{n} subjects: {sends} sends allowed, {} with send state, {} in journeys, built in {:.1?}",
+            "{n} subjects: {sends} sends allowed, {} with send state, {} in journeys, {} with segment state, built in {:.1?}",
             worker.state().caps.len(),
             worker.state().journeys.len(),
+            worker.state().segments.len(),
             started.elapsed()
         );
         drop(worker);
