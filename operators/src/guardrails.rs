@@ -478,14 +478,18 @@ impl GuardrailWorker {
                 // watermark.
                 segments_pending.extend(profiles_touched.iter().cloned());
             } else {
-                let mut due: BTreeSet<SubjectRef> = std::mem::take(segments_pending);
+                // In subject order, so that the changes come out in the same order in every run. (A
+                // sorted vector: the check after a start lists every subject once.)
+                let mut due: Vec<SubjectRef> = std::mem::take(segments_pending).into_iter().collect();
                 due.extend(profiles_touched.iter().cloned());
                 if std::mem::take(segments_unchecked) {
                     due.extend(pass.profiles.subjects().cloned());
                     due.extend(pass.states.keys().cloned());
                 }
-                for subject in due {
-                    pass.evaluate(&subject, watermark);
+                due.sort_unstable();
+                due.dedup();
+                for subject in &due {
+                    pass.evaluate(subject, watermark);
                 }
             }
         }
@@ -737,14 +741,30 @@ impl SegmentPass<'_> {
     }
 
     fn finish(&mut self, subject: &SubjectRef, before: Option<i64>, now: i64, recorded: bool) {
-        let state = self.states.entry(subject.clone()).or_default();
-        let evaluation = self.segments.evaluate(subject, state, self.profiles.get(subject), now);
-        self.timers.update(subject, before, self.segments.next_change(state, state.at_ms));
+        let profile = self.profiles.get(subject);
+        let evaluation = match self.states.get_mut(subject) {
+            Some(state) => {
+                let evaluation = self.segments.evaluate(subject, state, profile, now);
+                self.timers.update(subject, before, self.segments.next_change(state, state.at_ms));
+                if state.is_empty() {
+                    self.states.remove(subject);
+                }
+                evaluation
+            }
+            None => {
+                // Most subjects a profile change or the check after a start evaluates have no segment
+                // state and get none: kept only if they entered a segment.
+                let mut state = SubjectSegments::default();
+                let evaluation = self.segments.evaluate(subject, &mut state, profile, now);
+                if !state.is_empty() {
+                    self.timers.update(subject, before, self.segments.next_change(&state, state.at_ms));
+                    self.states.insert(subject.clone(), state);
+                }
+                evaluation
+            }
+        };
         if recorded || evaluation.reversioned || !evaluation.changes.is_empty() {
             self.touched.insert(subject.clone());
-        }
-        if state.is_empty() {
-            self.states.remove(subject);
         }
         self.changes.extend(evaluation.changes);
     }

@@ -13,7 +13,8 @@
 //! - [`intent`]: send intents from rules in the pipeline file;
 //! - [`consent`]: the consent table (latest consent per subject × channel × purpose);
 //! - [`profile`]: subject profiles (recipients, time zone, locale, attributes), newest wins per field;
-//! - [`segment`]: streaming segment definitions and per-subject membership (not wired in yet);
+//! - [`segment`]: streaming segment definitions and per-subject membership;
+//! - [`small_map`]: a few named values in one sorted vector (compact per-subject state);
 //! - [`quiet_hours`]: local-time windows in which sends are held or dropped;
 //! - [`frequency_cap`]: caps per subject over rolling and calendar windows;
 //! - [`decision`]: consent then caps, one decision per intent;
@@ -22,8 +23,8 @@
 //! - [`version`]: content-hash versions of rule sets and journey files;
 //! - [`watermark`]: event time: per-partition watermarks, idle partitions, late events;
 //! - [`key_groups`]: which worker holds a subject's state;
-//! - [`guardrails`]: one worker's subject-keyed work per epoch: consent, journeys, intents, caps,
-//!   the send ledger.
+//! - [`guardrails`]: one worker's subject-keyed work per epoch: consent, profiles, segments, journeys,
+//!   intents, caps, the send ledger.
 
 pub mod consent;
 pub mod decision;
@@ -41,6 +42,7 @@ pub mod quiet_hours;
 pub mod read_event;
 pub mod segment;
 pub mod send_ledger;
+pub mod small_map;
 pub mod tally;
 pub mod version;
 pub mod watermark;

@@ -16,7 +16,7 @@
 //! A producer never chooses a recipient unless the pipeline file allows it for the purpose
 //! ([`RecipientPolicy`]); see `docs/profiles.md`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -25,6 +25,7 @@ use touchpoint_schemas::{Channel, Purpose, RejectReason, SubjectRef};
 use crate::decode::event::FieldValue;
 use crate::fast_hash::FastHashMap;
 use crate::normalize::{parse_event_time_field, Rejection};
+pub use crate::small_map::SmallMap;
 
 /// A subject's profile is at most this large (its fields' text, as [`SubjectProfile::approx_bytes`]
 /// counts it): custom attributes beyond it are cut.
@@ -75,76 +76,6 @@ pub struct SubjectProfile {
     /// A tombstone's time: nothing dated at or before it is taken any more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forgotten_at_ms: Option<i64>,
-}
-
-/// A few named values, sorted by name in one vector: a profile has a handful of devices and attributes,
-/// and a `BTreeMap` node holds room for eleven (it tripled a profile's memory; benches/README.md).
-/// Serialized as a map.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SmallMap<V>(Vec<(String, V)>);
-
-impl<V> Default for SmallMap<V> {
-    fn default() -> Self {
-        SmallMap(Vec::new())
-    }
-}
-
-impl<V> SmallMap<V> {
-    fn position(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
-    }
-
-    pub fn get(&self, name: &str) -> Option<&V> {
-        self.position(name).ok().map(|i| &self.0[i].1)
-    }
-
-    /// Sets `name`; returns the value it had.
-    pub fn insert(&mut self, name: String, value: V) -> Option<V> {
-        match self.position(&name) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
-            Err(i) => {
-                self.0.insert(i, (name, value));
-                None
-            }
-        }
-    }
-
-    pub fn remove(&mut self, name: &str) -> Option<V> {
-        self.position(name).ok().map(|i| self.0.remove(i).1)
-    }
-
-    pub fn retain(&mut self, mut keep: impl FnMut(&String, &V) -> bool) {
-        self.0.retain(|(k, v)| keep(k, v));
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.0.iter().map(|(k, v)| (k, v))
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.0.iter().map(|(_, v)| v)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl<V: Serialize> Serialize for SmallMap<V> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
-    }
-}
-
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for SmallMap<V> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<String, V>::deserialize(d)?;
-        Ok(SmallMap(map.into_iter().collect()))
-    }
 }
 
 /// Whether `(at, value)` replaces `old`: newer wins; on a tie, the larger value (order-independent).
@@ -328,8 +259,8 @@ impl SubjectProfile {
             }
         }
         // Profiles change rarely and are held long: no spare room per subject.
-        self.devices.0.shrink_to_fit();
-        self.attributes.0.shrink_to_fit();
+        self.devices.shrink_to_fit();
+        self.attributes.shrink_to_fit();
         applied.changed = changed;
         applied
     }

@@ -38,6 +38,7 @@ use touchpoint_schemas::{Channel, NormalizedEvent, Purpose, SourcePosition, Subj
 
 use crate::journey::expr::{Context, Expr};
 use crate::profile::SubjectProfile;
+use crate::small_map::SmallMap;
 
 /// Event times kept per subject and event type: `count(...)` saturates here.
 pub const MAX_TIMES_PER_TYPE: usize = 256;
@@ -204,16 +205,17 @@ fn first() -> u32 {
     1
 }
 
-/// What the segments keep of one subject.
+/// What the segments keep of one subject. Sorted vectors, not B-trees: a subject has a few counted types
+/// and memberships, and a B-tree node holds room for eleven.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectSegments {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub history: BTreeMap<String, TypeHistory>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub members: BTreeMap<String, Membership>,
+    #[serde(default, skip_serializing_if = "SmallMap::is_empty")]
+    pub history: SmallMap<TypeHistory>,
+    #[serde(default, skip_serializing_if = "SmallMap::is_empty")]
+    pub members: SmallMap<Membership>,
     /// Per segment, how many memberships of the subject ended (the next entry's ordinal is one more).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub exits: BTreeMap<String, u32>,
+    #[serde(default, skip_serializing_if = "SmallMap::is_empty")]
+    pub exits: SmallMap<u32>,
     /// The event time of the last evaluation: membership never moves back in time (a late event is
     /// evaluated at this instant, not its own).
     #[serde(default = "never")]
@@ -233,7 +235,12 @@ impl SubjectSegments {
 
 impl Default for SubjectSegments {
     fn default() -> Self {
-        SubjectSegments { history: BTreeMap::new(), members: BTreeMap::new(), exits: BTreeMap::new(), at_ms: never() }
+        SubjectSegments {
+            history: SmallMap::default(),
+            members: SmallMap::default(),
+            exits: SmallMap::default(),
+            at_ms: never(),
+        }
     }
 }
 
@@ -354,7 +361,7 @@ impl Segments {
     /// so do two events of one type at the same millisecond.
     pub fn record(&self, state: &mut SubjectSegments, event_type: &str, at_ms: i64) -> bool {
         let Some(window) = self.windows.get(event_type) else { return false };
-        let h = state.history.entry(event_type.to_string()).or_default();
+        let h = state.history.get_or_insert_with(event_type, TypeHistory::default);
         let mut changed = !h.ever;
         h.ever = true;
         if window.is_some() {
@@ -436,7 +443,11 @@ impl Segments {
             }
         }
         // Segments no longer loaded: their members leave.
-        let gone: Vec<String> = state.members.keys().filter(|id| !self.contains(id)).cloned().collect();
+        let gone: Vec<String> = if state.members.keys().any(|id| !self.contains(id)) {
+            state.members.keys().filter(|id| !self.contains(id)).cloned().collect()
+        } else {
+            Vec::new()
+        };
         for id in gone {
             if let Some(m) = state.members.remove(&id) {
                 out.changes.push(exit(subject, &mut state.exits, id, m, now));
@@ -478,13 +489,7 @@ pub struct Evaluation {
     pub reversioned: bool,
 }
 
-fn exit(
-    subject: &SubjectRef,
-    exits: &mut BTreeMap<String, u32>,
-    segment: String,
-    m: Membership,
-    now: i64,
-) -> SegmentChange {
+fn exit(subject: &SubjectRef, exits: &mut SmallMap<u32>, segment: String, m: Membership, now: i64) -> SegmentChange {
     exits.insert(segment.clone(), m.ordinal);
     SegmentChange {
         subject: subject.clone(),
