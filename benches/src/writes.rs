@@ -17,14 +17,16 @@ use futures::StreamExt;
 use touchpoint::stages::epoch_sink::{Batch, BatchWriter};
 use touchpoint::stages::normalize::DeadLetter;
 use touchpoint::stages::sinks::{
-    ClickHouseDecisions, ClickHouseEvents, ClickHouseTransitions, ConnectorTopics, StateChangelog, TopicSink,
+    ClickHouseDecisions, ClickHouseEvents, ClickHouseSegmentMemberships, ClickHouseTransitions, ConnectorTopics,
+    StateChangelog, TopicSink,
 };
 use touchpoint::PipelineConfig;
-use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, TransitionStore};
+use touchpoint_connectors::clickhouse::{DecisionStore, EventStore, SegmentMembershipStore, TransitionStore};
 use touchpoint_connectors::kafka::AckedProducer;
 use touchpoint_operators::decision::{Decision, DecisionKind};
-use touchpoint_operators::guardrails::{CapSnapshot, JourneySnapshot};
+use touchpoint_operators::guardrails::{CapSnapshot, JourneySnapshot, SegmentSnapshot};
 use touchpoint_operators::journey::Transition;
+use touchpoint_operators::segment::SegmentChange;
 use touchpoint_schemas::NormalizedEvent;
 
 use crate::chain::{source_records, Chain, ChainCounts};
@@ -38,6 +40,8 @@ pub struct SinkBatches {
     pub transitions: Vec<Arc<Batch<Transition>>>,
     pub caps: Vec<Arc<Batch<CapSnapshot>>>,
     pub journeys: Vec<Arc<Batch<JourneySnapshot>>>,
+    pub segments: Vec<Arc<Batch<SegmentSnapshot>>>,
+    pub memberships: Vec<Arc<Batch<SegmentChange>>>,
     pub dead_letters: Vec<Arc<Batch<DeadLetter>>>,
     pub counts: ChainCounts,
 }
@@ -61,6 +65,8 @@ impl SinkBatches {
             out.transitions.push(batch(inputs.transitions));
             out.caps.push(batch(inputs.caps));
             out.journeys.push(batch(inputs.journeys));
+            out.segments.push(batch(inputs.segments));
+            out.memberships.push(batch(inputs.memberships));
             out.dead_letters.push(batch(inputs.dead_letters));
         }
         out
@@ -98,6 +104,12 @@ pub async fn write_all(config: &PipelineConfig, batches: &SinkBatches) -> Result
         producer: producer()?,
         topic: config.topics.journeys_changelog(group).name,
     };
+    let segments = StateChangelog {
+        name: "SegmentsChangelog",
+        producer: producer()?,
+        topic: config.topics.segments_changelog(group).name,
+    };
+    let memberships = ClickHouseSegmentMemberships { store: SegmentMembershipStore::new(&config.clickhouse) };
     let dead_letters =
         TopicSink { name: "DeadLetterTopic", producer: producer()?, topic: config.topics.dead_letter.name.clone() };
 
@@ -109,10 +121,13 @@ pub async fn write_all(config: &PipelineConfig, batches: &SinkBatches) -> Result
         write_sink(&transitions, &batches.transitions, started),
         write_sink(&caps, &batches.caps, started),
         write_sink(&journeys, &batches.journeys, started),
+        write_sink(&segments, &batches.segments, started),
+        write_sink(&memberships, &batches.memberships, started),
         write_sink(&dead_letters, &batches.dead_letters, started),
     )?;
     let elapsed = started.elapsed();
-    Ok(WritesReport { elapsed, sinks: vec![sinks.0, sinks.1, sinks.2, sinks.3, sinks.4, sinks.5, sinks.6] })
+    let sinks = vec![sinks.0, sinks.1, sinks.2, sinks.3, sinks.4, sinks.5, sinks.6, sinks.7, sinks.8];
+    Ok(WritesReport { elapsed, sinks })
 }
 
 /// One sink's batches, in order, with at most its own number of writes in flight.
@@ -147,8 +162,11 @@ mod tests {
         assert_eq!(total(batches.sends.iter().map(|b| b.len()).collect()), c.sends);
         assert_eq!(total(batches.transitions.iter().map(|b| b.len()).collect()), c.transitions);
         let changelogs = total(batches.caps.iter().map(|b| b.len()).collect())
-            + total(batches.journeys.iter().map(|b| b.len()).collect());
+            + total(batches.journeys.iter().map(|b| b.len()).collect())
+            + total(batches.segments.iter().map(|b| b.len()).collect());
         assert_eq!(changelogs, c.changelog_records);
+        assert_eq!(total(batches.memberships.iter().map(|b| b.len()).collect()), c.memberships);
+        assert!(c.memberships > 0, "the shipped segments have members");
         assert_eq!(total(batches.dead_letters.iter().map(|b| b.len()).collect()), c.rejected);
         // The generator's mix: some of everything.
         assert!(c.rejected > 0 && c.sends > 0 && c.transitions > 0 && c.sends < c.decisions);

@@ -371,7 +371,7 @@ pub struct GuardrailWorker {
 }
 
 impl GuardrailWorker {
-    pub fn new(state: GuardrailState, rules: GuardrailRules) -> Self {
+    pub fn new(mut state: GuardrailState, rules: GuardrailRules) -> Self {
         let mut timers = Timers::default();
         for (subject, j) in &state.journeys {
             timers.update(subject, None, j.next_due());
@@ -379,8 +379,9 @@ impl GuardrailWorker {
         // Held sends survive a restart with their state: their releases are timers again.
         let releases = state.caps.iter().flat_map(|(s, c)| c.held.iter().map(|h| (h.until_ms, s.clone()))).collect();
         let mut segment_timers = Timers::default();
-        for (subject, s) in &state.segments {
-            segment_timers.update(subject, None, rules.segments.next_change(s, s.at_ms));
+        for (subject, s) in state.segments.iter_mut() {
+            s.next_ms = rules.segments.next_change(s, s.at_ms);
+            segment_timers.update(subject, None, s.next_ms);
         }
         let segments_unchecked = !rules.segments.is_empty() || !state.segments.is_empty();
         GuardrailWorker {
@@ -705,7 +706,9 @@ struct SegmentPass<'a> {
 
 impl SegmentPass<'_> {
     /// Events of counted types, by event time: each enters its subject's history and the subject is
-    /// evaluated at its time.
+    /// evaluated at its time. A change by time alone due before the event is evaluated first, at its own
+    /// instant, as if its timer had fired: the memberships do not depend on whether the watermark passed
+    /// that instant before the event arrived (the epochs a run happens to cut).
     fn on_events(&mut self, epoch_events: &[Vec<ReadEvent>]) {
         let mut counted: Vec<&NormalizedEvent> =
             epoch_events.iter().flatten().map(|r| &r.event).filter(|e| self.segments.concerns(&e.event_type)).collect();
@@ -713,10 +716,12 @@ impl SegmentPass<'_> {
             .sort_unstable_by(|a, b| a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id)));
         for e in counted {
             let subject = subject_of(e);
+            while let Some(due) = self.states.get(&subject).and_then(|s| s.next_ms).filter(|&d| d < e.occurred_at_ms) {
+                self.finish(&subject, due, false);
+            }
             let state = self.states.entry(subject.clone()).or_default();
-            let before = self.segments.next_change(state, state.at_ms);
             let recorded = self.segments.record(state, &e.event_type, e.occurred_at_ms);
-            self.finish(&subject, before, e.occurred_at_ms, recorded);
+            self.finish(&subject, e.occurred_at_ms, recorded);
         }
     }
 
@@ -726,27 +731,31 @@ impl SegmentPass<'_> {
             if due > watermark {
                 break;
             }
-            self.timers.0.remove(&(due, subject.clone()));
-            if self.states.contains_key(&subject) {
-                // The timer is gone: `before` is none, the evaluation sets the next one.
-                self.finish(&subject, None, due, false);
+            if self.states.get(&subject).and_then(|s| s.next_ms) == Some(due) {
+                self.finish(&subject, due, false);
+            } else {
+                // Not the subject's timer any more (cannot happen: every update moves it); never loop.
+                self.timers.0.remove(&(due, subject));
             }
         }
     }
 
     /// Evaluates a subject at `now` (a profile change, the check after a start).
     fn evaluate(&mut self, subject: &SubjectRef, now: i64) {
-        let before = self.states.get(subject).and_then(|s| self.segments.next_change(s, s.at_ms));
-        self.finish(subject, before, now, false);
+        self.finish(subject, now, false);
     }
 
-    fn finish(&mut self, subject: &SubjectRef, before: Option<i64>, now: i64, recorded: bool) {
+    /// Evaluates the subject at `now` and moves its timer to the next change by time alone.
+    fn finish(&mut self, subject: &SubjectRef, now: i64, recorded: bool) {
         let profile = self.profiles.get(subject);
         let evaluation = match self.states.get_mut(subject) {
             Some(state) => {
                 let evaluation = self.segments.evaluate(subject, state, profile, now);
-                self.timers.update(subject, before, self.segments.next_change(state, state.at_ms));
+                let before = state.next_ms;
+                state.next_ms = self.segments.next_change(state, evaluation.at_ms);
+                self.timers.update(subject, before, state.next_ms);
                 if state.is_empty() {
+                    self.timers.update(subject, state.next_ms, None);
                     self.states.remove(subject);
                 }
                 evaluation
@@ -757,7 +766,8 @@ impl SegmentPass<'_> {
                 let mut state = SubjectSegments::default();
                 let evaluation = self.segments.evaluate(subject, &mut state, profile, now);
                 if !state.is_empty() {
-                    self.timers.update(subject, before, self.segments.next_change(&state, state.at_ms));
+                    state.next_ms = self.segments.next_change(&state, evaluation.at_ms);
+                    self.timers.update(subject, None, state.next_ms);
                     self.states.insert(subject.clone(), state);
                 }
                 evaluation
@@ -803,4 +813,86 @@ fn profile_update_of(event: &NormalizedEvent, profiles: &mut ProfileTable, touch
         tracing::warn!(event_id = %event.event_id, ?problems, "profile update event: fields left out");
     }
     apply_profile(profiles, touched, &ProfileChange::Update(update));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frequency_cap::CapsConfig;
+    use crate::intent::IntentsConfig;
+    use crate::quiet_hours::QuietHoursConfig;
+    use crate::segment::Segment;
+
+    const DAY: i64 = 86_400_000;
+    const T0: i64 = 1_795_600_800_000;
+
+    fn worker() -> GuardrailWorker {
+        let segment = Segment::parse(
+            "id: inactive\ncondition: happened(app_opened) and not happened(app_opened, 3d)\n",
+            std::path::Path::new("inactive.yaml"),
+        )
+        .unwrap();
+        let rules = GuardrailRules {
+            intents: IntentRules::new(&IntentsConfig::default()).unwrap(),
+            consent: ConsentConfig::default(),
+            caps: FrequencyCaps::new(&CapsConfig::default()).unwrap(),
+            journeys: Journeys::default(),
+            profiles: ProfilesConfig::default(),
+            quiet: QuietHours::new(&QuietHoursConfig::default()).unwrap(),
+            segments: Segments::new(vec![segment]),
+            guarantee: ProcessingGuarantee::ExactlyOnceKeys,
+            send_ledger_ttl: DEFAULT_SEND_LEDGER_TTL,
+        };
+        GuardrailWorker::new(GuardrailState::default(), rules)
+    }
+
+    fn opened(id: &str, at: i64) -> Vec<Vec<ReadEvent>> {
+        let event = NormalizedEvent {
+            event_id: id.into(),
+            event_type: "app_opened".into(),
+            occurred_at_ms: at,
+            subject_id: "ann".into(),
+            tenant_id: "acme".into(),
+            source: "test".into(),
+            attributes_json: "{}".into(),
+            ingested_at_ms: 0,
+            position: touchpoint_schemas::SourcePosition { topic: "t".into(), partition: 0, offset: 0 },
+            late: false,
+        };
+        vec![vec![ReadEvent::new(event)]]
+    }
+
+    fn changes(w: &mut GuardrailWorker, epochs: Vec<(i64, Vec<Vec<ReadEvent>>)>) -> Vec<(bool, i64, String)> {
+        let mut out = Vec::new();
+        for (watermark, events) in epochs {
+            w.advance_watermark(watermark);
+            out.extend(w.process_epoch(events, 0).memberships.into_iter().map(|c| (c.entered, c.at_ms, c.event_id())));
+        }
+        out
+    }
+
+    /// A window that empties before the subject's next event is a change at its own instant, whether the
+    /// watermark passed that instant before the event arrived or not: the epochs a run cuts (a restart
+    /// cuts others) do not change the memberships or their events' ids.
+    #[test]
+    fn memberships_do_not_depend_on_where_epochs_end() {
+        let timer_first = changes(
+            &mut worker(),
+            vec![(T0, opened("o1", T0)), (T0 + 4 * DAY, vec![]), (T0 + 4 * DAY, opened("o2", T0 + 5 * DAY))],
+        );
+        let event_first = changes(&mut worker(), vec![(T0, opened("o1", T0)), (T0, opened("o2", T0 + 5 * DAY))]);
+        assert_eq!(timer_first.len(), 2, "{timer_first:?}");
+        assert_eq!((timer_first[0].0, timer_first[0].1), (true, T0 + 3 * DAY + 1));
+        assert_eq!((timer_first[1].0, timer_first[1].1), (false, T0 + 5 * DAY));
+        assert_eq!(timer_first, event_first);
+        // Evaluating every subject after a start (at a later watermark) moves no instant.
+        let mut w = worker();
+        let mut epochs = changes(&mut w, vec![(T0, opened("o1", T0))]);
+        let mut restarted = GuardrailWorker::new(
+            GuardrailState { segments: w.state().segments.clone(), ..GuardrailState::default() },
+            worker().rules,
+        );
+        epochs.extend(changes(&mut restarted, vec![(T0 + DAY, vec![]), (T0 + DAY, opened("o2", T0 + 5 * DAY))]));
+        assert_eq!(epochs, event_first);
+    }
 }

@@ -216,10 +216,15 @@ pub struct SubjectSegments {
     /// Per segment, how many memberships of the subject ended (the next entry's ordinal is one more).
     #[serde(default, skip_serializing_if = "SmallMap::is_empty")]
     pub exits: SmallMap<u32>,
-    /// The event time of the last evaluation: membership never moves back in time (a late event is
-    /// evaluated at this instant, not its own).
+    /// The event time of the last change (an event recorded, a membership changed): membership never
+    /// moves back in time (a late event is evaluated at this instant, not its own). An evaluation that
+    /// changes nothing leaves it, so that when a subject is evaluated (a restart's check, a profile
+    /// change at the watermark) does not move the instants of its later changes.
     #[serde(default = "never")]
     pub at_ms: i64,
+    /// When its memberships change next by time alone (the subject's timer); derived, not stored.
+    #[serde(skip)]
+    pub next_ms: Option<i64>,
 }
 
 fn never() -> i64 {
@@ -240,6 +245,7 @@ impl Default for SubjectSegments {
             members: SmallMap::default(),
             exits: SmallMap::default(),
             at_ms: never(),
+            next_ms: None,
         }
     }
 }
@@ -374,6 +380,10 @@ impl Segments {
                 changed = true;
             }
         }
+        if changed && at_ms > state.at_ms {
+            state.at_ms = at_ms;
+            self.trim(state, at_ms);
+        }
         changed
     }
 
@@ -409,9 +419,7 @@ impl Segments {
         now: i64,
     ) -> Evaluation {
         let now = now.max(state.at_ms);
-        state.at_ms = now;
-        self.trim(state, now);
-        let mut out = Evaluation::default();
+        let mut out = Evaluation { at_ms: now, ..Evaluation::default() };
         for s in &self.list {
             let holds = s.condition.eval(&SegmentCtx { state, profile, now });
             match (state.members.get_mut(&s.id), holds) {
@@ -455,6 +463,10 @@ impl Segments {
         }
         // The exit counts of segments no longer loaded are not needed either.
         state.exits.retain(|id, _| self.contains(id));
+        if !out.changes.is_empty() {
+            state.at_ms = now;
+            self.trim(state, now);
+        }
         state.history.retain(|_, h| h.ever || !h.times.is_empty());
         out
     }
@@ -485,6 +497,9 @@ impl Segments {
 #[derive(Debug, Default)]
 pub struct Evaluation {
     pub changes: Vec<SegmentChange>,
+    /// The instant it was evaluated at (the one asked for, or the subject's last change if later): the
+    /// next change by time alone is after it.
+    pub at_ms: i64,
     /// A membership moved to a new version of its segment (no change to announce, but state to keep).
     pub reversioned: bool,
 }

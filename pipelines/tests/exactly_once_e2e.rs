@@ -3,7 +3,9 @@
 //! - The chaos test: 200,000 events that drive journeys and rules, run once cleanly and once with
 //!   2 workers under 20 SIGKILLs at random moments (restarted each time). Both runs must end with the
 //!   same sends (by idempotency key, after the connectors' dedupe), the same decision rows, the same
-//!   journey movements and every event stored once.
+//!   journey movements and every event stored once. Segments run too: every subject enters
+//!   `inactive-1d` by time alone a day after its last app open, and the win-back journey pushes, so
+//!   sends made by segment timers and `segment_entered` events are counted like the others.
 //! - The replay test: `touchpoint replay --from 1h`, twice, sends nothing new.
 
 mod common;
@@ -12,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{connector_keys, journeys_in, query_lines, runtime, TestPipeline, JOURNEYS_OFF};
+use common::{connector_keys, query_lines, runtime, TestPipeline, JOURNEYS_OFF};
 use serde_json::json;
 use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord};
 
@@ -95,10 +97,42 @@ fn produce(tp: &TestPipeline, topic: &str, records: Vec<OutgoingRecord>) {
     }
 }
 
+/// The shipped journeys and a segment `inactive-1d` (the shipped `inactive-3d` with a one-day window)
+/// that the win-back journey follows: a subject's last app open is 27 hours before its order, so every
+/// entry is due at least an hour and a half before the final watermark (the last order less the allowed
+/// lateness), in the clean run and the chaos run alike (with three days, entries would fall around the
+/// end of event time and depend on where it stops). Returns the pipeline file's journeys and segments
+/// lines.
+fn journeys_and_segments() -> (String, String) {
+    static DIRS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    DIRS.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = std::env::temp_dir().join(format!("touchpoint-chaos-{}", std::process::id()));
+        let (journeys, segments) = (dir.join("journeys"), dir.join("segments"));
+        std::fs::create_dir_all(&journeys).expect("journeys dir");
+        std::fs::create_dir_all(&segments).expect("segments dir");
+        for entry in std::fs::read_dir(root.join("journeys")).expect("shipped journeys") {
+            let path = entry.expect("journey file").path();
+            let text = std::fs::read_to_string(&path).expect("journey").replace("'inactive-3d'", "'inactive-1d'");
+            std::fs::write(journeys.join(path.file_name().expect("name")), text).expect("journey copy");
+        }
+        let shipped = std::fs::read_to_string(root.join("segments/inactive-3d.yaml")).expect("inactive-3d");
+        let one_day = shipped.replace("id: inactive-3d", "id: inactive-1d").replace("app_opened, 3d", "app_opened, 1d");
+        assert!(one_day.contains("app_opened, 1d"), "{one_day}");
+        std::fs::write(segments.join("inactive-1d.yaml"), one_day).expect("segment");
+        (format!("  dir: {}", journeys.display()), format!("  dir: {}", segments.display()))
+    })
+    .clone()
+}
+
 fn pipeline(prefix: &str, guarantee: &str) -> TestPipeline {
     let guarantee_line = format!("guarantee: {guarantee}");
-    let mut overrides =
-        vec![(JOURNEYS_OFF, journeys_in("journeys")), ("guarantee: exactly_once_keys", guarantee_line.clone())];
+    let (journeys, segments) = journeys_and_segments();
+    let mut overrides = vec![
+        (JOURNEYS_OFF, journeys),
+        (common::SEGMENTS_OFF, segments),
+        ("guarantee: exactly_once_keys", guarantee_line.clone()),
+    ];
     if guarantee == "exactly_once_v2" {
         // One transaction commits every epoch that is ready, and this machine runs the whole input in
         // a few transactions of 50,000-record epochs: smaller epochs and fewer in flight make commits
@@ -220,6 +254,12 @@ fn chaos_against_clean(guarantee: &str) {
     let expected = outcome(&clean);
     assert_eq!(expected.keys_decided_twice, 0);
     assert!(expected.sent.len() > 100_000, "the workload sends: {} sends", expected.sent.len());
+    let win_back = query_lines(
+        &clean,
+        "SELECT toString(count()) AS line FROM decisions FINAL WHERE journey = 'win-back' AND decision = 'allowed'",
+    );
+    let win_back: usize = win_back.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(win_back > SUBJECTS / 2, "segment entries send win-back pushes: {win_back}");
     // Even a clean run may put a send on its topic twice: a produce the loaded broker did not acknowledge
     // within `message.timeout.ms` is sent again by the sink (at-least-once topic sinks under
     // exactly_once_keys). Same key: the connectors drop it. Sets are compared.

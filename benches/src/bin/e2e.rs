@@ -390,6 +390,8 @@ fn writes_alone(
     let mut topics = config.topics.all();
     topics.push(config.topics.caps_changelog(&config.pipeline.group_id));
     topics.push(config.topics.journeys_changelog(&config.pipeline.group_id));
+    topics.push(config.topics.segments_changelog(&config.pipeline.group_id));
+    topics.push(config.topics.profiles_changelog(&config.pipeline.group_id));
     rt.block_on(ensure_topics(&config.kafka, &topics))?;
     rt.block_on(migrate(&config.clickhouse))?;
     eprintln!("writes alone: computing the sink inputs of {} events (batches of {per_batch})...", args.count);
