@@ -1,7 +1,8 @@
 //! `touchpoint explain --subject X [--journey J]`: why did subject X (not) get message Y? The subject's
 //! path through its journeys and every decision on its send intents, with reasons and rule versions,
 //! merged in event-time order from `journey_transitions` and `decisions`, each allowed send followed by
-//! what became of it (`deliveries`: sent, retried, bounced, delivered...).
+//! what became of it (`deliveries`: sent, retried, bounced, delivered...). The subject's segment
+//! memberships come first (`segment_memberships`): an entry is what starts a journey like win-back.
 
 use std::fmt::Write as _;
 
@@ -46,6 +47,14 @@ struct DeliveryLine {
     attempt: i32,
     source: String,
     reason: String,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct MembershipLine {
+    segment: String,
+    version: String,
+    entered_at: i64,
+    exited_at: Option<i64>,
 }
 
 fn time(ms: i64) -> String {
@@ -95,6 +104,18 @@ pub async fn explain(config: &ClickHouseConfig, tenant: &str, subject: &str, jou
         .await
         .context("reading deliveries")?;
 
+    let memberships: Vec<MembershipLine> = client
+        .query(
+            "SELECT segment, version, toUnixTimestamp64Milli(entered_at) AS entered_at, \
+             toUnixTimestamp64Milli(exited_at) AS exited_at FROM segment_memberships FINAL \
+             WHERE tenant_id = ? AND subject_id = ? ORDER BY entered_at, segment",
+        )
+        .bind(tenant)
+        .bind(subject)
+        .fetch_all()
+        .await
+        .context("reading segment_memberships")?;
+
     let mut out = String::new();
     let scope = journey.map(|j| format!(", journey {j}")).unwrap_or_default();
     let _ = writeln!(
@@ -103,6 +124,10 @@ pub async fn explain(config: &ClickHouseConfig, tenant: &str, subject: &str, jou
         transitions.len(),
         decisions.len()
     );
+    for m in &memberships {
+        let until = m.exited_at.map_or_else(|| "member now".to_string(), |e| format!("left {}", time(e)));
+        let _ = writeln!(out, "  segment {} {}: entered {}, {until}", m.segment, m.version, time(m.entered_at));
+    }
     if transitions.is_empty() && decisions.is_empty() {
         let _ = writeln!(out, "  nothing recorded: no journey was entered and no send intent was decided");
         return Ok(out);

@@ -89,16 +89,14 @@ fn segments_move_by_time_trigger_journeys_and_survive_a_sigkill() {
         .collect();
     produce_json(&tp, &tp.config.topics.consent.name, consent);
 
-    // Every subject opened the app at `start`; odd subjects again 14 days later (still active when event
-    // time stops, two days after that); the first BUYERS ordered three times in three days.
+    // Even subjects opened the app at `start`, odd ones 13 days later (still active when event time
+    // stops, two days after that); the first BUYERS ordered three times in three days.
     let now = chrono::Utc::now().timestamp_millis();
     let start = now - now.rem_euclid(DAY) - 20 * DAY;
     let mut events = Vec::new();
     for i in 0..SUBJECTS {
-        events.push(event(&format!("o-{i}"), "app_opened", &subject(i), start + i as i64 * 1_000));
-        if i % 2 == 1 {
-            events.push(event(&format!("p-{i}"), "app_opened", &subject(i), start + 14 * DAY));
-        }
+        let opened = if i % 2 == 0 { start } else { start + 13 * DAY };
+        events.push(event(&format!("o-{i}"), "app_opened", &subject(i), opened + i as i64 * 1_000));
         if i < BUYERS {
             for n in 0..3 {
                 events.push(event(&format!("b-{i}-{n}"), "order_completed", &subject(i), start + n * DAY));
@@ -108,7 +106,7 @@ fn segments_move_by_time_trigger_journeys_and_survive_a_sigkill() {
     // In event-time order, as a source would mostly have them.
     events.sort_by_key(|(_, e)| e["occurred_at"].as_str().map(str::to_string));
     produce_json(&tp, &tp.config.topics.events.name, events);
-    // Event time moves to 15 days after the first opens with one event elsewhere (others go idle).
+    // Event time moves to 15 days after `start` with one event elsewhere (others go idle).
     produce_json(&tp, &tp.config.topics.events.name, vec![event("clock-1", "page_viewed", "clock", start + 15 * DAY)]);
 
     let mut guard = KillOnDrop::default();
@@ -151,10 +149,10 @@ fn segments_move_by_time_trigger_journeys_and_survive_a_sigkill() {
     produce_json(
         &tp,
         &tp.config.topics.events.name,
-        // Still before the odd subjects' window ends (start + 17 days).
+        // Still before the odd subjects' window ends (start + 16 days).
         vec![
             event("back-0", "app_opened", &subject(0), start + 15 * DAY + 3_600_000),
-            event("clock-2", "page_viewed", "clock", start + 16 * DAY),
+            event("clock-2", "page_viewed", "clock", start + 15 * DAY + DAY / 2),
         ],
     );
     let exited = "SELECT count() FROM segment_memberships FINAL WHERE segment = 'inactive-3d' \
@@ -165,6 +163,24 @@ fn segments_move_by_time_trigger_journeys_and_survive_a_sigkill() {
     assert!(second.wait().expect("wait").success(), "the restarted pipeline stops cleanly");
 
     assert_eq!(members(&tp, "inactive-3d"), half - 1);
+    // `touchpoint explain` tells the story: the membership, then the journey it started.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_touchpoint"))
+        .args(["explain", "--config"])
+        .arg(&tp.path)
+        .args(["--tenant", "acme", "--subject", "s-0"])
+        .output()
+        .expect("explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "segment inactive-3d v1-",
+        "left ",
+        "segment pro-customers v1-",
+        "member now",
+        "win-back",
+        "trigger:segment_entered",
+    ] {
+        assert!(text.contains(needle), "explain lacks {needle:?}:\n{text}");
+    }
     assert_eq!(
         count(&tp, "SELECT count() FROM segment_memberships FINAL WHERE ordinal > 1"),
         0,
