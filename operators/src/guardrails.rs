@@ -285,16 +285,22 @@ struct EpochDecisions {
     now_ms: i64,
 }
 
+/// What a decision reads of a worker's other state, once the epoch's profile and segment changes are
+/// applied.
+#[derive(Clone, Copy)]
+struct Reads<'a> {
+    consent: &'a ConsentTable,
+    profiles: &'a ProfileTable,
+    segments: &'a FastHashMap<SubjectRef, SubjectSegments>,
+}
+
 /// Runs `f` with the subject's consent, caps and send ledger as [`Guardrails`] (every send decided in
 /// it lands in `epoch.decisions`) and returns its result and whether the subject's send state changed.
 /// A subject without state gets a fresh one, kept only if used, so subjects that never had a counted or
 /// ledgered send hold none.
-#[allow(clippy::too_many_arguments)]
 fn with_guardrails<R>(
     caps: &mut FastHashMap<SubjectRef, SubjectSendState>,
-    consent: &ConsentTable,
-    profiles: &ProfileTable,
-    segments: &FastHashMap<SubjectRef, SubjectSegments>,
+    reads: Reads<'_>,
     rules: &GuardrailRules,
     subject: &SubjectRef,
     epoch: &mut EpochDecisions,
@@ -307,9 +313,9 @@ fn with_guardrails<R>(
     let state = held.unwrap_or(&mut fresh);
     let mut g = SubjectGuardrails {
         subject,
-        consent,
-        profile: profiles.get(subject),
-        segments: segments.get(subject),
+        consent: reads.consent,
+        profile: reads.profiles.get(subject),
+        segments: reads.segments.get(subject),
         rules,
         state,
         decisions: &mut epoch.decisions,
@@ -495,6 +501,8 @@ impl GuardrailWorker {
             }
         }
         let synthetic: Vec<NormalizedEvent> = memberships.iter().map(|c| c.event(now_ms)).collect();
+        // What the decisions below read; the epoch's profile and segment changes are in.
+        let reads = Reads { consent: &state.consent, profiles: &state.profiles, segments: &state.segments };
         // The epoch's events and the membership changes, as the rules and journeys see them.
         let all_events = || epoch_events.iter().flatten().map(|r| &r.event).chain(&synthetic);
 
@@ -505,16 +513,9 @@ impl GuardrailWorker {
             }
             timers.0.remove(&(due, subject.clone()));
             let Some(journey_state) = state.journeys.get_mut(&subject) else { continue };
-            let (moved, counted) = with_guardrails(
-                &mut state.caps,
-                &state.consent,
-                &state.profiles,
-                &state.segments,
-                rules,
-                &subject,
-                &mut decided,
-                |g| rules.journeys.on_time(&subject, journey_state, watermark, g),
-            );
+            let (moved, counted) = with_guardrails(&mut state.caps, reads, rules, &subject, &mut decided, |g| {
+                rules.journeys.on_time(&subject, journey_state, watermark, g)
+            });
             transitions.extend(moved);
             if counted {
                 caps_touched.insert(subject.clone());
@@ -544,48 +545,30 @@ impl GuardrailWorker {
             due_sends.sort_by(|a, b| {
                 a.until_ms.cmp(&b.until_ms).then_with(|| a.intent.idempotency_key.cmp(&b.intent.idempotency_key))
             });
-            let ((), _) = with_guardrails(
-                &mut state.caps,
-                &state.consent,
-                &state.profiles,
-                &state.segments,
-                rules,
-                &subject,
-                &mut decided,
-                |g| {
-                    for held in due_sends {
-                        let mut intent = held.intent;
-                        intent.released_at_ms = Some(held.until_ms);
-                        // The outcome is in the decision; the journey moved on when the send was held.
-                        let _ = g.send(intent);
-                    }
-                },
-            );
+            let ((), _) = with_guardrails(&mut state.caps, reads, rules, &subject, &mut decided, |g| {
+                for held in due_sends {
+                    let mut intent = held.intent;
+                    intent.released_at_ms = Some(held.until_ms);
+                    // The outcome is in the decision; the journey moved on when the send was held.
+                    let _ = g.send(intent);
+                }
+            });
             caps_touched.insert(subject);
         }
 
         // 2. Rule-driven intents, in competition order.
         let mut intents: Vec<SendIntent> = all_events()
             .flat_map(|e| {
-                rules.intents.intents_for(e, |segment| Segments::is_member(state.segments.get(&subject_of(e)), segment))
+                rules.intents.intents_for(e, |segment| Segments::is_member(reads.segments.get(&subject_of(e)), segment))
             })
             .collect();
         intents.sort_by(SendIntent::compete_order);
         for intent in intents {
             let subject = intent.subject.clone();
-            let ((), counted) = with_guardrails(
-                &mut state.caps,
-                &state.consent,
-                &state.profiles,
-                &state.segments,
-                rules,
-                &subject,
-                &mut decided,
-                |g| {
-                    // The outcome is in the decision; a rule has nothing to follow up.
-                    let _ = g.send(intent);
-                },
-            );
+            let ((), counted) = with_guardrails(&mut state.caps, reads, rules, &subject, &mut decided, |g| {
+                // The outcome is in the decision; a rule has nothing to follow up.
+                let _ = g.send(intent);
+            });
             // Only counted sends change the state (and need a changelog record).
             if counted {
                 caps_touched.insert(subject);
@@ -606,16 +589,9 @@ impl GuardrailWorker {
                 let subject = subject_of(event);
                 let journey_state = state.journeys.entry(subject.clone()).or_default();
                 let before = journey_state.next_due();
-                let (moved, counted) = with_guardrails(
-                    &mut state.caps,
-                    &state.consent,
-                    &state.profiles,
-                    &state.segments,
-                    rules,
-                    &subject,
-                    &mut decided,
-                    |g| rules.journeys.on_event(&subject, journey_state, event, g),
-                );
+                let (moved, counted) = with_guardrails(&mut state.caps, reads, rules, &subject, &mut decided, |g| {
+                    rules.journeys.on_event(&subject, journey_state, event, g)
+                });
                 if counted {
                     caps_touched.insert(subject.clone());
                 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{journeys_in, produce_json, rfc3339, runtime, TestPipeline, JOURNEYS_OFF};
+use common::{count, journeys_in, produce_json, rfc3339, runtime, TestPipeline, JOURNEYS_OFF};
 use serde_json::{json, Value};
 use touchpoint_connectors::kafka::read_all;
 use touchpoint_operators::journey::machine::split_bucket;
@@ -45,10 +45,6 @@ fn start(tp: &TestPipeline, log: usize) -> Child {
         .stderr(std::fs::File::create(std::env::temp_dir().join(format!("{}-{log}.log", tp.name))).expect("log"))
         .spawn()
         .expect("starting touchpoint")
-}
-
-fn count(tp: &TestPipeline, sql: &str) -> u64 {
-    runtime().block_on(tp.store().client().query(sql).fetch_one::<u64>()).unwrap_or(0)
 }
 
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {

@@ -6,28 +6,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{produce_json, query_lines, rfc3339, spawn_run, KillOnDrop, TestPipeline};
+use common::{produce_json, query_lines, rfc3339, spawn_run, wait_for_count, KillOnDrop, TestPipeline};
 use serde_json::json;
 
 const SUBJECTS: usize = 200;
 const HOUR: i64 = 3_600_000;
-
-fn count(tp: &TestPipeline, sql: &str) -> u64 {
-    common::runtime().block_on(tp.store().client().query(sql).fetch_one::<u64>()).unwrap_or(0)
-}
-
-fn wait_for(tp: &TestPipeline, sql: &str, at_least: u64, within: Duration) -> u64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let n = count(tp, sql);
-        if n >= at_least || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn held_sends_survive_a_sigkill_and_go_out_once_at_the_end_of_the_window() {
@@ -76,7 +61,11 @@ fn held_sends_survive_a_sigkill_and_go_out_once_at_the_end_of_the_window() {
     let mut first = spawn_run(&tp, &log("held"));
     guard.watch(&first);
     let held = "SELECT count() FROM decisions FINAL WHERE decision = 'held_quiet_hours'";
-    assert_eq!(wait_for(&tp, held, SUBJECTS as u64, Duration::from_secs(120)), SUBJECTS as u64, "every push held");
+    assert_eq!(
+        wait_for_count(&tp, held, SUBJECTS as u64, Duration::from_secs(120)),
+        SUBJECTS as u64,
+        "every push held"
+    );
     let sent_at_night = common::connector_keys(&tp).into_iter().filter(|(_, c)| c == "push").count();
     assert_eq!(sent_at_night, 0, "nothing is sent in quiet hours");
     first.kill().expect("SIGKILL");
@@ -87,7 +76,7 @@ fn held_sends_survive_a_sigkill_and_go_out_once_at_the_end_of_the_window() {
     guard.watch(&second);
     produce_json(&tp, &tp.config.topics.events.name, vec![opened("clock".into(), "clock".into(), morning + 2 * HOUR)]);
     let released = "SELECT count() FROM decisions FINAL WHERE decision = 'allowed' AND released_at > occurred_at";
-    let n = wait_for(&tp, released, SUBJECTS as u64, Duration::from_secs(120));
+    let n = wait_for_count(&tp, released, SUBJECTS as u64, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(2));
     let _ = std::process::Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
     assert!(second.wait().expect("wait").success(), "the restarted pipeline stops cleanly");

@@ -10,29 +10,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{journeys_in, produce_json, query_lines, rfc3339, spawn_run, KillOnDrop, TestPipeline, JOURNEYS_OFF};
+use common::{
+    count, journeys_in, produce_json, query_lines, rfc3339, spawn_run, wait_for_count, KillOnDrop, TestPipeline,
+    JOURNEYS_OFF,
+};
 use serde_json::json;
 
 const SUBJECTS: usize = 60;
 const BUYERS: usize = 10;
 const DAY: i64 = 86_400_000;
-
-fn count(tp: &TestPipeline, sql: &str) -> u64 {
-    common::runtime().block_on(tp.store().client().query(sql).fetch_one::<u64>()).unwrap_or(0)
-}
-
-fn wait_for(tp: &TestPipeline, sql: &str, at_least: u64, within: Duration) -> u64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let n = count(tp, sql);
-        if n >= at_least || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn event(id: &str, kind: &str, subject: &str, at: i64) -> (String, serde_json::Value) {
     (
@@ -116,9 +104,13 @@ fn segments_move_by_time_trigger_journeys_and_survive_a_sigkill() {
     let half = (SUBJECTS / 2) as u64;
     let win_back = "SELECT count() FROM decisions FINAL WHERE journey = 'win-back' AND decision = 'allowed' \
                     AND subject_id LIKE 's-%'";
-    assert_eq!(wait_for(&tp, win_back, half, Duration::from_secs(120)), half, "a win-back push per inactive subject");
     assert_eq!(
-        wait_for(
+        wait_for_count(&tp, win_back, half, Duration::from_secs(120)),
+        half,
+        "a win-back push per inactive subject"
+    );
+    assert_eq!(
+        wait_for_count(
             &tp,
             "SELECT count() FROM segment_memberships FINAL WHERE subject_id LIKE 's-%'",
             half * 2 + BUYERS as u64,
@@ -157,7 +149,7 @@ fn segments_move_by_time_trigger_journeys_and_survive_a_sigkill() {
     );
     let exited = "SELECT count() FROM segment_memberships FINAL WHERE segment = 'inactive-3d' \
                   AND exited_at IS NOT NULL AND subject_id LIKE 's-%'";
-    assert_eq!(wait_for(&tp, exited, 1, Duration::from_secs(120)), 1, "s-0 left inactive-3d");
+    assert_eq!(wait_for_count(&tp, exited, 1, Duration::from_secs(120)), 1, "s-0 left inactive-3d");
     std::thread::sleep(Duration::from_secs(2));
     let _ = std::process::Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
     assert!(second.wait().expect("wait").success(), "the restarted pipeline stops cleanly");

@@ -212,6 +212,23 @@ pub fn query_lines(tp: &TestPipeline, sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// The single number `sql` selects (0 when the query fails, e.g. before the table has rows).
+pub fn count(tp: &TestPipeline, sql: &str) -> u64 {
+    runtime().block_on(tp.store().client().query(sql).fetch_one::<u64>()).unwrap_or(0)
+}
+
+/// Polls `sql` until it counts `at_least` or `within` passed; returns the last count.
+pub fn wait_for_count(tp: &TestPipeline, sql: &str, at_least: u64, within: Duration) -> u64 {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let n = count(tp, sql);
+        if n >= at_least || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Every send record on the pipeline's connector topics: its idempotency key (the header, checked
 /// against the payload) and channel.
 pub fn connector_keys(tp: &TestPipeline) -> Vec<(String, String)> {
