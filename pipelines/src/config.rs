@@ -66,6 +66,9 @@ pub struct PipelineConfig {
     /// Segment definition files (docs/segments.md).
     #[serde(default)]
     pub segments: SegmentsConfig,
+    /// The ingestion API (`touchpoint ingest`): listen address, limits, API keys.
+    #[serde(default)]
+    pub ingest: crate::ingest::IngestConfig,
     /// Channel connectors (`touchpoint connect`) and provider callbacks (`touchpoint deliveries`).
     #[serde(default)]
     pub channels: touchpoint_connectors::channels::config::ChannelsConfig,

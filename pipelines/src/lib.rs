@@ -6,6 +6,7 @@ mod config;
 pub mod connect;
 pub mod describe;
 pub mod explain;
+pub mod ingest;
 pub mod metrics;
 pub mod produce;
 pub mod replay;

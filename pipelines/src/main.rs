@@ -88,6 +88,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Serve the ingestion API (`POST /automation/events`) on `ingest.listen`: events checked with the
+    /// pipeline's normalizer, produced to the events topic; API keys from `ingest.api_keys`.
+    Ingest {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Why did a subject (not) get a message? Its path through journeys and every decision, with reasons.
     Explain {
         #[arg(long, short)]
@@ -251,6 +257,7 @@ fn run(cli: Cli) -> Result<()> {
             touchpoint::connect::connect(&load(&config)?, channel, instance.as_deref())?
         }
         Command::Deliveries { config } => touchpoint::connect::deliveries(&load(&config)?)?,
+        Command::Ingest { config } => touchpoint::ingest::serve(&load(&config)?)?,
         Command::Explain { config, subject, tenant, journey } => {
             let c = load(&config)?;
             let tenant = tenant.unwrap_or_else(|| c.normalize.default_tenant.clone());
