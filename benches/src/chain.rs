@@ -150,7 +150,8 @@ impl Chain {
     pub fn with(config: &PipelineConfig, schema: Arc<Schema>, subjects: usize, parts: Parts) -> Self {
         let Parts { profiles, segments } = parts;
         let journeys = Journeys::new(config.journeys().expect("journeys"), &config.intents.time_zone_attribute);
-        let mut rules = config.guardrail_rules(journeys).expect("guardrail rules");
+        let mut rules =
+            config.guardrail_rules(journeys, config.segments().expect("segments")).expect("guardrail rules");
         if !segments {
             rules.segments = Segments::default();
         }

@@ -51,6 +51,12 @@ fn subject_of(e: &NormalizedEvent) -> SubjectRef {
     SubjectRef::new(&e.tenant_id, &e.subject_id)
 }
 
+/// Event time, then id: the order in which the segments and the journeys take an epoch's events (the
+/// same in every run; events of one subject share its tenant, so their ids differ).
+fn by_event_time(a: &&NormalizedEvent, b: &&NormalizedEvent) -> std::cmp::Ordering {
+    a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id))
+}
+
 /// A subject's state of one kind after an epoch, for its changelog (`None`: nothing left, forget it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectSnapshot<T> {
@@ -496,7 +502,7 @@ impl GuardrailWorker {
                 due.sort_unstable();
                 due.dedup();
                 for subject in &due {
-                    pass.evaluate(subject, watermark);
+                    pass.finish(subject, watermark, false);
                 }
             }
         }
@@ -582,9 +588,7 @@ impl GuardrailWorker {
             // differ and the order is total where it matters.
             let mut ordered: Vec<&NormalizedEvent> =
                 all_events().filter(|e| rules.journeys.concerns(&e.event_type)).collect();
-            ordered.sort_unstable_by(|a, b| {
-                a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id))
-            });
+            ordered.sort_unstable_by(by_event_time);
             for event in ordered {
                 let subject = subject_of(event);
                 let journey_state = state.journeys.entry(subject.clone()).or_default();
@@ -688,8 +692,7 @@ impl SegmentPass<'_> {
     fn on_events(&mut self, epoch_events: &[Vec<ReadEvent>]) {
         let mut counted: Vec<&NormalizedEvent> =
             epoch_events.iter().flatten().map(|r| &r.event).filter(|e| self.segments.concerns(&e.event_type)).collect();
-        counted
-            .sort_unstable_by(|a, b| a.occurred_at_ms.cmp(&b.occurred_at_ms).then_with(|| a.event_id.cmp(&b.event_id)));
+        counted.sort_unstable_by(by_event_time);
         for e in counted {
             let subject = subject_of(e);
             while let Some(due) = self.states.get(&subject).and_then(|s| s.next_ms).filter(|&d| d < e.occurred_at_ms) {
@@ -714,11 +717,6 @@ impl SegmentPass<'_> {
                 self.timers.0.remove(&(due, subject));
             }
         }
-    }
-
-    /// Evaluates a subject at `now` (a profile change, the check after a start).
-    fn evaluate(&mut self, subject: &SubjectRef, now: i64) {
-        self.finish(subject, now, false);
     }
 
     /// Evaluates the subject at `now` and moves its timer to the next change by time alone.

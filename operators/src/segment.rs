@@ -387,11 +387,6 @@ impl Segments {
         changed
     }
 
-    /// The segments' versions, `id=version` joined by `,` (for logs and `describe`).
-    pub fn versions(&self) -> String {
-        self.list.iter().map(|s| format!("{}={}", s.id, s.version)).collect::<Vec<_>>().join(",")
-    }
-
     /// Whether a segment of this id is loaded.
     pub fn contains(&self, id: &str) -> bool {
         self.list.iter().any(|s| s.id == id)

@@ -409,11 +409,13 @@ impl PipelineConfig {
         Ok(config)
     }
 
-    /// The rules the subject-keyed operator applies, with the journeys already loaded (current and
-    /// archived versions).
+    /// The rules the subject-keyed operator applies, with the journeys (current and archived versions)
+    /// and the segments already loaded: once per process, so that every worker runs the same versions
+    /// even if a file changes while they start.
     pub fn guardrail_rules(
         &self,
         journeys: touchpoint_operators::journey::Journeys,
+        segments: Segments,
     ) -> anyhow::Result<touchpoint_operators::guardrails::GuardrailRules> {
         let built = self.built()?;
         Ok(touchpoint_operators::guardrails::GuardrailRules {
@@ -421,7 +423,7 @@ impl PipelineConfig {
             consent: self.consent.clone(),
             caps: built.caps.clone(),
             quiet: built.quiet.clone(),
-            segments: self.segments()?,
+            segments,
             journeys,
             profiles: ProfilesConfig {
                 update_event: touchpoint_operators::normalize::snake_case(&self.profiles.update_event),

@@ -66,7 +66,7 @@ fn main() -> Result<()> {
         let started = Instant::now();
         let base = live_bytes();
         let journeys = Journeys::new(config.journeys()?, &config.intents.time_zone_attribute);
-        let rules = config.guardrail_rules(journeys)?;
+        let rules = config.guardrail_rules(journeys, config.segments()?)?;
         let mut worker = GuardrailWorker::new(GuardrailState::default(), rules);
         let mut dedupe = EventDeduplicator::new(&config.dedupe);
         for i in 0..n {

@@ -29,7 +29,7 @@ use touchpoint_operators::fast_hash::FastHashMap;
 use touchpoint_operators::guardrails::SubjectSendState;
 use touchpoint_operators::journey::{Journeys, SubjectJourneys};
 use touchpoint_operators::profile::SubjectProfile;
-use touchpoint_operators::segment::SubjectSegments;
+use touchpoint_operators::segment::{Segments, SubjectSegments};
 use touchpoint_operators::send_ledger::ProcessingGuarantee;
 use touchpoint_schemas::SubjectRef;
 
@@ -160,6 +160,7 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     let local_workers = options.process * options.workers..(options.process + 1) * options.workers;
     // The restores are independent and mostly wait on the broker and ClickHouse: side by side.
     let current_journeys = config.journeys()?;
+    let segments = config.segments()?;
     let has_journeys = !current_journeys.is_empty();
     let partial = if options.accept_partial_restore { PartialRestore::Accept } else { PartialRestore::Refuse };
     let restored = std::thread::scope(|s| {
@@ -223,6 +224,7 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         restored_profiles: Mutex::new(restored_profiles),
         restored_segments: Mutex::new(restored_segments),
         journeys,
+        segments,
         restored_ids: Mutex::new(restored_ids),
         stop,
         until_drained: options.until_drained || replay.is_some(),
@@ -271,6 +273,8 @@ struct Shared {
     /// Worker index → the segment state it owns, restored from the changelog.
     restored_segments: Mutex<HashMap<usize, FastHashMap<SubjectRef, SubjectSegments>>>,
     journeys: Journeys,
+    /// The segment files, loaded once for every worker.
+    segments: Segments,
     /// Worker index → the deduplication keys it owns (with first-seen time), from ClickHouse.
     restored_ids: Mutex<HashMap<usize, Vec<(u128, i64)>>>,
     stop: Arc<AtomicBool>,

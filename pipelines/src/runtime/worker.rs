@@ -132,7 +132,7 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
                 topic: config.topics.profiles.name.clone(),
                 default_tenant: config.normalize.default_tenant.clone(),
             },
-            rules: config.guardrail_rules(shared.journeys.clone())?,
+            rules: config.guardrail_rules(shared.journeys.clone(), shared.segments.clone())?,
             guardrail_state: GuardrailState {
                 consent: Default::default(),
                 profiles: ProfileTable::new(profiles),
