@@ -386,6 +386,13 @@ impl PipelineConfig {
                 *dir = base.join(&*dir);
             }
         }
+        if let Some(tls) = config.ingest.tls.as_mut() {
+            for file in [&mut tls.cert, &mut tls.key].into_iter().chain(tls.client_ca.as_mut()) {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
+        }
         let journeys = config.journeys()?;
         let segments = config.segments()?;
         // Every segment a rule's audience or a journey's in_segment(...) names must exist: a typo would

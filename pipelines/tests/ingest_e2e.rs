@@ -25,22 +25,23 @@ fn event(id: &str, subject: &str) -> Value {
            "subject_id": subject, "attributes": {"plan": "pro"}})
 }
 
-#[test]
-fn the_api_takes_valid_events_of_the_keys_tenant_and_says_what_it_refused() {
-    let tp = TestPipeline::new("it_ingest", &[]);
-    tp.prepare();
+/// Starts `touchpoint ingest` on the test's pipeline file with the shipped ingest section, this test's
+/// port, small limits (5 events, 4 KiB, 1 KiB per event), the bearer key `web` for acme and `extra`
+/// lines after it; `scheme` is `https` when the section has `tls`.
+fn start_ingest(tp: &TestPipeline, extra: &[&str], tls: Option<&str>) -> (std::process::Child, KillOnDrop, String) {
     let port = free_port();
-    // The shipped file's ingest section with this test's port, small limits and one key.
     let mut yaml = tp.yaml.clone();
+    let mut keys = format!("api_keys:\n    - {{id: web, tenant: acme, sha256: {}}}", sha256_hex(KEY));
+    for line in extra {
+        keys.push_str("\n  ");
+        keys.push_str(line);
+    }
     for (from, to) in [
         ("${TOUCHPOINT_INGEST_LISTEN:-127.0.0.1:18200}".to_string(), format!("127.0.0.1:{port}")),
         ("max_events: 500".into(), "max_events: 5".into()),
         ("max_request_bytes: 524288".into(), "max_request_bytes: 4096".into()),
         ("max_event_bytes: 32768".into(), "max_event_bytes: 1024".into()),
-        (
-            "api_keys: ${TOUCHPOINT_INGEST_API_KEYS:-[]}".into(),
-            format!("api_keys: [{{id: web, tenant: acme, sha256: {}}}]", sha256_hex(KEY)),
-        ),
+        ("api_keys: ${TOUCHPOINT_INGEST_API_KEYS:-[]}".into(), keys.clone()),
     ] {
         assert!(yaml.contains(&from), "the shipped ingest section has {from}");
         yaml = yaml.replace(&from, &to);
@@ -48,7 +49,7 @@ fn the_api_takes_valid_events_of_the_keys_tenant_and_says_what_it_refused() {
     let path = tp.path.with_extension("ingest.yaml");
     std::fs::write(&path, yaml).expect("pipeline file");
     let log = std::env::temp_dir().join(format!("{}-ingest.log", tp.name));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_touchpoint"))
+    let child = Command::new(env!("CARGO_BIN_EXE_touchpoint"))
         .args(["ingest", "--config"])
         .arg(&path)
         .stdout(Stdio::null())
@@ -57,14 +58,22 @@ fn the_api_takes_valid_events_of_the_keys_tenant_and_says_what_it_refused() {
         .expect("starting touchpoint ingest");
     let mut guard = KillOnDrop::default();
     guard.watch(&child);
-
-    let http = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("{}://localhost:{port}", if tls.is_some() { "https" } else { "http" });
+    // Up when the port takes connections (a TLS server is probed without a certificate).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !http.get(format!("{base}/healthz")).send().is_ok_and(|r| r.status() == StatusCode::OK) {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "touchpoint ingest did not come up: see {}", log.display());
         std::thread::sleep(Duration::from_millis(200));
     }
+    (child, guard, base)
+}
+
+#[test]
+fn the_api_takes_valid_events_of_the_keys_tenant_and_says_what_it_refused() {
+    let tp = TestPipeline::new("it_ingest", &[]);
+    tp.prepare();
+    let (mut child, _guard, base) = start_ingest(&tp, &[], None);
+    let http = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
     let post = |body: String, key: Option<&str>| {
         let mut request = http.post(format!("{base}/automation/events")).header("content-type", "application/json");
         if let Some(key) = key {
@@ -142,4 +151,253 @@ fn the_api_takes_valid_events_of_the_keys_tenant_and_says_what_it_refused() {
     // SIGTERM: requests in flight finish, then the process ends cleanly.
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     assert!(child.wait().expect("wait").success(), "touchpoint ingest stops cleanly on SIGTERM");
+}
+
+const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const LIMITED: &str = "tp-test-key-limited";
+
+fn produced_ids(tp: &TestPipeline) -> Vec<(String, String)> {
+    let records =
+        read_all(&tp.config.kafka, &tp.config.topics.events.name, Duration::from_secs(2), Duration::from_secs(60))
+            .expect("reading the events topic");
+    let mut ids: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(r.payload.as_deref().unwrap_or_default()).expect("JSON payload");
+            (
+                v["event_id"].as_str().unwrap_or_default().to_string(),
+                r.header("tp.ingest.key_id").unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn signed_bodies_idempotency_keys_rate_limits_and_slow_clients() {
+    use touchpoint_connectors::channels::webhook::mapping::{signature, signing_key};
+    let tp = TestPipeline::new("it_ingest_sig", &[]);
+    tp.prepare();
+    let signing = format!("  - {{id: billing, tenant: acme, signing_secret: {SIGNING_SECRET}}}");
+    let limited =
+        format!("  - {{id: limited, tenant: acme, sha256: {}, rate_limit: {{per_second: 1}}}}", sha256_hex(LIMITED));
+    let (mut child, _guard, base) =
+        start_ingest(&tp, &[&signing, &limited, "read_timeout: 1s", "signature_tolerance: 5m"], None);
+    let http = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let url = format!("{base}/automation/events");
+    let secret = signing_key(SIGNING_SECRET).expect("secret");
+    let signed = |id: &str, ts: i64, body: &str, sig_body: &str| {
+        let response = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("tp-key-id", "billing")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature(&secret, id, ts, sig_body.as_bytes()))
+            .body(body.to_string())
+            .send()
+            .expect("request");
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        (response.status(), replayed, response.json::<Value>().unwrap_or(Value::Null))
+    };
+    let now = chrono::Utc::now().timestamp();
+
+    // Signed: a good signature is accepted; a body changed after signing, a stale or future timestamp,
+    // an unknown key id are 401 and produce nothing.
+    let body = json!({"events": [event("s-1", "ann")]}).to_string();
+    let (status, replayed, answer) = signed("msg_1", now, &body, &body);
+    assert_eq!((status, replayed), (StatusCode::ACCEPTED, false), "{answer}");
+    let tampered = json!({"events": [event("s-evil", "ann")]}).to_string();
+    let (status, _, answer) = signed("msg_2", now, &tampered, &body);
+    assert_eq!((status, answer["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("bad_signature")));
+    let old = json!({"events": [event("s-old", "ann")]}).to_string();
+    let (status, _, answer) = signed("msg_3", now - 600, &old, &old);
+    assert_eq!((status, answer["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("stale_timestamp")));
+    let (status, _, _) = signed("msg_3", now + 600, &old, &old);
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a timestamp from the future is refused too");
+    // A replay of the signed request (same webhook-id) gets the first answer and produces nothing; the
+    // same id over another body is refused.
+    let (status, replayed, answer) = signed("msg_1", now, &body, &body);
+    assert_eq!((status, replayed, answer["accepted"].as_u64()), (StatusCode::ACCEPTED, true, Some(1)));
+    let other = json!({"events": [event("s-2", "bob")]}).to_string();
+    let (status, _, answer) = signed("msg_1", now, &other, &other);
+    assert_eq!((status, answer["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("idempotency_key_reused")));
+
+    // Idempotency-Key with a bearer key: the retry is answered as the first, nothing produced twice.
+    let keyed = |key: &str, body: &str| {
+        let r = http
+            .post(&url)
+            .bearer_auth(KEY)
+            .header("idempotency-key", key)
+            .body(body.to_string())
+            .send()
+            .expect("request");
+        (r.status(), r.headers().contains_key("idempotent-replayed"))
+    };
+    let body = json!([event("i-1", "carol"), event("i-2", "dave")]).to_string();
+    assert_eq!(keyed("order-77", &body), (StatusCode::ACCEPTED, false));
+    assert_eq!(keyed("order-77", &body), (StatusCode::ACCEPTED, true));
+    assert_eq!(keyed(&"k".repeat(300), &body).0, StatusCode::BAD_REQUEST, "keys over 255 characters");
+
+    // 429: the limited key (1 event/s, a burst of one full batch: 5) takes 5 events, then is refused
+    // with Retry-After until the bucket refills.
+    let post_limited = |events: Vec<Value>| {
+        http.post(&url).bearer_auth(LIMITED).body(json!({"events": events}).to_string()).send().expect("request")
+    };
+    let five: Vec<Value> = (0..5).map(|i| event(&format!("r-{i}"), "erin")).collect();
+    assert_eq!(post_limited(five).status(), StatusCode::ACCEPTED);
+    let refused = post_limited(vec![event("r-5", "erin")]);
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = refused.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    std::thread::sleep(Duration::from_secs(wait));
+    assert_eq!(post_limited(vec![event("r-6", "erin")]).status(), StatusCode::ACCEPTED, "after Retry-After");
+    // Other keys have their own bucket.
+    assert_eq!(keyed("other-key", &json!([event("i-3", "fay")]).to_string()).0, StatusCode::ACCEPTED);
+
+    // Slow clients: a body that does not arrive within read_timeout is 408; headers that do not
+    // arrive get the connection closed.
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").replace("localhost", "127.0.0.1");
+    let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(
+        slow,
+        "POST /automation/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"events\": ["
+    )
+    .expect("write");
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "a stalled body: {answer:?}");
+    let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(slow, "POST /automation/events HTTP/1.1\r\nHost: x\r\n").expect("write");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(9), "stalled headers: the server closes the connection");
+
+    // The OpenAPI document is served and names every route this server answers.
+    let doc: Value = http.get(format!("{base}/openapi.json")).send().expect("openapi").json().expect("JSON");
+    let paths: Vec<&String> = doc["paths"].as_object().expect("paths").keys().collect();
+    for path in &paths {
+        let documented = doc["paths"][path.as_str()].as_object().expect("methods");
+        for method in documented.keys() {
+            let status = http
+                .request(method.to_uppercase().parse().expect("method"), format!("{base}{path}"))
+                .send()
+                .expect("request")
+                .status();
+            assert!(
+                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {status}"
+            );
+        }
+    }
+    assert_eq!(http.get(format!("{base}/undocumented")).send().expect("request").status(), StatusCode::NOT_FOUND);
+
+    let want: Vec<(String, String)> = [
+        ("i-1", "web"),
+        ("i-2", "web"),
+        ("i-3", "web"),
+        ("r-0", "limited"),
+        ("r-1", "limited"),
+        ("r-2", "limited"),
+        ("r-3", "limited"),
+        ("r-4", "limited"),
+        ("r-6", "limited"),
+        ("s-1", "billing"),
+    ]
+    .iter()
+    .map(|(e, k)| (e.to_string(), k.to_string()))
+    .collect();
+    assert_eq!(produced_ids(&tp), want, "each accepted event once; nothing refused or replayed is produced");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().expect("wait").success());
+}
+
+#[test]
+fn client_certificates_name_the_tenant_and_untrusted_ones_are_refused() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let tp = TestPipeline::new("it_ingest_mtls", &[]);
+    tp.prepare();
+    let dir = std::env::temp_dir().join(format!("{}-tls", tp.name));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // A CA, the server's certificate (localhost), a client known as crm.acme.internal, one with a name
+    // the file does not know, and one from another CA.
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("ca");
+        (cert, key, params)
+    };
+    let (ca_cert, ca_key, ca_params) = ca("touchpoint test CA");
+    let (_, other_key, other_params) = ca("another CA");
+    let issue = |names: &[&str], issuer: &Issuer<'_, KeyPair>| {
+        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, issuer).expect("signed");
+        (cert.pem(), key.serialize_pem())
+    };
+    let issuer = Issuer::new(ca_params, ca_key);
+    let other_issuer = Issuer::new(other_params, other_key);
+    let (server_cert, server_key) = issue(&["localhost"], &issuer);
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let cert = write("server.pem", &server_cert);
+    let key = write("server.key", &server_key);
+    let ca_file = write("ca.pem", &ca_cert.pem());
+    let tls = format!("tls: {{cert: {cert}, key: {key}, client_ca: {ca_file}}}");
+    let (mut child, _guard, base) =
+        start_ingest(&tp, &[&tls, "clients:", "  - {id: crm, tenant: acme, name: crm.acme.internal}"], Some("https"));
+    let client = |identity: Option<(String, String)>| {
+        let mut b = Client::builder()
+            .timeout(Duration::from_secs(30))
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_cert.pem().as_bytes()).expect("ca"));
+        if let Some((cert, key)) = identity {
+            b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).expect("identity"));
+        }
+        b.build().expect("client")
+    };
+    let url = format!("{base}/automation/events");
+    let body = |id: &str| json!({"events": [event(id, "ann")]}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client(None).get(format!("{base}/healthz")).send().is_err() {
+        assert!(Instant::now() < deadline, "the HTTPS listener did not answer");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The known client certificate: accepted as acme, the event carries the client's id.
+    let crm = client(Some(issue(&["crm.acme.internal"], &issuer)));
+    let r = crm.post(&url).body(body("m-1")).send().expect("request");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // The tenant is the certificate's: another tenant's event is 403.
+    let mut foreign = event("m-x", "ann");
+    foreign["tenant_id"] = json!("globex");
+    let r = crm.post(&url).body(json!([foreign]).to_string()).send().expect("request");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A certificate of the CA with a name the file does not know: 401.
+    let stranger = client(Some(issue(&["intruder.example"], &issuer)));
+    let r = stranger.post(&url).body(body("m-2")).send().expect("request");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json::<Value>().expect("JSON")["error"], "unknown_client_certificate");
+    // A certificate of another CA, even with the known name: the handshake is refused.
+    let forged = client(Some(issue(&["crm.acme.internal"], &other_issuer)));
+    assert!(forged.post(&url).body(body("m-3")).send().is_err(), "an untrusted certificate gets no answer");
+    // No certificate: an API key over HTTPS still works; nothing at all is 401.
+    let r = client(None).post(&url).bearer_auth(KEY).body(body("m-4")).send().expect("request");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(client(None).post(&url).body(body("m-5")).send().expect("request").status(), StatusCode::UNAUTHORIZED);
+
+    let want: Vec<(String, String)> =
+        [("m-1", "crm"), ("m-4", "web")].iter().map(|(e, k)| (e.to_string(), k.to_string())).collect();
+    assert_eq!(produced_ids(&tp), want);
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().expect("wait").success());
 }

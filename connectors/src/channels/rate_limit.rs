@@ -53,12 +53,18 @@ impl TokenBucket {
 
     /// Takes a token, or says how long until one is there.
     pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.try_take_n(1.0, now)
+    }
+
+    /// Takes `n` tokens at once (a batch), or says how long until they are there. Nothing is taken
+    /// when they are not, so a refused batch costs nothing.
+    pub fn try_take_n(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
         self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            Err(Duration::from_secs_f64((n - self.tokens) / self.rate))
         }
     }
 }

@@ -2,21 +2,23 @@
 //! pipeline's normalizer, and the produce that a `202` waits for.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
 use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord, SourceRecord};
 use touchpoint_operators::decode::{RecordDecoder, SchemaLookup, SchemaLookupError};
 use touchpoint_operators::normalize::Normalizer;
 
+use super::auth::{authenticate, presents_credential, AuthError, PeerIdentity, WEBHOOK_ID};
 use super::config::{Caller, IngestSettings};
+use super::guard::{Answer, Claim, Idempotency, RateLimits, MAX_KEY_LEN};
 use crate::stages::normalize::normalize_record;
 
 /// How long a request waits for the broker's acknowledgements before it is answered `503`.
@@ -38,16 +40,23 @@ pub struct IngestState {
     decoder: RecordDecoder<JsonOnly>,
     producer: AckedProducer,
     topic: String,
+    rates: RateLimits,
+    idempotency: Idempotency,
 }
+
+/// The byte bound of the idempotency cache (its entry bound is the pipeline file's).
+const IDEMPOTENCY_BYTES: usize = 64 << 20;
 
 impl IngestState {
     pub fn new(config: &crate::PipelineConfig, settings: IngestSettings) -> anyhow::Result<Self> {
         Ok(IngestState {
-            settings,
             normalizer: config.built()?.normalizer.clone(),
             decoder: RecordDecoder::new(JsonOnly),
             producer: AckedProducer::new(&config.kafka)?,
             topic: config.topics.events.name.clone(),
+            rates: RateLimits::default(),
+            idempotency: Idempotency::new(settings.idempotency_ttl, settings.idempotency_entries, IDEMPOTENCY_BYTES),
+            settings,
         })
     }
 
@@ -64,89 +73,250 @@ pub struct ItemError {
     pub message: String,
 }
 
+/// The OpenAPI document of this API (hand-written; a test checks it against the routes).
+pub const OPENAPI: &str = include_str!("../../../schemas/api/ingest.openapi.json");
+
 pub fn router(state: IngestState) -> Router {
-    let limit = state.settings.max_request_bytes;
     Router::new()
         .route("/automation/events", post(events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
-        // Larger bodies are refused with 413 before they are read whole.
-        .layer(DefaultBodyLimit::max(limit))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .with_state(Arc::new(state))
 }
 
-fn problem(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": code, "message": message.into()}))).into_response()
+fn problem(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
+    let body = serde_json::to_vec(&json!({"error": code, "message": message.into()})).unwrap_or_default();
+    Answer { status, body: body.into() }
 }
 
-fn caller<'s>(state: &'s IngestState, headers: &HeaderMap) -> Option<&'s Caller> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
-    state.settings.caller(key.trim())
+fn answer(status: StatusCode, value: Value) -> Answer {
+    Answer { status, body: serde_json::to_vec(&value).unwrap_or_default().into() }
 }
 
-async fn events(State(state): State<Arc<IngestState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(caller) = caller(&state, &headers) else {
-        let mut r = problem(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid API key is required (Authorization: Bearer <key>)",
-        );
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-        return r;
+fn respond(a: Answer, retry_after: Option<Duration>, replayed: bool) -> Response {
+    let mut r = (a.status, [(header::CONTENT_TYPE, "application/json")], a.body).into_response();
+    if a.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(wait) = retry_after {
+        // Whole seconds, rounded up: a client waiting that long finds the tokens there.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    if replayed {
+        r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    r
+}
+
+/// Forgets a claimed idempotency key unless the request finished: a client that hangs up mid-request
+/// must not leave its key "in flight" for every retry.
+struct ClaimGuard<'a> {
+    state: &'a IngestState,
+    caller: String,
+    key: String,
+    body: u128,
+    done: bool,
+}
+
+impl ClaimGuard<'_> {
+    fn finish(mut self, answer: Option<Answer>) {
+        self.done = true;
+        self.state.idempotency.finish(&self.caller, &self.key, self.body, answer, Instant::now());
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state.idempotency.finish(&self.caller, &self.key, self.body, None, Instant::now());
+        }
+    }
+}
+
+async fn events(
+    State(state): State<Arc<IngestState>>,
+    peer: Option<Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let peer = peer.map(|Extension(p)| p).unwrap_or_default();
+    // No credential at all: refused before the body is read.
+    if !presents_credential(&headers, &peer) {
+        return respond(problem(StatusCode::UNAUTHORIZED, "unauthorized", AuthError::Missing.to_string()), None, false);
+    }
+    let body = match read_body(&state.settings, &headers, body).await {
+        Ok(b) => b,
+        Err(a) => return respond(a, None, false),
     };
-    let parsed: Value = match serde_json::from_slice(&body) {
+    let now_s = chrono::Utc::now().timestamp();
+    let caller = match authenticate(&state.settings, &headers, &peer, &body, now_s) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(code = e.code(), error = %e, "ingest: request refused (401)");
+            return respond(problem(StatusCode::UNAUTHORIZED, e.code(), e.to_string()), None, false);
+        }
+    };
+    // A retried request answers as the first did, without producing again.
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(a) => return respond(a, None, false),
+    };
+    let guard = match key {
+        None => None,
+        Some(key) => {
+            let hash = xxhash_rust::xxh3::xxh3_128(&body);
+            match state.idempotency.claim(&caller.key_id, &key, hash, Instant::now()) {
+                Claim::New => {
+                    Some(ClaimGuard { state: &state, caller: caller.key_id.clone(), key, body: hash, done: false })
+                }
+                Claim::Replay(first) => return respond(first, None, true),
+                Claim::InFlight => {
+                    let a = problem(
+                        StatusCode::CONFLICT,
+                        "request_in_progress",
+                        "a request with this key is being answered",
+                    );
+                    return respond(a, Some(Duration::from_secs(1)), false);
+                }
+                Claim::Mismatch => {
+                    let a = problem(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "idempotency_key_reused",
+                        "this idempotency key came before with another body",
+                    );
+                    return respond(a, None, false);
+                }
+            }
+        }
+    };
+    let (answer, retry_after) = accept(&state, caller, &body).await;
+    if let Some(guard) = guard {
+        // 429 and 503 are not final: a retry must be tried for real.
+        let last = retry_after.is_none().then(|| answer.clone());
+        guard.finish(last);
+    }
+    respond(answer, retry_after, false)
+}
+
+/// The body, within the size limit (`413`) and the read timeout (`408`).
+async fn read_body(settings: &IngestSettings, headers: &HeaderMap, body: Body) -> Result<Bytes, Answer> {
+    let limit = settings.max_request_bytes;
+    let too_large =
+        || problem(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", format!("the body is over {limit} bytes"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(settings.read_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let over = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            Err(if over {
+                too_large()
+            } else {
+                problem(StatusCode::BAD_REQUEST, "malformed_request", format!("the body could not be read: {e}"))
+            })
+        }
+        Err(_) => Err(problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the body did not arrive within {:?}", settings.read_timeout),
+        )),
+    }
+}
+
+/// `Idempotency-Key`, else a signed request's `webhook-id` (Standard Webhooks senders retry with the
+/// same id).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Answer> {
+    let Some(value) = headers.get("idempotency-key").or_else(|| headers.get(WEBHOOK_ID)) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= MAX_KEY_LEN => Ok(Some(k.to_string())),
+        _ => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            format!("an idempotency key is 1 to {MAX_KEY_LEN} visible ASCII characters"),
+        )),
+    }
+}
+
+/// The request of an authenticated caller: its events checked, the valid ones produced. A retry hint
+/// comes with answers that are not final (`429`, `503`).
+async fn accept(state: &IngestState, caller: &Caller, body: &[u8]) -> (Answer, Option<Duration>) {
+    let parsed: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not JSON: {e}")),
+        Err(e) => {
+            return (problem(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not JSON: {e}")), None)
+        }
     };
     let items = match parsed {
         Value::Array(items) => items,
         Value::Object(mut o) => match o.remove("events") {
             Some(Value::Array(items)) => items,
-            Some(_) => return problem(StatusCode::BAD_REQUEST, "malformed_request", "`events` must be an array"),
+            Some(_) => {
+                return (problem(StatusCode::BAD_REQUEST, "malformed_request", "`events` must be an array"), None)
+            }
             None => vec![Value::Object(o)],
         },
         _ => {
-            return problem(
+            let a = problem(
                 StatusCode::BAD_REQUEST,
                 "malformed_request",
                 "send an event object, an array of them, or {\"events\": [...]}",
-            )
+            );
+            return (a, None);
         }
     };
     if items.is_empty() {
-        return problem(StatusCode::BAD_REQUEST, "malformed_request", "no events");
+        return (problem(StatusCode::BAD_REQUEST, "malformed_request", "no events"), None);
     }
     if items.len() > state.settings.max_events {
-        return problem(
+        let a = problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_events",
             format!("{} events; at most {} per request", items.len(), state.settings.max_events),
         );
+        return (a, None);
     }
-    // The tenant is the key's: an event naming another is refused with the whole request.
+    // The tenant is the credential's: an event naming another is refused with the whole request.
     for (index, item) in items.iter().enumerate() {
         if let Some(tenant) = item.get("tenant_id").and_then(Value::as_str) {
             if tenant != caller.tenant {
                 tracing::warn!(key = %caller.key_id, index, "ingest: an event names another tenant; request refused");
-                return problem(
+                let a = problem(
                     StatusCode::FORBIDDEN,
                     "forbidden_tenant",
                     format!("events[{index}] names tenant {tenant:?}; this key writes for {:?}", caller.tenant),
                 );
+                return (a, None);
             }
         }
     }
+    if let Err(wait) = state.rates.take(caller, items.len(), Instant::now()) {
+        tracing::debug!(key = %caller.key_id, events = items.len(), "ingest: over the rate limit (429)");
+        let a = problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("over this key's events per second; retry in {:.1} s", wait.as_secs_f64()),
+        );
+        return (a, Some(wait));
+    }
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let (records, errors) = check(&state, caller, items, now_ms);
+    let (records, errors) = check(state, caller, items, now_ms);
     if records.is_empty() {
-        return (StatusCode::BAD_REQUEST, Json(json!({"accepted": 0, "errors": errors}))).into_response();
+        return (answer(StatusCode::BAD_REQUEST, json!({"accepted": 0, "errors": errors})), None);
     }
     let accepted = records.len();
     match tokio::time::timeout(PRODUCE_TIMEOUT, state.producer.send_all(&records)).await {
         Ok(Ok(_)) => {
             tracing::debug!(key = %caller.key_id, accepted, rejected = errors.len(), "ingest: events produced");
-            (StatusCode::ACCEPTED, Json(json!({"accepted": accepted, "errors": errors}))).into_response()
+            (answer(StatusCode::ACCEPTED, json!({"accepted": accepted, "errors": errors})), None)
         }
         outcome => {
             let why = match outcome {
@@ -154,13 +324,12 @@ async fn events(State(state): State<Arc<IngestState>>, headers: HeaderMap, body:
                 _ => format!("no acknowledgement within {PRODUCE_TIMEOUT:?}"),
             };
             tracing::warn!(key = %caller.key_id, error = %why, "ingest: events not durable; answered 503");
-            let mut r = problem(
+            let a = problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 format!("the events are not durable: {why}; retry"),
             );
-            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            r
+            (a, Some(Duration::from_secs(1)))
         }
     }
 }

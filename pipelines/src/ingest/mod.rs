@@ -5,40 +5,123 @@
 //! wrong (index, code, message: the dead-letter codes) and only valid ones are produced to the events
 //! topic, where the pipeline normalizes, dedupes and decides as for any producer.
 //!
-//! - Auth: `Authorization: Bearer <api key>`; the pipeline file holds each key's SHA-256 and tenant
-//!   (`ingest.api_keys`). The tenant comes from the key, never from the body: an event naming another
-//!   tenant makes the request `403`; an event naming none gets the key's.
+//! - Auth (`auth`): a bearer API key (the file holds its SHA-256), an HMAC-signed body (Standard
+//!   Webhooks headers, a replay window), or a client certificate (mTLS, `tls`). The tenant comes from
+//!   the credential, never from the body: an event naming another tenant makes the request `403`.
 //! - `202 Accepted` only once the broker acknowledged every accepted record (the producer's
-//!   `acks=all`, idempotent); `503` with `Retry-After` when it did not within `produce_timeout`, so a
-//!   2xx never answers a record that is not durable. A retried request makes no duplicate event when
-//!   its events carry `event_id` (or none: the id is derived from the content) — the pipeline's dedupe.
-//! - Limits from the pipeline file: events per request, bytes per request (`413`), bytes per event (an
-//!   item error). Malformed JSON is `400`.
-//! - `GET /healthz`, `GET /readyz`.
-//!
-//! Still to come (issue 23): HMAC-signed bodies, mTLS, per-key rate limits, `Idempotency-Key`,
-//! `/openapi.json`, the load benchmark.
+//!   `acks=all`, idempotent); `503` with `Retry-After` when it did not, so a 2xx never answers a
+//!   record that is not durable.
+//! - Protection (`guard`): events per second per credential (`429`), an idempotency cache (a retried
+//!   request gets its first answer and produces nothing), request and event sizes (`413`), read
+//!   timeouts for slow clients (`408`, and the connection closed when headers are slow).
+//! - `GET /healthz`, `GET /readyz`, `GET /openapi.json`.
 
+mod auth;
 mod config;
+mod guard;
 mod handler;
+mod tls;
 
-pub use config::{ApiKeyConfig, Caller, IngestConfig, IngestConfigError, IngestSettings};
-pub use handler::{router, IngestState, ItemError};
+pub use auth::{certificate_names, PeerIdentity, KEY_ID_HEADER, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
+pub use config::{ApiKeyConfig, Caller, IngestConfig, IngestConfigError, IngestSettings, TlsConfig};
+pub use handler::{router, IngestState, ItemError, OPENAPI};
+
+use std::future::Future;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tower::ServiceExt;
 
-/// Serves the API until the process is stopped.
+/// How long requests in flight get to finish after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Serves the API until the process is stopped (SIGTERM or Ctrl-C).
 pub fn serve(config: &crate::PipelineConfig) -> Result<()> {
     let settings = IngestSettings::new(&config.ingest)?;
+    let tls = settings.tls.as_ref().map(tls::acceptor).transpose()?;
     let state = IngestState::new(config, settings.clone())?;
     let runtime = touchpoint_connectors::io_runtime("touchpoint-ingest").context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
-        tracing::info!(listen = %settings.listen, topic = %state.topic(), "ingestion API on POST /automation/events");
-        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown()).await.context("ingestion API")
+        tracing::info!(
+            listen = %settings.listen, topic = %state.topic(), https = tls.is_some(),
+            "ingestion API on POST /automation/events"
+        );
+        run(listener, router(state), tls, settings.read_timeout, shutdown()).await;
+        Ok(())
     })
+}
+
+/// The accept loop: TLS (with the client certificate's names put on every request of the connection),
+/// HTTP/1.1 with a header read timeout, and a drain of the connections when `stop` completes.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    read_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // A client that does not send its headers in time is disconnected (slowloris).
+    http.timer(TokioTimer::new()).header_read_timeout(read_timeout);
+    tokio::pin!(stop);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %e, "ingest: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, tls, http, watcher) = (app.clone(), tls.clone(), http.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            match tls {
+                None => {
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await;
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(read_timeout, acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::info!(%remote, error = %e, "ingest: TLS handshake refused"),
+                        Err(_) => return tracing::info!(%remote, "ingest: TLS handshake timed out"),
+                    };
+                    let peer = PeerIdentity {
+                        names: stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map(|leaf| certificate_names(leaf))
+                            .unwrap_or_default(),
+                    };
+                    let app = app.map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(peer.clone());
+                        request
+                    });
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("ingestion API stopping: requests in flight finish first");
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("ingest: requests still in flight after {DRAIN:?}; stopping anyway");
+    }
 }
 
 async fn shutdown() {
@@ -54,5 +137,4 @@ async fn shutdown() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    tracing::info!("ingestion API stopping: requests in flight finish first");
 }
