@@ -11,7 +11,7 @@ use touchpoint_schemas::{NormalizedEvent, SourcePosition};
 use crate::decode::event::string_fields;
 use crate::fast_hash::FastHashMap;
 use crate::normalize::snake_case;
-use touchpoint_schemas::{Channel, Purpose, SubjectRef};
+use touchpoint_schemas::{Channel, Purpose, SubjectRef, AUTOMATION_TRIGGERED, TRIGGER_RULE_ATTRIBUTE};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +144,8 @@ pub enum IntentsError {
 #[derive(Debug, Clone)]
 pub struct IntentRules {
     by_type: FastHashMap<String, Vec<IntentRule>>,
+    /// Every rule by id, for direct triggers (`automation_triggered` naming a rule).
+    by_id: FastHashMap<String, IntentRule>,
     time_zone_attribute: String,
     version: String,
 }
@@ -162,8 +164,9 @@ impl IntentRules {
             }
             by_type.entry(on).or_default().push(r.clone());
         }
+        let by_id = config.rules.iter().map(|r| (r.id.clone(), r.clone())).collect();
         let version = crate::version::config_version("intents", config)?;
-        Ok(IntentRules { by_type, time_zone_attribute: config.time_zone_attribute.clone(), version })
+        Ok(IntentRules { by_type, by_id, time_zone_attribute: config.time_zone_attribute.clone(), version })
     }
 
     pub fn version(&self) -> &str {
@@ -174,16 +177,41 @@ impl IntentRules {
         self.by_type.is_empty()
     }
 
+    /// Whether a rule of this id exists (what a direct trigger may name).
+    pub fn has_rule(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
     /// The segments the rules' `audience` names.
     pub fn audiences(&self) -> impl Iterator<Item = (&str, &str)> {
         self.by_type.values().flatten().filter_map(|r| Some((r.id.as_str(), r.audience.as_deref()?)))
     }
 
     /// The intents an event triggers (none for most events); `in_segment` says whether the event's
-    /// subject is a member of a segment now (for rules with an `audience`).
+    /// subject is a member of a segment now (for rules with an `audience`). An `automation_triggered`
+    /// event also fires the rule its `rule` attribute names (a direct trigger; audiences still apply).
     pub fn intents_for(&self, event: &NormalizedEvent, in_segment: impl Fn(&str) -> bool) -> Vec<SendIntent> {
-        let Some(rules) = self.by_type.get(&event.event_type) else { return Vec::new() };
-        if rules.iter().all(|r| r.audience.as_deref().is_some_and(|a| !in_segment(a))) {
+        let on_type = self.by_type.get(&event.event_type).map(Vec::as_slice).unwrap_or_default();
+        if event.event_type == AUTOMATION_TRIGGERED {
+            let [named] = string_fields(&event.attributes_json, [TRIGGER_RULE_ATTRIBUTE]);
+            // A rule that is itself `on: automation_triggered` fires once, not twice.
+            let named =
+                named.as_deref().and_then(|id| self.by_id.get(id)).filter(|r| !on_type.iter().any(|o| o.id == r.id));
+            return self.intents_of(event, on_type.iter().chain(named), in_segment);
+        }
+        if on_type.is_empty() {
+            return Vec::new();
+        }
+        self.intents_of(event, on_type.iter(), in_segment)
+    }
+
+    fn intents_of<'r>(
+        &self,
+        event: &NormalizedEvent,
+        rules: impl Iterator<Item = &'r IntentRule> + Clone,
+        in_segment: impl Fn(&str) -> bool,
+    ) -> Vec<SendIntent> {
+        if rules.clone().all(|r| r.audience.as_deref().is_some_and(|a| !in_segment(a))) {
             return Vec::new();
         }
         // Attributes are read only for triggering events, and only the ones an intent carries.
@@ -194,7 +222,6 @@ impl IntentRules {
         let text = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_string);
         let subject = SubjectRef::new(&event.tenant_id, &event.subject_id);
         rules
-            .iter()
             .filter(|r| r.audience.as_deref().is_none_or(&in_segment))
             .map(|r| SendIntent {
                 subject: subject.clone(),
@@ -250,6 +277,31 @@ mod tests {
         fn intents_for_all(&self, event: &NormalizedEvent) -> Vec<SendIntent> {
             self.intents_for(event, |_| true)
         }
+    }
+
+    #[test]
+    fn a_direct_trigger_fires_the_rule_it_names_once() {
+        let config: IntentsConfig = serde_json::from_value(serde_json::json!({"rules": [
+            {"id": "welcome", "on": "signed_up", "channel": "email", "category": "onboarding", "template": "welcome"},
+            {"id": "on-trigger", "on": "automation_triggered", "channel": "push", "category": "ops", "template": "t"},
+            {"id": "vip-offer", "on": "signed_up", "channel": "email", "category": "promo", "template": "offer", "audience": "vip"}
+        ]}))
+        .unwrap();
+        let r = IntentRules::new(&config).unwrap();
+        assert!(r.has_rule("welcome") && !r.has_rule("nope"));
+        let direct = |rule: &str, member: bool| {
+            let mut e = event(AUTOMATION_TRIGGERED, "t1");
+            e.attributes_json = format!(r#"{{"rule":"{rule}","email":"ann@example.com"}}"#);
+            let mut ids: Vec<String> =
+                r.intents_for(&e, |s| member && s == "vip").into_iter().map(|i| i.rule_id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(direct("welcome", false), ["on-trigger", "welcome"], "the named rule, whatever its `on`");
+        assert_eq!(direct("on-trigger", false), ["on-trigger"], "once, not twice");
+        assert_eq!(direct("nope", false), ["on-trigger"]);
+        assert_eq!(direct("vip-offer", false), ["on-trigger"], "an audience still applies");
+        assert_eq!(direct("vip-offer", true), ["on-trigger", "vip-offer"]);
     }
 
     #[test]

@@ -29,7 +29,18 @@ fn event(id: &str, subject: &str) -> Value {
 /// port, small limits (5 events, 4 KiB, 1 KiB per event), the bearer key `web` for acme and `extra`
 /// lines after it; `scheme` is `https` when the section has `tls`.
 fn start_ingest(tp: &TestPipeline, extra: &[&str], tls: Option<&str>) -> (std::process::Child, KillOnDrop, String) {
+    let (child, guard, base, _) = start_ingest_with_internal(tp, extra, tls);
+    (child, guard, base)
+}
+
+/// [`start_ingest`], also giving the internal API's base URL.
+fn start_ingest_with_internal(
+    tp: &TestPipeline,
+    extra: &[&str],
+    tls: Option<&str>,
+) -> (std::process::Child, KillOnDrop, String, String) {
     let port = free_port();
+    let internal_port = free_port();
     let mut yaml = tp.yaml.clone();
     let mut keys = format!("api_keys:\n    - {{id: web, tenant: acme, sha256: {}}}", sha256_hex(KEY));
     for line in extra {
@@ -38,7 +49,9 @@ fn start_ingest(tp: &TestPipeline, extra: &[&str], tls: Option<&str>) -> (std::p
     }
     for (from, to) in [
         ("${TOUCHPOINT_INGEST_LISTEN:-127.0.0.1:18200}".to_string(), format!("127.0.0.1:{port}")),
+        ("${TOUCHPOINT_INGEST_INTERNAL_LISTEN:-127.0.0.1:18201}".to_string(), format!("127.0.0.1:{internal_port}")),
         ("max_events: 500".into(), "max_events: 5".into()),
+        ("read_timeout: 10s".into(), "read_timeout: 2s".into()),
         ("max_request_bytes: 524288".into(), "max_request_bytes: 4096".into()),
         ("max_event_bytes: 32768".into(), "max_event_bytes: 1024".into()),
         ("api_keys: ${TOUCHPOINT_INGEST_API_KEYS:-[]}".into(), keys.clone()),
@@ -58,14 +71,16 @@ fn start_ingest(tp: &TestPipeline, extra: &[&str], tls: Option<&str>) -> (std::p
         .expect("starting touchpoint ingest");
     let mut guard = KillOnDrop::default();
     guard.watch(&child);
-    let base = format!("{}://localhost:{port}", if tls.is_some() { "https" } else { "http" });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://localhost:{port}");
+    let internal = format!("{scheme}://localhost:{internal_port}");
     // Up when the port takes connections (a TLS server is probed without a certificate).
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "touchpoint ingest did not come up: see {}", log.display());
         std::thread::sleep(Duration::from_millis(200));
     }
-    (child, guard, base)
+    (child, guard, base, internal)
 }
 
 #[test]
@@ -182,8 +197,7 @@ fn signed_bodies_idempotency_keys_rate_limits_and_slow_clients() {
     let signing = format!("  - {{id: billing, tenant: acme, signing_secret: {SIGNING_SECRET}}}");
     let limited =
         format!("  - {{id: limited, tenant: acme, sha256: {}, rate_limit: {{per_second: 1}}}}", sha256_hex(LIMITED));
-    let (mut child, _guard, base) =
-        start_ingest(&tp, &[&signing, &limited, "read_timeout: 1s", "signature_tolerance: 5m"], None);
+    let (mut child, _guard, base) = start_ingest(&tp, &[&signing, &limited], None);
     let http = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
     let url = format!("{base}/automation/events");
     let secret = signing_key(SIGNING_SECRET).expect("secret");
@@ -256,7 +270,7 @@ fn signed_bodies_idempotency_keys_rate_limits_and_slow_clients() {
     // Other keys have their own bucket.
     assert_eq!(keyed("other-key", &json!([event("i-3", "fay")]).to_string()).0, StatusCode::ACCEPTED);
 
-    // Slow clients: a body that does not arrive within read_timeout is 408; headers that do not
+    // Slow clients (read_timeout 2 s): a body that does not arrive in time is 408; headers that do not
     // arrive get the connection closed.
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://").replace("localhost", "127.0.0.1");
@@ -400,4 +414,82 @@ fn client_certificates_name_the_tenant_and_untrusted_ones_are_refused() {
     assert_eq!(produced_ids(&tp), want);
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     assert!(child.wait().expect("wait").success());
+}
+
+const SERVICE: &str = "tp-test-key-internal-service";
+
+#[test]
+fn a_trusted_service_triggers_a_journey_and_a_rule_through_the_pipeline() {
+    let tp = TestPipeline::new("it_trigger", &[(common::JOURNEYS_OFF, &common::journeys_in("journeys"))]);
+    tp.prepare();
+    common::produce_profiles_of(&tp, "acme", ["t-1".to_string(), "t-2".to_string()]);
+    let consent = json!({"subject_id": "t-1", "tenant_id": "acme", "channel": "email", "purpose": "marketing",
+                         "status": "granted", "updated_at": "2026-11-01T00:00:00Z", "source": "test"});
+    common::produce_json(&tp, &tp.config.topics.consent.name, vec![("acme/t-1/email/marketing".into(), consent)]);
+    let service = format!("  - {{id: crm, tenant: acme, sha256: {}, internal: true}}", sha256_hex(SERVICE));
+    let (mut child, _guard, public, internal) = start_ingest_with_internal(&tp, &[&service], None);
+    let mut guard = KillOnDrop::default();
+    let mut run = common::spawn_run(&tp, &std::env::temp_dir().join(format!("{}-run.log", tp.name)));
+    guard.watch(&run);
+
+    let http = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let url = format!("{internal}/internal/automation/trigger");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http.get(format!("{internal}/readyz")).send().is_err() {
+        assert!(Instant::now() < deadline, "the internal listener did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let trigger = |key: &str, body: Value| {
+        let r = http.post(&url).bearer_auth(key).json(&body).send().expect("request");
+        let status = r.status();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    // A journey (welcome-series: its own trigger is signed_up) and a rule (order-receipt: on
+    // order_completed), started directly; the first trigger is sent twice (a retry): one event.
+    let journey =
+        json!({"subject_id": "t-1", "journey": "welcome-series", "trigger_id": "tr-1", "data": {"plan": "pro"}});
+    let (status, body) = trigger(SERVICE, journey.clone());
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["event_id"], "tr-1");
+    assert_eq!(trigger(SERVICE, journey).0, StatusCode::ACCEPTED);
+    let (status, body) = trigger(SERVICE, json!({"subject_id": "t-2", "rule": "order-receipt", "trigger_id": "tr-2"}));
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // Refused: a credential without `internal`, an unknown journey, both or neither target, no subject.
+    let (status, body) = trigger(KEY, json!({"subject_id": "t-1", "journey": "welcome-series"}));
+    assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("not_internal")));
+    let (status, body) = trigger(SERVICE, json!({"subject_id": "t-1", "journey": "no-such-journey"}));
+    assert_eq!((status, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_target")));
+    assert_eq!(
+        trigger(SERVICE, json!({"subject_id": "t-1", "journey": "welcome-series", "rule": "order-receipt"})).0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(trigger(SERVICE, json!({"journey": "welcome-series"})).0, StatusCode::BAD_REQUEST);
+    assert_eq!(trigger("tp-wrong", json!({"subject_id": "t-1", "rule": "order-receipt"})).0, StatusCode::UNAUTHORIZED);
+    // The internal API is not on the public listener.
+    let on_public =
+        http.post(format!("{public}/internal/automation/trigger")).bearer_auth(SERVICE).send().expect("request");
+    assert_eq!(on_public.status(), StatusCode::NOT_FOUND);
+
+    // Through the pipeline: t-1 entered welcome-series by the trigger and got the welcome email once;
+    // t-2 got the receipt; both are events in ClickHouse like any other.
+    let entered =
+        "SELECT count() FROM journey_transitions FINAL WHERE subject_id = 't-1' AND journey = 'welcome-series' \
+                   AND from_step = '' AND cause = 'trigger:automation_triggered'";
+    let n = common::wait_for_count(&tp, entered, 1, Duration::from_secs(120));
+    let causes = common::query_lines(
+        &tp,
+        "SELECT DISTINCT toString(cause) AS line FROM journey_transitions WHERE subject_id = 't-1'",
+    );
+    assert_eq!(n, 1, "entered once; causes: {causes:?}");
+    let receipt = "SELECT count() FROM decisions FINAL WHERE subject_id = 't-2' AND intent_rule = 'order-receipt' AND decision = 'allowed'";
+    assert_eq!(common::wait_for_count(&tp, receipt, 1, Duration::from_secs(60)), 1);
+    let events = "SELECT count() FROM events WHERE event_type = 'automation_triggered'";
+    assert_eq!(common::wait_for_count(&tp, events, 2, Duration::from_secs(60)), 2, "the retry is deduped");
+    std::thread::sleep(Duration::from_secs(2));
+    let sends: Vec<(String, String)> = common::connector_keys(&tp);
+    assert_eq!(sends.iter().filter(|(_, c)| c == "email").count(), 2, "one welcome, one receipt: {sends:?}");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().expect("wait").success());
+    run.kill().expect("stopping the pipeline");
+    run.wait().expect("wait");
 }

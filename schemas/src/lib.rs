@@ -17,4 +17,6 @@ pub use channel::{
 };
 pub use event::{NormalizedEvent, SourcePosition};
 pub use reject::{headers, RejectReason};
-pub use vocabulary::{Channel, Purpose, SubjectRef};
+pub use vocabulary::{
+    Channel, Purpose, SubjectRef, AUTOMATION_TRIGGERED, TRIGGER_JOURNEY_ATTRIBUTE, TRIGGER_RULE_ATTRIBUTE,
+};

@@ -5,6 +5,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+/// The event a trusted service's direct trigger (`POST /internal/automation/trigger`) becomes: its
+/// attribute `journey` enters the subject into that journey (whatever the journey's own trigger), or
+/// `rule` fires that intent rule. An event like any other: normalized, deduped, stored, audited.
+pub const AUTOMATION_TRIGGERED: &str = "automation_triggered";
+/// The attributes of an [`AUTOMATION_TRIGGERED`] event naming what it starts.
+pub const TRIGGER_JOURNEY_ATTRIBUTE: &str = "journey";
+pub const TRIGGER_RULE_ATTRIBUTE: &str = "rule";
+
 /// How a message reaches a subject; each has its connector and its `connector.<channel>` topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

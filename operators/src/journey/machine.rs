@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use touchpoint_schemas::{NormalizedEvent, SourcePosition};
+use touchpoint_schemas::{NormalizedEvent, SourcePosition, AUTOMATION_TRIGGERED, TRIGGER_JOURNEY_ATTRIBUTE};
+
+use crate::decode::event::string_fields;
 
 use super::definition::{EventMatch, Journey, Reentry, Send as SendStep, StepIx, StepKind};
 use super::expr::Context;
@@ -257,6 +259,8 @@ impl Journeys {
     /// it reads after a wait.
     fn index(&mut self, j: &Journey) {
         self.interesting.insert(j.trigger.event_type.clone());
+        // A direct trigger (`automation_triggered` naming the journey) can enter any journey.
+        self.interesting.insert(AUTOMATION_TRIGGERED.to_string());
         self.interesting.extend(j.exit_on.iter().map(|m| m.event_type.clone()));
         let mut paths: Vec<&[String]> = Vec::new();
         for s in &j.steps {
@@ -387,7 +391,14 @@ impl Journeys {
             i += 1;
         }
 
-        // Entries.
+        // Entries: by the journey's trigger, or directly (`automation_triggered` naming the journey; the
+        // re-entry rule still holds).
+        let direct = if event.event_type == AUTOMATION_TRIGGERED {
+            let [named] = string_fields(&event.attributes_json, [TRIGGER_JOURNEY_ATTRIBUTE]);
+            named.map(|n| n.into_owned())
+        } else {
+            None
+        };
         for versions in self.by_id.values() {
             let journey = &versions.current;
             if state.active.iter().any(|e| e.journey == journey.id) {
@@ -400,7 +411,8 @@ impl Journeys {
                 (Reentry::After { cooldown_ms }, Some(at)) => now >= at.saturating_add(cooldown_ms),
             };
             let ctx = EvalCtx::new(subject, EventSource::Moving(&moving), state, now, &*guardrails);
-            if !allowed || !matches(&journey.trigger, event, &ctx) {
+            let triggered = direct.as_deref() == Some(journey.id.as_str()) || matches(&journey.trigger, event, &ctx);
+            if !allowed || !triggered {
                 continue;
             }
             let trigger = compact_json(&self.snapshot(journey, moving.value()));

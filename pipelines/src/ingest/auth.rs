@@ -155,6 +155,7 @@ mod tests {
                 sha256: None,
                 signing_secret: Some(Secret::Inline(SECRET.into())),
                 rate_limit: None,
+                internal: false,
             }],
             ..IngestConfig::default()
         })

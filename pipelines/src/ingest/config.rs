@@ -14,6 +14,10 @@ pub struct IngestConfig {
     /// `host:port` the API listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// `host:port` of the internal API (`/internal/automation/...`) for trusted services, apart from the
+    /// public one so that it can be firewalled; none: no internal API.
+    #[serde(default)]
+    pub internal_listen: Option<String>,
     /// Most events in one request (a batch).
     #[serde(default = "default_max_events")]
     pub max_events: usize,
@@ -62,6 +66,9 @@ pub struct ApiKeyConfig {
     pub signing_secret: Option<Secret>,
     #[serde(default)]
     pub rate_limit: Option<RateConfig>,
+    /// May call the internal API (trigger a journey or rule directly).
+    #[serde(default)]
+    pub internal: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,6 +121,9 @@ pub struct ClientConfig {
     pub name: String,
     #[serde(default)]
     pub rate_limit: Option<RateConfig>,
+    /// May call the internal API.
+    #[serde(default)]
+    pub internal: bool,
 }
 
 fn default_listen() -> String {
@@ -145,6 +155,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             listen: default_listen(),
+            internal_listen: None,
             max_events: default_max_events(),
             max_request_bytes: default_max_request_bytes(),
             max_event_bytes: default_max_event_bytes(),
@@ -166,12 +177,15 @@ pub struct Caller {
     pub tenant: String,
     /// Events per second and burst for this caller, if limited.
     pub rate: Option<(f64, f64)>,
+    /// May call the internal API.
+    pub internal: bool,
 }
 
 /// The section, checked.
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
     pub listen: String,
+    pub internal_listen: Option<String>,
     pub max_events: usize,
     pub max_request_bytes: usize,
     pub max_event_bytes: usize,
@@ -251,6 +265,7 @@ impl IngestSettings {
                 key_id: k.id.clone(),
                 tenant: k.tenant.clone(),
                 rate: rate(&k.rate_limit, format!("api_keys.{}.", k.id))?,
+                internal: k.internal,
             };
             match (&k.sha256, &k.signing_secret) {
                 (Some(hex), None) => {
@@ -286,6 +301,7 @@ impl IngestSettings {
                 key_id: c.id.clone(),
                 tenant: c.tenant.clone(),
                 rate: rate(&c.rate_limit, format!("clients.{}.", c.id))?,
+                internal: c.internal,
             };
             if clients.insert(c.name.clone(), caller).is_some() {
                 return Err(IngestConfigError::DuplicateName(c.id.clone(), c.name.clone()));
@@ -293,6 +309,7 @@ impl IngestSettings {
         }
         Ok(IngestSettings {
             listen: config.listen.clone(),
+            internal_listen: config.internal_listen.clone(),
             max_events: config.max_events,
             max_request_bytes: config.max_request_bytes,
             max_event_bytes: config.max_event_bytes,
@@ -357,6 +374,7 @@ mod tests {
             sha256: Some(sha256.into()),
             signing_secret: None,
             rate_limit: None,
+            internal: false,
         }
     }
 
@@ -387,8 +405,13 @@ mod tests {
         short.signing_secret = Some(Secret::Inline("tiny".into()));
         let e = IngestSettings::new(&with(vec![short])).unwrap_err().to_string();
         assert!(e.contains("api_keys.short") && e.contains("16 bytes"), "{e}");
-        let client =
-            ClientConfig { id: "crm".into(), tenant: "acme".into(), name: "crm.acme".into(), rate_limit: None };
+        let client = ClientConfig {
+            id: "crm".into(),
+            tenant: "acme".into(),
+            name: "crm.acme".into(),
+            rate_limit: None,
+            internal: false,
+        };
         let e = IngestSettings::new(&IngestConfig { clients: vec![client], ..IngestConfig::default() }).unwrap_err();
         assert!(e.to_string().contains("client_ca"), "{e}");
     }

@@ -244,7 +244,8 @@ mod tests {
     #[test]
     fn a_bucket_refuses_a_batch_over_its_tokens_and_says_when() {
         let limits = RateLimits::default();
-        let caller = Caller { key_id: "web".into(), tenant: "acme".into(), rate: Some((100.0, 500.0)) };
+        let caller =
+            Caller { key_id: "web".into(), tenant: "acme".into(), rate: Some((100.0, 500.0)), internal: false };
         let t0 = Instant::now();
         assert!(limits.take(&caller, 500, t0).is_ok());
         let wait = limits.take(&caller, 100, t0).unwrap_err();

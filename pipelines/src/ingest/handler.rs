@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord, SourceRecord};
 use touchpoint_operators::decode::{RecordDecoder, SchemaLookup, SchemaLookupError};
 use touchpoint_operators::normalize::Normalizer;
+use touchpoint_schemas::{AUTOMATION_TRIGGERED, TRIGGER_JOURNEY_ATTRIBUTE, TRIGGER_RULE_ATTRIBUTE};
 
 use super::auth::{authenticate, presents_credential, AuthError, PeerIdentity, WEBHOOK_ID};
 use super::config::{Caller, IngestSettings};
@@ -42,6 +43,9 @@ pub struct IngestState {
     topic: String,
     rates: RateLimits,
     idempotency: Idempotency,
+    /// What a direct trigger may name: the current journeys' ids and the intent rules.
+    journeys: std::collections::BTreeSet<String>,
+    rules: touchpoint_operators::intent::IntentRules,
 }
 
 /// The byte bound of the idempotency cache (its entry bound is the pipeline file's).
@@ -56,6 +60,8 @@ impl IngestState {
             topic: config.topics.events.name.clone(),
             rates: RateLimits::default(),
             idempotency: Idempotency::new(settings.idempotency_ttl, settings.idempotency_entries, IDEMPOTENCY_BYTES),
+            journeys: config.journeys()?.into_iter().map(|j| j.id).collect(),
+            rules: config.built()?.intents.clone(),
             settings,
         })
     }
@@ -76,13 +82,30 @@ pub struct ItemError {
 /// The OpenAPI document of this API (hand-written; a test checks it against the routes).
 pub const OPENAPI: &str = include_str!("../../../schemas/api/ingest.openapi.json");
 
-pub fn router(state: IngestState) -> Router {
+/// The public API's routes.
+pub fn router(state: Arc<IngestState>) -> Router {
     Router::new()
         .route("/automation/events", post(events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
-        .with_state(Arc::new(state))
+        .with_state(state)
+}
+
+/// The internal API's routes (its own listener, `ingest.internal_listen`; credentials with `internal`).
+pub fn internal_router(state: Arc<IngestState>) -> Router {
+    Router::new()
+        .route("/internal/automation/trigger", post(trigger))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// Which endpoint a request is for: both share authentication, idempotency and rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Events,
+    Trigger,
 }
 
 fn problem(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
@@ -143,6 +166,25 @@ async fn events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    handle(&state, peer, headers, body, Endpoint::Events).await
+}
+
+async fn trigger(
+    State(state): State<Arc<IngestState>>,
+    peer: Option<Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&state, peer, headers, body, Endpoint::Trigger).await
+}
+
+async fn handle(
+    state: &IngestState,
+    peer: Option<Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+) -> Response {
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
     // No credential at all: refused before the body is read.
     if !presents_credential(&headers, &peer) {
@@ -160,6 +202,11 @@ async fn events(
             return respond(problem(StatusCode::UNAUTHORIZED, e.code(), e.to_string()), None, false);
         }
     };
+    if endpoint == Endpoint::Trigger && !caller.internal {
+        tracing::warn!(key = %caller.key_id, "ingest: a credential without `internal` called the internal API (403)");
+        let a = problem(StatusCode::FORBIDDEN, "not_internal", "this credential may not call the internal API");
+        return respond(a, None, false);
+    }
     // A retried request answers as the first did, without producing again.
     let key = match idempotency_key(&headers) {
         Ok(k) => k,
@@ -170,9 +217,7 @@ async fn events(
         Some(key) => {
             let hash = xxhash_rust::xxh3::xxh3_128(&body);
             match state.idempotency.claim(&caller.key_id, &key, hash, Instant::now()) {
-                Claim::New => {
-                    Some(ClaimGuard { state: &state, caller: caller.key_id.clone(), key, body: hash, done: false })
-                }
+                Claim::New => Some(ClaimGuard { state, caller: caller.key_id.clone(), key, body: hash, done: false }),
                 Claim::Replay(first) => return respond(first, None, true),
                 Claim::InFlight => {
                     let a = problem(
@@ -193,7 +238,10 @@ async fn events(
             }
         }
     };
-    let (answer, retry_after) = accept(&state, caller, &body).await;
+    let (answer, retry_after) = match endpoint {
+        Endpoint::Events => accept(state, caller, &body).await,
+        Endpoint::Trigger => direct_trigger(state, caller, &body, idempotency_key(&headers).ok().flatten()).await,
+    };
     if let Some(guard) = guard {
         // 429 and 503 are not final: a retry must be tried for real.
         let last = retry_after.is_none().then(|| answer.clone());
@@ -313,11 +361,23 @@ async fn accept(state: &IngestState, caller: &Caller, body: &[u8]) -> (Answer, O
         return (answer(StatusCode::BAD_REQUEST, json!({"accepted": 0, "errors": errors})), None);
     }
     let accepted = records.len();
-    match tokio::time::timeout(PRODUCE_TIMEOUT, state.producer.send_all(&records)).await {
-        Ok(Ok(_)) => {
+    match produce(state, caller, &records).await {
+        Ok(()) => {
             tracing::debug!(key = %caller.key_id, accepted, rejected = errors.len(), "ingest: events produced");
             (answer(StatusCode::ACCEPTED, json!({"accepted": accepted, "errors": errors})), None)
         }
+        Err(unavailable) => unavailable,
+    }
+}
+
+/// Produces the records and waits for the broker's acknowledgement of every one; else the `503`.
+async fn produce(
+    state: &IngestState,
+    caller: &Caller,
+    records: &[OutgoingRecord],
+) -> Result<(), (Answer, Option<Duration>)> {
+    match tokio::time::timeout(PRODUCE_TIMEOUT, state.producer.send_all(records)).await {
+        Ok(Ok(_)) => Ok(()),
         outcome => {
             let why = match outcome {
                 Ok(Err(e)) => e.to_string(),
@@ -329,8 +389,102 @@ async fn accept(state: &IngestState, caller: &Caller, body: &[u8]) -> (Answer, O
                 "unavailable",
                 format!("the events are not durable: {why}; retry"),
             );
-            (a, Some(Duration::from_secs(1)))
+            Err((a, Some(Duration::from_secs(1))))
         }
+    }
+}
+
+/// `POST /internal/automation/trigger`: `{"subject_id", "journey" | "rule", "data"?, "trigger_id"?,
+/// "occurred_at"?}` becomes an `automation_triggered` event of the credential's tenant, produced like
+/// any event, so the pipeline audits, dedupes and decides on it as on any other. Its id is
+/// `trigger_id`, else derived from the idempotency key, so a retried trigger is one event.
+async fn direct_trigger(
+    state: &IngestState,
+    caller: &Caller,
+    body: &[u8],
+    idempotency_key: Option<String>,
+) -> (Answer, Option<Duration>) {
+    let bad = |message: String| (problem(StatusCode::BAD_REQUEST, "malformed_request", message), None);
+    let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
+        return bad("the body is a JSON object: {\"subject_id\", \"journey\" or \"rule\", \"data\"?}".into());
+    };
+    let Some(Value::String(subject)) = request.remove("subject_id") else {
+        return bad("subject_id (a string) is required".into());
+    };
+    let (attribute, target) = match (request.remove(TRIGGER_JOURNEY_ATTRIBUTE), request.remove(TRIGGER_RULE_ATTRIBUTE))
+    {
+        (Some(Value::String(j)), None) => (TRIGGER_JOURNEY_ATTRIBUTE, j),
+        (None, Some(Value::String(r))) => (TRIGGER_RULE_ATTRIBUTE, r),
+        _ => return bad("name exactly one of journey or rule (a string)".into()),
+    };
+    let known = if attribute == TRIGGER_JOURNEY_ATTRIBUTE {
+        state.journeys.contains(&target)
+    } else {
+        state.rules.has_rule(&target)
+    };
+    if !known {
+        let a = problem(StatusCode::NOT_FOUND, "unknown_target", format!("no {attribute} {target:?} in this pipeline"));
+        return (a, None);
+    }
+    let mut attributes = match request.remove("data") {
+        None => serde_json::Map::new(),
+        Some(Value::Object(data)) => data,
+        Some(_) => return bad("data must be an object".into()),
+    };
+    attributes.insert(attribute.into(), Value::String(target.clone()));
+    let event_id = match (request.remove("trigger_id"), idempotency_key) {
+        (Some(Value::String(id)), _) => id,
+        (Some(_), _) => return bad("trigger_id must be a string".into()),
+        (None, Some(key)) => format!("trigger:{}:{key}", caller.key_id),
+        // Neither: a fresh id (a retry is then a second trigger; the journey's re-entry rule applies).
+        (None, None) => format!(
+            "trigger:{}:{:032x}",
+            caller.key_id,
+            xxhash_rust::xxh3::xxh3_128(
+                format!("{subject}|{target}|{}", chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default())
+                    .as_bytes()
+            )
+        ),
+    };
+    let occurred_at = request
+        .remove("occurred_at")
+        .unwrap_or_else(|| Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+    if let Some(field) = request.keys().next() {
+        return bad(format!("unknown field {field:?}"));
+    }
+    let event = json!({
+        "event_id": event_id,
+        "event_type": AUTOMATION_TRIGGERED,
+        "subject_id": subject,
+        "tenant_id": caller.tenant,
+        "occurred_at": occurred_at,
+        "attributes": attributes,
+    });
+    let payload = serde_json::to_vec(&event).unwrap_or_default();
+    if payload.len() > state.settings.max_event_bytes {
+        let a = problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "event_too_large",
+            format!("{} bytes; at most {}", payload.len(), state.settings.max_event_bytes),
+        );
+        return (a, None);
+    }
+    if let Err(wait) = state.rates.take(caller, 1, Instant::now()) {
+        let a = problem(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "over this key's events per second");
+        return (a, Some(wait));
+    }
+    let record = match validate(state, caller, payload, chrono::Utc::now().timestamp_millis()) {
+        Ok(r) => r,
+        // The pipeline file refuses the event (e.g. `automation_triggered` not among event_types.known).
+        Err((code, message)) => return (problem(StatusCode::BAD_REQUEST, &code, message), None),
+    };
+    match produce(state, caller, std::slice::from_ref(&record)).await {
+        Ok(()) => {
+            tracing::info!(key = %caller.key_id, %attribute, %target, "ingest: direct trigger produced");
+            let a = answer(StatusCode::ACCEPTED, json!({"event_id": event_id, "event_type": AUTOMATION_TRIGGERED}));
+            (a, None)
+        }
+        Err(unavailable) => unavailable,
     }
 }
 

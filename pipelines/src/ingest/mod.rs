@@ -15,6 +15,9 @@
 //!   request gets its first answer and produces nothing), request and event sizes (`413`), read
 //!   timeouts for slow clients (`408`, and the connection closed when headers are slow).
 //! - `GET /healthz`, `GET /readyz`, `GET /openapi.json`.
+//! - The internal API, on its own listener (`internal_listen`) for credentials marked `internal`:
+//!   `POST /internal/automation/trigger` starts a journey or fires an intent rule for a subject, as an
+//!   `automation_triggered` event through the same pipeline (audited like any event).
 
 mod auth;
 mod config;
@@ -24,7 +27,7 @@ mod tls;
 
 pub use auth::{certificate_names, PeerIdentity, KEY_ID_HEADER, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 pub use config::{ApiKeyConfig, Caller, IngestConfig, IngestConfigError, IngestSettings, TlsConfig};
-pub use handler::{router, IngestState, ItemError, OPENAPI};
+pub use handler::{internal_router, router, IngestState, ItemError, OPENAPI};
 
 use std::future::Future;
 use std::time::Duration;
@@ -37,21 +40,36 @@ use tower::ServiceExt;
 /// How long requests in flight get to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(30);
 
-/// Serves the API until the process is stopped (SIGTERM or Ctrl-C).
+/// Serves the API (and the internal API when `internal_listen` is set) until the process is stopped
+/// (SIGTERM or Ctrl-C).
 pub fn serve(config: &crate::PipelineConfig) -> Result<()> {
+    use futures::FutureExt;
     let settings = IngestSettings::new(&config.ingest)?;
     let tls = settings.tls.as_ref().map(tls::acceptor).transpose()?;
-    let state = IngestState::new(config, settings.clone())?;
+    let state = std::sync::Arc::new(IngestState::new(config, settings.clone())?);
     let runtime = touchpoint_connectors::io_runtime("touchpoint-ingest").context("starting the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&settings.listen)
-            .await
-            .with_context(|| format!("listening on {}", settings.listen))?;
+        let bind = |listen: String| async move {
+            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))
+        };
+        let listener = bind(settings.listen.clone()).await?;
+        let internal = match &settings.internal_listen {
+            Some(listen) => Some(bind(listen.clone()).await?),
+            None => None,
+        };
         tracing::info!(
-            listen = %settings.listen, topic = %state.topic(), https = tls.is_some(),
+            listen = %settings.listen, internal = ?settings.internal_listen, topic = %state.topic(), https = tls.is_some(),
             "ingestion API on POST /automation/events"
         );
-        run(listener, router(state), tls, settings.read_timeout, shutdown()).await;
+        let stop = shutdown().shared();
+        let public = run(listener, router(state.clone()), tls.clone(), settings.read_timeout, stop.clone());
+        match internal {
+            Some(l) => {
+                let internal = run(l, internal_router(state), tls, settings.read_timeout, stop);
+                tokio::join!(public, internal);
+            }
+            None => public.await,
+        }
         Ok(())
     })
 }

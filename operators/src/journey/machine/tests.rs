@@ -463,3 +463,22 @@ fn a_trigger_too_large_to_keep_does_not_enter_and_says_so() {
     let t = journeys.on_event(&s, &mut state, &event("e2", "signed_up", T0, r#"{"plan":"pro"}"#), &mut g);
     assert_eq!(causes(&t), vec!["->hello:trigger:signed_up", "hello>wait-2d:sent"]);
 }
+
+#[test]
+fn a_direct_trigger_enters_the_journey_it_names_and_keeps_the_reentry_rule() {
+    let journeys = Journeys::new(vec![journey(WELCOME), journey(AB)], "time_zone");
+    let (s, mut state, mut g) = (subject("d"), SubjectJourneys::default(), Recorder::default());
+    let trigger = |id: &str, target: &str| {
+        event(id, AUTOMATION_TRIGGERED, T0, &format!(r#"{{"journey":"{target}","plan":"pro"}}"#))
+    };
+    assert!(journeys.concerns(AUTOMATION_TRIGGERED));
+    // Welcome's own trigger is signed_up; the direct trigger enters it all the same, and only it.
+    let t = journeys.on_event(&s, &mut state, &trigger("t1", "welcome"), &mut g);
+    assert_eq!(t.iter().filter(|t| t.from_step.is_none()).map(|t| t.journey.as_str()).collect::<Vec<_>>(), ["welcome"]);
+    assert_eq!(templates(&g.sent), ["welcome"], "the first step runs, reading the trigger's attributes");
+    assert_eq!(g.sent[0].payload.get("plan"), Some(&serde_json::json!("pro")));
+    // Inside already: a second trigger does not enter again; an unknown name enters nothing.
+    assert!(journeys.on_event(&s, &mut state, &trigger("t2", "welcome"), &mut g).iter().all(|t| t.from_step.is_some()));
+    assert!(journeys.on_event(&s, &mut state, &trigger("t3", "no-such-journey"), &mut g).is_empty());
+    assert_eq!(templates(&g.sent), ["welcome"]);
+}
