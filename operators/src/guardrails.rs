@@ -36,6 +36,7 @@ use touchpoint_schemas::NormalizedEvent;
 use crate::consent::{Applied, ConsentChange, ConsentConfig, ConsentTable};
 
 use crate::decision::{decide, suppress_ledger_full, Decision, DecisionKind, DecisionRules, MAX_HELD_SENDS};
+use crate::evaluate::{EvaluateReply, EvaluateRequest};
 use crate::fast_hash::FastHashMap;
 use crate::frequency_cap::{CapVerdict, FrequencyCaps, SubjectCaps};
 use crate::intent::{IntentRules, SendIntent};
@@ -437,6 +438,77 @@ impl GuardrailWorker {
         self.watermark = self.watermark.max(watermark);
     }
 
+    /// A dry run: the decision a send would get now from this worker's state (consent, profile, caps,
+    /// quiet hours), with the subject's segments, deciding on a copy of the subject's cap counters:
+    /// nothing is counted, recorded, held or sent.
+    pub fn evaluate(&self, request: &EvaluateRequest) -> EvaluateReply {
+        let subject = request.subject();
+        let correlation = &request.correlation_id;
+        let intent = SendIntent {
+            subject: subject.clone(),
+            channel: request.channel,
+            purpose: request.purpose,
+            category: request.category.clone(),
+            tags: Vec::new(),
+            priority: request.priority,
+            template: request.template.clone(),
+            rule_id: "evaluate".into(),
+            ruleset_version: String::new(),
+            event_id: format!("evaluate:{correlation}"),
+            event_type: "evaluate".into(),
+            occurred_at_ms: request.at_ms,
+            time_zone: None,
+            recipient: None,
+            // Never a key the counters know: a dry run is never "already counted".
+            idempotency_key: format!("evaluate:{correlation}"),
+            position: touchpoint_schemas::SourcePosition { topic: String::new(), partition: 0, offset: 0 },
+            late: false,
+            journey: None,
+            payload: Default::default(),
+            released_at_ms: None,
+        };
+        let mut intent = intent;
+        let profile = self.state.profiles.get(&subject);
+        if let Some(zone) = profile.and_then(|p| p.time_zone()) {
+            intent.time_zone = Some(zone.to_string());
+        }
+        let policy = self.rules.profiles.recipients.policy(intent.purpose);
+        let recipient = resolve_recipient(profile, intent.channel, policy, None);
+        let mut caps = self.state.caps.get(&subject).map(|s| s.caps.clone()).unwrap_or_default();
+        let decision = decide(intent, recipient, &self.state.consent, &self.rules.decision_rules(), &mut caps, true);
+        let segments = self.state.segments.get(&subject);
+        let mut members: Vec<String> = self
+            .rules
+            .segments
+            .list()
+            .iter()
+            .map(|s| s.id.clone())
+            .filter(|id| Segments::is_member(segments, id))
+            .collect();
+        members.sort();
+        EvaluateReply {
+            correlation_id: correlation.clone(),
+            decision: decision.kind.as_str().to_string(),
+            reason: decision.reason(),
+            consent: decision.consent.describe(),
+            cap: match &decision.cap {
+                Some(CapVerdict::Capped { rule_id, count, limit, window }) => {
+                    Some(format!("{rule_id}: {count} of {limit} per {window}"))
+                }
+                _ => None,
+            },
+            held_until: decision
+                .quiet
+                .as_ref()
+                .filter(|_| decision.kind == DecisionKind::HeldQuietHours)
+                .map(|q| utc_text(q.until_ms)),
+            recipient_source: decision.recipient.as_str().to_string(),
+            segments: members,
+            has_profile: profile.is_some(),
+            watermark_ms: self.watermark,
+        }
+    }
+
     /// Processes one complete epoch (its consent changes and watermark already applied): fires due journey
     /// timers, decides the rules' intents, moves subjects by the events; returns the decisions,
     /// transitions, the changed subjects' state and the events to store, with the epoch's counts. Each
@@ -796,6 +868,7 @@ mod tests {
     use crate::intent::IntentsConfig;
     use crate::quiet_hours::QuietHoursConfig;
     use crate::segment::Segment;
+    use touchpoint_schemas::{Channel, Purpose};
 
     const DAY: i64 = 86_400_000;
     const T0: i64 = 1_795_600_800_000;
@@ -868,5 +941,71 @@ mod tests {
         );
         epochs.extend(changes(&mut restarted, vec![(T0 + DAY, vec![]), (T0 + DAY, opened("o2", T0 + 5 * DAY))]));
         assert_eq!(epochs, event_first);
+    }
+
+    /// A dry run answers from the live state and changes none of it: allowed twice in a row where one
+    /// real send would use the cap, suppressed by the cap once a real send used it.
+    #[test]
+    fn a_dry_run_decides_like_a_send_and_counts_nothing() {
+        use crate::evaluate::EvaluateRequest;
+        let mut w = worker();
+        w.rules.intents = IntentRules::new(
+            &serde_json::from_value(serde_json::json!({"rules": [
+                {"id": "hook", "on": "app_opened", "channel": "webhook", "category": "promo", "template": "t"}
+            ]}))
+            .unwrap(),
+        )
+        .unwrap();
+        w.rules.caps = FrequencyCaps::new(
+            &serde_json::from_value(serde_json::json!({"rules": [
+                {"id": "hook-daily", "channel": "webhook", "limit": 1, "window": "rolling 1d"}
+            ]}))
+            .unwrap(),
+        )
+        .unwrap();
+        let ask = |w: &GuardrailWorker, at: i64| {
+            w.evaluate(&EvaluateRequest {
+                correlation_id: "c1".into(),
+                tenant_id: "acme".into(),
+                subject_id: "ann".into(),
+                channel: Channel::Webhook,
+                purpose: Purpose::Marketing,
+                category: "promo".into(),
+                template: "t".into(),
+                priority: 0,
+                at_ms: at,
+            })
+        };
+        let first = ask(&w, T0);
+        assert_eq!((first.decision.as_str(), first.consent.as_str()), ("suppressed_consent", "missing(default deny)"));
+        w.apply_consent(&ConsentChange::Set {
+            subject: SubjectRef::new("acme", "ann"),
+            channel: Channel::Webhook,
+            purpose: Purpose::Marketing,
+            status: crate::consent::ConsentStatus::Granted,
+            updated_at_ms: T0,
+            source: "test".into(),
+        });
+        assert_eq!(ask(&w, T0).decision, "allowed");
+        assert_eq!(ask(&w, T0).decision, "allowed", "the first dry run counted nothing");
+        assert!(w.state().caps.is_empty(), "no state for a subject only asked about");
+        // A real send uses the cap; the dry run now says so, with the rule.
+        w.advance_watermark(T0);
+        let out = w.process_epoch(opened("o1", T0), 0);
+        assert_eq!(out.decisions.iter().filter(|d| d.kind == DecisionKind::Allowed).count(), 1);
+        let capped = ask(&w, T0 + 1_000);
+        assert_eq!(capped.decision, "suppressed_cap", "{capped:?}");
+        assert_eq!(capped.cap.as_deref(), Some("hook-daily: 1 of 1 per rolling 1day"));
+        assert_eq!(ask(&w, T0 + DAY + 1_000).decision, "allowed", "the window moved on");
+        let before = serde_json::to_string(&w.state().caps.values().collect::<Vec<_>>()).unwrap();
+        let _ = ask(&w, T0 + 2_000);
+        assert_eq!(serde_json::to_string(&w.state().caps.values().collect::<Vec<_>>()).unwrap(), before);
+        // The segments it is a member of, and how current the state is.
+        w.advance_watermark(T0 + 4 * DAY);
+        let _ = w.process_epoch(vec![], 0);
+        let now = ask(&w, T0 + 4 * DAY);
+        assert_eq!(now.segments, ["inactive"]);
+        assert_eq!(now.watermark_ms, T0 + 4 * DAY);
+        assert!(!now.has_profile);
     }
 }

@@ -30,6 +30,7 @@ pub mod consent;
 pub mod decision;
 pub mod decode;
 pub mod dedupe;
+pub mod evaluate;
 pub mod fast_hash;
 pub mod frequency_cap;
 pub mod guardrails;
