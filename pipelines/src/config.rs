@@ -269,6 +269,22 @@ impl TopicsConfig {
         TopicSpec { name: format!("{group_id}.segments-changelog"), ..self.caps_changelog(group_id) }
     }
 
+    /// Dry-run requests (`POST /internal/automation/evaluate`), keyed by subject; read from the end at
+    /// each start (a request nobody waits for any more is not answered), kept an hour.
+    pub fn evaluate_requests(&self, group_id: &str) -> TopicSpec {
+        TopicSpec {
+            name: format!("{group_id}.evaluate-requests"),
+            partitions: self.changelog_partitions,
+            retention: Some(std::time::Duration::from_secs(3600)),
+            compacted: false,
+        }
+    }
+
+    /// The answers to [`Self::evaluate_requests`], matched by correlation id.
+    pub fn evaluate_replies(&self, group_id: &str) -> TopicSpec {
+        TopicSpec { name: format!("{group_id}.evaluate-replies"), ..self.evaluate_requests(group_id) }
+    }
+
     /// Every journey version the pipeline ever ran (compacted; key `journey/version`, value the file):
     /// subjects keep running on the version they entered with after the file changes.
     pub fn journey_versions(&self, group_id: &str) -> TopicSpec {

@@ -39,6 +39,7 @@ use timely::dataflow::operators::{Input as _, Inspect, Probe};
 use timely::dataflow::ProbeHandle;
 use touchpoint_operators::consent::{ConsentChange, ConsentConfig, ConsentStatus};
 use touchpoint_operators::decision::{Decision, DecisionKind};
+use touchpoint_operators::evaluate::EvaluateRequest;
 use touchpoint_operators::frequency_cap::{CapsConfig, FrequencyCaps};
 use touchpoint_operators::intent::{IntentRules, IntentsConfig};
 use touchpoint_operators::journey::{Journey, Journeys, SubjectJourneys, Transition};
@@ -593,7 +594,10 @@ fn run_dataflow(
             let (Some(state), Some(rules)) = (state.take(), rules.take()) else {
                 unreachable!("the dataflow is built once")
             };
-            let out = guardrails(events, changes, profile_changes, watermarks, state, rules);
+            // No dry runs in a scenario: an input closed at once.
+            let (requests_in, requests) = scope.new_input::<Vec<EvaluateRequest>>();
+            drop(requests_in);
+            let out = guardrails(events, changes, profile_changes, watermarks, requests, state, rules);
             let s = sink.clone();
             out.decisions.inspect(move |d| s.borrow_mut().decisions.push(d.clone())).probe_with(&probe);
             let s = sink.clone();

@@ -14,7 +14,8 @@
 //! marketing.profiles ─► ProfileSource ─► ParseProfiles ─┬─ rejects ─► DeadLetterTopic            │
 //! (replayed from the    (restore at      (decode, key   │              (marketing.profiles.dlq)  │
 //!  beginning)            epoch 0)         checked)      └─ changes ─► [by subject key group] ────┤
-//!                                                                                                ▼
+//! <group>.evaluate-requests ─► EvaluateSource ─► (parse) ─► dry runs ─► [by subject key group] ──┤
+//! (from its end at each start)                                                                   ▼
 //!          Guardrails [events and changes by subject key group]: consent; profiles (also from profile
 //!          update events); segments (segment_entered/exited events); journey timers; rules; journeys;
 //!          recipients from profiles; caps
@@ -29,8 +30,10 @@
 //!           │ segment state ─► AfterJourneys (once the journeys that followed its changes are durable)
 //!           │                    ─► SegmentsChangelog (<group>.segments-changelog)
 //!           │ segment entries and exits ─► ClickHouseSegmentMemberships (`segment_memberships`)
-//!           └ changed profiles ─► ClickHouseProfiles (`profiles`)
-//!                              ─► ProfilesChangelog (<group>.profiles-changelog)
+//!           │ changed profiles ─► ClickHouseProfiles (`profiles`)
+//!           │                    ─► ProfilesChangelog (<group>.profiles-changelog)
+//!           └ dry-run answers (after their epoch; counted nothing) ─► EvaluateReplies
+//!                              (<group>.evaluate-replies; not state: outside the probe and transactions)
 //!
 //! every sink's progress ─► probe ─► commit the event offsets of durable epochs
 //! per-worker tallies ─► [to worker 0] EpochTally (logs in = out + dlq + duplicates per epoch)
@@ -68,11 +71,12 @@ use timely::worker::Worker;
 use touchpoint_connectors::clickhouse::{
     DecisionStore, EventStore, ProfileStore, SegmentMembershipStore, TransitionStore,
 };
-use touchpoint_connectors::kafka::AckedProducer;
+use touchpoint_connectors::kafka::{AckedProducer, SourceRecord};
 use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_operators::decision::{Decision, DecisionKind};
 use touchpoint_operators::decode::RecordDecoder;
 use touchpoint_operators::dedupe::EventDeduplicator;
+use touchpoint_operators::evaluate::EvaluateRequest;
 use touchpoint_operators::guardrails::{GuardrailRules, GuardrailState};
 use touchpoint_operators::normalize::Normalizer;
 use touchpoint_operators::tally::EpochTally;
@@ -100,6 +104,8 @@ pub struct WorkerParts {
     pub events: EventInput,
     pub consent: TableInput,
     pub profiles: TableInput,
+    /// Dry-run requests and where their answers go.
+    pub evaluate: EvaluateInput,
     /// The subject-keyed operator's rules and the state this worker owns.
     pub rules: GuardrailRules,
     pub guardrail_state: GuardrailState,
@@ -130,6 +136,15 @@ pub struct TableInput {
     pub topic: String,
     /// The tenant of records that name none.
     pub default_tenant: String,
+}
+
+/// `POST /internal/automation/evaluate`'s path through the dataflow: requests read from the end of
+/// their topic at every start, answers written (acknowledged, outside any transaction: an answer is
+/// not state) to the replies topic the API reads.
+pub struct EvaluateInput {
+    pub source: SharedSource,
+    pub replies: String,
+    pub producer: AckedProducer,
 }
 
 /// The ClickHouse tables the dataflow writes.
@@ -194,6 +209,7 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         events: input,
         consent,
         profiles,
+        evaluate,
         rules,
         guardrail_state,
         clickhouse,
@@ -236,7 +252,16 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         );
         // Profiles: the table, replayed at start (epoch 0) on top of the restored changelog, then live.
         let profile_records =
-            kafka_source(scope, "ProfileSource", SourceRole::Table, profiles.source, epochs, stop, None);
+            kafka_source(scope, "ProfileSource", SourceRole::Table, profiles.source, epochs.clone(), stop.clone(), None);
+        // Dry runs: a record that is not a request is logged and dropped (no one to answer).
+        let requests = kafka_source(scope, "EvaluateSource", SourceRole::Table, evaluate.source, epochs, stop, None)
+            .flat_map(|r: SourceRecord| match EvaluateRequest::parse(r.payload.as_deref().unwrap_or_default()) {
+                Ok(request) => Some(request),
+                Err(why) => {
+                    tracing::warn!(partition = r.partition, offset = r.offset, %why, "not an evaluate request; ignored");
+                    None
+                }
+            });
         let (profile_changes, bad_profiles) = parse_profile_stream(
             profile_records,
             RecordDecoder::new(registry),
@@ -258,7 +283,14 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         // rules, frequency caps; decisions, transitions, sends, state changelogs. Events a previous run
         // stored still drive decisions (their effects may not have been durable when it died; the decision
         // path is idempotent by key), and the keyed operator passes on only the others to be stored.
-        let keyed = guardrails(judged.events, changes, profile_changes, judged.watermarks, guardrail_state, rules);
+        let keyed =
+            guardrails(judged.events, changes, profile_changes, judged.watermarks, requests, guardrail_state, rules);
+        // Answers are not state: written as they come, outside the probe and any transaction.
+        epoch_sink(
+            keyed.replies,
+            TopicSink { name: "EvaluateReplies", producer: evaluate.producer, topic: evaluate.replies },
+            runtime.clone(),
+        );
         let (cap_states, journey_states, profile_states, segment_states) =
             (keyed.caps, keyed.journeys, keyed.profiles, keyed.segments);
         let stored = epoch_sink(keyed.events, ClickHouseEvents { store: clickhouse.events }, runtime.clone());

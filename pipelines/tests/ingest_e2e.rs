@@ -419,7 +419,7 @@ fn client_certificates_name_the_tenant_and_untrusted_ones_are_refused() {
 const SERVICE: &str = "tp-test-key-internal-service";
 
 #[test]
-fn a_trusted_service_triggers_a_journey_and_a_rule_through_the_pipeline() {
+fn a_trusted_service_triggers_journeys_and_rules_and_asks_for_dry_runs_through_the_pipeline() {
     let tp = TestPipeline::new("it_trigger", &[(common::JOURNEYS_OFF, &common::journeys_in("journeys"))]);
     tp.prepare();
     common::produce_profiles_of(&tp, "acme", ["t-1".to_string(), "t-2".to_string()]);
@@ -488,6 +488,42 @@ fn a_trusted_service_triggers_a_journey_and_a_rule_through_the_pipeline() {
     std::thread::sleep(Duration::from_secs(2));
     let sends: Vec<(String, String)> = common::connector_keys(&tp);
     assert_eq!(sends.iter().filter(|(_, c)| c == "email").count(), 2, "one welcome, one receipt: {sends:?}");
+
+    // Dry runs, answered by the running pipeline's worker from its live state: t-1 granted email
+    // marketing (and has a profile), t-2 has no record (marketing's default: deny), push for t-1 neither.
+    let evaluate = |key: &str, body: Value| {
+        let r = http.post(format!("{internal}/internal/automation/evaluate")).bearer_auth(key).json(&body).send();
+        let r = r.expect("request");
+        let status = r.status();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let ask =
+        |subject: &str, channel: &str| json!({"subject_id": subject, "channel": channel, "category": "promotional"});
+    for _ in 0..3 {
+        let (status, reply) = evaluate(SERVICE, ask("t-1", "email"));
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(
+            (reply["decision"].as_str(), reply["consent"].as_str()),
+            (Some("allowed"), Some("granted")),
+            "{reply}"
+        );
+        assert_eq!(reply["has_profile"], true);
+        assert_eq!(reply["recipient_source"], "profile");
+    }
+    let (_, reply) = evaluate(SERVICE, ask("t-2", "email"));
+    assert_eq!(reply["decision"], "suppressed_consent", "{reply}");
+    assert_eq!(reply["consent"], "missing(default deny)");
+    let (_, reply) = evaluate(SERVICE, ask("t-1", "push"));
+    assert_eq!(reply["decision"], "suppressed_consent", "{reply}");
+    let (status, _) = evaluate(KEY, ask("t-1", "email"));
+    assert_eq!(status, StatusCode::FORBIDDEN, "not an internal credential");
+    let (status, _) = evaluate(SERVICE, json!({"subject_id": "t-1", "channel": "fax", "category": "x"}));
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A dry run decides nothing for real: no decision row, no send.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(common::count(&tp, "SELECT count() FROM decisions WHERE event_type = 'evaluate'"), 0);
+    assert_eq!(common::connector_keys(&tp).len(), 2, "still one welcome and one receipt");
+
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     assert!(child.wait().expect("wait").success());
     run.kill().expect("stopping the pipeline");

@@ -91,6 +91,30 @@ impl PartitionSource {
         Self::open_at(config, group_id, topic, partitions, false, true)
     }
 
+    /// Assigns `partitions` of `topic` at their current end, whatever the group committed: for requests
+    /// that only matter to someone waiting now (dry runs); never committed.
+    pub fn open_from_end(
+        config: &KafkaConfig,
+        group_id: &str,
+        topic: &str,
+        partitions: Vec<i32>,
+    ) -> Result<Self, SourceError> {
+        let consumer: BaseConsumer = config.consumer_config(group_id).create()?;
+        let bounds = log_bounds(&consumer, topic, &partitions, Duration::from_secs(30))?;
+        let mut next = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for &p in &partitions {
+            let end = bounds.get(&p).map_or(0, |&(_, end)| end);
+            assignment.add_partition_offset(topic, p, Offset::Offset(end))?;
+            next.insert(p, end);
+        }
+        if !partitions.is_empty() {
+            consumer.assign(&assignment)?;
+        }
+        tracing::info!(topic, group_id, ?next, "assigned partitions at their end");
+        Ok(Self::assigned(consumer, topic, partitions, next, HashMap::new(), HashMap::new()))
+    }
+
     /// Assigns the partitions of `start` at the given offsets, whatever the group committed, and reads
     /// each up to (not including) its offset in `end` (to the end of the log where `end` has none): a
     /// range to re-process (`touchpoint replay`). Resume check on: the first record must be the start.

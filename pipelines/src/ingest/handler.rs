@@ -10,15 +10,17 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use touchpoint_connectors::kafka::{AckedProducer, OutgoingRecord, SourceRecord};
 use touchpoint_operators::decode::{RecordDecoder, SchemaLookup, SchemaLookupError};
+use touchpoint_operators::evaluate::EvaluateRequest;
 use touchpoint_operators::normalize::Normalizer;
-use touchpoint_schemas::{AUTOMATION_TRIGGERED, TRIGGER_JOURNEY_ATTRIBUTE, TRIGGER_RULE_ATTRIBUTE};
+use touchpoint_schemas::{Channel, Purpose, AUTOMATION_TRIGGERED, TRIGGER_JOURNEY_ATTRIBUTE, TRIGGER_RULE_ATTRIBUTE};
 
 use super::auth::{authenticate, presents_credential, AuthError, PeerIdentity, WEBHOOK_ID};
 use super::config::{Caller, IngestSettings};
+use super::evaluate::{EvaluateError, Evaluator};
 use super::guard::{Answer, Claim, Idempotency, RateLimits, MAX_KEY_LEN};
 use crate::stages::normalize::normalize_record;
 
@@ -46,17 +48,29 @@ pub struct IngestState {
     /// What a direct trigger may name: the current journeys' ids and the intent rules.
     journeys: std::collections::BTreeSet<String>,
     rules: touchpoint_operators::intent::IntentRules,
+    /// Dry runs through the pipeline (with the internal API only).
+    evaluator: Option<Evaluator>,
 }
+
+/// How long a dry run waits for the pipeline's answer (an epoch, two produces, usually well under 1 s).
+const EVALUATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The byte bound of the idempotency cache (its entry bound is the pipeline file's).
 const IDEMPOTENCY_BYTES: usize = 64 << 20;
 
 impl IngestState {
-    pub fn new(config: &crate::PipelineConfig, settings: IngestSettings) -> anyhow::Result<Self> {
+    /// The API's state; `evaluator` answers dry runs (the internal API's).
+    pub fn new(
+        config: &crate::PipelineConfig,
+        settings: IngestSettings,
+        producer: AckedProducer,
+        evaluator: Option<Evaluator>,
+    ) -> anyhow::Result<Self> {
         Ok(IngestState {
             normalizer: config.built()?.normalizer.clone(),
             decoder: RecordDecoder::new(JsonOnly),
-            producer: AckedProducer::new(&config.kafka)?,
+            producer,
+            evaluator,
             topic: config.topics.events.name.clone(),
             rates: RateLimits::default(),
             idempotency: Idempotency::new(settings.idempotency_ttl, settings.idempotency_entries, IDEMPOTENCY_BYTES),
@@ -96,6 +110,7 @@ pub fn router(state: Arc<IngestState>) -> Router {
 pub fn internal_router(state: Arc<IngestState>) -> Router {
     Router::new()
         .route("/internal/automation/trigger", post(trigger))
+        .route("/internal/automation/evaluate", post(evaluate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .with_state(state)
@@ -106,6 +121,7 @@ pub fn internal_router(state: Arc<IngestState>) -> Router {
 enum Endpoint {
     Events,
     Trigger,
+    Evaluate,
 }
 
 fn problem(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
@@ -178,6 +194,15 @@ async fn trigger(
     handle(&state, peer, headers, body, Endpoint::Trigger).await
 }
 
+async fn evaluate(
+    State(state): State<Arc<IngestState>>,
+    peer: Option<Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&state, peer, headers, body, Endpoint::Evaluate).await
+}
+
 async fn handle(
     state: &IngestState,
     peer: Option<Extension<PeerIdentity>>,
@@ -202,7 +227,7 @@ async fn handle(
             return respond(problem(StatusCode::UNAUTHORIZED, e.code(), e.to_string()), None, false);
         }
     };
-    if endpoint == Endpoint::Trigger && !caller.internal {
+    if endpoint != Endpoint::Events && !caller.internal {
         tracing::warn!(key = %caller.key_id, "ingest: a credential without `internal` called the internal API (403)");
         let a = problem(StatusCode::FORBIDDEN, "not_internal", "this credential may not call the internal API");
         return respond(a, None, false);
@@ -241,6 +266,7 @@ async fn handle(
     let (answer, retry_after) = match endpoint {
         Endpoint::Events => accept(state, caller, &body).await,
         Endpoint::Trigger => direct_trigger(state, caller, &body, idempotency_key(&headers).ok().flatten()).await,
+        Endpoint::Evaluate => dry_run(state, caller, &body).await,
     };
     if let Some(guard) = guard {
         // 429 and 503 are not final: a retry must be tried for real.
@@ -485,6 +511,65 @@ async fn direct_trigger(
             (a, None)
         }
         Err(unavailable) => unavailable,
+    }
+}
+
+/// `POST /internal/automation/evaluate`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvaluateBody {
+    subject_id: String,
+    channel: Channel,
+    #[serde(default)]
+    purpose: Option<Purpose>,
+    category: String,
+    #[serde(default)]
+    template: String,
+    #[serde(default)]
+    priority: i32,
+}
+
+/// A dry run: would a message on `channel` for `purpose` / `category` to the subject be allowed now?
+/// Answered by the pipeline worker that holds the subject, from its live state; nothing is counted.
+async fn dry_run(state: &IngestState, caller: &Caller, body: &[u8]) -> (Answer, Option<Duration>) {
+    let Some(evaluator) = &state.evaluator else {
+        return (problem(StatusCode::NOT_FOUND, "not_found", "dry runs are served on the internal listener"), None);
+    };
+    let request: EvaluateBody = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("{e} (fields: subject_id, channel, purpose?, category, template?, priority?)");
+            return (problem(StatusCode::BAD_REQUEST, "malformed_request", message), None);
+        }
+    };
+    if request.subject_id.is_empty() || request.subject_id.len() > 256 {
+        return (problem(StatusCode::BAD_REQUEST, "malformed_request", "subject_id: 1 to 256 bytes"), None);
+    }
+    if let Err(wait) = state.rates.take(caller, 1, Instant::now()) {
+        return (
+            problem(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "over this key's requests per second"),
+            Some(wait),
+        );
+    }
+    let ask = EvaluateRequest {
+        correlation_id: evaluator.correlation_id(),
+        tenant_id: caller.tenant.clone(),
+        subject_id: request.subject_id,
+        channel: request.channel,
+        purpose: request.purpose.unwrap_or(Purpose::Marketing),
+        category: request.category,
+        template: request.template,
+        priority: request.priority,
+        at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    match evaluator.ask(ask, EVALUATE_TIMEOUT).await {
+        Ok(reply) => (answer(StatusCode::OK, serde_json::to_value(&reply).unwrap_or_default()), None),
+        Err(e @ EvaluateError::Produce(_)) => {
+            (problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()), Some(Duration::from_secs(1)))
+        }
+        Err(e @ EvaluateError::NoAnswer(_)) => {
+            (problem(StatusCode::GATEWAY_TIMEOUT, "no_answer", e.to_string()), Some(Duration::from_secs(1)))
+        }
     }
 }
 

@@ -17,10 +17,13 @@
 //! - `GET /healthz`, `GET /readyz`, `GET /openapi.json`.
 //! - The internal API, on its own listener (`internal_listen`) for credentials marked `internal`:
 //!   `POST /internal/automation/trigger` starts a journey or fires an intent rule for a subject, as an
-//!   `automation_triggered` event through the same pipeline (audited like any event).
+//!   `automation_triggered` event through the same pipeline (audited like any event);
+//!   `POST /internal/automation/evaluate` asks the pipeline worker holding the subject whether a message
+//!   would be allowed now (`evaluate`: request and reply topics through the dataflow).
 
 mod auth;
 mod config;
+mod evaluate;
 mod guard;
 mod handler;
 mod tls;
@@ -46,9 +49,14 @@ pub fn serve(config: &crate::PipelineConfig) -> Result<()> {
     use futures::FutureExt;
     let settings = IngestSettings::new(&config.ingest)?;
     let tls = settings.tls.as_ref().map(tls::acceptor).transpose()?;
-    let state = std::sync::Arc::new(IngestState::new(config, settings.clone())?);
     let runtime = touchpoint_connectors::io_runtime("touchpoint-ingest").context("starting the async runtime")?;
     runtime.block_on(async move {
+        let producer = touchpoint_connectors::kafka::AckedProducer::new(&config.kafka)?;
+        let evaluator = match &settings.internal_listen {
+            Some(_) => Some(evaluate::Evaluator::start(config, producer.clone()).await?),
+            None => None,
+        };
+        let state = std::sync::Arc::new(IngestState::new(config, settings.clone(), producer, evaluator)?);
         let bind = |listen: String| async move {
             tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))
         };

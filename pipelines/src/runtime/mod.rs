@@ -98,6 +98,8 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     topics.push(config.topics.journeys_changelog(&config.pipeline.group_id));
     topics.push(config.topics.profiles_changelog(&config.pipeline.group_id));
     topics.push(config.topics.segments_changelog(&config.pipeline.group_id));
+    topics.push(config.topics.evaluate_requests(&config.pipeline.group_id));
+    topics.push(config.topics.evaluate_replies(&config.pipeline.group_id));
     topics.push(config.topics.journey_versions(&config.pipeline.group_id));
     topics.push(lease_topic(&config.pipeline.group_id));
     runtime.block_on(ensure_topics(&config.kafka, &topics))?;
@@ -154,6 +156,8 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
     };
     let consent_partitions = partition_count(&config.kafka, &config.topics.consent.name)?;
     let profile_partitions = partition_count(&config.kafka, &config.topics.profiles.name)?;
+    let evaluate_partitions =
+        partition_count(&config.kafka, &config.topics.evaluate_requests(&config.pipeline.group_id).name)?;
 
     // Frequency-cap state from its changelog, read once per process and handed to the owning workers.
     let peers = options.workers * options.processes;
@@ -219,6 +223,7 @@ pub fn run(config: PipelineConfig, options: RunOptions) -> Result<RunReport> {
         partitions,
         consent_partitions,
         profile_partitions,
+        evaluate_partitions,
         restored_caps: Mutex::new(restored_caps),
         restored_journeys: Mutex::new(restored_journeys),
         restored_profiles: Mutex::new(restored_profiles),
@@ -264,6 +269,7 @@ struct Shared {
     partitions: i32,
     consent_partitions: i32,
     profile_partitions: i32,
+    evaluate_partitions: i32,
     /// Worker index → the cap state it owns, restored from the changelog.
     restored_caps: Mutex<HashMap<usize, FastHashMap<SubjectRef, SubjectSendState>>>,
     /// Worker index → the journey state it owns, restored from the changelog.

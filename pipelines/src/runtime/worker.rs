@@ -26,7 +26,7 @@ use crate::stages::tally::TallyBook;
 use crate::stages::transaction::{TransactionalCommit, TxnItem};
 use crate::stages::Epoch;
 use crate::topology::{
-    self, AckedWriters, ClickHouseSinks, EventInput, KafkaWriters, OutputTopics, TableInput, WorkerParts,
+    self, AckedWriters, ClickHouseSinks, EvaluateInput, EventInput, KafkaWriters, OutputTopics, TableInput, WorkerParts,
 };
 
 pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
@@ -85,6 +85,12 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
         &config.topics.profiles.name,
         owned_partitions(shared.profile_partitions, index, peers),
     )?;
+    let evaluate_source = PartitionSource::open_from_end(
+        &config.kafka,
+        &format!("{}.evaluate", config.pipeline.group_id),
+        &config.topics.evaluate_requests(&config.pipeline.group_id).name,
+        owned_partitions(shared.evaluate_partitions, index, peers),
+    )?;
     let profiles = shared.restored_profiles.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
     let segment_state = shared.restored_segments.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
     let caps_state = shared.restored_caps.lock().ok().and_then(|mut m| m.remove(&index)).unwrap_or_default();
@@ -131,6 +137,11 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<()> {
                 source: SourceState::new(profile_source, HashSet::new()),
                 topic: config.topics.profiles.name.clone(),
                 default_tenant: config.normalize.default_tenant.clone(),
+            },
+            evaluate: EvaluateInput {
+                source: SourceState::new(evaluate_source, HashSet::new()),
+                replies: config.topics.evaluate_replies(&config.pipeline.group_id).name,
+                producer: AckedProducer::new(&config.kafka)?,
             },
             rules: config.guardrail_rules(shared.journeys.clone(), shared.segments.clone())?,
             guardrail_state: GuardrailState {

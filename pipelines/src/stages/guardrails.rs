@@ -4,7 +4,8 @@
 //! ([`touchpoint_operators::key_groups`]), consent changes likewise; the watermark stays on this worker
 //! (every worker holds it). Once an epoch is complete on both inputs, its consent and profile changes
 //! and watermark are applied and the epoch is handed to the worker's [`GuardrailWorker`]; what it returns leaves on
-//! eight typed outputs.
+//! nine typed outputs. Dry runs
+//! (`evaluate`) come on the side input like consent changes and are answered after their epoch.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use timely::dataflow::operators::{Capability, Concat};
 use timely::dataflow::Stream;
 use touchpoint_operators::consent::ConsentChange;
 use touchpoint_operators::decision::Decision;
+use touchpoint_operators::evaluate::{EvaluateReply, EvaluateRequest};
 use touchpoint_operators::guardrails::{
     CapSnapshot, EpochCounts, GuardrailRules, GuardrailState, GuardrailWorker, JourneySnapshot, ProfileSnapshot,
     SegmentSnapshot,
@@ -37,12 +39,14 @@ enum Side {
     Consent(ConsentChange),
     Profile(ProfileChange),
     Watermark(i64),
+    /// A dry run, answered once the epoch it arrived in is processed.
+    Evaluate(EvaluateRequest),
 }
 
 impl Side {
-    /// A table change (as opposed to the watermark): applied in log order.
+    /// A table change (as opposed to the watermark or a dry run): applied in log order.
     fn is_change(&self) -> bool {
-        !matches!(self, Side::Watermark(_))
+        matches!(self, Side::Consent(_) | Side::Profile(_))
     }
 }
 
@@ -61,10 +65,12 @@ pub struct GuardrailStreams<'s> {
     pub segments: Stream<'s, Epoch, Vec<SegmentSnapshot>>,
     /// Segment entries and exits.
     pub memberships: Stream<'s, Epoch, Vec<SegmentChange>>,
+    /// Answers to dry runs.
+    pub replies: Stream<'s, Epoch, Vec<EvaluateReply>>,
 }
 
 /// The stage's outputs number.
-const OUTPUTS: usize = 8;
+const OUTPUTS: usize = 9;
 
 /// What arrived for one epoch: a capability per output, the events as the containers that brought them
 /// (never copied into one vector), and the side records.
@@ -104,6 +110,7 @@ pub fn guardrails<'s>(
     consent: Stream<'s, Epoch, Vec<ConsentChange>>,
     profiles: Stream<'s, Epoch, Vec<ProfileChange>>,
     watermarks: Stream<'s, Epoch, Vec<i64>>,
+    requests: Stream<'s, Epoch, Vec<EvaluateRequest>>,
     state: GuardrailState,
     rules: GuardrailRules,
 ) -> GuardrailStreams<'s> {
@@ -112,14 +119,15 @@ pub fn guardrails<'s>(
         .exchange(|c: &ConsentChange| key_group(c.subject()))
         .map(Side::Consent)
         .concat(profiles.exchange(|c: &ProfileChange| key_group(c.subject())).map(Side::Profile))
-        .concat(watermarks.map(Side::Watermark));
+        .concat(watermarks.map(Side::Watermark))
+        .concat(requests.exchange(|r: &EvaluateRequest| key_group(&r.subject())).map(Side::Evaluate));
     let mut worker = GuardrailWorker::new(state, rules);
 
     let mut builder = OperatorBuilder::new("Guardrails".to_owned(), events.scope());
     let mut events_in =
         builder.new_input(events, Exchange::new(|r: &ReadEvent| key_group_of(&r.event.tenant_id, &r.event.subject_id)));
     let mut side_in = builder.new_input(side, Pipeline);
-    // Output ports 0..8, in the order of `EpochInputs::caps`.
+    // Output ports 0..9, in the order of `EpochInputs::caps`.
     let (mut decisions_out, decisions) = vec_output::<Arc<Decision>>(&mut builder);
     let (mut transitions_out, transitions) = vec_output::<Transition>(&mut builder);
     let (mut caps_out, caps) = vec_output::<CapSnapshot>(&mut builder);
@@ -128,6 +136,7 @@ pub fn guardrails<'s>(
     let (mut profiles_out, profile_states) = vec_output::<ProfileSnapshot>(&mut builder);
     let (mut segments_out, segment_states) = vec_output::<SegmentSnapshot>(&mut builder);
     let (mut memberships_out, memberships) = vec_output::<SegmentChange>(&mut builder);
+    let (mut replies_out, replies) = vec_output::<EvaluateReply>(&mut builder);
 
     builder.build(move |_| {
         let mut pending: BTreeMap<Epoch, EpochInputs> = BTreeMap::new();
@@ -156,7 +165,7 @@ pub fn guardrails<'s>(
                             match side {
                                 Side::Consent(change) => worker.apply_consent(&change),
                                 Side::Profile(change) => worker.apply_profile(&change),
-                                watermark => entry.sides.push(watermark),
+                                later => entry.sides.push(later),
                             }
                         }
                     } else {
@@ -169,17 +178,21 @@ pub fn guardrails<'s>(
                     break;
                 }
                 let Some(inputs) = pending.remove(&epoch) else { break };
-                // Consent first (a revocation in this epoch blocks its decisions), then the watermark.
+                // Consent first (a revocation in this epoch blocks its decisions), then the watermark;
+                // dry runs after the epoch, so they see its events.
+                let mut asks = Vec::new();
                 for side in inputs.sides {
                     match side {
                         Side::Consent(change) => worker.apply_consent(&change),
                         Side::Profile(change) => worker.apply_profile(&change),
                         Side::Watermark(w) => worker.advance_watermark(w),
+                        Side::Evaluate(request) => asks.push(request),
                     }
                 }
                 let out = worker.process_epoch(inputs.events, chrono::Utc::now().timestamp_millis());
+                let answers: Vec<EvaluateReply> = asks.iter().map(|r| worker.evaluate(r)).collect();
                 report(out.counts);
-                let [c0, c1, c2, c3, c4, c5, c6, c7] = &inputs.caps;
+                let [c0, c1, c2, c3, c4, c5, c6, c7, c8] = &inputs.caps;
                 decisions_out.activate().session(c0).give_iterator(out.decisions.into_iter());
                 transitions_out.activate().session(c1).give_iterator(out.transitions.into_iter());
                 caps_out.activate().session(c2).give_iterator(out.caps.into_iter());
@@ -188,6 +201,7 @@ pub fn guardrails<'s>(
                 profiles_out.activate().session(c5).give_iterator(out.profiles.into_iter());
                 segments_out.activate().session(c6).give_iterator(out.segments.into_iter());
                 memberships_out.activate().session(c7).give_iterator(out.memberships.into_iter());
+                replies_out.activate().session(c8).give_iterator(answers.into_iter());
             }
         }
     });
@@ -200,5 +214,6 @@ pub fn guardrails<'s>(
         profiles: profile_states,
         segments: segment_states,
         memberships,
+        replies,
     }
 }

@@ -40,6 +40,19 @@ pub trait TopicRecord {
     fn to_record(&self, topic: &str) -> OutgoingRecord;
 }
 
+/// A dry run's answer, keyed by its correlation id.
+impl TopicRecord for touchpoint_operators::evaluate::EvaluateReply {
+    fn to_record(&self, topic: &str) -> OutgoingRecord {
+        OutgoingRecord {
+            topic: topic.to_string(),
+            partition: None,
+            key: Some(self.correlation_id.clone().into_bytes()),
+            payload: Some(serde_json::to_vec(self).unwrap_or_default()),
+            headers: Vec::new(),
+        }
+    }
+}
+
 /// Records → one topic, acknowledged by the broker: rejected records to a dead-letter topic
 /// (`DeadLetterTopic`), late events to the late-events topic (`LateEventsTopic`, policy `route`).
 pub struct TopicSink {
