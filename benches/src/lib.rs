@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod cpu;
+pub mod scratch;
 pub mod writes;
 
 /// Where the local stack lives (`deploy/scripts/install-services.sh`, `stack.sh`): `$TOUCHPOINT_HOME`,

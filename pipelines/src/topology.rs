@@ -76,7 +76,7 @@ use touchpoint_connectors::schema_registry::RegistryClient;
 use touchpoint_operators::decision::{Decision, DecisionKind};
 use touchpoint_operators::decode::RecordDecoder;
 use touchpoint_operators::dedupe::EventDeduplicator;
-use touchpoint_operators::evaluate::EvaluateRequest;
+use touchpoint_operators::evaluate::{EvaluateReply, EvaluateRequest};
 use touchpoint_operators::guardrails::{GuardrailRules, GuardrailState};
 use touchpoint_operators::normalize::Normalizer;
 use touchpoint_operators::tally::EpochTally;
@@ -285,12 +285,9 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         // path is idempotent by key), and the keyed operator passes on only the others to be stored.
         let keyed =
             guardrails(judged.events, changes, profile_changes, judged.watermarks, requests, guardrail_state, rules);
-        // Answers are not state: written as they come, outside the probe and any transaction.
-        epoch_sink(
-            keyed.replies,
-            TopicSink { name: "EvaluateReplies", producer: evaluate.producer, topic: evaluate.replies },
-            runtime.clone(),
-        );
+        // Answers are not state: written as they come (not once their epoch completes, as the sinks
+        // above are), outside the probe and any transaction.
+        evaluate_replies(keyed.replies, evaluate.producer, evaluate.replies, runtime.clone());
         let (cap_states, journey_states, profile_states, segment_states) =
             (keyed.caps, keyed.journeys, keyed.profiles, keyed.segments);
         let stored = epoch_sink(keyed.events, ClickHouseEvents { store: clickhouse.events }, runtime.clone());
@@ -434,6 +431,29 @@ pub fn build(worker: &mut Worker, parts: WorkerParts) -> Handles {
         log_epoch_tallies(partials, totals).probe_with(&tallies_logged);
         Handles { sinks, tallies, tallies_logged, positions }
     })
+}
+
+/// The `EvaluateReplies` sink: each batch of answers is produced as soon as it arrives (a waiting
+/// request's latency is this, not an epoch); a failed write is logged, and the request times out.
+fn evaluate_replies<'s>(
+    replies: timely::dataflow::Stream<'s, Epoch, Vec<EvaluateReply>>,
+    producer: AckedProducer,
+    topic: String,
+    runtime: tokio::runtime::Handle,
+) {
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::generic::operator::Operator;
+    replies.sink(Pipeline, "EvaluateReplies", move |(input, _frontier)| {
+        input.for_each(|_, data| {
+            let records: Vec<_> = data.iter().map(|r| r.to_record(&topic)).collect();
+            let producer = producer.clone();
+            runtime.spawn(async move {
+                if let Err(e) = producer.send_all(&records).await {
+                    tracing::warn!(error = %e, answers = records.len(), "dry-run answers not written");
+                }
+            });
+        });
+    });
 }
 
 #[cfg(test)]

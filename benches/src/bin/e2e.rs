@@ -32,9 +32,10 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 use touchpoint::{PipelineConfig, RunOptions};
 use touchpoint_benches::cpu::{CpuUse, Processes};
+use touchpoint_benches::scratch::{bench_config, Scratch};
 use touchpoint_benches::writes::{write_all, SinkBatches};
-use touchpoint_connectors::clickhouse::{drop_databases_with_prefix, migrate, ClickHouseConfig};
-use touchpoint_connectors::kafka::{delete_topics_with_prefix, ensure_topics, read_all, AckedProducer, KafkaConfig};
+use touchpoint_connectors::clickhouse::migrate;
+use touchpoint_connectors::kafka::{ensure_topics, read_all, AckedProducer, KafkaConfig};
 use touchpoint_connectors::testing::unique_name;
 use touchpoint_generate::{
     consent_grants, generate_registered, produce_generated, subject_profiles, Expected, GeneratorConfig, Target,
@@ -267,71 +268,6 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The topics and ClickHouse databases of a run, all named with one prefix, removed when this is
-/// dropped. The local broker keeps topics in memory: without this, every 1M-event run left ~1 GB in it and
-/// its tables in ClickHouse, and each run was slower than the one before (53k → 32k events/s over six
-/// runs of the same build).
-struct Scratch {
-    kafka: KafkaConfig,
-    clickhouse: ClickHouseConfig,
-    prefix: String,
-}
-
-impl Scratch {
-    fn remove(&self) {
-        let removed = tokio::runtime::Builder::new_current_thread().enable_all().build().map(|rt| {
-            rt.block_on(async {
-                (
-                    delete_topics_with_prefix(&self.kafka, &self.prefix).await,
-                    drop_databases_with_prefix(&self.clickhouse, &self.prefix).await,
-                )
-            })
-        });
-        match removed {
-            Ok((Ok(topics), Ok(databases))) => {
-                tracing::info!(prefix = %self.prefix, topics, databases, "removed the run's topics and databases")
-            }
-            Ok((topics, databases)) => tracing::warn!(
-                prefix = %self.prefix,
-                topics = ?topics.err(),
-                databases = ?databases.err(),
-                "could not remove all of the run's topics and databases"
-            ),
-            Err(e) => tracing::warn!(error = %e, "no runtime to remove the run's topics and databases"),
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
-/// The pipeline file with every topic, the group and the database renamed for this run.
-fn bench_config(path: &Path, name: &str, partitions: i32) -> Result<PipelineConfig> {
-    let journeys = path.parent().unwrap_or(Path::new(".")).join("../journeys");
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .replace("name: marketing.events.dlq", &format!("name: {name}.dlq"))
-        .replace("name: marketing.events.late", &format!("name: {name}.late"))
-        .replace("  dir: ../journeys", &format!("  dir: {}", journeys.display()))
-        .replace("  dir: ../segments", &format!("  dir: {}", journeys.with_file_name("segments").display()))
-        .replace("name: marketing.profiles.dlq", &format!("name: {name}.profiles.dlq"))
-        .replace("name: marketing.profiles", &format!("name: {name}.profiles"))
-        .replace("name: marketing.consent.dlq", &format!("name: {name}.consent.dlq"))
-        .replace("name: marketing.consent", &format!("name: {name}.consent"))
-        .replace("name: marketing.deliveries", &format!("name: {name}.deliveries"))
-        .replace("prefix: connector.", &format!("prefix: {name}.connector."))
-        .replace("name: marketing.events", &format!("name: {name}.events"))
-        .replace("partitions: 4", &format!("partitions: {partitions}"))
-        .replace("group_id: touchpoint.normalization", &format!("group_id: {name}.pipeline"))
-        .replace("${TOUCHPOINT_CLICKHOUSE_DATABASE:-touchpoint}", &name.replace('.', "_"));
-    let mut config = PipelineConfig::parse(&text, path)?;
-    config.pipeline.metrics_listen = None;
-    Ok(config)
 }
 
 /// Consent for 60% of `subjects` (email and push granted, the records `touchpoint generate` produces) to

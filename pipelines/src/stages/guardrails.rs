@@ -5,7 +5,7 @@
 //! (every worker holds it). Once an epoch is complete on both inputs, its consent and profile changes
 //! and watermark are applied and the epoch is handed to the worker's [`GuardrailWorker`]; what it returns leaves on
 //! nine typed outputs. Dry runs
-//! (`evaluate`) come on the side input like consent changes and are answered after their epoch.
+//! (`evaluate`) come on the side input like consent changes and are answered as they arrive.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,7 +39,7 @@ enum Side {
     Consent(ConsentChange),
     Profile(ProfileChange),
     Watermark(i64),
-    /// A dry run, answered once the epoch it arrived in is processed.
+    /// A dry run, answered as it arrives.
     Evaluate(EvaluateRequest),
 }
 
@@ -158,6 +158,20 @@ pub fn guardrails<'s>(
                     pending.range(..epoch).next().is_none() && events_frontier.frontier().iter().all(|t| *t >= epoch);
                 let entry = pending.entry(epoch).or_insert_with(|| EpochInputs::new(&cap, epoch));
                 for batch in data {
+                    // Dry runs are answered on arrival, from the state as processed so far: they change
+                    // nothing, so they need not wait for their epoch (which waits for every input).
+                    if batch.iter().any(|s| matches!(s, Side::Evaluate(_))) {
+                        let mut replies = replies_out.activate();
+                        let reply_cap = cap.delayed(&epoch, 8);
+                        let mut session = replies.session(&reply_cap);
+                        batch.retain(|side| match side {
+                            Side::Evaluate(request) => {
+                                session.give(worker.evaluate(request));
+                                false
+                            }
+                            _ => true,
+                        });
+                    }
                     // Not past a change this epoch already holds back: the log order is kept.
                     let holds_changes = entry.sides.iter().any(Side::is_change);
                     if nothing_before && !holds_changes {
@@ -178,21 +192,19 @@ pub fn guardrails<'s>(
                     break;
                 }
                 let Some(inputs) = pending.remove(&epoch) else { break };
-                // Consent first (a revocation in this epoch blocks its decisions), then the watermark;
-                // dry runs after the epoch, so they see its events.
-                let mut asks = Vec::new();
+                // Consent first (a revocation in this epoch blocks its decisions), then the watermark.
                 for side in inputs.sides {
                     match side {
                         Side::Consent(change) => worker.apply_consent(&change),
                         Side::Profile(change) => worker.apply_profile(&change),
                         Side::Watermark(w) => worker.advance_watermark(w),
-                        Side::Evaluate(request) => asks.push(request),
+                        // Answered on arrival (above).
+                        Side::Evaluate(_) => {}
                     }
                 }
                 let out = worker.process_epoch(inputs.events, chrono::Utc::now().timestamp_millis());
-                let answers: Vec<EvaluateReply> = asks.iter().map(|r| worker.evaluate(r)).collect();
                 report(out.counts);
-                let [c0, c1, c2, c3, c4, c5, c6, c7, c8] = &inputs.caps;
+                let [c0, c1, c2, c3, c4, c5, c6, c7, _] = &inputs.caps;
                 decisions_out.activate().session(c0).give_iterator(out.decisions.into_iter());
                 transitions_out.activate().session(c1).give_iterator(out.transitions.into_iter());
                 caps_out.activate().session(c2).give_iterator(out.caps.into_iter());
@@ -201,7 +213,6 @@ pub fn guardrails<'s>(
                 profiles_out.activate().session(c5).give_iterator(out.profiles.into_iter());
                 segments_out.activate().session(c6).give_iterator(out.segments.into_iter());
                 memberships_out.activate().session(c7).give_iterator(out.memberships.into_iter());
-                replies_out.activate().session(c8).give_iterator(answers.into_iter());
             }
         }
     });
