@@ -55,7 +55,7 @@ fn email_client(services: &ServiceAddresses, password: &str) -> EmailClient {
         timeout: Duration::from_secs(5),
         pool_size: 2,
     };
-    EmailClient::new(&config, templates()).expect("email client")
+    EmailClient::new(&config, templates(), None).expect("email client")
 }
 
 #[tokio::test]

@@ -72,6 +72,9 @@ pub struct PipelineConfig {
     /// Channel connectors (`touchpoint connect`) and provider callbacks (`touchpoint deliveries`).
     #[serde(default)]
     pub channels: touchpoint_connectors::channels::config::ChannelsConfig,
+    /// What recipients do about their consent: one-click unsubscribe links (docs/compliance.md).
+    #[serde(default)]
+    pub compliance: ComplianceConfig,
     /// The normalizer, intent rules and caps built from the sections above by [`Self::parse`], once:
     /// validating them is building them, and the run uses what was validated.
     #[serde(skip)]
@@ -387,6 +390,25 @@ pub enum ConfigError {
     /// Every problem of every segment file, one per line.
     #[error("{0}")]
     Segments(String),
+}
+
+/// The `compliance:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceConfig {
+    /// Links in marketing emails that revoke consent in one click (RFC 8058), served by
+    /// `touchpoint ingest` at `POST /u/{token}`; none: no such links.
+    #[serde(default)]
+    pub unsubscribe: Option<touchpoint_connectors::channels::unsubscribe::UnsubscribeConfig>,
+}
+
+impl ComplianceConfig {
+    /// The links, checked (`None` when not configured).
+    pub fn unsubscribe_links(
+        &self,
+    ) -> anyhow::Result<Option<touchpoint_connectors::channels::unsubscribe::UnsubscribeLinks>> {
+        self.unsubscribe.as_ref().map(touchpoint_connectors::channels::unsubscribe::UnsubscribeLinks::new).transpose()
+    }
 }
 
 impl PipelineConfig {

@@ -64,7 +64,8 @@ pub async fn connect_until(config: &PipelineConfig, channel: Channel, stop: Arc<
     match channel {
         Channel::Email => {
             let c = channels.email.as_ref().ok_or_else(missing)?;
-            run_worker(config, EmailClient::new(&c.provider, templates)?, settings(c), stop).await
+            let links = config.compliance.unsubscribe_links()?;
+            run_worker(config, EmailClient::new(&c.provider, templates, links)?, settings(c), stop).await
         }
         Channel::Webhook => {
             let c = channels.webhook.as_ref().ok_or_else(missing)?;

@@ -419,7 +419,7 @@ fn client_certificates_name_the_tenant_and_untrusted_ones_are_refused() {
 const SERVICE: &str = "tp-test-key-internal-service";
 
 #[test]
-fn a_trusted_service_triggers_journeys_and_rules_and_asks_for_dry_runs_through_the_pipeline() {
+fn trusted_services_trigger_and_dry_run_and_a_one_click_unsubscribe_reaches_the_pipeline() {
     let tp = TestPipeline::new("it_trigger", &[(common::JOURNEYS_OFF, &common::journeys_in("journeys"))]);
     tp.prepare();
     common::produce_profiles_of(&tp, "acme", ["t-1".to_string(), "t-2".to_string()]);
@@ -523,6 +523,56 @@ fn a_trusted_service_triggers_journeys_and_rules_and_asks_for_dry_runs_through_t
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(common::count(&tp, "SELECT count() FROM decisions WHERE event_type = 'evaluate'"), 0);
     assert_eq!(common::connector_keys(&tp).len(), 2, "still one welcome and one receipt");
+
+    // One-click unsubscribe: the link a marketing email of t-1 carries (same secret as the connector),
+    // posted to the public listener, denies t-1's email marketing consent; the running pipeline's next
+    // decision for t-1 says so. A replay, a changed token and an expired one write nothing.
+    let links = tp.config.compliance.unsubscribe_links().expect("links").expect("compliance.unsubscribe in local.yaml");
+    let now_s = chrono::Utc::now().timestamp();
+    let link =
+        links.link("acme", "t-1", touchpoint_schemas::Channel::Email, touchpoint_schemas::Purpose::Marketing, now_s);
+    let token = link.rsplit('/').next().expect("token").to_string();
+    let unsubscribe = |token: &str| {
+        let r = http.post(format!("{public}/u/{token}")).body("List-Unsubscribe=One-Click").send().expect("request");
+        let status = r.status();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let page = http.get(format!("{public}/u/{token}")).send().expect("page");
+    assert_eq!(page.status(), StatusCode::OK, "opening the link changes nothing and shows a button");
+    let (status, body) = unsubscribe(&token);
+    assert_eq!((status, body["unsubscribed"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+    let (status, body) = unsubscribe(&token);
+    assert_eq!((status, body["already"].as_bool()), (StatusCode::OK, Some(true)), "a replay: {body}");
+    let mut changed = token.clone();
+    changed.replace_range(5..6, if &token[5..6] == "A" { "B" } else { "A" });
+    assert_eq!(unsubscribe(&changed).0, StatusCode::BAD_REQUEST);
+    let expired = links.mint(&touchpoint_connectors::channels::unsubscribe::Unsubscribe {
+        tenant_id: "acme".into(),
+        subject_id: "t-2".into(),
+        channel: touchpoint_schemas::Channel::Email,
+        purpose: touchpoint_schemas::Purpose::Marketing,
+        expires_at_s: now_s - 1,
+    });
+    assert_eq!(unsubscribe(&expired).0, StatusCode::GONE);
+    let denials: Vec<Value> =
+        read_all(&tp.config.kafka, &tp.config.topics.consent.name, Duration::from_secs(2), Duration::from_secs(60))
+            .expect("consent topic")
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(r.payload.as_deref()?).ok())
+            .filter(|v| v["source"] == "unsubscribe")
+            .collect();
+    assert_eq!(denials.len(), 1, "one denial, for the valid token alone: {denials:?}");
+    assert_eq!((denials[0]["subject_id"].as_str(), denials[0]["status"].as_str()), (Some("t-1"), Some("denied")));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, reply) = evaluate(SERVICE, ask("t-1", "email"));
+        if reply["decision"] == "suppressed_consent" {
+            assert_eq!(reply["consent"], "denied", "{reply}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the denial never reached the pipeline: {reply}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     assert!(child.wait().expect("wait").success());

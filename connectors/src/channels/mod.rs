@@ -26,6 +26,7 @@ pub mod rate_limit;
 pub mod retry;
 pub mod sms;
 pub mod templates;
+pub mod unsubscribe;
 pub mod webhook;
 pub mod worker;
 

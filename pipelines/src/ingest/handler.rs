@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,6 +23,8 @@ use super::config::{Caller, IngestSettings};
 use super::evaluate::{EvaluateError, Evaluator};
 use super::guard::{Answer, Claim, Idempotency, RateLimits, MAX_KEY_LEN};
 use crate::stages::normalize::normalize_record;
+use std::collections::HashMap;
+use touchpoint_connectors::channels::unsubscribe::{TokenError, UnsubscribeLinks};
 
 /// How long a request waits for the broker's acknowledgements before it is answered `503`.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,7 +52,16 @@ pub struct IngestState {
     rules: touchpoint_operators::intent::IntentRules,
     /// Dry runs through the pipeline (with the internal API only).
     evaluator: Option<Evaluator>,
+    /// One-click unsubscribe links (`compliance.unsubscribe`), the consent topic they write to, and
+    /// the tokens this process already honoured (hash → expiry), so a replay writes nothing.
+    unsubscribe: Option<UnsubscribeLinks>,
+    consent_topic: String,
+    used_tokens: std::sync::Mutex<HashMap<u128, i64>>,
 }
+
+/// The most honoured unsubscribe tokens remembered (expired ones go first; past this the oldest do, and a
+/// replay of one of those writes the same denial again, which changes no consent).
+const USED_TOKENS: usize = 100_000;
 
 /// How long a dry run waits for the pipeline's answer (an epoch, two produces, usually well under 1 s).
 const EVALUATE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,6 +86,9 @@ impl IngestState {
             rates: RateLimits::default(),
             idempotency: Idempotency::new(settings.idempotency_ttl, settings.idempotency_entries, IDEMPOTENCY_BYTES),
             journeys: config.journeys()?.into_iter().map(|j| j.id).collect(),
+            unsubscribe: config.compliance.unsubscribe_links()?,
+            consent_topic: config.topics.consent.name.clone(),
+            used_tokens: Default::default(),
             rules: config.built()?.intents.clone(),
             settings,
         })
@@ -103,6 +117,7 @@ pub fn router(state: Arc<IngestState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/u/{token}", get(unsubscribe_page).post(unsubscribe))
         .with_state(state)
 }
 
@@ -511,6 +526,97 @@ async fn direct_trigger(
             (a, None)
         }
         Err(unavailable) => unavailable,
+    }
+}
+
+/// `GET /u/{token}`: what a person who opens the link sees. It changes nothing (mail clients and
+/// scanners fetch links); its button is the one-click `POST`.
+async fn unsubscribe_page(State(state): State<Arc<IngestState>>, Path(token): Path<String>) -> Response {
+    let Some(links) = &state.unsubscribe else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    };
+    let page = |status: StatusCode, body: String| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            format!("<!doctype html><html><body>{body}</body></html>"),
+        )
+            .into_response()
+    };
+    match links.verify(&token, chrono::Utc::now().timestamp()) {
+        Ok(what) => page(
+            StatusCode::OK,
+            format!(
+                "<p>Stop {} messages about offers and news?</p><form method=\"post\"><button type=\"submit\" \
+                 name=\"List-Unsubscribe\" value=\"One-Click\">Unsubscribe</button></form>",
+                what.channel
+            ),
+        ),
+        Err(TokenError::Expired) => page(StatusCode::GONE, "<p>This link has expired.</p>".into()),
+        Err(_) => page(StatusCode::BAD_REQUEST, "<p>This link is not valid.</p>".into()),
+    }
+}
+
+/// `POST /u/{token}` (RFC 8058 one-click; any body): a valid, unexpired token writes a consent denial
+/// (source `unsubscribe`) for its tenant, subject, channel and purpose to the consent topic, answered
+/// `200` once the broker acknowledged it. An invalid token is `400`, an expired one `410`; neither
+/// changes anything. A token this process honoured before is answered `200` without a second record.
+async fn unsubscribe(State(state): State<Arc<IngestState>>, Path(token): Path<String>) -> Response {
+    let Some(links) = &state.unsubscribe else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    };
+    let now_s = chrono::Utc::now().timestamp();
+    let what = match links.verify(&token, now_s) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "ingest: unsubscribe token refused");
+            let (status, code) = match e {
+                TokenError::Expired => (StatusCode::GONE, "expired_token"),
+                _ => (StatusCode::BAD_REQUEST, "invalid_token"),
+            };
+            return respond(problem(status, code, e.to_string()), None, false);
+        }
+    };
+    let hash = xxhash_rust::xxh3::xxh3_128(token.as_bytes());
+    let seen = {
+        let mut used = state.used_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        used.retain(|_, expires| *expires >= now_s);
+        if used.len() >= USED_TOKENS {
+            if let Some(oldest) = used.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) {
+                used.remove(&oldest);
+            }
+        }
+        used.contains_key(&hash)
+    };
+    if seen {
+        return respond(answer(StatusCode::OK, json!({"unsubscribed": true, "already": true})), None, false);
+    }
+    let record = OutgoingRecord {
+        topic: state.consent_topic.clone(),
+        partition: None,
+        key: Some(format!("{}/{}/{}/{}", what.tenant_id, what.subject_id, what.channel, what.purpose).into_bytes()),
+        payload: Some(
+            serde_json::to_vec(&json!({
+                "tenant_id": what.tenant_id,
+                "subject_id": what.subject_id,
+                "channel": what.channel,
+                "purpose": what.purpose,
+                "status": "denied",
+                "updated_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "source": "unsubscribe",
+            }))
+            .unwrap_or_default(),
+        ),
+        headers: Vec::new(),
+    };
+    let caller = Caller { key_id: "unsubscribe".into(), tenant: what.tenant_id.clone(), rate: None, internal: false };
+    match produce(&state, &caller, std::slice::from_ref(&record)).await {
+        Ok(()) => {
+            state.used_tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, what.expires_at_s);
+            tracing::info!(channel = %what.channel, "ingest: unsubscribed (consent denied, source unsubscribe)");
+            respond(answer(StatusCode::OK, json!({"unsubscribed": true})), None, false)
+        }
+        Err((a, retry)) => respond(a, retry, false),
     }
 }
 

@@ -11,6 +11,7 @@ use touchpoint_schemas::ChannelMessage;
 use super::config::{EmailConfig, SmtpTls};
 use super::mapping;
 use crate::channels::templates::Templates;
+use crate::channels::unsubscribe::UnsubscribeLinks;
 use crate::channels::{ChannelClient, DeliveryRef, ProviderStatus, SendError, SendReceipt};
 
 pub struct EmailClient {
@@ -18,10 +19,16 @@ pub struct EmailClient {
     from: Mailbox,
     domain: String,
     templates: Arc<Templates>,
+    unsubscribe: Option<UnsubscribeLinks>,
 }
 
 impl EmailClient {
-    pub fn new(config: &EmailConfig, templates: Arc<Templates>) -> anyhow::Result<Self> {
+    /// `unsubscribe`: links for one-click unsubscribe on marketing emails (none: no such headers).
+    pub fn new(
+        config: &EmailConfig,
+        templates: Arc<Templates>,
+        unsubscribe: Option<UnsubscribeLinks>,
+    ) -> anyhow::Result<Self> {
         let from: Mailbox =
             config.from.parse().map_err(|e| anyhow::anyhow!("channels.email.provider.from {:?}: {e}", config.from))?;
         let tls = match config.tls {
@@ -41,7 +48,13 @@ impl EmailClient {
                 .credentials(Credentials::new(user.clone(), password))
                 .authentication(vec![Mechanism::Plain, Mechanism::Login]);
         }
-        Ok(EmailClient { transport: builder.build(), from, domain: config.message_id_domain.clone(), templates })
+        Ok(EmailClient {
+            transport: builder.build(),
+            from,
+            domain: config.message_id_domain.clone(),
+            templates,
+            unsubscribe,
+        })
     }
 }
 
@@ -65,7 +78,8 @@ impl ChannelClient for EmailClient {
 
     async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {
         let rendered = self.templates.render(message).map_err(|e| SendError::permanent(e.to_string()))?;
-        let email = mapping::to_email(message, &rendered, &self.from, &self.domain)?;
+        let now_s = crate::now_ms() / 1000;
+        let email = mapping::to_email(message, &rendered, &self.from, &self.domain, self.unsubscribe.as_ref(), now_s)?;
         self.transport.send(email).await.map_err(|e| smtp_error(&e))?;
         Ok(SendReceipt {
             delivery_id: message.delivery_id(),
