@@ -3,7 +3,8 @@
 # create the topics and tables, produce a realistic demo stream (JSON and Avro, duplicates, malformed
 # records of every kind), run the pipeline until it has drained, replay the last hour (nothing is sent
 # twice), deliver the allowed sends through the email and push connectors to the local peers, and show
-# what happened.
+# what happened; then the ingestion API takes a batch over HTTP, answers a dry run, and an email's
+# one-click unsubscribe link revokes consent, which the next dry run shows.
 #
 #   deploy/run-demo.sh [COUNT]      (default 50000 events; the stack keeps running afterwards:
 #                                    deploy/scripts/stack.sh stop)
@@ -117,6 +118,53 @@ echo
 echo "== Dead-letter topic: first records (touchpoint tail shows them all)"
 # (head closes the pipe early; that is not a failure of the demo)
 "$TP" tail --config "$CONFIG" 2>/dev/null | head -3 || true
+echo
+echo "== The ingestion API (docs/ingest.md): a batch over HTTP, a dry run, a one-click unsubscribe"
+PEERS="${TOUCHPOINT_PEERS_URL:-http://127.0.0.1:18090}"
+# The unsubscribe link of the first marketing email the SMTP server received, and whom it names.
+read -r LINK UTENANT USUBJECT < <(curl -fsS "$PEERS/_mail/example.com" | python3 -c '
+import base64, json, sys
+for m in json.load(sys.stdin):
+    link = (m.get("headers") or {}).get("list-unsubscribe")
+    if link:
+        url = link.strip().strip("<>").replace("\n", "").replace(" ", "")
+        part = url.rsplit("/", 1)[1].split(".")[1]
+        who = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        print(url, who["t"], who["s"])
+        break
+') || true
+if [ -z "${LINK:-}" ]; then
+  echo "(no marketing email with an unsubscribe link was delivered; skipped)"
+else
+  DEMO_KEY="tp-demo-$RANDOM$RANDOM"
+  export TOUCHPOINT_INGEST_API_KEYS="[{id: demo, tenant: $UTENANT, sha256: $(printf %s "$DEMO_KEY" | sha256sum | cut -d' ' -f1), internal: true}]"
+  # The pipeline live (it answers dry runs and applies the unsubscribe), and the API.
+  "$TP" run --config "$CONFIG" --workers 2 >"$LOGS/run-live.out" 2>"$LOGS/run-live.log" & RUN_PID=$!
+  "$TP" ingest --config "$CONFIG" 2>"$LOGS/ingest.log" & INGEST_PID=$!
+  trap 'kill $RUN_PID $INGEST_PID 2>/dev/null || true' EXIT
+  API=http://127.0.0.1:18200; INTERNAL=http://127.0.0.1:18201
+  NOW=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for _ in $(seq 1 100); do curl -fsS "$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+  echo "-- POST $API/automation/events (two events for $USUBJECT, one malformed):"
+  curl -sS -X POST "$API/automation/events" -H "Authorization: Bearer $DEMO_KEY" -H 'content-type: application/json' \
+    -d "{\"events\": [{\"event_type\": \"page_viewed\", \"subject_id\": \"$USUBJECT\", \"occurred_at\": \"$NOW\", \"attributes\": {\"path\": \"/pricing\"}},
+                      {\"event_type\": \"app_opened\", \"subject_id\": \"$USUBJECT\", \"occurred_at\": \"$NOW\", \"attributes\": {}},
+                      {\"event_type\": \"app_opened\", \"occurred_at\": \"yesterday\"}]}"
+  echo
+  ask() {
+    curl -sS -X POST "$INTERNAL/internal/automation/evaluate" -H "Authorization: Bearer $DEMO_KEY" -H 'content-type: application/json' \
+      -d "{\"subject_id\": \"$USUBJECT\", \"channel\": \"email\", \"category\": \"promotional\"}"
+  }
+  decision() { python3 -c 'import json,sys; a=json.load(sys.stdin); print(a.get("decision", a.get("error")), "|", a.get("reason", a.get("message")))'; }
+  for _ in $(seq 1 60); do ANSWER=$(ask); case "$ANSWER" in *'"decision"'*) break;; esac; sleep 1; done
+  echo "-- dry run, a promotional email to $USUBJECT now: $(echo "$ANSWER" | decision)"
+  echo "-- POST $LINK (the email's one-click unsubscribe):"
+  curl -sS -X POST "$LINK" -d 'List-Unsubscribe=One-Click'; echo
+  for _ in $(seq 1 50); do ANSWER=$(ask); case "$ANSWER" in *suppressed_consent*) break;; esac; sleep 0.2; done
+  echo "-- dry run again: $(echo "$ANSWER" | decision)"
+  kill -TERM "$INGEST_PID" "$RUN_PID"; wait "$INGEST_PID" "$RUN_PID" || true
+  trap - EXIT
+fi
 echo
 echo "Try next:"
 echo "  curl $CLICKHOUSE --data-binary \"SELECT toDate(occurred_at) AS day, event_type, count() FROM ${TOUCHPOINT_CLICKHOUSE_DATABASE}.events GROUP BY day, event_type ORDER BY day, event_type FORMAT PrettyCompact\""
