@@ -113,7 +113,7 @@ pub const OPENAPI: &str = include_str!("../../../schemas/api/ingest.openapi.json
 /// The public API's routes.
 pub fn router(state: Arc<IngestState>) -> Router {
     Router::new()
-        .route("/automation/events", post(events))
+        .route("/automation/events", endpoint_route(Endpoint::Events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
@@ -124,8 +124,8 @@ pub fn router(state: Arc<IngestState>) -> Router {
 /// The internal API's routes (its own listener, `ingest.internal_listen`; credentials with `internal`).
 pub fn internal_router(state: Arc<IngestState>) -> Router {
     Router::new()
-        .route("/internal/automation/trigger", post(trigger))
-        .route("/internal/automation/evaluate", post(evaluate))
+        .route("/internal/automation/trigger", endpoint_route(Endpoint::Trigger))
+        .route("/internal/automation/evaluate", endpoint_route(Endpoint::Evaluate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .with_state(state)
@@ -191,31 +191,14 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-async fn events(
-    State(state): State<Arc<IngestState>>,
-    peer: Option<Extension<PeerIdentity>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(&state, peer, headers, body, Endpoint::Events).await
-}
-
-async fn trigger(
-    State(state): State<Arc<IngestState>>,
-    peer: Option<Extension<PeerIdentity>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(&state, peer, headers, body, Endpoint::Trigger).await
-}
-
-async fn evaluate(
-    State(state): State<Arc<IngestState>>,
-    peer: Option<Extension<PeerIdentity>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(&state, peer, headers, body, Endpoint::Evaluate).await
+/// A `POST` route of `endpoint`: every endpoint shares [`handle`] (credentials, idempotency, limits).
+fn endpoint_route(endpoint: Endpoint) -> axum::routing::MethodRouter<Arc<IngestState>> {
+    post(
+        move |State(state): State<Arc<IngestState>>,
+              peer: Option<Extension<PeerIdentity>>,
+              headers: HeaderMap,
+              body: Body| async move { handle(&state, peer, headers, body, endpoint).await },
+    )
 }
 
 async fn handle(
