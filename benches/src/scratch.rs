@@ -78,3 +78,14 @@ pub fn bench_config(path: &Path, name: &str, partitions: i32) -> Result<Pipeline
     config.pipeline.metrics_listen = None;
     Ok(config)
 }
+
+/// A port free on 127.0.0.1 now (for a server the run starts).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// What a pipeline file holds of an API key: its SHA-256, lower-case hex.
+pub fn sha256_hex(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}

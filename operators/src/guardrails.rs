@@ -444,7 +444,7 @@ impl GuardrailWorker {
     pub fn evaluate(&self, request: &EvaluateRequest) -> EvaluateReply {
         let subject = request.subject();
         let correlation = &request.correlation_id;
-        let intent = SendIntent {
+        let mut intent = SendIntent {
             subject: subject.clone(),
             channel: request.channel,
             purpose: request.purpose,
@@ -467,7 +467,6 @@ impl GuardrailWorker {
             payload: Default::default(),
             released_at_ms: None,
         };
-        let mut intent = intent;
         let profile = self.state.profiles.get(&subject);
         if let Some(zone) = profile.and_then(|p| p.time_zone()) {
             intent.time_zone = Some(zone.to_string());

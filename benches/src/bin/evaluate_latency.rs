@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use touchpoint_benches::scratch::{bench_config, Scratch};
+use touchpoint_benches::scratch::{bench_config, free_port, sha256_hex, Scratch};
 use touchpoint_connectors::clickhouse::migrate;
 use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, OutgoingRecord, TopicSpec};
 use touchpoint_connectors::testing::unique_name;
@@ -60,10 +60,7 @@ fn main() -> Result<()> {
     );
     let name = unique_name("bench_eval");
     let (port, internal) = (free_port()?, free_port()?);
-    let sha: String = {
-        use sha2::Digest;
-        sha2::Sha256::digest(KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-    };
+    let sha = sha256_hex(KEY);
     let config = bench_config(&args.config, &name, 4)?;
     let _scratch = Scratch { kafka: config.kafka.clone(), clickhouse: config.clickhouse.clone(), prefix: name.clone() };
     // The same renamed file on disk for the two processes, with the API's ports and an internal key.
@@ -257,8 +254,4 @@ async fn measure(
     let concurrent = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
     let rate = concurrent.len() as f64 / args.seconds;
     Ok((Spread(floor), Spread(sequential), Spread(concurrent), rate))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use touchpoint::PipelineConfig;
 use touchpoint_benches::cpu::cpu_time;
+use touchpoint_benches::scratch::{free_port, sha256_hex};
 use touchpoint_connectors::kafka::{ensure_topics, AckedProducer, OutgoingRecord};
 use touchpoint_connectors::testing::unique_name;
 
@@ -59,10 +60,7 @@ fn main() -> Result<()> {
     let name = unique_name("bench_ingest");
     let port = free_port()?;
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let sha: String = {
-        use sha2::Digest;
-        sha2::Sha256::digest(KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-    };
+    let sha = sha256_hex(KEY);
     for needle in [
         "    name: marketing.events\n",
         "${TOUCHPOINT_INGEST_LISTEN:-127.0.0.1:18200}",
@@ -331,8 +329,4 @@ fn pid_of(service: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -3,8 +3,8 @@
 
 use axum::http::{header, HeaderMap};
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
+use touchpoint_connectors::channels::webhook::mapping::signed_content_mac;
 
 use super::config::{Caller, IngestSettings};
 
@@ -105,15 +105,7 @@ pub fn verify(secret: &[u8], id: &str, timestamp: i64, body: &[u8], signatures: 
         let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(b64) else {
             return false;
         };
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
-            return false;
-        };
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        mac.verify_slice(&expected).is_ok()
+        signed_content_mac(secret, id, timestamp, body).verify_slice(&expected).is_ok()
     })
 }
 

@@ -253,20 +253,20 @@ impl IngestSettings {
         let mut keys = HashMap::new();
         let mut signing = HashMap::new();
         let mut clients = HashMap::new();
+        // Ids are one namespace across keys and clients (they name rate buckets and audit headers).
         let mut ids = HashSet::new();
+        let mut caller = |section: &str, id: &str, tenant: &str, own_rate: &Option<RateConfig>, internal: bool| {
+            if !ids.insert(id.to_string()) {
+                return Err(IngestConfigError::DuplicateId(id.to_string()));
+            }
+            if tenant.trim().is_empty() {
+                return Err(IngestConfigError::NoTenant(format!("{section}.{id}")));
+            }
+            let rate = rate(own_rate, format!("{section}.{id}."))?;
+            Ok(Caller { key_id: id.to_string(), tenant: tenant.to_string(), rate, internal })
+        };
         for k in &config.api_keys {
-            if !ids.insert(k.id.as_str()) {
-                return Err(IngestConfigError::DuplicateId(k.id.clone()));
-            }
-            if k.tenant.trim().is_empty() {
-                return Err(IngestConfigError::NoTenant(format!("api_keys.{}", k.id)));
-            }
-            let caller = Caller {
-                key_id: k.id.clone(),
-                tenant: k.tenant.clone(),
-                rate: rate(&k.rate_limit, format!("api_keys.{}.", k.id))?,
-                internal: k.internal,
-            };
+            let caller = caller("api_keys", &k.id, &k.tenant, &k.rate_limit, k.internal)?;
             match (&k.sha256, &k.signing_secret) {
                 (Some(hex), None) => {
                     let hash = parse_hash(hex).ok_or_else(|| IngestConfigError::BadHash(k.id.clone()))?;
@@ -291,18 +291,7 @@ impl IngestSettings {
             return Err(IngestConfigError::ClientsWithoutCa);
         }
         for c in &config.clients {
-            if !ids.insert(c.id.as_str()) {
-                return Err(IngestConfigError::DuplicateId(c.id.clone()));
-            }
-            if c.tenant.trim().is_empty() {
-                return Err(IngestConfigError::NoTenant(format!("clients.{}", c.id)));
-            }
-            let caller = Caller {
-                key_id: c.id.clone(),
-                tenant: c.tenant.clone(),
-                rate: rate(&c.rate_limit, format!("clients.{}.", c.id))?,
-                internal: c.internal,
-            };
+            let caller = caller("clients", &c.id, &c.tenant, &c.rate_limit, c.internal)?;
             if clients.insert(c.name.clone(), caller).is_some() {
                 return Err(IngestConfigError::DuplicateName(c.id.clone(), c.name.clone()));
             }

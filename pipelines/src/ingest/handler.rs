@@ -235,7 +235,7 @@ async fn handle(
         Ok(k) => k,
         Err(a) => return respond(a, None, false),
     };
-    let guard = match key {
+    let guard = match key.clone() {
         None => None,
         Some(key) => {
             let hash = xxhash_rust::xxh3::xxh3_128(&body);
@@ -263,7 +263,7 @@ async fn handle(
     };
     let (answer, retry_after) = match endpoint {
         Endpoint::Events => accept(state, caller, &body).await,
-        Endpoint::Trigger => direct_trigger(state, caller, &body, idempotency_key(&headers).ok().flatten()).await,
+        Endpoint::Trigger => direct_trigger(state, caller, &body, key).await,
         Endpoint::Evaluate => dry_run(state, caller, &body).await,
     };
     if let Some(guard) = guard {
